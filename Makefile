@@ -1,0 +1,38 @@
+# DutyWatch developer targets. `make test` is what CI runs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench check clean
+
+$(STAMP): setup.py pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dutywatch run --config agent/data/demo-agent.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent collectors tests setup.py
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+check: $(STAMP)
+	$(BIN)/dutywatch check --config agent/data/demo-agent.yaml
+
+clean:
+	rm -rf $(VENV) build *.egg-info var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Event sources for DutyWatch, one module per source."""
