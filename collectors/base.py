@@ -1,0 +1,109 @@
+"""The collector protocol: every event source has the same small face.
+
+A collector is built from its config section and its sources (proc root,
+sys root, clock), says whether and how it can run here (``available``), and
+then ``run(emit, stop)`` blocks on a thread, handing events to ``emit``
+until ``stop`` is set. ``emit`` returns False when the pipeline dropped the
+event (queue full); the pipeline counts those drops itself. A collector
+counts its own losses (kernel overflow, unreadable /proc entries) in
+``health`` so the exporter can show them as ``events_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.events import Event
+
+Emit = Callable[[Event], bool]
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where a collector reads the system from; tests point these at fixtures."""
+
+    proc_root: Path = Path("/proc")
+    sys_root: Path = Path("/sys")
+    clock: Clock = time.time
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether a collector can run here, in which mode, and why not the best one."""
+
+    mode: str | None  # e.g. "netlink", "fanotify", "sniff", "poll"; None: cannot run
+    reason: str = ""
+
+
+@dataclass
+class Health:
+    """Live counters a collector keeps; read by the exporter without locks."""
+
+    mode: str = "off"
+    up: bool = False
+    events: int = 0
+    last_event_time: float = 0.0
+    drops: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` events lost for ``reason`` (a short, bounded label)."""
+        with self._lock:
+            self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def saw(self, now: float) -> None:
+        """Note one event produced at ``now``."""
+        self.events += 1
+        self.last_event_time = now
+
+
+class Collector(Protocol):
+    """What every event source provides."""
+
+    name: str
+    health: Health
+
+    def available(self) -> Availability:
+        """Whether this collector can run here and in which mode."""
+        ...
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Produce events until ``stop`` is set; return when it is."""
+        ...
+
+
+class CollectorError(Exception):
+    """A collector could not do its job; the message says why in plain words."""
+
+
+_ERRNO_WORDS = {
+    errno.EPERM: "not permitted (missing capability)",
+    errno.EACCES: "permission denied",
+    errno.ENOENT: "not present on this system",
+    errno.EPROTONOSUPPORT: "protocol not supported by this kernel",
+    errno.ENOSYS: "system call not available",
+    errno.EINVAL: "not supported by this kernel",
+    errno.EMFILE: "too many open files",
+    errno.ENOBUFS: "kernel buffer overflow",
+}
+
+
+def translate_os_error(what: str, exc: OSError) -> CollectorError:
+    """Turn a raw OS error into a collector error with a plain reason (one place)."""
+    words = _ERRNO_WORDS.get(exc.errno or 0, exc.strerror or str(exc))
+    return CollectorError(f"{what}: {words}")
+
+
+def section(config: Mapping[str, Any] | None, key: str, default: Any) -> Any:
+    """A value from a collector's config section, or ``default``."""
+    if not config:
+        return default
+    return config.get(key, default)
