@@ -148,7 +148,7 @@ class Event(NamedTuple):
             out["event"]["collector"] = self.collector
         for group in GROUP_TYPES:
             values = getattr(self, group)
-            d = {k: _dump(v) for k, v in zip(values._fields, values) if v is not None}
+            d = {k: _dump(v) for k, v in zip(values._fields, values, strict=True) if v is not None}
             if d:
                 out[group] = d
         return out

@@ -1,0 +1,160 @@
+"""Attribution: the registry applied to an event (DESIGN §6).
+
+Names the operator (the person behind ``loginuid``, else ``uid``; a
+service account's custodian; otherwise ``known=False``), fills the host
+group and the registry-derived fields (zones, asset levels, media). Every
+lookup that repeats is cached, bounded: per (loginuid, uid), per address
+and per path.
+"""
+
+from __future__ import annotations
+
+import pwd
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from agent.events import Event, File, Iface, Media, Net, Operator, Process
+from agent.levels import Level
+from agent.registry import Registry
+
+UNSET_LOGINUID = 4294967295
+_CACHE_LIMIT = 16384
+_NO_ASSET: tuple[Level | None, str | None] = (None, None)
+
+
+def system_account_name(uid: int) -> str | None:
+    """The account name of a uid from the system's account database."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+class Attributor:
+    """Turns a raw event into an attributed one. Built once per registry."""
+
+    def __init__(self, registry: Registry,
+                 account_name: Callable[[int], str | None] = system_account_name) -> None:
+        self.registry = registry
+        self._account_name = account_name
+        self._host = registry.host
+        self._by_uid = {p.uid: p for p in registry.people if p.uid is not None}
+        self._by_account = registry.person_by_account()
+        self._service = {s.account: s.custodian for s in registry.service_accounts}
+        self._media = {m.serial: m for m in registry.media}
+        self._assets = registry.assets
+        self._asset_prefixes = tuple(a.prefix for a in registry.assets)
+        self._zones = registry.zones
+        self._op_cache: dict[tuple[int | None, int | None], tuple[Operator, str | None]] = {}
+        self._zone_cache: dict[str, str | None] = {}
+        self._path_cache: dict[str, tuple[Level | None, str | None]] = {}
+
+    # -- operator ---------------------------------------------------------
+    def operator(self, loginuid: int | None, uid: int | None) -> tuple[Operator, str | None]:
+        """The operator for these ids, and the account name of ``uid``."""
+        key = (loginuid, uid)
+        hit = self._op_cache.get(key)
+        if hit is not None:
+            return hit
+        user = self._account_name(uid) if uid is not None else None
+        if loginuid is not None and loginuid != UNSET_LOGINUID:
+            op = self._resolve(loginuid)
+        elif uid is not None:
+            op = self._resolve(uid)
+        else:
+            op = Operator()
+        if len(self._op_cache) >= _CACHE_LIMIT:
+            self._op_cache.clear()
+        self._op_cache[key] = (op, user)
+        return op, user
+
+    def _resolve(self, uid: int) -> Operator:
+        person = self._by_uid.get(uid)
+        account = person.account if person else self._account_name(uid)
+        if person is None and account is not None:
+            person = self._by_account.get(account)
+            if person is None and account in self._service:
+                person = self._by_account.get(self._service[account])
+        if person is None:
+            return Operator(account=account if account is not None else f"uid:{uid}", known=False)
+        return Operator(person.account, person.name, person.unit, person.clearance, True)
+
+    # -- lookups ----------------------------------------------------------
+    def zone(self, ip: str | None) -> str | None:
+        """The registry zone of an address (cached)."""
+        if ip is None:
+            return None
+        if ip in self._zone_cache:
+            return self._zone_cache[ip]
+        if len(self._zone_cache) >= _CACHE_LIMIT:
+            self._zone_cache.clear()
+        z = self._zone_cache[ip] = self._zones.lookup(ip)
+        return z
+
+    def asset(self, path: str | None) -> tuple[Level | None, str | None]:
+        """The level and owner unit of the most sensitive asset covering ``path``."""
+        if path is None or not self._asset_prefixes or not path.startswith(self._asset_prefixes):
+            return _NO_ASSET
+        hit = self._path_cache.get(path)
+        if hit is not None:
+            return hit
+        best: tuple[Level | None, str | None] = _NO_ASSET
+        for a in self._assets:
+            if a.pattern.match(path) and (best[0] is None or a.level > best[0]):
+                best = (a.level, a.unit)
+        if len(self._path_cache) >= _CACHE_LIMIT:
+            self._path_cache.clear()
+        self._path_cache[path] = best
+        return best
+
+    # -- the stage --------------------------------------------------------
+    def __call__(self, e: Event) -> Event:
+        """The event with operator, host and registry-derived fields filled."""
+        p = e.process
+        process = p
+        if p.uid is not None or p.loginuid is not None:
+            op, user = self.operator(p.loginuid, p.uid)
+            if p.user is None and user is not None:
+                process = _new(Process, (*p[:7], user, *p[8:]))
+        else:
+            op = e.operator
+        net = e.net
+        if net.remote_ip is not None or net.local_ip is not None:
+            rz = net.remote_zone if net.remote_zone is not None else self.zone(net.remote_ip)
+            lz = net.local_zone if net.local_zone is not None else self.zone(net.local_ip)
+            if rz != net.remote_zone or lz != net.local_zone:
+                net = _new(Net, (*net[:6], rz, net[7], lz))
+        f = e.file
+        if f.path is not None and f.level is None:
+            level, unit = self.asset(f.path)
+            if f.dest_path is not None:
+                dlevel, dunit = self.asset(f.dest_path)
+                if dlevel is not None and (level is None or dlevel > level):
+                    level, unit = dlevel, dunit
+            if level is not None:
+                f = f._replace(level=level, owner_unit=f.owner_unit or unit)
+        media = e.media
+        if media.serial is not None and media.registered is None:
+            media = self._medium(media)
+        iface = e.iface
+        if iface.ip is not None and iface.zone is None:
+            iface = iface._replace(zone=self.zone(iface.ip))
+        return _new(Event, (e[0], e[1], e[2], process, e[4], op, self._host, net, f, media, iface))
+
+    def _medium(self, media: Media) -> Media:
+        m = self._media.get(media.serial or "")
+        if m is None:
+            return media._replace(registered=False)
+        return media._replace(registered=True, level=m.level, holder=m.holder)
+
+
+_T = TypeVar("_T")
+
+
+def _new(cls: type[_T], values: tuple[Any, ...]) -> _T:
+    # tuple.__new__ skips the generated keyword __new__: attribution runs per event.
+    return tuple.__new__(cls, values)  # type: ignore[type-var]
+
+
+__all__ = ["UNSET_LOGINUID", "Attributor", "Event", "File", "Iface", "Net", "Process",
+           "system_account_name"]

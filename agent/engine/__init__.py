@@ -1,0 +1,1 @@
+"""The rule engine: YAML rule packs compiled once, evaluated per event."""

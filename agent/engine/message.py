@@ -1,0 +1,64 @@
+"""Message templates: ``{group.field}`` placeholders checked at load, rendered per finding."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agent.errors import LoadError, Location
+from agent.events import FIELDS, Event
+from agent.levels import Level
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+MISSING = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A message split into literal text and field references."""
+
+    parts: tuple[tuple[str, str | None], ...]  # (literal, field or None)
+
+    def render(self, event: Event, lang: str = "en") -> str:
+        """The message for one event; a missing field shows as ``-``."""
+        out = []
+        for literal, name in self.parts:
+            out.append(literal)
+            if name is not None:
+                out.append(_show(event.field(name), lang))
+        return "".join(out)
+
+
+def _show(value: object, lang: str) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, Level):
+        return value.zh if lang == "zh" else str(value)
+    if isinstance(value, bool):
+        if lang == "zh":
+            return "是" if value else "否"
+        return "yes" if value else "no"
+    return str(value)
+
+
+def compile_template(text: str, where: Location) -> Template:
+    """Check every placeholder names a catalogue field; raise LoadError if not."""
+    if "{" in _PLACEHOLDER.sub("", text) or "}" in _PLACEHOLDER.sub("", text):
+        raise LoadError(where, "unbalanced brace in message (write {{ or }} for a literal brace)")
+    parts: list[tuple[str, str | None]] = []
+    pos = 0
+    literal = ""
+    for m in _PLACEHOLDER.finditer(text):
+        literal += text[pos:m.start()]
+        pos = m.end()
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            literal += token[0]
+            continue
+        name = (m.group(1) or "").strip()
+        if name not in FIELDS:
+            raise LoadError(where, f"unknown field {{{name}}} in message")
+        parts.append((literal, name))
+        literal = ""
+    parts.append((literal + text[pos:], None))
+    return Template(tuple(parts))

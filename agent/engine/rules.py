@@ -1,0 +1,319 @@
+"""Rule packs: YAML files turned into typed, compiled rules (DESIGN §5).
+
+Loading is three passes so that later files can override earlier ones:
+read every file (each problem recorded with its place), merge lists, macros
+and rules by name and id in file order, then compile every enabled rule.
+Any problem fails the whole load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.engine.expr import FUNCTIONS, Predicate, Scope, compile_when
+from agent.engine.message import Template, compile_template
+from agent.errors import LoadError, LoadErrors, Location, Problems
+from agent.events import GROUPS
+from agent.schema import expect_bool, expect_list, expect_map, expect_str, str_list
+from agent.yamlsrc import LDict, LList, load_file, where_of
+
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+SEVERITY_RANK = {s: len(SEVERITIES) - i for i, s in enumerate(SEVERITIES)}
+ACTIONS = ("alert", "audit")
+ROLES = ("operator", "host.custodian", "host.unit", "host.department", "file.owner_unit", "media.holder")
+DEFAULT_ACCOUNTABLE = ("operator", "host.unit", "host.department")
+_RULE_KEYS = ("id", "title", "when", "severity", "action", "accountable", "controls", "tags",
+              "message", "enabled", "override", "description", "references")
+RESERVED_NAMES = frozenset((*GROUPS, *FUNCTIONS, "None", "True", "False", "and", "or", "not", "in"))
+_OVERRIDABLE = ("enabled", "severity", "action", "accountable", "controls", "tags", "message", "title",
+                "when")
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A user-facing text in Chinese and English."""
+
+    zh: str
+    en: str
+
+    def get(self, lang: str) -> str:
+        """The text in ``lang`` (zh or en)."""
+        return self.zh if lang == "zh" else self.en
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A compiled rule, ready to test events."""
+
+    id: str
+    pack: str
+    title: Text
+    when: str
+    severity: str
+    action: str
+    accountable: tuple[str, ...]
+    controls: tuple[str, ...]
+    tags: tuple[str, ...]
+    message_zh: Template
+    message_en: Template
+    source: str
+    where: Location
+    test: Predicate
+    kinds: frozenset[str]
+    keys: tuple[tuple[str, frozenset[Any]], ...] = ()
+
+
+@dataclass
+class _Raw:
+    """A rule as read, before merging and compiling."""
+
+    id: str
+    pack: str
+    source: str
+    where: Location
+    values: dict[str, Any]
+    value_where: dict[str, Location]
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Every enabled rule of a load, with the files it came from."""
+
+    rules: tuple[Rule, ...]
+    files: tuple[str, ...]
+    disabled: tuple[str, ...] = ()
+    lists: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def by_id(self) -> dict[str, Rule]:
+        """Rules keyed by id."""
+        return {r.id: r for r in self.rules}
+
+
+def expand_paths(paths: Iterable[str | Path], problems: Problems,
+                 optional: Iterable[str | Path] = ()) -> list[Path]:
+    """Files named, and the ``*.yaml`` files (in name order) of directories named."""
+    opt = {str(p) for p in optional}
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out.extend(sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml") and x.is_file()))
+        elif p.is_file():
+            out.append(p)
+        elif str(raw) not in opt:
+            problems.add(Location(str(p)), "rule path does not exist")
+    return out
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.problems = Problems()
+        self.lists: dict[str, tuple[Any, ...]] = {}
+        self.macros: dict[str, tuple[str, Location]] = {}
+        self.rules: dict[str, _Raw] = {}
+        self.files: list[str] = []
+
+    def read(self, path: Path) -> None:
+        try:
+            doc = load_file(path)
+        except LoadError as exc:
+            self.problems.append(exc)
+            return
+        self.files.append(str(path))
+        self.pack(doc, str(path))
+
+    def pack(self, doc: Any, path: str) -> None:
+        p = self.problems
+        top = expect_map(doc, Location(path, 1, 1), p, "rule pack", required=("pack",),
+                         optional=("title", "description", "lists", "macros", "rules"))
+        if top is None:
+            return
+        pack = expect_str(top.get("pack"), top.at("pack"), p, "pack") or "?"
+        lists = self.names(top, "lists")
+        for name, value in lists.items():
+            self.list_entry(name, value, lists.at(name))
+        macros = self.names(top, "macros")
+        for name, value in macros.items():
+            if expect_str(value, macros.at(name), p, f"macro {name}") is not None:
+                self.macros[name] = (value, macros.at(name))
+        seen: set[str] = set()
+        rules = expect_list(top.get("rules", LList()), top.at("rules"), p, "rules") if "rules" in top else None
+        for i, item in enumerate(rules or ()):
+            self.rule(item, rules.at(i) if rules else top.where, pack, path, seen)
+
+    def names(self, top: LDict, key: str) -> LDict:
+        """A ``lists:`` or ``macros:`` mapping whose keys must be plain names."""
+        value = top.get(key)
+        if key not in top or value is None:
+            return _empty_map(top)
+        if not isinstance(value, LDict):
+            self.problems.add(top.at(key), f"{key} must be a mapping of names")
+            return _empty_map(top)
+        for name in value:
+            if not name.isidentifier() or name in RESERVED_NAMES:
+                self.problems.add(value.key_at(name), f"{name!r} cannot name a {key[:-1]}: use a plain "
+                                  "identifier that is not a field group, function or keyword")
+        return value
+
+    def list_entry(self, name: str, value: Any, where: Location) -> None:
+        if isinstance(value, LDict):
+            m = expect_map(value, where, self.problems, f"list {name}", required=("append",))
+            items = expect_list(m.get("append") if m else None, where, self.problems, f"list {name}.append")
+            if name not in self.lists:
+                self.problems.add(where, f"cannot append to unknown list {name!r}")
+                return
+            self.lists[name] = self.lists[name] + tuple(_scalars(items, where, self.problems, name))
+            return
+        seq = expect_list(value, where, self.problems, f"list {name}")
+        self.lists[name] = tuple(_scalars(seq, where, self.problems, name))
+
+    def rule(self, item: Any, where: Location, pack: str, path: str, seen: set[str]) -> None:
+        p = self.problems
+        m = expect_map(item, where, p, "rule", required=("id",), optional=_RULE_KEYS)
+        if m is None:
+            return
+        rid = expect_str(m.get("id"), m.at("id"), p, "rule id")
+        if rid is None:
+            return
+        if rid in seen:
+            p.add(m.at("id"), f"duplicate rule id {rid!r} in this file")
+            return
+        seen.add(rid)
+        if "override" in m:
+            self.override(rid, m)
+            return
+        for key in ("title", "when", "severity", "action", "message"):
+            if key not in m:
+                p.add(m.where, f"rule {rid}: missing required key {key!r}")
+        enabled = m.get("enabled", True)
+        if expect_bool(enabled, m.at("enabled"), p, "enabled") is None:
+            enabled = True
+        self.rules[rid] = _Raw(rid, pack, path, m.where, dict(m), dict(m.value_where), bool(enabled))
+
+    def override(self, rid: str, m: LDict) -> None:
+        p = self.problems
+        base = self.rules.get(rid)
+        if base is None:
+            p.add(m.at("id"), f"override of unknown rule {rid!r} (it must be defined in an earlier file)")
+            return
+        o = expect_map(m["override"], m.at("override"), p, f"override of {rid}", optional=_OVERRIDABLE)
+        for key, value in (o or {}).items():
+            if key == "enabled":
+                if expect_bool(value, o.at(key), p, "enabled") is not None:  # type: ignore[union-attr]
+                    base.enabled = bool(value)
+                continue
+            base.values[key] = value
+            base.value_where[key] = o.at(key)  # type: ignore[union-attr]
+
+    def compile(self) -> RuleSet:
+        scope = Scope(self.lists, self.macros)
+        compiled: list[Rule] = []
+        disabled: list[str] = []
+        for raw in self.rules.values():
+            if not raw.enabled:
+                disabled.append(raw.id)
+                continue
+            try:
+                compiled.append(self.compile_rule(raw, scope))
+            except LoadError as exc:
+                self.problems.append(exc)
+            except LoadErrors as exc:
+                self.problems.extend(exc.errors)
+        for name, (text, where) in self.macros.items():
+            try:  # an unused macro must still be valid
+                compile_when(text, where, scope, f"macro {name}")
+            except LoadError as exc:
+                if exc not in self.problems and str(exc) not in {str(x) for x in self.problems}:
+                    self.problems.append(exc)
+        self.problems.raise_if_any()
+        return RuleSet(tuple(compiled), tuple(self.files), tuple(disabled), dict(self.lists))
+
+    def compile_rule(self, raw: _Raw, scope: Scope) -> Rule:
+        v, w = raw.values, raw.value_where
+        local = Problems()
+
+        def at(key: str) -> Location:
+            return w.get(key, raw.where)
+
+        title = _text(v.get("title"), at("title"), local, "title")
+        severity = v.get("severity")
+        if severity not in SEVERITIES:
+            local.add(at("severity"), f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
+        action = v.get("action")
+        if action not in ACTIONS:
+            local.add(at("action"), f"action must be alert or audit, not {action!r}")
+        accountable = str_list(v["accountable"], at("accountable"), local, "accountable") \
+            if "accountable" in v else DEFAULT_ACCOUNTABLE
+        for i, role in enumerate(accountable):
+            if role not in ROLES:
+                seq = v["accountable"]
+                local.add(where_of(seq[i], at("accountable")) if isinstance(seq, LList) else at("accountable"),
+                          f"unknown accountable role {role!r} (expected one of {', '.join(ROLES)})")
+        controls = str_list(v["controls"], at("controls"), local, "controls") if "controls" in v else ()
+        tags = str_list(v["tags"], at("tags"), local, "tags") if "tags" in v else ()
+        msg = _text(v.get("message"), at("message"), local, "message")
+        templates = []
+        for lang in ("zh", "en"):
+            try:
+                templates.append(compile_template(msg.get(lang), _lang_at(v.get("message"), lang,
+                                                                          at("message"))))
+            except LoadError as exc:
+                local.append(exc)
+                templates.append(Template(((msg.get(lang), None),)))
+        when = v.get("when")
+        if not isinstance(when, str):
+            local.add(at("when"), "when must be a condition written as a string")
+            local.raise_if_any()
+        try:
+            c = compile_when(str(when) if not isinstance(when, str) else when, at("when"), scope, raw.id)
+        except LoadError as exc:
+            local.append(exc)
+        local.raise_if_any()
+        return Rule(raw.id, raw.pack, title, str(when), str(severity), str(action), tuple(accountable),
+                    controls, tags, templates[0], templates[1], raw.source, raw.where, c.test, c.kinds, c.keys)
+
+
+def _empty_map(parent: LDict) -> LDict:
+    m = LDict()
+    m.where, m.key_where, m.value_where = parent.where, {}, {}
+    return m
+
+
+def _scalars(seq: LList | None, where: Location, problems: Problems, name: str) -> list[Any]:
+    out = []
+    for i, v in enumerate(seq or ()):
+        if isinstance(v, (LDict, LList)) or v is None:
+            problems.add(seq.at(i) if seq else where, f"list {name} may hold only strings and numbers")
+            continue
+        out.append(str(v) if isinstance(v, str) else v)
+    return out
+
+
+def _text(value: Any, where: Location, problems: Problems, what: str) -> Text:
+    m = expect_map(value, where, problems, what, required=("zh", "en"))
+    if m is None:
+        return Text("", "")
+    zh = expect_str(m.get("zh"), m.at("zh"), problems, f"{what}.zh") or ""
+    en = expect_str(m.get("en"), m.at("en"), problems, f"{what}.en") or ""
+    return Text(zh, en)
+
+
+def _lang_at(value: Any, lang: str, default: Location) -> Location:
+    return value.at(lang) if isinstance(value, LDict) else default
+
+
+def load_rules(paths: Sequence[str | Path], optional: Iterable[str | Path] = ()) -> RuleSet:
+    """Load, merge and compile rule files and directories; raise LoadErrors on any problem."""
+    loader = _Loader()
+    for path in expand_paths(paths, loader.problems, optional):
+        loader.read(path)
+    return loader.compile()
+
+
+def with_severity(rule: Rule, severity: str) -> Rule:
+    """A copy of a rule with another severity (used by tooling and tests)."""
+    return replace(rule, severity=severity)
