@@ -1,0 +1,217 @@
+"""The agent's config: ``agent.yaml`` plus ``agent.d/*.yaml`` drop-ins (DESIGN §7).
+
+Every key is validated and unknown keys are rejected with their location.
+Drop-ins merge into the main file mapping by mapping, in name order; a
+later scalar or list replaces an earlier one. Relative paths are relative
+to the file that names them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import LoadError, Location, Problems
+from agent.paths import LOCAL_RULES, shipped_rules_dir
+from agent.schema import expect_bool, expect_int, expect_list, expect_map, expect_str, str_list
+from agent.yamlsrc import LDict, load_file
+
+_COLLECTORS: dict[str, dict[str, Any]] = {
+    "process": {"enabled": True, "mode": "auto"},
+    "network": {"enabled": True, "mode": "auto", "sniff": True, "interfaces": []},
+    "files": {"enabled": True, "paths": []},
+    "media": {"enabled": True, "roots": ["/media", "/run/media", "/mnt"]},
+    "host": {"enabled": True, "interval": 30.0},
+}
+_MODES = {"process": ("auto", "netlink", "poll"), "network": ("auto", "sniff", "poll")}
+_TOP = ("registry", "rules", "state_dir", "listen", "web_config", "queue_size", "collectors", "journal",
+        "forward", "sigma", "report")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    """Journal retention and signing cadence."""
+
+    retention_days: int = 180
+    max_size_mb: int = 2048
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated agent config."""
+
+    path: str
+    registry: Path
+    rules: tuple[Path, ...]
+    rules_optional: tuple[Path, ...]
+    state_dir: Path
+    listen: str = "0.0.0.0:9847"
+    web_config: Path | None = None
+    queue_size: int = 65536
+    collectors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    journal: JournalConfig = JournalConfig()
+    forward_syslog: Mapping[str, Any] | None = None
+    sigma_skip_unsupported: bool = False
+    report_font: Path | None = None
+    files: tuple[str, ...] = ()
+
+    @property
+    def journal_path(self) -> Path:
+        """Where the journal database lives."""
+        return self.state_dir / "journal.db"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``30``, ``30s``, ``5m``, ``2h``, ``1d``, ``500ms``; ValueError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = _DURATION.match(str(value)) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"bad duration {value!r} (write e.g. 30s, 5m, 2h)")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def _merge(base: LDict, over: LDict) -> None:
+    for key, value in over.items():
+        if isinstance(value, LDict) and isinstance(base.get(key), LDict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+            base.value_where[key] = over.at(key)
+            base.key_where[key] = over.key_at(key)
+
+
+def _path(value: Any, where: Location, base: Path, problems: Problems, what: str) -> Path | None:
+    s = expect_str(value, where, problems, what)
+    if s is None:
+        return None
+    p = Path(s)
+    return p if p.is_absolute() else base / p
+
+
+def load_config(path: str | Path) -> Config:
+    """Load, merge and validate the config; raise LoadErrors listing every problem."""
+    main = Path(path)
+    doc = load_file(main)
+    if doc is None:
+        raise LoadError(Location(str(main), 1, 1), "config is empty")
+    problems = Problems()
+    top = expect_map(doc, Location(str(main), 1, 1), problems, "config", optional=_TOP)
+    files = [str(main)]
+    dropin_dir = main.parent / "agent.d"
+    if top is not None and dropin_dir.is_dir():
+        for f in sorted(dropin_dir.glob("*.yaml")):
+            over = load_file(f)
+            if over is None:
+                continue
+            o = expect_map(over, Location(str(f), 1, 1), problems, "config drop-in", optional=_TOP)
+            if o is not None:
+                _merge(top, o)
+                files.append(str(f))
+    if top is None:
+        problems.raise_if_any()
+        raise AssertionError("unreachable")
+    base = main.parent
+    registry = _path(top.get("registry", "/etc/dutywatch/registry.yaml"), top.at("registry"), base,
+                     problems, "registry")
+    if "rules" in top:
+        seq = expect_list(top["rules"], top.at("rules"), problems, "rules")
+        rules = tuple(p for i, v in enumerate(seq or ()) if (p := _path(v, seq.at(i) if seq else top.where,
+                                                                        base, problems, "rules entry")))
+        optional: tuple[Path, ...] = ()
+    else:
+        rules = (shipped_rules_dir(), LOCAL_RULES)
+        optional = (LOCAL_RULES,)
+    state_dir = _path(top.get("state_dir", "/var/lib/dutywatch"), top.at("state_dir"), base, problems,
+                      "state_dir")
+    listen = expect_str(top.get("listen", "0.0.0.0:9847"), top.at("listen"), problems, "listen") or ""
+    if listen and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s]*):\d{1,5}$", listen):
+        problems.add(top.at("listen"), f"listen must be host:port, not {listen!r}")
+    web = top.get("web_config")
+    web_config = _path(web, top.at("web_config"), base, problems, "web_config") if web is not None else None
+    queue_size = expect_int(top.get("queue_size", 65536), top.at("queue_size"), problems, "queue_size",
+                            16, 10_000_000) or 65536
+    collectors = _collectors(top, problems)
+    journal = _journal(top, problems)
+    syslog = None
+    if "forward" in top:
+        fwd = expect_map(top["forward"], top.at("forward"), problems, "forward", optional=("syslog",))
+        if fwd is not None and fwd.get("syslog") is not None:
+            s = expect_map(fwd["syslog"], fwd.at("syslog"), problems, "forward.syslog", required=("address",),
+                           optional=("tls", "app_name", "facility", "buffer"))
+            if s is not None:
+                addr = str(s.get("address", ""))
+                if not re.match(r"^(udp|tcp|tls)://[^\s/]+:\d+$", addr):
+                    problems.add(s.at("address"), "address must be udp://, tcp:// or tls://host:port")
+                syslog = dict(s)
+    skip = False
+    if "sigma" in top:
+        sg = expect_map(top["sigma"], top.at("sigma"), problems, "sigma", optional=("skip_unsupported",))
+        if sg is not None and "skip_unsupported" in sg:
+            skip = bool(expect_bool(sg["skip_unsupported"], sg.at("skip_unsupported"), problems,
+                                    "sigma.skip_unsupported"))
+    font = None
+    if "report" in top:
+        rp = expect_map(top["report"], top.at("report"), problems, "report", optional=("font",))
+        if rp is not None and rp.get("font") is not None:
+            font = _path(rp["font"], rp.at("font"), base, problems, "report.font")
+    problems.raise_if_any()
+    assert registry is not None and state_dir is not None
+    return Config(str(main), registry, rules, optional, state_dir, listen, web_config, queue_size,
+                  collectors, journal, syslog, skip, font, tuple(files))
+
+
+def _collectors(top: LDict, problems: Problems) -> dict[str, dict[str, Any]]:
+    out = {k: dict(v) for k, v in _COLLECTORS.items()}
+    if "collectors" not in top:
+        return out
+    cs = expect_map(top["collectors"], top.at("collectors"), problems, "collectors", optional=tuple(_COLLECTORS))
+    for name, section in (cs or {}).items():
+        if name not in _COLLECTORS or cs is None:
+            continue
+        sec = expect_map(section, cs.at(name), problems, f"collectors.{name}", optional=tuple(_COLLECTORS[name]))
+        for key, value in (sec or {}).items():
+            if sec is None or key not in _COLLECTORS[name]:
+                continue
+            where, what = sec.at(key), f"collectors.{name}.{key}"
+            default = _COLLECTORS[name][key]
+            if key == "mode":
+                if value not in _MODES[name]:
+                    problems.add(where, f"{what} must be one of {', '.join(_MODES[name])}, not {value!r}")
+                    continue
+            elif key == "interval":
+                try:
+                    value = parse_duration(value)
+                except ValueError as exc:
+                    problems.add(where, f"{what}: {exc}")
+                    continue
+            elif isinstance(default, bool):
+                expect_bool(value, where, problems, what)
+            elif isinstance(default, list):
+                value = list(str_list(value, where, problems, what))
+            out[name][key] = value
+    return out
+
+
+def _journal(top: LDict, problems: Problems) -> JournalConfig:
+    if "journal" not in top:
+        return JournalConfig()
+    j = expect_map(top["journal"], top.at("journal"), problems, "journal",
+                   optional=("retention_days", "max_size_mb", "checkpoint_every"))
+    if j is None:
+        return JournalConfig()
+    d = JournalConfig()
+    return JournalConfig(
+        expect_int(j.get("retention_days", d.retention_days), j.at("retention_days"), problems,
+                   "journal.retention_days", 1) or d.retention_days,
+        expect_int(j.get("max_size_mb", d.max_size_mb), j.at("max_size_mb"), problems, "journal.max_size_mb",
+                   1) or d.max_size_mb,
+        expect_int(j.get("checkpoint_every", d.checkpoint_every), j.at("checkpoint_every"), problems,
+                   "journal.checkpoint_every", 1) or d.checkpoint_every,
+    )
