@@ -139,7 +139,7 @@ class Attributor:
         iface = e.iface
         if iface.ip is not None and iface.zone is None:
             iface = iface._replace(zone=self.zone(iface.ip))
-        return _new(Event, (e[0], e[1], e[2], process, e[4], op, self._host, net, f, media, iface))
+        return _new(Event, (e[0], e[1], e[2], process, e[4], op, self._host, net, f, media, iface, e[11]))
 
     def _medium(self, media: Media) -> Media:
         m = self._media.get(media.serial or "")

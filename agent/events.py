@@ -138,6 +138,7 @@ class Event(NamedTuple):
     file: File = File()
     media: Media = Media()
     iface: Iface = Iface()
+    detail: str | None = None  # free text of agent lifecycle events (extends DESIGN §4)
 
     def to_dict(self) -> dict[str, Any]:
         """The event as nested JSON-ready dicts, with only the fields set."""
@@ -146,6 +147,8 @@ class Event(NamedTuple):
             out["event"]["time"] = self.time
         if self.collector is not None:
             out["event"]["collector"] = self.collector
+        if self.detail is not None:
+            out["event"]["detail"] = self.detail
         for group in GROUP_TYPES:
             values = getattr(self, group)
             d = {k: _dump(v) for k, v in zip(values._fields, values, strict=True) if v is not None}
@@ -211,7 +214,7 @@ def _type_of(name: str) -> str:
 
 
 FIELDS: dict[str, FieldSpec] = {}
-for _f in ("kind", "time", "collector"):
+for _f in ("kind", "time", "collector", "detail"):
     FIELDS[f"event.{_f}"] = FieldSpec("event", _f, _type_of(_f))
 for _g, _cls in GROUP_TYPES.items():
     for _f in _cls._fields:
@@ -272,5 +275,6 @@ def event_from_dict(data: dict[str, Any]) -> Event:
         kind=kind,
         time=_coerce(FIELDS["event.time"], head.get("time")),
         collector=_coerce(FIELDS["event.collector"], head.get("collector")),
+        detail=_coerce(FIELDS["event.detail"], head.get("detail")),
         **groups,
     )
