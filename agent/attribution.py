@@ -45,22 +45,28 @@ class Attributor:
         self._assets = registry.assets
         self._asset_prefixes = tuple(a.prefix for a in registry.assets)
         self._zones = registry.zones
-        self._op_cache: dict[tuple[int | None, int | None], tuple[Operator, str | None]] = {}
+        self._op_cache: dict[tuple[int | None, int | None, str | None], tuple[Operator, str | None]] = {}
         self._zone_cache: dict[str, str | None] = {}
         self._path_cache: dict[str, tuple[Level | None, str | None]] = {}
 
     # -- operator ---------------------------------------------------------
-    def operator(self, loginuid: int | None, uid: int | None) -> tuple[Operator, str | None]:
-        """The operator for these ids, and the account name of ``uid``."""
-        key = (loginuid, uid)
+    def operator(self, loginuid: int | None, uid: int | None,
+                 user: str | None = None) -> tuple[Operator, str | None]:
+        """The operator for these ids, and the account name of ``uid``.
+
+        ``user`` is the account name the collector read when the event
+        happened; it is trusted over a later lookup of ``uid``.
+        """
+        key = (loginuid, uid, user)
         hit = self._op_cache.get(key)
         if hit is not None:
             return hit
-        user = self._account_name(uid) if uid is not None else None
+        if user is None and uid is not None:
+            user = self._account_name(uid)
         if loginuid is not None and loginuid != UNSET_LOGINUID:
-            op = self._resolve(loginuid)
+            op = self._resolve(loginuid, None)
         elif uid is not None:
-            op = self._resolve(uid)
+            op = self._resolve(uid, user)
         else:
             op = Operator()
         if len(self._op_cache) >= _CACHE_LIMIT:
@@ -68,9 +74,10 @@ class Attributor:
         self._op_cache[key] = (op, user)
         return op, user
 
-    def _resolve(self, uid: int) -> Operator:
+    def _resolve(self, uid: int, account: str | None) -> Operator:
         person = self._by_uid.get(uid)
-        account = person.account if person else self._account_name(uid)
+        if person is None and account is None:
+            account = self._account_name(uid)
         if person is None and account is not None:
             person = self._by_account.get(account)
             if person is None and account in self._service:
@@ -113,7 +120,7 @@ class Attributor:
         p = e.process
         process = p
         if p.uid is not None or p.loginuid is not None:
-            op, user = self.operator(p.loginuid, p.uid)
+            op, user = self.operator(p.loginuid, p.uid, p.user)
             if p.user is None and user is not None:
                 process = _new(Process, (*p[:7], user, *p[8:]))
         else:

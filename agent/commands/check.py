@@ -1,0 +1,56 @@
+"""``dutywatch check``: validate config, registry and rules; name every problem."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from agent.commands.common import add_config, config_path, error_lines, print_errors
+from agent.config import load_config
+from agent.engine.rules import load_rules
+from agent.errors import LoadError, LoadErrors
+from agent.registry import load_registry
+
+
+def register(sub: Any) -> None:
+    """Add the command."""
+    p = sub.add_parser("check", help="validate config, registry and rules")
+    add_config(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when everything loads, else 1 with ``path:line:col: message`` lines."""
+    try:
+        config = load_config(config_path(args))
+    except (LoadError, LoadErrors) as exc:
+        print_errors(error_lines(exc))
+        return 1
+    errors: list[str] = []
+    summary = []
+    try:
+        registry = load_registry(config.registry)
+        summary.append(f"registry {config.registry}: host {registry.host.id}, {len(registry.people)} people, "
+                       f"{len(registry.assets)} assets")
+    except (LoadError, LoadErrors) as exc:
+        errors += error_lines(exc)
+    try:
+        rules = load_rules(config.rules, optional=config.rules_optional)
+        summary.append(f"rules: {len(rules.rules)} enabled, {len(rules.disabled)} disabled, "
+                       f"from {len(rules.files)} files")
+    except (LoadError, LoadErrors) as exc:
+        errors += error_lines(exc)
+    errors += _extra_checks(config)
+    if errors:
+        print_errors(errors)
+        print(f"{len(errors)} problem{'s' if len(errors) != 1 else ''} found")
+        return 1
+    print(f"config {config.path}: ok")
+    for line in summary:
+        print(line)
+    return 0
+
+
+def _extra_checks(config: Any) -> list[str]:
+    """Checks of optional parts (web config) that live in their own modules."""
+    return []
