@@ -99,8 +99,8 @@ class SampleRunner:
             name = expect_str(m.get("name"), m.at("name"), problems, "name") or "?"
         if m is None or problems:
             return Outcome(where, name, False, "; ".join(p.message for p in problems))
-        fires = str_list(m.get("fires", []), m.at("fires"), problems, "fires")
-        not_fires = str_list(m.get("not_fires", []), m.at("not_fires"), problems, "not_fires")
+        fires = str_list(m["fires"], m.at("fires"), problems, "fires") if "fires" in m else ()
+        not_fires = str_list(m["not_fires"], m.at("not_fires"), problems, "not_fires") if "not_fires" in m else ()
         if not fires and not not_fires:
             problems.add(m.where, "a sample must name rules under fires or not_fires")
         for rid, key in [(r, "fires") for r in fires] + [(r, "not_fires") for r in not_fires]:
