@@ -294,10 +294,13 @@ def _zones(top: LDict, problems: Problems) -> ZoneMap:
         return ZoneMap("internet", [])
     default = expect_str(z.get("default", "internet"), z.at("default"), problems, "zones.default")
     networks: list[tuple[str, IPNetwork]] = []
+    names: list[str] = []
     for m, i in _items(z, "networks", problems):
         expect_map(m, m.where, problems, f"zones.networks[{i}]", required=("name", "cidrs"))
         name = expect_str(m.get("name"), m.at("name"), problems, "zone name")
         cidrs = expect_list(m.get("cidrs"), m.at("cidrs"), problems, "cidrs")
+        if name:
+            names.append(name)
         for j, c in enumerate(cidrs or ()):
             where = cidrs.at(j) if cidrs is not None else m.where
             try:
@@ -307,7 +310,9 @@ def _zones(top: LDict, problems: Problems) -> ZoneMap:
                 continue
             if name:
                 networks.append((name, net))
-    return ZoneMap(default or "internet", networks)
+    zmap = ZoneMap(default or "internet", networks)
+    zmap.names = zmap.names | frozenset(names)
+    return zmap
 
 
 def load_registry(path: str | Path) -> Registry:

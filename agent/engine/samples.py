@@ -116,8 +116,11 @@ class SampleRunner:
             return Outcome(m.at("registry"), name, False, f"registry: {exc}")
         except LoadErrors as exc:
             return Outcome(m.at("registry"), name, False, f"registry: {exc.errors[0]}")
+        raw = _plain(m["event"])
         try:
-            event = Event.from_dict(_plain(m["event"]))
+            if not isinstance(raw, dict):
+                raise ValueError("event must be a mapping of field groups")
+            event = Event.from_dict(raw)
         except ValueError as exc:
             return Outcome(where_of(m["event"], m.at("event")), name, False, f"bad event: {exc}")
         fired = {r.id for r in self.engine.match(attribute(event))}
