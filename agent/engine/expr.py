@@ -469,7 +469,8 @@ def compile_when(text: str, where: Location, scope: Scope, name: str = "when") -
     ast.fix_missing_locations(module)
     code = compile(module, f"<rule {name}>", "exec")
     fcode = next(k for k in code.co_consts if isinstance(k, types.CodeType))
-    test = types.FunctionType(fcode, dict(c.consts), _safe_name(name))
+    # No builtins: the grammar names none, and the function could not reach them anyway.
+    test = types.FunctionType(fcode, {"__builtins__": {}, **c.consts}, _safe_name(name))
     from agent.engine.analysis import index_keys, possible_kinds
     return Compiled(test, possible_kinds(tree, scope), index_keys(tree, scope))
 
