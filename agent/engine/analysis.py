@@ -9,6 +9,7 @@ many rules on the same field be found by one dictionary lookup.
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from typing import Any
 
 from agent.engine.expr import Scope
@@ -82,37 +83,111 @@ def possible_kinds(node: ast.expr, scope: Scope, depth: int = 0) -> frozenset[st
     return kt if kt is not None else ALL_KINDS
 
 
-def _conjuncts(node: ast.expr, scope: Scope, depth: int = 0) -> list[ast.expr]:
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A necessary condition a cheap index can test: ``field`` eq/prefix/suffix/contains ``value``."""
+
+    op: str  # eq | prefix | suffix | contains
+    field: str
+    value: Any
+
+
+_OP_COST = {"eq": 0, "prefix": 1, "suffix": 1, "contains": 2}
+_MIN_LITERAL = 3  # shorter substrings match too often to narrow anything
+
+
+def _cost(ts: tuple[Trigger, ...]) -> tuple[int, int, int]:
+    worst = max(_OP_COST[t.op] for t in ts)
+    weak = any(isinstance(t.value, bool) for t in ts)  # a bool splits events in two at best
+    return (int(weak), worst, len(ts))
+
+
+def _field(node: ast.expr) -> str | None:
+    d = _dotted(node)
+    return d if d is not None and d in FIELDS and d != "event.kind" else None
+
+
+def _regex_literal(pattern: str) -> str | None:
+    """The longest literal run every match of ``pattern`` must contain, if any."""
+    try:
+        from re import _parser  # type: ignore[attr-defined]
+        parsed = _parser.parse(pattern)
+    except Exception:
+        return None
+    if parsed.state.flags & 2:  # re.IGNORECASE
+        return None
+    best, run = "", ""
+    for op, arg in parsed:
+        if str(op) == "LITERAL":
+            run += chr(arg)
+            continue
+        best = max(best, run, key=len)
+        run = ""
+    best = max(best, run, key=len)
+    return best if len(best) >= _MIN_LITERAL else None
+
+
+def _call_triggers(node: ast.Call, scope: Scope) -> tuple[Trigger, ...] | None:
+    if not isinstance(node.func, ast.Name) or len(node.args) < 2:
+        return None
+    fld = _field(node.args[0])
+    if fld is None:
+        return None
+    pats: list[str] = []
+    for arg in node.args[1:]:
+        vals = _values(arg, scope)
+        if vals is None or not all(isinstance(v, str) for v in vals):
+            return None
+        pats.extend(vals)
+    name = node.func.id
+    if name in ("startswith", "endswith", "contains"):
+        if any(len(p) < (1 if name != "contains" else _MIN_LITERAL) for p in pats):
+            return None
+        op = {"startswith": "prefix", "endswith": "suffix", "contains": "contains"}[name]
+        return tuple(Trigger(op, fld, p) for p in pats)
+    if name == "regex" and len(pats) == 1:
+        lit = _regex_literal(pats[0])
+        return (Trigger("contains", fld, lit),) if lit else None
+    if name == "glob":
+        from agent.globs import literal_prefix
+        prefixes = [literal_prefix(p) for p in pats]
+        return tuple(Trigger("prefix", fld, p) for p in prefixes) if all(len(p) >= 2 for p in prefixes) else None
+    return None
+
+
+def triggers(node: ast.expr, scope: Scope, depth: int = 0) -> tuple[Trigger, ...] | None:
+    """Index entries of which at least one holds whenever ``node`` is true; None if none can be given."""
     if depth > 50:
-        return []
+        return None
     sub = _macro(node, scope)
     if sub is not None:
-        return _conjuncts(sub, scope, depth + 1)
-    if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
-        out: list[ast.expr] = []
-        for v in node.values:
-            out.extend(_conjuncts(v, scope, depth + 1))
-        return out
-    return [node]
-
-
-def index_keys(node: ast.expr, scope: Scope) -> tuple[tuple[str, frozenset[Any]], ...]:
-    """Top-level equality conjuncts as (field, accepted values), event.kind excluded."""
-    keys = []
-    for c in _conjuncts(node, scope):
-        if not (isinstance(c, ast.Compare) and len(c.ops) == 1
-                and isinstance(c.ops[0], (ast.Eq, ast.In))):
-            continue
-        dotted = _dotted(c.left)
-        if dotted is None or dotted == "event.kind" or dotted not in FIELDS:
-            continue
-        vals = _values(c.comparators[0], scope)
-        if vals is None or any(v is None for v in vals):
-            continue
-        if FIELDS[dotted].type == "level":
-            try:
-                vals = tuple(parse_level(v) for v in vals)
-            except ValueError:
-                continue
-        keys.append((dotted, frozenset(vals)))
-    return tuple(keys)
+        return triggers(sub, scope, depth + 1)
+    if isinstance(node, ast.BoolOp):
+        parts = [triggers(v, scope, depth + 1) for v in node.values]
+        if isinstance(node.op, ast.And):
+            usable = [p for p in parts if p]
+            return min(usable, key=_cost) if usable else None
+        if any(not p for p in parts):
+            return None
+        return tuple(t for p in parts if p for t in p)
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.In)):
+        left, right = node.left, node.comparators[0]
+        if _field(left) is None and _field(right) is not None and isinstance(node.ops[0], ast.Eq):
+            left, right = right, left
+        fld = _field(left)
+        vals = _values(right, scope)
+        if fld is not None and vals is not None and not any(v is None for v in vals):
+            if FIELDS[fld].type == "level":
+                try:
+                    vals = tuple(parse_level(v) for v in vals)
+                except ValueError:
+                    return None
+            return tuple(Trigger("eq", fld, v) for v in vals)
+        if (isinstance(left, ast.Call) and isinstance(left.func, ast.Name) and left.func.id == "basename"
+                and len(left.args) == 1 and _field(left.args[0]) and vals
+                and all(isinstance(v, str) and v for v in vals)):
+            return tuple(Trigger("suffix", str(_field(left.args[0])), v) for v in vals)
+        return None
+    if isinstance(node, ast.Call):
+        return _call_triggers(node, scope)
+    return None

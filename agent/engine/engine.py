@@ -1,24 +1,23 @@
 """Evaluate events against a compiled rule set; every matching rule fires.
 
 Rules are bucketed by the event kinds their condition can match, so an
-event meets only its candidate rules. Inside a bucket, rules that share a
-top-level ``field == value`` (or ``field in (...)``) test are grouped in a
-dictionary on that field: an event then costs one lookup for the whole
-group instead of one call per rule, which keeps large rule sets cheap.
+event meets only its candidate rules. Inside a bucket, a rule with a
+trigger set (a necessary condition: field values, path prefixes or
+suffixes, required substrings) is reached through per-field dictionaries
+and one combined substring scan, so an event costs a few lookups however
+many rules there are; only rules that pass their trigger are evaluated.
 """
 
 from __future__ import annotations
 
 import operator
-from collections import Counter
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from agent.engine.rules import Rule, RuleSet
 from agent.events import KINDS, Event
-
-_MIN_GROUP = 3  # rules sharing a key before a dictionary beats calling each
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,39 +60,61 @@ class Finding:
         }
 
 
+Getter = Callable[[Event], Any]
+RuleGroup = tuple[Rule, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class _Bucket:
-    linear: tuple[Rule, ...]
-    indexes: tuple[tuple[Callable[[Event], Any], dict[Any, tuple[Rule, ...]]], ...]
+    """The rules one event kind can meet, split into those reached through indexes and the rest."""
+
+    linear: RuleGroup
+    eq: tuple[tuple[Getter, dict[Any, RuleGroup]], ...]
+    prefix: tuple[tuple[Getter, tuple[int, ...], dict[str, RuleGroup]], ...]
+    suffix: tuple[tuple[Getter, tuple[int, ...], dict[str, RuleGroup]], ...]
+    contains: tuple[tuple[Getter, Callable[[str], Any], dict[str, RuleGroup]], ...]
+
+    @property
+    def indexed(self) -> bool:
+        """Whether any rule is reached through an index."""
+        return bool(self.eq or self.prefix or self.suffix or self.contains)
 
 
-def _getter(dotted: str) -> Callable[[Event], Any]:
+def _getter(dotted: str) -> Getter:
     group, _, name = dotted.partition(".")
     return operator.attrgetter(name if group == "event" else dotted)
 
 
+def _freeze(table: dict[Any, list[Rule]]) -> dict[Any, RuleGroup]:
+    return {k: tuple(dict.fromkeys(v)) for k, v in table.items()}
+
+
 def _bucket(rules: list[Rule]) -> _Bucket:
-    remaining = list(rules)
-    indexes = []
-    while True:
-        counts = Counter(f for r in remaining for f, _ in r.keys)
-        if not counts:
-            break
-        fld, n = counts.most_common(1)[0]
-        if n < _MIN_GROUP:
-            break
-        table: dict[Any, list[Rule]] = {}
-        keep = []
-        for r in remaining:
-            values = next((v for f, v in r.keys if f == fld), None)
-            if values is None:
-                keep.append(r)
-                continue
-            for v in values:
-                table.setdefault(v, []).append(r)
-        indexes.append((_getter(fld), {k: tuple(v) for k, v in table.items()}))
-        remaining = keep
-    return _Bucket(tuple(remaining), tuple(indexes))
+    linear: list[Rule] = []
+    tables: dict[tuple[str, str], dict[Any, list[Rule]]] = {}
+    for r in rules:
+        if not r.triggers:
+            linear.append(r)
+            continue
+        for t in r.triggers:
+            tables.setdefault((t.op, t.field), {}).setdefault(t.value, []).append(r)
+    eq: list[tuple[Getter, dict[Any, RuleGroup]]] = []
+    prefix: list[tuple[Getter, tuple[int, ...], dict[str, RuleGroup]]] = []
+    suffix: list[tuple[Getter, tuple[int, ...], dict[str, RuleGroup]]] = []
+    contains: list[tuple[Getter, Callable[[str], Any], dict[str, RuleGroup]]] = []
+    for (op, fld), table in sorted(tables.items(), key=lambda kv: kv[0]):
+        get = _getter(fld)
+        frozen = _freeze(table)
+        if op == "eq":
+            eq.append((get, frozen))
+        elif op in ("prefix", "suffix"):
+            lengths = tuple(sorted({len(k) for k in frozen}))
+            (prefix if op == "prefix" else suffix).append((get, lengths, frozen))
+        else:
+            # One C-level scan rejects values holding none of the substrings.
+            rx = re.compile("|".join(re.escape(k) for k in sorted(frozen, key=len, reverse=True)))
+            contains.append((get, rx.search, frozen))
+    return _Bucket(tuple(linear), tuple(eq), tuple(prefix), tuple(suffix), tuple(contains))
 
 
 class Engine:
@@ -104,34 +125,64 @@ class Engine:
         self._buckets: dict[str, _Bucket] = {
             kind: _bucket([r for r in ruleset.rules if kind in r.kinds]) for kind in KINDS
         }
-        self._empty = _Bucket((), ())
+        self._empty = _Bucket((), (), (), (), ())
         self.errors = 0  # rule evaluations that raised (bad event data); counted, never fatal
 
-    def candidates(self, kind: str) -> int:
-        """How many rules an event of ``kind`` could meet (for diagnostics)."""
+    def rules_for(self, kind: str) -> list[Rule]:
+        """Every rule an event of ``kind`` could meet."""
         b = self._buckets.get(kind, self._empty)
-        return len(b.linear) + sum(len({r.id for rs in t.values() for r in rs}) for _, t in b.indexes)
+        out = dict.fromkeys(b.linear)
+        tables = [t for _, t in b.eq] + [t for _, _, t in (*b.prefix, *b.suffix, *b.contains)]
+        for t in tables:
+            out.update(dict.fromkeys(r for rs in t.values() for r in rs))
+        return list(out)
 
     def match(self, e: Event) -> list[Rule]:
         """Every rule whose condition holds for the (attributed) event."""
         b = self._buckets.get(e.kind, self._empty)
         try:
             hits = [r for r in b.linear if r.test(e)]
-            for get, table in b.indexes:
-                group = table.get(get(e))
-                if group:
-                    hits.extend(r for r in group if r.test(e))
+            if b.indexed:
+                cands = self._candidates(b, e)
+                if cands:
+                    hits.extend(r for r in cands if r.test(e))
         except Exception:
-            return self._match_slow(b, e)
+            # One bad value must not hide other rules' findings.
+            return self._match_slow(e)
         return hits
 
-    def _match_slow(self, b: _Bucket, e: Event) -> list[Rule]:
+    @staticmethod
+    def _candidates(b: _Bucket, e: Event) -> dict[Rule, None]:
+        cands: dict[Rule, None] = {}
+        for get, table in b.eq:
+            group = table.get(get(e))
+            if group:
+                cands.update(dict.fromkeys(group))
+        for get, lengths, table in b.prefix:
+            v = get(e)
+            if v is not None:
+                for n in lengths:
+                    group = table.get(v[:n])
+                    if group:
+                        cands.update(dict.fromkeys(group))
+        for get, lengths, table in b.suffix:
+            v = get(e)
+            if v is not None:
+                for n in lengths:
+                    group = table.get(v[-n:])
+                    if group:
+                        cands.update(dict.fromkeys(group))
+        for get, search, table in b.contains:
+            v = get(e)
+            if v is not None and search(v) is not None:
+                for lit, group in table.items():
+                    if lit in v:
+                        cands.update(dict.fromkeys(group))
+        return cands
+
+    def _match_slow(self, e: Event) -> list[Rule]:
         hits = []
-        seen = set()
-        for r in (*b.linear, *(r for _, t in b.indexes for rs in t.values() for r in rs)):
-            if r.id in seen:
-                continue
-            seen.add(r.id)
+        for r in self.rules_for(e.kind):
             try:
                 if r.test(e):
                     hits.append(r)

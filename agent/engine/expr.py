@@ -453,7 +453,7 @@ class Compiled:
 
     test: Predicate
     kinds: frozenset[str]
-    keys: tuple[tuple[str, frozenset[Any]], ...]  # top-level `field == c` / `field in (...)` conjuncts
+    triggers: tuple[Any, ...] | None  # analysis.Trigger entries, one of which holds when the rule does
 
 
 def compile_when(text: str, where: Location, scope: Scope, name: str = "when") -> Compiled:
@@ -471,8 +471,8 @@ def compile_when(text: str, where: Location, scope: Scope, name: str = "when") -
     fcode = next(k for k in code.co_consts if isinstance(k, types.CodeType))
     # No builtins: the grammar names none, and the function could not reach them anyway.
     test = types.FunctionType(fcode, {"__builtins__": {}, **c.consts}, _safe_name(name))
-    from agent.engine.analysis import index_keys, possible_kinds
-    return Compiled(test, possible_kinds(tree, scope), index_keys(tree, scope))
+    from agent.engine.analysis import possible_kinds, triggers
+    return Compiled(test, possible_kinds(tree, scope), triggers(tree, scope))
 
 
 def _safe_name(name: str) -> str:

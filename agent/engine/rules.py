@@ -44,9 +44,9 @@ class Text:
         return self.zh if lang == "zh" else self.en
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Rule:
-    """A compiled rule, ready to test events."""
+    """A compiled rule, ready to test events. Compared and hashed by identity (cheap in indexes)."""
 
     id: str
     pack: str
@@ -63,7 +63,7 @@ class Rule:
     where: Location
     test: Predicate
     kinds: frozenset[str]
-    keys: tuple[tuple[str, frozenset[Any]], ...] = ()
+    triggers: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -274,7 +274,7 @@ class _Loader:
             local.append(exc)
         local.raise_if_any()
         return Rule(raw.id, raw.pack, title, str(when), str(severity), str(action), tuple(accountable),
-                    controls, tags, templates[0], templates[1], raw.source, raw.where, c.test, c.kinds, c.keys)
+                    controls, tags, templates[0], templates[1], raw.source, raw.where, c.test, c.kinds, c.triggers)
 
 
 def _empty_map(parent: LDict) -> LDict:
