@@ -159,6 +159,7 @@ class Connection:
 
     def __init__(self, target: SyslogTarget, timeout: float = 10.0) -> None:
         self.target = target
+        self.timeout = timeout
         family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
         if target.transport == "udp":
             self.sock: socket.socket = socket.socket(family, socket.SOCK_DGRAM)
@@ -185,7 +186,18 @@ class Connection:
         if self.target.transport == "udp":
             return False
         readable, _, _ = select.select([self.sock], [], [], 0)
-        return bool(readable)
+        if not readable:
+            return False
+        # Readable can also mean TLS 1.3 session tickets; only an empty read means closed.
+        self.sock.setblocking(False)
+        try:
+            return self.sock.recv(4096) == b""
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return False
+        except OSError:
+            return True
+        finally:
+            self.sock.settimeout(self.timeout)
 
     def send(self, message: bytes) -> None:
         """Write one message with the transport's framing; raises OSError on failure."""
