@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,3 +272,55 @@ def test_target_defaults(tmp_path: Path) -> None:
     t = parse_target({"address": "tls://[::1]"}, Location("x"))
     assert (t.transport, t.host, t.port, t.label) == ("tls", "::1", 6514, "tls://[::1]:6514")
     assert t.facility == AUTHPRIV and t.app_name == "dutywatch" and t.tls is not None
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(shutil.which("rsyslogd") is None,
+                    reason="rsyslog not installed (apt-get install rsyslog)")
+def test_rsyslog_receives_what_we_send(tmp_path: Path, cleanup: list[Any]) -> None:
+    tcp, udp = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
+    out = tmp_path / "out.log"
+    conf = tmp_path / "rsyslog.conf"
+    conf.write_text(
+        f'global(workDirectory="{tmp_path}")\n'
+        'module(load="imtcp")\nmodule(load="imudp")\n'
+        f'input(type="imtcp" port="{tcp}" address="127.0.0.1")\n'
+        f'input(type="imudp" port="{udp}" address="127.0.0.1")\n'
+        'template(name="t" type="list") { property(name="msgid") constant(value="\\t")\n'
+        '  property(name="structured-data") constant(value="\\t") property(name="msg")\n'
+        '  constant(value="\\n") }\n'
+        f'*.* action(type="omfile" file="{out}" template="t")\n')
+    proc = subprocess.Popen(["rsyslogd", "-n", "-f", str(conf), "-i", str(tmp_path / "pid")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: _accepts(tcp))
+        via_udp = forwarder(cleanup, target("udp", udp))
+        via_tcp = forwarder(cleanup, target("tcp", tcp))
+        sent = [finding(1, HOSTILE["sd"], unit='单位"]\\'), finding(2, HOSTILE["terminal"])]
+        via_tcp.submit(sent[0])
+        via_udp.submit(sent[1])
+        assert wait_until(lambda: out.exists() and out.read_text("utf-8").count("\n") >= 2)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    lines = sorted(out.read_text("utf-8").splitlines(),
+                   key=lambda line: json.loads(line.split("\t")[2][1:])["seq"])
+    for line, rec in zip(lines, sent, strict=True):
+        msgid, sd, msg = line.split("\t")
+        assert msgid == "BM-NET-001"
+        assert sd.startswith("[dutywatch@32473 rule=\"BM-NET-001\"") and f'seq="{rec["seq"]}"' in sd
+        assert msg.startswith("\ufeff") and json.loads(msg[1:]) == rec
+    assert 'unit="单位\\"\\]\\\\"' in lines[0]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
