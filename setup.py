@@ -48,6 +48,7 @@ setup(
         "watchdog>=3.0",
         "scapy>=2.5",
         "cryptography>=41",
+        "bcrypt>=4.0",
     ],
     extras_require={
         "test": [
