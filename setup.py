@@ -48,6 +48,7 @@ setup(
         "watchdog>=3.0",
         "scapy>=2.5",
         "cryptography>=41",
+        "pypdf>=6.0",
     ],
     extras_require={
         "test": [
@@ -57,6 +58,7 @@ setup(
             "mypy>=1.8",
             "types-PyYAML",
             "jsonschema>=4.17",
+            "fpdf2>=2.7",
         ],
     },
     entry_points={"console_scripts": ["dutywatch = agent.cli:main"]},
