@@ -97,28 +97,29 @@ def scan_file(
     """
     bounds = dataclasses.replace(limits or Limits(), max_bytes=max_bytes, max_seconds=max_seconds)
     try:
-        f = _open(Path(path))
+        fd = _open(Path(path))
     except OSError as e:
         return MarkingResult("unreadable", reason=str(translate_os_error("cannot open", e)))
-    with f:
-        try:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return MarkingResult("skipped", reason="not a regular file")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return MarkingResult("skipped", reason="not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
             return _scan_open(f, Path(path), st.st_size, bounds, Deadline(clock, max_seconds))
-        except OSError as e:
-            return MarkingResult("unreadable", reason=str(translate_os_error("cannot read", e)))
+    except OSError as e:
+        return MarkingResult("unreadable", reason=str(translate_os_error("cannot read", e)))
+    finally:
+        os.close(fd)
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> int:
     # O_NONBLOCK so a FIFO planted under a watched path cannot hang the scan;
     # O_NOATIME so the scan does not disturb what auditors see, where allowed.
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags | os.O_NOATIME)
+        return os.open(path, flags | os.O_NOATIME)
     except PermissionError:
-        fd = os.open(path, flags)
-    return os.fdopen(fd, "rb", buffering=0)
+        return os.open(path, flags)
 
 
 def _scan_open(f: BinaryIO, path: Path, size: int, limits: Limits, deadline: Deadline) -> MarkingResult:

@@ -27,12 +27,15 @@ _LEVEL_OF = {"秘密": Level.CONFIDENTIAL, "机密": Level.SECRET, "绝密": Lev
 _FOLD = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
 _FOLD[0x3000] = 0x20
 
-_S = r"\s{0,2}"
+# Spaces and tabs may split a marking (PDF text layers space out CJK); a line
+# break may not, so words from two paragraphs never join into one marking.
+_S = r"[^\S\r\n]{0,2}"
+_S3 = r"[^\S\r\n]{0,3}"
 _DATE = rf"\d{{4}}{_S}年{_S}\d{{1,2}}{_S}月{_S}\d{{1,2}}{_S}日"
-_NUM = r"(?:\d(?:\s?\d){0,3}|[一二三四五六七八九十两]{1,3})"
+_NUM = r"(?:\d(?:[ \t]?\d){0,3}|[一二三四五六七八九十两]{1,3})"
 _PERIOD = rf"{_DATE}|{_NUM}{_S}(?:年|个{_S}月)|长{_S}期|启{_S}用{_S}前"
 _PATTERN = re.compile(
-    rf"(?P<level>[秘机绝]{_S}密)\s{{0,3}}★(?:\s{{0,3}}(?P<period>{_PERIOD}))?"
+    rf"(?P<level>[秘机绝]{_S}密){_S3}★(?:{_S3}(?P<period>{_PERIOD}))?"
 )
 _SPACE = re.compile(r"\s+")
 
