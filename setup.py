@@ -48,7 +48,7 @@ setup(
         "watchdog>=3.0",
         "scapy>=2.5",
         "cryptography>=41",
-        "pypdf>=6.0",
+        "pypdf>=7.1",
     ],
     extras_require={
         "test": [

@@ -145,6 +145,7 @@ def _scan_open(f: BinaryIO, path: Path, size: int, limits: Limits, deadline: Dea
         failed = e.reason
     except Exception as e:  # a scan must not take the collector down; the reason names it
         failed = f"scan failed: {type(e).__name__}: {e}"
+    scanner.end_part()  # text read before a stop still counts
     best = scanner.best
     if best is not None:
         m = best.marking

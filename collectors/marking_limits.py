@@ -18,7 +18,8 @@ class Limits:
     or PDF, the compressed members of a zip. ``max_unpacked`` bounds what zip
     members may inflate to in total, ``max_ratio`` the inflation of any one
     member once past ``ratio_floor`` bytes (a real Office part rarely passes
-    30:1; deflate bombs run near 1000:1).
+    30:1; deflate bombs run near 1000:1). ``max_pdf_stream`` bounds what one
+    PDF stream may decode to.
     """
 
     max_bytes: int = 32 * MIB
@@ -29,6 +30,7 @@ class Limits:
     max_members: int = 10_000
     max_central_dir: int = 8 * MIB
     max_pages: int = 500
+    max_pdf_stream: int = 16 * MIB
 
 
 class Stop(Exception):

@@ -12,10 +12,13 @@ without OCR.
 from __future__ import annotations
 
 import io
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from collectors.marking_limits import Deadline, Limits, Truncated, Unreadable
 from collectors.marking_match import StreamScanner
+
+if TYPE_CHECKING:
+    from pypdf import PdfReader
 
 
 class _Head(io.RawIOBase):
@@ -58,24 +61,45 @@ def scan_pdf(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, dea
     Raises Unreadable when pypdf cannot make sense of the file or it is
     encrypted with a password, Truncated when the page cap cut the scan short.
     """
-    from pypdf import PdfReader  # late: most files are not PDFs, and pypdf costs memory
+    import pypdf  # late: most files are not PDFs, and pypdf costs memory
 
+    per_stream = limits.max_pdf_stream
+    # pypdf's own caps (75 MB a stream) are far above what a text scan needs,
+    # and it may call an external jbig2dec for images: neither is wanted here.
+    with pypdf.apply_configuration(
+        maximum_declared_stream_length=limits.max_bytes,
+        zlib_maximum_output_length=per_stream,
+        lzw_maximum_output_length=per_stream,
+        run_length_maximum_output_length=per_stream,
+        brotli_maximum_output_length=per_stream,
+        jbig2_maximum_output_length=per_stream,
+        array_based_stream_maximum_output_length=per_stream,
+        image_maximum_buffer_size=per_stream,
+        stream_decoding_work_maximum_length=4 * per_stream,
+        jbig2dec_binary=None,
+    ):
+        _scan_pages(pypdf.PdfReader, f, size, scanner, limits, deadline)
+
+
+def _scan_pages(reader_type: type[PdfReader], f: BinaryIO, size: int, scanner: StreamScanner,
+                limits: Limits, deadline: Deadline) -> None:
     view = io.BufferedReader(_Head(f, min(size, limits.max_bytes)), buffer_size=64 * 1024)
+    cut = f" (truncated at {limits.max_bytes} bytes)" if size > limits.max_bytes else ""
     try:
-        reader = PdfReader(view, strict=False)
+        reader = reader_type(view, strict=False)
         if reader.is_encrypted and not reader.decrypt(""):
             raise Unreadable("PDF is encrypted with a password")
         pages = len(reader.pages)
     except Unreadable:
         raise
     except Exception as e:  # pypdf raises many kinds (and RecursionError) on hostile input
-        raise Unreadable(f"PDF unreadable: {type(e).__name__}: {e}") from e
+        raise Unreadable(f"PDF unreadable{cut}: {type(e).__name__}: {e}") from e
     for number in range(1, min(pages, limits.max_pages) + 1):
         deadline.check()
         try:
             text = reader.pages[number - 1].extract_text()
         except Exception as e:  # as above, and a broken page means an unknown marking
-            raise Unreadable(f"PDF page {number} unreadable: {type(e).__name__}: {e}") from e
+            raise Unreadable(f"PDF page {number} unreadable{cut}: {type(e).__name__}: {e}") from e
         scanner.start_part(page=number)
         scanner.feed(text)
         scanner.end_part()
@@ -83,3 +107,5 @@ def scan_pdf(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, dea
             return
     if pages > limits.max_pages:
         raise Truncated(f"truncated at {limits.max_pages} of {pages} pages")
+    if cut:
+        raise Truncated(cut.strip(" ()"))
