@@ -72,7 +72,7 @@ class MarkingResult:
     period: str | None = None  # 保密期限 as written: "10年", "长期", "启用前", a date; None if absent
     position: Position | None = None
     reason: str = ""
-    text: str | None = None  # the marking as found (full-width forms folded)
+    text: str | None = None  # the marking as written in the document
 
     @property
     def complete(self) -> bool:

@@ -2,9 +2,10 @@
 
 A marking is a level name (秘密, 机密, 绝密), the star ``★`` and an optional
 保密期限: a span (``10年``, ``6个月``, ``十年``), ``长期``, ``启用前`` or a
-解密时间 date (``2030年6月30日``). Full-width digits and spaces fold to their
-ASCII forms, and a few spaces may sit between the parts, because PDF text
-layers and typed documents put them there (``机密 ★ 10 年``).
+解密时间 date (``2030年6月30日``). Full-width digits and spaces count as
+their ASCII forms (the reported period is folded to ASCII), and a few spaces
+may sit between the parts, because PDF text layers and typed documents put
+them there (``机密 ★ 10 年``).
 
 Only the starred form counts. A bare ``秘密`` at the top of a page is the
 older header style, but the same two characters are everyday words in body
@@ -22,8 +23,9 @@ from agent.levels import Level
 
 _LEVEL_OF = {"秘密": Level.CONFIDENTIAL, "机密": Level.SECRET, "绝密": Level.TOP_SECRET}
 
-# One-to-one folds only, so offsets into the folded text are offsets into the
-# original: full-width ASCII (U+FF01..U+FF5E) and the ideographic space.
+# Applied to the period only: translating whole documents would cost ten
+# times the matching, and the pattern's digits and \s already take full-width
+# digits and the ideographic space.
 _FOLD = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
 _FOLD[0x3000] = 0x20
 
@@ -31,8 +33,9 @@ _FOLD[0x3000] = 0x20
 # break may not, so words from two paragraphs never join into one marking.
 _S = r"[^\S\r\n]{0,2}"
 _S3 = r"[^\S\r\n]{0,3}"
-_DATE = rf"\d{{4}}{_S}年{_S}\d{{1,2}}{_S}月{_S}\d{{1,2}}{_S}日"
-_NUM = r"(?:\d(?:[ \t]?\d){0,3}|[一二三四五六七八九十两]{1,3})"
+_D = "[0-9０-９]"  # not \d, which takes every script's digits
+_DATE = rf"{_D}{{4}}{_S}年{_S}{_D}{{1,2}}{_S}月{_S}{_D}{{1,2}}{_S}日"
+_NUM = rf"(?:{_D}(?:[ \t]?{_D}){{0,3}}|[一二三四五六七八九十两]{{1,3}})"
 _PERIOD = rf"{_DATE}|{_NUM}{_S}(?:年|个{_S}月)|长{_S}期|启{_S}用{_S}前"
 _PATTERN = re.compile(
     rf"(?P<level>[秘机绝]{_S}密){_S3}★(?:{_S3}(?P<period>{_PERIOD}))?"
@@ -52,7 +55,7 @@ class Marking:
     level: Level
     period: str | None  # e.g. "10年", "长期", "启用前", "2030年6月30日"; None when absent
     offset: int  # character offset of the level name in the text scanned
-    text: str  # the marking as written, spaces kept, full-width forms folded
+    text: str  # the marking as written in the document
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +79,13 @@ def scan_text(text: str) -> list[Marking]:
     Bare level words without ``★`` (a ``秘密`` header alone) are ambiguous and
     deliberately not reported; see the module docstring.
     """
-    folded = text.translate(_FOLD)
-    found: list[Marking] = []
-    for m in _PATTERN.finditer(folded):
-        found.append(_marking(m, 0))
-    return found
+    return [_marking(m, 0) for m in _PATTERN.finditer(text)]
 
 
 def _marking(m: re.Match[str], base: int) -> Marking:
     level = _LEVEL_OF[_SPACE.sub("", m.group("level"))]
     raw_period = m.group("period")
-    period = _SPACE.sub("", raw_period) if raw_period else None
+    period = _SPACE.sub("", raw_period).translate(_FOLD) if raw_period else None
     return Marking(level=level, period=period, offset=base + m.start(), text=m.group(0))
 
 
@@ -126,7 +125,7 @@ class StreamScanner:
     def feed(self, text: str) -> None:
         """Add text to the current part, scanning whole windows as they fill."""
         self.chars += len(text)
-        self._buf += text.translate(_FOLD)
+        self._buf += text
         if len(self._buf) >= _WINDOW:
             self._scan(final=False)
 
