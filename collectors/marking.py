@@ -157,7 +157,9 @@ def _scan_open(f: BinaryIO, path: Path, size: int, limits: Limits, deadline: Dea
 
 def _kind(head: bytes, suffix: str) -> str:
     """``pdf``, ``zip``, ``text``, or ``skip:<reason>``; raises Unreadable on a mismatch."""
-    if b"%PDF-" in head[:1024]:
+    # Readers accept junk before the header within the first KiB; a text file
+    # that merely mentions %PDF- near its top is still text.
+    if head.startswith(b"%PDF-") or (b"%PDF-" in head[:1024] and suffix not in TEXT_SUFFIXES):
         return "pdf"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"

@@ -28,7 +28,7 @@ class Limits:
     max_ratio: int = 200
     ratio_floor: int = 1 * MIB
     max_members: int = 10_000
-    max_central_dir: int = 8 * MIB
+    max_central_dir: int = 2 * MIB  # zipfile holds an object per entry
     max_pages: int = 500
     max_pdf_stream: int = 16 * MIB
 

@@ -139,6 +139,8 @@ def scan_zip(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, dea
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
         raise Unreadable(f"not a readable zip: {e}") from e
     with zf:
+        if len(zf.infolist()) > limits.max_members:  # the end record can understate it
+            raise Unreadable(f"zip has {len(zf.infolist())} members, over the limit of {limits.max_members}")
         infos = {i.filename: i for i in zf.infolist()}
         parts = text_parts(set(infos))
         if not parts:

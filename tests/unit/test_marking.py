@@ -266,6 +266,12 @@ def test_formats_not_read_are_skipped_with_a_reason(tmp_path: Path, name: str, c
     assert result.status == "skipped" and why in result.reason
 
 
+def test_text_file_mentioning_pdf_header_is_still_text(tmp_path: Path) -> None:
+    path = tmp_path / "howto.md"
+    path.write_text("文件以 %PDF-1.7 开头。\n机密★10年\n", encoding="utf-8")
+    assert scan_file(path).level is Level.SECRET
+
+
 def test_missing_file_is_unreadable(tmp_path: Path) -> None:
     result = scan_file(tmp_path / "gone.txt")
     assert result.status == "unreadable" and result.reason.startswith("cannot open")

@@ -100,6 +100,14 @@ def test_member_count_cap(tmp_path: Path) -> None:
     assert result.status == "unreadable" and "22 members" in result.reason
 
 
+def test_member_count_cap_holds_when_end_record_understates_it(tmp_path: Path) -> None:
+    data = bytearray(docx_bytes("<w:document/>", {f"word/media/image{i}.png": b"x" for i in range(20)}))
+    eocd = data.rindex(b"PK\x05\x06")
+    struct.pack_into("<HH", data, eocd + 8, 2, 2)  # entries on this disk, entries in total
+    result = scan_file(write(tmp_path / "liar.docx", bytes(data)), limits=Limits(max_members=10))
+    assert result.status == "unreadable" and "22 members" in result.reason
+
+
 def test_nested_archive_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "nest.docx", docx_bytes(marked_docx()))
     result = scan_file(path)
