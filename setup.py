@@ -49,6 +49,7 @@ setup(
         "scapy>=2.5",
         "cryptography>=41",
         "bcrypt>=4.0",
+        "pypdf>=7.1",
     ],
     extras_require={
         "test": [
@@ -58,6 +59,7 @@ setup(
             "mypy>=1.8",
             "types-PyYAML",
             "jsonschema>=4.17",
+            "fpdf2>=2.7",
         ],
     },
     entry_points={"console_scripts": ["dutywatch = agent.cli:main"]},

@@ -1,0 +1,210 @@
+"""Document marking detection (密级标志) for ``file.marking``.
+
+The file and media collectors call :func:`scan_file` on files created or
+written under watched paths and removable mounts. It finds the format by
+content first (PDF and zip magic bytes), by extension second, reads the
+document's text within bounds and reports the highest 密级 whose starred
+marking (``机密★10年``) appears, and where it first appears. See
+:mod:`collectors.marking_match` for what counts as a marking.
+
+A scan never raises for what is in the file: malformed or hostile content
+gives ``unreadable`` with a reason, a format it does not read gives
+``skipped``. A file longer than ``max_bytes`` is read only up to it (a
+marking belongs at the top of the first page, GB/T 9704), and the result
+says so in ``reason`` (``truncated at N bytes``) while still reporting a
+marking found in what was read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from agent.levels import Level
+from collectors.base import Clock, translate_os_error
+from collectors.marking_limits import MIB, Deadline, Limits, Skipped, Truncated, Unreadable
+from collectors.marking_match import Marking, Position, StreamScanner, scan_text
+from collectors.marking_pdf import scan_pdf
+from collectors.marking_text import TextDecoder, XmlText
+from collectors.marking_zip import scan_zip
+
+__all__ = ["Limits", "Marking", "MarkingResult", "Position", "scan_file", "scan_text"]
+
+Status = Literal["marked", "unmarked", "unreadable", "skipped"]
+
+DEFAULT_MAX_BYTES = 32 * MIB
+DEFAULT_MAX_SECONDS = 5.0
+
+TEXT_SUFFIXES = frozenset({".txt", ".md", ".csv", ".html", ".htm", ".xml"})
+MARKUP_SUFFIXES = frozenset({".html", ".htm", ".xml"})
+WPS_SUFFIXES = frozenset({".wps", ".et", ".dps"})  # OOXML-like zip, or plain text
+ZIP_SUFFIXES = frozenset({".docx", ".xlsx", ".pptx", ".docm", ".xlsm", ".pptm", ".odt", ".ods", ".odp"})
+
+_HEAD = 8192
+_CHUNK = 64 * 1024
+_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# Formats recognised only to say plainly why they are skipped.
+_OTHER_MAGIC = (
+    (b"\x7fELF", "ELF executable"), (b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"),
+    (b"GIF8", "GIF image"), (b"\x1f\x8b", "gzip archive"), (b"7z\xbc\xaf\x27\x1c", "7z archive"),
+    (b"Rar!", "RAR archive"), (b"{\\rtf", "RTF document"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkingResult:
+    """What a scan of one file found.
+
+    ``status`` is ``marked`` (``level`` set), ``unmarked``, ``unreadable``
+    (content malformed, hostile, encrypted or over the time cap) or
+    ``skipped`` (not a format the scan reads). ``reason`` explains the last
+    two, and on the first two says when only part of the file was read.
+    """
+
+    status: Status
+    level: Level | None = None
+    period: str | None = None  # 保密期限 as written: "10年", "长期", "启用前", a date; None if absent
+    position: Position | None = None
+    reason: str = ""
+    text: str | None = None  # the marking as written in the document
+
+    @property
+    def complete(self) -> bool:
+        """True when the whole document was read (or a 绝密 marking ended the scan)."""
+        return self.status in ("marked", "unmarked") and not self.reason
+
+
+def scan_file(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    clock: Clock = time.monotonic,
+    limits: Limits | None = None,
+) -> MarkingResult:
+    """Scan the file at ``path`` for a 密级标志 and return the highest found.
+
+    ``max_bytes`` caps the bytes read, ``max_seconds`` the time spent (checked
+    between chunks, parts and pages, on ``clock``); ``limits`` sets the other
+    bounds (zip members, inflation, pages). Never raises for file content or
+    for an unreadable path.
+    """
+    bounds = dataclasses.replace(limits or Limits(), max_bytes=max_bytes, max_seconds=max_seconds)
+    try:
+        fd = _open(Path(path))
+    except OSError as e:
+        return MarkingResult("unreadable", reason=str(translate_os_error("cannot open", e)))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return MarkingResult("skipped", reason="not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return _scan_open(f, Path(path), st.st_size, bounds, Deadline(clock, max_seconds))
+    except OSError as e:
+        return MarkingResult("unreadable", reason=str(translate_os_error("cannot read", e)))
+    finally:
+        os.close(fd)
+
+
+def _open(path: Path) -> int:
+    # O_NONBLOCK so a FIFO planted under a watched path cannot hang the scan;
+    # O_NOATIME so the scan does not disturb what auditors see, where allowed.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, flags)
+
+
+def _scan_open(f: BinaryIO, path: Path, size: int, limits: Limits, deadline: Deadline) -> MarkingResult:
+    head = f.read(_HEAD)
+    suffix = path.suffix.lower()
+    scanner = StreamScanner()
+    cut = failed = ""
+    try:
+        kind = _kind(head, suffix)
+        if kind.startswith("skip:"):
+            return MarkingResult("skipped", reason=kind[5:])
+        if kind == "pdf":
+            scan_pdf(f, size, scanner, limits, deadline)
+        elif kind == "zip":
+            scan_zip(f, size, scanner, limits, deadline)
+        else:
+            _scan_plain(f, size, scanner, limits, deadline, markup=_is_markup(head, suffix))
+    except Skipped as e:
+        return MarkingResult("skipped", reason=e.reason)
+    except Truncated as e:
+        cut = e.reason
+    except Unreadable as e:
+        failed = e.reason
+    except Exception as e:  # a scan must not take the collector down; the reason names it
+        failed = f"scan failed: {type(e).__name__}: {e}"
+    scanner.end_part()  # text read before a stop still counts
+    best = scanner.best
+    if best is not None:
+        m = best.marking
+        return MarkingResult("marked", m.level, m.period, best.position, cut or failed, m.text)
+    if failed:
+        return MarkingResult("unreadable", reason=failed)
+    return MarkingResult("unmarked", reason=cut)
+
+
+def _kind(head: bytes, suffix: str) -> str:
+    """``pdf``, ``zip``, ``text``, or ``skip:<reason>``; raises Unreadable on a mismatch."""
+    # Readers accept junk before the header within the first KiB; a text file
+    # that merely mentions %PDF- near its top is still text.
+    if head.startswith(b"%PDF-") or (b"%PDF-" in head[:1024] and suffix not in TEXT_SUFFIXES):
+        return "pdf"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head.startswith(_OLE):
+        return "skip:OLE compound file (legacy Office or WPS, or encrypted document) is not read"
+    for magic, what in _OTHER_MAGIC:
+        if head.startswith(magic):
+            return f"skip:{what} is not a document format read"
+    if suffix == ".pdf":
+        raise Unreadable("not a PDF: no %PDF- header")
+    if suffix in ZIP_SUFFIXES:
+        raise Unreadable("not a readable zip: no zip header")
+    if suffix in TEXT_SUFFIXES or suffix in WPS_SUFFIXES:
+        if b"\x00" in head and not head.startswith(_UTF16_BOMS):
+            raise Unreadable("binary content where text was expected")
+        return "text"
+    return "skip:not a document format read"
+
+
+def _is_markup(head: bytes, suffix: str) -> bool:
+    # WPS, like Word, can save HTML under its own extensions.
+    starts_with_tag = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<"
+    return suffix in MARKUP_SUFFIXES or (suffix in WPS_SUFFIXES and starts_with_tag)
+
+
+def _scan_plain(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, deadline: Deadline,
+                *, markup: bool) -> None:
+    """Scan a text file from its start; tags and character references out of markup first."""
+    f.seek(0)
+    decoder = TextDecoder()
+    xml = XmlText() if markup else None
+    scanner.start_part()
+    done = 0
+    while done < limits.max_bytes:
+        deadline.check()
+        chunk = f.read(min(_CHUNK, limits.max_bytes - done))
+        if not chunk:
+            break
+        done += len(chunk)
+        text = decoder.decode(chunk)
+        scanner.feed(xml.feed(text) if xml else text)
+        if scanner.done:
+            return
+    text = decoder.decode(b"", final=True)
+    scanner.feed(xml.feed(text) + xml.close() if xml else text)
+    scanner.end_part()
+    if done >= limits.max_bytes and size > done:
+        raise Truncated(f"truncated at {done} bytes")
