@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.attribution import Attributor  # noqa: E402
-from agent.engine.engine import Engine  # noqa: E402
-from agent.engine.rules import load_rules  # noqa: E402
-from agent.paths import DEMO_REGISTRY, shipped_rules_dir  # noqa: E402
-from agent.registry import load_registry  # noqa: E402
-from tests.bench.engine_workload import make_events, write_extra_rules  # noqa: E402
+from agent.attribution import Attributor
+from agent.engine.engine import Engine
+from agent.engine.rules import load_rules
+from agent.paths import DEMO_REGISTRY, shipped_rules_dir
+from agent.registry import load_registry
+from tests.bench.engine_workload import make_events, write_extra_rules
 
 TOTAL = 1_000_000
 DISTINCT = 50_000
