@@ -1,0 +1,1 @@
+"""The dutywatch commands, one module each (see agent.cli)."""
