@@ -44,11 +44,16 @@ def age_cut(conn: sqlite3.Connection, first: int, head: int, cutoff: float) -> i
     return int(row[0]) if row else head + 1
 
 
-def size_cut(conn: sqlite3.Connection, first: int, head: int, cap_bytes: int) -> int:
-    """The first seq to keep so that the records fit in ``SIZE_TARGET`` of the cap."""
+def size_cut(conn: sqlite3.Connection, first: int, head: int, cap_bytes: int,
+             trigger: float | None = None) -> int:
+    """The first seq to keep so that the records fit in ``SIZE_TARGET`` of the cap.
+
+    Nothing is cut while the pages in use stay under ``trigger`` (the cap itself
+    by default).
+    """
     used = used_bytes(conn)
     count = head - first + 1
-    if used <= cap_bytes or count <= 0:
+    if used <= (cap_bytes if trigger is None else trigger) or count <= 0:
         return first
     per_record = used / count
     drop = math.ceil((used - cap_bytes * SIZE_TARGET) / per_record)

@@ -281,32 +281,48 @@ class Journal:
         if cut is None:
             return None
         result: PruneResult = self._transaction(lambda: self._write_prune(cut, now))
-        self._conn.execute("PRAGMA incremental_vacuum")
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Each step of this pragma frees one page, and execute() steps once;
+        # executescript() runs it to the end.
+        self._conn.executescript("PRAGMA incremental_vacuum;")
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return result
 
     def _write_prune(self, cut: retention.Cut, now: float) -> PruneResult:
         c = self._conn
-        keep_from = cut.keep_from
-        if keep_from > self._head.seq:
+        first, head = self.first_seq(), self._head.seq
+        keep_from, reason = cut.keep_from, cut.reason
+        self._delete_before(keep_from)
+        if self.max_size_mb > 0:
+            # Freed rows leave half-empty pages, so the first estimate can fall
+            # short of the size target; cut again, a bounded number of times.
+            cap = int(self.max_size_mb * 1024 * 1024)
+            for _ in range(32):
+                more = retention.size_cut(c, keep_from, head, cap, trigger=cap * retention.SIZE_TARGET)
+                if more <= keep_from:
+                    break
+                keep_from, reason = more, "size"
+                self._delete_before(keep_from)
+        if keep_from > head:
             prev = self._head.hash
         else:
-            prev = str(c.execute("SELECT hash FROM records WHERE seq = ?", (keep_from - 1,)).fetchone()[0])
-        removed = int(c.execute("SELECT COUNT(*) FROM records WHERE seq < ?", (keep_from,)).fetchone()[0])
-        for table in ("records", "checkpoints", "anchors"):
-            c.execute(f"DELETE FROM {table} WHERE seq < ?", (keep_from,))  # noqa: S608 - fixed names
+            prev = str(c.execute("SELECT prev FROM records WHERE seq = ?", (keep_from,)).fetchone()[0])
+        removed = min(keep_from, head + 1) - first
         fields = {"seq": keep_from, "prev": prev, "time": now, "host": self.host}
         c.execute(db.INSERT_ANCHOR, (keep_from, prev, now, self.host, self._signer.fingerprint,
                    self._signer.sign("anchor", fields)))
         record = {
             "type": "lifecycle", "time": now, "host": self.host, "kind": "journal.pruned",
-            "detail": {"removed": removed, "up_to_seq": keep_from - 1, "reason": cut.reason,
+            "detail": {"removed": removed, "up_to_seq": keep_from - 1, "reason": reason,
                        "retention_days": self.retention_days, "max_size_mb": self.max_size_mb},
         }
         links = self._links([record], self._head)
         self._insert(links)
         self._write_checkpoint()
-        return PruneResult(removed, keep_from - 1, cut.reason, links[-1].seq)
+        return PruneResult(removed, keep_from - 1, reason, links[-1].seq)
+
+    def _delete_before(self, keep_from: int) -> None:
+        for table in ("records", "checkpoints", "anchors"):
+            self._conn.execute(f"DELETE FROM {table} WHERE seq < ?", (keep_from,))  # noqa: S608 - fixed names
 
     # -- keys, figures, closing -----------------------------------------------
 
