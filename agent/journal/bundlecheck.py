@@ -61,9 +61,10 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 def _parse(lineno: int, raw: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
+        canonical = canonical_bytes(obj) + b"\n"
     except ValueError:
         raise _bundle_problem(f"line {lineno} is not valid JSON (bundle altered)") from None
-    if not isinstance(obj, dict) or canonical_bytes(obj) + b"\n" != raw:
+    if not isinstance(obj, dict) or canonical != raw:
         raise _bundle_problem(f"line {lineno} is not in canonical form (bundle altered)")
     return obj
 
@@ -87,7 +88,10 @@ class _Checker:
             raise _bundle_problem(
                 f"bundle format version {obj.get('version')!r}; this DutyWatch reads {VERSION}")
         self.header = obj
-        embedded = load_public_pem(str(obj.get("public_key", "")), f"{self.path} (bundle's key)")
+        try:
+            embedded = load_public_pem(str(obj.get("public_key", "")), f"{self.path} (bundle's key)")
+        except JournalError:
+            raise _bundle_problem("the header's public key is unreadable (bundle altered)") from None
         if fingerprint(embedded) != obj.get("fingerprint"):
             raise _bundle_problem("the header's key fingerprint does not match its key (bundle altered)")
         if self.pubkey is None:
@@ -103,8 +107,8 @@ class _Checker:
                 raise _bundle_problem(
                     f"signed by key {fingerprint(embedded)[:16]}… (host {obj.get('host')!r}), not by the "
                     f"trusted key {trusted[:16]}… (another host's key, or a re-signed bundle)")
-        start = obj.get("start") or {}
-        if not isinstance(start.get("seq"), int) or not isinstance(start.get("prev"), str):
+        start = obj.get("start")
+        if not isinstance(start, dict) or not isinstance(start.get("seq"), int) or not isinstance(start.get("prev"), str):
             raise _bundle_problem("the header does not say where the excerpt starts (bundle altered)")
         self.walker = ChainWalker(start["seq"], start["prev"], "the bundle's signed start")
 
@@ -184,6 +188,7 @@ def verify_bundle(path: Path, pubkey: Ed25519PublicKey | Path | None = None) -> 
     except _Refused as refused:
         problem = refused.problem
     w = c.walker
-    return BundleReport(str(path), str(c.header.get("host", "")), dict(c.header.get("period") or {}),
+    period = c.header.get("period")
+    return BundleReport(str(path), str(c.header.get("host", "")), period if isinstance(period, dict) else {},
                         w.count, c.checkpoints, w.expected_seq - w.count, w.expected_seq - 1, w.last_hash,
                         fingerprint(c.public) if c.public else "", c.source, problem)

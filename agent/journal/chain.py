@@ -34,7 +34,7 @@ def canonical_bytes(obj: Any) -> bytes:
 def link_hash(prev: str, seq: int, body: bytes) -> str:
     """The hash of record ``seq`` whose canonical JSON is ``body``, following ``prev``."""
     h = hashlib.sha256()
-    h.update(prev.encode("ascii"))
+    h.update(prev.encode("utf-8", "surrogatepass"))
     h.update(b"|%d|" % seq)
     h.update(body)
     return h.hexdigest()
