@@ -108,7 +108,8 @@ class _Checker:
                     f"signed by key {fingerprint(embedded)[:16]}… (host {obj.get('host')!r}), not by the "
                     f"trusted key {trusted[:16]}… (another host's key, or a re-signed bundle)")
         start = obj.get("start")
-        if not isinstance(start, dict) or not isinstance(start.get("seq"), int) or not isinstance(start.get("prev"), str):
+        if not (isinstance(start, dict) and isinstance(start.get("seq"), int)
+                and isinstance(start.get("prev"), str)):
             raise _bundle_problem("the header does not say where the excerpt starts (bundle altered)")
         self.walker = ChainWalker(start["seq"], start["prev"], "the bundle's signed start")
 
