@@ -1,1 +1,1 @@
-"""The dutywatch commands, one module each (see agent.cli)."""
+"""One module per ``dutywatch`` command."""

@@ -7,14 +7,14 @@ import importlib
 from pathlib import Path
 
 from agent.journal.errors import JournalError
+from agent.paths import DEFAULT_CONFIG
 
-DEFAULT_CONFIG = "/etc/dutywatch/agent.yaml"
 JOURNAL_FILE = "journal.db"
 
 
 def add_location_options(parser: argparse.ArgumentParser, *, journal: bool = True) -> None:
     """Add ``--config``, ``--state-dir`` and (optionally) ``--journal`` to a command."""
-    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="PATH",
                         help=f"agent config whose state_dir holds the journal (default {DEFAULT_CONFIG})")
     parser.add_argument("--state-dir", metavar="DIR", help="the state directory, instead of the config's")
     if journal:
