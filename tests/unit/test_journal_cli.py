@@ -178,3 +178,19 @@ def test_timespec() -> None:
     for bad in ("", "7", "7y", "tomorrow", "2024-13-01", "h1"):
         with pytest.raises(TimeSpecError):
             parse_timespec(bad, now)
+
+
+def test_commands_find_the_journal_through_the_config(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("agent.config") is None:
+        pytest.skip("the config loader is not in this build yet")
+    config = state.parent / "agent.yaml"
+    config.write_text("state_dir: state\n")
+    status, out, err = run_cli(["events", "--config", str(config), "--format", "json"], monkeypatch)
+    assert status == 0, err
+    assert len(_json(out)) == 5
+    status, out, err = run_cli(["verify", "--config", str(config)], monkeypatch)
+    assert status == 0 and str(state / "journal.db") in out, err
+    status, out, _ = run_cli(["journal", "pubkey", "--config", str(config)], monkeypatch)
+    assert status == 0 and "BEGIN PUBLIC KEY" in out
