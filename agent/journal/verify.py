@@ -74,6 +74,8 @@ def verify_journal(db_path: Path, pubkey: Ed25519PublicKey | Path | None = None)
     try:
         public, source = trusted_key(db_path, pubkey, meta)
         try:
+            # One read snapshot for every query, while the agent goes on writing.
+            conn.execute("BEGIN")
             return _walk(conn, db_path, public, source)
         except sqlite3.Error as exc:
             raise db.translate(db_path, exc) from exc
