@@ -36,7 +36,6 @@ CREATE TABLE anchors(
 );
 """
 
-RECORD_COLUMNS = "seq, time, type, host, rule, severity, action, unit, operator, body, prev, hash"
 # The body as raw bytes: what was hashed, even if someone wrote invalid UTF-8 into it.
 SELECT_CHAIN = (
     "SELECT seq, time, type, host, rule, severity, action, unit, operator, CAST(body AS BLOB), prev, hash"
