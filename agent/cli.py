@@ -15,6 +15,10 @@ from agent.errors import DutyWatchError
 COMMAND_MODULES = (
     "agent.commands.check",
     "agent.commands.test_rules",
+    "agent.commands.events",
+    "agent.commands.verify",
+    "agent.commands.journal",
+    "agent.commands.export",
 )
 
 

@@ -1,0 +1,86 @@
+"""``dutywatch events``: query the journal's findings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import time
+from typing import Any
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _values(items: list[str] | None) -> tuple[str, ...]:
+    return tuple(v.strip() for item in items or () for v in item.split(",") if v.strip())
+
+
+def register(sub: Any) -> None:
+    """Add the ``events`` command."""
+    from agent.journal.locate import add_location_options
+
+    p = sub.add_parser("events", help="query the journal",
+                       description="Print findings from the journal in seq order. Filters of one kind "
+                                   "take several values, comma-separated or repeated.")
+    add_location_options(p)
+    p.add_argument("--since", help="ISO 8601 date or date-time, or a duration back from now (90m, 24h, 7d)")
+    p.add_argument("--until", help="as --since")
+    p.add_argument("--rule", action="append", metavar="ID", help="rule id")
+    p.add_argument("--severity", action="append", metavar="LEVEL", help="critical, high, medium, low, info")
+    p.add_argument("--unit", action="append", help="accountable unit (运行单位)")
+    p.add_argument("--operator", action="append", help="accountable operator")
+    p.add_argument("--type", choices=("finding", "lifecycle", "all"), default="finding",
+                   help="which records (default: findings)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--lang", choices=("zh", "en"), default="zh", help="message language in the table")
+    p.add_argument("--limit", type=_positive, help="stop after this many records")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the matching records."""
+    from agent.journal import db
+    from agent.journal.chain import SEVERITIES
+    from agent.journal.errors import JournalError
+    from agent.journal.locate import journal_path
+    from agent.journal.query import Query, iter_records
+    from agent.journal.render import json_line, table_lines
+    from agent.timespec import parse_timespec
+
+    now = time.time()
+    severities = _values(args.severity)
+    for s in severities:
+        if s not in SEVERITIES:
+            raise JournalError(f"--severity {s!r}: not one of {', '.join(SEVERITIES)}")
+    q = Query(
+        since=parse_timespec(args.since, now, option="--since") if args.since else None,
+        until=parse_timespec(args.until, now, option="--until") if args.until else None,
+        rules=_values(args.rule), severities=severities, units=_values(args.unit),
+        operators=_values(args.operator),
+        types=() if args.type == "all" else (args.type,), limit=args.limit,
+    )
+    path = journal_path(args)
+    conn, _ = db.open_reader(path)
+    try:
+        rows = iter_records(conn, q)
+        lines = (json_line(r) for r in rows) if args.format == "json" else table_lines(rows, args.lang)
+        for line in lines:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (head, less) has gone; stop quietly like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except sqlite3.Error as exc:
+        raise db.translate(path, exc) from exc
+    finally:
+        conn.close()
+    return 0

@@ -1,0 +1,68 @@
+"""``dutywatch verify``: check a journal's or a bundle's hash chain and signatures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the ``verify`` command."""
+    from agent.journal.locate import add_location_options
+
+    p = sub.add_parser("verify", help="check the journal's hash chain and signatures, or a bundle's",
+                       description="Check every record's hash link, the signed checkpoints and prune "
+                                   "anchor; exit 1 naming the first bad record.")
+    add_location_options(p)
+    p.add_argument("--pubkey", metavar="PATH", type=Path,
+                   help="trusted public key (PEM, from `dutywatch journal pubkey`)")
+    p.add_argument("--bundle", metavar="FILE", type=Path, help="verify an exported evidence bundle instead")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Verify; 0 when everything checks out, 1 naming the first problem."""
+    if args.bundle is not None:
+        return _bundle(args)
+    from agent.journal.locate import journal_path
+    from agent.journal.verify import verify_journal
+
+    r = verify_journal(journal_path(args), args.pubkey)
+    if not r.ok:
+        print(f"FAILED journal {r.path}: {r.problem}", file=sys.stderr)
+        if r.records:
+            print(f"records {r.first_seq}..{r.last_seq} before it verified", file=sys.stderr)
+        return 1
+    print(f"OK journal {r.path}")
+    if r.records:
+        print(f"records: {r.first_seq}..{r.last_seq} ({r.records})")
+    else:
+        print("records: none")
+    print(f"chain head: seq {r.last_seq} hash {r.head_hash or '-'}")
+    signed = (f"up to seq {r.signed_seq} by {r.checkpoints} checkpoints" if r.checkpoints
+              else "no checkpoint yet")
+    print(f"signed: {signed}")
+    if r.unsigned:
+        print(f"chained, not yet signed: {r.unsigned} records "
+              f"({r.last_seq - r.unsigned + 1}..{r.last_seq})")
+    print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from agent.journal.bundlecheck import verify_bundle
+
+    r = verify_bundle(args.bundle, args.pubkey)
+    if not r.ok:
+        print(f"FAILED bundle {r.path}: {r.problem}", file=sys.stderr)
+        return 1
+    period = ", ".join(f"{k} {v}" for k, v in r.period.items() if v is not None) or "everything"
+    print(f"OK bundle {r.path}")
+    print(f"host: {r.host}")
+    print(f"period: {period}")
+    print(f"records: {r.first_seq}..{r.last_seq} ({r.records}), {r.checkpoints} checkpoints")
+    print(f"chain head: seq {r.last_seq} hash {r.head_hash}")
+    print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
+    return 0

@@ -1,0 +1,195 @@
+"""Offline verification of an evidence bundle (see agent.journal.bundle for the format)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.journal.bundle import FORMAT, VERSION
+from agent.journal.chain import canonical_bytes
+from agent.journal.errors import JournalError
+from agent.journal.signing import fingerprint, load_public_key_file, load_public_pem, verify_signature
+from agent.journal.walk import ChainWalker, Problem, check_signed
+
+
+@dataclass(frozen=True, slots=True)
+class BundleReport:
+    """The outcome of checking a bundle; ``problem`` is None when it verified."""
+
+    path: str
+    host: str
+    period: dict[str, Any]
+    records: int
+    checkpoints: int
+    first_seq: int
+    last_seq: int
+    head_hash: str
+    fingerprint: str
+    key_source: str
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        """True when every record, checkpoint and the manifest verified."""
+        return self.problem is None
+
+
+class _Refused(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def _bundle_problem(what: str, seq: int = 0) -> _Refused:
+    return _Refused(Problem(seq, what, "bundle" if seq == 0 else "record"))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    try:
+        with path.open("rb") as f:
+            yield from enumerate(f, start=1)
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot read bundle: {exc.strerror}") from exc
+
+
+def _parse(lineno: int, raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+        canonical = canonical_bytes(obj) + b"\n"
+    except ValueError:
+        raise _bundle_problem(f"line {lineno} is not valid JSON (bundle altered)") from None
+    if not isinstance(obj, dict) or canonical != raw:
+        raise _bundle_problem(f"line {lineno} is not in canonical form (bundle altered)")
+    return obj
+
+
+class _Checker:
+    def __init__(self, path: Path, pubkey: Ed25519PublicKey | Path | None) -> None:
+        self.path = path
+        self.pubkey = pubkey
+        self.digest = hashlib.sha256()
+        self.header: dict[str, Any] = {}
+        self.public: Ed25519PublicKey | None = None
+        self.source = ""
+        self.walker = ChainWalker(0, None, "the bundle's start")
+        self.checkpoints = 0
+        self.manifest: dict[str, Any] | None = None
+
+    def header_line(self, obj: dict[str, Any]) -> None:
+        if obj.get("kind") != "header" or obj.get("bundle") != FORMAT:
+            raise _bundle_problem("not a DutyWatch evidence bundle (no header line)")
+        if obj.get("version") != VERSION:
+            raise _bundle_problem(
+                f"bundle format version {obj.get('version')!r}; this DutyWatch reads {VERSION}")
+        self.header = obj
+        try:
+            embedded = load_public_pem(str(obj.get("public_key", "")), f"{self.path} (bundle's key)")
+        except JournalError:
+            raise _bundle_problem("the header's public key is unreadable (bundle altered)") from None
+        if fingerprint(embedded) != obj.get("fingerprint"):
+            raise _bundle_problem("the header's key fingerprint does not match its key (bundle altered)")
+        if self.pubkey is None:
+            self.public = embedded
+            self.source = "the bundle's own key (pass --pubkey to check against the host's trusted key)"
+        else:
+            if isinstance(self.pubkey, Ed25519PublicKey):
+                self.public, self.source = self.pubkey, "given key"
+            else:
+                self.public, self.source = load_public_key_file(self.pubkey), str(self.pubkey)
+            trusted = fingerprint(self.public)
+            if trusted != fingerprint(embedded):
+                raise _bundle_problem(
+                    f"signed by key {fingerprint(embedded)[:16]}… (host {obj.get('host')!r}), not by the "
+                    f"trusted key {trusted[:16]}… (another host's key, or a re-signed bundle)")
+        start = obj.get("start")
+        if not (isinstance(start, dict) and isinstance(start.get("seq"), int)
+                and isinstance(start.get("prev"), str)):
+            raise _bundle_problem("the header does not say where the excerpt starts (bundle altered)")
+        self.walker = ChainWalker(start["seq"], start["prev"], "the bundle's signed start")
+
+    def body_line(self, lineno: int, obj: dict[str, Any]) -> None:
+        kind = obj.get("kind")
+        if kind == "record":
+            seq, record = obj.get("seq"), obj.get("record")
+            if not isinstance(seq, int) or not isinstance(obj.get("prev"), str) or \
+                    not isinstance(obj.get("hash"), str):
+                raise _bundle_problem(
+                    f"line {lineno}: a record line without seq, prev and hash (bundle altered)")
+            bad = self.walker.check(seq, obj["prev"], obj["hash"], canonical_bytes(record))
+            if bad:
+                raise _Refused(bad)
+        elif kind == "checkpoint":
+            self._checkpoint(lineno, obj)
+        else:
+            raise _bundle_problem(f"line {lineno}: unexpected {kind!r} line (bundle altered)")
+
+    def _checkpoint(self, lineno: int, obj: dict[str, Any]) -> None:
+        assert self.public is not None
+        seq = obj.get("seq")
+        if not isinstance(seq, int) or seq != self.walker.expected_seq - 1 or self.walker.count == 0:
+            raise _bundle_problem(f"line {lineno}: checkpoint at seq {seq} out of place (bundle altered)")
+        fields = {k: obj.get(k) for k in ("seq", "hash", "time", "host")}
+        bad = check_signed(self.public, "checkpoint", seq, str(obj.get("key")), str(obj.get("signature")),
+                           "checkpoint", fields)
+        if bad:
+            raise _Refused(bad)
+        if obj.get("hash") != self.walker.last_hash:
+            raise _Refused(Problem(seq, f"does not match the signed checkpoint at seq {seq} "
+                                        "(record modified)"))
+        self.checkpoints += 1
+
+    def manifest_line(self, obj: dict[str, Any]) -> None:
+        assert self.public is not None
+        fields = {k: v for k, v in obj.items() if k != "signature"}
+        if not verify_signature(self.public, str(obj.get("signature")), "bundle", fields):
+            raise _bundle_problem("the manifest's signature does not verify (manifest altered or forged)")
+        if obj.get("sha256") != self.digest.hexdigest():
+            raise _bundle_problem(
+                "content changed after signing: its SHA-256 differs from the signed manifest")
+        w = self.walker
+        if obj.get("records") != w.count:
+            raise _bundle_problem(f"holds {w.count} records, the signed manifest says {obj.get('records')} "
+                                  "(records removed or added)")
+        if obj.get("last_seq") != w.expected_seq - 1 or obj.get("head_hash") != w.last_hash:
+            raise _bundle_problem(f"ends at record {w.expected_seq - 1}, the signed manifest says "
+                                  f"{obj.get('last_seq')} (records removed from the end)")
+        if obj.get("checkpoints") != self.checkpoints:
+            raise _bundle_problem(f"holds {self.checkpoints} checkpoints, the signed manifest says "
+                                  f"{obj.get('checkpoints')} (checkpoints removed)")
+        self.manifest = obj
+
+
+def verify_bundle(path: Path, pubkey: Ed25519PublicKey | Path | None = None) -> BundleReport:
+    """Check every line of the bundle at ``path``; the report names the first thing wrong."""
+    c = _Checker(Path(path), pubkey)
+    problem: Problem | None = None
+    try:
+        for lineno, raw in _lines(c.path):
+            if c.manifest is not None:
+                raise _bundle_problem(f"line {lineno}: data after the signed manifest (bundle altered)")
+            obj = _parse(lineno, raw)
+            if lineno == 1:
+                c.header_line(obj)
+            elif obj.get("kind") == "manifest":
+                c.manifest_line(obj)
+                continue
+            else:
+                c.body_line(lineno, obj)
+            c.digest.update(raw)
+        if not c.header:
+            raise _bundle_problem("empty file: not a DutyWatch evidence bundle")
+        if c.manifest is None:
+            raise _bundle_problem("ends without its signed manifest (bundle truncated)")
+    except _Refused as refused:
+        problem = refused.problem
+    w = c.walker
+    period = c.header.get("period")
+    return BundleReport(str(path), str(c.header.get("host", "")), period if isinstance(period, dict) else {},
+                        w.count, c.checkpoints, w.expected_seq - w.count, w.expected_seq - 1, w.last_hash,
+                        fingerprint(c.public) if c.public else "", c.source, problem)

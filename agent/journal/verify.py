@@ -1,0 +1,141 @@
+"""Verify a journal file: chain, index columns, checkpoints and prune anchor."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.journal import db
+from agent.journal.chain import GENESIS
+from agent.journal.errors import JournalError
+from agent.journal.signing import fingerprint, load_private_key, load_public_key_file, load_public_pem
+from agent.journal.walk import ChainWalker, Problem, check_signed
+
+KEY_FILE = "journal.key"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The outcome of a verification; ``problem`` is None when everything checked out."""
+
+    path: str
+    records: int
+    first_seq: int
+    last_seq: int
+    head_hash: str
+    signed_seq: int
+    checkpoints: int
+    fingerprint: str
+    key_source: str
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the chain and every signature verified."""
+        return self.problem is None
+
+    @property
+    def unsigned(self) -> int:
+        """Records after the last checkpoint: chained, not yet signed."""
+        return max(0, self.last_seq - max(self.signed_seq, self.first_seq - 1))
+
+
+def trusted_key(db_path: Path, pubkey: Ed25519PublicKey | Path | None,
+                meta: dict[str, str]) -> tuple[Ed25519PublicKey, str]:
+    """The key to verify with, and where it came from.
+
+    A key given by the auditor wins; next the journal's own key file beside
+    it; last the public key the journal recorded about itself, which proves
+    only that the file is consistent, so the report says so.
+    """
+    if isinstance(pubkey, Ed25519PublicKey):
+        return pubkey, "given key"
+    if pubkey is not None:
+        return load_public_key_file(pubkey), str(pubkey)
+    key_file = db_path.parent / KEY_FILE
+    if key_file.exists():
+        try:
+            return load_private_key(key_file).public_key(), str(key_file)
+        except JournalError:
+            pass
+    if "public_key" not in meta:
+        raise JournalError(f"{db_path}: no public key recorded; pass --pubkey")
+    return (load_public_pem(meta["public_key"], f"{db_path} (recorded public key)"),
+            "the journal's own record of its key (pass --pubkey to check against a trusted copy)")
+
+
+def verify_journal(db_path: Path, pubkey: Ed25519PublicKey | Path | None = None) -> VerifyReport:
+    """Check the whole journal at ``db_path``; the report names the first bad record."""
+    db_path = Path(db_path)
+    conn, meta = db.open_reader(db_path)
+    try:
+        public, source = trusted_key(db_path, pubkey, meta)
+        try:
+            # One read snapshot for every query, while the agent goes on writing.
+            conn.execute("BEGIN")
+            return _walk(conn, db_path, public, source)
+        except sqlite3.Error as exc:
+            raise db.translate(db_path, exc) from exc
+    finally:
+        conn.close()
+
+
+def _walk(conn: sqlite3.Connection, path: Path, public: Ed25519PublicKey, source: str) -> VerifyReport:
+    fp = fingerprint(public)
+    signed_seq = 0
+    n_checkpoints = 0
+
+    def report(problem: Problem | None, walker: ChainWalker) -> VerifyReport:
+        return VerifyReport(str(path), walker.count, first, walker.expected_seq - 1, walker.last_hash,
+                            signed_seq, n_checkpoints, fp, source, problem)
+
+    anchor = conn.execute(
+        "SELECT seq, prev, time, host, key, signature FROM anchors ORDER BY seq DESC LIMIT 1").fetchone()
+    if anchor:
+        first = int(anchor[0])
+        walker = ChainWalker(first, str(anchor[1]), f"the signed prune anchor at seq {first}")
+        bad = check_signed(public, "prune anchor", first, anchor[4], anchor[5], "anchor",
+                           {"seq": first, "prev": anchor[1], "time": anchor[2], "host": anchor[3]})
+        if bad:
+            return report(bad, walker)
+    else:
+        first = 1
+        walker = ChainWalker(1, GENESIS, "the start of the journal")
+    checkpoints = conn.cursor().execute(
+        "SELECT seq, hash, time, host, key, signature FROM checkpoints ORDER BY seq")
+    cp = checkpoints.fetchone()
+    records = conn.cursor().execute(db.SELECT_CHAIN)
+    for seq, *cols, body, prev, digest in records:
+        bad = walker.check(seq, prev, digest, bytes(body), tuple(cols))
+        if bad:
+            return report(bad, walker)
+        while cp is not None and cp[0] <= seq:
+            bad = _check_checkpoint(public, cp, digest if cp[0] == seq else None)
+            if bad:
+                return report(bad, walker)
+            if cp[0] == seq:
+                signed_seq = seq
+            n_checkpoints += 1
+            cp = checkpoints.fetchone()
+    if cp is not None:
+        last = walker.expected_seq - 1
+        gone = f"{last + 1}..{cp[0]}" if cp[0] > last + 1 else f"{cp[0]}"
+        return report(Problem(last + 1, f"missing (records {gone} deleted from the end; a checkpoint "
+                                        f"signed the chain up to seq {cp[0]})"), walker)
+    return report(None, walker)
+
+
+def _check_checkpoint(public: Ed25519PublicKey, cp: tuple[int, str, float, str, str, str],
+                      record_hash: str | None) -> Problem | None:
+    seq, digest, when, host, key, signature = cp
+    bad = check_signed(public, "checkpoint", seq, key, signature, "checkpoint",
+                       {"seq": seq, "hash": digest, "time": when, "host": host})
+    if bad:
+        return bad
+    if record_hash is not None and record_hash != digest:
+        return Problem(seq, f"does not match the signed checkpoint at seq {seq} "
+                            "(record modified and the chain rewritten after it)")
+    return None
