@@ -15,7 +15,7 @@ $(STAMP): setup.py pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dutywatch run --config agent/data/demo-agent.yaml
+	$(BIN)/dutywatch run --config agent/data/demo-agent.yaml --state-dir var
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent collectors tests setup.py

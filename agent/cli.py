@@ -15,6 +15,7 @@ from agent.errors import DutyWatchError
 COMMAND_MODULES = (
     "agent.commands.check",
     "agent.commands.test_rules",
+    "agent.commands.run",
     "agent.commands.events",
     "agent.commands.verify",
     "agent.commands.journal",

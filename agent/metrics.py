@@ -290,6 +290,10 @@ class Metrics:
         self.journal_records.set((), float(records))
         self.journal_size.set((), float(size_bytes))
 
+    def set_journal_size(self, size_bytes: int) -> None:
+        """Set the journal's size on disk (the record counter only ever rises)."""
+        self.journal_size.set((), float(size_bytes))
+
     def journal_verify_failed(self) -> None:
         """Count a failed journal verification."""
         self.journal_verify_failures.inc()

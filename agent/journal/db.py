@@ -80,7 +80,10 @@ def open_writer(path: Path, meta_init: dict[str, str]) -> tuple[sqlite3.Connecti
     """Open (creating if empty) the journal for appending; returns it and its meta."""
     fresh = path.stat().st_size == 0
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        # The agent opens the journal on its main thread and hands it to the writer
+        # thread; one thread uses it at a time, so the same-thread check is lifted.
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
     except sqlite3.Error as exc:
         raise translate(path, exc) from exc
     try:

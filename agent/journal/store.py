@@ -77,9 +77,20 @@ class JournalStats:
 class JournalSettings(Protocol):
     """The ``journal:`` section of the config, as the config loader provides it."""
 
-    retention_days: int
-    max_size_mb: int
-    checkpoint_every: int
+    @property
+    def retention_days(self) -> int:
+        """Days records are kept."""
+        ...
+
+    @property
+    def max_size_mb(self) -> int:
+        """Size cap of the journal file."""
+        ...
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Records between signed checkpoints."""
+        ...
 
 
 class Journal:
@@ -262,6 +273,12 @@ class Journal:
         return cp
 
     # -- retention ---------------------------------------------------------
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest signed checkpoint, for forwarding its head off the host."""
+        row = self._conn.execute(
+            "SELECT seq, hash, time, host, key, signature FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        return Checkpoint(*row) if row else None
 
     def first_seq(self) -> int:
         """The oldest record still held (head + 1 when there is none)."""

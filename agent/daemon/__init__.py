@@ -1,0 +1,1 @@
+"""The agent daemon: collectors -> queue -> attribution -> engine -> journal, metrics, forwarder."""

@@ -1,0 +1,297 @@
+"""The agent: builds every stage from the config and runs them until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.attribution import Attributor
+from agent.config import Config, load_config
+from agent.daemon.collectors import build_collectors
+from agent.daemon.journal_writer import JournalWriter
+from agent.daemon.notify import Notifier
+from agent.daemon.pipeline import Pipeline, Stage
+from agent.daemon.runstate import RunState
+from agent.daemon.supervisor import Supervisor
+from agent.daemon.watcher import FileWatcher
+from agent.engine.engine import Engine
+from agent.engine.rules import load_rules
+from agent.errors import DutyWatchError, LoadError, LoadErrors
+from agent.events import Event
+from agent.exporter import Exporter
+from agent.journal.errors import JournalCorruptError
+from agent.journal.statedir import quarantine_corrupt
+from agent.journal.store import Journal
+from agent.metrics import Metrics
+from agent.registry import Registry, load_registry
+from agent.webconfig import load_web_config
+from collectors.base import Collector, Sources
+
+_log = logging.getLogger("dutywatch")
+STALL_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A consistent set: config, registry, compiled rules."""
+
+    config: Config
+    registry: Registry
+    stage: Stage
+    rules: int
+
+
+def load_all(config_path: Path, state_dir: Path | None = None) -> Loaded:
+    """Load config, registry and rules; raise LoadError(s) naming every problem."""
+    config = load_config(config_path)
+    if state_dir is not None:
+        from dataclasses import replace
+        config = replace(config, state_dir=state_dir)
+    problems: list[LoadError] = []
+    registry = None
+    ruleset = None
+    try:
+        registry = load_registry(config.registry)
+    except LoadError as exc:
+        problems.append(exc)
+    except LoadErrors as exc:
+        problems += exc.errors
+    try:
+        ruleset = load_rules(config.rules, optional=config.rules_optional)
+    except LoadError as exc:
+        problems.append(exc)
+    except LoadErrors as exc:
+        problems += exc.errors
+    if problems or registry is None or ruleset is None:
+        raise LoadErrors(problems)
+    return Loaded(config, registry, Stage(Attributor(registry), Engine(ruleset)), len(ruleset.rules))
+
+
+class Agent:
+    """One running agent. ``run()`` blocks until SIGTERM/SIGINT or ``stop()``."""
+
+    def __init__(self, config_path: Path, *, state_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time, sources: Sources | None = None,
+                 collectors: list[Collector] | None = None, notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.state_dir_override = state_dir
+        self.clock = clock
+        self.loaded = load_all(config_path, state_dir)
+        cfg = self.loaded.config
+        self.host = self.loaded.registry.host.id or "unknown"
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self.notifier = notifier or Notifier()
+        self.runstate = RunState(cfg.state_dir)
+        self._collectors = collectors
+        self.collectors: list[Collector] = []
+        self.metrics = Metrics(__version__, lambda: {c.name: c.health for c in self.collectors})
+        self._host_info(self.loaded.registry)
+        self.metrics.set_rules_loaded(self.loaded.rules)
+        self.journal = self._open_journal(cfg)
+        stats = self.journal.stats()
+        self.metrics.set_journal(stats.records, stats.size_bytes)
+        self.forwarder = self._forwarder(cfg)
+        self.writer = JournalWriter(self.journal, self.metrics, clock=clock,
+                                    on_commit=self._forward_batch, on_checkpoint=self._forward_checkpoint)
+        self.pipeline = Pipeline(self.loaded.stage, self.metrics, capacity=cfg.queue_size, clock=clock)
+        self.pipeline.sinks.append(self.writer.put)
+        web = load_web_config(cfg.web_config) if cfg.web_config is not None else None
+        self.exporter = Exporter(self.metrics, cfg.listen, web_config=web, health_check=self.health)
+        self.sources = sources or Sources(clock=clock)
+        self.watcher = FileWatcher(self._watched_paths(cfg))
+        self._worker: threading.Thread | None = None
+        self._supervisor: Supervisor | None = None
+
+    # -- construction helpers ---------------------------------------------
+    def _host_info(self, registry: Registry) -> None:
+        h = registry.host
+        self.metrics.set_host(h.id, h.unit, h.department, str(h.level) if h.level is not None else "", h.zone)
+
+    def _open_journal(self, cfg: Config) -> Journal:
+        try:
+            return Journal.from_settings(cfg.state_dir, cfg.journal, host=self.host, clock=self.clock)
+        except JournalCorruptError as exc:
+            moved = quarantine_corrupt(cfg.journal_path, self.clock)
+            _log.error("%s; kept the damaged file as %s and started a new journal", exc, moved)
+            j = Journal.from_settings(cfg.state_dir, cfg.journal, host=self.host, clock=self.clock)
+            j.append({"type": "lifecycle", "time": self.clock(), "host": self.host, "kind": "journal.quarantined",
+                      "detail": {"moved_to": str(moved), "reason": exc.detail}})
+            return j
+
+    def _forwarder(self, cfg: Config) -> Any:
+        if cfg.forward_syslog is None:
+            return None
+        from agent.errors import Location
+        from agent.forward.forwarder import SyslogForwarder
+        from agent.forward.target import parse_target
+        target = parse_target(cfg.forward_syslog, Location(cfg.path))
+        self.metrics.add_forward_target(target.label)
+        return SyslogForwarder(target, stats=self.metrics, clock=self.clock)
+
+    def _forward_batch(self, records: list[dict[str, Any]]) -> None:
+        if self.forwarder is not None:
+            for r in records:
+                if r.get("type") == "finding":
+                    self.forwarder.submit(r)
+
+    def _forward_checkpoint(self, head: dict[str, Any]) -> None:
+        if self.forwarder is not None:
+            self.forwarder.submit_checkpoint(head)
+
+    @staticmethod
+    def _watched_paths(cfg: Config) -> list[Path]:
+        paths = [Path(p) for p in cfg.files]
+        paths.append(Path(cfg.path).parent / "agent.d")
+        paths.append(cfg.registry)
+        paths += list(cfg.rules)
+        if cfg.web_config is not None:
+            paths.append(cfg.web_config)
+        return paths
+
+    # -- health -----------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        """For /healthz and the systemd watchdog: is the pipeline moving?"""
+        if self.pipeline.stalled(STALL_SECONDS):
+            return False, f"pipeline stalled: {self.pipeline.depth()} events waiting, none processed " \
+                          f"for over {STALL_SECONDS:.0f} s"
+        return True, "ok"
+
+    # -- lifecycle --------------------------------------------------------
+    def lifecycle(self, kind: str, detail: dict[str, Any]) -> None:
+        """Journal a lifecycle record and run its event through the rules."""
+        now = self.clock()
+        self.writer.put({"type": "lifecycle", "time": now, "host": self.host, "kind": kind, "detail": detail})
+        if kind in ("agent.start", "agent.stop", "agent.reload", "agent.tamper"):
+            text = detail.get("message") if isinstance(detail.get("message"), str) else None
+            self.pipeline.process_now(Event(kind, now, "agent", detail=text))
+
+    def start(self) -> None:
+        """Start every stage; journal the start and any gap left by the last run."""
+        cfg = self.loaded.config
+        now = self.clock()
+        gap = self.runstate.previous_gap(now)
+        self.runstate.beat(now)
+        self.writer.start()
+        self.lifecycle("agent.start", {"version": __version__, "rules": self.loaded.rules,
+                                       "config": cfg.path, "registry": str(cfg.registry)})
+        if gap is not None:
+            self.lifecycle("agent.tamper", {"message": gap.describe(), "since": gap.since, "until": gap.until})
+        self._worker = threading.Thread(target=self.pipeline.run, args=(self.stop_event,), name="pipeline",
+                                        daemon=True)
+        self._worker.start()
+        self.exporter.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
+        extra = tuple(a.prefix for a in self.loaded.registry.assets)
+        self.collectors = self._collectors if self._collectors is not None else \
+            build_collectors(cfg.collectors, self.sources, extra)
+        self._supervisor = Supervisor(self.collectors, self.pipeline.offer, self.stop_event)
+        self._supervisor.start()
+        self.notifier.send("READY=1", f"STATUS=watching with {self.loaded.rules} rules")
+        _log.info("agent started: host %s, %d rules, %d collectors, metrics on %s",
+                  self.host, self.loaded.rules, len(self.collectors), cfg.listen)
+
+    def reload(self, why: str) -> bool:
+        """Load config, registry and rules again; keep the running set if the new one is bad."""
+        try:
+            new = load_all(self.config_path, self.state_dir_override)
+        except (LoadError, LoadErrors) as exc:
+            errors = [str(e) for e in (exc.errors if isinstance(exc, LoadErrors) else [exc])]
+            for line in errors:
+                _log.error("reload rejected: %s", line)
+            self.metrics.rules_reloaded(False)
+            self.writer.put({"type": "lifecycle", "time": self.clock(), "host": self.host, "kind": "agent.reload",
+                             "detail": {"ok": False, "why": why, "errors": errors[:50]}})
+            return False
+        self.loaded = new
+        self.pipeline.stage = new.stage
+        self._host_info(new.registry)
+        self.metrics.set_rules_loaded(new.rules)
+        self.metrics.rules_reloaded(True)
+        self.watcher.reset(self._watched_paths(new.config))
+        self.lifecycle("agent.reload", {"ok": True, "why": why, "rules": new.rules,
+                                        "message": f"reloaded ({why}): {new.rules} rules"})
+        _log.info("reloaded (%s): %d rules", why, new.rules)
+        return True
+
+    def stop(self) -> None:
+        """Ask the agent to stop (safe from any thread)."""
+        self.stop_event.set()
+
+    def shutdown(self) -> None:
+        """Stop collectors, drain the queue, journal the stop, sign and close."""
+        self.notifier.send("STOPPING=1")
+        self.stop_event.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5.0)
+        if self._worker is not None:
+            self._worker.join(60.0)
+        self.lifecycle("agent.stop", {"message": "clean stop", "events": self.pipeline.processed,
+                                      "findings": self.pipeline.findings})
+        self.writer.stop()
+        self.runstate.beat(self.clock(), clean=True)
+        if self.forwarder is not None:
+            self.forwarder.stop(5.0)
+        self.exporter.stop()
+        _log.info("agent stopped: %d events, %d findings", self.pipeline.processed, self.pipeline.findings)
+
+    def run(self, install_signals: bool = True) -> int:
+        """Start, then watch signals, files, health and the watchdog until stopped."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+            signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        self.start()
+        last_watch = last_beat = last_dog = 0.0
+        try:
+            while not self.stop_event.wait(0.25):
+                now = time.monotonic()
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload("SIGHUP")
+                if now - last_watch >= 2.0:
+                    last_watch = now
+                    changed = self.watcher.changed()
+                    if changed:
+                        self.writer.put({"type": "lifecycle", "time": self.clock(), "host": self.host,
+                                         "kind": "config.changed", "detail": {"files": changed[:50]}})
+                        self.reload("change on disk: " + ", ".join(changed[:5]))
+                ok, _ = self.health()
+                self.metrics.set_stalled(not ok)
+                if now - last_beat >= 5.0:
+                    last_beat = now
+                    self.runstate.beat(self.clock())
+                interval = self.notifier.watchdog_interval
+                if interval and ok and now - last_dog >= interval:
+                    last_dog = now
+                    self.notifier.send("WATCHDOG=1")
+        finally:
+            self.shutdown()
+        return 0
+
+
+def run_agent(config_path: Path, state_dir: Path | None = None) -> int:
+    """Entry point of ``dutywatch run``."""
+    try:
+        agent = Agent(config_path, state_dir=state_dir)
+    except (LoadError, LoadErrors) as exc:
+        for e in (exc.errors if isinstance(exc, LoadErrors) else [exc]):
+            print(e, flush=True)
+        return 1
+    except DutyWatchError as exc:
+        _log.error("%s", exc)
+        return 1
+    cfg = agent.loaded.config
+    print(f"DutyWatch {__version__} on host {agent.host}: metrics at http://{cfg.listen}/metrics, "
+          f"journal {cfg.journal_path}", flush=True)
+    print(f"  query:  dutywatch events --config {cfg.path} --state-dir {cfg.state_dir} --since 1h", flush=True)
+    print(f"  verify: dutywatch verify --journal {cfg.journal_path}", flush=True)
+    return agent.run()

@@ -1,0 +1,152 @@
+"""The journal's writer thread: batches records, retries through failures, signs on time.
+
+Records wait in a bounded buffer; a full buffer makes ``put`` wait (the
+pipeline then sheds load at its own queue, where drops are counted), so an
+accepted finding is never thrown away here. A failed write (disk full, I/O
+error) keeps the batch, counts the failure, retries with backoff and, once
+writing works again, journals a record of the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from agent.journal.errors import JournalError
+from agent.journal.store import Journal
+from agent.metrics import Metrics
+
+_log = logging.getLogger("dutywatch.journal")
+BATCH = 500
+
+
+class JournalWriter:
+    """Owns the Journal on its own thread."""
+
+    def __init__(self, journal: Journal, metrics: Metrics, *, capacity: int = 100_000,
+                 clock: Callable[[], float] = time.time,
+                 on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 prune_every: float = 3600.0) -> None:
+        self.journal = journal
+        self.metrics = metrics
+        self.capacity = capacity
+        self.clock = clock
+        self.on_commit = on_commit
+        self.on_checkpoint = on_checkpoint
+        self.prune_every = prune_every
+        self._buf: deque[dict[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.failing_since: float | None = None
+        self.failures = 0
+        self.durable_seq = journal.head.seq
+        self._last_prune = 0.0
+
+    def put(self, record: dict[str, Any]) -> None:
+        """Queue a record; waits while the buffer is full (never drops)."""
+        with self._cond:
+            while len(self._buf) >= self.capacity and not self._stop:
+                self._cond.wait(0.5)
+            self._buf.append(record)
+            self._cond.notify_all()
+
+    def pending(self) -> int:
+        """Records not yet durable."""
+        with self._cond:
+            return len(self._buf)
+
+    def start(self) -> None:
+        """Start writing."""
+        self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write what is queued (for up to ``timeout`` seconds), sign the head and close."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            self.journal.close()
+        except (JournalError, sqlite3.Error) as exc:
+            _log.error("journal close failed: %s", exc)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            with self._cond:
+                if not self._buf and not self._stop:
+                    self._cond.wait(1.0)
+                batch = [self._buf.popleft() for _ in range(min(BATCH, len(self._buf)))]
+                stopping = self._stop
+                self._cond.notify_all()
+            if batch:
+                if not self._write(batch):
+                    with self._cond:
+                        self._buf.extendleft(reversed(batch))
+                    if stopping and self.clock() - (self.failing_since or self.clock()) > 10:
+                        _log.error("journal unavailable at stop; %d records not written", len(self._buf))
+                        return
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 0.5
+            self._housekeeping()
+            if stopping and not self.pending():
+                return
+
+    def _write(self, batch: list[dict[str, Any]]) -> bool:
+        signed_before = self.journal.unsigned
+        try:
+            seqs = self.journal.append_many(batch)
+        except (JournalError, sqlite3.Error, OSError) as exc:
+            self.failures += 1
+            self.metrics.journal_write_failed()
+            if self.failing_since is None:
+                self.failing_since = self.clock()
+                _log.error("journal write failed, holding %d records and retrying: %s", len(batch), exc)
+            return False
+        self.durable_seq = seqs[-1]
+        self.metrics.journal_appended(len(seqs))
+        for rec, seq in zip(batch, seqs, strict=True):
+            rec["seq"] = seq
+        if self.on_commit is not None:
+            self.on_commit(batch)
+        if self.journal.unsigned < signed_before + len(seqs):
+            self._forward_checkpoint()
+        if self.failing_since is not None:
+            since, n = self.failing_since, self.failures
+            self.failing_since, self.failures = None, 0
+            _log.warning("journal writable again after %.0f s", self.clock() - since)
+            self._write([{"type": "lifecycle", "time": self.clock(), "host": self.journal.host,
+                          "kind": "journal.resumed",
+                          "detail": {"failed_since": since, "failed_writes": n,
+                                     "message": "journal writes failed from the first time to this record; "
+                                                "findings were held in memory and written late"}}])
+        return True
+
+    def _forward_checkpoint(self) -> None:
+        cp = self.journal.latest_checkpoint()
+        if cp is not None and self.on_checkpoint is not None:
+            self.on_checkpoint({**cp.fields(), "key": cp.key, "signature": cp.signature})
+
+    def _housekeeping(self) -> None:
+        now = self.clock()
+        try:
+            if self.journal.due(now) and self.journal.checkpoint() is not None:
+                self._forward_checkpoint()
+            if abs(now - self._last_prune) >= self.prune_every:
+                self._last_prune = now
+                self.journal.prune(now)
+            self.metrics.set_journal_size(self.journal.stats().size_bytes)
+        except (JournalError, sqlite3.Error, OSError) as exc:
+            self.metrics.journal_write_failed()
+            _log.error("journal housekeeping failed: %s", exc)

@@ -1,0 +1,68 @@
+"""The agent's run state on disk: when it was last alive, and whether it stopped cleanly.
+
+At start, a previous run that never wrote a clean stop means monitoring was
+interrupted from its last heartbeat until now: that gap becomes an
+``agent.tamper`` event (GB/T 22239-2019 8.1.4.3: the audit process must not
+be interrupted unnoticed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Monitoring was down from ``since`` (last heartbeat) to ``until`` (this start)."""
+
+    since: float
+    until: float
+    pid: int | None
+
+    def describe(self) -> str:
+        """A plain sentence with ISO times, for the finding's detail."""
+        from datetime import UTC, datetime
+        a = datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds")
+        b = datetime.fromtimestamp(self.until, UTC).isoformat(timespec="seconds")
+        return f"monitoring interrupted from {a} to {b} ({self.until - self.since:.0f} s; previous pid {self.pid})"
+
+
+class RunState:
+    """Reads and writes ``state_dir/run.json`` atomically (write to a temp name, rename)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / RUN_FILE
+        self.started = 0.0
+
+    def previous_gap(self, now: float) -> Gap | None:
+        """The gap left by the previous run, if it did not stop cleanly."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return Gap(now, now, None)  # unreadable state is itself a sign of interference
+        if not isinstance(data, dict) or data.get("clean"):
+            return None
+        alive = data.get("alive")
+        since = float(alive) if isinstance(alive, (int, float)) else now
+        pid = data.get("pid") if isinstance(data.get("pid"), int) else None
+        return Gap(since, now, pid)
+
+    def beat(self, now: float, clean: bool = False) -> None:
+        """Record that the agent is alive now (or stopped cleanly now)."""
+        if not self.started:
+            self.started = now
+        data = {"pid": os.getpid(), "started": self.started, "alive": now, "clean": clean}
+        tmp = self.path.with_name(f".{RUN_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
