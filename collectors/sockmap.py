@@ -32,7 +32,7 @@ TCP_LISTEN = 0x0A
 UDP_UNCONNECTED = 0x07  # the kernel reports a bound, unconnected UDP socket as TCP_CLOSE
 
 _TABLES = {"tcp": ("tcp", "tcp6"), "udp": ("udp", "udp6")}
-_WILD = frozenset({"0.0.0.0", "::"})
+_WILD = frozenset({"0.0.0.0", "::"})  # noqa: S104  # matching wildcard binds, not binding
 _MAPPED = "::ffff:"
 _NO_LOGINUID = 4294967295
 
