@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.events import Event, Net, Parent, Process
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section, translate_os_error
-from collectors.network_poll import ConnectionPoller, Lister, psutil_lister
+from collectors.network_poll import Conn, ConnectionPoller, Lister, psutil_lister
 from collectors.sniff import (
     DecodeError,
     Packet,
@@ -198,19 +198,24 @@ class NetworkCollector:
 
     def _run_poll(self, emit: Emit, stop: threading.Event, listens: ListenWatcher) -> None:
         poller = ConnectionPoller(self._lister)
+        conns = self._poll_connections(poller)  # what exists at start is known, not new
         self._mark_up("poll")
         while True:
             self._emit_listens(emit, listens)
-            try:
-                conns = poller.poll()
-            except OSError as exc:
-                raise translate_os_error("listing sockets", exc) from exc
             for c in conns:
                 net = Net(proto=c.proto, direction=c.direction, local_ip=c.local_ip, local_port=c.local_port,
                           remote_ip=c.remote_ip, remote_port=c.remote_port)
                 self._emit(emit, c.kind, net, c.pid)
             if stop.wait(self.interval):
                 return
+            conns = self._poll_connections(poller)
+
+    @staticmethod
+    def _poll_connections(poller: ConnectionPoller) -> list[Conn]:
+        try:
+            return poller.poll()
+        except OSError as exc:
+            raise translate_os_error("listing sockets", exc) from exc
 
     def _mark_up(self, mode: str) -> None:
         self.health.mode = mode

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-_CONNECTED = frozenset({"ESTABLISHED", "SYN_SENT"})
+# A socket still in a closing state had a connection: a short one polled late is still reported.
+_CONNECTED = frozenset({"ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT",
+                        "LAST_ACK", "CLOSING"})
 _MAPPED = "::ffff:"
 
 Lister = Callable[[], Iterable[Any]]
