@@ -14,6 +14,7 @@ one function (``ProcessLookup``) so a fuller process reader can replace it.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import socket
@@ -114,6 +115,43 @@ def match_socket(entries: list[SockEntry], local_ip: str, local_port: int,
     return bound or wild
 
 
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR = 2
+_NOCOOKIE = 0xFFFFFFFF
+_PROTO_NUM = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
+
+def diag_inode(proto: str, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> int | None:
+    """The inode of one socket by exact lookup over netlink sock_diag; None when there is none.
+
+    A hash lookup in the kernel, where reading /proc/net/tcp walks the whole
+    table (milliseconds on a big host). OSError when sock_diag is unusable.
+    """
+    fam = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
+    local = socket.inet_pton(fam, local_ip).ljust(16, b"\0")
+    remote = socket.inet_pton(fam, remote_ip).ljust(16, b"\0")
+    # TCP looks the id up as (src=local, dst=remote); the kernel's UDP lookup reads it the other way round.
+    if proto == "tcp":
+        sockid = struct.pack("!HH", local_port, remote_port) + local + remote
+    else:
+        sockid = struct.pack("!HH", remote_port, local_port) + remote + local
+    body = (struct.pack("=BBBBI", fam, _PROTO_NUM[proto], 0, 0, 0xFFFFFFFF) + sockid
+            + struct.pack("=III", 0, _NOCOOKIE, _NOCOOKIE))
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(1.0)
+        nl.send(struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 1, 1, 0) + body)
+        reply = nl.recv(8192)
+    _, kind = struct.unpack_from("=IH", reply)
+    if kind == NLMSG_ERROR:
+        err = -struct.unpack_from("=i", reply, 16)[0]
+        if err in (errno.ENOENT, 0):
+            return None
+        raise OSError(err, os.strerror(err))
+    # struct inet_diag_msg after the 16-byte header: the inode is its last u32 at offset 68
+    return int(struct.unpack_from("=I", reply, 16 + 68)[0])
+
+
 def _socket_inodes(fd_dir: Path) -> Iterator[int]:
     try:
         names = os.listdir(fd_dir)
@@ -134,22 +172,43 @@ def _socket_inodes(fd_dir: Path) -> Iterator[int]:
 class SockMap:
     """Socket inode -> owning pid, cached and refreshed on a miss."""
 
-    def __init__(self, proc_root: Path = Path("/proc"), max_entries: int = 8192, hot_pids: int = 256) -> None:
-        """Read below ``proc_root``; keep at most ``max_entries`` inodes and ``hot_pids`` recent owners."""
+    def __init__(self, proc_root: Path = Path("/proc"), max_entries: int = 8192, hot_pids: int = 256,
+                 netlink: bool | None = None) -> None:
+        """Read below ``proc_root``; keep at most ``max_entries`` inodes and ``hot_pids`` recent owners.
+
+        ``netlink`` (default: when ``proc_root`` is the live /proc) finds sockets
+        with sock_diag, falling back to the /proc/net tables if that fails.
+        """
         self.proc_root = proc_root
         self.max_entries = max_entries
+        self.netlink = proc_root == Path("/proc") if netlink is None else netlink
         self._owner: OrderedDict[int, int] = OrderedDict()
         self._hot: OrderedDict[int, None] = OrderedDict()
         self._hot_max = hot_pids
         self.scans = 0
 
     def lookup(self, proto: str, local_ip: str, local_port: int,
-               remote_ip: str | None = None, remote_port: int | None = None) -> tuple[SockEntry | None, int | None]:
-        """The socket for these addresses (read now) and its owner pid, or None for each not found."""
-        entry = match_socket(read_tables(self.proc_root, proto), local_ip, local_port, remote_ip, remote_port)
-        if entry is None:
+               remote_ip: str | None = None, remote_port: int | None = None) -> tuple[int | None, int | None]:
+        """The inode of the socket for these addresses (looked up now) and its owner pid, or None for each."""
+        inode = self.find_inode(proto, local_ip, local_port, remote_ip, remote_port)
+        if inode is None:
             return None, None
-        return entry, self.pid_of(entry.inode)
+        return inode, self.pid_of(inode)
+
+    def find_inode(self, proto: str, local_ip: str, local_port: int,
+                   remote_ip: str | None = None, remote_port: int | None = None) -> int | None:
+        """The inode of the socket a packet belongs to; a request socket gives its listener's."""
+        if self.netlink and remote_ip is not None and remote_port is not None:
+            try:
+                inode = diag_inode(proto, local_ip, local_port, remote_ip, remote_port)
+                if not inode:  # no socket, or one that owns no file yet (SYN_RECV, accept queue)
+                    wildcard = "::" if ":" in local_ip else "0.0.0.0"  # noqa: S104
+                    inode = diag_inode(proto, local_ip, local_port, wildcard, 0)
+                return inode or None
+            except OSError:
+                self.netlink = False  # e.g. no sock_diag in this kernel or container
+        entry = match_socket(read_tables(self.proc_root, proto), local_ip, local_port, remote_ip, remote_port)
+        return entry.inode if entry else None
 
     def pid_of(self, inode: int) -> int | None:
         """The pid holding socket ``inode``; scans /proc on a cache miss or a stale hit."""

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 
 from collectors.network import FlowSet, ListenWatcher
-from collectors.sockmap import TCP_SYN_SENT, ProcReader, SockMap, match_socket, parse_table, read_tables
+from collectors.sockmap import (
+    TCP_SYN_SENT,
+    ProcReader,
+    SockMap,
+    diag_inode,
+    match_socket,
+    parse_table,
+    read_tables,
+)
 
 # Real lines as an x86 kernel prints them: addresses in host byte order, ports big-endian hex.
 HEAD = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -92,15 +101,11 @@ def test_missing_tables_are_empty(tmp_path: Path) -> None:
 
 
 def test_syn_finds_the_connecting_process(proc: Path) -> None:
-    entry, pid = SockMap(proc).lookup("tcp", "10.0.0.5", 40000, "93.184.216.34", 443)
-    assert entry is not None and entry.inode == 1002
-    assert pid == 4242
+    assert SockMap(proc).lookup("tcp", "10.0.0.5", 40000, "93.184.216.34", 443) == (1002, 4242)
 
 
 def test_syn_ack_finds_the_listener_behind_a_request_socket(proc: Path) -> None:
-    entry, pid = SockMap(proc).lookup("tcp", "127.0.0.1", 8080, "127.0.0.1", 51000)
-    assert entry is not None and entry.inode == 1001
-    assert pid == 700
+    assert SockMap(proc).lookup("tcp", "127.0.0.1", 8080, "127.0.0.1", 51000) == (1001, 700)
 
 
 def test_udp_from_a_wildcard_bound_socket(proc: Path) -> None:
@@ -188,3 +193,31 @@ def test_flow_set_is_bounded_lru() -> None:
     assert flows.first("c")  # evicts b
     assert not flows.first("a")
     assert flows.first("b")
+
+
+def _ino(s: socket.socket) -> int:
+    return os.fstat(s.fileno()).st_ino
+
+
+def test_live_lookup_by_netlink_matches_the_socket_files() -> None:
+    """sock_diag on this kernel finds the same sockets the fd table names (loopback only)."""
+    with socket.socket() as lst, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv, socket.socket(socket.AF_INET6) as dual:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen()
+        port = lst.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as cli:
+            lip, lport = cli.getsockname()
+            assert diag_inode("tcp", lip, lport, "127.0.0.1", port) == _ino(cli)
+            # the server side sits in the accept queue without a file: its listener answers
+            m = SockMap()
+            assert m.netlink
+            assert m.lookup("tcp", "127.0.0.1", port, lip, lport) == (_ino(lst), os.getpid())
+            dual.connect(("::ffff:127.0.0.1", port))  # a dual-stack socket seen by IPv4 packets
+            assert diag_inode("tcp", "127.0.0.1", dual.getsockname()[1], "127.0.0.1", port) == _ino(dual)
+        srv.bind(("127.0.0.1", 0))
+        udp.connect(srv.getsockname())
+        ulip, ulport = udp.getsockname()
+        assert diag_inode("udp", ulip, ulport, *srv.getsockname()) == _ino(udp)
+        assert diag_inode("udp", "127.0.0.1", srv.getsockname()[1], ulip, ulport) == _ino(srv)
+        assert diag_inode("tcp", "127.0.0.1", 1, "127.0.0.1", 2) is None
