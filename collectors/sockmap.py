@@ -1,7 +1,9 @@
 """Which process owns a socket: /proc/net/{tcp,udp}[6] tables and /proc/PID/fd links.
 
-A packet names a socket by its addresses; ``/proc/net/*`` turns the
-addresses into the socket's inode, and the ``socket:[inode]`` links under
+A packet names a socket by its addresses; an exact netlink sock_diag
+lookup (or, where that is unusable or for a fixture tree, the
+``/proc/net/*`` tables) turns the addresses into the socket's inode, and
+the ``socket:[inode]`` links under
 ``/proc/PID/fd`` turn the inode into a pid. The inode -> pid map is cached
 (bounded LRU) and refreshed on a miss by a scan that visits the pids that
 owned sockets recently first, then the others newest first, and stops at
