@@ -1,17 +1,16 @@
-"""Which process owns a socket: /proc/net/{tcp,udp}[6] tables and /proc/PID/fd links.
+"""Which process owns a socket: socket lookups by address, then /proc/PID/fd links.
 
 A packet names a socket by its addresses; an exact netlink sock_diag
-lookup (or, where that is unusable or for a fixture tree, the
-``/proc/net/*`` tables) turns the addresses into the socket's inode, and
-the ``socket:[inode]`` links under
-``/proc/PID/fd`` turn the inode into a pid. The inode -> pid map is cached
-(bounded LRU) and refreshed on a miss by a scan that visits the pids that
-owned sockets recently first, then the others newest first, and stops at
-the owner. Everything is read below a ``proc_root`` so tests use a fixture
-tree.
+lookup (or, where that is unusable and for fixture trees, the
+/proc/net/{tcp,udp}[6] tables) turns them into the socket's inode, and the
+``socket:[inode]`` links under /proc/PID/fd turn the inode into a pid. The
+inode -> pid map is cached (bounded LRU) and refreshed on a miss by a scan
+that visits the pids that owned sockets recently first, then the others
+newest first, and stops at the owner. Files are read below a ``proc_root``
+so tests use a fixture tree.
 
-``read_process`` is a small private reader of ``/proc/PID`` kept behind
-one function (``ProcessLookup``) so a fuller process reader can replace it.
+``ProcReader`` is a small private reader of /proc/PID, used through the
+``ProcessLookup`` signature so a fuller process reader can replace it.
 """
 
 from __future__ import annotations
