@@ -1,0 +1,326 @@
+"""The network collector against real sockets: loopback and a namespace behind a veth pair.
+
+Traffic goes only to loopback and to a network namespace each test creates
+and removes, addressed from the benchmark ranges (198.18.0.0/15 and
+2001:2::/48) on the two veth ends alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.events import Event
+from collectors.network import NetworkCollector
+from collectors.sniff import DecodeError, decode, dns_query_name
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: AF_PACKET, ip netns, veth"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+EXE = os.path.realpath(sys.executable)
+_seq = itertools.count()
+
+SERVER = r"""
+import socket, sys, threading
+socks = []
+for a in sys.argv[1:]:
+    fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+    t = socket.socket(fam, socket.SOCK_STREAM)
+    t.bind((a, 8080)); t.listen(16); socks.append(t)
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.bind((a, 53)); socks.append(u)
+def tcp(s):
+    while True:
+        c, _ = s.accept(); c.close()
+def dns(s):
+    while True:
+        q, peer = s.recvfrom(512)
+        s.sendto(q[:2] + b"\x81\x83" + q[4:], peer)  # the question back, NXDOMAIN
+for s in socks:
+    threading.Thread(target=tcp if s.type == socket.SOCK_STREAM else dns, args=(s,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+CLIENT = r"""
+import socket, sys
+peer, domain = sys.argv[1], sys.argv[2]
+fam = socket.AF_INET6 if ":" in peer else socket.AF_INET
+lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen()
+port = lst.getsockname()[1]
+t = socket.create_connection((peer, 8080), timeout=5)
+lo = socket.create_connection(("127.0.0.1", port), timeout=5)
+u = socket.socket(fam, socket.SOCK_DGRAM); u.settimeout(5); u.connect((peer, 53))
+labels = b"".join(bytes([len(p)]) + p.encode() for p in domain.split("."))
+u.send(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00\x00\x01\x00\x01")
+answer = u.recv(512)
+print(port, answer[3] & 0x0F, flush=True)
+sys.stdin.read()  # keep every socket open until the test has looked
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+class VethPair:
+    """A namespace and a veth pair into it, with test-only addresses on both ends."""
+
+    def __init__(self) -> None:
+        n = next(_seq)
+        tag = f"dwt{os.getpid()}{n}"
+        self.ns, self.host_if, self.ns_if = tag, f"{tag}a", f"{tag}b"
+        idx = (os.getpid() * 8 + n) % 32768
+        base = int(ipaddress.IPv4Address("198.18.0.0")) + idx * 4
+        self.host_ip, self.peer_ip = str(ipaddress.IPv4Address(base + 1)), str(ipaddress.IPv4Address(base + 2))
+        self.host_ip6, self.peer_ip6 = f"2001:2:0:{idx:x}::1", f"2001:2:0:{idx:x}::2"
+        self.server: subprocess.Popen[str] | None = None
+
+    def create(self) -> None:
+        """Make the namespace, the pair and the addresses; start the TCP and DNS servers inside."""
+        _ip("netns", "add", self.ns)
+        _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        _ip("link", "set", self.ns_if, "netns", self.ns)
+        _ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+        _ip("addr", "add", f"{self.host_ip6}/64", "dev", self.host_if, "nodad")
+        _ip("link", "set", self.host_if, "up")
+        _ip("-n", self.ns, "addr", "add", f"{self.peer_ip}/30", "dev", self.ns_if)
+        _ip("-n", self.ns, "addr", "add", f"{self.peer_ip6}/64", "dev", self.ns_if, "nodad")
+        _ip("-n", self.ns, "link", "set", self.ns_if, "up")
+        _ip("-n", self.ns, "link", "set", "lo", "up")
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", SERVER, self.peer_ip, self.peer_ip6],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert _line(self.server, 15) == "ready"
+
+    def destroy(self) -> None:
+        """Stop the servers and remove the pair and the namespace (each step even if another failed)."""
+        if self.server is not None:
+            _end(self.server)
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
+
+
+def _line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "child printed nothing in time"
+    return proc.stdout.readline().strip()
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def veth() -> Iterator[VethPair]:
+    pair = VethPair()
+    try:
+        yield pair
+    finally:
+        pair.destroy()
+
+
+class Running:
+    """A collector running on a thread, its events collected."""
+
+    def __init__(self, collector: NetworkCollector) -> None:
+        self.collector = collector
+        self.events: list[Event] = []
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.wait(lambda: collector.health.up, "collector never came up")
+
+    def _run(self) -> None:
+        try:
+            self.collector.run(lambda e: self.events.append(e) is None, self.stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def wait(self, cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert self.error is None, f"collector failed: {self.error}"
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    def find(self, pred: Callable[[Event], bool], what: str) -> Event:
+        found: list[Event] = []
+        self.wait(lambda: bool(found.extend(e for e in list(self.events) if pred(e)) or found), what)
+        return found[0]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "run() did not return after stop"
+        assert self.error is None, f"collector failed: {self.error}"
+        assert not self.collector.health.up
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[NetworkCollector], Running]]:
+    started: list[Running] = []
+
+    def start(c: NetworkCollector) -> Running:
+        started.append(Running(c))
+        return started[-1]
+
+    yield start
+    for r in started:
+        r.close()
+
+
+def _client(peer: str, domain: str) -> tuple[subprocess.Popen[str], int, int]:
+    child = subprocess.Popen([sys.executable, "-c", CLIENT, peer, domain],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    port, rcode = _line(child, 15).split()
+    return child, int(port), int(rcode)
+
+
+@pytest.mark.parametrize("mode", ["sniff", "poll"])
+def test_connect_dns_and_listen_carry_the_process(
+        mode: str, veth: VethPair, running: Callable[[NetworkCollector], Running]) -> None:
+    veth.create()
+    run = running(NetworkCollector({"mode": mode}))
+    assert run.collector.health.mode == mode
+    child, port, rcode = _client(veth.peer_ip, "probe.dutywatch.test")
+    try:
+        assert rcode == 3  # the namespace's DNS responder answered
+        mine: Callable[[Event], bool] = lambda e: e.process.pid == child.pid  # noqa: E731
+        conn = run.find(lambda e: mine(e) and e.kind == "net.connect" and e.net.remote_ip == veth.peer_ip,
+                        "no net.connect to the namespace")
+        assert (conn.net.proto, conn.net.direction, conn.net.remote_port) == ("tcp", "out", 8080)
+        assert conn.net.local_ip == veth.host_ip and conn.net.local_port
+        assert conn.process.exe == EXE and conn.process.ppid == os.getpid()
+        assert conn.collector == "network" and conn.time is not None
+
+        dns = run.find(lambda e: mine(e) and e.kind == "net.dns", "no net.dns")
+        assert (dns.net.proto, dns.net.remote_ip, dns.net.remote_port) == ("udp", veth.peer_ip, 53)
+        if mode == "sniff":
+            assert dns.net.domain == "probe.dutywatch.test"
+        else:
+            assert dns.net.domain is None  # polling sees the socket, not the query
+
+        listen = run.find(lambda e: e.kind == "net.listen" and e.net.local_port == port, "no net.listen")
+        assert listen.process.pid == child.pid and listen.process.exe == EXE
+        assert (listen.net.proto, listen.net.local_ip) == ("tcp", "127.0.0.1")
+
+        # The loopback connection is reported once, though lo shows each packet twice.
+        run.find(lambda e: mine(e) and e.kind == "net.connect" and e.net.remote_port == port, "no loopback connect")
+        time.sleep(1.5)  # a duplicate would arrive within a poll interval
+        assert [e.kind for e in run.events if e.kind == "net.connect" and e.net.remote_port == port] == ["net.connect"]
+    finally:
+        _end(child)
+
+
+def test_ipv6_connect_and_dns(veth: VethPair, running: Callable[[NetworkCollector], Running]) -> None:
+    veth.create()
+    run = running(NetworkCollector({"mode": "sniff"}))
+    child, _, _ = _client(veth.peer_ip6, "v6.dutywatch.test")
+    try:
+        conn = run.find(lambda e: e.kind == "net.connect" and e.net.remote_ip == veth.peer_ip6, "no IPv6 connect")
+        assert (conn.net.local_ip, conn.net.remote_port, conn.process.pid) == (veth.host_ip6, 8080, child.pid)
+        dns = run.find(lambda e: e.kind == "net.dns" and e.net.remote_ip == veth.peer_ip6, "no IPv6 DNS query")
+        assert (dns.net.domain, dns.process.pid) == ("v6.dutywatch.test", child.pid)
+    finally:
+        _end(child)
+
+
+def test_named_interface_is_captured_once_it_appears(
+        veth: VethPair, running: Callable[[NetworkCollector], Running]) -> None:
+    run = running(NetworkCollector({"mode": "sniff", "interfaces": [veth.host_if]}))
+    veth.create()  # after the collector started
+    time.sleep(2.5)  # the collector retries missing interfaces each second
+    child, port, _ = _client(veth.peer_ip, "late.dutywatch.test")
+    try:
+        conn = run.find(lambda e: e.kind == "net.connect" and e.net.remote_ip == veth.peer_ip,
+                        "no connect on the late interface")
+        assert conn.process.pid == child.pid
+        run.find(lambda e: e.kind == "net.dns" and e.net.domain == "late.dutywatch.test", "no DNS on it")
+        time.sleep(0.5)
+        # Loopback is not among the named interfaces: the child's connection over lo is not seen.
+        assert not [e for e in run.events if e.kind == "net.connect" and e.net.remote_port == port]
+    finally:
+        _end(child)
+
+
+def test_malformed_dns_query_is_counted_not_fatal(running: Callable[[NetworkCollector], Running]) -> None:
+    run = running(NetworkCollector({"mode": "sniff", "interfaces": ["lo"]}))
+    before = run.collector.health.drops.get("decode_error", 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        # a query header announcing one question, followed by a truncated name
+        s.sendto(b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ab", ("127.0.0.1", 53))
+    run.wait(lambda: run.collector.health.drops.get("decode_error", 0) > before, "decode error not counted")
+    assert run.thread.is_alive()
+
+
+def test_decoding_rejects_truncated_packets() -> None:
+    with pytest.raises(DecodeError):
+        decode(b"\x45\x00\x00")
+    with pytest.raises(DecodeError):
+        dns_query_name(b"\x00\x01")
+    response = b"\x00\x07\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01"
+    assert dns_query_name(response) is None
+
+
+UNPRIVILEGED = r"""
+import ctypes, json, os, socket, threading, time
+import encodings.idna, psutil  # loaded before the drop: the interpreter's files are not readable by uid 65534
+from collectors.network import NetworkCollector
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, cleared by setuid; /proc/self/fd needs it
+c = NetworkCollector({})
+avail = c.available()
+events, stop = [], threading.Event()
+t = threading.Thread(target=c.run, args=(lambda e: events.append(e) is None, stop), daemon=True)
+t.start()
+deadline = time.monotonic() + 15
+while not c.health.up and time.monotonic() < deadline:
+    time.sleep(0.05)
+lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen(); port = lst.getsockname()[1]
+conn = socket.create_connection(("127.0.0.1", port))
+def seen():
+    return {e.kind for e in events if e.process.pid == os.getpid() and port in (e.net.local_port, e.net.remote_port)}
+while time.monotonic() < deadline and not {"net.listen", "net.connect"} <= seen():
+    time.sleep(0.1)
+stop.set(); t.join(5)
+print(json.dumps({"uid": os.getuid(), "mode": avail.mode, "reason": avail.reason, "health": c.health.mode,
+                  "returned": not t.is_alive(), "port": port,
+                  "events": [e.to_dict() for e in events if e.process.pid == os.getpid()]}))
+"""
+
+
+def test_unprivileged_start_falls_back_to_polling() -> None:
+    out = subprocess.run([sys.executable, "-c", UNPRIVILEGED], capture_output=True, text=True, timeout=60,
+                         cwd=REPO, check=True)
+    got = json.loads(out.stdout)
+    assert got["uid"] == 65534
+    assert got["mode"] == "poll" and "CAP_NET_RAW" in got["reason"]
+    assert got["health"] == "poll" and got["returned"]
+    kinds = {(e["event"]["kind"], e["net"].get("local_port"), e["net"].get("remote_port")) for e in got["events"]}
+    assert ("net.listen", got["port"], None) in kinds
+    assert any(k == "net.connect" and rport == got["port"] for k, _, rport in kinds)
+    assert "poll mode" in out.stderr  # the reduced fidelity is said out loud
