@@ -180,7 +180,7 @@ UNPRIVILEGED = textwrap.dedent("""
 def test_unprivileged_start_falls_back_to_inotify() -> None:
     d = tempfile.mkdtemp(prefix="dw-files-")
     try:
-        os.chmod(d, 0o777)
+        os.chown(d, 65534, 65534)  # the unprivileged child may write here
         out = subprocess.run([sys.executable, "-c", UNPRIVILEGED, d], check=True, capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parents[2], timeout=60)
         got = json.loads(out.stdout.splitlines()[-1])
