@@ -88,7 +88,8 @@ def first_address(name: str) -> str | None:
     v4: list[str] = [str(a.address) for a in addrs if a.family == socket.AF_INET]
     v6 = [str(a.address).split("%")[0] for a in addrs if a.family == socket.AF_INET6]
     v6 = [a for a in v6 if not ipaddress.IPv6Address(a).is_link_local]
-    return (v4 or v6 or [None])[0]
+    found = v4 or v6
+    return found[0] if found else None
 
 
 def _attrs(data: bytes, off: int, end: int) -> Iterator[tuple[int, bytes]]:
