@@ -184,11 +184,12 @@ class FilesCollector:
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Watch, join and emit until ``stop`` is set; pending operations are sent on the way out."""
         self._open_groups()
-        marks: queue.Queue[tuple[Event, str] | None] = queue.Queue(maxsize=64)
+        marks: queue.Queue[tuple[Event, str]] = queue.Queue(maxsize=64)
         watcher = TreeWatcher(self._put_op, lambda _root: self.health.drop("watch_error"))
-        threads = [threading.Thread(target=self._mark_loop, args=(marks, emit), name="files-marking", daemon=True)]
+        flushed = threading.Event()  # set after the last flush: the marking worker may then finish
+        threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), daemon=True)]
         if self._fd is not None:
-            threads.append(threading.Thread(target=self._fan_loop, args=(stop,), name="files-fanotify", daemon=True))
+            threads.append(threading.Thread(target=self._fan_loop, args=(stop,), daemon=True))
         watcher.start()
         for t in threads:
             t.start()
@@ -214,7 +215,7 @@ class FilesCollector:
         finally:
             self.health.up = False
             watcher.stop()
-            marks.put(None)
+            flushed.set()
             for t in threads:
                 t.join(timeout=0.4)
             for g in (self._fd, self._names):
@@ -304,7 +305,7 @@ class FilesCollector:
         if r.overflow:
             self.health.drop("kernel_overflow")
             return
-        if r.path is None or (r.pid == me and r.mask & fan.FAN_OPEN):
+        if r.path is None:
             return
         if names and r.mask & fan.FAN_CREATE and r.mask & fan.FAN_ONDIR:
             self._mark_tree(r.path)  # before the new directory fills up
@@ -320,7 +321,7 @@ class FilesCollector:
         if item[0] == "fan":
             _, path, who, wall = item
             self._recent.setdefault(path, []).append(who)
-            if who.mask & fan.FAN_OPEN and not who.mask & fan.FAN_CLOSE_WRITE:
+            if who.mask & fan.FAN_OPEN and not who.mask & fan.FAN_CLOSE_WRITE and who.process.pid != os.getpid():
                 self._opens.setdefault((path, who.process.pid), (who.t, wall, who.process))
             return
         _, op, now, wall = item
@@ -362,7 +363,7 @@ class FilesCollector:
 
     # -- joining and sending ---------------------------------------------------------------------------------------
 
-    def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str] | None]) -> None:
+    def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
         due = [op for op in self._pending.values() if op.deadline <= now]
         for op in due:
             del self._pending[(_slot(op.kind), op.path)]
@@ -438,9 +439,14 @@ class FilesCollector:
 
     # -- marking, off the event path -------------------------------------------------------------------------------
 
-    def _mark_loop(self, marks: queue.Queue[tuple[Event, str] | None], emit: Emit) -> None:
-        while (item := marks.get()) is not None:
-            event, path = item
+    def _mark_loop(self, marks: queue.Queue[tuple[Event, str]], emit: Emit, flushed: threading.Event) -> None:
+        while True:
+            try:
+                event, path = marks.get(timeout=0.1)
+            except queue.Empty:
+                if flushed.is_set():
+                    return
+                continue
             level = self._safe_mark(path)
             self._send(event._replace(file=event.file._replace(marking=level)), emit)
 

@@ -193,3 +193,16 @@ def test_unprivileged_start_falls_back_to_inotify() -> None:
     assert e["event"]["kind"] == "file.create"
     assert e["file"]["path"] == os.path.join(d, "n.txt")
     assert "process" not in e
+
+
+@pytest.mark.root
+@root_only
+def test_the_agents_own_file_operations_are_not_reported(tmp_path: Path, running: Callable[..., Running]) -> None:
+    r = running([str(tmp_path)])
+    (tmp_path / "own.txt").write_text("ours\n")  # written by this process: the collector's own pid
+    (tmp_path / "own.txt").unlink()
+    script = f"open({str(tmp_path / 'theirs.txt')!r}, 'w').write('x')"
+    subprocess.run([sys.executable, "-c", script], check=True)
+    r.wait_for(lambda: any(e.file.path == str(tmp_path / "theirs.txt") for e in r.events))
+    time.sleep(0.5)
+    assert [e.file.path for e in r.events] == [str(tmp_path / "theirs.txt")]
