@@ -110,7 +110,7 @@ def test_scan_reports_removable_mounts_and_their_removal(tmp_path: Path) -> None
     )
     assert c.scan(base) == []
     stick = "90 22 8:17 / /run/media/zhang/STICK rw - vfat /dev/sdb1 rw\n"
-    loop = "91 22 7:0 / /media/img rw - ext4 /dev/loop0 rw\n"
+    loop = "91 22 7:0 / /media/img rw - ext4 /dev/dw-fixture-loop0 rw\n"
     (usb_up, loop_up) = c.scan(base + stick + loop)
     assert usb_up.kind == "media.mount" and usb_up.time == 1000.0
     assert (usb_up.media.device, usb_up.media.mount, usb_up.media.fs, usb_up.media.serial) == (
