@@ -72,6 +72,7 @@ class _Op:
     wall: float
     deadline: float
     read_path: str | None = None
+    waited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,16 +365,22 @@ class FilesCollector:
     # -- joining and sending ---------------------------------------------------------------------------------------
 
     def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
-        due = [op for op in self._pending.values() if op.deadline <= now]
-        for op in due:
+        due = []
+        for op in [op for op in self._pending.values() if op.deadline <= now]:
+            if self._fd is not None and not op.waited and now != float("inf") and self._join(op) is None:
+                # A busy machine can hold fanotify's record back: give it one more window.
+                op.waited, op.deadline = True, now + 2 * WINDOW
+                continue
             del self._pending[(_slot(op.kind), op.path)]
+            due.append(op)
         due = sorted(self._ready + due, key=lambda o: o.t0)
         self._ready = []
         me = os.getpid()
         for op in due:
-            event = self._event(op)
-            if event.process.pid == me:
+            who = self._join(op)
+            if who is not None and who.pid == me:
                 continue
+            event = self._build(op.kind, op.path, op.dest, op.wall, who)
             if self._marker is not None and op.kind in ("file.create", "file.write") and not op.is_dir:
                 try:
                     marks.put_nowait((event, op.read_path or op.path))
@@ -403,12 +410,12 @@ class FilesCollector:
             self._tokens -= 1
             self._send(self._build("file.open", path, None, wall, proc), emit)
 
-    def _event(self, op: _Op) -> Event:
+    def _join(self, op: _Op) -> Process | None:
         primary, fallback = _WANT[op.kind]
         who = self._who(op.path, primary, op.t0) or (self._who(op.dest, fallback, op.t0) if op.dest else None)
         if who is None and fallback and not op.dest:
             who = self._who(op.path, fallback, op.t0)
-        return self._build(op.kind, op.path, op.dest, op.wall, who)
+        return who
 
     def _who(self, path: str, mask: int, t0: float) -> Process | None:
         for w in reversed(self._recent.get(path, ())):
