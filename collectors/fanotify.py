@@ -7,15 +7,18 @@ closed at once. A *name group* (``FAN_REPORT_DFID_NAME``, Linux 5.9+) reports
 directory-entry changes (create, delete, move) with the pid, the parent
 directory's file handle and the entry name; the handle is turned back into
 a path through a table of the directories this group marked.
-Both need CAP_SYS_ADMIN.
+Both need CAP_SYS_ADMIN. ``FanotifyWatcher`` keeps the two together over
+whole directory trees and reads them on one thread.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import select
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from collectors.base import CollectorError, translate_os_error
@@ -210,3 +213,80 @@ def _fd_path(fd: int) -> str | None:
     finally:
         os.close(fd)
     return path.removesuffix(" (deleted)")
+
+
+class FanotifyWatcher:
+    """The fd group and (where the kernel has it) the name group, marked over whole directory trees.
+
+    ``run`` reads both groups until stopped and hands each record to
+    ``on_record`` (with True for name-group records); losses go to
+    ``on_drop`` with a short reason. A directory created under a marked one
+    is marked as soon as the name group reports it.
+    """
+
+    def __init__(self, on_record: Callable[[FanRecord, bool], None], on_drop: Callable[[str], None],
+                 max_marks: int = 20000) -> None:
+        self._on_record = on_record
+        self._on_drop = on_drop
+        self._max_marks = max_marks
+        self._marks = 0
+        self.fd_group = FanotifyGroup(names=False)  # CollectorError here: no fanotify at all
+        self.names: FanotifyGroup | None = None
+        self.names_missing = ""
+        try:
+            self.names = FanotifyGroup(names=True)
+        except CollectorError as exc:
+            self.names_missing = str(exc)
+
+    def close(self) -> None:
+        """Release both groups."""
+        for g in (self.fd_group, self.names):
+            if g is not None:
+                g.close()
+
+    def mark_tree(self, top: str, *, whole_mount: bool = False) -> None:
+        """Mark ``top`` and every directory below it (``whole_mount``: the fd group marks its mount)."""
+        if whole_mount:
+            try:
+                self.fd_group.mark_mount(top)
+            except CollectorError:
+                self._on_drop("watch_error")
+        for here, _dirs, _files in os.walk(top, onerror=lambda _e: self._on_drop("watch_error")):
+            if self._marks >= self._max_marks:
+                self._on_drop("mark_limit")
+                return
+            for g in (None if whole_mount else self.fd_group, self.names):
+                if g is None:
+                    continue
+                try:
+                    g.mark_dir(here)
+                except CollectorError:
+                    self._on_drop("watch_error")
+            self._marks += 1
+
+    def forget_under(self, root: str) -> None:
+        """``root`` went away or moved: its directory handles no longer name paths."""
+        if self.names is not None:
+            self.names.forget_under(root)
+
+    def run(self, stop: threading.Event) -> None:
+        """Read both groups until ``stop`` is set (checked every 0.25 s)."""
+        groups = {g.fd: g for g in (self.fd_group, self.names) if g is not None}
+        poller = select.poll()
+        for fd in groups:
+            poller.register(fd, select.POLLIN)
+        while not stop.is_set():
+            for fd, _ev in poller.poll(250):
+                group = groups[fd]
+                try:
+                    records = group.read()
+                except CollectorError:
+                    self._on_drop("watch_error")
+                    return
+                for r in records:
+                    if r.overflow:
+                        self._on_drop("kernel_overflow")
+                        continue
+                    if group.names and r.path and r.mask & FAN_CREATE and r.mask & FAN_ONDIR:
+                        self.mark_tree(r.path)  # before the new directory fills up
+                    self._on_record(r, group.names)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import select
 import stat
 import threading
 import time
@@ -41,7 +40,6 @@ WINDOW = 0.3  # how long an operation waits for its fanotify record
 QUIET = 1.0  # a write with no close is reported after this much silence...
 HOLD_MAX = 5.0  # ...or after this long at most
 OPEN_RATE = 200.0  # file.open events per second, sustained
-MAX_MARKS = 20000  # fanotify directory marks per collector
 _WANT = {
     "file.create": (fan.FAN_CREATE, fan.FAN_OPEN | fan.FAN_CLOSE_WRITE),
     "file.write": (fan.FAN_CLOSE_WRITE, fan.FAN_OPEN),
@@ -155,9 +153,7 @@ class FilesCollector:
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=65536)
         self._roots: tuple[str, ...] = ()
         self._media_roots: dict[str, Media] = {}
-        self._fd: fan.FanotifyGroup | None = None
-        self._names: fan.FanotifyGroup | None = None
-        self._marks = 0
+        self._fan: fan.FanotifyWatcher | None = None
         self._pending: dict[tuple[str, str], _Op] = {}
         self._ready: list[_Op] = []
         self._next_expire = 0.0
@@ -184,13 +180,13 @@ class FilesCollector:
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Watch, join and emit until ``stop`` is set; pending operations are sent on the way out."""
-        self._open_groups()
+        self._open_fanotify()
         marks: queue.Queue[tuple[Event, str]] = queue.Queue(maxsize=64)
         watcher = TreeWatcher(self._put_op, lambda _root: self.health.drop("watch_error"))
         flushed = threading.Event()  # set after the last flush: the marking worker may then finish
         threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), daemon=True)]
-        if self._fd is not None:
-            threads.append(threading.Thread(target=self._fan_loop, args=(stop,), daemon=True))
+        if self._fan is not None:
+            threads.append(threading.Thread(target=self._fan.run, args=(stop,), daemon=True))
         watcher.start()
         for t in threads:
             t.start()
@@ -219,50 +215,27 @@ class FilesCollector:
             flushed.set()
             for t in threads:
                 t.join(timeout=0.4)
-            for g in (self._fd, self._names):
-                if g is not None:
-                    g.close()
+            if self._fan is not None:
+                self._fan.close()
 
-    def _open_groups(self) -> None:
+    def _open_fanotify(self) -> None:
         try:
-            self._fd = fan.FanotifyGroup(names=False)
+            self._fan = fan.FanotifyWatcher(self._fan_record, self.health.drop)
         except CollectorError as exc:
             log.warning("files: inotify mode, file events carry no process: %s", exc)
             self.health.mode = "inotify"
             return
         self.health.mode = "fanotify"
-        try:
-            self._names = fan.FanotifyGroup(names=True)
-        except CollectorError as exc:
-            log.warning("files: create/delete/rename carry no process (needs Linux 5.9): %s", exc)
+        if self._fan.names_missing:
+            log.warning("files: create/delete/rename carry no process (needs Linux 5.9): %s", self._fan.names_missing)
 
     def _add_root(self, watcher: TreeWatcher, root: str, media: Media | None) -> bool:
         if not os.path.isdir(root) or not watcher.add(root):
             return False
-        if self._fd is not None:
-            try:
-                if media is not None:
-                    self._fd.mark_mount(root)
-                self._mark_tree(root, fd_too=media is None)
-            except CollectorError as exc:
-                log.warning("files: %s", exc)
-                self.health.drop("watch_error")
+        if self._fan is not None:
+            self._fan.mark_tree(root, whole_mount=media is not None)
         self._roots = (*self._roots, root)
         return True
-
-    def _mark_tree(self, top: str, fd_too: bool = True) -> None:
-        for here, _dirs, _files in os.walk(top, onerror=lambda _e: self.health.drop("watch_error")):
-            if self._marks >= MAX_MARKS:
-                self.health.drop("mark_limit")
-                return
-            for g in (self._fd if fd_too else None, self._names):
-                if g is None:
-                    continue
-                try:
-                    g.mark_dir(here)
-                except CollectorError:
-                    self.health.drop("watch_error")
-            self._marks += 1
 
     def _follow_media(self, watcher: TreeWatcher) -> None:
         if self._media is None:
@@ -272,8 +245,8 @@ class FilesCollector:
             del self._media_roots[mount]
             watcher.remove(mount)
             self._roots = tuple(r for r in self._roots if r != mount)
-            if self._names is not None:
-                self._names.forget_under(mount)
+            if self._fan is not None:
+                self._fan.forget_under(mount)
         for mount, media in now.items():
             if mount not in self._media_roots and self._add_root(watcher, mount, media):
                 self._media_roots[mount] = media
@@ -286,31 +259,10 @@ class FilesCollector:
         except queue.Full:
             self.health.drop("backlog")
 
-    def _fan_loop(self, stop: threading.Event) -> None:
-        groups = {g.fd: g for g in (self._fd, self._names) if g is not None}
-        poller = select.poll()
-        for fd in groups:
-            poller.register(fd, select.POLLIN)
-        me = os.getpid()
-        while not stop.is_set():
-            for fd, _ev in poller.poll(250):
-                try:
-                    records = groups[fd].read()
-                except CollectorError as exc:
-                    log.warning("files: %s", exc)
-                    return
-                for r in records:
-                    self._fan_record(r, me, groups[fd] is self._names)
-
-    def _fan_record(self, r: fan.FanRecord, me: int, names: bool) -> None:
-        if r.overflow:
-            self.health.drop("kernel_overflow")
-            return
+    def _fan_record(self, r: fan.FanRecord, _names: bool) -> None:
         if r.path is None:
             return
-        if names and r.mask & fan.FAN_CREATE and r.mask & fan.FAN_ONDIR:
-            self._mark_tree(r.path)  # before the new directory fills up
-        now = time.monotonic()
+        now, me = time.monotonic(), os.getpid()
         # Our own records stay: they tell the joiner to drop our own operations.
         who = _Who(now, r.mask, Process(pid=me) if r.pid == me else self._proc.read(r.pid, now))
         try:
@@ -344,16 +296,15 @@ class FilesCollector:
             self._changed[path] = now
             pend[("cw", path)] = _Op("file.create", path, None, op.is_dir, now, wall,
                                      now + (WINDOW if op.is_dir else QUIET))
-            if op.is_dir and self._fd is not None and self._names is None:
-                self._mark_tree(path)
+            if op.is_dir and self._fan is not None and self._fan.names is None:
+                self._fan.mark_tree(path)
         elif op.what == DELETED:
             pend[("del", path)] = _Op("file.delete", path, None, op.is_dir, now, wall, now + WINDOW)
         elif op.what == MOVED:
             pend[("mv", path)] = _Op("file.rename", path, op.dest, op.is_dir, now, wall, now + WINDOW)
-            if op.is_dir and op.dest and self._fd is not None:
-                if self._names is not None:
-                    self._names.forget_under(path)
-                self._mark_tree(op.dest)
+            if op.is_dir and op.dest and self._fan is not None:
+                self._fan.forget_under(path)
+                self._fan.mark_tree(op.dest)
 
     def _due(self, path: str) -> None:
         """A new operation on ``path``: what was pending for it goes out first, in order."""
@@ -367,7 +318,7 @@ class FilesCollector:
     def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
         due = []
         for op in [op for op in self._pending.values() if op.deadline <= now]:
-            if self._fd is not None and not op.waited and now != float("inf") and self._join(op) is None:
+            if self._fan is not None and not op.waited and now != float("inf") and self._join(op) is None:
                 # A busy machine can hold fanotify's record back: give it one more window.
                 op.waited, op.deadline = True, now + 2 * WINDOW
                 continue
