@@ -1,0 +1,292 @@
+"""A ctypes binding of fanotify(7): groups, marks, and decoded event records.
+
+Two kinds of group are used. An *fd group* (the classic mode) reports
+``FAN_OPEN`` and ``FAN_CLOSE_WRITE`` with the acting pid and an open file
+descriptor; the path comes from ``readlink(/proc/self/fd/N)`` and the fd is
+closed at once. A *name group* (``FAN_REPORT_DFID_NAME``, Linux 5.9+) reports
+directory-entry changes (create, delete, move) with the pid, the parent
+directory's file handle and the entry name; the handle is turned back into
+a path through a table of the directories this group marked.
+Both need CAP_SYS_ADMIN. ``FanotifyWatcher`` keeps the two together over
+whole directory trees and reads them on one thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from collectors.base import CollectorError, translate_os_error
+
+FAN_CLOEXEC = 0x1
+FAN_NONBLOCK = 0x2
+FAN_CLASS_NOTIF = 0x0
+FAN_REPORT_DFID_NAME = 0x400 | 0x800
+
+FAN_MARK_ADD = 0x1
+FAN_MARK_MOUNT = 0x10
+
+FAN_MODIFY = 0x2
+FAN_CLOSE_WRITE = 0x8
+FAN_OPEN = 0x20
+FAN_MOVED_FROM = 0x40
+FAN_MOVED_TO = 0x80
+FAN_CREATE = 0x100
+FAN_DELETE = 0x200
+FAN_Q_OVERFLOW = 0x4000
+FAN_EVENT_ON_CHILD = 0x08000000
+FAN_ONDIR = 0x40000000
+
+FD_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_EVENT_ON_CHILD
+NAME_MASK = FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_ONDIR
+
+_INFO_DFID_NAME = 2
+_META = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
+_INFO_HEAD = struct.Struct("=BBH")
+_HANDLE_HEAD = struct.Struct("=Ii")
+_MAX_HANDLE = 128
+_AT_FDCWD = -100
+_BUF = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FanRecord:
+    """One decoded fanotify event: what happened, to which path, by which process."""
+
+    mask: int
+    pid: int
+    path: str | None
+
+    @property
+    def overflow(self) -> bool:
+        """The kernel's queue overflowed and events were lost before this one."""
+        return bool(self.mask & FAN_Q_OVERFLOW)
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = (
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * _MAX_HANDLE),
+    )
+
+
+class _Libc:
+    """The three C functions this module needs, loaded once per group."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter already uses
+        self.init = lib.fanotify_init
+        self.init.argtypes = (ctypes.c_uint, ctypes.c_uint)
+        self.init.restype = ctypes.c_int
+        self.mark = lib.fanotify_mark
+        self.mark.argtypes = (ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p)
+        self.mark.restype = ctypes.c_int
+        self.name_to_handle = lib.name_to_handle_at
+        self.name_to_handle.argtypes = (
+            ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle), ctypes.POINTER(ctypes.c_int), ctypes.c_int,
+        )
+        self.name_to_handle.restype = ctypes.c_int
+
+
+def _errno_error(what: str) -> CollectorError:
+    err = ctypes.get_errno()
+    return translate_os_error(what, OSError(err, os.strerror(err)))
+
+
+class FanotifyGroup:
+    """One fanotify group: ``fd`` to poll, ``mark_dir`` to watch, ``read`` to drain."""
+
+    def __init__(self, *, names: bool) -> None:
+        self._libc = _Libc()
+        self.names = names
+        flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | (FAN_REPORT_DFID_NAME if names else 0)
+        fd = self._libc.init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        if fd < 0:
+            raise _errno_error("fanotify_init")
+        self.fd = fd
+        self.mask = NAME_MASK if names else FD_MASK
+        # Directory file handle -> path, for the name group's records.
+        self._dirs: dict[bytes, str] = {}
+
+    def close(self) -> None:
+        """Release the group; its marks go with it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def mark_dir(self, path: str) -> None:
+        """Watch the entries of directory ``path`` (not its subdirectories)."""
+        if self._libc.mark(self.fd, FAN_MARK_ADD, self.mask, _AT_FDCWD, os.fsencode(path)) < 0:
+            raise _errno_error(f"fanotify_mark {path}")
+        if self.names:
+            key = self._handle_key(path)
+            if key is not None:
+                self._dirs[key] = path
+
+    def mark_mount(self, path: str) -> None:
+        """Watch every file of the mount holding ``path`` (fd groups only)."""
+        if self.names:
+            raise CollectorError("mount marks do not report names; mark directories instead")
+        flags = FAN_MARK_ADD | FAN_MARK_MOUNT
+        if self._libc.mark(self.fd, flags, FAN_OPEN | FAN_CLOSE_WRITE, _AT_FDCWD, os.fsencode(path)) < 0:
+            raise _errno_error(f"fanotify_mark mount {path}")
+
+    def forget_under(self, root: str) -> None:
+        """Drop the handle table's entries at or below ``root`` (it went away)."""
+        prefix = root.rstrip("/") + "/"
+        for key, path in list(self._dirs.items()):
+            if path == root or path.startswith(prefix):
+                del self._dirs[key]
+
+    @property
+    def marked_dirs(self) -> int:
+        """How many directories the name group can resolve."""
+        return len(self._dirs)
+
+    def _handle_key(self, path: str) -> bytes | None:
+        handle = _FileHandle(handle_bytes=_MAX_HANDLE)
+        mount_id = ctypes.c_int()
+        if self._libc.name_to_handle(_AT_FDCWD, os.fsencode(path), ctypes.byref(handle), ctypes.byref(mount_id), 0):
+            return None
+        return _key(handle.handle_type, bytes(handle.f_handle[: handle.handle_bytes]))
+
+    def read(self) -> list[FanRecord]:
+        """Drain what the kernel has queued; [] when nothing is waiting."""
+        try:
+            data = os.read(self.fd, _BUF)
+        except BlockingIOError:
+            return []
+        except OSError as exc:
+            raise translate_os_error("fanotify read", exc) from exc
+        return list(self._decode(data))
+
+    def _decode(self, data: bytes) -> Iterator[FanRecord]:
+        off = 0
+        while off + _META.size <= len(data):
+            event_len, _vers, _res, meta_len, mask, fd, pid = _META.unpack_from(data, off)
+            if event_len < _META.size:
+                break
+            if self.names:
+                yield FanRecord(mask, pid, self._name_path(data[off + meta_len: off + event_len]))
+            else:
+                yield FanRecord(mask, pid, _fd_path(fd))
+            off += event_len
+
+    def _name_path(self, info: bytes) -> str | None:
+        off = 0
+        while off + _INFO_HEAD.size <= len(info):
+            kind, _pad, length = _INFO_HEAD.unpack_from(info, off)
+            if length == 0:
+                break
+            if kind == _INFO_DFID_NAME:
+                # header, fsid (8 bytes), struct file_handle, then the NUL-ended name
+                h = off + _INFO_HEAD.size + 8
+                nbytes, htype = _HANDLE_HEAD.unpack_from(info, h)
+                start = h + _HANDLE_HEAD.size
+                handle = info[start: start + nbytes]
+                name = info[start + nbytes: off + length].split(b"\0", 1)[0]
+                parent = self._dirs.get(_key(htype, handle))
+                if parent is None:
+                    return None
+                return parent if name in (b"", b".") else os.path.join(parent, os.fsdecode(name))
+            off += length
+        return None
+
+
+def _key(htype: int, handle: bytes) -> bytes:
+    return htype.to_bytes(4, "little", signed=True) + handle
+
+
+def _fd_path(fd: int) -> str | None:
+    if fd < 0:
+        return None
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return path.removesuffix(" (deleted)")
+
+
+class FanotifyWatcher:
+    """The fd group and (where the kernel has it) the name group, marked over whole directory trees.
+
+    ``run`` reads both groups until stopped and hands each record to
+    ``on_record`` (with True for name-group records); losses go to
+    ``on_drop`` with a short reason. A directory created under a marked one
+    is marked as soon as the name group reports it.
+    """
+
+    def __init__(self, on_record: Callable[[FanRecord, bool], None], on_drop: Callable[[str], None],
+                 max_marks: int = 20000) -> None:
+        self._on_record = on_record
+        self._on_drop = on_drop
+        self._max_marks = max_marks
+        self._marks = 0
+        self.fd_group = FanotifyGroup(names=False)  # CollectorError here: no fanotify at all
+        self.names: FanotifyGroup | None = None
+        self.names_missing = ""
+        try:
+            self.names = FanotifyGroup(names=True)
+        except CollectorError as exc:
+            self.names_missing = str(exc)
+
+    def close(self) -> None:
+        """Release both groups."""
+        for g in (self.fd_group, self.names):
+            if g is not None:
+                g.close()
+
+    def mark_tree(self, top: str, *, whole_mount: bool = False) -> None:
+        """Mark ``top`` and every directory below it (``whole_mount``: the fd group marks its mount)."""
+        if whole_mount:
+            try:
+                self.fd_group.mark_mount(top)
+            except CollectorError:
+                self._on_drop("watch_error")
+        for here, _dirs, _files in os.walk(top, onerror=lambda _e: self._on_drop("watch_error")):
+            if self._marks >= self._max_marks:
+                self._on_drop("mark_limit")
+                return
+            for g in (None if whole_mount else self.fd_group, self.names):
+                if g is None:
+                    continue
+                try:
+                    g.mark_dir(here)
+                except CollectorError:
+                    self._on_drop("watch_error")
+            self._marks += 1
+
+    def forget_under(self, root: str) -> None:
+        """``root`` went away or moved: its directory handles no longer name paths."""
+        if self.names is not None:
+            self.names.forget_under(root)
+
+    def run(self, stop: threading.Event) -> None:
+        """Read both groups until ``stop`` is set (checked every 0.25 s)."""
+        groups = {g.fd: g for g in (self.fd_group, self.names) if g is not None}
+        poller = select.poll()
+        for fd in groups:
+            poller.register(fd, select.POLLIN)
+        while not stop.is_set():
+            for fd, _ev in poller.poll(250):
+                group = groups[fd]
+                try:
+                    records = group.read()
+                except CollectorError:
+                    self._on_drop("watch_error")
+                    return
+                for r in records:
+                    if r.overflow:
+                        self._on_drop("kernel_overflow")
+                        continue
+                    if group.names and r.path and r.mask & FAN_CREATE and r.mask & FAN_ONDIR:
+                        self.mark_tree(r.path)  # before the new directory fills up
+                    self._on_record(r, group.names)

@@ -1,0 +1,436 @@
+"""File events on watched trees: what changed (inotify) joined with who did it (fanotify).
+
+Watchdog's inotify observers say which path was created, written, renamed
+or deleted; fanotify says which process opened, wrote, created, renamed or
+deleted it. Each operation is held for a short window keyed by its path,
+then joined with the latest fanotify record of the matching kind and sent
+as one event. Writes are coalesced until the writer closes the file (or the
+file goes quiet), and a file created and written in one go is one
+``file.create``. ``file.open`` comes from fanotify alone and is dropped when
+the same path was being created or written at the time.
+
+Without CAP_SYS_ADMIN the collector runs in ``inotify`` mode: the same
+events, without the process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.events import Event, File, Media, Process
+from agent.levels import Level
+from collectors import fanotify as fan
+from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
+from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVED, FsOp, TreeWatcher
+
+log = logging.getLogger(__name__)
+
+Marker = Callable[[str], Level | None]
+WINDOW = 0.3  # how long an operation waits for its fanotify record
+QUIET = 1.0  # a write with no close is reported after this much silence...
+HOLD_MAX = 5.0  # ...or after this long at most
+OPEN_RATE = 200.0  # file.open events per second, sustained
+_WANT = {
+    "file.create": (fan.FAN_CREATE, fan.FAN_OPEN | fan.FAN_CLOSE_WRITE),
+    "file.write": (fan.FAN_CLOSE_WRITE, fan.FAN_OPEN),
+    "file.delete": (fan.FAN_DELETE, 0),
+    "file.rename": (fan.FAN_MOVED_FROM, fan.FAN_MOVED_TO),
+}
+
+
+class RemovableMounts(Protocol):
+    """What the files collector needs from the media collector."""
+
+    def removable_mounts(self) -> tuple[Media, ...]:
+        """The removable media mounted now."""
+        ...
+
+    def removable_mount_for(self, path: str) -> Media | None:
+        """The removable medium holding ``path``, or None."""
+        ...
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    path: str
+    dest: str | None
+    is_dir: bool
+    t0: float
+    wall: float
+    deadline: float
+    read_path: str | None = None
+    waited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Who:
+    t: float
+    mask: int
+    process: Process
+
+
+@dataclass(slots=True)
+class _Proc:
+    """A minimal /proc reader for who-data; ``collectors.procfs.ProcReader`` replaces it."""
+
+    root: Path
+    cache: OrderedDict[int, tuple[float, Process]] = field(default_factory=OrderedDict)
+    boot: float | None = None
+
+    def read(self, pid: int, now: float) -> Process:
+        hit = self.cache.get(pid)
+        if hit is not None and now - hit[0] < 5.0:
+            return hit[1]
+        p = self._read(pid)
+        self.cache[pid] = (now, p)
+        if len(self.cache) > 512:
+            self.cache.popitem(last=False)
+        return p
+
+    def _read(self, pid: int) -> Process:
+        base = self.root / str(pid)
+        out: dict[str, Any] = {"pid": pid}
+        try:
+            for line in (base / "status").read_text().splitlines():
+                if line.startswith("Name:"):
+                    out["name"] = line[5:].strip()
+                elif line.startswith("Uid:"):
+                    out["uid"] = int(line.split()[2])  # effective: the id the kernel checked
+            out["exe"] = os.readlink(base / "exe").removesuffix(" (deleted)")
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            raw = (base / "cmdline").read_bytes()
+            out["cmdline"] = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace") or None
+            luid = int((base / "loginuid").read_text())
+            out["loginuid"] = None if luid == 0xFFFFFFFF else luid
+            fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
+            out["ppid"] = int(fields[1])
+            out["start_time"] = self._boot() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+        return Process(**out)
+
+    def _boot(self) -> float:
+        if self.boot is None:
+            for line in (self.root / "stat").read_text().splitlines():
+                if line.startswith("btime "):
+                    self.boot = float(line.split()[1])
+        return self.boot or 0.0
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class FilesCollector:
+    """file.create / write / delete / rename / open on the watched paths, with who did it."""
+
+    name = "files"
+
+    def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None, *,
+                 extra_paths: Iterable[str] = (), media: RemovableMounts | None = None,
+                 marker: Marker | None = None) -> None:
+        paths = [*section(config, "paths", []), *extra_paths]
+        self.paths = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
+        self._src = sources = sources or Sources()
+        self._media = media
+        self._marker = marker
+        self.health = Health()
+        self.marking_skipped = 0  # events sent without marking because the worker was busy
+        self._proc = _Proc(sources.proc_root)
+        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=65536)
+        self._roots: tuple[str, ...] = ()
+        self._media_roots: dict[str, Media] = {}
+        self._fan: fan.FanotifyWatcher | None = None
+        self._pending: dict[tuple[str, str], _Op] = {}
+        self._ready: list[_Op] = []
+        self._next_expire = 0.0
+        self._recent: dict[str, list[_Who]] = {}
+        self._changed: dict[str, float] = {}
+        self._opens: dict[tuple[str, int], tuple[float, float, Process]] = {}
+        self._opened: dict[tuple[str, int], float] = {}
+        self._tokens = OPEN_RATE
+        self._tokens_t = time.monotonic()
+
+    def available(self) -> Availability:
+        """``fanotify`` with who-data when permitted, else ``inotify`` without it."""
+        try:
+            fan.FanotifyGroup(names=False).close()
+        except (CollectorError, OSError) as exc:
+            return Availability("inotify", f"no process data for file events: {exc}")
+        return Availability("fanotify")
+
+    def watched_roots(self) -> tuple[str, ...]:
+        """The directory trees watched now, removable mounts included."""
+        return self._roots
+
+    # -- running ---------------------------------------------------------------------------------------------------
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Watch, join and emit until ``stop`` is set; pending operations are sent on the way out."""
+        self._open_fanotify()
+        marks: queue.Queue[tuple[Event, str]] = queue.Queue(maxsize=64)
+        watcher = TreeWatcher(self._put_op, lambda _root: self.health.drop("watch_error"))
+        flushed = threading.Event()  # set after the last flush: the marking worker may then finish
+        threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), daemon=True)]
+        if self._fan is not None:
+            threads.append(threading.Thread(target=self._fan.run, args=(stop,), daemon=True))
+        watcher.start()
+        for t in threads:
+            t.start()
+        self.health.up = True
+        missing = list(self.paths)
+        next_retry = 0.0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if missing and now >= next_retry:
+                    missing = [p for p in missing if not self._add_root(watcher, p, None)]
+                    next_retry = now + 2.0
+                self._follow_media(watcher)
+                try:
+                    item = self._inbox.get(timeout=0.1)
+                except queue.Empty:
+                    item = None
+                while item is not None:
+                    self._take(item)
+                    item = self._inbox.get_nowait() if not self._inbox.empty() else None
+                self._flush(time.monotonic(), emit, marks)
+            self._flush(float("inf"), emit, marks)
+        finally:
+            self.health.up = False
+            watcher.stop()
+            flushed.set()
+            for t in threads:
+                t.join(timeout=0.4)
+            if self._fan is not None:
+                self._fan.close()
+
+    def _open_fanotify(self) -> None:
+        try:
+            self._fan = fan.FanotifyWatcher(self._fan_record, self.health.drop)
+        except CollectorError as exc:
+            log.warning("files: inotify mode, file events carry no process: %s", exc)
+            self.health.mode = "inotify"
+            return
+        self.health.mode = "fanotify"
+        if self._fan.names_missing:
+            log.warning("files: create/delete/rename carry no process (needs Linux 5.9): %s", self._fan.names_missing)
+
+    def _add_root(self, watcher: TreeWatcher, root: str, media: Media | None) -> bool:
+        if not os.path.isdir(root) or not watcher.add(root):
+            return False
+        if self._fan is not None:
+            self._fan.mark_tree(root, whole_mount=media is not None)
+        self._roots = (*self._roots, root)
+        return True
+
+    def _follow_media(self, watcher: TreeWatcher) -> None:
+        if self._media is None:
+            return
+        now = {m.mount: m for m in self._media.removable_mounts() if m.mount}
+        for mount in [m for m in self._media_roots if m not in now]:
+            del self._media_roots[mount]
+            watcher.remove(mount)
+            self._roots = tuple(r for r in self._roots if r != mount)
+            if self._fan is not None:
+                self._fan.forget_under(mount)
+        for mount, media in now.items():
+            if mount not in self._media_roots and self._add_root(watcher, mount, media):
+                self._media_roots[mount] = media
+
+    # -- the two streams -------------------------------------------------------------------------------------------
+
+    def _put_op(self, op: FsOp) -> None:
+        try:
+            self._inbox.put_nowait(("op", op, time.monotonic(), self._src.clock()))
+        except queue.Full:
+            self.health.drop("backlog")
+
+    def _fan_record(self, r: fan.FanRecord, _names: bool) -> None:
+        if r.path is None:
+            return
+        now, me = time.monotonic(), os.getpid()
+        # Our own records stay: they tell the joiner to drop our own operations.
+        who = _Who(now, r.mask, Process(pid=me) if r.pid == me else self._proc.read(r.pid, now))
+        try:
+            self._inbox.put_nowait(("fan", r.path, who, self._src.clock()))
+        except queue.Full:
+            self.health.drop("backlog")
+
+    def _take(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "fan":
+            _, path, who, wall = item
+            self._recent.setdefault(path, []).append(who)
+            if who.mask & fan.FAN_OPEN and not who.mask & fan.FAN_CLOSE_WRITE and who.process.pid != os.getpid():
+                self._opens.setdefault((path, who.process.pid), (who.t, wall, who.process))
+            return
+        _, op, now, wall = item
+        self._fs_op(op, now, wall)
+
+    def _fs_op(self, op: FsOp, now: float, wall: float) -> None:
+        path, pend = op.path, self._pending
+        if op.what in (MODIFIED, CLOSED):
+            self._changed[path] = now
+            cur = pend.get(("cw", path))
+            if cur is None:
+                cur = pend[("cw", path)] = _Op("file.write", path, None, False, now, wall, now)
+            cur.deadline = now + WINDOW if op.what == CLOSED else min(now + QUIET, cur.t0 + HOLD_MAX)
+            return
+        if op.what == MOVED and ("cw", path) in pend:
+            pend[("cw", path)].read_path = op.dest  # the content is now found under the new name
+        self._due(path)
+        if op.what == CREATED:
+            self._changed[path] = now
+            pend[("cw", path)] = _Op("file.create", path, None, op.is_dir, now, wall,
+                                     now + (WINDOW if op.is_dir else QUIET))
+            if op.is_dir and self._fan is not None and self._fan.names is None:
+                self._fan.mark_tree(path)
+        elif op.what == DELETED:
+            pend[("del", path)] = _Op("file.delete", path, None, op.is_dir, now, wall, now + WINDOW)
+        elif op.what == MOVED:
+            pend[("mv", path)] = _Op("file.rename", path, op.dest, op.is_dir, now, wall, now + WINDOW)
+            if op.is_dir and op.dest and self._fan is not None:
+                self._fan.forget_under(path)
+                self._fan.mark_tree(op.dest)
+
+    def _due(self, path: str) -> None:
+        """A new operation on ``path``: what was pending for it goes out first, in order."""
+        for key in (("cw", path), ("del", path), ("mv", path)):
+            op = self._pending.pop(key, None)
+            if op is not None:
+                self._ready.append(op)
+
+    # -- joining and sending ---------------------------------------------------------------------------------------
+
+    def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
+        due = []
+        for op in [op for op in self._pending.values() if op.deadline <= now]:
+            if self._fan is not None and not op.waited and now != float("inf") and self._join(op) is None:
+                # A busy machine can hold fanotify's record back: give it one more window.
+                op.waited, op.deadline = True, now + 2 * WINDOW
+                continue
+            del self._pending[(_slot(op.kind), op.path)]
+            due.append(op)
+        due = sorted(self._ready + due, key=lambda o: o.t0)
+        self._ready = []
+        me = os.getpid()
+        for op in due:
+            who = self._join(op)
+            if who is not None and who.pid == me:
+                continue
+            event = self._build(op.kind, op.path, op.dest, op.wall, who)
+            if self._marker is not None and op.kind in ("file.create", "file.write") and not op.is_dir:
+                try:
+                    marks.put_nowait((event, op.read_path or op.path))
+                    continue
+                except queue.Full:
+                    self.marking_skipped += 1
+            self._send(event, emit)
+        self._flush_opens(now, emit)
+        if now >= self._next_expire:
+            self._expire(now)
+            self._next_expire = now + 1.0
+
+    def _flush_opens(self, now: float, emit: Emit) -> None:
+        for key, (t, wall, proc) in list(self._opens.items()):
+            if t + WINDOW > now:
+                continue
+            del self._opens[key]
+            path = key[0]
+            if self._changed.get(path, -1e9) >= t - WINDOW or self._opened.get(key, -1e9) > t - HOLD_MAX:
+                continue  # part of a create or write, or the same process reopening
+            self._opened[key] = t
+            self._tokens = min(2 * OPEN_RATE, self._tokens + (t - self._tokens_t) * OPEN_RATE)
+            self._tokens_t = t
+            if self._tokens < 1:
+                self.health.drop("open_rate")
+                continue
+            self._tokens -= 1
+            self._send(self._build("file.open", path, None, wall, proc), emit)
+
+    def _join(self, op: _Op) -> Process | None:
+        primary, fallback = _WANT[op.kind]
+        who = self._who(op.path, primary, op.t0) or (self._who(op.dest, fallback, op.t0) if op.dest else None)
+        if who is None and fallback and not op.dest:
+            who = self._who(op.path, fallback, op.t0)
+        return who
+
+    def _who(self, path: str, mask: int, t0: float) -> Process | None:
+        for w in reversed(self._recent.get(path, ())):
+            if w.mask & mask and w.t >= t0 - WINDOW:
+                return w.process
+        return None
+
+    def _build(self, kind: str, path: str, dest: str | None, wall: float, who: Process | None) -> Event:
+        media = self._media.removable_mount_for(path) if self._media is not None else None
+        on_removable = None if self._media is None else media is not None
+        return Event(kind, wall, self.name, process=who or Process(),
+                     file=File(path=path, dest_path=dest, on_removable=on_removable), media=media or Media())
+
+    def _send(self, event: Event, emit: Emit) -> None:
+        self.health.saw(event.time or 0.0)
+        emit(event)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - HOLD_MAX - 2 * WINDOW
+        for path, whos in list(self._recent.items()):
+            kept = [w for w in whos if w.t >= horizon]
+            if kept:
+                self._recent[path] = kept[-8:]
+            else:
+                del self._recent[path]
+        self._changed = {k: t for k, t in self._changed.items() if t >= horizon}
+        self._opened = {k: t for k, t in self._opened.items() if t >= horizon}
+
+    # -- marking, off the event path -------------------------------------------------------------------------------
+
+    def _mark_loop(self, marks: queue.Queue[tuple[Event, str]], emit: Emit, flushed: threading.Event) -> None:
+        while True:
+            try:
+                event, path = marks.get(timeout=0.1)
+            except queue.Empty:
+                if flushed.is_set():
+                    return
+                continue
+            level = self._safe_mark(path)
+            self._send(event._replace(file=event.file._replace(marking=level)), emit)
+
+    def _safe_mark(self, path: str) -> Level | None:
+        """Mark a regular file only where it really is under a watched root (no symlink escapes)."""
+        assert self._marker is not None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if not any(_under(real, r) for r in self._roots):
+            return None
+        try:
+            return self._marker(real)
+        except Exception:  # a bad document must not stop the collector
+            log.exception("files: marking %s failed", real)
+            return None
+
+
+def _slot(kind: str) -> str:
+    return {"file.delete": "del", "file.rename": "mv"}.get(kind, "cw")

@@ -1,0 +1,269 @@
+"""Removable media: mounts and unmounts from /proc/self/mountinfo, woken by the kernel.
+
+The kernel marks the mountinfo file with POLLPRI|POLLERR whenever the mount
+table of our namespace changes (util-linux's libmount waits the same way),
+so the collector sleeps in poll() and rereads the table only when woken.
+
+A mount is removable when its block device says so in sysfs (its own or its
+disk's ``removable`` flag, or a device path through a USB bus), or when it
+sits under one of the configured media roots and is backed by a block
+device (a loop-mounted image under /media counts, which is how tests stand
+in for a USB stick). Its serial is, in order: a ``serial`` file on the
+device's sysfs path, udev's ``ID_SERIAL_SHORT``, and else the filesystem's
+volume id read from the superblock (ext2/3/4 UUID, FAT/exFAT/NTFS serial).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import stat
+import struct
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.events import Event, Media
+from collectors.base import Availability, Emit, Health, Sources, section
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOTS = ("/media", "/run/media", "/mnt")
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+_POLL_MS = 250
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One line of mountinfo: the fields this collector uses."""
+
+    mount_id: int
+    major: int
+    minor: int
+    mount: str
+    fs: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What sysfs and udev say about a block device."""
+
+    removable: bool = False
+    usb: bool = False
+    serial: str | None = None
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Parse mountinfo text; malformed lines are skipped."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(" ")
+        try:
+            sep = parts.index("-", 6)
+            major, minor = (int(x) for x in parts[2].split(":"))
+            out.append(Mount(int(parts[0]), major, minor, _unescape(parts[4]), parts[sep + 1],
+                             _unescape(parts[sep + 2])))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def device_facts(sys_root: Path, udev_root: Path, major: int, minor: int) -> DeviceFacts:
+    """Removable flag, USB path and serial of block device ``major:minor``."""
+    link = sys_root / "dev" / "block" / f"{major}:{minor}"
+    try:
+        dev = link.resolve(strict=True)
+    except OSError:
+        return DeviceFacts()
+    disk = dev.parent if (dev / "partition").exists() else dev
+    removable = _read(dev / "removable") == "1" or _read(disk / "removable") == "1"
+    devices = sys_root.resolve() / "devices"
+    try:
+        rel = dev.relative_to(devices).parts
+    except ValueError:
+        rel = dev.parts
+    usb = any(p.startswith("usb") for p in rel)
+    serial = None
+    here = dev
+    while here != devices and devices in here.parents:
+        serial = _read(here / "serial") or _read(here / "device" / "serial")
+        if serial:
+            break
+        here = here.parent
+    if not serial:
+        serial = _udev_serial(udev_root / f"b{major}:{minor}")
+    return DeviceFacts(removable, usb, serial or None)
+
+
+def _udev_serial(path: Path) -> str | None:
+    text = _read(path)
+    for line in (text or "").splitlines():
+        if line.startswith("E:ID_SERIAL_SHORT="):
+            return line.split("=", 1)[1] or None
+    return None
+
+
+def volume_id(device: str) -> str | None:
+    """The filesystem's own id from its superblock (blkid's UUID), or None."""
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISBLK(os.fstat(fd).st_mode):
+            return None
+        head = os.pread(fd, 2048, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return volume_id_of(head)
+
+
+def volume_id_of(head: bytes) -> str | None:
+    """Decode the volume id from the first 2 KiB of a filesystem image."""
+    if len(head) >= 2048 and head[1024 + 0x38: 1024 + 0x3A] == b"\x53\xef":
+        return str(uuid.UUID(bytes=head[1024 + 0x68: 1024 + 0x78]))
+    if len(head) < 512:
+        return None
+    if head[3:11] == b"EXFAT   ":
+        return _serial32(head, 100)
+    if head[3:11] == b"NTFS    ":
+        return f"{struct.unpack_from('<Q', head, 0x48)[0]:016X}"
+    if head[82:90] == b"FAT32   ":
+        return _serial32(head, 67)
+    if head[54:57] == b"FAT":
+        return _serial32(head, 39)
+    return None
+
+
+def _serial32(head: bytes, off: int) -> str:
+    v = struct.unpack_from("<I", head, off)[0]
+    return f"{v >> 16:04X}-{v & 0xFFFF:04X}"
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class MediaCollector:
+    """Emits media.mount / media.unmount and keeps the table of removable mounts."""
+
+    name = "media"
+
+    def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None,
+                 udev_root: Path = Path("/run/udev/data")) -> None:
+        self._sources = sources or Sources()
+        self._udev_root = udev_root
+        roots: Iterable[str] = section(config, "roots", DEFAULT_ROOTS)
+        self.roots = tuple(os.path.realpath(r) for r in roots)
+        self.health = Health()
+        self._table: dict[int, Media] = {}
+        self._known: dict[int, Media | None] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def _mountinfo(self) -> Path:
+        return self._sources.proc_root / "self" / "mountinfo"
+
+    def available(self) -> Availability:
+        """Runs wherever mountinfo can be read."""
+        try:
+            with open(self._mountinfo, "rb"):
+                pass
+        except OSError as exc:
+            return Availability(None, f"{self._mountinfo}: {exc.strerror}")
+        return Availability("mountinfo")
+
+    def removable(self, m: Mount) -> Media | None:
+        """The medium behind mount ``m``, or None when it is not removable."""
+        block = m.major != 0 or m.source.startswith("/dev/")
+        if not block:
+            return None
+        facts = device_facts(self._sources.sys_root, self._udev_root, m.major, m.minor)
+        under_root = any(_under(m.mount, r) for r in self.roots)
+        if not (under_root or facts.removable or facts.usb):
+            return None
+        serial = facts.serial or (volume_id(m.source) if m.source.startswith("/dev/") else None)
+        return Media(device=m.source, mount=m.mount, fs=m.fs, serial=serial)
+
+    def removable_mounts(self) -> tuple[Media, ...]:
+        """The removable media mounted now (a snapshot)."""
+        with self._lock:
+            return tuple(self._table.values())
+
+    def removable_mount_for(self, path: str) -> Media | None:
+        """The removable medium holding ``path`` (deepest mount wins), or None."""
+        best: Media | None = None
+        for media in self.removable_mounts():
+            mnt = media.mount or ""
+            if _under(path, mnt) and (best is None or len(mnt) > len(best.mount or "")):
+                best = media
+        return best
+
+    def scan(self, text: str) -> list[Event]:
+        """Update the table from mountinfo ``text``; the events for what changed."""
+        mounts = {m.mount_id: m for m in parse_mountinfo(text)}
+        events: list[Event] = []
+        known: dict[int, Media | None] = {}
+        for mid, m in mounts.items():
+            if mid in self._known:
+                known[mid] = self._known[mid]
+                continue
+            # Each mount is judged once: a busy container host has many mounts.
+            known[mid] = media = self.removable(m)
+            if media is not None:
+                events.append(Event("media.mount", self._sources.clock(), self.name, media=media))
+        for mid, gone in self._known.items():
+            if mid not in mounts and gone is not None:
+                events.append(Event("media.unmount", self._sources.clock(), self.name, media=gone))
+        self._known = known
+        with self._lock:
+            self._table = {mid: m for mid, m in known.items() if m is not None}
+        return events
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Report current removable mounts, then every change until ``stop``."""
+        fd = os.open(self._mountinfo, os.O_RDONLY | os.O_CLOEXEC)
+        self.health.mode, self.health.up = "mountinfo", True
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLPRI | select.POLLERR)
+            self._emit_all(self.scan(_read_fd(fd)), emit)
+            while not stop.is_set():
+                if poller.poll(_POLL_MS):
+                    self._emit_all(self.scan(_read_fd(fd)), emit)
+        finally:
+            self.health.up = False
+            os.close(fd)
+
+    def _emit_all(self, events: list[Event], emit: Emit) -> None:
+        for e in events:
+            log.info("%s %s on %s (%s, serial %s)", e.kind, e.media.device, e.media.mount, e.media.fs, e.media.serial)
+            self.health.saw(e.time or 0.0)
+            emit(e)
+
+
+def _read_fd(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
