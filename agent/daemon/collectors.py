@@ -14,15 +14,13 @@ _log = logging.getLogger("dutywatch.collectors")
 def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources,
                      extra_paths: tuple[str, ...] = ()) -> list[Collector]:
     """The enabled collectors that can run here; each says its mode, or why it cannot run."""
-    out: list[Collector] = []
-    for name, section in sections.items():
+    built: dict[str, Collector] = {}
+    # media first: the files collector asks it which mounts are removable.
+    for name in ("media", "process", "network", "files", "host"):
+        section = sections.get(name, {})
         if not section.get("enabled", True):
             continue
-        factory = _FACTORIES.get(name)
-        if factory is None:
-            _log.warning("collector %s is not available in this build", name)
-            continue
-        c = factory(section, sources, extra_paths)
+        c = _make(name, section, sources, extra_paths, built)
         if c is None:
             continue
         avail = c.available()
@@ -34,8 +32,36 @@ def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources
         else:
             _log.info("collector %s runs in %s mode", name, avail.mode)
         c.health.mode = avail.mode
-        out.append(c)
-    return out
+        built[name] = c
+    return list(built.values())
 
 
-_FACTORIES: dict[str, Any] = {}
+def _marker(path: str) -> Any:
+    from collectors.marking import scan_file
+    return scan_file(path).level
+
+
+def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: tuple[str, ...],
+          built: Mapping[str, Collector]) -> Collector | None:
+    if name == "media":
+        from collectors.media import MediaCollector
+        return MediaCollector(section, sources)
+    if name == "network":
+        from collectors.network import NetworkCollector
+        return NetworkCollector(section, sources)
+    if name == "files":
+        from collectors.files import FilesCollector
+        return FilesCollector(section, sources, extra_paths=extra_paths, media=built.get("media"),  # type: ignore[arg-type]
+                              marker=_marker)
+    if name == "host":
+        from collectors.host import HostCollector
+        return HostCollector(section, sources)
+    if name == "process":
+        try:
+            from collectors.process import ProcessCollector  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            _log.warning("collector process is not available in this build")
+            return None
+        c: Collector = ProcessCollector(section, sources)
+        return c
+    return None
