@@ -1,0 +1,189 @@
+"""The agent end to end: real collectors, real journal, real scrapes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.agent_harness import AgentProcess
+from tests.integration.netns import VethPair
+
+ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: sniffing, fanotify, namespaces")
+OFF = "  {name}: {{enabled: false}}\n"
+
+
+def collectors(**on: str) -> str:
+    out = ""
+    for name in ("process", "network", "files", "media", "host"):
+        out += f"  {name}: {on[name]}\n" if name in on else OFF.format(name=name)
+    return out
+
+
+def drop_to(uid: int) -> None:
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+@pytest.mark.root
+@ROOT
+def test_classified_host_reaching_the_internet_is_found_attributed_and_verifiable(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, collectors=collectors(network="{enabled: true, mode: sniff}"))
+    veth = VethPair()
+    try:
+        veth.create()
+        agent.start()
+        agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="network", mode="sniff") == 1,
+                   "network collector not up in sniff mode")
+        # A child owned by zhangsan (uid 1000) opens a TCP connection into the namespace (the "Internet").
+        child = subprocess.Popen(["/bin/bash", "-c", f"exec 3<>/dev/tcp/{veth.peer_ip}/8080; read -t 3 -u 3 x; true"],
+                                 preexec_fn=lambda: drop_to(1000))  # noqa: PLW1509 - no threads in the child
+        try:
+            def found() -> bool:
+                return any(r.get("rule") == "BM-NET-001" and r["event"].get("process", {}).get("pid") == child.pid
+                           for r in agent.events("--rule", "BM-NET-001"))
+            agent.wait(found, "no BM-NET-001 finding for the child", timeout=30)
+        finally:
+            child.wait(10)
+        (rec,) = [r for r in agent.events("--rule", "BM-NET-001") if r["event"].get("process", {}).get("pid") == child.pid]
+        assert rec["event"]["net"]["remote_ip"] == veth.peer_ip
+        assert rec["event"]["net"]["remote_port"] == 8080
+        assert rec["event"]["net"]["remote_zone"] == "internet"
+        assert rec["event"]["process"]["exe"] == os.path.realpath("/bin/bash")
+        assert rec["accountable"] == {"operator": "张三", "custodian": "zhangsan", "unit": "测试信息中心",
+                                      "department": "测试委员会"}
+        assert rec["severity"] == "critical" and rec["action"] == "alert"
+        assert "张三" in rec["message"]["zh"] and veth.peer_ip in rec["message"]["en"]
+        assert agent.metric("dutywatch_findings_total", rule="BM-NET-001", severity="critical") >= 1
+        assert agent.stop() == 0
+        v = agent.cli("verify", "--journal", str(agent.state / "journal.db"))
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert "chained, not yet signed" not in v.stdout  # a clean stop signs the head
+    finally:
+        veth.destroy()
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.kill()
+
+
+WRITER = r"""
+import os, sys, time
+d = sys.argv[1]
+for i in range(3000):
+    with open(os.path.join(d, f"doc{i % 50}.txt"), "w") as f:
+        f.write("x" * 10)
+    time.sleep(0.004)
+"""
+
+
+@pytest.mark.root
+@ROOT
+def test_sigkill_loses_no_durable_record_and_the_gap_is_reported(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, collectors=collectors(files="{enabled: true}"))
+    agent.start()
+    agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="files") == 1, "files collector not up")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(agent.assets)])
+    try:
+        agent.wait(lambda: agent.metric("dutywatch_journal_records_total") >= 40, "findings are not streaming")
+        durable = int(agent.metric("dutywatch_journal_records_total"))
+        agent.kill()
+        killed_at = time.time()
+    finally:
+        writer.kill()
+        writer.wait(10)
+    assert durable >= 40
+    agent.start()
+    assert agent.stop() == 0
+    v = agent.cli("verify", "--journal", str(agent.state / "journal.db"))
+    assert v.returncode == 0, v.stdout + v.stderr
+    records = agent.events()
+    seqs = {r["seq"] for r in records}
+    assert set(range(1, durable + 1)) <= seqs, "a record reported durable before the kill is missing"
+    assert any(r.get("rule") == "DB-AUD-003" for r in records)
+    gaps = [r for r in records if r.get("rule") == "ZR-005"]
+    assert len(gaps) == 1
+    assert "monitoring interrupted from" in gaps[0]["message"]["en"]
+    assert gaps[0]["accountable"]["custodian"] == "zhangsan" and gaps[0]["accountable"]["unit"] == "测试信息中心"
+    lifecycle = [r for r in records if r.get("type") == "lifecycle" and r.get("kind") == "agent.tamper"]
+    assert lifecycle and lifecycle[0]["detail"]["since"] <= killed_at <= lifecycle[0]["detail"]["until"]
+
+
+GOOD_LOCAL = """\
+pack: local
+rules:
+  - id: LOCAL-001
+    title: {zh: 本地规则, en: Local rule}
+    when: event.kind == "process.exec" and process.name == "forbidden-tool"
+    severity: high
+    action: alert
+    message: {zh: "x", en: "x"}
+"""
+
+
+def test_bad_rules_on_reload_keep_the_last_good_set(tmp_path: Path, repo: Path) -> None:
+    local = tmp_path / "rules.d"
+    local.mkdir()
+    agent = AgentProcess(tmp_path, collectors=collectors(), rules=[str(repo / "rules"), str(local)])
+    agent.start()
+    try:
+        loaded = agent.metric("dutywatch_rules_loaded")
+        assert loaded >= 30
+        (local / "50-bad.yaml").write_text(GOOD_LOCAL.replace('process.name == "forbidden-tool"',
+                                                              'process.pid == "x"'), encoding="utf-8")
+        # the change on disk is noticed and rejected
+        agent.wait(lambda: agent.metric("dutywatch_rules_reload_failures_total") >= 1, "bad rules not rejected")
+        agent.signal(signal.SIGHUP)
+        agent.wait(lambda: agent.metric("dutywatch_rules_reload_failures_total") >= 2, "SIGHUP reload not tried")
+        assert agent.metric("dutywatch_rules_loaded") == loaded
+        assert agent.healthy()
+        rejected = [r for r in agent.events("--type", "lifecycle") if r.get("kind") == "agent.reload"]
+        assert rejected and all(r["detail"]["ok"] is False for r in rejected)
+        assert any(f"{local / '50-bad.yaml'}:5:" in e and "type mismatch" in e
+                   for r in rejected for e in r["detail"]["errors"])
+        assert "SIGHUP" in {r["detail"]["why"] for r in rejected}
+        (local / "50-bad.yaml").write_text(GOOD_LOCAL, encoding="utf-8")
+        agent.wait(lambda: agent.metric("dutywatch_rules_loaded") == loaded + 1, "good rules not reloaded")
+        assert agent.metric("dutywatch_rules_reloads_total") >= 1
+    finally:
+        agent.stop()
+    assert "reload rejected" in agent.log_text()
+
+
+def test_systemd_notifications(tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.5)
+    agent = AgentProcess(tmp_path, collectors=collectors())
+    messages: list[str] = []
+
+    def read_until(word: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(word in m for m in messages):
+            assert time.monotonic() < deadline, f"no {word} from the agent; got {messages}"
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+
+    try:
+        agent.start(env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+        read_until("READY=1")
+        read_until("WATCHDOG=1")
+        agent.signal(signal.SIGTERM)
+        read_until("STOPPING=1")
+        assert agent.stop() == 0
+    finally:
+        sock.close()
+
+
+def test_invalid_config_fails_at_start_with_its_place(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, collectors=collectors(), extra_config="queue_size: lots\n")
+    r = agent.cli("run", "--config", str(agent.config))
+    assert r.returncode == 1
+    assert f"{agent.config}:" in r.stdout + r.stderr and "queue_size must be an integer" in r.stdout + r.stderr
