@@ -28,7 +28,7 @@ BATCH = 500
 class JournalWriter:
     """Owns the Journal on its own thread."""
 
-    def __init__(self, journal: Journal, metrics: Metrics, *, capacity: int = 100_000,
+    def __init__(self, journal: Journal, metrics: Metrics, *, capacity: int = 4096,
                  clock: Callable[[], float] = time.time,
                  on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
