@@ -143,13 +143,12 @@ def load_config(path: str | Path) -> Config:
     if "forward" in top:
         fwd = expect_map(top["forward"], top.at("forward"), problems, "forward", optional=("syslog",))
         if fwd is not None and fwd.get("syslog") is not None:
-            s = expect_map(fwd["syslog"], fwd.at("syslog"), problems, "forward.syslog", required=("address",),
-                           optional=("tls", "app_name", "facility", "buffer"))
-            if s is not None:
-                addr = str(s.get("address", ""))
-                if not re.match(r"^(udp|tcp|tls)://[^\s/]+:\d+$", addr):
-                    problems.add(s.at("address"), "address must be udp://, tcp:// or tls://host:port")
-                syslog = dict(s)
+            from agent.forward.target import parse_target
+            try:  # the forwarder's own parser checks every key, with its place
+                parse_target(fwd["syslog"], fwd.at("syslog"))
+                syslog = fwd["syslog"]
+            except LoadError as exc:
+                problems.append(exc)
     skip = False
     if "sigma" in top:
         sg = expect_map(top["sigma"], top.at("sigma"), problems, "sigma", optional=("skip_unsupported",))

@@ -52,5 +52,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _extra_checks(config: Any) -> list[str]:
-    """Checks of optional parts (web config) that live in their own modules."""
-    return []
+    """The optional parts: the exporter's web config and the syslog target."""
+    errors: list[str] = []
+    if config.web_config is not None:
+        from agent.webconfig import load_web_config
+        try:
+            load_web_config(config.web_config)
+        except (LoadError, LoadErrors) as exc:
+            errors += error_lines(exc)
+    if config.forward_syslog is not None:
+        from agent.errors import Location
+        from agent.forward.target import parse_target
+        try:
+            parse_target(config.forward_syslog, Location(config.path))
+        except (LoadError, LoadErrors) as exc:
+            errors += error_lines(exc)
+    return errors

@@ -52,7 +52,8 @@ class Injector:
             elif i % 2:
                 pool.append(Event("process.exec", None, "inject", p))
             else:
-                pool.append(Event("net.connect", None, "inject", p, net=Net(proto="tcp", remote_ip=f"10.1.{i % 250}.1", remote_port=443)))
+                net = Net(proto="tcp", remote_ip=f"10.1.{i % 250}.1", remote_port=443)
+                pool.append(Event("net.connect", None, "inject", p, net=net))
         depth, cap = agent.pipeline.depth, agent.pipeline.capacity - 64
         for k in range(N):
             while depth() >= cap:  # full speed, but with back-pressure: measure throughput, not drops

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,8 +43,8 @@ def test_classified_host_reaching_the_internet_is_found_attributed_and_verifiabl
         agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="network", mode="sniff") == 1,
                    "network collector not up in sniff mode")
         # A child owned by zhangsan (uid 1000) opens a TCP connection into the namespace (the "Internet").
-        child = subprocess.Popen(["/bin/bash", "-c", f"exec 3<>/dev/tcp/{veth.peer_ip}/8080; read -t 3 -u 3 x; true"],
-                                 preexec_fn=lambda: drop_to(1000))  # noqa: PLW1509 - no threads in the child
+        script = f"exec 3<>/dev/tcp/{veth.peer_ip}/8080; read -t 3 -u 3 x; true"
+        child = subprocess.Popen(["/bin/bash", "-c", script], preexec_fn=lambda: drop_to(1000))
         try:
             def found() -> bool:
                 return any(r.get("rule") == "BM-NET-001" and r["event"].get("process", {}).get("pid") == child.pid
@@ -51,7 +52,8 @@ def test_classified_host_reaching_the_internet_is_found_attributed_and_verifiabl
             agent.wait(found, "no BM-NET-001 finding for the child", timeout=30)
         finally:
             child.wait(10)
-        (rec,) = [r for r in agent.events("--rule", "BM-NET-001") if r["event"].get("process", {}).get("pid") == child.pid]
+        (rec,) = [r for r in agent.events("--rule", "BM-NET-001")
+                  if r["event"].get("process", {}).get("pid") == child.pid]
         assert rec["event"]["net"]["remote_ip"] == veth.peer_ip
         assert rec["event"]["net"]["remote_port"] == 8080
         assert rec["event"]["net"]["remote_zone"] == "internet"
@@ -166,10 +168,8 @@ def test_systemd_notifications(tmp_path: Path) -> None:
         deadline = time.monotonic() + timeout
         while not any(word in m for m in messages):
             assert time.monotonic() < deadline, f"no {word} from the agent; got {messages}"
-            try:
+            with contextlib.suppress(TimeoutError):
                 messages.append(sock.recv(4096).decode())
-            except TimeoutError:
-                pass
 
     try:
         agent.start(env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
@@ -187,3 +187,30 @@ def test_invalid_config_fails_at_start_with_its_place(tmp_path: Path) -> None:
     r = agent.cli("run", "--config", str(agent.config))
     assert r.returncode == 1
     assert f"{agent.config}:" in r.stdout + r.stderr and "queue_size must be an integer" in r.stdout + r.stderr
+
+
+def test_live_scrape_is_clean_under_promtool(tmp_path: Path) -> None:
+    import shutil
+    import urllib.request
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    agent = AgentProcess(tmp_path, collectors=collectors(host="{enabled: true}"))
+    agent.start()
+    try:
+        agent.wait(lambda: agent.metric("dutywatch_events_total", kind="agent.start") >= 1, "no start event")
+        with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/metrics", timeout=5) as r:
+            body = r.read()
+    finally:
+        agent.stop()
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check.stdout + check.stderr
+    text = body.decode()
+    for name in ("build_info", "host_info", "events_total", "findings_total", "events_dropped_total",
+                 "collector_up", "last_event_timestamp_seconds", "rules_loaded", "rules_reloads_total",
+                 "rules_reload_failures_total", "engine_evaluation_seconds_bucket", "journal_records_total",
+                 "journal_size_bytes", "journal_verify_failures_total"):
+        assert f"dutywatch_{name}" in text, name
+    assert "张三" not in text and str(agent.assets) not in text  # no names or paths in labels

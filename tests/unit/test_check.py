@@ -183,3 +183,17 @@ def test_shipped_demo_config_checks_clean(repo: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "registry" in out.out
+
+
+def test_forward_and_web_config_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: not-a-bcrypt-hash\n", encoding="utf-8")
+    cfg = setup(tmp_path, config="registry: registry.yaml\nrules: [rules]\nstate_dir: s\n"
+                                 f"web_config: {web}\nforward:\n  syslog: {{address: 'smtp://x:1'}}\n")
+    code, err = run_check(cfg, capsys)
+    assert code == 1
+    assert f"{cfg}:6:21: address must be udp://, tcp:// or tls://host:port" in err
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace("smtp://x:1", "tcp://127.0.0.1:6514"), encoding="utf-8")
+    code, err = run_check(cfg, capsys)
+    assert code == 1
+    assert err.startswith(f"{web}:2:") and "bcrypt" in err
