@@ -126,7 +126,12 @@ def alertmanager_config(registry: RegistryLike, options: AlertmanagerOptions | N
             warnings.append(f"department {d.name!r} has no e-mail or webhook contact: nothing escalates to it")
     escalate = matcher("severity", "|".join(ESCALATE), "=~")
     routes: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for u in registry.units:
+        if u.name in seen:
+            warnings.append(f"unit {u.name!r} is listed twice: the first entry is used")
+            continue
+        seen.add(u.name)
         dept = u.department if u.department in dept_names else None
         if u.department and dept is None and u.department not in {d.name for d in registry.departments}:
             warnings.append(f"unit {u.name!r}: department {u.department!r} is not listed under departments")

@@ -21,7 +21,7 @@ from agent.gen import (
     matcher,
     parse_target,
 )
-from agent.paths import DEMO_REGISTRY
+from agent.paths import DEMO_CONFIG, DEMO_REGISTRY
 from agent.registry import load_registry
 
 Tool = Callable[..., CompletedProcess[str]]
@@ -91,6 +91,19 @@ def test_shipped_example_is_what_the_demo_registry_generates() -> None:
     example = (DASHBOARDS / "alertmanager" / "example.yml").read_text(encoding="utf-8")
     generated = dump_yaml(alertmanager_config(load_registry(DEMO_REGISTRY)).doc)
     assert example.endswith(generated), "regenerate dashboards/alertmanager/example.yml"
+
+
+def test_registry_defaults_to_the_configs(tmp_path: Path) -> None:
+    out = tmp_path / "am.yml"
+    assert main(["gen", "alertmanager", "--config", str(DEMO_CONFIG), "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").endswith(dump_yaml(alertmanager_config(load_registry(DEMO_REGISTRY)).doc))
+
+
+def test_a_unit_listed_twice_keeps_its_first_entry(amtool: Tool, tmp_path: Path) -> None:
+    reg = Reg((U("甲单位", None, {"email": "a@example.gov.cn"}), U("甲单位", None, {"email": "b@example.gov.cn"})), ())
+    assert any("listed twice" in w for w in alertmanager_config(reg).warnings)
+    path = write(tmp_path, reg)
+    assert amtool("check-config", path).returncode == 0
 
 
 def test_unit_without_contact_falls_back_to_its_department(amtool: Tool, tmp_path: Path) -> None:
