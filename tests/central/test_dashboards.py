@@ -144,6 +144,7 @@ def fleet_series() -> list[dict[str, str]]:
         info = f'{lab},host="{host}",unit="{unit}",department="{dept}",level="secret",network_zone="intranet"'
         s.append((f"dutywatch_host_info{{{info}}}", "1x60 stale" if gone else "1x90"))
         s.append((f'dutywatch_build_info{{{lab},version="0.1.0"}}', "1x60 stale" if gone else "1x90"))
+        s.append((f"process_start_time_seconds{{{lab}}}", "-3600x60 stale" if gone else "-3600x90"))
         up = {"10.0.0.3:9847": "1x60 0x30", "10.0.0.4:9847": "1x60 stale"}.get(inst, "1x90")
         s.append((f"up{{{lab}}}", up))
     b, c = 'job="dutywatch",instance="10.0.0.2:9847"', 'job="dutywatch",instance="10.1.0.5:9847"'
@@ -188,7 +189,7 @@ def fleet_series() -> list[dict[str, str]]:
 
 def fill(expr: str, host_board: bool) -> str:
     """The expression as Grafana sends it, for a 1h range with every multi-value variable at All."""
-    values = {"$__rate_interval": "2m", "$__range": "1h", "$__interval": "1m"}
+    values = {"$__rate_interval": "2m", "$__range_s": "3600", "$__range": "1h", "$__interval": "1m"}
     if host_board:
         values |= {"$instance": "10.0.0.1:9847", "$host": "js-fgw-0042"}
     for var, value in values.items():
