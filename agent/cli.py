@@ -14,6 +14,7 @@ from agent.errors import DutyWatchError
 # sets ``func(args) -> int`` on the parser.
 COMMAND_MODULES = (
     "agent.commands.check",
+    "agent.commands.gen",
     "agent.commands.test_rules",
     "agent.commands.run",
     "agent.commands.events",
