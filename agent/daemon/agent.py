@@ -94,6 +94,7 @@ class Agent:
         self.collectors: list[Collector] = []
         self.metrics = Metrics(__version__, lambda: {c.name: c.health for c in self.collectors})
         self._host_info(self.loaded.registry)
+        self._expect_findings(self.loaded)
         self.metrics.set_rules_loaded(self.loaded.rules)
         self.journal = self._open_journal(cfg)
         stats = self.journal.stats()
@@ -114,6 +115,12 @@ class Agent:
     def _host_info(self, registry: Registry) -> None:
         h = registry.host
         self.metrics.set_host(h.id, h.unit, h.department, str(h.level) if h.level is not None else "", h.zone)
+
+    def _expect_findings(self, loaded: Loaded) -> None:
+        # Series exist at 0 from the start, so increase() sees a rule's first finding.
+        unit = loaded.registry.host.unit
+        for rule in loaded.stage.engine.ruleset.rules:
+            self.metrics.expect_rule(rule.id, rule.severity, rule.action, unit)
 
     def _open_journal(self, cfg: Config) -> Journal:
         try:
@@ -214,6 +221,7 @@ class Agent:
         self.loaded = new
         self.pipeline.stage = new.stage
         self._host_info(new.registry)
+        self._expect_findings(new)
         self.metrics.set_rules_loaded(new.rules)
         self.metrics.rules_reloaded(True)
         self.watcher.reset(self._watched_paths(new.config))
