@@ -116,6 +116,8 @@ def decode(datagram: bytes) -> list[ProcEvent]:
         end = offset + length
         offset += _align4(length)
         if end - body < _CN_MSG.size:
+            if msg_type == NLMSG_DONE:
+                raise DecodeError(f"connector message of {end - body} bytes is shorter than its header")
             continue  # NLMSG_NOOP and the like carry no connector message
         idx, val, _cseq, _ack, data_len, _cflags = _CN_MSG.unpack_from(view, body)
         data = body + _CN_MSG.size
@@ -271,10 +273,10 @@ class ProcConnector:
         self.close()
 
 
-def has_net_admin(status_text: str) -> bool:
+def has_net_admin(status: bytes) -> bool:
     """Whether a /proc/PID/status text shows CAP_NET_ADMIN (bit 12) in the effective set."""
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
+    for line in status.splitlines():
+        if line.startswith(b"CapEff:"):
             try:
                 return bool(int(line.split()[1], 16) >> 12 & 1)
             except (IndexError, ValueError):
@@ -282,10 +284,14 @@ def has_net_admin(status_text: str) -> bool:
     return False
 
 
-def own_status() -> str:
-    """This process's own /proc status text ('' when unreadable)."""
+def own_status() -> bytes:
+    """This process's own /proc status (empty when unreadable).
+
+    Bytes on purpose: decoding could import a codec, and a process that has
+    just dropped privileges may no longer be able to read its stdlib.
+    """
     try:
-        with open(f"/proc/{os.getpid()}/status", encoding="ascii", errors="replace") as f:
+        with open(f"/proc/{os.getpid()}/status", "rb") as f:
             return f.read()
     except OSError:
-        return ""
+        return b""

@@ -102,6 +102,7 @@ class ProcessCollector:
                 return
         self._log.warning("process collector: poll mode every %.3gs (%s)", self._interval, avail.reason)
         poller = ProcessPoller(self.reader, self.health, self._sources.clock, interval=self._interval)
+        poller.scan(emit)  # the baseline: "up" means anything started from now on is seen
         self._running("poll", lambda: poller.run(emit, stop))
 
     def _running(self, mode: str, loop: Callable[[], None]) -> None:

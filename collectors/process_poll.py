@@ -52,9 +52,10 @@ class ProcessPoller:
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Scan until ``stop`` is set; ``stop`` is honoured between scans at once."""
-        while not stop.is_set():
+        if self._seen is None:
             self.scan(emit)
-            stop.wait(self._interval)
+        while not stop.wait(self._interval):
+            self.scan(emit)
 
     def scan(self, emit: Emit) -> None:
         """Compare the process table with the last scan and emit the difference."""
