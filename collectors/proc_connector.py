@@ -21,6 +21,7 @@ import os
 import select
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -82,6 +83,7 @@ class ProcEvent:
     ruid: int | None = None
     euid: int | None = None
     error: int | None = None
+    cookie: int | None = None  # of an ack: the connector ack number, request's plus one
 
     @property
     def leader(self) -> bool:
@@ -119,18 +121,18 @@ def decode(datagram: bytes) -> list[ProcEvent]:
             if msg_type == NLMSG_DONE:
                 raise DecodeError(f"connector message of {end - body} bytes is shorter than its header")
             continue  # NLMSG_NOOP and the like carry no connector message
-        idx, val, _cseq, _ack, data_len, _cflags = _CN_MSG.unpack_from(view, body)
+        idx, val, _cseq, cn_ack, data_len, _cflags = _CN_MSG.unpack_from(view, body)
         data = body + _CN_MSG.size
         if (idx, val) != (CN_IDX_PROC, CN_VAL_PROC):
             continue
         if data + data_len > end:
             raise DecodeError(f"connector payload of {data_len} bytes overruns its netlink message")
-        out.append(decode_event(bytes(view[data:data + data_len])))
+        out.append(decode_event(bytes(view[data:data + data_len]), cn_ack))
     return out
 
 
-def decode_event(payload: bytes) -> ProcEvent:
-    """One ``struct proc_event`` from its bytes."""
+def decode_event(payload: bytes, cn_ack: int = 0) -> ProcEvent:
+    """One ``struct proc_event`` from its bytes; ``cn_ack`` is its connector header's ack number."""
     if len(payload) < _EVENT_HEAD.size:
         raise DecodeError(f"proc_event of {len(payload)} bytes is shorter than its header")
     what, _cpu, ts = _EVENT_HEAD.unpack_from(payload, 0)
@@ -152,22 +154,25 @@ def decode_event(payload: bytes) -> ProcEvent:
         if what == PROC_EVENT_NONE:
             # The acknowledgement reuses the event header; its error sits where pids would be.
             (err,) = _ACK.unpack_from(data)
-            return ProcEvent(kind, 0, 0, ts, error=err)
+            return ProcEvent(kind, 0, 0, ts, error=err, cookie=cn_ack)
         pid, tgid = _TWO_INTS.unpack_from(data)
         return ProcEvent(kind, pid, tgid, ts)
     except struct.error as exc:
         raise DecodeError(f"{kind} event of {len(payload)} bytes is truncated") from exc
 
 
-def listen_request(port: int, op: int = PROC_CN_MCAST_LISTEN) -> bytes:
+def listen_request(port: int, op: int = PROC_CN_MCAST_LISTEN, cookie: int = 0) -> bytes:
     """The datagram that asks the kernel to start (or stop) sending process events.
+
+    The kernel acknowledges it with an ack event whose ``cookie`` is
+    ``cookie + 1`` (multicast, so other listeners' acks arrive too).
 
     The 4-byte form subscribes to every event type; it is the one every
     kernel since 2.6.15 accepts (newer kernels also take an 8-byte filtered
     form that older ones silently ignore).
     """
     payload = struct.pack("=I", op)
-    cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0) + payload
+    cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, cookie, cookie, len(payload), 0) + payload
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(cn), NLMSG_DONE, 0, 0, port) + cn
 
 
@@ -191,13 +196,21 @@ class ProcConnector:
     an overflow. Use as a context manager.
     """
 
-    def __init__(self, rcvbuf: int = 8 << 20) -> None:
+    def __init__(self, rcvbuf: int = 8 << 20, confirm_timeout: float = 2.0) -> None:
         self._rcvbuf = rcvbuf
+        self._confirm_timeout = confirm_timeout
         self._sock: socket.socket | None = None
+        self._pending: list[ProcEvent] = []
         self.rcvbuf_effective = 0
 
     def open(self) -> ProcConnector:
-        """Create the socket, bind to the proc group and send the listen request."""
+        """Create the socket, bind to the proc group, subscribe and wait for the kernel's ack.
+
+        Without the ack nothing would ever arrive: the kernel ignores the
+        request from outside the initial pid and user namespaces, and does
+        not acknowledge a refused one when no one else listens. Both raise
+        CollectorError, so ``mode: auto`` can fall back to polling.
+        """
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         except OSError as exc:
@@ -206,13 +219,30 @@ class ProcConnector:
             self._grow_buffer(sock)
             sock.bind((0, CN_IDX_PROC))
             port = sock.getsockname()[0]
-            sock.sendto(listen_request(port), (0, 0))
             sock.setblocking(False)
+            self._sock = sock
+            sock.sendto(listen_request(port, cookie=port), (0, 0))
+            self._confirm(port + 1)
         except OSError as exc:
-            sock.close()
+            self.close()
             raise translate_os_error("netlink process connector subscribe", exc) from exc
-        self._sock = sock
+        except CollectorError:
+            self.close()
+            raise
         return self
+
+    def _confirm(self, cookie: int) -> None:
+        deadline = time.monotonic() + self._confirm_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for event in self.receive(min(left, 0.25)).events:
+                if event.kind != "ack" or event.cookie != cookie:
+                    self._pending.append(event)
+                elif event.error:
+                    raise translate_os_error("netlink process connector subscribe", OSError(event.error, ""))
+                else:
+                    return
+        raise CollectorError("the kernel did not acknowledge the process events subscription "
+                             "(missing CAP_NET_ADMIN, or not in the initial pid and user namespaces)")
 
     def _grow_buffer(self, sock: socket.socket) -> None:
         # A big buffer rides out exec storms; FORCE ignores rmem_max but needs
@@ -234,10 +264,13 @@ class ProcConnector:
         sock = self._sock
         if sock is None:
             raise CollectorError("process connector is not open")
+        if self._pending:
+            events, self._pending = self._pending, []
+            return Received(events)
         ready, _, _ = select.select([sock], [], [], timeout)
         if not ready:
             return Received([])
-        events: list[ProcEvent] = []
+        events = []
         overflows = malformed = 0
         for _ in range(max_datagrams):
             try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -24,14 +23,7 @@ from typing import Any
 
 from agent.events import Event, Parent, Process
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
-from collectors.proc_connector import (
-    CN_IDX_PROC,
-    NETLINK_CONNECTOR,
-    ProcConnector,
-    ProcEvent,
-    has_net_admin,
-    own_status,
-)
+from collectors.proc_connector import ProcConnector, ProcEvent, has_net_admin, own_status
 from collectors.process_poll import ProcessPoller
 from collectors.procfs import ProcReader
 
@@ -76,30 +68,33 @@ class ProcessCollector:
             return Availability(None, "disabled in config")
         if self._mode == "poll":
             return Availability("poll", "collectors.process.mode is poll")
-        problem = netlink_problem()
-        if problem is None:
+        connector, problem = open_connector(rcvbuf=1 << 16)
+        if connector is not None:
+            connector.close()
             return Availability("netlink")
+        return self._fallback(problem)
+
+    def _fallback(self, problem: str) -> Availability:
         if self._mode == "netlink":
             return Availability(None, f"netlink process connector: {problem}")
         return Availability("poll", f"netlink process connector: {problem}; polling the process table instead")
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Emit process events until ``stop`` is set."""
-        avail = self.available()
-        if avail.mode is None:
-            raise CollectorError(f"process collector cannot run: {avail.reason}")
-        if avail.mode == "netlink":
-            try:
-                connector = ProcConnector().open()
-            except CollectorError as exc:
-                if self._mode == "netlink":
-                    raise
-                avail = Availability("poll", f"{exc}; polling the process table instead")
-            else:
+        if not self._enabled:
+            raise CollectorError("process collector cannot run: disabled in config")
+        avail = Availability("poll", "collectors.process.mode is poll")
+        if self._mode != "poll":
+            # Subscribing is itself the test (``available`` does the same), so do it once.
+            connector, problem = open_connector()
+            if connector is not None:
                 self._log.info("process collector: netlink mode (rcvbuf %d bytes)", connector.rcvbuf_effective)
                 with connector:
                     self._running("netlink", lambda: self._netlink_loop(connector, emit, stop))
                 return
+            avail = self._fallback(problem)
+            if avail.mode is None:
+                raise CollectorError(f"process collector cannot run: {avail.reason}")
         self._log.warning("process collector: poll mode every %.3gs (%s)", self._interval, avail.reason)
         poller = ProcessPoller(self.reader, self.health, self._sources.clock, interval=self._interval)
         poller.scan(emit)  # the baseline: "up" means anything started from now on is seen
@@ -180,14 +175,16 @@ class ProcessCollector:
             self.health.drop("emit_rejected")
 
 
-def netlink_problem() -> str | None:
-    """Why the process connector cannot be used by this process, or None when it can."""
-    if not has_net_admin(own_status()):
-        return f"needs CAP_NET_ADMIN (running as uid {os.geteuid()} without it)"
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR) as sock:
-            sock.bind((0, CN_IDX_PROC))
-    except OSError as exc:
-        return f"cannot bind the connector socket: {exc.strerror or exc}"
-    return None
+def open_connector(rcvbuf: int = 8 << 20) -> tuple[ProcConnector | None, str]:
+    """A subscribed process connector, or None and why this process cannot have one.
 
+    Only the kernel's acknowledgement of a subscription shows that events
+    will flow (inside a container's pid namespace they never do), so the
+    check is a real subscription.
+    """
+    if not has_net_admin(own_status()):
+        return None, f"needs CAP_NET_ADMIN (running as uid {os.geteuid()} without it)"
+    try:
+        return ProcConnector(rcvbuf=rcvbuf).open(), ""
+    except CollectorError as exc:
+        return None, str(exc)

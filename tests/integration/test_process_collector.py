@@ -174,12 +174,16 @@ def test_decode_rejects_truncated_messages(cut: int) -> None:
         decode(broken)
 
 
-def test_listen_request_layout() -> None:
-    raw = listen_request(777)
+def test_listen_request_layout_and_its_ack() -> None:
+    raw = listen_request(777, cookie=99)
     length, _type, _flags, _seq, port = struct.unpack_from("=IHHII", raw)
-    idx, val, _s, _a, size, _f = struct.unpack_from("=IIIIHH", raw, 16)
-    assert (length, port, idx, val, size) == (len(raw), 777, CN_IDX_PROC, CN_VAL_PROC, 4)
+    idx, val, seq, ack, size, _f = struct.unpack_from("=IIIIHH", raw, 16)
+    assert (length, port, idx, val, seq, ack, size) == (len(raw), 777, CN_IDX_PROC, CN_VAL_PROC, 99, 99, 4)
     assert struct.unpack_from("=I", raw, 36) == (PROC_CN_MCAST_LISTEN,)
+    payload = struct.pack("=IIQI", PROC_EVENT_NONE, 0, 0, 0)
+    reply = struct.pack("=IIIIHH", CN_IDX_PROC, CN_VAL_PROC, 99, 100, len(payload), 0) + payload
+    (acked,) = decode(struct.pack("=IHHII", 16 + len(reply), 3, 0, 0, 0) + reply)
+    assert (acked.kind, acked.cookie, acked.error) == ("ack", 100, 0)
 
 
 # -- configuration -----------------------------------------------------------
@@ -308,6 +312,35 @@ def test_poll_mode_share_of_an_exec_storm() -> None:
     execs = run.of("process.exec", spawned)
     print(f"\npoll storm: {len(execs)}/{STORM} caught ({100 * len(execs) / STORM:.1f}%)")
     assert {e.process.exe for e in execs.values()} <= {TRUE, None}
+
+
+IN_A_CONTAINER = r"""
+import json, sys, threading, time
+from collectors.process import ProcessCollector
+c = ProcessCollector({"mode": "auto"}, poll_interval=0.05)
+a = c.available()
+stop = threading.Event()
+t = threading.Thread(target=c.run, args=(lambda e: True, stop))
+t.start()
+end = time.monotonic() + 20
+while not c.health.up and time.monotonic() < end:
+    time.sleep(0.05)
+json.dump({"mode": a.mode, "reason": a.reason, "running": c.health.mode}, sys.stdout)
+stop.set()
+t.join(10)
+"""
+
+
+@pytest.mark.root
+def test_own_pid_namespace_falls_back_to_poll() -> None:
+    # The kernel ignores subscriptions from a container's pid namespace; without
+    # the acknowledgement check the collector would sit in netlink mode seeing nothing.
+    done = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", IN_A_CONTAINER],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["mode"], out["running"]) == ("poll", "poll")
+    assert "namespace" in out["reason"]
 
 
 UNPRIVILEGED = r"""
