@@ -38,7 +38,8 @@ class ProcessCollector:
 
     Built from its config section (``enabled``, ``mode``: auto | netlink |
     poll, and optionally ``interval``: the poll period in seconds) and its
-    ``Sources``. ``health.drops`` counts ``kernel_overflow`` (the kernel
+    ``Sources``; ``rcvbuf`` sizes the netlink receive buffer, which is
+    what absorbs exec storms while enrichment catches up. ``health.drops`` counts ``kernel_overflow`` (the kernel
     dropped messages: ENOBUFS), ``proc_gone`` (exec events emitted with only
     what the kernel carried), ``emit_rejected`` (the pipeline refused an
     event) and ``malformed`` (undecodable datagrams).
@@ -47,7 +48,8 @@ class ProcessCollector:
     name = "process"
 
     def __init__(self, config: Mapping[str, Any] | None = None, sources: Sources | None = None, *,
-                 poll_interval: float | None = None, logger: logging.Logger | None = None) -> None:
+                 poll_interval: float | None = None, rcvbuf: int = 8 << 20,
+                 logger: logging.Logger | None = None) -> None:
         self._sources = sources or Sources()
         self._mode = str(section(config, "mode", "auto"))
         if self._mode not in MODES:
@@ -55,6 +57,7 @@ class ProcessCollector:
         self._enabled = bool(section(config, "enabled", True))
         interval = poll_interval if poll_interval is not None else section(config, "interval", 1.0)
         self._interval = float(interval)
+        self._rcvbuf = rcvbuf
         self._log = logger or logging.getLogger("dutywatch.collectors.process")
         self.health = Health()
         self.reader = ProcReader(self._sources.proc_root, self._sources.clock)
@@ -86,7 +89,7 @@ class ProcessCollector:
         avail = Availability("poll", "collectors.process.mode is poll")
         if self._mode != "poll":
             # Subscribing is itself the test (``available`` does the same), so do it once.
-            connector, problem = open_connector()
+            connector, problem = open_connector(self._rcvbuf)
             if connector is not None:
                 self._log.info("process collector: netlink mode (rcvbuf %d bytes)", connector.rcvbuf_effective)
                 with connector:

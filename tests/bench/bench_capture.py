@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-interval", type=float, default=1.0, help="poll mode period (default 1 s)")
     ap.add_argument("--paced", type=int, default=300, help="execs for the paced latency figure (default 300)")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="  (%(message)s)")
     netlink = ProcessCollector({"mode": "netlink"}).available()
     if netlink.mode is None:
         print(f"process netlink: skipped ({netlink.reason})")

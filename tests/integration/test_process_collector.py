@@ -75,9 +75,12 @@ class Run:
     collector: ProcessCollector
     events: list[Event] = field(default_factory=list)
     accept: bool = True
+    delay: float = 0.0
 
     def emit(self, event: Event) -> bool:
-        """Record the event; accept it unless told not to."""
+        """Record the event (after ``delay`` seconds: a stalled pipeline); accept it unless told not to."""
+        if self.delay:
+            time.sleep(self.delay)
         self.events.append(event)
         return self.accept
 
@@ -286,6 +289,20 @@ def test_rejected_events_are_counted() -> None:
         child.wait()
         run.wait_for("process.exit", child.pid)
     assert collector.health.drops.get("emit_rejected", 0) >= 2
+
+
+@pytest.mark.root
+def test_kernel_overflow_is_counted() -> None:
+    # A tiny receive buffer and a pipeline that stalls: the kernel must drop
+    # messages, and the collector must say so rather than lose them silently.
+    collector = ProcessCollector({"mode": "netlink"}, rcvbuf=4096)
+    with running(collector) as run:
+        run.delay = 0.002
+        spawned = spawn_storm(500, 64, "/bin/true")
+        time.sleep(0.5)
+    overflows = collector.health.drops.get("kernel_overflow", 0)
+    print(f"\nsmall buffer: {overflows} overflow reports for {len(spawned)} execs")
+    assert overflows >= 1
 
 
 # -- poll ----------------------------------------------------------------------
