@@ -196,7 +196,7 @@ class ProcConnector:
     an overflow. Use as a context manager.
     """
 
-    def __init__(self, rcvbuf: int = 8 << 20, confirm_timeout: float = 2.0) -> None:
+    def __init__(self, rcvbuf: int = 8 << 20, confirm_timeout: float = 1.0) -> None:
         self._rcvbuf = rcvbuf
         self._confirm_timeout = confirm_timeout
         self._sock: socket.socket | None = None
@@ -234,7 +234,7 @@ class ProcConnector:
     def _confirm(self, cookie: int) -> None:
         deadline = time.monotonic() + self._confirm_timeout
         while (left := deadline - time.monotonic()) > 0:
-            for event in self.receive(min(left, 0.25)).events:
+            for event in self._read(self._socket(), min(left, 0.25), 256).events:
                 if event.kind != "ack" or event.cookie != cookie:
                     self._pending.append(event)
                 elif event.error:
@@ -242,7 +242,7 @@ class ProcConnector:
                 else:
                     return
         raise CollectorError("the kernel did not acknowledge the process events subscription "
-                             "(missing CAP_NET_ADMIN, or not in the initial pid and user namespaces)")
+                             "(not in the initial pid and user namespaces, or not permitted)")
 
     def _grow_buffer(self, sock: socket.socket) -> None:
         # A big buffer rides out exec storms; FORCE ignores rmem_max but needs
@@ -255,22 +255,27 @@ class ProcConnector:
 
     def fileno(self) -> int:
         """The socket's descriptor, for select."""
-        if self._sock is None:
-            raise CollectorError("process connector is not open")
-        return self._sock.fileno()
+        return self._socket().fileno()
 
     def receive(self, timeout: float, max_datagrams: int = 256) -> Received:
         """Events waiting now, or within ``timeout`` seconds; at most ``max_datagrams`` read per call."""
-        sock = self._sock
-        if sock is None:
-            raise CollectorError("process connector is not open")
+        sock = self._socket()
         if self._pending:
             events, self._pending = self._pending, []
             return Received(events)
+        return self._read(sock, timeout, max_datagrams)
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise CollectorError("process connector is not open")
+        return self._sock
+
+    @staticmethod
+    def _read(sock: socket.socket, timeout: float, max_datagrams: int) -> Received:
         ready, _, _ = select.select([sock], [], [], timeout)
         if not ready:
             return Received([])
-        events = []
+        events: list[ProcEvent] = []
         overflows = malformed = 0
         for _ in range(max_datagrams):
             try:

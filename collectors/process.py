@@ -1,7 +1,8 @@
 """The process collector: process.exec and process.exit events, in real time where permitted.
 
-With CAP_NET_ADMIN it subscribes to the kernel's process events connector
-(netlink mode) and sees every exec and exit as it happens; without it, it
+Where the kernel allows it (CAP_NET_ADMIN before Linux 6.6, anyone in the
+initial namespaces since), it subscribes to the process events connector
+(netlink mode) and sees every exec and exit as it happens; otherwise it
 polls the process table (poll mode), which misses processes shorter than
 the poll interval. ``mode: auto`` picks netlink when permitted and logs why
 not otherwise; ``mode: netlink`` refuses to run without it (fail closed).
@@ -183,11 +184,13 @@ def open_connector(rcvbuf: int = 8 << 20) -> tuple[ProcConnector | None, str]:
 
     Only the kernel's acknowledgement of a subscription shows that events
     will flow (inside a container's pid namespace they never do), so the
-    check is a real subscription.
+    check is a real subscription. The kernel, not a capability check, has
+    the last word: since Linux 6.6 unprivileged listeners are allowed, and
+    real-time events beat polling whenever they are on offer.
     """
-    if not has_net_admin(own_status()):
-        return None, f"needs CAP_NET_ADMIN (running as uid {os.geteuid()} without it)"
     try:
         return ProcConnector(rcvbuf=rcvbuf).open(), ""
     except CollectorError as exc:
-        return None, str(exc)
+        if has_net_admin(own_status()):
+            return None, str(exc)
+        return None, f"{exc} (uid {os.geteuid()} without CAP_NET_ADMIN)"
