@@ -65,10 +65,12 @@ class ProcessPoller:
             for pid, _created in now_keys:
                 self._reader.identity(pid)  # warm the cache so exits carry who ended
             return
-        for key in sorted(now_keys - previous, key=lambda k: k[1]):
-            self._emit_exec(emit, key)
+        # Exits first: a pid that ended and was reused between two scans must
+        # not have its newcomer's freshly cached identity taken by the exit.
         for key in previous - now_keys:
             self._emit_exit(emit, key)
+        for key in sorted(now_keys - previous, key=lambda k: k[1]):
+            self._emit_exec(emit, key)
 
     def _emit_exec(self, emit: Emit, key: Key) -> None:
         pid, created = key

@@ -14,7 +14,15 @@ reads, the later reads fail instead of describing the newcomer.
 
 Text from the kernel is decoded as UTF-8 with invalid bytes kept as
 ``\\xNN`` escapes, never dropped. A cmdline is its arguments joined with
-spaces, cut at ``cmdline_max`` characters with a visible marker.
+spaces, cut at ``cmdline_max`` characters with a visible marker. A field that
+cannot be read (another user's exe without CAP_SYS_PTRACE, a zombie's cwd)
+is None; the rest of the identity is still returned.
+
+Use from a collector (one reader per collector thread; it is not locked)::
+
+    reader = ProcReader(sources.proc_root, sources.clock)
+    found = reader.identity(pid)
+    process, parent = found if found else (Process(pid=pid), Parent())
 """
 
 from __future__ import annotations
