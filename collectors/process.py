@@ -1,0 +1,196 @@
+"""The process collector: process.exec and process.exit events, in real time where permitted.
+
+Where the kernel allows it (CAP_NET_ADMIN before Linux 6.6, anyone in the
+initial namespaces since), it subscribes to the process events connector
+(netlink mode) and sees every exec and exit as it happens; otherwise it
+polls the process table (poll mode), which misses processes shorter than
+the poll interval. ``mode: auto`` picks netlink when permitted and logs why
+not otherwise; ``mode: netlink`` refuses to run without it (fail closed).
+
+Each exec is enriched from /proc by ``ProcReader``. A process that is gone
+before it can be read (short-lived commands in an exec storm) still yields
+its exec event with what the kernel said (pid, and the parent learned from
+its fork) and is counted under ``drops["proc_gone"]`` as a partial event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agent.events import Event, Parent, Process
+from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
+from collectors.proc_connector import ProcConnector, ProcEvent, has_net_admin, own_status
+from collectors.process_poll import ProcessPoller
+from collectors.procfs import ProcReader
+
+MODES = ("auto", "netlink", "poll")
+_RECV_TIMEOUT = 0.5  # how soon a set ``stop`` is noticed while the host is quiet
+_FORK_MEMORY = 8192  # forks remembered for the parent of processes gone before we read them
+_BATCH = 32  # datagrams read before handling them: small, so /proc is read while processes still live
+
+
+class ProcessCollector:
+    """Process exec/exit events from the netlink process connector, or from polling.
+
+    Built from its config section (``enabled``, ``mode``: auto | netlink |
+    poll, and optionally ``interval``: the poll period in seconds) and its
+    ``Sources``; ``rcvbuf`` sizes the netlink receive buffer, which is
+    what absorbs exec storms while enrichment catches up. ``health.drops`` counts ``kernel_overflow`` (the kernel
+    dropped messages: ENOBUFS), ``proc_gone`` (exec events emitted with only
+    what the kernel carried), ``emit_rejected`` (the pipeline refused an
+    event) and ``malformed`` (undecodable datagrams).
+    """
+
+    name = "process"
+
+    def __init__(self, config: Mapping[str, Any] | None = None, sources: Sources | None = None, *,
+                 poll_interval: float | None = None, rcvbuf: int = 8 << 20,
+                 logger: logging.Logger | None = None) -> None:
+        self._sources = sources or Sources()
+        self._mode = str(section(config, "mode", "auto"))
+        if self._mode not in MODES:
+            raise CollectorError(f"collectors.process.mode must be one of {', '.join(MODES)}, not {self._mode!r}")
+        self._enabled = bool(section(config, "enabled", True))
+        interval = poll_interval if poll_interval is not None else section(config, "interval", 1.0)
+        self._interval = float(interval)
+        self._rcvbuf = rcvbuf
+        self._log = logger or logging.getLogger("dutywatch.collectors.process")
+        self.health = Health()
+        self.reader = ProcReader(self._sources.proc_root, self._sources.clock)
+        self._forks: OrderedDict[int, int] = OrderedDict()
+
+    # -- protocol ----------------------------------------------------------
+
+    def available(self) -> Availability:
+        """netlink when permitted, else poll (in auto mode), with the reason."""
+        if not self._enabled:
+            return Availability(None, "disabled in config")
+        if self._mode == "poll":
+            return Availability("poll", "collectors.process.mode is poll")
+        connector, problem = open_connector(rcvbuf=1 << 16)
+        if connector is not None:
+            connector.close()
+            return Availability("netlink")
+        return self._fallback(problem)
+
+    def _fallback(self, problem: str) -> Availability:
+        if self._mode == "netlink":
+            return Availability(None, f"netlink process connector: {problem}")
+        return Availability("poll", f"netlink process connector: {problem}; polling the process table instead")
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Emit process events until ``stop`` is set."""
+        if not self._enabled:
+            raise CollectorError("process collector cannot run: disabled in config")
+        avail = Availability("poll", "collectors.process.mode is poll")
+        if self._mode != "poll":
+            # Subscribing is itself the test (``available`` does the same), so do it once.
+            connector, problem = open_connector(self._rcvbuf)
+            if connector is not None:
+                self._log.info("process collector: netlink mode (rcvbuf %d bytes)", connector.rcvbuf_effective)
+                with connector:
+                    self._running("netlink", lambda: self._netlink_loop(connector, emit, stop))
+                return
+            avail = self._fallback(problem)
+            if avail.mode is None:
+                raise CollectorError(f"process collector cannot run: {avail.reason}")
+        self._log.warning("process collector: poll mode every %.3gs (%s)", self._interval, avail.reason)
+        poller = ProcessPoller(self.reader, self.health, self._sources.clock, interval=self._interval)
+        poller.scan(emit)  # the baseline: "up" means anything started from now on is seen
+        self._running("poll", lambda: poller.run(emit, stop))
+
+    def _running(self, mode: str, loop: Callable[[], None]) -> None:
+        self.health.mode = mode
+        self.health.up = True
+        try:
+            loop()
+        finally:
+            self.health.up = False
+
+    # -- netlink -----------------------------------------------------------
+
+    def _netlink_loop(self, connector: ProcConnector, emit: Emit, stop: threading.Event) -> None:
+        while not stop.is_set():
+            got = connector.receive(_RECV_TIMEOUT, _BATCH)
+            if got.overflows:
+                # The kernel says "lost some", not how many: each report counts once.
+                self.health.drop("kernel_overflow", got.overflows)
+            if got.malformed:
+                self.health.drop("malformed", got.malformed)
+            for event in got.events:
+                self.handle(event, emit)
+
+    def handle(self, event: ProcEvent, emit: Emit) -> None:
+        """Turn one kernel event into zero or one DutyWatch events."""
+        kind = event.kind
+        if kind == "exec":
+            if event.leader:
+                self._exec(event, emit)
+        elif kind == "exit":
+            if event.leader:
+                self._exit(event, emit)
+        elif kind == "fork":
+            if event.leader and event.parent_tgid is not None:
+                self._forks[event.tgid] = event.parent_tgid
+                if len(self._forks) > _FORK_MEMORY:
+                    self._forks.popitem(last=False)
+        elif kind == "uid":
+            self.reader.invalidate(event.tgid)
+
+    def _exec(self, event: ProcEvent, emit: Emit) -> None:
+        pid = event.tgid
+        self.reader.invalidate(pid)
+        found = self.reader.identity(pid)
+        if found is None or (found[0].exe is None and found[0].cmdline is None):
+            self.health.drop("proc_gone")
+        if found is None:
+            found = self._from_kernel(pid)
+        self._send(emit, "process.exec", *found)
+
+    def _exit(self, event: ProcEvent, emit: Emit) -> None:
+        pid = event.tgid
+        found = self.reader.forget(pid)
+        if found is None:
+            ppid = event.parent_tgid or self._forks.get(pid)
+            found = (Process(pid=pid, ppid=ppid), Parent(pid=ppid))
+        self._forks.pop(pid, None)
+        self._send(emit, "process.exit", *found)
+
+    def _from_kernel(self, pid: int) -> tuple[Process, Parent]:
+        ppid = self._forks.get(pid)
+        if ppid is None:
+            return Process(pid=pid), Parent()
+        known = self.reader.cached(ppid)
+        if known is None:
+            return Process(pid=pid, ppid=ppid), Parent(pid=ppid)
+        p = known[0]
+        return Process(pid=pid, ppid=ppid), Parent(pid=ppid, name=p.name, exe=p.exe, cmdline=p.cmdline)
+
+    def _send(self, emit: Emit, kind: str, process: Process, parent: Parent) -> None:
+        now = self._sources.clock()
+        if emit(Event(kind=kind, time=now, collector=self.name, process=process, parent=parent)):
+            self.health.saw(now)
+        else:
+            self.health.drop("emit_rejected")
+
+
+def open_connector(rcvbuf: int = 8 << 20) -> tuple[ProcConnector | None, str]:
+    """A subscribed process connector, or None and why this process cannot have one.
+
+    Only the kernel's acknowledgement of a subscription shows that events
+    will flow (inside a container's pid namespace they never do), so the
+    check is a real subscription. The kernel, not a capability check, has
+    the last word: since Linux 6.6 unprivileged listeners are allowed, and
+    real-time events beat polling whenever they are on offer.
+    """
+    try:
+        return ProcConnector(rcvbuf=rcvbuf).open(), ""
+    except CollectorError as exc:
+        if has_net_admin(own_status()):
+            return None, str(exc)
+        return None, f"{exc} (uid {os.geteuid()} without CAP_NET_ADMIN)"

@@ -1,0 +1,164 @@
+"""Process collector figures: exec-storm capture, exec-to-event latency, idle CPU.
+
+Run as root for netlink mode: ``python tests/bench/bench_capture.py [--idle-seconds 10]``.
+Prints one human-readable line per figure; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from agent.events import Event
+from collectors.process import ProcessCollector
+
+# Spawns N copies of a program (at most C alive at once, optionally PACE seconds
+# apart) from its own interpreter, and prints [[pid, time_before_spawn], ...].
+SPAWNER = r"""
+import json, os, sys, time
+n, most, pace, argv = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+out, live = [], 0
+for _ in range(n):
+    t = time.time()
+    out.append((os.posix_spawn(argv[0], argv, {}), t))
+    live += 1
+    if live >= most:
+        os.wait()
+        live -= 1
+    if pace:
+        time.sleep(pace)
+while live:
+    os.wait()
+    live -= 1
+json.dump(out, sys.stdout)
+"""
+
+
+def spawn(n: int, most: int, pace: float, *argv: str) -> dict[int, float]:
+    """pid -> time just before its spawn, for ``n`` spawns of ``argv``."""
+    done = subprocess.run([sys.executable, "-c", SPAWNER, str(n), str(most), str(pace), *argv],
+                          capture_output=True, text=True, check=True, timeout=600)
+    return {pid: t for pid, t in json.loads(done.stdout)}
+
+
+class Session:
+    """A collector running on a thread, recording the exec events it emits."""
+
+    def __init__(self, collector: ProcessCollector) -> None:
+        self.collector = collector
+        self.execs: dict[int, Event] = {}
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=collector.run, args=(self._emit, self._stop), daemon=True)
+
+    def _emit(self, event: Event) -> bool:
+        self.count += 1
+        if event.kind == "process.exec" and event.process.pid is not None:
+            self.execs.setdefault(event.process.pid, event)
+        return True
+
+    def __enter__(self) -> Session:
+        self._thread.start()
+        end = time.monotonic() + 10
+        while not self.collector.health.up and time.monotonic() < end:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def settle(seen: Callable[[], int], target: int, deadline: float = 15.0) -> None:
+    """Wait until ``seen()`` reaches ``target`` or stops growing."""
+    end, last = time.monotonic() + deadline, -1
+    while time.monotonic() < end:
+        now = seen()
+        if now >= target or now == last:
+            return
+        last = now
+        time.sleep(0.5)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def storm(mode: str, count: int, interval: float) -> None:
+    """Capture ratio (and, in netlink mode, latency) for ``count`` execs of /bin/true."""
+    collector = ProcessCollector({"mode": mode}, poll_interval=interval)
+    with Session(collector) as s:
+        spawned = spawn(count, 64, 0.0, "/bin/true")
+        settle(lambda: sum(1 for p in spawned if p in s.execs), count)
+    caught = [s.execs[p] for p in spawned if p in s.execs]
+    with_exe = sum(1 for e in caught if e.process.exe)
+    label = mode if mode == "netlink" else f"poll (every {interval:g} s)"
+    print(f"process {label} capture: {len(caught)}/{count} ({100 * len(caught) / count:.1f}%), "
+          f"exe read for {with_exe}, drops {dict(collector.health.drops)}")
+    if mode == "netlink" and caught:
+        lat = [(e.time or 0.0) - spawned[e.process.pid or 0] for e in caught]
+        print(f"process netlink latency (storm): p50 {1000 * percentile(lat, 50):.2f} ms, "
+              f"p99 {1000 * percentile(lat, 99):.2f} ms")
+
+
+def paced_latency(count: int, pace: float) -> None:
+    """Exec-to-event latency when execs arrive one at a time, as on a normal host."""
+    collector = ProcessCollector({"mode": "netlink"})
+    with Session(collector) as s:
+        spawned = spawn(count, 8, pace, "/bin/true")
+        settle(lambda: sum(1 for p in spawned if p in s.execs), count)
+    lat = [(s.execs[p].time or 0.0) - t for p, t in spawned.items() if p in s.execs]
+    if lat:
+        print(f"process netlink latency (paced, {count} execs {1000 * pace:g} ms apart): "
+              f"p50 {1000 * percentile(lat, 50):.2f} ms, p99 {1000 * percentile(lat, 99):.2f} ms")
+
+
+def idle_cpu(mode: str, seconds: float, interval: float) -> None:
+    """CPU the collector uses on a host doing what it does anyway (no load from us)."""
+    collector = ProcessCollector({"mode": mode}, poll_interval=interval)
+    with Session(collector) as s:
+        before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    label = mode if mode == "netlink" else f"poll (every {interval:g} s)"
+    print(f"process {label} idle CPU: {100 * cpu / elapsed:.2f}% of one core over {elapsed:.0f} s "
+          f"({s.count} events from the host), peak RSS {after.ru_maxrss / 1024:.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the figures chosen on the command line."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--count", type=int, default=2000, help="execs per storm (default 2000)")
+    ap.add_argument("--idle-seconds", type=float, default=60.0, help="idle CPU period per mode (default 60)")
+    ap.add_argument("--poll-interval", type=float, default=1.0, help="poll mode period (default 1 s)")
+    ap.add_argument("--paced", type=int, default=300, help="execs for the paced latency figure (default 300)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="  (%(message)s)")
+    netlink = ProcessCollector({"mode": "netlink"}).available()
+    if netlink.mode is None:
+        print(f"process netlink: skipped ({netlink.reason})")
+    else:
+        storm("netlink", args.count, args.poll_interval)
+        paced_latency(args.paced, 0.005)
+    storm("poll", args.count, args.poll_interval)
+    if args.idle_seconds > 0:
+        if netlink.mode is not None:
+            idle_cpu("netlink", args.idle_seconds, args.poll_interval)
+        idle_cpu("poll", args.idle_seconds, args.poll_interval)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
