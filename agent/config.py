@@ -20,7 +20,7 @@ from agent.schema import expect_bool, expect_int, expect_list, expect_map, expec
 from agent.yamlsrc import LDict, load_file
 
 _COLLECTORS: dict[str, dict[str, Any]] = {
-    "process": {"enabled": True, "mode": "auto"},
+    "process": {"enabled": True, "mode": "auto", "interval": 1.0},
     "network": {"enabled": True, "mode": "auto", "sniff": True, "interfaces": []},
     "files": {"enabled": True, "paths": []},
     "media": {"enabled": True, "roots": ["/media", "/run/media", "/mnt"]},

@@ -57,11 +57,6 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
         from collectors.host import HostCollector
         return HostCollector(section, sources)
     if name == "process":
-        try:
-            from collectors.process import ProcessCollector  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            _log.warning("collector process is not available in this build")
-            return None
-        c: Collector = ProcessCollector(section, sources)
-        return c
+        from collectors.process import ProcessCollector
+        return ProcessCollector(section, sources, poll_interval=float(section.get("interval", 1.0)))
     return None
