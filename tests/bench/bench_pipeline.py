@@ -91,7 +91,11 @@ print(json.dumps({"idle": idle, "after": after, "events": agent.pipeline.process
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--latency-only", action="store_true")
     args = ap.parse_args()
+    if args.latency_only:
+        latency()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "agent.yaml"
         cfg.write_text(f"registry: {REPO / 'agent/data/demo-registry.yaml'}\nstate_dir: {tmp}/state\n"
@@ -105,6 +109,54 @@ def main() -> None:
           f"journal durable after {r['t_journal']:.1f} s = {r['findings'] / r['t_journal']:,.0f} findings/s written")
     print(f"pipeline RSS: idle {r['idle']:.0f} MB (target < 80), after the storm {r['after']:.0f} MB "
           f"({r['after'] / r['idle']:.2f}x idle, target < 2x), peak {r['maxrss']:.0f} MB")
+    latency()
+
+
+def latency(samples: int = 100) -> None:
+    """Exec-to-counter latency: a program run from /tmp until findings_total{rule=DB-MAL-001} moves."""
+    import os
+    import shutil
+    import statistics
+    import time
+    import urllib.request
+
+    sys.path.insert(0, str(REPO))
+    from tests.integration.agent_harness import AgentProcess
+
+    if os.geteuid() != 0:
+        print("pipeline latency: skipped (needs root for the netlink process connector)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        off = "{enabled: false}"
+        agent = AgentProcess(Path(tmp), collectors=f"  process: {{enabled: true, mode: netlink}}\n"
+                                                   f"  network: {off}\n  files: {off}\n  media: {off}\n  host: {off}\n")
+        agent.start()
+        exe = Path(tmp) / "dw-bench-sleep"
+        shutil.copy("/bin/sleep", exe)
+        url = f"http://127.0.0.1:{agent.port}/metrics"
+
+        def count() -> float:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith('dutywatch_findings_total{') and 'rule="DB-MAL-001"' in line:
+                        return float(line.rsplit(" ", 1)[1])
+            return 0.0
+
+        lat = []
+        try:
+            for _ in range(samples):
+                before = count()
+                t0 = time.perf_counter()
+                p = subprocess.Popen([str(exe), "0.2"])
+                while count() <= before and time.perf_counter() - t0 < 5:
+                    pass
+                lat.append((time.perf_counter() - t0) * 1000)
+                p.wait()
+        finally:
+            agent.stop()
+        q = statistics.quantiles(lat, n=100)
+        print(f"pipeline detection latency (exec from /tmp -> findings_total moves, {samples} runs): "
+              f"p50 {statistics.median(lat):.1f} ms, p99 {q[98]:.1f} ms (includes the HTTP scrape loop)")
 
 
 if __name__ == "__main__":
