@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from agent.daemon.threadname import set_thread_name
 from agent.journal.errors import JournalError
 from agent.journal.store import Journal
 from agent.metrics import Metrics
@@ -80,6 +81,7 @@ class JournalWriter:
             _log.error("journal close failed: %s", exc)
 
     def _run(self) -> None:
+        set_thread_name("journal")
         backoff = 0.5
         while True:
             with self._cond:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.attribution import Attributor
+from agent.daemon.threadname import set_thread_name
 from agent.engine.engine import Engine, Finding
 from agent.events import Event
 from agent.metrics import Metrics
@@ -74,6 +75,7 @@ class Pipeline:
 
     def run(self, stop: threading.Event) -> None:
         """Process events until ``stop`` is set and the queue is empty."""
+        set_thread_name("pipeline")
         queue = self._queue
         while True:
             if not queue:

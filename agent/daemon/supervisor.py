@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from agent.daemon.threadname import set_thread_name
 from collectors.base import Collector, Emit
 
 _log = logging.getLogger("dutywatch.collectors")
@@ -31,6 +32,7 @@ class Supervisor:
             self.threads.append(t)
 
     def _keep(self, c: Collector) -> None:
+        set_thread_name(c.name)
         backoff = 1.0
         while not self.stop.is_set():
             try:

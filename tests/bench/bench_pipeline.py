@@ -92,6 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--latency-only", action="store_true")
+    ap.add_argument("--idle-seconds", type=float, default=60.0)
     args = ap.parse_args()
     if args.latency_only:
         latency()
@@ -110,6 +111,7 @@ def main() -> None:
     print(f"pipeline RSS: idle {r['idle']:.0f} MB (target < 80), after the storm {r['after']:.0f} MB "
           f"({r['after'] / r['idle']:.2f}x idle, target < 2x), peak {r['maxrss']:.0f} MB")
     latency()
+    idle_cpu(args.idle_seconds)
 
 
 def latency(samples: int = 100) -> None:
@@ -159,5 +161,40 @@ def latency(samples: int = 100) -> None:
               f"p50 {statistics.median(lat):.1f} ms, p99 {q[98]:.1f} ms (includes the HTTP scrape loop)")
 
 
+def idle_cpu(seconds: float) -> None:
+    """CPU of the whole agent, every collector on, while the host is quiet."""
+    import os
+    import time
+
+    sys.path.insert(0, str(REPO))
+    from tests.integration.agent_harness import AgentProcess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        on = "{enabled: true}"
+        agent = AgentProcess(Path(tmp), collectors=f"  process: {on}\n  network: {on}\n  files: {on}\n"
+                                                   f"  media: {on}\n  host: {on}\n")
+        agent.start()
+        assert agent.proc is not None
+        hz = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{agent.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()  # type: ignore[union-attr]
+            return (int(fields[11]) + int(fields[12])) / hz
+
+        time.sleep(5)
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(seconds)
+        used, wall = cpu() - c0, time.monotonic() - t0
+        rss = next(ln for ln in Path(f"/proc/{agent.proc.pid}/status").read_text().splitlines()
+               if ln.startswith("VmRSS")).split()[1]
+        modes = {k: v for k, v in agent.scrape().items() if k.startswith("dutywatch_collector_up") and v == 1}
+        agent.stop()
+    print(f"agent idle CPU, all collectors on: {100 * used / wall:.2f}% of one core over {wall:.0f} s "
+          f"(target < 1%), RSS {int(rss) / 1024:.0f} MB; {', '.join(sorted(m.split('{')[1][:-1] for m in modes))}")
+
+
 if __name__ == "__main__":
-    main()
+    if "--idle-seconds" in sys.argv:
+        idle_cpu(float(sys.argv[sys.argv.index("--idle-seconds") + 1]))
+    else:
+        main()
