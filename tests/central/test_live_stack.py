@@ -40,7 +40,8 @@ host: {{id: {host}, unit: {unit}, department: {dept}, custodian: zhangsan, level
 departments: [{{name: {dept}}}]
 units: [{{name: {unit}, department: {dept}}}]
 people: [{{account: zhangsan, uid: 1000, name: 张三, unit: {unit}, clearance: secret}}]
-zones: {{default: internet, networks: [{{name: intranet, cidrs: [10.0.0.0/8]}}, {{name: loopback, cidrs: [127.0.0.0/8]}}]}}
+zones: {{default: internet,
+        networks: [{{name: intranet, cidrs: [10.0.0.0/8]}}, {{name: loopback, cidrs: [127.0.0.0/8]}}]}}
 """
 COLLECTORS = ("  process: {enabled: true}\n  network: {enabled: true, mode: sniff}\n  files: {enabled: false}\n"
               "  media: {enabled: false}\n  host: {enabled: false}\n")
@@ -152,7 +153,8 @@ def test_dashboards_rules_and_alerts_on_a_live_fleet(tmp_path: Path) -> None:
             for v in board["templating"]["list"]:
                 m = re.fullmatch(r"label_values\((.*), (\w+)\)", v["query"])
                 assert m is not None, v["query"]
-                queries.append((f"{path.stem} variable {v['name']}", f"count by ({m.group(2)}) ({fill(m.group(1), values)})"))
+                query = f"count by ({m.group(2)}) ({fill(m.group(1), values)})"
+                queries.append((f"{path.stem} variable {v['name']}", query))
             for p in panels(board):
                 for t in p.get("targets", []):
                     queries.append((f"{path.stem} / {p['title']} / {t.get('refId')}", fill(t["expr"], values)))
