@@ -136,7 +136,7 @@ def scan_zip(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, dea
     _central_directory(f, size, limits)
     try:
         zf = zipfile.ZipFile(f)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError, OSError) as e:
         raise Unreadable(f"not a readable zip: {e}") from e
     with zf:
         if len(zf.infolist()) > limits.max_members:  # the end record can understate it

@@ -146,6 +146,13 @@ class ProcessCollector:
         pid = event.tgid
         self.reader.invalidate(pid)
         found = self.reader.identity(pid)
+        if found is not None and event.timestamp_ns and found[0].start_time is not None:
+            # A short-lived process can be gone and its pid taken by a newer one before this
+            # event is read: a process that started after the exec is not the one that exec'd.
+            # Both times count from boot, so /proc/stat's whole-second btime cancels out.
+            started = found[0].start_time - self.reader.boot_time()
+            if started > event.timestamp_ns / 1e9:
+                found = None
         if found is None or (found[0].exe is None and found[0].cmdline is None):
             self.health.drop("proc_gone")
         if found is None:
