@@ -95,12 +95,13 @@ def _write(out: Path | None, binary: bool, body: Callable[[Any], object]) -> Non
         with open(tmp, "wb") as raw:
             if binary:
                 body(raw)
+                raw.flush()
             else:
-                with io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
-                    body(text)
-                    text.flush()
-                    os.fsync(raw.fileno())
-                    text.detach()
+                text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+                body(text)
+                text.flush()
+                text.detach()
+            os.fsync(raw.fileno())
         os.replace(tmp, out)
     except OSError as exc:
         raise ReportError(f"{out}: cannot write the report: {exc.strerror}") from exc

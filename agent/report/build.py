@@ -64,12 +64,22 @@ class Report:
     refused: tuple[Integrity, ...]
     prometheus: FleetMetrics | None
 
-    def when(self, t: float | None, *, seconds: bool = True) -> str:
-        """An epoch time as local ISO 8601 in the report's zone ("" for None)."""
+    def when(self, t: float | None) -> str:
+        """An epoch time as ISO 8601 with the report's zone offset ("" for None)."""
         if t is None:
             return ""
-        d = dt.datetime.fromtimestamp(t, self.tz)
-        return d.isoformat(timespec="seconds") if seconds else d.strftime("%Y-%m-%d %H:%M")
+        return dt.datetime.fromtimestamp(t, self.tz).isoformat(timespec="seconds")
+
+    def short(self, t: float | None) -> str:
+        """An epoch time as ``YYYY-MM-DD HH:MM:SS`` in the report's zone, for table cells."""
+        if t is None:
+            return ""
+        return dt.datetime.fromtimestamp(t, self.tz).strftime("%Y-%m-%d %H:%M:%S")
+
+    def zone(self) -> str:
+        """The report's zone as an offset, e.g. ``UTC+08:00``."""
+        off = dt.datetime.fromtimestamp(self.generated, self.tz).strftime("%z") or "+0000"
+        return f"UTC{off[:3]}:{off[3:]}"
 
 
 def coverage(ruleset: RuleSet | None, rows: Iterable[RuleRow]) -> tuple[ControlRow, ...]:

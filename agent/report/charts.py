@@ -101,8 +101,9 @@ def _columns(days: Sequence[tuple[str, Tally]]) -> list[tuple[str, tuple[int, ..
     return out
 
 
-def trend_chart(days: Sequence[tuple[str, Tally]], width: float = 640, height: float = 220) -> Chart:
-    """Findings per day as columns stacked by severity, with a legend."""
+def trend_chart(days: Sequence[tuple[str, Tally]], names: Sequence[str] = SEVERITIES, width: float = 640,
+                height: float = 220) -> Chart:
+    """Findings per day as columns stacked by severity, with a legend of ``names`` (one per severity)."""
     cols = _columns(days)
     left, bottom, top_pad = 44.0, 36.0, 22.0
     plot_h = height - bottom - top_pad
@@ -113,9 +114,9 @@ def trend_chart(days: Sequence[tuple[str, Tally]], width: float = 640, height: f
                            Label(left - 4, top_pad + 4, str(peak), 10, "end"),
                            Label(left - 4, top_pad + plot_h, "0", 10, "end")]
     x_legend = left
-    for sev in SEVERITIES:
+    for sev, name in zip(SEVERITIES, names, strict=True):
         shapes.append(Rect(x_legend, 4, 10, 10, COLORS[sev]))
-        shapes.append(Label(x_legend + 13, 13, sev, 10))
+        shapes.append(Label(x_legend + 13, 13, name, 10))
         x_legend += 80
     n = max(len(cols), 1)
     slot = plot_w / n

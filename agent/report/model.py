@@ -401,7 +401,11 @@ class Aggregator:
         if alert:
             self._violations.offer(si, t, seq, evidence)
         known = _group(_group(rec, "event"), "operator").get("known")
-        if rule in UNATTRIBUTED_RULES or op is None or known is False:
+        roles = rec.get("roles")
+        # A finding whose rule holds the custodian or unit to account (an interface, a device)
+        # is answered for even without an operator; one that names the operator is not.
+        wants_operator = not isinstance(roles, list) or "operator" in roles
+        if rule in UNATTRIBUTED_RULES or known is False or (op is None and wants_operator):
             self._unattributed.offer(si, t, seq, evidence)
 
     def _rule(self, rule: str, rec: dict[str, Any], t: float) -> None:

@@ -50,8 +50,13 @@ def _rgb(color: str) -> tuple[int, int, int]:
 
 class _Writer:
     def __init__(self, r: Report, font: Path) -> None:
+        import logging
+
         from fpdf import FPDF
         from fpdf.enums import WrapMode
+
+        # fontTools names every table of the font it does not subset; nothing for the user to act on.
+        logging.getLogger("fontTools.subset").setLevel(logging.ERROR)
 
         self.r = r
         self.wrap = WrapMode.CHAR if r.lang == "zh" else WrapMode.WORD
@@ -110,6 +115,7 @@ class _Writer:
         if not t.rows:
             return
         heads = any(t.headers)
+        pdf.set_fill_color(255, 255, 255)
         pdf.set_font(FAMILY, size=7 if len(t.headers) > 5 else 8)
         style = FontFace(emphasis="", fill_color=(232, 232, 232))
         with pdf.table(col_widths=t.weights, text_align="LEFT", v_align="TOP", wrapmode=self.wrap,
@@ -145,6 +151,7 @@ class _Writer:
             elif isinstance(s, Label):
                 self._label(s, x0, y0, scale)
         pdf.set_draw_color(0, 0, 0)
+        pdf.set_fill_color(255, 255, 255)
         pdf.set_y(y0 + height + 3)
 
     def _label(self, s: Label, x0: float, y0: float, scale: float) -> None:

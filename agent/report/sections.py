@@ -70,7 +70,7 @@ def header(r: Report) -> tuple[str, tuple[tuple[str, str], ...]]:
     src = tr(lang, "src_bundles") if r.fleet else tr(lang, "src_journal")
     src += ": " + ", ".join(i.path for i in (*r.integrity, *r.refused))
     facts = ((tr(lang, "period"), f"{since} — {until}"), (tr(lang, "generated"), r.when(r.generated)),
-             (tr(lang, "source"), src))
+             (tr(lang, "timezone"), r.zone()), (tr(lang, "source"), src))
     return tr(lang, "fleet_title" if r.fleet else "title"), facts
 
 
@@ -87,7 +87,7 @@ def summary(r: Report) -> Section:
     sev_rows = [(tr(lang, s), n, COLORS[s]) for s, n in zip(SEVERITIES, t.by_severity, strict=True)]
     blocks.append(Figure(tr(lang, "by_severity"), bar_chart(sev_rows)))
     if d.by_day:
-        blocks.append(Figure(tr(lang, "trend"), trend_chart(d.by_day)))
+        blocks.append(Figure(tr(lang, "trend"), trend_chart(d.by_day, [tr(lang, s) for s in SEVERITIES])))
     sev_heads = tuple(tr(lang, s) for s in SEVERITIES)
     rows = tuple((_name(lang, g.department, "unregistered"), _name(lang, g.unit, "unregistered"),
                   str(g.host_count), *_sev_cells(g.tally), str(g.tally.alerts), str(g.tally.audits))
@@ -96,9 +96,12 @@ def summary(r: Report) -> Section:
                                               *sev_heads, tr(lang, "alert"), tr(lang, "audit")),
                         rows, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)))
     if d.groups:
-        top = sorted(d.groups, key=lambda g: -g.tally.total)[:12]
-        blocks.append(Figure(tr(lang, "by_unit"), bar_chart(
-            [(_name(lang, g.unit, "unregistered"), g.tally.total, COLORS["low"]) for g in top])))
+        per_unit: dict[str, int] = {}
+        for g in d.groups:
+            name = _name(lang, g.unit, "unregistered")
+            per_unit[name] = per_unit.get(name, 0) + g.tally.total
+        top = sorted(per_unit.items(), key=lambda kv: (-kv[1], kv[0]))[:12]
+        blocks.append(Figure(tr(lang, "by_unit_chart"), bar_chart([(u, n, COLORS["low"]) for u, n in top])))
     if r.fleet:
         rows = tuple((_name(lang, g.department, "unregistered"), _name(lang, g.unit, "unregistered"),
                       ", ".join(g.hosts) + (" …" if g.host_count > len(g.hosts) else "")) for g in d.groups)
@@ -126,7 +129,7 @@ def controls(r: Report) -> Section:
 
 
 def _evidence_rows(lang: str, r: Report, rows: tuple[Evidence, ...]) -> tuple[tuple[str, ...], ...]:
-    return tuple((r.when(e.time), e.host, e.process, _name(lang, e.operator, "unknown"), e.object, e.rule,
+    return tuple((r.short(e.time), e.host, e.process, _name(lang, e.operator, "unknown"), e.object, e.rule,
                   tr(lang, e.severity), e.message_zh if lang == "zh" else e.message_en) for e in rows)
 
 
@@ -182,12 +185,12 @@ def violations(r: Report) -> Section:
 def continuity(r: Report) -> Section:
     """Runs of the agent, gaps, and the lifecycle records (reloads, rule-set changes)."""
     lang, c = r.lang, r.data.continuity
-    runs = tuple((e.host, r.when(e.start), r.when(e.stop) if e.stop is not None else tr(lang, "no_stop"),
+    runs = tuple((e.host, r.short(e.start), r.short(e.stop) if e.stop is not None else tr(lang, "no_stop"),
                   tr(lang, "clean") if e.clean else tr(lang, "no_stop")) for e in c.runs)
     blocks: list[Block] = [Table(tr(lang, "runs"), (tr(lang, "host"), tr(lang, "start"), tr(lang, "stop"),
                                                     tr(lang, "status")), runs, (2, 2, 2, 1.5))]
     if c.gaps:
-        gaps = tuple((g.host, r.when(g.since), r.when(g.until), duration(lang, g.seconds)) for g in c.gaps)
+        gaps = tuple((g.host, r.short(g.since), r.short(g.until), duration(lang, g.seconds)) for g in c.gaps)
         blocks.append(Table(tr(lang, "gaps"), (tr(lang, "host"), tr(lang, "from"), tr(lang, "to"),
                                                tr(lang, "length")), gaps, (2, 2, 2, 1.5)))
         blocks.append(Para(f"{tr(lang, 'gap_total')}: {duration(lang, c.gap_seconds)}", "bad"))
@@ -195,7 +198,7 @@ def continuity(r: Report) -> Section:
         blocks.append(Para(tr(lang, "none_gaps"), "ok"))
     counts = ", ".join(f"{k} {n}" for k, n in c.counts) or tr(lang, "none")
     blocks.append(Para(f"{tr(lang, 'counts')}: {counts}; {tr(lang, 'reload_failures')}: {c.reload_failures}"))
-    events = tuple((str(e.seq), r.when(e.time), e.host, e.kind, e.text) for e in c.events)
+    events = tuple((str(e.seq), r.short(e.time), e.host, e.kind, e.text) for e in c.events)
     blocks.append(Table(tr(lang, "life_events"), ("seq", tr(lang, "time"), tr(lang, "host"), tr(lang, "kind"),
                                                   tr(lang, "detail")), events, (0.8, 2, 1.6, 1.5, 5)))
     if c.events_total > len(c.events):
