@@ -107,3 +107,16 @@ def registry_variant(tmp: Path, host: str, unit: str, department: str) -> Path:
     path = tmp / f"{host}.registry.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run ``dutywatch ARGV`` in-process; returns (status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from agent import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(argv)
+    return status, out.getvalue(), err.getvalue()
