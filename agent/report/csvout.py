@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from agent.report.model import cut, describe_object, describe_process
+from agent.report.cells import cut, describe_object, describe_process
 
 # Documented in README.md ("Reports"); keep names and order stable for auditors' scripts.
 COLUMNS = ("seq", "time", "host", "rule", "pack", "severity", "action", "title", "message", "operator",

@@ -12,41 +12,18 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from agent.report.cells import cut, describe_object, describe_process, group_of, lifecycle_text, text_of
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 RANK = {s: len(SEVERITIES) - i for i, s in enumerate(SEVERITIES)}
 UNATTRIBUTED_RULES = frozenset({"ZR-001", "ZR-002"})
 CONTINUITY_KINDS = ("agent.start", "agent.stop", "agent.reload", "agent.tamper", "config.changed",
                     "journal.pruned", "journal.resumed", "journal.quarantined")
-CELL_MAX = 300
 MAX_KEYS = 5000  # distinct operators, units, days or rules kept; the rest fold into OTHER
 OTHER = "…"
-
-
-# Control characters, bidirectional overrides (which can make a path read backwards) and lone
-# surrogates (undecodable file-name bytes, which no UTF-8 writer accepts) are shown as escapes.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def _escape(m: re.Match[str]) -> str:
-    return f"\\u{ord(m.group()):04x}"
-
-
-def clean(text: str) -> str:
-    """``text`` with control, bidi-override and surrogate characters written as ``\\uXXXX``."""
-    return _UNSAFE.sub(_escape, text)
-
-
-def cut(value: Any, limit: int = CELL_MAX) -> str:
-    """A record value as safe text of at most ``limit`` characters (an ellipsis marks a cut)."""
-    text = "" if value is None else value if isinstance(value, str) else str(value)
-    if len(text) > limit:
-        return clean(text[: limit - 1]) + "…"
-    return clean(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,77 +200,27 @@ class _Heap:
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.heap: list[tuple[int, float, int, Evidence]] = []
+        self.heap: list[tuple[int, float, int, int, Evidence]] = []
         self.total = 0
         self.by_sev = [0, 0, 0, 0, 0]
 
     def offer(self, sev_index: int, t: float, seq: int, make: Any) -> None:
         self.total += 1
         self.by_sev[sev_index] += 1
-        # Min-heap on (rank, -time, -seq): its top is the row that goes first.
-        key = (len(SEVERITIES) - sev_index, -t, -seq)
+        # Min-heap on (rank, -time, -seq, -arrival): its top is the row to drop first. Arrival
+        # breaks ties between hosts' bundles, whose seqs repeat.
+        key = (len(SEVERITIES) - sev_index, -t, -seq, -self.total)
         if len(self.heap) < self.cap:
             heapq.heappush(self.heap, (*key, make()))
-        elif self.cap and key > self.heap[0][:3]:
+        elif self.cap and key > self.heap[0][:4]:
             heapq.heapreplace(self.heap, (*key, make()))
 
     def freeze(self) -> Capped:
-        rows = tuple(e for *_, e in sorted(self.heap, key=lambda x: (-x[0], -x[1], -x[2])))
+        rows = tuple(x[4] for x in sorted(self.heap, reverse=True))
         left = list(self.by_sev)
         for e in rows:
             left[SEVERITIES.index(e.severity)] -= 1
         return Capped(rows, self.total, tuple(left))
-
-
-def _text(value: Any, lang: str) -> str:
-    if isinstance(value, dict):
-        return cut(value.get(lang) or value.get("en") or value.get("zh") or "")
-    return cut(value)
-
-
-def _group(rec: dict[str, Any], name: str) -> dict[str, Any]:
-    g = rec.get(name)
-    return g if isinstance(g, dict) else {}
-
-
-def describe_process(ev: dict[str, Any]) -> str:
-    """``name (pid) cmdline`` of the event's process, as far as known."""
-    p = _group(ev, "process")
-    name = p.get("exe") or p.get("name") or ""
-    pid = f" ({p['pid']})" if p.get("pid") is not None else ""
-    cmd = p.get("cmdline")
-    return cut(f"{name}{pid}" + (f" {cmd}" if cmd and cmd != name else ""))
-
-
-def describe_object(ev: dict[str, Any]) -> str:
-    """What the operation touched: a file path, a remote address, a device or an interface."""
-    f, n, m, i = (_group(ev, g) for g in ("file", "net", "media", "iface"))
-    if f.get("path"):
-        dest = f" → {f['dest_path']}" if f.get("dest_path") else ""
-        return cut(f"{f['path']}{dest}")
-    if n.get("remote_ip") or n.get("domain"):
-        addr = n.get("remote_ip") or ""
-        port = f":{n['remote_port']}" if n.get("remote_port") is not None else ""
-        dom = f" ({n['domain']})" if n.get("domain") else ""
-        return cut(f"{addr}{port}{dom}".strip())
-    if n.get("local_port") is not None:
-        return cut(f"{n.get('local_ip') or '*'}:{n['local_port']} ({n.get('direction') or 'listen'})")
-    if m:
-        parts = [str(m[k]) for k in ("device", "serial", "mount") if m.get(k)]
-        return cut(" ".join(parts))
-    if i.get("name"):
-        return cut(f"{i['name']} ({i.get('kind') or '?'})")
-    return ""
-
-
-def lifecycle_text(rec: dict[str, Any]) -> str:
-    """A lifecycle record's detail in one line: its message, else its fields."""
-    d = rec.get("detail")
-    if isinstance(d, dict):
-        if isinstance(d.get("message"), str):
-            return cut(d["message"])
-        return cut(json.dumps(d, ensure_ascii=False, sort_keys=True, separators=(", ", ": "), default=str))
-    return cut(d)
 
 
 @dataclass
@@ -374,7 +301,7 @@ class Aggregator:
         alert = action == "alert"
         t = rec.get("time")
         t = float(t) if isinstance(t, (int, float)) else 0.0
-        acc = _group(rec, "accountable")
+        acc = group_of(rec, "accountable")
         dept, unit = cut(acc.get("department"), 120), cut(acc.get("unit"), 120)
         op = acc.get("operator")
         rule = cut(rec.get("rule"), 60)
@@ -393,14 +320,14 @@ class Aggregator:
         self._rule(rule, rec, t)
 
         def evidence() -> Evidence:
-            ev = _group(rec, "event")
+            ev = group_of(rec, "event")
             return Evidence(seq, t, host, rule, SEVERITIES[si], "alert" if alert else "audit",
                             describe_process(ev), cut(op) if op is not None else "", describe_object(ev),
-                            unit, dept, _text(rec.get("message"), "zh"), _text(rec.get("message"), "en"))
+                            unit, dept, text_of(rec.get("message"), "zh"), text_of(rec.get("message"), "en"))
 
         if alert:
             self._violations.offer(si, t, seq, evidence)
-        known = _group(_group(rec, "event"), "operator").get("known")
+        known = group_of(group_of(rec, "event"), "operator").get("known")
         roles = rec.get("roles")
         # A finding whose rule holds the custodian or unit to account (an interface, a device)
         # is answered for even without an operator; one that names the operator is not.
@@ -413,7 +340,7 @@ class Aggregator:
         if row is None:
             if len(self._rules) >= MAX_KEYS:
                 return
-            title = _group(rec, "title")
+            title = group_of(rec, "title")
             controls = rec.get("controls")
             row = self._rules[rule] = [
                 cut(rec.get("pack"), 60), cut(title.get("zh")), cut(title.get("en")), cut(rec.get("severity")),
@@ -429,7 +356,7 @@ class Aggregator:
         t = float(t) if isinstance(t, (int, float)) else 0.0
         if kind in self._life_counts or len(self._life_counts) < 100:
             self._life_counts[kind] = self._life_counts.get(kind, 0) + 1
-        detail = _group(rec, "detail")
+        detail = group_of(rec, "detail")
         if kind == "agent.start":
             if host in self._open:
                 self._add_run(Run(host, self._open[host], None, False))
