@@ -50,6 +50,7 @@ setup(
         "cryptography>=41",
         "bcrypt>=4.0",
         "pypdf>=7.1",
+        "fpdf2>=2.7",
     ],
     extras_require={
         "test": [
@@ -59,7 +60,6 @@ setup(
             "mypy>=1.8",
             "types-PyYAML",
             "jsonschema>=4.17",
-            "fpdf2>=2.7",
         ],
     },
     entry_points={"console_scripts": ["dutywatch = agent.cli:main"]},

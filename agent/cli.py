@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "agent.commands.verify",
     "agent.commands.journal",
     "agent.commands.export",
+    "agent.commands.report",
 )
 
 

@@ -1,0 +1,193 @@
+"""``dutywatch report``: the auditor report of a period, from the journal or from evidence bundles."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("html", "pdf", "csv", "json")
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def register(sub: Any) -> None:
+    """Add the ``report`` command."""
+    from agent.journal.locate import add_location_options
+
+    p = sub.add_parser("report", help="auditor report of a period (html, pdf, csv, json)",
+                       description="Summary, control coverage, accountability, violations with evidence, "
+                                   "monitoring continuity and integrity of a period, from the local journal "
+                                   "or merged from evidence bundles of many hosts.")
+    add_location_options(p)
+    p.add_argument("--since", help="ISO 8601 date or date-time, or a duration back from now (90m, 24h, 7d)")
+    p.add_argument("--until", help="as --since (default: now)")
+    p.add_argument("--format", choices=FORMATS, default="html")
+    p.add_argument("--lang", choices=("zh", "en"), default="zh")
+    p.add_argument("--out", type=Path, metavar="FILE", help="file to write (default: standard output)")
+    p.add_argument("--evidence", nargs="+", type=Path, metavar="BUNDLE",
+                   help="evidence bundles (dutywatch export) to merge into a fleet report, instead of the journal")
+    p.add_argument("--keys", type=Path, metavar="DIR",
+                   help="trusted public keys of the bundles' hosts, one HOST.pem each (dutywatch journal pubkey)")
+    p.add_argument("--pubkey", type=Path, metavar="PATH", help="trusted public key of the local journal")
+    p.add_argument("--prometheus", metavar="URL", help="add fleet-wide figures from this Prometheus")
+    p.add_argument("--prometheus-job", default="dutywatch", metavar="JOB",
+                   help="the scrape job of the agents (default dutywatch)")
+    p.add_argument("--rules", nargs="+", metavar="PATH", help="rule packs for control coverage "
+                   "(default: the config's, else the shipped packs)")
+    p.add_argument("--font", type=Path, metavar="PATH", help="CJK TTF/TTC font for PDF (default: config, then "
+                   "installed fonts)")
+    p.add_argument("--max-rows", type=_positive, default=1000, metavar="N",
+                   help="violations listed with their evidence (default 1000; the rest are counted)")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The agent config when one is there; an auditor's machine may have none."""
+    from agent.config import load_config
+    from agent.paths import DEFAULT_CONFIG
+
+    path = Path(args.config)
+    if path == DEFAULT_CONFIG and not path.exists():
+        return None
+    return load_config(path)
+
+
+def _ruleset(args: argparse.Namespace, cfg: Any) -> Any:
+    from agent.engine.rules import load_rules
+    from agent.paths import shipped_rules_dir
+
+    if args.rules:
+        return load_rules(args.rules)
+    if cfg is not None:
+        return load_rules(cfg.rules, cfg.rules_optional)
+    return load_rules([shipped_rules_dir()])
+
+
+def _write(out: Path | None, binary: bool, body: Callable[[Any], object]) -> None:
+    """Write to ``out`` through a temporary name and a rename, or to standard output."""
+    from agent.report.errors import ReportError
+
+    if out is None:
+        if binary:
+            body(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            body(sys.stdout)
+            sys.stdout.flush()
+        return
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as raw:
+            if binary:
+                body(raw)
+                raw.flush()
+            else:
+                text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+                body(text)
+                text.flush()
+                text.detach()
+            os.fsync(raw.fileno())
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise ReportError(f"{out}: cannot write the report: {exc.strerror}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Make the report; exit 1 (after writing it) when a source failed verification."""
+    from agent.errors import LoadError, LoadErrors
+    from agent.journal.locate import journal_path
+    from agent.report import build, fleet, sources
+    from agent.report.errors import ReportError
+    from agent.timespec import parse_timespec
+
+    now = time.time()
+    since = parse_timespec(args.since, now, option="--since") if args.since else None
+    until = parse_timespec(args.until, now, option="--until") if args.until else None
+    period = sources.Period(since, until)
+    try:
+        cfg = _config(args)
+        ruleset = _ruleset(args, cfg) if args.format != "csv" else None
+    except (LoadError, LoadErrors) as exc:
+        from agent.commands.common import error_lines, print_errors
+        print_errors(error_lines(exc))
+        return 1
+    tz = dt.datetime.now().astimezone().tzinfo or dt.UTC
+    opts = build.Options(period, args.lang, tz, args.max_rows, args.pubkey, args.keys)
+    font = None
+    if args.format == "pdf":
+        from agent.report.pdf import find_font
+        font = find_font(args.font or (cfg.report_font if cfg is not None else None))
+    metrics = None
+    if args.prometheus and args.format != "csv":
+        if since is None:
+            raise ReportError("--prometheus needs --since: the fleet figures are for a period")
+        from agent.report.prometheus import PrometheusClient, fleet_metrics
+        metrics = fleet_metrics(PrometheusClient(args.prometheus), since, until or now, args.prometheus_job)
+
+    if args.evidence:
+        good, bad = fleet.check_bundles(args.evidence, args.keys)
+        for i in bad:
+            print(f"REFUSED bundle {i.path}: {i.problem}", file=sys.stderr)
+        for i in good:
+            print(f"OK bundle {i.path}: host {i.host}, records {i.first_seq}..{i.last_seq}", file=sys.stderr)
+        failed = len(bad)
+        records: Any = fleet.bundles_records(good, period)
+
+        def make() -> build.Report:
+            return fleet.fleet_report(good, bad, opts, ruleset, now, metrics)
+    else:
+        path = journal_path(args)
+        integrity = sources.journal_integrity(path, args.pubkey) if args.format == "csv" else None
+        records = sources.journal_records(path, period)
+        failed = 0
+
+        def make() -> build.Report:
+            return build.local_report(path, opts, ruleset, now, metrics)
+
+    if args.format == "csv":
+        from agent.report.csvout import write_csv
+        _write(args.out, False, lambda f: write_csv(build.findings_only(records), f, args.lang, tz))
+        if not args.evidence and integrity is not None and not integrity.ok:
+            failed = 1
+            print(f"FAILED journal {integrity.path}: {integrity.problem}", file=sys.stderr)
+    else:
+        r = make()
+        if not r.fleet and not r.integrity[0].ok:
+            failed = 1
+            print(f"FAILED journal {r.integrity[0].path}: {r.integrity[0].problem}", file=sys.stderr)
+        _render(r, args.format, args.out, font)
+    where = args.out or "standard output"
+    print(f"wrote {args.format} report to {where}" + (f"; {failed} source(s) failed verification, see the "
+                                                       "integrity section" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _render(r: Any, fmt: str, out: Path | None, font: Path | None) -> None:
+    if fmt == "html":
+        from agent.report.html import write_html
+        _write(out, False, lambda f: write_html(r, f))
+    elif fmt == "json":
+        from agent.report.jsonout import write_json
+        _write(out, False, lambda f: write_json(r, f))
+    else:
+        from agent.report.pdf import write_pdf
+        assert font is not None
+        _write(out, True, lambda f: write_pdf(r, f, font))

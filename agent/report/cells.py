@@ -1,0 +1,86 @@
+"""Text taken from records: cut to a bounded length, unsafe characters escaped, objects described.
+
+Every string the report shows from a record passes through ``cut`` first,
+so no renderer ever sees a control character, a bidi override, a lone
+surrogate or a megabyte-long cell.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+CELL_MAX = 300
+
+# Control characters, bidirectional overrides (which can make a path read backwards) and lone
+# surrogates (undecodable file-name bytes, which no UTF-8 writer accepts) are shown as escapes.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+def clean(text: str) -> str:
+    """``text`` with control, bidi-override and surrogate characters written as ``\\uXXXX``."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def cut(value: Any, limit: int = CELL_MAX) -> str:
+    """A record value as safe text of at most ``limit`` characters (an ellipsis marks a cut)."""
+    text = "" if value is None else value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return clean(text[: limit - 1]) + "…"
+    return clean(text)
+
+
+def text_of(value: Any, lang: str) -> str:
+    if isinstance(value, dict):
+        return cut(value.get(lang) or value.get("en") or value.get("zh") or "")
+    return cut(value)
+
+
+def group_of(rec: dict[str, Any], name: str) -> dict[str, Any]:
+    g = rec.get(name)
+    return g if isinstance(g, dict) else {}
+
+
+def describe_process(ev: dict[str, Any]) -> str:
+    """``name (pid) cmdline`` of the event's process, as far as known."""
+    p = group_of(ev, "process")
+    name = p.get("exe") or p.get("name") or ""
+    pid = f" ({p['pid']})" if p.get("pid") is not None else ""
+    cmd = p.get("cmdline")
+    return cut(f"{name}{pid}" + (f" {cmd}" if cmd and cmd != name else ""))
+
+
+def describe_object(ev: dict[str, Any]) -> str:
+    """What the operation touched: a file path, a remote address, a device or an interface."""
+    f, n, m, i = (group_of(ev, g) for g in ("file", "net", "media", "iface"))
+    if f.get("path"):
+        dest = f" → {f['dest_path']}" if f.get("dest_path") else ""
+        return cut(f"{f['path']}{dest}")
+    if n.get("remote_ip") or n.get("domain"):
+        addr = n.get("remote_ip") or ""
+        port = f":{n['remote_port']}" if n.get("remote_port") is not None else ""
+        dom = f" ({n['domain']})" if n.get("domain") else ""
+        return cut(f"{addr}{port}{dom}".strip())
+    if n.get("local_port") is not None:
+        return cut(f"{n.get('local_ip') or '*'}:{n['local_port']} ({n.get('direction') or 'listen'})")
+    if m:
+        parts = [str(m[k]) for k in ("device", "serial", "mount") if m.get(k)]
+        return cut(" ".join(parts))
+    if i.get("name"):
+        return cut(f"{i['name']} ({i.get('kind') or '?'})")
+    return ""
+
+
+def lifecycle_text(rec: dict[str, Any]) -> str:
+    """A lifecycle record's detail in one line: its message, else its fields."""
+    d = rec.get("detail")
+    if isinstance(d, dict):
+        if isinstance(d.get("message"), str):
+            return cut(d["message"])
+        return cut(json.dumps(d, ensure_ascii=False, sort_keys=True, separators=(", ", ": "), default=str))
+    return cut(d)

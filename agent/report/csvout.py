@@ -1,0 +1,65 @@
+"""The report's findings as CSV: one row per finding, written as it is read.
+
+UTF-8 with a byte-order mark so that Excel opens Chinese text correctly.
+A cell that starts like a formula (``= + - @``) gets a leading apostrophe,
+so a hostile file name cannot run as a spreadsheet formula.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from agent.report.cells import cut, describe_object, describe_process
+
+# Documented in README.md ("Reports"); keep names and order stable for auditors' scripts.
+COLUMNS = ("seq", "time", "host", "rule", "pack", "severity", "action", "title", "message", "operator",
+           "custodian", "unit", "department", "process", "user", "object", "controls", "tags")
+CELL_LIMIT = 32000  # below Excel's 32,767 characters per cell
+BOM = "\ufeff"
+
+
+def _safe(value: Any) -> str:
+    text = cut(value, CELL_LIMIT)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def _lang(value: Any, lang: str) -> Any:
+    if isinstance(value, dict):
+        return value.get(lang) or value.get("en") or value.get("zh")
+    return value
+
+
+def _map(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _join(value: Any) -> str:
+    return "; ".join(str(v) for v in value) if isinstance(value, list) else ""
+
+
+def row(seq: int, rec: dict[str, Any], lang: str, tz: dt.tzinfo) -> list[str]:
+    """The CSV cells of one finding record."""
+    acc, ev = _map(rec.get("accountable")), _map(rec.get("event"))
+    proc = _map(ev.get("process"))
+    t = rec.get("time")
+    when = dt.datetime.fromtimestamp(t, tz).isoformat(timespec="seconds") if isinstance(t, (int, float)) else ""
+    cells = [rec.get("host"), rec.get("rule"), rec.get("pack"), rec.get("severity"), rec.get("action"),
+             _lang(rec.get("title"), lang), _lang(rec.get("message"), lang), acc.get("operator"),
+             acc.get("custodian"), acc.get("unit"), acc.get("department"), describe_process(ev), proc.get("user"),
+             describe_object(ev), _join(rec.get("controls")), _join(rec.get("tags"))]
+    return [str(seq), when, *(_safe(c) for c in cells)]
+
+
+def write_csv(records: Iterable[tuple[int, dict[str, Any]]], out: TextIO, lang: str, tz: dt.tzinfo) -> int:
+    """Write the header and one row per finding; returns the rows written."""
+    out.write(BOM)
+    w = csv.writer(out, lineterminator="\r\n")
+    w.writerow(COLUMNS)
+    n = 0
+    for seq, rec in records:
+        w.writerow(row(seq, rec, lang, tz))
+        n += 1
+    return n

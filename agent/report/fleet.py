@@ -1,0 +1,45 @@
+"""Fleet reports: evidence bundles from many hosts, each verified first, merged into one report.
+
+A bundle that fails its check (changed bytes, removed records, another
+host's key) is named in the command's output and in the report, and left
+out; nothing of it is merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from agent.engine.rules import RuleSet
+from agent.report.build import Options, Report, coverage, feed
+from agent.report.model import Aggregator
+from agent.report.prometheus import FleetMetrics
+from agent.report.sources import Integrity, Period, bundle_integrity, bundle_records
+
+
+def check_bundles(bundles: Iterable[Path], keys_dir: Path | None) -> tuple[list[Integrity], list[Integrity]]:
+    """Each bundle checked: (accepted, refused), in the order given."""
+    good: list[Integrity] = []
+    bad: list[Integrity] = []
+    for b in bundles:
+        i = bundle_integrity(b, keys_dir)
+        (good if i.ok else bad).append(i)
+    return good, bad
+
+
+def fleet_report(good: list[Integrity], bad: list[Integrity], opts: Options, ruleset: RuleSet | None,
+                 now: float, prometheus: FleetMetrics | None = None) -> Report:
+    """The report merged from verified bundles; refused ones are named and left out."""
+    agg = Aggregator(opts.tz, max_rows=opts.max_rows)
+
+    feed(agg, bundles_records(good, opts.period))
+    data = agg.result()
+    return Report(opts.lang, now, opts.tz, opts.period, True, data, coverage(ruleset, data.rules),
+                  tuple(good), tuple(bad), prometheus)
+
+
+def bundles_records(good: Iterable[Integrity], period: Period) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Every accepted bundle's records in the period, bundle after bundle."""
+    for i in good:
+        yield from bundle_records(Path(i.path), period)

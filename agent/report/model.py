@@ -1,0 +1,409 @@
+"""One pass over a period's records into bounded tallies and capped lists.
+
+The aggregator sees each record once and keeps only what a report shows:
+counters keyed by severity, day, department/unit, operator and rule, and
+the first ``max_rows`` violations by severity then time (a heap, so a
+period of millions of records needs no more memory than one of thousands).
+Every string taken from a record is cut to ``CELL_MAX`` characters here,
+before anything renders it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.report.cells import cut, describe_object, describe_process, group_of, lifecycle_text, text_of
+
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+RANK = {s: len(SEVERITIES) - i for i, s in enumerate(SEVERITIES)}
+UNATTRIBUTED_RULES = frozenset({"ZR-001", "ZR-002"})
+CONTINUITY_KINDS = ("agent.start", "agent.stop", "agent.reload", "agent.tamper", "config.changed",
+                    "journal.pruned", "journal.resumed", "journal.quarantined")
+MAX_KEYS = 5000  # distinct operators, units, days or rules kept; the rest fold into OTHER
+OTHER = "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Findings counted by severity (in SEVERITIES order) and by action."""
+
+    by_severity: tuple[int, ...] = (0, 0, 0, 0, 0)
+    alerts: int = 0
+    audits: int = 0
+
+    @property
+    def total(self) -> int:
+        """All findings counted."""
+        return self.alerts + self.audits
+
+
+class _Count:
+    __slots__ = ("alerts", "audits", "sev")
+
+    def __init__(self) -> None:
+        self.sev = [0, 0, 0, 0, 0]
+        self.alerts = 0
+        self.audits = 0
+
+    def add(self, sev_index: int, alert: bool) -> None:
+        self.sev[sev_index] += 1
+        if alert:
+            self.alerts += 1
+        else:
+            self.audits += 1
+
+    def freeze(self) -> Tally:
+        return Tally(tuple(self.sev), self.alerts, self.audits)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One finding as listed in the report: who, where, what, under which rule."""
+
+    seq: int
+    time: float
+    host: str
+    rule: str
+    severity: str
+    action: str
+    process: str
+    operator: str
+    object: str
+    unit: str
+    department: str
+    message_zh: str
+    message_en: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """Findings of one operating unit under its supervising department."""
+
+    department: str
+    unit: str
+    tally: Tally
+    hosts: tuple[str, ...]
+    host_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRow:
+    """Findings one operator answers for (谁运行谁负责)."""
+
+    operator: str
+    unit: str
+    tally: Tally
+    rules: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRow:
+    """What one rule found in the period."""
+
+    id: str
+    pack: str
+    title_zh: str
+    title_en: str
+    severity: str
+    action: str
+    controls: tuple[str, ...]
+    count: int
+    first: float | None
+    last: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleRow:
+    """A lifecycle record as the continuity section lists it."""
+
+    seq: int
+    time: float
+    host: str
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Monitoring interrupted on ``host`` from ``since`` to ``until`` (an ``agent.tamper`` record)."""
+
+    host: str
+    since: float
+    until: float
+
+    @property
+    def seconds(self) -> float:
+        """Length of the gap."""
+        return max(0.0, self.until - self.since)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run of the agent on a host: from a start to its stop (None when none was recorded)."""
+
+    host: str
+    start: float
+    stop: float | None
+    clean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Capped:
+    """A list kept to its first rows, with how many there were in all and per severity left out."""
+
+    rows: tuple[Evidence, ...]
+    total: int
+    omitted_by_severity: tuple[int, ...]
+
+    @property
+    def omitted(self) -> int:
+        """Rows not listed."""
+        return self.total - len(self.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Continuity:
+    """When the agent ran, the gaps, reloads and rule-set changes."""
+
+    events: tuple[LifecycleRow, ...]
+    events_total: int
+    counts: tuple[tuple[str, int], ...]
+    runs: tuple[Run, ...]
+    gaps: tuple[Gap, ...]
+    gap_seconds: float
+    reload_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """Everything the report shows that comes from the records themselves."""
+
+    records: int
+    first_seq: int | None
+    last_seq: int | None
+    total: Tally
+    by_day: tuple[tuple[str, Tally], ...]
+    groups: tuple[GroupRow, ...]
+    hosts: tuple[str, ...]
+    operators: tuple[PersonRow, ...]
+    rules: tuple[RuleRow, ...]
+    violations: Capped
+    unattributed: Capped
+    continuity: Continuity
+
+
+class _Heap:
+    """The ``cap`` most severe, earliest findings; counts the rest by severity."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.heap: list[tuple[int, float, int, int, Evidence]] = []
+        self.total = 0
+        self.by_sev = [0, 0, 0, 0, 0]
+
+    def offer(self, sev_index: int, t: float, seq: int, make: Any) -> None:
+        self.total += 1
+        self.by_sev[sev_index] += 1
+        # Min-heap on (rank, -time, -seq, -arrival): its top is the row to drop first. Arrival
+        # breaks ties between hosts' bundles, whose seqs repeat.
+        key = (len(SEVERITIES) - sev_index, -t, -seq, -self.total)
+        if len(self.heap) < self.cap:
+            heapq.heappush(self.heap, (*key, make()))
+        elif self.cap and key > self.heap[0][:4]:
+            heapq.heapreplace(self.heap, (*key, make()))
+
+    def freeze(self) -> Capped:
+        rows = tuple(x[4] for x in sorted(self.heap, reverse=True))
+        left = list(self.by_sev)
+        for e in rows:
+            left[SEVERITIES.index(e.severity)] -= 1
+        return Capped(rows, self.total, tuple(left))
+
+
+@dataclass
+class Aggregator:
+    """Feed records one at a time with ``add``; ``result`` freezes what was seen."""
+
+    tz: dt.tzinfo
+    max_rows: int = 1000
+    max_unattributed: int = 200
+    max_lifecycle: int = 500
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    _total: _Count = field(default_factory=_Count)
+    _days: dict[str, _Count] = field(default_factory=dict)
+    _groups: dict[tuple[str, str], _Count] = field(default_factory=dict)
+    _group_hosts: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    _hosts: set[str] = field(default_factory=set)
+    _people: dict[tuple[str, str], _Count] = field(default_factory=dict)
+    _people_rules: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    _rules: dict[str, list[Any]] = field(default_factory=dict)
+    _day_cache: tuple[float, float, str] = (0.0, -1.0, "")
+
+    def __post_init__(self) -> None:
+        self._violations = _Heap(self.max_rows)
+        self._unattributed = _Heap(self.max_unattributed)
+        self._life: list[LifecycleRow] = []
+        self._life_total = 0
+        self._life_counts: dict[str, int] = {}
+        self._open: dict[str, float] = {}
+        self._runs: list[Run] = []
+        self._gaps: list[Gap] = []
+        self._gap_seconds = 0.0
+        self._reload_failures = 0
+
+    # -- feeding ---------------------------------------------------------
+
+    def add(self, seq: int, rec: dict[str, Any]) -> None:
+        """Count one record (a finding or a lifecycle record); others are ignored."""
+        self.records += 1
+        if self.first_seq is None:
+            self.first_seq = seq
+        self.last_seq = seq
+        host = cut(rec.get("host"), 120)
+        if len(self._hosts) < MAX_KEYS:
+            self._hosts.add(host)
+        if rec.get("type") == "lifecycle":
+            self._lifecycle(seq, rec, host)
+        elif rec.get("type") == "finding":
+            self._finding(seq, rec, host)
+
+    def _day(self, t: float) -> str:
+        lo, hi, key = self._day_cache
+        if lo <= t < hi:
+            return key
+        d = dt.datetime.fromtimestamp(t, self.tz)
+        start = d.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + dt.timedelta(days=1)
+        key = start.date().isoformat()
+        self._day_cache = (start.timestamp(), end.timestamp(), key)
+        return key
+
+    @staticmethod
+    def _bucket(table: dict[Any, _Count], key: Any, other: Any) -> _Count:
+        c = table.get(key)
+        if c is None:
+            if len(table) >= MAX_KEYS:
+                key = other
+                c = table.get(key)
+            if c is None:
+                c = table[key] = _Count()
+        return c
+
+    def _finding(self, seq: int, rec: dict[str, Any], host: str) -> None:
+        sev = rec.get("severity")
+        si = SEVERITIES.index(sev) if sev in RANK else len(SEVERITIES) - 1
+        action = rec.get("action")
+        alert = action == "alert"
+        t = rec.get("time")
+        t = float(t) if isinstance(t, (int, float)) else 0.0
+        acc = group_of(rec, "accountable")
+        dept, unit = cut(acc.get("department"), 120), cut(acc.get("unit"), 120)
+        op = acc.get("operator")
+        rule = cut(rec.get("rule"), 60)
+        self._total.add(si, alert)
+        self._bucket(self._days, self._day(t), OTHER).add(si, alert)
+        gkey = (dept, unit)
+        self._bucket(self._groups, gkey, (OTHER, OTHER)).add(si, alert)
+        hs = self._group_hosts.setdefault(gkey, set()) if gkey in self._groups else None
+        if hs is not None and len(hs) < MAX_KEYS:
+            hs.add(host)
+        pkey = (cut(op, 120) if op is not None else "", unit)
+        self._bucket(self._people, pkey, (OTHER, OTHER)).add(si, alert)
+        pr = self._people_rules.setdefault(pkey if pkey in self._people else (OTHER, OTHER), {})
+        if rule in pr or len(pr) < 50:
+            pr[rule] = pr.get(rule, 0) + 1
+        self._rule(rule, rec, t)
+
+        def evidence() -> Evidence:
+            ev = group_of(rec, "event")
+            return Evidence(seq, t, host, rule, SEVERITIES[si], "alert" if alert else "audit",
+                            describe_process(ev), cut(op) if op is not None else "", describe_object(ev),
+                            unit, dept, text_of(rec.get("message"), "zh"), text_of(rec.get("message"), "en"))
+
+        if alert:
+            self._violations.offer(si, t, seq, evidence)
+        known = group_of(group_of(rec, "event"), "operator").get("known")
+        roles = rec.get("roles")
+        # A finding whose rule holds the custodian or unit to account (an interface, a device)
+        # is answered for even without an operator; one that names the operator is not.
+        wants_operator = not isinstance(roles, list) or "operator" in roles
+        if rule in UNATTRIBUTED_RULES or known is False or (op is None and wants_operator):
+            self._unattributed.offer(si, t, seq, evidence)
+
+    def _rule(self, rule: str, rec: dict[str, Any], t: float) -> None:
+        row = self._rules.get(rule)
+        if row is None:
+            if len(self._rules) >= MAX_KEYS:
+                return
+            title = group_of(rec, "title")
+            controls = rec.get("controls")
+            row = self._rules[rule] = [
+                cut(rec.get("pack"), 60), cut(title.get("zh")), cut(title.get("en")), cut(rec.get("severity")),
+                cut(rec.get("action")),
+                tuple(cut(c, 80) for c in controls[:20]) if isinstance(controls, list) else (), 0, t, t]
+        row[6] += 1
+        row[7] = min(row[7], t)
+        row[8] = max(row[8], t)
+
+    def _lifecycle(self, seq: int, rec: dict[str, Any], host: str) -> None:
+        kind = cut(rec.get("kind"), 60)
+        t = rec.get("time")
+        t = float(t) if isinstance(t, (int, float)) else 0.0
+        if kind in self._life_counts or len(self._life_counts) < 100:
+            self._life_counts[kind] = self._life_counts.get(kind, 0) + 1
+        detail = group_of(rec, "detail")
+        if kind == "agent.start":
+            if host in self._open:
+                self._add_run(Run(host, self._open[host], None, False))
+            self._open[host] = t
+        elif kind == "agent.stop":
+            self._add_run(Run(host, self._open.pop(host, t), t, True))
+        elif kind == "agent.tamper":
+            since, until = detail.get("since"), detail.get("until")
+            if isinstance(since, (int, float)) and isinstance(until, (int, float)):
+                gap = Gap(host, float(since), float(until))
+                self._gap_seconds += gap.seconds
+                if len(self._gaps) < self.max_lifecycle:
+                    self._gaps.append(gap)
+        elif kind == "agent.reload" and detail.get("ok") is False:
+            self._reload_failures += 1
+        if kind in CONTINUITY_KINDS:
+            self._life_total += 1
+            if len(self._life) < self.max_lifecycle:
+                self._life.append(LifecycleRow(seq, t, host, kind, lifecycle_text(rec)))
+
+    def _add_run(self, run: Run) -> None:
+        if len(self._runs) < self.max_lifecycle:
+            self._runs.append(run)
+
+    # -- result ------------------------------------------------------------
+
+    def result(self) -> Aggregate:
+        """The tallies and lists seen so far, frozen."""
+        runs = list(self._runs)
+        for host, start in sorted(self._open.items()):
+            if len(runs) < self.max_lifecycle:
+                runs.append(Run(host, start, None, False))
+        groups = []
+        for (dept, unit), c in sorted(self._groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            hosts = sorted(self._group_hosts.get((dept, unit), set()))
+            groups.append(GroupRow(dept, unit, c.freeze(), tuple(hosts[:50]), len(hosts)))
+        people = [PersonRow(op, unit, c.freeze(),
+                            tuple(sorted(self._people_rules.get((op, unit), {}).items(),
+                                         key=lambda kv: (-kv[1], kv[0]))[:8]))
+                  for (op, unit), c in self._people.items()]
+        people.sort(key=lambda p: (-p.tally.alerts, -p.tally.total, p.operator, p.unit))
+        rules = [RuleRow(rid, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
+                 for rid, row in sorted(self._rules.items())]
+        cont = Continuity(tuple(self._life), self._life_total, tuple(sorted(self._life_counts.items())),
+                          tuple(sorted(runs, key=lambda r: (r.start, r.host))), tuple(self._gaps),
+                          self._gap_seconds, self._reload_failures)
+        return Aggregate(self.records, self.first_seq, self.last_seq, self._total.freeze(),
+                         tuple((d, c.freeze()) for d, c in sorted(self._days.items())), tuple(groups),
+                         tuple(sorted(self._hosts)), tuple(people), tuple(rules),
+                         self._violations.freeze(), self._unattributed.freeze(), cont)

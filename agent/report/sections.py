@@ -1,0 +1,258 @@
+"""The report laid out as sections of paragraphs, tables and charts, shared by HTML and PDF.
+
+Only words and numbers are decided here; each renderer decides how they
+look. Every cell is already cut to a bounded length by the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.report.build import Report
+from agent.report.charts import COLORS, Chart, bar_chart, trend_chart
+from agent.report.i18n import duration, tr
+from agent.report.model import OTHER, SEVERITIES, Capped, Evidence, Tally
+
+
+@dataclass(frozen=True, slots=True)
+class Para:
+    """A paragraph; ``style`` is plain, note, ok, bad or code."""
+
+    text: str
+    style: str = "plain"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A table with a header row; ``weights`` are the relative column widths."""
+
+    caption: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A chart with its caption."""
+
+    caption: str
+    chart: Chart
+
+
+Block = Para | Table | Figure
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One numbered section of the report."""
+
+    id: str
+    title: str
+    blocks: tuple[Block, ...]
+
+
+def _name(lang: str, value: str, empty: str) -> str:
+    if value == OTHER:
+        return tr(lang, "other_keys")
+    return value or tr(lang, empty)
+
+
+def _sev_cells(t: Tally) -> tuple[str, ...]:
+    return tuple(str(n) for n in t.by_severity)
+
+
+def header(r: Report) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The report's title and its key facts (period, generated, source)."""
+    lang = r.lang
+    since = r.when(r.period.since) or tr(lang, "open_start")
+    until = r.when(r.period.until) or tr(lang, "open_end")
+    src = tr(lang, "src_bundles") if r.fleet else tr(lang, "src_journal")
+    src += ": " + ", ".join(i.path for i in (*r.integrity, *r.refused))
+    facts = ((tr(lang, "period"), f"{since} — {until}"), (tr(lang, "generated"), r.when(r.generated)),
+             (tr(lang, "timezone"), r.zone()), (tr(lang, "source"), src))
+    return tr(lang, "fleet_title" if r.fleet else "title"), facts
+
+
+def summary(r: Report) -> Section:
+    """Counts by severity, department and unit, and the daily trend."""
+    lang, d = r.lang, r.data
+    t = d.total
+    blocks: list[Block] = [Table("", (tr(lang, "records"), tr(lang, "findings"), tr(lang, "violations"),
+                                      tr(lang, "audits"), tr(lang, "hosts")),
+                                 ((str(d.records), str(t.total), str(t.alerts), str(t.audits), str(len(d.hosts))),),
+                                 (1, 1, 1, 1, 1))]
+    if not t.total:
+        blocks.append(Para(tr(lang, "no_findings"), "note"))
+    sev_rows = [(tr(lang, s), n, COLORS[s]) for s, n in zip(SEVERITIES, t.by_severity, strict=True)]
+    blocks.append(Figure(tr(lang, "by_severity"), bar_chart(sev_rows)))
+    if d.by_day:
+        blocks.append(Figure(tr(lang, "trend"), trend_chart(d.by_day, [tr(lang, s) for s in SEVERITIES])))
+    sev_heads = tuple(tr(lang, s) for s in SEVERITIES)
+    rows = tuple((_name(lang, g.department, "unregistered"), _name(lang, g.unit, "unregistered"),
+                  str(g.host_count), *_sev_cells(g.tally), str(g.tally.alerts), str(g.tally.audits))
+                 for g in d.groups)
+    blocks.append(Table(tr(lang, "by_unit"), (tr(lang, "department"), tr(lang, "unit"), tr(lang, "hosts"),
+                                              *sev_heads, tr(lang, "alert"), tr(lang, "audit")),
+                        rows, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)))
+    if d.groups:
+        per_unit: dict[str, int] = {}
+        for g in d.groups:
+            name = _name(lang, g.unit, "unregistered")
+            per_unit[name] = per_unit.get(name, 0) + g.tally.total
+        top = sorted(per_unit.items(), key=lambda kv: (-kv[1], kv[0]))[:12]
+        blocks.append(Figure(tr(lang, "by_unit_chart"), bar_chart([(u, n, COLORS["low"]) for u, n in top])))
+    if r.fleet:
+        rows = tuple((_name(lang, g.department, "unregistered"), _name(lang, g.unit, "unregistered"),
+                      ", ".join(g.hosts) + (" …" if g.host_count > len(g.hosts) else "")) for g in d.groups)
+        blocks.append(Table(tr(lang, "host_list"), (tr(lang, "department"), tr(lang, "unit"),
+                                                    tr(lang, "host_list")), rows, (2, 2, 4)))
+    return Section("summary", tr(lang, "s_summary"), tuple(blocks))
+
+
+def controls(r: Report) -> Section:
+    """Each catalogued control, the rules behind it and what they found."""
+    lang = r.lang
+    rows = []
+    for c in r.controls:
+        rules = "; ".join(f"{x.id} {x.title_zh if lang == 'zh' else x.title_en} ({x.count})" for x in c.rules)
+        status = tr(lang, f"st_{c.status}")
+        if c.built_in:
+            status += " — " + tr(lang, f"bi_{c.built_in}")
+        items = ", ".join(c.items)
+        rows.append((c.name, c.area_zh if lang == "zh" else c.area_en, items,
+                     c.summary_zh if lang == "zh" else c.summary_en, rules or tr(lang, "none"), str(c.findings),
+                     status))
+    return Section("controls", tr(lang, "s_controls"), (Table(
+        "", (tr(lang, "control"), tr(lang, "area"), tr(lang, "items"), tr(lang, "requirement"), tr(lang, "rules"),
+             tr(lang, "findings"), tr(lang, "status")), tuple(rows), (2.2, 1.2, 1.3, 3, 3.5, 0.8, 2)),))
+
+
+def _evidence_rows(lang: str, r: Report, rows: tuple[Evidence, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple((r.short(e.time), e.host, e.process, _name(lang, e.operator, "unknown"), e.object, e.rule,
+                  tr(lang, e.severity), e.message_zh if lang == "zh" else e.message_en) for e in rows)
+
+
+def _evidence_heads(lang: str) -> tuple[str, ...]:
+    return tuple(tr(lang, k) for k in ("time", "host", "process", "operator", "object", "rule", "severity",
+                                        "message"))
+
+
+EVIDENCE_WEIGHTS = (1.7, 1.3, 2.2, 1.1, 2.2, 1.1, 0.7, 3.2)
+
+
+def _capped_notes(lang: str, c: Capped) -> list[Block]:
+    out: list[Block] = [Para(tr(lang, "listed_of", listed=len(c.rows), total=c.total), "note")]
+    if c.omitted:
+        parts = ", ".join(f"{tr(lang, s)} {n}" for s, n in zip(SEVERITIES, c.omitted_by_severity, strict=True) if n)
+        out.append(Para(tr(lang, "omitted", parts=parts), "note"))
+    return out
+
+
+def accountability(r: Report) -> Section:
+    """Per operator and per unit: violations and audit records; unattributed operations apart."""
+    lang, d = r.lang, r.data
+    people = tuple((_name(lang, p.operator, "unknown"), _name(lang, p.unit, "unregistered"), str(p.tally.alerts),
+                    str(p.tally.audits), ", ".join(f"{rid} ×{n}" for rid, n in p.rules)) for p in d.operators)
+    units = tuple((_name(lang, g.department, "unregistered"), _name(lang, g.unit, "unregistered"),
+                   str(g.tally.alerts), str(g.tally.audits)) for g in d.groups)
+    blocks: list[Block] = [
+        Table(tr(lang, "per_operator"), (tr(lang, "operator"), tr(lang, "unit"), tr(lang, "violations"),
+                                         tr(lang, "audits"), tr(lang, "top_rules")), people, (2, 3, 1, 1, 4)),
+        Table(tr(lang, "per_unit"), (tr(lang, "department"), tr(lang, "unit"), tr(lang, "violations"),
+                                     tr(lang, "audits")), units, (3, 3, 1, 1)),
+    ]
+    u = d.unattributed
+    if u.total:
+        blocks.append(Table(tr(lang, "unattributed"), _evidence_heads(lang), _evidence_rows(lang, r, u.rows),
+                            EVIDENCE_WEIGHTS))
+        blocks += _capped_notes(lang, u)
+    else:
+        blocks += [Para(tr(lang, "unattributed"), "plain"), Para(tr(lang, "none_unattributed"), "note")]
+    return Section("accountability", tr(lang, "s_account"), tuple(blocks))
+
+
+def violations(r: Report) -> Section:
+    """Violations with their evidence, the first rows by severity then time."""
+    lang, v = r.lang, r.data.violations
+    if not v.total:
+        return Section("violations", tr(lang, "s_violations"), (Para(tr(lang, "none_violations"), "note"),))
+    blocks: list[Block] = [*_capped_notes(lang, v),
+                           Table("", _evidence_heads(lang), _evidence_rows(lang, r, v.rows), EVIDENCE_WEIGHTS)]
+    return Section("violations", tr(lang, "s_violations"), tuple(blocks))
+
+
+def continuity(r: Report) -> Section:
+    """Runs of the agent, gaps, and the lifecycle records (reloads, rule-set changes)."""
+    lang, c = r.lang, r.data.continuity
+    runs = tuple((e.host, r.short(e.start), r.short(e.stop) if e.stop is not None else tr(lang, "no_stop"),
+                  tr(lang, "clean") if e.clean else tr(lang, "no_stop")) for e in c.runs)
+    blocks: list[Block] = [Table(tr(lang, "runs"), (tr(lang, "host"), tr(lang, "start"), tr(lang, "stop"),
+                                                    tr(lang, "status")), runs, (2, 2, 2, 1.5))]
+    if c.gaps:
+        gaps = tuple((g.host, r.short(g.since), r.short(g.until), duration(lang, g.seconds)) for g in c.gaps)
+        blocks.append(Table(tr(lang, "gaps"), (tr(lang, "host"), tr(lang, "from"), tr(lang, "to"),
+                                               tr(lang, "length")), gaps, (2, 2, 2, 1.5)))
+        blocks.append(Para(f"{tr(lang, 'gap_total')}: {duration(lang, c.gap_seconds)}", "bad"))
+    else:
+        blocks.append(Para(tr(lang, "none_gaps"), "ok"))
+    counts = ", ".join(f"{k} {n}" for k, n in c.counts) or tr(lang, "none")
+    blocks.append(Para(f"{tr(lang, 'counts')}: {counts}; {tr(lang, 'reload_failures')}: {c.reload_failures}"))
+    events = tuple((str(e.seq), r.short(e.time), e.host, e.kind, e.text) for e in c.events)
+    blocks.append(Table(tr(lang, "life_events"), ("seq", tr(lang, "time"), tr(lang, "host"), tr(lang, "kind"),
+                                                  tr(lang, "detail")), events, (0.8, 2, 1.6, 1.5, 5)))
+    if c.events_total > len(c.events):
+        blocks.append(Para(tr(lang, "life_listed", listed=len(c.events), total=c.events_total), "note"))
+    return Section("continuity", tr(lang, "s_continuity"), tuple(blocks))
+
+
+def integrity(r: Report) -> Section:
+    """The verify result of every source, its head hash and key, and the command to repeat it."""
+    lang = r.lang
+    blocks: list[Block] = []
+    for i in r.integrity:
+        result = tr(lang, "verify_ok") if i.ok else f"{tr(lang, 'verify_bad')}: {i.problem}"
+        rows: tuple[tuple[str, ...], ...] = ((tr(lang, "source"), f"{i.kind} {i.path}"), (tr(lang, "host"), i.host),
+                (tr(lang, "result"), result),
+                (tr(lang, "seq_range"), f"{i.first_seq}..{i.last_seq} ({i.records})"),
+                (tr(lang, "chain_head"), i.head_hash or "-"), (tr(lang, "fingerprint"), i.fingerprint),
+                (tr(lang, "key_source"), i.key_source))
+        if not r.fleet and r.data.first_seq is not None:
+            rows += ((tr(lang, "period_seqs"), f"{r.data.first_seq}..{r.data.last_seq}"),)
+        blocks.append(Table("", ("", ""), rows, (1, 4)))
+        blocks.append(Para(tr(lang, "statement"), "plain"))
+        blocks.append(Para(i.command, "code"))
+    if r.refused:
+        rows2 = tuple((i.path, i.host or "?", i.problem) for i in r.refused)
+        blocks.append(Table(tr(lang, "refused"), (tr(lang, "bundle"), tr(lang, "host"), tr(lang, "problem")),
+                            rows2, (2, 1, 4)))
+    return Section("integrity", tr(lang, "s_integrity"), tuple(blocks))
+
+
+def fleet(r: Report) -> Section | None:
+    """Fleet-wide figures from Prometheus, when asked for."""
+    m = r.prometheus
+    if m is None:
+        return None
+    lang = r.lang
+    facts = ((tr(lang, "prom_url"), f"{m.url} (job {m.job})"), (tr(lang, "hosts_monitored"), str(m.hosts_monitored)),
+             (tr(lang, "down_total"), duration(lang, m.down_seconds)))
+    units = tuple((_name(lang, u.department, "unregistered"), _name(lang, u.unit, "unregistered"), str(u.hosts),
+                   f"{u.violations:.0f}", f"{u.audits:.0f}", f"{u.per_host_day:.2f}") for u in m.units)
+    down = tuple((d.instance, duration(lang, d.down_seconds)) for d in m.downtime)
+    return Section("fleet", tr(lang, "s_fleet"), (
+        Table("", ("", ""), facts, (1, 3)),
+        Table(tr(lang, "by_unit"), (tr(lang, "department"), tr(lang, "unit"), tr(lang, "hosts"),
+                                    tr(lang, "violations"), tr(lang, "audits"), tr(lang, "rate")),
+              units, (3, 3, 1, 1, 1, 1.5)),
+        Table(tr(lang, "down"), (tr(lang, "instance"), tr(lang, "down")), down, (3, 2)),
+    ))
+
+
+def all_sections(r: Report) -> list[Section]:
+    """Every section in order."""
+    out = [summary(r), controls(r), accountability(r), violations(r), continuity(r), integrity(r)]
+    f = fleet(r)
+    if f is not None:
+        out.append(f)
+    return out

@@ -1,0 +1,132 @@
+"""Fleet reports: bundles from many hosts, each verified first; bad ones named and left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from agent.journal.bundle import export_bundle
+from agent.journal.store import Journal
+from tests.unit.test_report_support import T0, build_journal, registry_variant, run_cli, shipped_ruleset
+
+SCHEMA = json.loads((Path(__file__).parent / "report.schema.json").read_text(encoding="utf-8"))
+HOSTS = (("js-fgw-0042", "省发改委信息中心", "省发展和改革委员会"),
+         ("js-dsj-0007", "省政务云运维中心", "省大数据管理局"),
+         ("js-gat-0101", "省公安厅网安总队", "省公安厅"))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Three hosts with their own registries: bundles, trusted keys, finding counts."""
+    tmp = tmp_path_factory.mktemp("fleet")
+    keys = tmp / "keys"
+    keys.mkdir()
+    ruleset = shipped_ruleset()
+    out: dict[str, Any] = {"keys": keys, "bundles": {}, "counts": {}, "tmp": tmp}
+    for host, unit, dept in HOSTS:
+        state = tmp / host
+        n = build_journal(state, ruleset, registry=registry_variant(tmp, host, unit, dept), host=host)
+        with Journal(state, host=host) as j:
+            (keys / f"{host}.pem").write_text(j.public_key_pem())
+        b = tmp / f"{host}.bundle"
+        export_bundle(state / "journal.db", state / "journal.key", b, since=None, until=None,
+                      period={"since": None, "until": None}, clock=lambda: T0 + 30 * 86400)
+        out["bundles"][host] = b
+        out["counts"][host] = n
+    return out
+
+
+def _fleet_json(tmp: Path, bundles: list[Path], *extra: str) -> tuple[int, dict[str, Any], str]:
+    out = tmp / "fleet.json"
+    status, _, err = run_cli(["report", "--format", "json", "--lang", "zh", "--out", str(out),
+                              "--evidence", *map(str, bundles), *extra])
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    jsonschema.validate(doc, SCHEMA)
+    return status, doc, err
+
+
+def test_three_registries_grouped_by_department_and_unit(fleet: dict[str, Any], tmp_path: Path) -> None:
+    status, doc, err = _fleet_json(tmp_path, list(fleet["bundles"].values()), "--keys", str(fleet["keys"]))
+    assert status == 0, err
+    assert doc["fleet"] is True and doc["refused"] == []
+    assert len(doc["integrity"]) == 3 and all(i["ok"] for i in doc["integrity"])
+    assert all(i["key_source"].endswith(".pem") for i in doc["integrity"])
+    groups = {(g["department"], g["unit"]): g for g in doc["summary"]["by_unit"]}
+    for host, unit, dept in HOSTS:
+        g = groups[(dept, unit)]
+        assert g["hosts"] == [host], (dept, unit, g["hosts"])
+    assert doc["summary"]["findings"]["total"] == sum(fleet["counts"].values())
+    assert sorted(doc["summary"]["hosts"]) == sorted(h for h, _, _ in HOSTS)
+    units = {(u["department"], u["unit"]) for u in doc["accountability"]["units"]}
+    assert {(d, u) for _, u, d in HOSTS} <= units
+
+
+def test_clean_bundle_report_in_html(fleet: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "one.html"
+    b = fleet["bundles"]["js-dsj-0007"]
+    status, _, err = run_cli(["report", "--format", "html", "--out", str(out), "--evidence", str(b)])
+    assert status == 0, err
+    html = out.read_text(encoding="utf-8")
+    assert "省大数据管理局" in html and "验证通过" in html
+    assert f"dutywatch verify --bundle {b} --pubkey HOST-PUBKEY.pem" in html
+
+
+def _copy(src: Path, dst: Path, edit: Any) -> Path:
+    lines = src.read_bytes().splitlines(keepends=True)
+    dst.write_bytes(b"".join(edit(lines)))
+    return dst
+
+
+def _changed_byte(lines: list[bytes]) -> list[bytes]:
+    lines[5] = lines[5].replace(b'"severity":"', b'"severity":"x', 1) if b'"severity":"' in lines[5] \
+        else lines[5].replace(b"js-", b"JS-", 1)
+    return lines
+
+
+def _removed_record(lines: list[bytes]) -> list[bytes]:
+    i = next(k for k, raw in enumerate(lines) if k > 3 and b'"kind":"record"' in raw)
+    return lines[:i] + lines[i + 1:]
+
+
+@pytest.mark.parametrize(("edit", "why"), [(_changed_byte, "modified"), (_removed_record, "missing")])
+def test_bad_bundle_named_and_left_out(fleet: dict[str, Any], tmp_path: Path, edit: Any, why: str) -> None:
+    good = fleet["bundles"]["js-fgw-0042"]
+    bad = _copy(fleet["bundles"]["js-dsj-0007"], tmp_path / "bad.bundle", edit)
+    status, doc, err = _fleet_json(tmp_path, [good, bad])
+    assert status == 1
+    assert f"REFUSED bundle {bad}" in err and why in err
+    (refused,) = doc["refused"]
+    assert refused["path"] == str(bad) and why in refused["problem"] and not refused["ok"]
+    assert [i["path"] for i in doc["integrity"]] == [str(good)]
+    # Nothing of the refused bundle was merged.
+    assert doc["summary"]["hosts"] == ["js-fgw-0042"]
+    assert "省大数据管理局" not in {g["department"] for g in doc["summary"]["by_unit"]}
+    assert doc["summary"]["findings"]["total"] == fleet["counts"]["js-fgw-0042"]
+
+
+def test_bundle_signed_by_another_hosts_key_refused(fleet: dict[str, Any], tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for host, _, _ in HOSTS:
+        (keys / f"{host}.pem").write_text((fleet["keys"] / f"{host}.pem").read_text())
+    # The trusted key on file for js-gat-0101 is really js-dsj-0007's: its bundle must not pass.
+    (keys / "js-gat-0101.pem").write_text((fleet["keys"] / "js-dsj-0007.pem").read_text())
+    bundles = list(fleet["bundles"].values())
+    status, doc, err = _fleet_json(tmp_path, bundles, "--keys", str(keys))
+    assert status == 1 and "REFUSED bundle" in err
+    (refused,) = doc["refused"]
+    assert refused["host"] == "js-gat-0101" and "not by the trusted key" in refused["problem"]
+    assert "another host's key" in refused["problem"]
+    assert len(doc["integrity"]) == 2
+
+
+def test_bundle_without_trusted_key_refused(fleet: dict[str, Any], tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    status, doc, err = _fleet_json(tmp_path, [fleet["bundles"]["js-fgw-0042"]], "--keys", str(keys))
+    assert status == 1 and "no trusted key for host 'js-fgw-0042'" in err
+    assert doc["integrity"] == [] and doc["summary"]["records"] == 0
