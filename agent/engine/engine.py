@@ -80,9 +80,16 @@ class _Bucket:
         return bool(self.eq or self.prefix or self.suffix or self.contains)
 
 
-def _getter(dotted: str) -> Getter:
+def _getter(dotted: str, fold: bool = False) -> Getter:
     group, _, name = dotted.partition(".")
-    return operator.attrgetter(name if group == "event" else dotted)
+    get = operator.attrgetter(name if group == "event" else dotted)
+    if not fold:
+        return get
+
+    def get_lower(e: Event) -> Any:  # for case-insensitive (Sigma) triggers
+        v = get(e)
+        return v.lower() if v is not None else None
+    return get_lower
 
 
 def _freeze(table: dict[Any, list[Rule]]) -> dict[Any, RuleGroup]:
@@ -91,19 +98,19 @@ def _freeze(table: dict[Any, list[Rule]]) -> dict[Any, RuleGroup]:
 
 def _bucket(rules: list[Rule]) -> _Bucket:
     linear: list[Rule] = []
-    tables: dict[tuple[str, str], dict[Any, list[Rule]]] = {}
+    tables: dict[tuple[str, str, bool], dict[Any, list[Rule]]] = {}
     for r in rules:
         if not r.triggers:
             linear.append(r)
             continue
         for t in r.triggers:
-            tables.setdefault((t.op, t.field), {}).setdefault(t.value, []).append(r)
+            tables.setdefault((t.op, t.field, t.fold), {}).setdefault(t.value, []).append(r)
     eq: list[tuple[Getter, dict[Any, RuleGroup]]] = []
     prefix: list[tuple[Getter, tuple[int, ...], dict[str, RuleGroup]]] = []
     suffix: list[tuple[Getter, tuple[int, ...], dict[str, RuleGroup]]] = []
     contains: list[tuple[Getter, Callable[[str], Any], dict[str, RuleGroup]]] = []
-    for (op, fld), table in sorted(tables.items(), key=lambda kv: kv[0]):
-        get = _getter(fld)
+    for (op, fld, fold), table in sorted(tables.items(), key=lambda kv: kv[0]):
+        get = _getter(fld, fold)
         frozen = _freeze(table)
         if op == "eq":
             eq.append((get, frozen))
