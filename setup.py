@@ -50,6 +50,7 @@ setup(
         "cryptography>=41",
         "bcrypt>=4.0",
         "pypdf>=7.1",
+        "msgspec>=0.18",
     ],
     extras_require={
         "test": [

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "agent.commands.verify",
     "agent.commands.journal",
     "agent.commands.export",
+    "agent.commands.replay",
 )
 
 
