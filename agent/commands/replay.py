@@ -12,6 +12,7 @@ the run goes on, and exits 1 at the end if there was any.
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import sys
 import time
@@ -163,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(ruleset)
     attribute = Attributor(registry, _no_system_accounts)
     load_s = time.perf_counter() - t0
+    # The rules and registry live as long as the run: keep the collector from rescanning them.
+    gc.freeze()
     import msgspec  # the decoder needs it too; the encoder writes the same JSON faster than json
 
     # Rule texts are str subclasses that remember their YAML place; they encode as plain text.

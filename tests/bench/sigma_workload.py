@@ -326,6 +326,8 @@ def case_swapped(fields: dict[str, Any]) -> dict[str, Any]:
 
 _TOOLS = ["bash", "python3", "git", "make", "node", "java", "nginx", "postgres", "sed", "awk", "tar", "cp",
           "ssh", "vim", "rsync", "journalctl", "systemd-tmpfiles", "dpkg-query", "gzip", "sort"]
+# Shells that open connections are what reverse-shell rules look for; ordinary clients are not.
+_NET_TOOLS = ["python3", "git", "node", "java", "nginx", "postgres", "ssh", "rsync", "apt-get", "chronyd"]
 _USERS = [(1000, 1000, "zhangsan"), (1001, 1001, "lisi"), (0, 1000, "root"), (33, None, "www-data")]
 
 
@@ -344,6 +346,8 @@ def background(rnd: random.Random, i: int) -> dict[str, Any]:
         return {"event": {"kind": "process.exec", **head}, "process": proc,
                 "parent": {"pid": 1999, "name": "bash", "exe": "/usr/bin/bash", "cmdline": "-bash"}}
     if r < 0.85:
+        tool = rnd.choice(_NET_TOOLS)
+        proc = {**proc, "name": tool, "exe": f"/usr/bin/{tool}", "cmdline": f"{tool} --job {i % 997}"}
         out = rnd.random() < 0.8
         return {"event": {"kind": "net.connect" if out else "net.accept", **head}, "process": proc,
                 "net": {"proto": "tcp", "direction": "out" if out else "in", "local_ip": "10.1.2.3",
