@@ -43,8 +43,13 @@ PACK = "sigma"
 
 
 def is_sigma(doc: Any) -> bool:
-    """Whether a loaded YAML document is a Sigma rule rather than a rule pack."""
-    return isinstance(doc, LDict) and "detection" in doc and "logsource" in doc and "pack" not in doc
+    """Whether a loaded YAML document is a Sigma rule rather than a rule pack.
+
+    A Sigma rule has ``detection`` and ``logsource``; a mapping with either
+    (and no ``pack``) is taken for a broken Sigma rule, so the error names
+    what it lacks rather than complaining that it is not a pack.
+    """
+    return isinstance(doc, LDict) and ("detection" in doc or "logsource" in doc) and "pack" not in doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +89,16 @@ def translate(doc: LDict, path: str) -> SigmaRule:
         problems.append(LoadError(doc.at("tags"), "tags must be a list of strings"))
         tags = LList()
     cat: Category | None = None
+    for key in ("logsource", "detection"):
+        if key not in doc:
+            problems.append(LoadError(doc.where, f"a Sigma rule needs {key}"))
     try:
-        cat = _category(doc["logsource"], doc.at("logsource"))
+        if "logsource" in doc:
+            cat = _category(doc["logsource"], doc.at("logsource"))
     except LoadError as exc:
         problems.append(exc)
     when = ""
-    if cat is not None:
+    if cat is not None and "detection" in doc:
         try:
             when = _detection(doc["detection"], doc.at("detection"), cat)
         except LoadErrors as exc:
