@@ -97,10 +97,12 @@ _OP_COST = {"eq": 0, "prefix": 1, "suffix": 1, "contains": 2}
 _MIN_LITERAL = 3  # shorter substrings match too often to narrow anything
 
 
-def _cost(ts: tuple[Trigger, ...]) -> tuple[int, int, int]:
+def _cost(ts: tuple[Trigger, ...]) -> tuple[int, int, int, int]:
     worst = max(_OP_COST[t.op] for t in ts)
     weak = any(isinstance(t.value, bool) for t in ts)  # a bool splits events in two at best
-    return (int(weak), worst, len(ts))
+    # On a tie, the longer literal: "root" is on every host, "/var/opt/microsoft/scx/tmp" is not.
+    shortest = min(len(t.value) if isinstance(t.value, str) else 0 for t in ts)
+    return (int(weak), worst, len(ts), -shortest)
 
 
 def _field(node: ast.expr) -> str | None:
