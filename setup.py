@@ -51,6 +51,7 @@ setup(
         "bcrypt>=4.0",
         "pypdf>=7.1",
         "fpdf2>=2.7",
+        "msgspec>=0.18",
     ],
     extras_require={
         "test": [

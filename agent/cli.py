@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "agent.commands.journal",
     "agent.commands.export",
     "agent.commands.report",
+    "agent.commands.replay",
 )
 
 

@@ -278,3 +278,78 @@ def event_from_dict(data: dict[str, Any]) -> Event:
         detail=_coerce(FIELDS["event.detail"], head.get("detail")),
         **groups,
     )
+
+
+
+class EventDecoder:
+    """The JSON text of one event to an Event: ``Event.from_json``'s result and errors, decoded in C.
+
+    msgspec parses and type-checks the text in one pass into structs
+    generated from the field catalogue (so they cannot drift from it); the
+    structs become the event's named tuples directly. Whatever msgspec does
+    not accept as is (a bad value, a level name to convert, JSON it rejects)
+    goes through ``Event.from_json``, so errors, and the odd values the
+    standard parser accepts, read exactly as there. About five times faster
+    than ``from_json`` on typical events.
+    """
+
+    def __init__(self) -> None:
+        import msgspec  # the recording and central paths need it, the agent's import does not
+
+        # Level fields arrive as names and need parse_level: typed as null here, a name
+        # makes msgspec refuse the text, which then takes the full path.
+        py = {"str": str, "int": int, "float": float, "bool": bool, "level": None}
+
+        def struct(name: str, fields: list[tuple[Any, ...]]) -> Any:
+            return msgspec.defstruct(name, fields, forbid_unknown_fields=True)
+
+        def optional(t: Any) -> Any:
+            return None if t is None else t | None
+
+        groups = {g: struct(f"{g}_fields", [(f, optional(py[FIELDS[f"{g}.{f}"].type]), None) for f in cls._fields])
+                  for g, cls in GROUP_TYPES.items()}
+        head = struct("event_fields", [("kind", str), ("time", float | None, None),
+                                       ("collector", str | None, None), ("detail", str | None, None)])
+        top = struct("event_json", [("event", head), *((g, s | None, None) for g, s in groups.items())])
+        self._decode = msgspec.json.Decoder(top).decode
+        self._error = msgspec.DecodeError  # also the base of msgspec.ValidationError
+        self._astuple = msgspec.structs.astuple
+        assert tuple(GROUP_TYPES) == ("process", "parent", "operator", "host", "net", "file", "media", "iface")
+
+    def __call__(self, text: bytes | str) -> Event:
+        """The event of one JSON text; ValueError names the problem."""
+        try:
+            top = self._decode(text)
+        except self._error:
+            return self._slow(text)
+        head = top.event
+        if head.kind not in KIND_SET:
+            return self._slow(text)
+        # Unrolled over the groups (checked in __init__): a loop here costs as much as the parse.
+        t, new = self._astuple, tuple.__new__
+        g = top.process
+        process = _EMPTY_PROCESS if g is None else new(Process, t(g))
+        g = top.parent
+        parent = _EMPTY_PARENT if g is None else new(Parent, t(g))
+        g = top.operator
+        op = _EMPTY_OPERATOR if g is None else new(Operator, t(g))
+        g = top.host
+        host = _EMPTY_HOST if g is None else new(Host, t(g))
+        g = top.net
+        net = _EMPTY_NET if g is None else new(Net, t(g))
+        g = top.file
+        file = _EMPTY_FILE if g is None else new(File, t(g))
+        g = top.media
+        media = _EMPTY_MEDIA if g is None else new(Media, t(g))
+        g = top.iface
+        iface = _EMPTY_IFACE if g is None else new(Iface, t(g))
+        return new(Event, (head.kind, head.time, head.collector, process, parent, op, host, net, file, media,
+                           iface, head.detail))
+
+    @staticmethod
+    def _slow(text: bytes | str) -> Event:
+        return Event.from_json(text.decode("utf-8") if isinstance(text, bytes) else text)
+
+
+_EMPTY_PROCESS, _EMPTY_PARENT, _EMPTY_OPERATOR, _EMPTY_HOST = Process(), Parent(), Operator(), Host()
+_EMPTY_NET, _EMPTY_FILE, _EMPTY_MEDIA, _EMPTY_IFACE = Net(), File(), Media(), Iface()

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         print_errors(error_lines(exc))
         return 1
     errors: list[str] = []
+    warnings: list[str] = []
     summary = []
     try:
         registry = load_registry(config.registry)
@@ -35,12 +36,16 @@ def run(args: argparse.Namespace) -> int:
     except (LoadError, LoadErrors) as exc:
         errors += error_lines(exc)
     try:
-        rules = load_rules(config.rules, optional=config.rules_optional)
-        summary.append(f"rules: {len(rules.rules)} enabled, {len(rules.disabled)} disabled, "
+        rules = load_rules(config.rules, optional=config.rules_optional,
+                           sigma_skip_unsupported=config.sigma_skip_unsupported)
+        skipped = f", {len(rules.skipped)} unsupported Sigma rules skipped" if rules.skipped else ""
+        summary.append(f"rules: {len(rules.rules)} enabled, {len(rules.disabled)} disabled{skipped}, "
                        f"from {len(rules.files)} files")
+        warnings += [f"{e} (skipped: sigma.skip_unsupported is true)" for e in rules.skipped]
     except (LoadError, LoadErrors) as exc:
         errors += error_lines(exc)
     errors += _extra_checks(config)
+    print_errors(warnings)
     if errors:
         print_errors(errors)
         print(f"{len(errors)} problem{'s' if len(errors) != 1 else ''} found")

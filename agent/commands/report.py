@@ -74,7 +74,7 @@ def _ruleset(args: argparse.Namespace, cfg: Any) -> Any:
     if args.rules:
         return load_rules(args.rules)
     if cfg is not None:
-        return load_rules(cfg.rules, cfg.rules_optional)
+        return load_rules(cfg.rules, cfg.rules_optional, sigma_skip_unsupported=cfg.sigma_skip_unsupported)
     return load_rules([shipped_rules_dir()])
 
 

@@ -64,7 +64,10 @@ def load_all(config_path: Path, state_dir: Path | None = None) -> Loaded:
     except LoadErrors as exc:
         problems += exc.errors
     try:
-        ruleset = load_rules(config.rules, optional=config.rules_optional)
+        ruleset = load_rules(config.rules, optional=config.rules_optional,
+                             sigma_skip_unsupported=config.sigma_skip_unsupported)
+        for skipped in ruleset.skipped:
+            _log.warning("sigma rule skipped (sigma.skip_unsupported is on): %s", skipped)
     except LoadError as exc:
         problems.append(exc)
     except LoadErrors as exc:

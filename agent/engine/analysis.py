@@ -90,21 +90,32 @@ class Trigger:
     op: str  # eq | prefix | suffix | contains
     field: str
     value: Any
+    fold: bool = False  # tested against lower(field), as Sigma's case-insensitive matching needs
 
 
 _OP_COST = {"eq": 0, "prefix": 1, "suffix": 1, "contains": 2}
 _MIN_LITERAL = 3  # shorter substrings match too often to narrow anything
 
 
-def _cost(ts: tuple[Trigger, ...]) -> tuple[int, int, int]:
+def _cost(ts: tuple[Trigger, ...]) -> tuple[int, int, int, int]:
     worst = max(_OP_COST[t.op] for t in ts)
     weak = any(isinstance(t.value, bool) for t in ts)  # a bool splits events in two at best
-    return (int(weak), worst, len(ts))
+    # On a tie, the longer literal: "root" is on every host, "/var/opt/microsoft/scx/tmp" is not.
+    shortest = min(len(t.value) if isinstance(t.value, str) else 0 for t in ts)
+    return (int(weak), worst, len(ts), -shortest)
 
 
 def _field(node: ast.expr) -> str | None:
     d = _dotted(node)
     return d if d is not None and d in FIELDS and d != "event.kind" else None
+
+
+def _lowered(node: ast.expr) -> str | None:
+    """The field ``node`` reads through ``lower(field)``, if that is all it does."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "lower"
+            and len(node.args) == 1 and not node.keywords):
+        return _field(node.args[0])
+    return None
 
 
 def _regex_literal(pattern: str) -> str | None:
@@ -131,8 +142,11 @@ def _call_triggers(node: ast.Call, scope: Scope) -> tuple[Trigger, ...] | None:
     if not isinstance(node.func, ast.Name) or len(node.args) < 2:
         return None
     fld = _field(node.args[0])
+    fold = False
     if fld is None:
-        return None
+        fld, fold = _lowered(node.args[0]), True
+        if fld is None:
+            return None
     pats: list[str] = []
     for arg in node.args[1:]:
         vals = _values(arg, scope)
@@ -144,14 +158,15 @@ def _call_triggers(node: ast.Call, scope: Scope) -> tuple[Trigger, ...] | None:
         if any(len(p) < (1 if name != "contains" else _MIN_LITERAL) for p in pats):
             return None
         op = {"startswith": "prefix", "endswith": "suffix", "contains": "contains"}[name]
-        return tuple(Trigger(op, fld, p) for p in pats)
+        return tuple(Trigger(op, fld, p, fold) for p in pats)
     if name == "regex" and len(pats) == 1:
         lit = _regex_literal(pats[0])
-        return (Trigger("contains", fld, lit),) if lit else None
+        return (Trigger("contains", fld, lit, fold),) if lit else None
     if name == "glob":
         from agent.globs import literal_prefix
         prefixes = [literal_prefix(p) for p in pats]
-        return tuple(Trigger("prefix", fld, p) for p in prefixes) if all(len(p) >= 2 for p in prefixes) else None
+        return tuple(Trigger("prefix", fld, p, fold) for p in prefixes) if all(len(p) >= 2 for p in prefixes) \
+            else None
     return None
 
 
@@ -183,6 +198,9 @@ def triggers(node: ast.expr, scope: Scope, depth: int = 0) -> tuple[Trigger, ...
                 except ValueError:
                     return None
             return tuple(Trigger("eq", fld, v) for v in vals)
+        low = _lowered(left)
+        if low is not None and vals and all(isinstance(v, str) for v in vals):
+            return tuple(Trigger("eq", low, v, True) for v in vals)
         if (isinstance(left, ast.Call) and isinstance(left.func, ast.Name) and left.func.id == "basename"
                 and len(left.args) == 1 and _field(left.args[0]) and vals
                 and all(isinstance(v, str) and v for v in vals)):

@@ -15,6 +15,8 @@ from typing import Any
 
 from agent.engine.expr import FUNCTIONS, Predicate, Scope, compile_when
 from agent.engine.message import Template, compile_template
+from agent.engine.sigma import PACK as SIGMA_PACK
+from agent.engine.sigma import is_sigma, translate, unsupported_only
 from agent.errors import LoadError, LoadErrors, Location, Problems
 from agent.events import GROUPS
 from agent.schema import expect_bool, expect_list, expect_map, expect_str, str_list
@@ -87,6 +89,8 @@ class RuleSet:
     files: tuple[str, ...]
     disabled: tuple[str, ...] = ()
     lists: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # Sigma rules left out under ``sigma: {skip_unsupported: true}``, each with its place and reason.
+    skipped: tuple[LoadError, ...] = ()
 
     def by_id(self) -> dict[str, Rule]:
         """Rules keyed by id."""
@@ -110,7 +114,9 @@ def expand_paths(paths: Iterable[str | Path], problems: Problems,
 
 
 class _Loader:
-    def __init__(self) -> None:
+    def __init__(self, sigma_skip_unsupported: bool = False) -> None:
+        self.sigma_skip_unsupported = sigma_skip_unsupported
+        self.skipped: list[LoadError] = []
         self.problems = Problems()
         self.lists: dict[str, tuple[Any, ...]] = {}
         self.macros: dict[str, tuple[str, Location]] = {}
@@ -124,7 +130,22 @@ class _Loader:
             self.problems.append(exc)
             return
         self.files.append(str(path))
+        if is_sigma(doc):  # told apart by content, not by name or place
+            self.sigma(doc, str(path))
+            return
         self.pack(doc, str(path))
+
+    def sigma(self, doc: LDict, path: str) -> None:
+        """A Sigma rule file (agent/engine/sigma.py): translated here, merged and compiled like pack rules."""
+        try:
+            s = translate(doc, path)
+        except LoadErrors as exc:
+            if self.sigma_skip_unsupported and unsupported_only(exc):
+                self.skipped.extend(exc.errors)
+            else:
+                self.problems.extend(exc.errors)
+            return
+        self.rules[s.id] = _Raw(s.id, SIGMA_PACK, path, s.where, s.values, s.value_where)
 
     def pack(self, doc: Any, path: str) -> None:
         p = self.problems
@@ -230,7 +251,7 @@ class _Loader:
                 if exc not in self.problems and str(exc) not in {str(x) for x in self.problems}:
                     self.problems.append(exc)
         self.problems.raise_if_any()
-        return RuleSet(tuple(compiled), tuple(self.files), tuple(disabled), dict(self.lists))
+        return RuleSet(tuple(compiled), tuple(self.files), tuple(disabled), dict(self.lists), tuple(self.skipped))
 
     def compile_rule(self, raw: _Raw, scope: Scope) -> Rule:
         v, w = raw.values, raw.value_where
@@ -306,9 +327,15 @@ def _lang_at(value: Any, lang: str, default: Location) -> Location:
     return value.at(lang) if isinstance(value, LDict) else default
 
 
-def load_rules(paths: Sequence[str | Path], optional: Iterable[str | Path] = ()) -> RuleSet:
-    """Load, merge and compile rule files and directories; raise LoadErrors on any problem."""
-    loader = _Loader()
+def load_rules(paths: Sequence[str | Path], optional: Iterable[str | Path] = (), *,
+               sigma_skip_unsupported: bool = False) -> RuleSet:
+    """Load, merge and compile rule files and directories; raise LoadErrors on any problem.
+
+    With ``sigma_skip_unsupported`` (config ``sigma: {skip_unsupported: true}``), a Sigma rule that
+    only uses constructs DutyWatch cannot evaluate is left out and listed in ``RuleSet.skipped``
+    instead of failing the load; malformed Sigma rules still fail it.
+    """
+    loader = _Loader(sigma_skip_unsupported)
     for path in expand_paths(paths, loader.problems, optional):
         loader.read(path)
     return loader.compile()
