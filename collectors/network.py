@@ -152,7 +152,13 @@ class NetworkCollector:
         return Availability("poll", problem)
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        """Emit events until ``stop`` is set; CollectorError when this collector cannot run here."""
+        """Emit events until ``stop`` is set; CollectorError when this collector cannot run here.
+
+        ``health.up`` turns true only once packets are being captured (or the
+        first poll is taken): a connection made before that is not seen, so
+        whoever waits for "up" must not be told so earlier.
+        """
+        self.health.up = False
         avail = self.available()
         if avail.mode is None:
             raise CollectorError(f"network collector cannot run: {avail.reason}")

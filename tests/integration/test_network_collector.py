@@ -334,3 +334,31 @@ def test_a_process_that_exits_at_once_is_never_misnamed(
         assert ev.process.exe in (None, BASH)
     unnamed = sum(1 for e in events if e.process.pid is None)
     assert run.collector.health.drops.get("no_process", 0) >= unnamed  # every loss is counted
+
+
+def test_up_is_reported_only_once_connections_are_watched() -> None:
+    """A supervisor may mark a collector up before run(); run() takes that back until it is watching."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_lister() -> list[object]:
+        started.set()
+        release.wait(15)
+        return []
+
+    c = NetworkCollector({"mode": "poll"}, lister=slow_lister)
+    c.health.up = True
+    stop = threading.Event()
+    t = threading.Thread(target=c.run, args=(lambda e: True, stop), daemon=True)
+    t.start()
+    try:
+        assert started.wait(15)
+        assert not c.health.up  # the first listing has not come back: nothing is being watched yet
+        release.set()
+        deadline = time.monotonic() + 15
+        while not c.health.up and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.health.up and c.health.mode == "poll"
+    finally:
+        release.set()
+        stop.set()
+        t.join(5)
