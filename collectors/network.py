@@ -8,10 +8,14 @@ diffs psutil's socket list once a second instead. In both modes the listen
 tables are diffed once a second for ``net.listen``; the sockets listening
 when the collector starts are reported once, as an inventory.
 
-The process behind each event is found through its socket (``SockMap``).
-When it cannot be found (the process already exited, or /proc/PID/fd is
-not readable without CAP_SYS_PTRACE) the event is still emitted with an
-empty process and the loss is counted as drop reason ``no_process``.
+The process behind each event is found through its socket (``SockMap``),
+its fields are read, and the owner is confirmed again afterwards, so a pid
+that changed hands in between is never reported. When the process cannot
+be found (it exited before its first packet was looked at: a connection
+that opens and closes within a millisecond; or /proc/PID/fd is not
+readable without CAP_SYS_PTRACE) the event is still emitted with what is
+known (the socket's uid, the pid if it was seen) and the loss is counted
+as drop reason ``no_process``.
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ from collectors.sniff import (
 from collectors.sockmap import (
     TCP_LISTEN,
     UDP_UNCONNECTED,
+    Found,
     ProcessLookup,
     ProcReader,
     SockEntry,
     SockMap,
     ephemeral_range,
     read_tables,
+    system_user,
 )
 
 log = logging.getLogger(__name__)
@@ -146,7 +152,13 @@ class NetworkCollector:
         return Availability("poll", problem)
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        """Emit events until ``stop`` is set; CollectorError when this collector cannot run here."""
+        """Emit events until ``stop`` is set; CollectorError when this collector cannot run here.
+
+        ``health.up`` turns true only once packets are being captured (or the
+        first poll is taken): a connection made before that is not seen, so
+        whoever waits for "up" must not be told so earlier.
+        """
+        self.health.up = False
         avail = self.available()
         if avail.mode is None:
             raise CollectorError(f"network collector cannot run: {avail.reason}")
@@ -239,25 +251,41 @@ class NetworkCollector:
             key = ("udp", pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
         if not self._flows.first(key):
             return  # a retransmitted SYN, a later datagram of a flow, or the AAAA twin of an A query
-        _, pid = self.sockmap.lookup(pkt.proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
+        found = self.sockmap.find(pkt.proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
         net = Net(proto=pkt.proto, direction=direction, local_ip=pkt.src_ip, local_port=pkt.src_port,
                   remote_ip=pkt.dst_ip, remote_port=pkt.dst_port, domain=domain)
-        self._emit(emit, kind, net, pid)
+        self._emit_found(emit, kind, net, found)
 
     def _emit_listens(self, emit: Emit, listens: ListenWatcher) -> None:
         for e in listens.poll():
             net = Net(proto=e.proto, local_ip=e.local_ip, local_port=e.local_port)
-            self._emit(emit, "net.listen", net, self.sockmap.pid_of(e.inode))
+            self._emit_found(emit, "net.listen", net, Found(e.inode, self.sockmap.owner_of(e.inode), e.uid))
+
+    def _emit_found(self, emit: Emit, kind: str, net: Net, found: Found) -> None:
+        """Emit with the socket's owner, read and then confirmed; else with the pid and uid known."""
+        owner = found.owner
+        got = self._lookup(owner.pid) if owner is not None else None
+        if got is not None and owner is not None and found.inode is not None \
+                and self.sockmap.confirm(owner, found.inode):
+            self._send(emit, kind, net, *got)
+            return
+        self.health.drop("no_process")
+        uid = found.uid
+        process = Process(pid=owner.pid if owner else None, uid=uid, user=system_user(uid))
+        self._send(emit, kind, net, process, Parent())
 
     def _emit(self, emit: Emit, kind: str, net: Net, pid: int | None) -> None:
         process, parent = Process(), Parent()
-        found = self._lookup(pid) if pid is not None else None
-        if found is not None:
-            process, parent = found
+        got = self._lookup(pid) if pid is not None else None
+        if got is not None:
+            process, parent = got
         else:
             self.health.drop("no_process")
             if pid is not None:
                 process = Process(pid=pid)
+        self._send(emit, kind, net, process, parent)
+
+    def _send(self, emit: Emit, kind: str, net: Net, process: Process, parent: Parent) -> None:
         now = self.sources.clock()
         emit(Event(kind=kind, time=now, collector=self.name, process=process, parent=parent, net=net))
         self.health.saw(now)

@@ -2,12 +2,19 @@
 
 A packet names a socket by its addresses; an exact netlink sock_diag
 lookup (or, where that is unusable and for fixture trees, the
-/proc/net/{tcp,udp}[6] tables) turns them into the socket's inode, and the
-``socket:[inode]`` links under /proc/PID/fd turn the inode into a pid. The
-inode -> pid map is cached (bounded LRU) and refreshed on a miss by a scan
-that visits the pids that owned sockets recently first, then the others
-newest first, and stops at the owner. Files are read below a ``proc_root``
-so tests use a fixture tree.
+/proc/net/{tcp,udp}[6] tables) turns them into the socket's inode and uid,
+and the ``socket:[inode]`` links under /proc/PID/fd turn the inode into an
+owner (pid, fd, start time). The inode -> owner map is cached (bounded LRU)
+and refreshed on a miss by a scan that visits the pids that owned sockets
+recently first, then the others newest first, and stops at the owner.
+
+A cached owner is used only while its fd link still names the socket (a
+socket handed on by fork or SCM_RIGHTS, or a reused pid, must not name the
+old owner), and ``confirm`` tells the caller whether its read of the
+owner's process was of that same process. A process that exits before its
+first packet is looked at has no fd table left (a zombie shows none); the
+socket's uid from sock_diag, while the socket lasts, still names the user.
+Files are read below a ``proc_root`` so tests use a fixture tree.
 
 ``ProcReader`` is a small private reader of /proc/PID, used through the
 ``ProcessLookup`` signature so a fuller process reader can replace it.
@@ -123,8 +130,19 @@ _NOCOOKIE = 0xFFFFFFFF
 _PROTO_NUM = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
-def diag_inode(proto: str, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> int | None:
-    """The inode of one socket by exact lookup over netlink sock_diag; None when there is none.
+@dataclass(frozen=True, slots=True)
+class DiagSock:
+    """What sock_diag tells of one socket: its inode (0: it owns no file) and its uid (None when unknown)."""
+
+    inode: int
+    uid: int | None
+
+
+_NO_UID_STATES = frozenset({TCP_SYN_RECV, 0x06})  # request and TIME_WAIT sockets report uid 0 for "none"
+
+
+def diag_socket(proto: str, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> DiagSock | None:
+    """One socket by exact lookup over netlink sock_diag; None when there is none.
 
     A hash lookup in the kernel, where reading /proc/net/tcp walks the whole
     table (milliseconds on a big host). OSError when sock_diag is unusable.
@@ -149,11 +167,20 @@ def diag_inode(proto: str, local_ip: str, local_port: int, remote_ip: str, remot
         if err in (errno.ENOENT, 0):
             return None
         raise OSError(err, os.strerror(err))
-    # struct inet_diag_msg after the 16-byte header: the inode is its last u32 at offset 68
-    return int(struct.unpack_from("=I", reply, 16 + 68)[0])
+    # struct inet_diag_msg after the 16-byte header: state at 1, then uid and inode, its last two u32s
+    state = reply[16 + 1]
+    uid, inode = struct.unpack_from("=II", reply, 16 + 64)
+    return DiagSock(int(inode), None if proto == "tcp" and state in _NO_UID_STATES else int(uid))
 
 
-def _socket_inodes(fd_dir: Path) -> Iterator[int]:
+def diag_inode(proto: str, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> int | None:
+    """The inode of one socket by exact sock_diag lookup; None when there is none (see ``diag_socket``)."""
+    found = diag_socket(proto, local_ip, local_port, remote_ip, remote_port)
+    return found.inode if found is not None else None
+
+
+def _socket_links(fd_dir: Path) -> Iterator[tuple[int, int]]:
+    """(inode, fd) of every socket in one fd directory."""
     try:
         names = os.listdir(fd_dir)
     except OSError:
@@ -165,13 +192,49 @@ def _socket_inodes(fd_dir: Path) -> Iterator[int]:
             continue
         if target.startswith("socket:["):
             try:
-                yield int(target[8:-1])
+                yield int(target[8:-1]), int(name)
             except ValueError:
                 continue
 
 
+def _stat_fields(text: str) -> tuple[str | None, list[str]]:
+    """The name and the fields after it of a /proc/PID/stat line (the name may hold spaces and parens)."""
+    close = text.rfind(")")
+    if close <= 0:
+        return None, []
+    return text[text.find("(") + 1:close], text[close + 2:].split()
+
+
+def start_ticks(proc_root: Path, pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot; None when it is gone. (pid, start) names one process."""
+    try:
+        text = (proc_root / str(pid) / "stat").read_text(errors="replace")
+    except OSError:
+        return None
+    _, fields = _stat_fields(text)
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A process holding a socket: its pid, the fd it holds it at, its start time in ticks (None: unread)."""
+
+    pid: int
+    fd: int
+    start: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A packet's socket: inode (None: no socket with a file), owner (None: not found) and the socket's uid."""
+
+    inode: int | None = None
+    owner: Owner | None = None
+    uid: int | None = None
+
+
 class SockMap:
-    """Socket inode -> owning pid, cached and refreshed on a miss."""
+    """Socket inode -> owning process, cached, checked on every use and refreshed on a miss."""
 
     def __init__(self, proc_root: Path = Path("/proc"), max_entries: int = 8192, hot_pids: int = 256,
                  netlink: bool | None = None) -> None:
@@ -183,7 +246,7 @@ class SockMap:
         self.proc_root = proc_root
         self.max_entries = max_entries
         self.netlink = proc_root == Path("/proc") if netlink is None else netlink
-        self._owner: OrderedDict[int, int] = OrderedDict()
+        self._owner: OrderedDict[int, Owner] = OrderedDict()
         self._hot: OrderedDict[int, None] = OrderedDict()
         self._hot_max = hot_pids
         self.scans = 0
@@ -191,38 +254,80 @@ class SockMap:
     def lookup(self, proto: str, local_ip: str, local_port: int,
                remote_ip: str | None = None, remote_port: int | None = None) -> tuple[int | None, int | None]:
         """The inode of the socket for these addresses (looked up now) and its owner pid, or None for each."""
-        inode = self.find_inode(proto, local_ip, local_port, remote_ip, remote_port)
-        if inode is None:
-            return None, None
-        return inode, self.pid_of(inode)
+        found = self.find(proto, local_ip, local_port, remote_ip, remote_port)
+        return found.inode, found.owner.pid if found.owner else None
 
-    def find_inode(self, proto: str, local_ip: str, local_port: int,
-                   remote_ip: str | None = None, remote_port: int | None = None) -> int | None:
-        """The inode of the socket a packet belongs to; a request socket gives its listener's."""
+    def find(self, proto: str, local_ip: str, local_port: int,
+             remote_ip: str | None = None, remote_port: int | None = None) -> Found:
+        """The socket a packet belongs to, its uid and its owner, all looked up now."""
+        sock = self.find_socket(proto, local_ip, local_port, remote_ip, remote_port)
+        if sock is None:
+            return Found()
+        if not sock.inode:
+            return Found(uid=sock.uid)  # closed by a process that already exited: only its uid is left
+        return Found(sock.inode, self.owner_of(sock.inode), sock.uid)
+
+    def find_socket(self, proto: str, local_ip: str, local_port: int,
+                    remote_ip: str | None = None, remote_port: int | None = None) -> DiagSock | None:
+        """The socket a packet belongs to; one that owns no file gives its listener, else inode 0."""
         if self.netlink and remote_ip is not None and remote_port is not None:
             try:
-                inode = diag_inode(proto, local_ip, local_port, remote_ip, remote_port)
-                if not inode:  # no socket, or one that owns no file yet (SYN_RECV, accept queue)
-                    wildcard = "::" if ":" in local_ip else "0.0.0.0"  # noqa: S104
-                    inode = diag_inode(proto, local_ip, local_port, wildcard, 0)
-                return inode or None
+                exact = diag_socket(proto, local_ip, local_port, remote_ip, remote_port)
+                if exact is not None and exact.inode:
+                    return exact
+                # no socket, or one that owns no file (SYN_RECV, accept queue, closed): its listener if any
+                wildcard = "::" if ":" in local_ip else "0.0.0.0"  # noqa: S104
+                bound = diag_socket(proto, local_ip, local_port, wildcard, 0)
+                return bound if bound is not None and bound.inode else exact
             except OSError:
                 self.netlink = False  # e.g. no sock_diag in this kernel or container
         entry = match_socket(read_tables(self.proc_root, proto), local_ip, local_port, remote_ip, remote_port)
-        return entry.inode if entry else None
+        return DiagSock(entry.inode, entry.uid) if entry else None
 
     def pid_of(self, inode: int) -> int | None:
-        """The pid holding socket ``inode``; scans /proc on a cache miss or a stale hit."""
-        pid = self._owner.get(inode)
-        if pid is not None:
-            if (self.proc_root / str(pid)).exists():
-                self._owner.move_to_end(inode)
-                return pid
-            del self._owner[inode]
+        """The pid holding socket ``inode`` now (see ``owner_of``)."""
+        owner = self.owner_of(inode)
+        return owner.pid if owner else None
+
+    def owner_of(self, inode: int) -> Owner | None:
+        """The process holding socket ``inode`` now; a cached owner is used only while it still holds it."""
+        owner = self._owner.get(inode)
+        if owner is not None:
+            if self.holds(owner, inode):
+                if owner.start is None:
+                    owner = self._with_start(owner, inode)
+                if owner is not None:
+                    self._remember(inode, owner)
+                    return owner
+            self._owner.pop(inode, None)
         return self._scan(inode)
 
-    def _remember(self, inode: int, pid: int) -> None:
-        self._owner[inode] = pid
+    def holds(self, owner: Owner, inode: int) -> bool:
+        """True while ``owner`` still has socket ``inode`` open at its fd."""
+        try:
+            return os.readlink(self.proc_root / str(owner.pid) / "fd" / str(owner.fd)) == f"socket:[{inode}]"
+        except OSError:
+            return False
+
+    def confirm(self, owner: Owner, inode: int) -> bool:
+        """After the caller read ``owner``'s process: True when that read was of the owner, not of a reused pid.
+
+        The owner still holding the socket proves it; so does an unchanged start
+        time (a process that closed the socket or is exiting is still itself).
+        """
+        if self.holds(owner, inode):
+            return True
+        return owner.start is not None and start_ticks(self.proc_root, owner.pid) == owner.start
+
+    def _with_start(self, owner: Owner, inode: int) -> Owner | None:
+        start = start_ticks(self.proc_root, owner.pid)
+        # read the link again: a pid reused between the two reads would not hold the socket
+        if start is None or not self.holds(owner, inode):
+            return None
+        return Owner(owner.pid, owner.fd, start)
+
+    def _remember(self, inode: int, owner: Owner) -> None:
+        self._owner[inode] = owner
         self._owner.move_to_end(inode)
         while len(self._owner) > self.max_entries:
             self._owner.popitem(last=False)
@@ -238,22 +343,28 @@ class SockMap:
         pids = sorted((int(n) for n in names if n.isdigit()), reverse=True)
         yield from (p for p in pids if p not in seen)
 
-    def _scan(self, inode: int) -> int | None:
+    def _scan(self, inode: int) -> Owner | None:
         self.scans += 1
         for pid in self._candidates():
-            found = False
-            for ino in _socket_inodes(self.proc_root / str(pid) / "fd"):
-                # Record every socket seen: listener inventories then cost one scan.
+            fd: int | None = None
+            for ino, n in _socket_links(self.proc_root / str(pid) / "fd"):
+                # Record every socket seen (checked again when used): listener inventories then cost one scan.
                 if ino not in self._owner:
-                    self._remember(ino, pid)
-                found = found or ino == inode
-            if found:
-                self._remember(inode, pid)
-                self._hot[pid] = None
-                self._hot.move_to_end(pid)
-                while len(self._hot) > self._hot_max:
-                    self._hot.popitem(last=False)
-                return pid
+                    self._remember(ino, Owner(pid, n))
+                if ino == inode and fd is None:
+                    fd = n
+            if fd is None:
+                continue
+            owner = self._with_start(Owner(pid, fd), inode)
+            if owner is None:
+                continue  # it let go of the socket, or exited, while we looked: another may hold it too
+            self._remember(inode, owner)
+            self._hot[pid] = None
+            self._hot.move_to_end(pid)
+            while len(self._hot) > self._hot_max:
+                self._hot.popitem(last=False)
+            return owner
+        self._owner.pop(inode, None)
         return None
 
 
@@ -281,7 +392,8 @@ def _boot_time(proc_root: Path) -> float | None:
     return None
 
 
-def _user(uid: int | None) -> str | None:
+def system_user(uid: int | None) -> str | None:
+    """The account name of ``uid`` in the system's account database, or None."""
     if uid is None:
         return None
     try:
@@ -320,9 +432,7 @@ class ProcReader:
         stat = _read(base / "stat")
         if stat is None:
             return None
-        close = stat.rfind(")")
-        name = stat[stat.find("(") + 1:close] if close > 0 else None
-        fields = stat[close + 2:].split() if close > 0 else []
+        name, fields = _stat_fields(stat)
         ppid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
         start: float | None = None
         if len(fields) > 19 and fields[19].isdigit() and self._btime is not None:
@@ -340,7 +450,7 @@ class ProcReader:
         if exe is not None and exe.endswith(" (deleted)"):
             exe = exe[: -len(" (deleted)")]
         return Process(pid=pid, ppid=ppid, name=name, exe=exe, cmdline=cmdline or None,
-                       cwd=_link(base / "cwd"), uid=uid, user=_user(uid), loginuid=loginuid, start_time=start)
+                       cwd=_link(base / "cwd"), uid=uid, user=system_user(uid), loginuid=loginuid, start_time=start)
 
 
 def ephemeral_range(proc_root: Path) -> tuple[int, int]:

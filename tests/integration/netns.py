@@ -1,5 +1,9 @@
 """Test hosts in network namespaces: a veth pair into a namespace with TCP and DNS servers.
 
+The TCP server on port 8080 holds each connection open until its client
+closes it, so a client lives as long as the test means it to; the one on
+``QUICK_PORT`` closes each connection as soon as it is accepted.
+
 Addresses come from the benchmark ranges (198.18.0.0/15, 2001:2::/48) and
 live only on the two veth ends each test creates and removes.
 """
@@ -15,18 +19,37 @@ import sys
 
 _seq = itertools.count()
 
+QUICK_PORT = 8081
+
 SERVER = r"""
 import socket, sys, threading
+QUICK = int(sys.argv[1])
 socks = []
-for a in sys.argv[1:]:
+for a in sys.argv[2:]:
     fam = socket.AF_INET6 if ":" in a else socket.AF_INET
     t = socket.socket(fam, socket.SOCK_STREAM)
     t.bind((a, 8080)); t.listen(16); socks.append(t)
+    q = socket.socket(fam, socket.SOCK_STREAM)
+    q.bind((a, QUICK)); q.listen(16); socks.append(q)
     u = socket.socket(fam, socket.SOCK_DGRAM)
     u.bind((a, 53)); socks.append(u)
+def hold(c):
+    # Keep each connection open until the client closes it (or 60 s pass), as a real server would:
+    # a client that waits for an answer must not be cut off at once.
+    c.settimeout(60)
+    try:
+        while c.recv(4096):
+            pass
+    except OSError:
+        pass
+    c.close()
 def tcp(s):
     while True:
-        c, _ = s.accept(); c.close()
+        c, _ = s.accept()
+        if s.getsockname()[1] == QUICK:
+            c.close()
+        else:
+            threading.Thread(target=hold, args=(c,), daemon=True).start()
 def dns(s):
     while True:
         q, peer = s.recvfrom(512)
@@ -67,7 +90,8 @@ class VethPair:
         _ip("-n", self.ns, "link", "set", self.ns_if, "up")
         _ip("-n", self.ns, "link", "set", "lo", "up")
         self.server = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-c", SERVER, self.peer_ip, self.peer_ip6],
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", SERVER, str(QUICK_PORT), self.peer_ip,
+             self.peer_ip6],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert _line(self.server, 15) == "ready"
 

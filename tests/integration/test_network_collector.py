@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -18,12 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent.events import Event
 from collectors.network import NetworkCollector
 from collectors.sniff import DecodeError, decode, dns_query_name
-from tests.integration.netns import VethPair, _end, _line
+from tests.integration.netns import QUICK_PORT, VethPair, _end, _line
 
 pytestmark = [
     pytest.mark.root,
@@ -32,6 +34,8 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 EXE = os.path.realpath(sys.executable)
+BASH = os.path.realpath("/bin/bash")
+USER_UID = 1000
 _seq = itertools.count()
 
 CLIENT = r"""
@@ -242,3 +246,119 @@ def test_unprivileged_start_falls_back_to_polling() -> None:
     assert ("net.listen", got["port"], None) in kinds
     assert any(k == "net.connect" and rport == got["port"] for k, _, rport in kinds)
     assert "poll mode" in out.stderr  # the reduced fidelity is said out loud
+
+
+# bash connects and keeps the connection until the test closes its stdin.
+HOLD = "exec 3<>/dev/tcp/{peer}/{port} && echo connected && read -r _"
+
+
+def _bash_as(uid: int, script: str) -> subprocess.Popen[str]:
+    """bash running ``script`` as ``uid`` (set in the child before exec, no Python code runs there)."""
+    return subprocess.Popen(["/bin/bash", "-c", script], user=uid, group=uid, extra_groups=[],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _holding(uid: int, peer: str) -> tuple[subprocess.Popen[str], int]:
+    """A bash child of ``uid`` connected to ``peer``:8080, and its local port."""
+    child = _bash_as(uid, HOLD.format(peer=peer, port=8080))
+    assert _line(child, 15) == "connected"
+    (conn,) = [c for c in psutil.Process(child.pid).net_connections(kind="tcp") if c.raddr]
+    return child, conn.laddr.port
+
+
+def _connect_from(run: Running, peer: str, port: int) -> Event:
+    return run.find(lambda e: e.kind == "net.connect" and e.net.remote_ip == peer and e.net.local_port == port,
+                    f"no net.connect from port {port}")
+
+
+def _account(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def test_connect_by_another_users_process_names_its_pid_exe_and_uid(
+        veth: VethPair, running: Callable[[NetworkCollector], Running]) -> None:
+    veth.create()
+    run = running(NetworkCollector({"mode": "sniff", "interfaces": [veth.host_if]}))
+    child, port = _holding(USER_UID, veth.peer_ip)
+    try:
+        conn = _connect_from(run, veth.peer_ip, port)
+        assert (conn.process.pid, conn.process.exe, conn.process.uid) == (child.pid, BASH, USER_UID)
+        assert conn.process.user == _account(USER_UID) and conn.process.ppid == os.getpid()
+        assert run.collector.health.drops.get("no_process", 0) == 0
+    finally:
+        _end(child)
+
+
+def test_children_connecting_in_turn_each_get_their_own_pid(
+        veth: VethPair, running: Callable[[NetworkCollector], Running]) -> None:
+    veth.create()
+    run = running(NetworkCollector({"mode": "sniff", "interfaces": [veth.host_if]}))
+    first, first_port = _holding(USER_UID, veth.peer_ip)
+    second: subprocess.Popen[str] | None = None
+    third: subprocess.Popen[str] | None = None
+    try:
+        assert _connect_from(run, veth.peer_ip, first_port).process.pid == first.pid
+        second, second_port = _holding(USER_UID, veth.peer_ip)  # while the first still holds its own
+        assert _connect_from(run, veth.peer_ip, second_port).process.pid == second.pid
+        _end(first)
+        third, third_port = _holding(0, veth.peer_ip)  # after the first has gone, as another user
+        got = _connect_from(run, veth.peer_ip, third_port).process
+        assert (got.pid, got.uid) == (third.pid, 0)
+    finally:
+        for child in (first, second, third):
+            if child is not None:
+                _end(child)
+
+
+def test_a_process_that_exits_at_once_is_never_misnamed(
+        veth: VethPair, running: Callable[[NetworkCollector], Running]) -> None:
+    """Connections that open and close within a millisecond: the owner may be gone before it is looked for."""
+    veth.create()
+    run = running(NetworkCollector({"mode": "sniff", "interfaces": [veth.host_if]}))
+    pids: list[int] = []
+    for _ in range(5):
+        child = _bash_as(USER_UID, f"exec 3<>/dev/tcp/{veth.peer_ip}/{QUICK_PORT}")
+        child.communicate(timeout=15)
+        pids.append(child.pid)
+    def quick() -> list[Event]:
+        return [e for e in list(run.events) if e.kind == "net.connect" and e.net.remote_port == QUICK_PORT]
+
+    run.wait(lambda: len(quick()) == len(pids), "not every quick connection was reported")
+    events = quick()  # in the order of their SYNs, which is the order the children ran in
+    for pid, ev in zip(pids, events, strict=True):
+        assert ev.process.pid in (None, pid)  # the child itself, or no one: never another process
+        assert ev.process.uid in (None, USER_UID)
+        assert ev.process.exe in (None, BASH)
+    unnamed = sum(1 for e in events if e.process.pid is None)
+    assert run.collector.health.drops.get("no_process", 0) >= unnamed  # every loss is counted
+
+
+def test_up_is_reported_only_once_connections_are_watched() -> None:
+    """A supervisor may mark a collector up before run(); run() takes that back until it is watching."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_lister() -> list[object]:
+        started.set()
+        release.wait(15)
+        return []
+
+    c = NetworkCollector({"mode": "poll"}, lister=slow_lister)
+    c.health.up = True
+    stop = threading.Event()
+    t = threading.Thread(target=c.run, args=(lambda e: True, stop), daemon=True)
+    t.start()
+    try:
+        assert started.wait(15)
+        assert not c.health.up  # the first listing has not come back: nothing is being watched yet
+        release.set()
+        deadline = time.monotonic() + 15
+        while not c.health.up and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.health.up and c.health.mode == "poll"
+    finally:
+        release.set()
+        stop.set()
+        t.join(5)

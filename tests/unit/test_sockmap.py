@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from collectors.network import FlowSet, ListenWatcher
+from agent.events import Event, Net, Parent, Process
+from collectors.base import Sources
+from collectors.network import FlowSet, ListenWatcher, NetworkCollector
 from collectors.sockmap import (
     TCP_SYN_SENT,
+    Found,
+    Owner,
     ProcReader,
     SockMap,
     diag_inode,
+    diag_socket,
     match_socket,
     parse_table,
     read_tables,
@@ -142,6 +147,84 @@ def test_owner_is_cached_and_refreshed_when_the_process_is_gone(proc: Path) -> N
     assert m.scans == scans + 1
 
 
+def _close_fd(proc: Path, pid: int, fd: int) -> None:
+    (proc / str(pid) / "fd" / str(fd)).unlink()
+
+
+def test_socket_handed_to_another_process_is_not_named_for_its_old_owner(proc: Path) -> None:
+    m = SockMap(proc)
+    assert m.pid_of(1002) == 4242
+    # A fork hands the connection to a child and the parent closes its copy but lives on.
+    _proc(proc, 5000, [1002], ppid=4242)
+    _close_fd(proc, 4242, 3)
+    assert m.pid_of(1002) == 5000
+    assert m.lookup("tcp", "10.0.0.5", 40000, "93.184.216.34", 443) == (1002, 5000)
+
+
+def test_sockets_learnt_in_passing_are_checked_before_use(proc: Path) -> None:
+    m = SockMap(proc)
+    assert m.pid_of(1002) == 4242  # the scan also noted 2002 at 4242
+    _close_fd(proc, 4242, 4)
+    _proc(proc, 5000, [2002])
+    assert m.pid_of(2002) == 5000
+
+
+def test_find_gives_the_owner_its_fd_start_time_and_the_socket_uid(proc: Path) -> None:
+    got = SockMap(proc).find("tcp", "10.0.0.5", 40000, "93.184.216.34", 443)
+    assert got == Found(inode=1002, owner=Owner(pid=4242, fd=3, start=500), uid=1000)
+    assert SockMap(proc).find("tcp", "10.0.0.5", 40001, "93.184.216.34", 443) == Found()
+
+
+def test_a_read_is_confirmed_only_while_the_pid_is_still_the_owner(proc: Path) -> None:
+    m = SockMap(proc)
+    owner = m.owner_of(1002)
+    assert owner is not None and m.confirm(owner, 1002)
+    _close_fd(proc, 4242, 3)
+    assert m.confirm(owner, 1002)  # closed it (or exiting): still the same process
+    (proc / "4242" / "stat").write_text("4242 (curl) S 1 " + " ".join(["0"] * 17) + " 900 0 0\n")
+    assert not m.confirm(owner, 1002)  # the pid now names a process started later
+
+
+def _gone(proc: Path, pid: int) -> None:
+    for f in (proc / str(pid) / "fd").iterdir():
+        f.unlink()
+    (proc / str(pid) / "fd").rmdir()
+    for f in (proc / str(pid)).iterdir():
+        f.unlink()
+    (proc / str(pid)).rmdir()
+
+
+def test_event_never_carries_a_process_that_took_over_the_owners_pid(proc: Path) -> None:
+    """The owner exits and its pid is reused between the socket lookup and the read of the process."""
+    def reused(pid: int) -> tuple[Process, Parent] | None:
+        _gone(proc, pid)
+        _proc(proc, pid, [], name="other", exe="/usr/bin/other", uid=0, start_ticks=900)
+        return Process(pid=pid, exe="/usr/bin/other", uid=0, start_time=9.0), Parent()
+
+    c = NetworkCollector({"mode": "sniff"}, Sources(proc_root=proc), process_lookup=reused)
+    events: list[Event] = []
+    net = Net(proto="tcp", direction="out", local_ip="10.0.0.5", local_port=40000,
+              remote_ip="93.184.216.34", remote_port=443)
+    c._emit_found(lambda e: events.append(e) is None, "net.connect", net,
+                  c.sockmap.find("tcp", "10.0.0.5", 40000, "93.184.216.34", 443))
+    (ev,) = events
+    assert (ev.process.pid, ev.process.exe, ev.process.uid) == (4242, None, 1000)  # the socket's uid
+    assert c.health.drops == {"no_process": 1}
+
+
+def test_owner_gone_before_the_lookup_leaves_the_socket_uid(proc: Path) -> None:
+    _gone(proc, 4242)
+    c = NetworkCollector({"mode": "sniff"}, Sources(proc_root=proc))
+    events: list[Event] = []
+    net = Net(proto="tcp", direction="out", local_ip="10.0.0.5", local_port=40000,
+              remote_ip="93.184.216.34", remote_port=443)
+    c._emit_found(lambda e: events.append(e) is None, "net.connect", net,
+                  c.sockmap.find("tcp", "10.0.0.5", 40000, "93.184.216.34", 443))
+    (ev,) = events
+    assert (ev.process.pid, ev.process.exe, ev.process.uid) == (None, None, 1000)
+    assert c.health.drops == {"no_process": 1}
+
+
 def test_cache_is_bounded(proc: Path) -> None:
     _proc(proc, 6000, list(range(9000, 9050)))
     m = SockMap(proc, max_entries=10)
@@ -209,6 +292,8 @@ def test_live_lookup_by_netlink_matches_the_socket_files() -> None:
         with socket.create_connection(("127.0.0.1", port)) as cli:
             lip, lport = cli.getsockname()
             assert diag_inode("tcp", lip, lport, "127.0.0.1", port) == _ino(cli)
+            found = diag_socket("tcp", lip, lport, "127.0.0.1", port)
+            assert found is not None and found.uid == os.geteuid()
             # the server side sits in the accept queue without a file: its listener answers
             m = SockMap()
             assert m.netlink
