@@ -123,8 +123,8 @@ def stage(work: Path) -> Path:
     share.parent.mkdir(parents=True)
     # Rules live where agent.paths looks for an OS package, not inside the environment.
     shutil.move(venv / "share" / "dutywatch", share)
-    if not any((venv / "share").iterdir()):
-        (venv / "share").rmdir()
+    # What is left there (scapy's manual page) documents tools the package does not ship.
+    shutil.rmtree(venv / "share")
     dashboards = share / "dashboards"
     shutil.copytree(REPO / "dashboards", dashboards, ignore=shutil.ignore_patterns(".*", "__pycache__"))
     (root / "usr/bin").mkdir(parents=True)
