@@ -173,9 +173,11 @@ def _licence_from(meta: email.message.Message) -> str:
     return " or ".join(classifiers) or "see-metadata"
 
 
-def deb(work: Path, out: Path) -> Path:
-    """``dist/dutywatch_<version>_<arch>.deb``."""
-    root = stage(work)
+def deb(work: Path, out: Path, staged: Path | None = None) -> Path:
+    """``dist/dutywatch_<version>_<arch>.deb`` (from ``staged`` when already staged)."""
+    root = work / "deb-root"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(staged or stage(work), root, symlinks=True)
     ver = version()
     changelog = (HERE / "deb" / "changelog").read_text()
     first = changelog.split("\n", 1)[0]
@@ -215,12 +217,12 @@ def deb(work: Path, out: Path) -> Path:
 
 def glibc_needed(root: Path) -> str:
     """The newest GLIBC symbol version any shipped shared object asks for (e.g. ``2.28``)."""
-    best = (2, 17)
+    best = 17
     for so in root.rglob("*.so*"):
         if so.is_file() and not so.is_symlink():
-            for m in re.finditer(rb"GLIBC_(2\.\d+)(?:\.\d+)?\x00", so.read_bytes()):
-                best = max(best, tuple(int(x) for x in m.group(1).decode().split(".")))  # type: ignore[arg-type]
-    return ".".join(str(x) for x in best)
+            for m in re.finditer(rb"GLIBC_2\.(\d+)(?:\.\d+)?\x00", so.read_bytes()):
+                best = max(best, int(m.group(1)))
+    return f"2.{best}"
 
 
 def _md5(path: Path) -> str:
@@ -228,9 +230,9 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def rpm(work: Path, out: Path) -> Path:
+def rpm(work: Path, out: Path, staged: Path | None = None) -> Path:
     """``dist/dutywatch-<version>-1.<arch>.rpm``, built by rpmbuild from the same tree."""
-    root = stage(work)
+    root = staged or stage(work)
     top = work / "rpmbuild"
     shutil.rmtree(top, ignore_errors=True)
     run("rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {top}", "--define", f"stagedir {root}",
@@ -247,9 +249,9 @@ def rpm(work: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``build.py {stage,deb,rpm} [--work DIR] [--out DIR]``."""
+    """Command line: ``build.py {stage,deb,rpm,all} [--work DIR] [--out DIR]``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("what", choices=("stage", "deb", "rpm"))
+    ap.add_argument("what", choices=("stage", "deb", "rpm", "all"))
     ap.add_argument("--work", type=Path, default=REPO / "build" / "package")
     ap.add_argument("--out", type=Path, default=REPO / "dist")
     args = ap.parse_args(argv)
@@ -258,8 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         print(stage(work))
     elif args.what == "deb":
         print(deb(work, args.out.resolve()))
-    else:
+    elif args.what == "rpm":
         rpm(work, args.out.resolve())
+    else:
+        staged = stage(work)
+        print(deb(work, args.out.resolve(), staged))
+        rpm(work, args.out.resolve(), staged)
     return 0
 
 
