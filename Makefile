@@ -44,3 +44,8 @@ package:
 
 rpm:
 	$(PY) packaging/build.py rpm
+
+# Only the packaging tests: build both packages, lint them, install the deb in a
+# cached debootstrap root (/var/cache/dutywatch-test/bookworm.tar). Part of `make test` too.
+package-test: $(STAMP)
+	$(BIN)/pytest -q tests/packaging

@@ -93,8 +93,8 @@ def test_environment_is_relocated_onto_debian_python(unpacked: Path, built: Buil
     # Debian's interpreter imports everything the agent runs on from the unpacked environment.
     code = ("import sys, agent, collectors, yaml, psutil, prometheus_client, watchdog.observers, cryptography, "
             "bcrypt, pypdf, scapy.arch; print(sys.version_info[:2], agent.__file__)")
-    res = subprocess.run([str(venv / "bin" / "python3"), "-I", "-B", "-c", code], capture_output=True, text=True, cwd=unpacked,
-                         timeout=120)
+    res = subprocess.run([str(venv / "bin" / "python3"), "-I", "-B", "-c", code], capture_output=True, text=True,
+                         cwd=unpacked, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "(3, 11)" in res.stdout and str(venv) in res.stdout
 
