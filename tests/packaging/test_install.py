@@ -10,6 +10,7 @@ and unmounts them in a finalizer before anything is deleted.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -139,6 +140,12 @@ def _recv(sock: socket.socket, want: str, deadline: float) -> list[str]:
     pytest.fail(f"no {want} from the agent; it sent {seen}")
 
 
+def _deny_write_execute() -> None:
+    """The unit's MemoryDenyWriteExecute=yes, where the kernel has PR_SET_MDWE (Linux 6.3+)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(65, 1, 0, 0, 0)  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN; inherited across fork and exec
+
+
 def _fetch_in_netns(pid: int, url: str) -> str:
     code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
     res = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", code], capture_output=True,
@@ -164,7 +171,7 @@ def test_run_as_service_user_notifies_and_serves_metrics(installed: Path, tmp_pa
     log = tmp_path / "agent.log"
     with log.open("w") as out:
         proc = subprocess.Popen(["unshare", "--net", "--", "/bin/sh", "-c", agent_cmd], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=_deny_write_execute)
     try:
         _recv(notify, "READY=1", time.monotonic() + 120)
         _recv(notify, "WATCHDOG=1", time.monotonic() + 10)
