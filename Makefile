@@ -36,3 +36,16 @@ check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info var .mypy_cache .ruff_cache .pytest_cache
+
+# OS packages (packaging/build.py): dist/dutywatch_<version>_<arch>.deb and the rpm.
+.PHONY: package rpm package-test
+package:
+	$(PY) packaging/build.py deb
+
+rpm:
+	$(PY) packaging/build.py rpm
+
+# Only the packaging tests: build both packages, lint them, install the deb in a
+# cached debootstrap root (/var/cache/dutywatch-test/bookworm.tar). Part of `make test` too.
+package-test: $(STAMP)
+	$(BIN)/pytest -q tests/packaging

@@ -1,0 +1,235 @@
+"""Install the deb into a fresh Debian bookworm root and use it as an admin would.
+
+The root is made once with ``debootstrap --variant=minbase bookworm`` (with the
+packages the deb depends on downloaded, not installed) and cached as
+/var/cache/dutywatch-test/bookworm.tar; delete that file to start from a new
+debootstrap. Each run unpacks the tarball, mounts proc, sys and dev into it,
+and unmounts them in a finalizer before anything is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Built, need
+
+pytestmark = pytest.mark.root
+
+CACHE = Path("/var/cache/dutywatch-test")
+TARBALL = CACHE / "bookworm.tar"
+CAPS = "net_admin,sys_admin,net_raw,sys_ptrace,dac_read_search"
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
+
+
+def sh(root: Path, script: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a shell script inside the root, bounded in time."""
+    res = subprocess.run(["chroot", str(root), "/bin/sh", "-ec", script], env=ENV, capture_output=True,
+                         text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        pytest.fail(f"in the root: {script}\nexit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def make_tarball() -> None:
+    """debootstrap a minbase bookworm, pre-download the deb's dependencies, and tar it."""
+    need("debootstrap")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = CACHE / "bookworm.new"
+    shutil.rmtree(work, ignore_errors=True)
+    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(work)], check=True, timeout=900,
+                   capture_output=True)
+    shutil.copy("/etc/resolv.conf", work / "etc/resolv.conf")
+    sh(work, "apt-get update -qq && apt-get install -y -qq --download-only python3 python3.11 libpcap0.8",
+       timeout=600)
+    subprocess.run(["tar", "-C", str(work), "-cf", str(TARBALL) + ".part", "."], check=True, timeout=300)
+    os.replace(str(TARBALL) + ".part", TARBALL)
+    shutil.rmtree(work)
+
+
+def mounted_under(root: Path) -> list[str]:
+    """Mount points at or below ``root``, deepest first."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == str(root) or point.startswith(str(root) + "/"):
+            points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh bookworm root with proc, sys and dev mounted; unmounted and deleted afterwards."""
+    if not TARBALL.exists():
+        make_tarball()
+    base = tmp_path_factory.mktemp("bookworm")
+    r = base / "root"
+    r.mkdir()
+    subprocess.run(["tar", "-C", str(r), "-xf", str(TARBALL)], check=True, timeout=300)
+    shutil.copy("/etc/resolv.conf", r / "etc/resolv.conf")
+    try:
+        for what, args in (("proc", ["-t", "proc", "proc"]), ("sys", ["-t", "sysfs", "sysfs"]),
+                           ("dev", ["--rbind", "/dev"])):
+            subprocess.run(["mount", *args, str(r / what)], check=True, timeout=30)
+            if what == "dev":
+                subprocess.run(["mount", "--make-rslave", str(r / what)], check=True, timeout=30)
+        yield r
+    finally:
+        for point in mounted_under(r):
+            if subprocess.run(["umount", point], timeout=30).returncode != 0:
+                subprocess.run(["umount", "-l", point], timeout=30)
+        # Never delete through a mount that is still there: it would reach the host's /dev.
+        if not mounted_under(r):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def installed(root: Path, built: Built) -> Path:
+    """The deb installed with apt into the root, as an admin would."""
+    shutil.copy(built.deb, root / "tmp" / built.deb.name)
+    started = time.monotonic()
+    sh(root, f"apt-get install -y -qq /tmp/{built.deb.name}", timeout=600)
+    print(f"\napt-get install took {time.monotonic() - started:.0f} s")
+    return root
+
+
+def test_check_and_test_rules_pass(installed: Path) -> None:
+    res = sh(installed, "dutywatch check")
+    assert res.returncode == 0
+    res = sh(installed, "dutywatch test-rules", timeout=300)
+    last = res.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+ passed, 0 failed", last), last
+
+
+def test_user_state_directory_and_enabled_unit(installed: Path) -> None:
+    account = sh(installed, "getent passwd dutywatch").stdout.split(":")
+    assert account[5] == "/nonexistent" and "nologin" in account[6]
+    st = (installed / "var/lib/dutywatch").stat()
+    assert st.st_mode & 0o777 == 0o700
+    assert st.st_uid == int(account[2])
+    link = installed / "etc/systemd/system/multi-user.target.wants/dutywatch.service"
+    assert os.readlink(link) == "/lib/systemd/system/dutywatch.service"
+    etc = (installed / "etc/dutywatch").stat()
+    assert etc.st_mode & 0o777 == 0o750 and etc.st_gid == int(account[3])
+    # postinst compiled the environment's bytecode, which the service user could not write.
+    assert list((installed / "opt/dutywatch/lib/python3.11/site-packages/agent").glob("__pycache__/*.pyc"))
+
+
+def _recv(sock: socket.socket, want: str, deadline: float) -> list[str]:
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            lines = sock.recv(4096).decode().splitlines()
+        except TimeoutError:
+            break
+        seen += lines
+        if want in lines:
+            return seen
+    pytest.fail(f"no {want} from the agent; it sent {seen}")
+
+
+def _deny_write_execute() -> None:
+    """The unit's MemoryDenyWriteExecute=yes, where the kernel has PR_SET_MDWE (Linux 6.3+)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(65, 1, 0, 0, 0)  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN; inherited across fork and exec
+
+
+def _fetch_in_netns(pid: int, url: str) -> str:
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
+    res = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_run_as_service_user_notifies_and_serves_metrics(installed: Path, tmp_path: Path) -> None:
+    """``dutywatch run`` on the packaged config, as the unit runs it: user dutywatch, ambient caps."""
+    need("unshare", "nsenter", "ip")
+    service_uid = int(sh(installed, "id -u dutywatch").stdout)
+    notify_path = installed / "run" / "dutywatch-test-notify.sock"
+    notify_path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify_path.chmod(0o777)
+    # Its own network namespace: the sniffer sees only loopback and port 9847 cannot collide.
+    agent_cmd = (f"ip link set lo up && exec chroot {installed} setpriv --reuid=dutywatch --regid=dutywatch "
+                 f"--clear-groups --inh-caps=+{CAPS.replace(',', ',+')} --ambient-caps=+{CAPS.replace(',', ',+')} "
+                 f"--no-new-privs /usr/bin/dutywatch run")
+    env = dict(ENV, NOTIFY_SOCKET="/run/dutywatch-test-notify.sock", WATCHDOG_USEC="2000000")
+    log = tmp_path / "agent.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["unshare", "--net", "--", "/bin/sh", "-c", agent_cmd], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, preexec_fn=_deny_write_execute)
+    try:
+        _recv(notify, "READY=1", time.monotonic() + 120)
+        _recv(notify, "WATCHDOG=1", time.monotonic() + 10)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
+        caps = re.search(r"^CapEff:\s+([0-9a-f]+)", status, re.M)
+        assert uids and caps
+        cap_eff = int(caps.group(1), 16)
+        print(f"\nagent pid {proc.pid}: uid {uids.group(1)} (dutywatch is {service_uid}), CapEff {cap_eff:#x}")
+        assert int(uids.group(1)) == int(uids.group(2)) == service_uid
+        # 1<<2 DAC_READ_SEARCH, 1<<12 NET_ADMIN, 1<<13 NET_RAW, 1<<19 SYS_PTRACE, 1<<21 SYS_ADMIN
+        assert cap_eff == (1 << 2) | (1 << 12) | (1 << 13) | (1 << 19) | (1 << 21)
+        metrics = _fetch_in_netns(proc.pid, "http://127.0.0.1:9847/metrics")
+        assert 'dutywatch_host_info{' in metrics and 'host="example-host-0001"' in metrics
+        assert re.search(r"^dutywatch_rules_loaded \d+", metrics, re.M)
+        assert "dutywatch_collector_up{" in metrics
+        proc.send_signal(signal.SIGTERM)
+        _recv(notify, "STOPPING=1", time.monotonic() + 30)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        notify.close()
+        notify_path.unlink(missing_ok=True)
+        print(log.read_text()[-3000:])
+    state = installed / "var/lib/dutywatch"
+    owners = {p.name: p.stat().st_uid for p in state.iterdir()}
+    assert owners and set(owners.values()) == {service_uid}, owners
+    assert "journal.db" in owners
+    sh(installed, "dutywatch verify --journal /var/lib/dutywatch/journal.db")
+
+
+def test_reinstall_keeps_the_edited_config(installed: Path, built: Built) -> None:
+    config = installed / "etc/dutywatch/agent.yaml"
+    edited = config.read_text().replace("queue_size: 65536", "queue_size: 4096  # sized for this host")
+    config.write_text(edited)
+    sh(installed, f"apt-get install -y -qq --reinstall /tmp/{built.deb.name}", timeout=600)
+    assert config.read_text() == edited
+    sh(installed, "dutywatch check")
+
+
+def test_remove_keeps_the_journal_and_purge_leaves_only_what_the_admin_made(installed: Path) -> None:
+    local = installed / "etc/dutywatch/rules.d/local.yaml"
+    local.write_text("pack: local\nrules: []\n")
+    sh(installed, "apt-get remove -y -qq dutywatch", timeout=300)
+    assert (installed / "var/lib/dutywatch/journal.db").exists()
+    assert (installed / "etc/dutywatch/agent.yaml").exists()
+    assert not (installed / "opt/dutywatch/bin").exists()
+    sh(installed, "apt-get purge -y -qq dutywatch", timeout=300)
+    left = []
+    for top in ("etc", "opt", "usr", "var", "lib", "run"):
+        for dirpath, dirnames, filenames in os.walk(installed / top):
+            for name in dirnames + filenames:
+                if "dutywatch" in name or "dutywatch" in dirpath[len(str(installed)):]:
+                    left.append(str(Path(dirpath, name).relative_to(installed)))
+    assert sorted(left) == ["etc/dutywatch", "etc/dutywatch/rules.d", "etc/dutywatch/rules.d/local.yaml"]
+    assert sh(installed, "getent passwd dutywatch", check=False).returncode != 0
+    assert sh(installed, "getent group dutywatch", check=False).returncode != 0
+    with contextlib.suppress(FileNotFoundError):
+        assert "dutywatch" not in (installed / "etc/passwd").read_text()
