@@ -30,6 +30,7 @@ FAN_REPORT_DFID_NAME = 0x400 | 0x800
 
 FAN_MARK_ADD = 0x1
 FAN_MARK_MOUNT = 0x10
+FAN_MARK_FILESYSTEM = 0x100
 
 FAN_MODIFY = 0x2
 FAN_CLOSE_WRITE = 0x8
@@ -130,10 +131,15 @@ class FanotifyGroup:
                 self._dirs[key] = path
 
     def mark_mount(self, path: str) -> None:
-        """Watch every file of the mount holding ``path`` (fd groups only)."""
+        """Watch every file of the filesystem holding ``path`` (fd groups only).
+
+        A filesystem mark, not a mount mark: the service runs in its own mount
+        namespace (ProtectSystem=strict), where a mount mark sees no operation
+        made through the host's mounts. A removable medium is its own filesystem.
+        """
         if self.names:
             raise CollectorError("mount marks do not report names; mark directories instead")
-        flags = FAN_MARK_ADD | FAN_MARK_MOUNT
+        flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
         if self._libc.mark(self.fd, flags, FAN_OPEN | FAN_CLOSE_WRITE, _AT_FDCWD, os.fsencode(path)) < 0:
             raise _errno_error(f"fanotify_mark mount {path}")
 

@@ -36,7 +36,7 @@ class Supervisor:
         backoff = 1.0
         while not self.stop.is_set():
             try:
-                c.health.up = True
+                # The collector marks itself up once it is really watching.
                 c.run(self.emit, self.stop)
                 if self.stop.is_set():
                     break
