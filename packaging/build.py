@@ -85,8 +85,11 @@ def tidy(venv: Path) -> None:
     # wheel's C extension only embeds a second copy of libyaml.
     for f in site.glob("yaml/_yaml*.so"):
         f.unlink()
-    for so in site.rglob("*.so"):
-        run("strip", "--strip-unneeded", "--remove-section=.comment", "--remove-section=.note", so)
+    # Wheels' bundled libraries are named lib*.so.N; they are loaded, never run.
+    for so in (*site.rglob("*.so"), *site.rglob("*.so.*")):
+        if so.is_file() and not so.is_symlink():
+            run("strip", "--strip-unneeded", "--remove-section=.comment", "--remove-section=.note", so)
+            so.chmod(0o644)
     for py in site.rglob("*.py"):
         # A module is imported, never executed: its "#!" line would only mislead.
         data = py.read_bytes()
