@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -129,3 +130,31 @@ def metric(text: str, name: str, **labels: str) -> float:
         if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def exec_from_tmp(n: int, start: int = 0) -> list[Event]:
+    """``n`` execs of programs in /tmp by zhangsan: each one a DB-MAL-001 finding, each distinguishable by pid."""
+    from agent.events import Process
+    return [Event("process.exec", None, "inject",
+                  Process(pid=100000 + start + i, name="x", exe=f"/tmp/dropper-{start + i}", uid=1000,
+                          user="zhangsan", loginuid=1000))
+            for i in range(n)]
+
+
+def journal_findings(config: Path, rule: str = "DB-MAL-001") -> list[dict[str, Any]]:
+    """The findings of ``rule`` the journal holds, read back by `dutywatch events`."""
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "agent", "events", "--config", str(config), "--format", "json",
+                        "--rule", rule, "--since", "3650d"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def verify(journal: Path) -> subprocess.CompletedProcess[str]:
+    """`dutywatch verify` on a journal."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "agent", "verify", "--journal", str(journal)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
