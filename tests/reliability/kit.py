@@ -147,9 +147,10 @@ def journal_findings(config: Path, rule: str = "DB-MAL-001") -> list[dict[str, A
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "agent", "events", "--config", str(config), "--format", "json",
-                        "--rule", rule, "--since", "3650d"], capture_output=True, text=True, cwd=REPO, timeout=300)
+                        "--rule", rule, "--since", "3650d"], capture_output=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    out = r.stdout.decode("utf-8")  # strict: the output must be valid UTF-8 whatever the events held
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def verify(journal: Path) -> subprocess.CompletedProcess[str]:
