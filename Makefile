@@ -49,3 +49,17 @@ rpm:
 # cached debootstrap root (/var/cache/dutywatch-test/bookworm.tar). Part of `make test` too.
 package-test: $(STAMP)
 	$(BIN)/pytest -q tests/packaging
+
+.PHONY: fuzz reliability
+
+# Hostile-input fuzzing: 10,000 generated cases per loader (a few hundred run in `make test`),
+# then a coverage-guided atheris run where atheris is installed.
+fuzz: $(STAMP)
+	DW_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/fuzz
+	@if $(BIN)/python -c "import atheris" 2>/dev/null; then \
+		$(BIN)/python tests/fuzz/atheris_loaders.py -runs=10000; \
+	else echo "atheris not installed ($(BIN)/pip install atheris): coverage-guided run skipped"; fi
+
+# Every reliability scenario, the long storm included (DW_STORM_SECONDS, default 20); prints figures.
+reliability: $(STAMP)
+	$(BIN)/pytest -q -s tests/reliability

@@ -344,12 +344,16 @@ class Metrics:
         last = GaugeMetricFamily(PREFIX + "last_event_timestamp_seconds",
                                  "Time of the last event from the collector; 0 before the first one.",
                                  labels=("collector",))
+        restarts = CounterMetricFamily(PREFIX + "collector_restarts",
+                                       "Times the collector failed or returned early and was restarted.",
+                                       labels=("collector",))
         drops: dict[tuple[str, ...], float] = {}
         for name in sorted(healths)[:64]:
             h = healths[name]
             cname = label_value(name, 32)
             up.add_metric([cname, label_value(h.mode, 32)], 1.0 if h.up else 0.0)
             last.add_metric([cname], float(h.last_event_time))
+            restarts.add_metric([cname], float(h.restarts))
             drops[(cname, "queue_full")] = 0.0
             # dict() of a dict copies under the GIL, so a concurrent drop() cannot tear it.
             for reason, n in dict(h.drops).items():
@@ -357,6 +361,7 @@ class Metrics:
                 drops[key] = drops.get(key, 0.0) + n
         yield up
         yield last
+        yield restarts
         yield self.pipeline_drops.family(drops)
 
     def families(self) -> Iterator[Metric]:

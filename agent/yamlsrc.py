@@ -64,13 +64,20 @@ def _loc(path: str, mark: yaml.Mark | None) -> Location:
     return Location(path, mark.line + 1, mark.column + 1)
 
 
+MAX_NODES = 1_000_000  # aliases can multiply a small file into billions of nodes ("billion laughs")
+
+
 class _Builder:
     def __init__(self, path: str) -> None:
         self.path = path
         self.constructor = yaml.SafeLoader("")
+        self.nodes = 0
 
     def build(self, node: yaml.Node) -> Any:
         where = _loc(self.path, node.start_mark)
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise LoadError(where, f"document expands to more than {MAX_NODES:,} values (aliases of aliases?)")
         if isinstance(node, yaml.MappingNode):
             self.constructor.flatten_mapping(node)
             out = LDict()
@@ -107,6 +114,8 @@ def load_text(text: str, path: str) -> Any:
     """Parse one YAML document from text; raise LoadError with its place."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise LoadError(Location(path), "YAML nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -117,6 +126,9 @@ def load_text(text: str, path: str) -> Any:
         return None
     try:
         return _Builder(path).build(node)
+    except RecursionError:
+        raise LoadError(_loc(path, node.start_mark), "YAML nested too deeply, or an alias that contains "
+                                                     "itself") from None
     except yaml.constructor.ConstructorError as exc:
         raise LoadError(_loc(path, exc.problem_mark), f"YAML error: {exc.problem}") from None
 

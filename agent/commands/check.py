@@ -6,10 +6,10 @@ import argparse
 from typing import Any
 
 from agent.commands.common import add_config, config_path, error_lines, print_errors
-from agent.config import load_config
 from agent.engine.rules import load_rules
 from agent.errors import LoadError, LoadErrors
 from agent.registry import load_registry
+from agent.strictmodes import load_checked_config
 
 
 def register(sub: Any) -> None:
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when everything loads, else 1 with ``path:line:col: message`` lines."""
     try:
-        config = load_config(config_path(args))
+        config = load_checked_config(config_path(args))
     except (LoadError, LoadErrors) as exc:
         print_errors(error_lines(exc))
         return 1

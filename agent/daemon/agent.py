@@ -13,7 +13,7 @@ from typing import Any
 
 from agent import __version__
 from agent.attribution import Attributor
-from agent.config import Config, load_config
+from agent.config import Config
 from agent.daemon.collectors import build_collectors
 from agent.daemon.journal_writer import JournalWriter
 from agent.daemon.notify import Notifier
@@ -31,6 +31,7 @@ from agent.journal.statedir import quarantine_corrupt
 from agent.journal.store import Journal
 from agent.metrics import Metrics
 from agent.registry import Registry, load_registry
+from agent.strictmodes import load_checked_config
 from agent.webconfig import load_web_config
 from collectors.base import Collector, Sources
 
@@ -50,7 +51,7 @@ class Loaded:
 
 def load_all(config_path: Path, state_dir: Path | None = None) -> Loaded:
     """Load config, registry and rules; raise LoadError(s) naming every problem."""
-    config = load_config(config_path)
+    config = load_checked_config(config_path)
     if state_dir is not None:
         from dataclasses import replace
         config = replace(config, state_dir=state_dir)

@@ -33,7 +33,7 @@ class JournalWriter:
                  clock: Callable[[], float] = time.time,
                  on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-                 prune_every: float = 3600.0) -> None:
+                 prune_every: float = 3600.0, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.journal = journal
         self.metrics = metrics
         self.capacity = capacity
@@ -49,6 +49,8 @@ class JournalWriter:
         self.failures = 0
         self.durable_seq = journal.head.seq
         self._last_prune = 0.0
+        self.monotonic = monotonic
+        self._anchor = (clock(), monotonic())  # wall and monotonic time at start: see _retention_now
 
     def put(self, record: dict[str, Any]) -> None:
         """Queue a record; waits while the buffer is full (never drops)."""
@@ -140,6 +142,21 @@ class JournalWriter:
         if cp is not None and self.on_checkpoint is not None:
             self.on_checkpoint({**cp.fields(), "key": cp.key, "signature": cp.signature})
 
+    def _retention_now(self, now: float) -> float:
+        """The time retention ages records by: never later than the wall clock at start plus time elapsed.
+
+        A wall clock set forward (a bad RTC, NTP gone wrong, someone hiding
+        their tracks) must not age six months of audit records out in one
+        prune; a clock set back only delays pruning.
+        """
+        wall0, mono0 = self._anchor
+        bound = wall0 + (self.monotonic() - mono0) + 60.0
+        if now > bound:
+            _log.warning("wall clock is %.0f s ahead of the time elapsed since start; retention uses the "
+                         "elapsed time", now - bound)
+            return bound
+        return now
+
     def _housekeeping(self) -> None:
         now = self.clock()
         try:
@@ -147,7 +164,7 @@ class JournalWriter:
                 self._forward_checkpoint()
             if abs(now - self._last_prune) >= self.prune_every:
                 self._last_prune = now
-                self.journal.prune(now)
+                self.journal.prune(self._retention_now(now))
             self.metrics.set_journal_size(self.journal.stats().size_bytes)
         except (JournalError, sqlite3.Error, OSError) as exc:
             self.metrics.journal_write_failed()

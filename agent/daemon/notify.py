@@ -22,13 +22,18 @@ class Notifier:
         return bool(self.address)
 
     def send(self, *lines: str) -> bool:
-        """Send ``KEY=value`` lines; False when not under systemd or the send failed."""
+        """Send ``KEY=value`` lines; False when not under systemd or the send failed.
+
+        Never blocks: a manager that stopped reading its socket must not stop
+        the agent's run loop (which also handles stop requests) with it.
+        """
         if not self.address:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)
                 s.connect(self.address)
-                s.sendall("\n".join(lines).encode())
+                s.send("\n".join(lines).encode())
             return True
-        except OSError:
+        except OSError:  # including BlockingIOError when the manager's queue is full
             return False

@@ -52,6 +52,7 @@ class Pipeline:
         self.processed = 0
         self.findings = 0
         self.last_progress = monotonic()
+        self._busy = False  # the worker holds events taken off the queue
         metrics.watch_queue(self.depth, capacity)
 
     def depth(self) -> int:
@@ -70,8 +71,8 @@ class Pipeline:
         return True
 
     def stalled(self, after: float) -> bool:
-        """True when events wait but none was processed for ``after`` seconds."""
-        return bool(self._queue) and self.monotonic() - self.last_progress > after
+        """True when events wait, or one is in hand, but none was processed for ``after`` seconds."""
+        return (self._busy or bool(self._queue)) and self.monotonic() - self.last_progress > after
 
     def run(self, stop: threading.Event) -> None:
         """Process events until ``stop`` is set and the queue is empty."""
@@ -86,7 +87,11 @@ class Pipeline:
                     self._wake.wait(0.5)
                 self.last_progress = self.monotonic()
                 continue
-            self._drain(queue, 256)
+            self._busy = True
+            try:
+                self._drain(queue, 256)
+            finally:
+                self._busy = False
 
     def _drain(self, queue: deque[Event], n: int) -> None:
         stage = self.stage

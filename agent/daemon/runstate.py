@@ -8,12 +8,15 @@ be interrupted unnoticed).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 RUN_FILE = "run.json"
+_log = logging.getLogger("dutywatch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,7 @@ class RunState:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / RUN_FILE
         self.started = 0.0
+        self.failing = False
 
     def previous_gap(self, now: float) -> Gap | None:
         """The gap left by the previous run, if it did not stop cleanly."""
@@ -54,15 +58,32 @@ class RunState:
         pid = data.get("pid") if isinstance(data.get("pid"), int) else None
         return Gap(since, now, pid)
 
-    def beat(self, now: float, clean: bool = False) -> None:
-        """Record that the agent is alive now (or stopped cleanly now)."""
+    def beat(self, now: float, clean: bool = False) -> bool:
+        """Record that the agent is alive now (or stopped cleanly now); False when it could not.
+
+        A failed write (disk full) is logged once and never raised: the agent
+        keeps monitoring, and the stale heartbeat only makes the next start
+        report a longer gap than there was, never a shorter one.
+        """
         if not self.started:
             self.started = now
         data = {"pid": os.getpid(), "started": self.started, "alive": now, "clean": clean}
         tmp = self.path.with_name(f".{RUN_FILE}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if not self.failing:
+                _log.error("cannot write the heartbeat %s: %s", self.path, exc.strerror or exc)
+            self.failing = True
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return False
+        if self.failing:
+            _log.warning("heartbeat %s written again", self.path)
+        self.failing = False
+        return True

@@ -116,6 +116,11 @@ def _init_or_check(conn: sqlite3.Connection, path: Path, fresh: bool,
         rows = {"format": FORMAT, "version": VERSION, **meta_init}
         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", sorted(rows.items()))
         conn.execute("COMMIT")
+    else:
+        # Take the write lock once now: another writer holding it (busy past the
+        # timeout) is a clear error at start, not a stream of failed writes later.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
     return _check_format(conn, path)
 
 

@@ -8,6 +8,7 @@ characters take two.
 from __future__ import annotations
 
 import json
+import re
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -41,9 +42,18 @@ def fit(text: str, width: int, *, right: bool = False) -> str:
     return pad + text if right else text + pad
 
 
+_UNSAFE_IN_LINES = re.compile("[\ud800-\udfff\x85\u2028\u2029]")
+
+
 def json_line(row: Row) -> str:
-    """One record as a JSON line, ``seq`` first."""
-    return json.dumps({"seq": row.seq, **row.record}, ensure_ascii=False)
+    """One record as a JSON line, ``seq`` first: valid UTF-8, and one line to every line splitter.
+
+    Chinese stays readable; invalid UTF-8 from process names (surrogate
+    escapes) and Unicode line separators are written as ``\\uXXXX``, so a
+    SIEM, ``jq`` or ``str.splitlines`` sees exactly one record per line.
+    """
+    text = json.dumps({"seq": row.seq, **row.record}, ensure_ascii=False)
+    return _UNSAFE_IN_LINES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 # (header, width, right-aligned); the message takes the rest of the line.
