@@ -456,8 +456,18 @@ class Compiled:
     triggers: tuple[Any, ...] | None  # analysis.Trigger entries, one of which holds when the rule does
 
 
+_MAX_DEPTH_TEXT = "when is nested too deeply (more than Python's parser can take); split it into macros"
+
+
 def compile_when(text: str, where: Location, scope: Scope, name: str = "when") -> Compiled:
     """Validate and compile a condition; raise LoadError naming path:line:col."""
+    try:
+        return _compile_when(text, where, scope, name)
+    except (RecursionError, MemoryError):
+        raise LoadError(where, _MAX_DEPTH_TEXT) from None
+
+
+def _compile_when(text: str, where: Location, scope: Scope, name: str) -> Compiled:
     c = _Compiler(text, where, scope, getattr(text, "style", None))
     tree = parse_when(text, where, c)
     typed = c.condition(tree)
