@@ -43,6 +43,7 @@ class Injector:
     def available(self):
         return Availability("inject")
     def run(self, emit, stop):
+        self.health.up = True
         self.go.wait()
         pool = []
         for i in range(1000):

@@ -51,6 +51,7 @@ class Injector:
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Hand ``emit`` to the test and wait for the stop."""
         self._emit = emit
+        self.health.up = True
         self.ready.set()
         stop.wait()
 

@@ -147,6 +147,7 @@ class Flaky:
         self.runs += 1
         if self.runs <= self.fails:
             raise RuntimeError(f"flaky collector failure {self.runs}")
+        self.health.up = True
         emit(exec_from_tmp(1, 5000)[0])
         stop.wait()
 

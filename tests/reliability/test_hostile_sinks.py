@@ -12,6 +12,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,8 @@ def test_hostile_strings_in_the_html_report(live) -> None:  # type: ignore[no-un
     ra, _rx, cfg, tmp = live
     ra.stop()
     out = tmp / "report.html"
-    r = subprocess.run(["python", "-m", "agent", "report", "--config", str(cfg), "--format", "html", "-o", str(out)],
+    r = subprocess.run([sys.executable, "-m", "agent", "report", "--config", str(cfg), "--format", "html",
+                        "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     html = out.read_text(encoding="utf-8")
