@@ -35,7 +35,9 @@ from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVED, FsOp, Tr
 
 log = logging.getLogger(__name__)
 
-Marker = Callable[[str], Level | None]
+# Called with the file's real path (for its type) and a descriptor already opened
+# with O_NOFOLLOW and checked: read through the descriptor, never reopen the path.
+Marker = Callable[[str, int], Level | None]
 WINDOW = 0.3  # how long an operation waits for its fanotify record
 QUIET = 1.0  # a write with no close is reported after this much silence...
 HOLD_MAX = 5.0  # ...or after this long at most
@@ -419,17 +421,17 @@ class FilesCollector:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
             real = os.readlink(f"/proc/self/fd/{fd}")
+            if not any(_under(real, r) for r in self._roots):
+                return None
+            # The scan reads this descriptor: the path cannot be swapped under it.
+            return self._marker(real, fd)
         except OSError:
+            return None
+        except Exception:  # a bad document must not stop the collector
+            log.exception("files: marking %s failed", path)
             return None
         finally:
             os.close(fd)
-        if not any(_under(real, r) for r in self._roots):
-            return None
-        try:
-            return self._marker(real)
-        except Exception:  # a bad document must not stop the collector
-            log.exception("files: marking %s failed", real)
-            return None
 
 
 def _slot(kind: str) -> str:

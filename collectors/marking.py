@@ -95,21 +95,41 @@ def scan_file(
     bounds (zip members, inflation, pages). Never raises for file content or
     for an unreadable path.
     """
-    bounds = dataclasses.replace(limits or Limits(), max_bytes=max_bytes, max_seconds=max_seconds)
     try:
         fd = _open(Path(path))
     except OSError as e:
         return MarkingResult("unreadable", reason=str(translate_os_error("cannot open", e)))
     try:
+        return scan_fd(fd, path, max_bytes=max_bytes, max_seconds=max_seconds, clock=clock, limits=limits)
+    finally:
+        os.close(fd)
+
+
+def scan_fd(
+    fd: int,
+    name: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    clock: Clock = time.monotonic,
+    limits: Limits | None = None,
+) -> MarkingResult:
+    """Scan a file the caller already opened (and checked); ``name`` only gives its type.
+
+    Scanning through the caller's descriptor leaves no window between the
+    caller's checks (no symlink, under a watched root) and the read, in which
+    a path could be swapped to point elsewhere. The descriptor stays open.
+    """
+    bounds = dataclasses.replace(limits or Limits(), max_bytes=max_bytes, max_seconds=max_seconds)
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return MarkingResult("skipped", reason="not a regular file")
+        os.lseek(fd, 0, os.SEEK_SET)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return _scan_open(f, Path(path), st.st_size, bounds, Deadline(clock, max_seconds))
+            return _scan_open(f, Path(name), st.st_size, bounds, Deadline(clock, max_seconds))
     except OSError as e:
         return MarkingResult("unreadable", reason=str(translate_os_error("cannot read", e)))
-    finally:
-        os.close(fd)
 
 
 def _open(path: Path) -> int:

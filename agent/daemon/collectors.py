@@ -36,9 +36,9 @@ def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources
     return list(built.values())
 
 
-def _marker(path: str) -> Any:
-    from collectors.marking import scan_file
-    return scan_file(path).level
+def _marker(path: str, fd: int) -> Any:
+    from collectors.marking import scan_fd
+    return scan_fd(fd, path).level
 
 
 def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: tuple[str, ...],

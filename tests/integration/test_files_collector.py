@@ -125,9 +125,9 @@ def test_marker_sees_written_files_but_not_symlink_escapes(
     (outside / "secret.txt").write_text("机密★\n")
     asked: list[str] = []
 
-    def marker(path: str) -> Level | None:
+    def marker(path: str, fd: int) -> Level | None:
         asked.append(path)
-        return Level.SECRET if "机密★" in Path(path).read_text() else None
+        return Level.SECRET if "机密★" in os.pread(fd, 1 << 20, 0).decode() else None
 
     r = running([str(watched)], marker=marker)
     script = (f"import os; open({str(watched / 'doc.txt')!r}, 'w').write('机密★ 文件');"
@@ -206,3 +206,32 @@ def test_the_agents_own_file_operations_are_not_reported(tmp_path: Path, running
     r.wait_for(lambda: any(e.file.path == str(tmp_path / "theirs.txt") for e in r.events))
     time.sleep(0.5)
     assert [e.file.path for e in r.events] == [str(tmp_path / "theirs.txt")]
+
+
+@pytest.mark.root
+@root_only
+def test_swapping_the_path_during_the_scan_cannot_redirect_it(
+        tmp_path: Path, running: Callable[..., Running]) -> None:
+    """The scan reads the descriptor the collector checked: replacing the file (or a directory
+    on its path) with a symlink to a secret elsewhere, mid-scan, changes nothing it reads."""
+    watched, outside = tmp_path / "watched", tmp_path / "outside"
+    watched.mkdir()
+    outside.mkdir()
+    (outside / "shadow.txt").write_text("绝密★长期 stolen\n")
+    seen: list[str] = []
+
+    def marker(path: str, fd: int) -> Level | None:
+        doc = Path(path)
+        doc.unlink()  # the race, won by the attacker: the path now leads outside
+        doc.symlink_to(outside / "shadow.txt")
+        text = os.pread(fd, 1 << 20, 0).decode()
+        seen.append(text)
+        return Level.TOP_SECRET if "绝密★" in text else None
+
+    r = running([str(watched)], marker=marker)
+    subprocess.run([sys.executable, "-c", f"open({str(watched / 'doc.txt')!r}, 'w').write('ordinary text')"],
+                   check=True)
+    r.wait_for(lambda: any(e.file.path == str(watched / "doc.txt") for e in r.events))
+    assert seen == ["ordinary text"]
+    event = next(e for e in r.events if e.file.path == str(watched / "doc.txt"))
+    assert event.file.marking is None
