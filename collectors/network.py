@@ -39,6 +39,7 @@ from collectors.sniff import (
     dns_query_name,
     libpcap_problem,
 )
+from collectors.sockdiag import dump
 from collectors.sockmap import (
     TCP_LISTEN,
     UDP_UNCONNECTED,
@@ -89,15 +90,25 @@ class ListenWatcher:
         self.proc_root = proc_root
         self._ephemeral = ephemeral_range(proc_root)
         self._known: set[int] = set()
+        self._netlink = proc_root == Path("/proc")
+
+    def _tables(self, proto: str, state: int) -> list[SockEntry]:
+        if self._netlink:
+            try:
+                return dump(proto, 1 << state)
+            except OSError as exc:
+                log.info("sock_diag dump unavailable (%s); reading /proc/net instead", exc)
+                self._netlink = False
+        return read_tables(self.proc_root, proto)
 
     def poll(self) -> list[SockEntry]:
         """Sockets listening now that were not listening at the previous call."""
         low, high = self._ephemeral
         now: dict[int, SockEntry] = {}
-        for e in read_tables(self.proc_root, "tcp"):
+        for e in self._tables("tcp", TCP_LISTEN):
             if e.state == TCP_LISTEN and e.inode:
                 now[e.inode] = e
-        for e in read_tables(self.proc_root, "udp"):
+        for e in self._tables("udp", UDP_UNCONNECTED):
             if e.state == UDP_UNCONNECTED and e.remote_port == 0 and e.inode and not low <= e.local_port <= high:
                 now[e.inode] = e
         new = [now[i] for i in now.keys() - self._known]

@@ -306,3 +306,29 @@ def test_live_lookup_by_netlink_matches_the_socket_files() -> None:
         assert diag_inode("udp", ulip, ulport, *srv.getsockname()) == _ino(udp)
         assert diag_inode("udp", "127.0.0.1", srv.getsockname()[1], ulip, ulport) == _ino(srv)
         assert diag_inode("tcp", "127.0.0.1", 1, "127.0.0.1", 2) is None
+
+
+def test_sock_diag_listen_dump_matches_the_proc_tables() -> None:
+    """The cheap netlink dump the listen watcher uses sees what /proc/net shows."""
+    import socket as so
+
+    from collectors.network import ListenWatcher
+    from collectors.sockdiag import dump
+    tcp = so.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    udp = so.socket(so.AF_INET6, so.SOCK_DGRAM)
+    udp.bind(("::1", 0))
+    try:
+        dump("tcp", 1 << 10)
+    except OSError as exc:
+        pytest.skip(f"sock_diag not usable here: {exc}")
+    fast = ListenWatcher(Path("/proc"))
+    slow = ListenWatcher(Path("/proc"))
+    slow._netlink = False
+    seen = {(e.proto, e.local_ip, e.local_port, e.inode) for e in fast.poll()}
+    assert seen == {(e.proto, e.local_ip, e.local_port, e.inode) for e in slow.poll()}
+    assert any(p == "tcp" and ip == "127.0.0.1" and port == tcp.getsockname()[1] for p, ip, port, _ in seen)
+    assert any(p == "udp" and ip == "::1" and port == udp.getsockname()[1] for p, ip, port, _ in seen)
+    tcp.close()
+    udp.close()
