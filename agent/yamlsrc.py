@@ -122,6 +122,9 @@ def load_text(text: str, path: str) -> Any:
         raise LoadError(_loc(path, mark), f"YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise LoadError(Location(path), f"YAML error: {exc}") from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's scanner lets these out for escapes such as "\U80000000" (out of range).
+        raise LoadError(Location(path), f"YAML syntax error: bad escape sequence ({exc})") from None
     if node is None:
         return None
     try:

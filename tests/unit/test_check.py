@@ -197,3 +197,12 @@ def test_forward_and_web_config_are_checked(tmp_path: Path, capsys: pytest.Captu
     code, err = run_check(cfg, capsys)
     assert code == 1
     assert err.startswith(f"{web}:2:") and "bcrypt" in err
+
+
+def test_out_of_range_yaml_escapes_are_load_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """PyYAML raises ValueError/OverflowError for these; they must come out as a located load error."""
+    for i, text in enumerate(('host: null\n"\\U00110000": 1\n', 'host: null\n"\\U100010000": 1\n')):
+        case = tmp_path / str(i)
+        case.mkdir()
+        code, err = run_check(setup(case, registry=text), capsys)
+        assert code == 1 and "registry.yaml: YAML syntax error: bad escape sequence" in err, err
