@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
-from agent.journal.errors import JournalError
 from agent.paths import DEFAULT_CONFIG
 
 JOURNAL_FILE = "journal.db"
@@ -27,13 +25,8 @@ def state_dir(args: argparse.Namespace) -> Path:
         return Path(args.state_dir)
     if getattr(args, "journal", None):
         return Path(args.journal).parent
-    try:
-        config_mod = importlib.import_module("agent.config")
-    except ModuleNotFoundError:
-        raise JournalError(
-            f"{args.config}: this build cannot read agent configs yet; pass --state-dir DIR or --journal PATH"
-        ) from None
-    return Path(config_mod.load_config(Path(args.config)).state_dir)
+    from agent.config import load_config  # late: commands given --state-dir never parse a config
+    return load_config(Path(args.config)).state_dir
 
 
 def journal_path(args: argparse.Namespace) -> Path:
