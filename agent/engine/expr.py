@@ -144,16 +144,8 @@ class _Compiler:
 
     def literal(self, node: ast.Constant) -> Typed:
         v = node.value
-        if v is None:
-            return Typed(ast.Constant(None), "none", const=None)
-        if isinstance(v, bool):
-            return Typed(ast.Constant(v), "bool", const=v)
-        if isinstance(v, int):
-            return Typed(ast.Constant(v), "int", const=v)
-        if isinstance(v, float):
-            return Typed(ast.Constant(v), "float", const=v)
-        if isinstance(v, str):
-            return Typed(ast.Constant(v), "str", const=v)
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return _typed_const(v)
         raise self.err(node, f"{type(v).__name__} literals are not allowed in when")
 
     def attribute(self, node: ast.Attribute) -> Typed:
