@@ -33,3 +33,14 @@ def print_errors(lines: Iterable[str]) -> None:
     """Print load errors to standard error, one per line."""
     for line in lines:
         print(line, file=sys.stderr)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n

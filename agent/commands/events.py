@@ -9,15 +9,7 @@ import sys
 import time
 from typing import Any
 
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
+from agent.commands.common import positive_int
 
 
 def _values(items: list[str] | None) -> tuple[str, ...]:
@@ -42,7 +34,7 @@ def register(sub: Any) -> None:
                    help="which records (default: findings)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--lang", choices=("zh", "en"), default="zh", help="message language in the table")
-    p.add_argument("--limit", type=_positive, help="stop after this many records")
+    p.add_argument("--limit", type=positive_int, help="stop after this many records")
     p.set_defaults(func=run)
 
 

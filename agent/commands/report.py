@@ -12,17 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.commands.common import positive_int
+
 FORMATS = ("html", "pdf", "csv", "json")
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
 
 
 def register(sub: Any) -> None:
@@ -51,7 +43,7 @@ def register(sub: Any) -> None:
                    "(default: the config's, else the shipped packs)")
     p.add_argument("--font", type=Path, metavar="PATH", help="CJK TTF/TTC font for PDF (default: config, then "
                    "installed fonts)")
-    p.add_argument("--max-rows", type=_positive, default=1000, metavar="N",
+    p.add_argument("--max-rows", type=positive_int, default=1000, metavar="N",
                    help="violations listed with their evidence (default 1000; the rest are counted)")
     p.set_defaults(func=run)
 
