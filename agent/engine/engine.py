@@ -97,6 +97,7 @@ class _Bucket:
 
     linear: tuple[Rule, ...]
     fields: tuple[_FieldIndex, ...]
+    candidates: Callable[[Event], RuleGroup]
 
     @property
     def indexed(self) -> bool:
@@ -174,8 +175,63 @@ def _bucket(rules: list[Rule]) -> _Bucket:
         for t in r.triggers:
             tables = by_field.setdefault((t.field, t.fold), {})
             tables.setdefault(t.op, {}).setdefault(t.value, []).append(r)
-    fields = tuple(_field_index(fld, fold, tables) for (fld, fold), tables in sorted(by_field.items()))
-    return _Bucket(tuple(linear), fields)
+    keys = sorted(by_field)
+    fields = tuple(_field_index(fld, fold, by_field[(fld, fold)]) for fld, fold in keys)
+    return _Bucket(tuple(linear), fields, _compile_candidates([fld for fld, _ in keys], fields))
+
+
+def _read(dotted: str, env: dict[str, Any], n: int) -> str:
+    """Source reading one field of ``e``: inline attribute reads where the name allows."""
+    group, _, name = dotted.partition(".")
+    path = name if group == "event" else dotted
+    if all(part.isidentifier() for part in path.split(".")):
+        return "e." + path
+    env[f"get{n}"] = _getter(dotted)
+    return f"get{n}(e)"
+
+
+def _compile_candidates(names: list[str], fields: tuple[_FieldIndex, ...]) -> Callable[[Event], RuleGroup]:
+    """One generated function per bucket: the candidate lookup with no per-field loop.
+
+    Each field is read once and lowered once however many indexes use it,
+    and only the indexes the bucket has are consulted, in the same order as
+    the generic loop so candidates come out in the same order.
+    """
+    env: dict[str, Any] = {}
+    lines = ["def candidates(e):", " c = {}", " add = c.update"]
+    raw: dict[str, str] = {}
+    for n, (dotted, f) in enumerate(zip(names, fields, strict=True)):
+        if dotted not in raw:
+            raw[dotted] = f"r{n}"
+            lines.append(f" r{n} = {_read(dotted, env, n)}")
+        r = raw[dotted]
+        lines.append(f" if {r} is not None:")
+        if f.fold:
+            lines.append(f"  v = {r}.lower()")
+        else:
+            lines.append(f"  v = {r}")
+        if f.eq:
+            env[f"eq{n}"] = f.eq
+            lines += [f"  g = eq{n}.get(v)", "  if g: add(g)"]
+        if f.head:
+            env[f"prefix{n}"] = f.prefix
+            lines += [f"  for lit, g in prefix{n}.get(v[:{f.head}], ()):", "   if v.startswith(lit): add(g)"]
+        if f.suffix_base:
+            env[f"base{n}"] = f.suffix_base
+            lines += ["  cut = v.rfind('/')", "  if cut >= 0:",
+                      f"   g = base{n}.get(v[cut:])", "   if g: add(g)"]
+        if f.tail:
+            env[f"suffix{n}"] = f.suffix
+            lines += [f"  for lit, g in suffix{n}.get(v[-{f.tail}:], ()):", "   if v.endswith(lit): add(g)"]
+        if f.contains_search is not None:
+            env[f"search{n}"] = f.contains_search
+            env[f"contains{n}"] = tuple(f.contains.items())
+            lines += [f"  if search{n}(v) is not None:", f"   for lit, g in contains{n}:",
+                      "    if lit in v: add(g)"]
+    lines.append(" return c")
+    exec("\n".join(lines), env)  # noqa: S102 - source built above from field names and constants only
+    fn: Callable[[Event], RuleGroup] = env["candidates"]
+    return fn
 
 
 class Engine:
@@ -186,7 +242,7 @@ class Engine:
         self._buckets: dict[str, _Bucket] = {
             kind: _bucket([r for r in ruleset.rules if kind in r.kinds]) for kind in KINDS
         }
-        self._empty = _Bucket((), ())
+        self._empty = _Bucket((), (), lambda e: {})
         self.errors = 0  # rule evaluations that raised (bad event data); counted, never fatal
 
     def rules_for(self, kind: str) -> list[Rule]:
@@ -203,47 +259,13 @@ class Engine:
         try:
             hits = [r for r in b.linear if r.test(e)]
             if b.fields:
-                cands = self._candidates(b, e)
+                cands = b.candidates(e)
                 if cands:
                     hits.extend(r for r in cands if r.test(e))
         except Exception:
             # One bad value must not hide other rules' findings.
             return self._match_slow(e)
         return hits
-
-    @staticmethod
-    def _candidates(b: _Bucket, e: Event) -> dict[Rule, None]:
-        cands: dict[Rule, None] = {}
-        # Unpacked, not attribute reads: this loop is most of an event's cost.
-        for get, fold, eq, head, prefix, tail, suffix, base, search, contains in b.fields:
-            v = get(e)
-            if v is None:
-                continue
-            if fold:
-                v = v.lower()
-            if eq:
-                group = eq.get(v)
-                if group:
-                    cands.update(group)
-            if head:
-                for lit, group in prefix.get(v[:head], ()):
-                    if v.startswith(lit):
-                        cands.update(group)
-            if base:
-                cut = v.rfind("/")
-                if cut >= 0:
-                    group = base.get(v[cut:])
-                    if group:
-                        cands.update(group)
-            if tail:
-                for lit, group in suffix.get(v[-tail:], ()):
-                    if v.endswith(lit):
-                        cands.update(group)
-            if search is not None and search(v) is not None:
-                for lit, group in contains.items():
-                    if lit in v:
-                        cands.update(group)
-        return cands
 
     def _match_slow(self, e: Event) -> list[Rule]:
         hits = []
