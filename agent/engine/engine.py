@@ -165,7 +165,7 @@ def _any_of(literals: list[str]) -> Callable[[str], Any]:
         return re.compile("|".join(re.escape(k) for k in sorted(literals, key=len, reverse=True))).search
 
 
-def _bucket(rules: list[Rule]) -> _Bucket:
+def _bucket(kind: str, rules: list[Rule]) -> _Bucket:
     linear: list[Rule] = []
     by_field: dict[tuple[str, bool], dict[str, dict[Any, list[Rule]]]] = {}
     for r in rules:
@@ -177,7 +177,7 @@ def _bucket(rules: list[Rule]) -> _Bucket:
             tables.setdefault(t.op, {}).setdefault(t.value, []).append(r)
     keys = sorted(by_field)
     fields = tuple(_field_index(fld, fold, by_field[(fld, fold)]) for fld, fold in keys)
-    return _Bucket(tuple(linear), fields, _compile_candidates([fld for fld, _ in keys], fields))
+    return _Bucket(tuple(linear), fields, _compile_candidates(kind, [fld for fld, _ in keys], fields))
 
 
 def _read(dotted: str, env: dict[str, Any], n: int) -> str:
@@ -190,46 +190,63 @@ def _read(dotted: str, env: dict[str, Any], n: int) -> str:
     return f"get{n}(e)"
 
 
-def _compile_candidates(names: list[str], fields: tuple[_FieldIndex, ...]) -> Callable[[Event], RuleGroup]:
+_CACHE_LIMIT = 4096  # values per field remembered; the table is emptied when full
+_CACHE_LEN = 512  # longer values (odd command lines) are looked up every time, never kept
+
+
+def _lookup_source(n: int, f: _FieldIndex, env: dict[str, Any]) -> list[str]:
+    """Source appending to ``out`` every rule group one index table of a field finds for ``r``."""
+    lines = ["  v = r.lower()" if f.fold else "  v = r"]
+    if f.eq:
+        env[f"eq{n}"] = f.eq
+        lines += [f"  g = eq{n}.get(v)", "  if g: out.append(g)"]
+    if f.head:
+        env[f"prefix{n}"] = f.prefix
+        lines += [f"  for lit, g in prefix{n}.get(v[:{f.head}], ()):", "   if v.startswith(lit): out.append(g)"]
+    if f.suffix_base:
+        env[f"base{n}"] = f.suffix_base
+        lines += ["  cut = v.rfind('/')", "  if cut >= 0:",
+                  f"   g = base{n}.get(v[cut:])", "   if g: out.append(g)"]
+    if f.tail:
+        env[f"suffix{n}"] = f.suffix
+        lines += [f"  for lit, g in suffix{n}.get(v[-{f.tail}:], ()):", "   if v.endswith(lit): out.append(g)"]
+    if f.contains_search is not None:
+        env[f"search{n}"] = f.contains_search
+        env[f"contains{n}"] = tuple(f.contains.items())
+        lines += [f"  if search{n}(v) is not None:", f"   for lit, g in contains{n}:",
+                  "    if lit in v: out.append(g)"]
+    return lines
+
+
+def _compile_candidates(kind: str, names: list[str], fields: tuple[_FieldIndex, ...]) -> Callable[[Event], RuleGroup]:
     """One generated function per bucket: the candidate lookup with no per-field loop.
 
-    Each field is read once and lowered once however many indexes use it,
-    and only the indexes the bucket has are consulted, in the same order as
-    the generic loop so candidates come out in the same order.
+    Each field is read once. What its indexes find depends on its value
+    alone, so the rule groups are computed once per distinct value (lowered
+    once, only the indexes the bucket has) and remembered: event streams
+    repeat executables, directories and command lines. Groups are added in
+    the order of the generic per-table lookup, so candidates keep their order.
     """
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"_LIMIT": _CACHE_LIMIT, "_LEN": _CACHE_LEN}
     lines = ["def candidates(e):", " c = {}", " add = c.update"]
-    raw: dict[str, str] = {}
-    for n, (dotted, f) in enumerate(zip(names, fields, strict=True)):
-        if dotted not in raw:
-            raw[dotted] = f"r{n}"
-            lines.append(f" r{n} = {_read(dotted, env, n)}")
-        r = raw[dotted]
-        lines.append(f" if {r} is not None:")
-        if f.fold:
-            lines.append(f"  v = {r}.lower()")
-        else:
-            lines.append(f"  v = {r}")
-        if f.eq:
-            env[f"eq{n}"] = f.eq
-            lines += [f"  g = eq{n}.get(v)", "  if g: add(g)"]
-        if f.head:
-            env[f"prefix{n}"] = f.prefix
-            lines += [f"  for lit, g in prefix{n}.get(v[:{f.head}], ()):", "   if v.startswith(lit): add(g)"]
-        if f.suffix_base:
-            env[f"base{n}"] = f.suffix_base
-            lines += ["  cut = v.rfind('/')", "  if cut >= 0:",
-                      f"   g = base{n}.get(v[cut:])", "   if g: add(g)"]
-        if f.tail:
-            env[f"suffix{n}"] = f.suffix
-            lines += [f"  for lit, g in suffix{n}.get(v[-{f.tail}:], ()):", "   if v.endswith(lit): add(g)"]
-        if f.contains_search is not None:
-            env[f"search{n}"] = f.contains_search
-            env[f"contains{n}"] = tuple(f.contains.items())
-            lines += [f"  if search{n}(v) is not None:", f"   for lit, g in contains{n}:",
-                      "    if lit in v: add(g)"]
+    by_field: dict[str, list[int]] = {}
+    for n, dotted in enumerate(names):
+        by_field.setdefault(dotted, []).append(n)
+    for dotted, ns in by_field.items():
+        m = ns[0]
+        look = [f"def look{m}(r):", " out = []"]
+        for n in ns:
+            look += [line[1:] for line in _lookup_source(n, fields[n], env)]
+        look += [" got = tuple(out)", f" if len(cache{m}) >= _LIMIT: cache{m}.clear()",
+                 f" if not isinstance(r, str) or len(r) <= _LEN: cache{m}[r] = got", " return got"]
+        env[f"cache{m}"] = {}
+        exec(compile("\n".join(look), f"<lookup {kind} {dotted}>", "exec"), env)  # noqa: S102 - built from constants
+        lines += [f" r = {_read(dotted, env, m)}", " if r is not None:",
+                  f"  gs = cache{m}.get(r)", "  if gs is None:", f"   gs = look{m}(r)",
+                  "  for g in gs: add(g)"]
     lines.append(" return c")
-    exec("\n".join(lines), env)  # noqa: S102 - source built above from field names and constants only
+    # Named per kind so that profiles tell the buckets apart.
+    exec(compile("\n".join(lines), f"<candidates {kind}>", "exec"), env)  # noqa: S102 - built from constants
     fn: Callable[[Event], RuleGroup] = env["candidates"]
     return fn
 
@@ -240,7 +257,7 @@ class Engine:
     def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
         self._buckets: dict[str, _Bucket] = {
-            kind: _bucket([r for r in ruleset.rules if kind in r.kinds]) for kind in KINDS
+            kind: _bucket(kind, [r for r in ruleset.rules if kind in r.kinds]) for kind in KINDS
         }
         self._empty = _Bucket((), (), lambda e: {})
         self.errors = 0  # rule evaluations that raised (bad event data); counted, never fatal
