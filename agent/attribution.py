@@ -20,6 +20,7 @@ from agent.registry import Registry
 UNSET_LOGINUID = 4294967295
 _CACHE_LIMIT = 16384
 _NO_ASSET: tuple[Level | None, str | None] = (None, None)
+_MISS: Any = object()  # not in a cache (None is a cached answer)
 
 
 def system_account_name(uid: int) -> str | None:
@@ -117,36 +118,44 @@ class Attributor:
     # -- the stage --------------------------------------------------------
     def __call__(self, e: Event) -> Event:
         """The event with operator, host and registry-derived fields filled."""
-        p = e.process
-        process = p
+        # Runs once per event: the caches are read inline, misses go to the methods above.
+        kind, etime, collector, p, parent, op, _, net, f, media, iface, detail = e
         if p.uid is not None or p.loginuid is not None:
-            op, user = self.operator(p.loginuid, p.uid, p.user)
+            hit = self._op_cache.get((p.loginuid, p.uid, p.user))
+            op, user = hit if hit is not None else self.operator(p.loginuid, p.uid, p.user)
             if p.user is None and user is not None:
-                process = _new(Process, (*p[:7], user, *p[8:]))
-        else:
-            op = e.operator
-        net = e.net
+                p = _new(Process, (*p[:7], user, *p[8:]))
         if net.remote_ip is not None or net.local_ip is not None:
-            rz = net.remote_zone if net.remote_zone is not None else self.zone(net.remote_ip)
-            lz = net.local_zone if net.local_zone is not None else self.zone(net.local_ip)
-            if rz != net.remote_zone or lz != net.local_zone:
+            zones = self._zone_cache
+            rz = net.remote_zone
+            if rz is None and net.remote_ip is not None:
+                rz = zones.get(net.remote_ip, _MISS)
+                if rz is _MISS:
+                    rz = self.zone(net.remote_ip)
+            lz = net.local_zone
+            if lz is None and net.local_ip is not None:
+                lz = zones.get(net.local_ip, _MISS)
+                if lz is _MISS:
+                    lz = self.zone(net.local_ip)
+            if rz is not net.remote_zone or lz is not net.local_zone:
                 net = _new(Net, (*net[:6], rz, net[7], lz))
-        f = e.file
         if f.path is not None and f.level is None:
-            level, unit = self.asset(f.path)
-            if f.dest_path is not None:
-                dlevel, dunit = self.asset(f.dest_path)
-                if dlevel is not None and (level is None or dlevel > level):
-                    level, unit = dlevel, dunit
-            if level is not None:
-                f = f._replace(level=level, owner_unit=f.owner_unit or unit)
-        media = e.media
+            f = self._file(f)
         if media.serial is not None and media.registered is None:
             media = self._medium(media)
-        iface = e.iface
         if iface.ip is not None and iface.zone is None:
             iface = iface._replace(zone=self.zone(iface.ip))
-        return _new(Event, (e[0], e[1], e[2], process, e[4], op, self._host, net, f, media, iface, e[11]))
+        return _new(Event, (kind, etime, collector, p, parent, op, self._host, net, f, media, iface, detail))
+
+    def _file(self, f: File) -> File:
+        level, unit = self.asset(f.path)
+        if f.dest_path is not None:
+            dlevel, dunit = self.asset(f.dest_path)
+            if dlevel is not None and (level is None or dlevel > level):
+                level, unit = dlevel, dunit
+        if level is None:
+            return f
+        return f._replace(level=level, owner_unit=f.owner_unit or unit)
 
     def _medium(self, media: Media) -> Media:
         m = self._media.get(media.serial or "")

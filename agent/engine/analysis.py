@@ -118,8 +118,53 @@ def _lowered(node: ast.expr) -> str | None:
     return None
 
 
-def _regex_literal(pattern: str) -> str | None:
-    """The longest literal run every match of ``pattern`` must contain, if any."""
+_MIN_REGEX_LITERAL = 2  # a regex is dear to run on every event: even a short required text narrows it
+_MAX_ALTERNATIVES = 16
+
+
+def _item_texts(op: Any, arg: Any) -> tuple[str, ...] | None:
+    """The texts one parsed regex item matches, when it matches only a few fixed ones."""
+    name = str(op)
+    if name == "LITERAL":
+        return (chr(arg),)
+    if name == "IN":
+        if all(str(o) == "LITERAL" for o, _ in arg) and len(arg) <= _MAX_ALTERNATIVES:
+            return tuple(chr(a) for _, a in arg)
+        return None
+    if name == "SUBPATTERN":
+        _group, add_flags, _del_flags, sub = arg
+        return None if add_flags & 2 else _sequence_texts(sub)  # (?i:...) matches other cases too
+    if name == "BRANCH":
+        out: list[str] = []
+        for branch in arg[1]:
+            texts = _sequence_texts(branch)
+            if texts is None:
+                return None
+            out.extend(texts)
+        return tuple(dict.fromkeys(out)) if len(out) <= _MAX_ALTERNATIVES else None
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") and arg[0] == arg[1] == 1:
+        return _sequence_texts(arg[2])
+    return None
+
+
+def _sequence_texts(items: Any) -> tuple[str, ...] | None:
+    texts: tuple[str, ...] = ("",)
+    for op, arg in items:
+        alts = _item_texts(op, arg)
+        if alts is None or len(texts) * len(alts) > _MAX_ALTERNATIVES:
+            return None
+        texts = tuple(dict.fromkeys(t + a for t in texts for a in alts))
+    return texts
+
+
+def _regex_literals(pattern: str) -> tuple[str, ...] | None:
+    """Texts of which every match of ``pattern`` contains one: the best run of fixed items.
+
+    A run is a stretch of items that each match a few fixed texts (a
+    character, a class such as ``[WR]``, a group of alternatives such as
+    ``(sh|bash)``); its texts are their combinations. The run with the
+    longest shortest text wins, then the one with fewer texts.
+    """
     try:
         from re import _parser  # type: ignore[attr-defined]
         parsed = _parser.parse(pattern)
@@ -127,15 +172,18 @@ def _regex_literal(pattern: str) -> str | None:
         return None
     if parsed.state.flags & 2:  # re.IGNORECASE
         return None
-    best, run = "", ""
+    runs: list[tuple[str, ...]] = []
+    run: tuple[str, ...] = ("",)
     for op, arg in parsed:
-        if str(op) == "LITERAL":
-            run += chr(arg)
+        alts = _item_texts(op, arg)
+        if alts is None or len(run) * len(alts) > _MAX_ALTERNATIVES:
+            runs.append(run)
+            run = alts or ("",)
             continue
-        best = max(best, run, key=len)
-        run = ""
-    best = max(best, run, key=len)
-    return best if len(best) >= _MIN_LITERAL else None
+        run = tuple(dict.fromkeys(t + a for t in run for a in alts))
+    runs.append(run)
+    best = max(runs, key=lambda r: (min(map(len, r)), -len(r)))
+    return best if min(map(len, best)) >= _MIN_REGEX_LITERAL else None
 
 
 def _call_triggers(node: ast.Call, scope: Scope) -> tuple[Trigger, ...] | None:
@@ -160,8 +208,8 @@ def _call_triggers(node: ast.Call, scope: Scope) -> tuple[Trigger, ...] | None:
         op = {"startswith": "prefix", "endswith": "suffix", "contains": "contains"}[name]
         return tuple(Trigger(op, fld, p, fold) for p in pats)
     if name == "regex" and len(pats) == 1:
-        lit = _regex_literal(pats[0])
-        return (Trigger("contains", fld, lit, fold),) if lit else None
+        lits = _regex_literals(pats[0])
+        return tuple(Trigger("contains", fld, lit, fold) for lit in lits) if lits else None
     if name == "glob":
         from agent.globs import literal_prefix
         prefixes = [literal_prefix(p) for p in pats]

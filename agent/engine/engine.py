@@ -194,9 +194,41 @@ _CACHE_LIMIT = 4096  # values per field remembered; the table is emptied when fu
 _CACHE_LEN = 512  # longer values (odd command lines) are looked up every time, never kept
 
 
+_QUICK_MAX = 16  # literals a quick startswith/endswith test may try; more go through the tables
+
+
+def _quick_source(n: int, f: _FieldIndex, env: dict[str, Any]) -> list[str] | None:
+    """A test that is false only when none of a field's tables can find anything for ``v``.
+
+    Most values of a busy field (command lines) match no rule at all: one
+    C-level test of the prefixes, one of the suffixes and the literal scan
+    settle them without the per-table lookups. None when the tables hold
+    too many prefixes or suffixes for such a test to be cheap.
+    """
+    prefixes = tuple(lit for entries in f.prefix.values() for lit, _ in entries)
+    suffixes = tuple(lit for entries in f.suffix.values() for lit, _ in entries) + tuple(f.suffix_base)
+    if len(prefixes) > _QUICK_MAX or len(suffixes) > _QUICK_MAX:
+        return None
+    v = "lo" if f.fold else "r"
+    tests = []
+    if f.eq:
+        env[f"eq{n}"] = f.eq
+        tests.append(f"{v} in eq{n}")
+    if prefixes:
+        env[f"prefixes{n}"] = prefixes
+        tests.append(f"{v}.startswith(prefixes{n})")
+    if suffixes:
+        env[f"suffixes{n}"] = suffixes
+        tests.append(f"{v}.endswith(suffixes{n})")
+    if f.contains_search is not None:
+        env[f"search{n}"] = f.contains_search
+        tests.append(f"search{n}({v}) is not None")  # the dearest: keep it last
+    return tests
+
+
 def _lookup_source(n: int, f: _FieldIndex, env: dict[str, Any]) -> list[str]:
     """Source appending to ``out`` every rule group one index table of a field finds for ``r``."""
-    lines = ["  v = r.lower()" if f.fold else "  v = r"]
+    lines = ["  v = lo" if f.fold else "  v = r"]
     if f.eq:
         env[f"eq{n}"] = f.eq
         lines += [f"  g = eq{n}.get(v)", "  if g: out.append(g)"]
@@ -218,6 +250,10 @@ def _lookup_source(n: int, f: _FieldIndex, env: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _only_eq(f: _FieldIndex) -> bool:
+    return not (f.head or f.tail or f.suffix_base or f.contains)
+
+
 def _compile_candidates(kind: str, names: list[str], fields: tuple[_FieldIndex, ...]) -> Callable[[Event], RuleGroup]:
     """One generated function per bucket: the candidate lookup with no per-field loop.
 
@@ -234,15 +270,31 @@ def _compile_candidates(kind: str, names: list[str], fields: tuple[_FieldIndex, 
         by_field.setdefault(dotted, []).append(n)
     for dotted, ns in by_field.items():
         m = ns[0]
-        look = [f"def look{m}(r):", " out = []"]
+        lines += [f" r = {_read(dotted, env, m)}", " if r is not None:"]
+        if len(ns) == 1 and _only_eq(fields[m]):
+            # One dictionary lookup is cheaper than remembering its answer.
+            env[f"eq{m}"] = fields[m].eq
+            lines += [f"  g = eq{m}.get(r.lower())" if fields[m].fold
+                      else f"  g = eq{m}.get(r)", "  if g: add(g)"]
+            continue
+        look = [f"def look{m}(r):"]
+        if any(fields[n].fold for n in ns):
+            look.append(" lo = r.lower()")
+        quick = [_quick_source(n, fields[n], env) for n in ns]
+        if all(q is not None for q in quick):
+            tests = sorted((t for q in quick if q for t in q), key=lambda t: t.startswith("search"))
+            look += [f" if not ({' or '.join(tests)}):", "  got = ()", " else:"]
+            indent = "  "
+        else:
+            indent = " "
+        look.append(indent + "out = []")
         for n in ns:
-            look += [line[1:] for line in _lookup_source(n, fields[n], env)]
-        look += [" got = tuple(out)", f" if len(cache{m}) >= _LIMIT: cache{m}.clear()",
+            look += [indent + line[2:] for line in _lookup_source(n, fields[n], env)]
+        look += [indent + "got = tuple(out)", f" if len(cache{m}) >= _LIMIT: cache{m}.clear()",
                  f" if not isinstance(r, str) or len(r) <= _LEN: cache{m}[r] = got", " return got"]
         env[f"cache{m}"] = {}
         exec(compile("\n".join(look), f"<lookup {kind} {dotted}>", "exec"), env)  # noqa: S102 - built from constants
-        lines += [f" r = {_read(dotted, env, m)}", " if r is not None:",
-                  f"  gs = cache{m}.get(r)", "  if gs is None:", f"   gs = look{m}(r)",
+        lines += [f"  gs = cache{m}.get(r)", "  if gs is None:", f"   gs = look{m}(r)",
                   "  for g in gs: add(g)"]
     lines.append(" return c")
     # Named per kind so that profiles tell the buckets apart.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.engine.engine import Engine
 from agent.engine.rules import load_rules
 from agent.events import Event, Process
@@ -49,3 +51,60 @@ def test_long_values_are_looked_up_every_time(tmp_path: Path) -> None:
     for _ in range(3):
         assert _ids(engine, "/usr/bin/bash", long) == {"CURL"}
         assert _ids(engine, "/usr/bin/bash", "x" * 5_000) == set()
+
+
+# -- indexed string tests agree with evaluating every rule --------------------
+
+import hypothesis.strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+
+PIECES = ["/usr/bin/", "/tmp/", "sh", "SH", "-W", "-R", "curl ", "x", "/", " -c", "a.conf", ""]
+TESTS = [
+    "startswith({f}, '/tmp/')", "startswith(lower({f}), '/usr/bin/', '/tmp/x')", "endswith({f}, '/sh')",
+    "endswith(lower({f}), 'sh', 'a.conf')", "contains(lower({f}), 'curl ', ' -c')", "contains({f}, 'SH')",
+    "lower({f}) == 'sh'", "{f} in ('x', '/tmp/sh')", "regex({f}, '-(W|R)')", "regex(lower({f}), '(sh|curl) ')",
+    "regex({f}, '[WR]x?/')", "glob({f}, '/usr/bin/*')",
+]
+
+
+@st.composite
+def string_rules(draw: st.DrawFn) -> list[str]:
+    out = []
+    for _ in range(draw(st.integers(1, 12))):
+        parts = [draw(st.sampled_from(TESTS)).format(f=draw(st.sampled_from(["process.exe", "process.cmdline"])))
+                 for _ in range(draw(st.integers(1, 3)))]
+        joiner = draw(st.sampled_from([" and ", " or "]))
+        out.append(joiner.join(parts))
+    return out
+
+
+values = st.lists(st.sampled_from(PIECES), max_size=5).map("".join)
+
+
+@settings(max_examples=80, deadline=None)
+@given(string_rules(), st.lists(st.tuples(values, values | st.none()), min_size=1, max_size=40))
+def test_indexed_string_tests_equal_brute_force(tmp_path_factory: pytest.TempPathFactory, conds: list[str],
+                                                evs: list[tuple[str, str | None]]) -> None:
+    d = tmp_path_factory.mktemp("rules")
+    rules = "".join(f"  - id: R{i}\n    title: {{zh: t, en: t}}\n    when: \"{c}\"\n    severity: low\n"
+                    f"    action: alert\n    message: {{zh: z, en: e}}\n" for i, c in enumerate(conds))
+    (d / "p.yaml").write_text("pack: p\nrules:\n" + rules, encoding="utf-8")
+    ruleset = load_rules([d])
+    engine = Engine(ruleset)
+    for _ in range(2):  # the second pass meets every value again, from the remembered lookups
+        for exe, cmdline in evs:
+            e = Event("process.exec", process=Process(exe=exe, cmdline=cmdline))
+            assert sorted(r.id for r in engine.match(e)) == sorted(r.id for r in ruleset.rules if r.test(e)), e
+
+
+def test_a_regex_with_alternatives_is_reached_through_the_index(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PACK.replace("contains(lower(process.cmdline), 'curl ')",
+                                                  "regex(process.cmdline, '-(W|R)[ ]?[0-9a-f]{2}')"),
+                                     encoding="utf-8")
+    engine = Engine(load_rules([tmp_path]))
+    # Indexed, not evaluated on every event: only the shell rule and this one exist, both behind indexes.
+    assert not engine._buckets["process.exec"].linear
+    assert _ids(engine, "/bin/ls", "xxd -W 4f") == {"CURL"}
+    assert _ids(engine, "/bin/ls", "xxd -R4f") == {"CURL"}
+    assert _ids(engine, "/bin/ls", "xxd -w 4f") == set()
+    assert _ids(engine, "/bin/ls", "xxd -W zz") == set()
