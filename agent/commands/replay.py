@@ -12,6 +12,7 @@ the run goes on, and exits 1 at the end if there was any.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import resource
 import sys
@@ -81,38 +82,35 @@ def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Callable[[Ev
            emit: Callable[[dict[str, Any]], object], report: Callable[[str], None],
            clock: Callable[[], float] = time.perf_counter) -> ReplayStats:
     """Evaluate every line of ``stream``; ``emit`` each finding record, ``report`` each bad line."""
-    stats = ReplayStats()
     decode = EventDecoder()
     match = engine.match
-    readline = stream.readline
-    lineno = 0
+    # A C-level line iterator; each line is at most MAX_LINE + 1 bytes, so memory stays bounded.
+    lines = iter(functools.partial(stream.readline, MAX_LINE + 1), b"")
+    events = findings = bad = lineno = 0
     start = clock()
-    while True:
-        raw = readline(MAX_LINE + 1)
-        if not raw:
-            break
+    for raw in lines:
         lineno += 1
         if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-            while raw and not raw.endswith(b"\n"):
-                raw = readline(MAX_LINE)
-            stats.bad += 1
+            for rest in lines:  # the remainder of the long line
+                if rest.endswith(b"\n"):
+                    break
+            bad += 1
             report(f"{name}:{lineno}: line longer than {MAX_LINE} bytes")
             continue
         try:
             event = attribute(decode(raw))
         except (ValueError, TypeError, RecursionError) as exc:
             if raw.strip():
-                stats.bad += 1
+                bad += 1
                 report(f"{name}:{lineno}: bad event: {exc}")
             continue
-        stats.events += 1
+        events += 1
         rules = match(event)
         if rules:
             for rule in rules:
-                stats.findings += 1
-                emit({"seq": stats.findings, "line": lineno, **Finding(rule, event).to_record()})
-    stats.seconds = clock() - start
-    return stats
+                findings += 1
+                emit({"seq": findings, "line": lineno, **Finding(rule, event).to_record()})
+    return ReplayStats(events, findings, bad, clock() - start)
 
 
 def peak_rss_mb() -> float:

@@ -87,19 +87,22 @@ def possible_kinds(node: ast.expr, scope: Scope, depth: int = 0) -> frozenset[st
 class Trigger:
     """A necessary condition a cheap index can test: ``field`` eq/prefix/suffix/contains ``value``."""
 
-    op: str  # eq | prefix | suffix | contains
+    op: str  # eq | prefix | suffix | contains | present (value None: the field is set)
     field: str
     value: Any
     fold: bool = False  # tested against lower(field), as Sigma's case-insensitive matching needs
 
 
-_OP_COST = {"eq": 0, "prefix": 1, "suffix": 1, "contains": 2}
+_OP_COST = {"eq": 0, "prefix": 1, "suffix": 1, "contains": 2, "present": 3}
 _MIN_LITERAL = 3  # shorter substrings match too often to narrow anything
 
 
 def _cost(ts: tuple[Trigger, ...]) -> tuple[int, int, int, int]:
     worst = max(_OP_COST[t.op] for t in ts)
-    weak = any(isinstance(t.value, bool) for t in ts)  # a bool splits events in two at best
+    # A bool splits events in two at best; uid 0 is root, behind a large share of all processes;
+    # the host group is the same on every event of a host, so that one of its fields is set narrows nothing.
+    weak = any(isinstance(t.value, bool) or (t.value == 0 and t.field.endswith("uid"))
+               or (t.op == "present" and t.field.startswith("host.")) for t in ts)
     # On a tie, the longer literal: "root" is on every host, "/var/opt/microsoft/scx/tmp" is not.
     shortest = min(len(t.value) if isinstance(t.value, str) else 0 for t in ts)
     return (int(weak), worst, len(ts), -shortest)
@@ -218,6 +221,24 @@ def _call_triggers(node: ast.Call, scope: Scope) -> tuple[Trigger, ...] | None:
     return None
 
 
+_ORDERING = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
+def _presence(node: ast.expr) -> str | None:
+    """The field ``node`` needs set: ``field != None``, or an ordering comparison (false on an unset side)."""
+    if not (isinstance(node, ast.Compare) and len(node.ops) == 1):
+        return None
+    left, op, right = node.left, node.ops[0], node.comparators[0]
+    if isinstance(op, ast.NotEq):
+        for a, b in ((left, right), (right, left)):
+            if _field(a) is not None and isinstance(b, ast.Constant) and b.value is None:
+                return _field(a)
+        return None
+    if isinstance(op, _ORDERING):
+        return _field(left) or _field(right)
+    return None
+
+
 def triggers(node: ast.expr, scope: Scope, depth: int = 0) -> tuple[Trigger, ...] | None:
     """Index entries of which at least one holds whenever ``node`` is true; None if none can be given."""
     if depth > 50:
@@ -233,6 +254,9 @@ def triggers(node: ast.expr, scope: Scope, depth: int = 0) -> tuple[Trigger, ...
         if any(not p for p in parts):
             return None
         return tuple(t for p in parts if p for t in p)
+    present = _presence(node)
+    if present is not None:
+        return (Trigger("present", present, None),)
     if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.In)):
         left, right = node.left, node.comparators[0]
         if _field(left) is None and _field(right) is not None and isinstance(node.ops[0], ast.Eq):

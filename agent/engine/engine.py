@@ -84,11 +84,12 @@ class _FieldIndex(NamedTuple):
     suffix_base: dict[str, RuleGroup]
     contains_search: Callable[[str], Any] | None
     contains: dict[str, RuleGroup]
+    present: RuleGroup  # rules that need only the field to be set
 
     def groups(self) -> list[RuleGroup]:
         """Every rule group of every index of this field."""
         keyed = [g for t in (self.prefix, self.suffix) for entries in t.values() for _, g in entries]
-        return keyed + [g for t in (self.eq, self.suffix_base, self.contains) for g in t.values()]
+        return keyed + [g for t in (self.eq, self.suffix_base, self.contains) for g in t.values()] + [self.present]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +136,9 @@ def _field_index(fld: str, fold: bool, tables: dict[str, dict[Any, list[Rule]]])
     tail, suffix = _by_ends(_freeze(plain), suffix=True)
     contains = _freeze(tables.get("contains", {}))
     search = _any_of(list(contains)) if contains else None
+    present = dict.fromkeys(tables.get("present", {}).get(None, []))
     return _FieldIndex(_getter(fld), fold, _freeze(tables.get("eq", {})), head, prefix, tail, suffix,
-                       _freeze(base), search, contains)
+                       _freeze(base), search, contains, present)
 
 
 def _any_of(literals: list[str]) -> Callable[[str], Any]:
@@ -250,6 +252,10 @@ def _lookup_source(n: int, f: _FieldIndex, env: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _only_present(f: _FieldIndex) -> bool:
+    return not f.eq and _only_eq(f)
+
+
 def _only_eq(f: _FieldIndex) -> bool:
     return not (f.head or f.tail or f.suffix_base or f.contains)
 
@@ -271,6 +277,12 @@ def _compile_candidates(kind: str, names: list[str], fields: tuple[_FieldIndex, 
     for dotted, ns in by_field.items():
         m = ns[0]
         lines += [f" r = {_read(dotted, env, m)}", " if r is not None:"]
+        for n in ns:
+            if fields[n].present:
+                env[f"present{n}"] = fields[n].present
+                lines.append(f"  add(present{n})")
+        if all(_only_present(fields[n]) for n in ns):
+            continue
         if len(ns) == 1 and _only_eq(fields[m]):
             # One dictionary lookup is cheaper than remembering its answer.
             env[f"eq{m}"] = fields[m].eq

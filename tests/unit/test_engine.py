@@ -143,7 +143,10 @@ def rule_sets(draw: st.DrawFn) -> list[str]:
         lit = repr(v)
         extra = draw(st.sampled_from(["", " and process.uid == 0", " or process.uid == 1",
                                       " and not startswith(process.exe, '/tmp/')"]))
-        conds.append(f"event.kind == '{kind}' and {fld} == {lit}{extra}")
+        # Conditions that need a field set: reached through the field's presence.
+        test = draw(st.sampled_from([f"{fld} == {lit}", f"{fld} != None", "None != net.remote_zone",
+                                     "process.uid >= 1", "1 < process.uid", "net.remote_port > process.uid"]))
+        conds.append(f"event.kind == '{kind}' and {test}{extra}")
     return conds
 
 

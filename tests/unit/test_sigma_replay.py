@@ -81,6 +81,21 @@ def test_replay_reports_bad_lines_and_goes_on(tmp_path: Path, capsys: pytest.Cap
     assert "1 events, 1 findings, 3 bad lines" in err
 
 
+def test_replay_skips_an_over_long_line_and_reads_the_next(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.commands.replay import MAX_LINE
+
+    d = rules_dir(tmp_path, SIGMA)
+    events = tmp_path / "events.jsonl"
+    huge = json.dumps({**HIT, "event": {**HIT["event"], "detail": "x" * (3 * MAX_LINE)}})
+    events.write_text("\n".join([json.dumps(HIT), huge, json.dumps(HIT)]) + "\n", encoding="utf-8")
+    assert main(["replay", "--rules", str(d), str(events)]) == 1
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["line"] for line in out.splitlines()] == [1, 3]
+    assert f"{events}:2: line longer than {MAX_LINE} bytes" in err
+    assert "2 events, 2 findings, 1 bad lines" in err
+
+
 def test_replay_reads_standard_input_and_uses_the_config(tmp_path: Path) -> None:
     d = rules_dir(tmp_path, SIGMA, UNSUPPORTED)
     (tmp_path / "agent.yaml").write_text(f"rules: [{d}]\nsigma: {{skip_unsupported: true}}\n"
