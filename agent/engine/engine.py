@@ -11,11 +11,11 @@ many rules there are; only rules that pass their trigger are evaluated.
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from agent.engine.expr import any_of
 from agent.engine.rules import Rule, RuleSet
 from agent.events import KINDS, Event
 
@@ -135,36 +135,10 @@ def _field_index(fld: str, fold: bool, tables: dict[str, dict[Any, list[Rule]]])
     head, prefix = _by_ends(_freeze(tables.get("prefix", {})), suffix=False)
     tail, suffix = _by_ends(_freeze(plain), suffix=True)
     contains = _freeze(tables.get("contains", {}))
-    search = _any_of(list(contains)) if contains else None
+    search = any_of(list(contains)) if contains else None
     present = dict.fromkeys(tables.get("present", {}).get(None, []))
     return _FieldIndex(_getter(fld), fold, _freeze(tables.get("eq", {})), head, prefix, tail, suffix,
                        _freeze(base), search, contains, present)
-
-
-def _any_of(literals: list[str]) -> Callable[[str], Any]:
-    """One C-level scan that finds whether a value holds any of the literals.
-
-    The alternation is written as a trie (``a(?:bc|d)``, not ``abc|ad``): the
-    regex engine tries alternatives one by one at each position, so sharing
-    prefixes makes a scan over dozens of literals two to three times faster.
-    """
-    trie: dict[str, Any] = {}
-    for lit in literals:
-        node = trie
-        for ch in lit:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def pattern(node: dict[str, Any]) -> str:
-        if "" in node:  # a literal ends here: holding it is enough, longer ones add nothing
-            return ""
-        alts = [re.escape(ch) + pattern(sub) for ch, sub in sorted(node.items())]
-        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-
-    try:
-        return re.compile(pattern(trie)).search
-    except (RecursionError, re.error):  # pathologically long literals: the flat alternation still works
-        return re.compile("|".join(re.escape(k) for k in sorted(literals, key=len, reverse=True))).search
 
 
 def _bucket(kind: str, rules: list[Rule]) -> _Bucket:
