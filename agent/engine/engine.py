@@ -61,7 +61,8 @@ class Finding:
 
 
 Getter = Callable[[Event], Any]
-RuleGroup = dict[Rule, None]  # an ordered set: merged into the candidates with one update()
+Test = Callable[[Event], bool]
+RuleGroup = dict[Rule, Test]  # an ordered set with each rule's test: merged into the candidates with one update()
 
 
 class _FieldIndex(NamedTuple):
@@ -98,7 +99,7 @@ class _Bucket:
 
     linear: tuple[Rule, ...]
     fields: tuple[_FieldIndex, ...]
-    candidates: Callable[[Event], RuleGroup]
+    match: Callable[[Event], list[Rule]]
 
     @property
     def indexed(self) -> bool:
@@ -111,8 +112,12 @@ def _getter(dotted: str) -> Getter:
     return operator.attrgetter(name if group == "event" else dotted)
 
 
+def _group(rules: list[Rule]) -> RuleGroup:
+    return {r: r.test for r in rules}
+
+
 def _freeze(table: dict[Any, list[Rule]]) -> dict[Any, RuleGroup]:
-    return {k: dict.fromkeys(v) for k, v in table.items()}
+    return {k: _group(v) for k, v in table.items()}
 
 
 def _by_ends(table: dict[str, RuleGroup], suffix: bool) -> tuple[int, dict[str, tuple[tuple[str, RuleGroup], ...]]]:
@@ -136,7 +141,7 @@ def _field_index(fld: str, fold: bool, tables: dict[str, dict[Any, list[Rule]]])
     tail, suffix = _by_ends(_freeze(plain), suffix=True)
     contains = _freeze(tables.get("contains", {}))
     search = any_of(list(contains)) if contains else None
-    present = dict.fromkeys(tables.get("present", {}).get(None, []))
+    present = _group(tables.get("present", {}).get(None, []))
     return _FieldIndex(_getter(fld), fold, _freeze(tables.get("eq", {})), head, prefix, tail, suffix,
                        _freeze(base), search, contains, present)
 
@@ -153,7 +158,7 @@ def _bucket(kind: str, rules: list[Rule]) -> _Bucket:
             tables.setdefault(t.op, {}).setdefault(t.value, []).append(r)
     keys = sorted(by_field)
     fields = tuple(_field_index(fld, fold, by_field[(fld, fold)]) for fld, fold in keys)
-    return _Bucket(tuple(linear), fields, _compile_candidates(kind, [fld for fld, _ in keys], fields))
+    return _Bucket(tuple(linear), fields, _compile_match(kind, linear, [fld for fld, _ in keys], fields))
 
 
 def _read(dotted: str, env: dict[str, Any], n: int) -> str:
@@ -234,8 +239,43 @@ def _only_eq(f: _FieldIndex) -> bool:
     return not (f.head or f.tail or f.suffix_base or f.contains)
 
 
-def _compile_candidates(kind: str, names: list[str], fields: tuple[_FieldIndex, ...]) -> Callable[[Event], RuleGroup]:
-    """One generated function per bucket: the candidate lookup with no per-field loop.
+def _field_source(kind: str, dotted: str, ns: list[int], fields: tuple[_FieldIndex, ...],
+                  env: dict[str, Any]) -> list[str]:
+    """Source adding to the candidates ``c`` every rule group one field's indexes find."""
+    m = ns[0]
+    lines = [f" r = {_read(dotted, env, m)}", " if r is not None:"]
+    for n in ns:
+        if fields[n].present:
+            env[f"present{n}"] = fields[n].present
+            lines.append(f"  add(present{n})")
+    if all(_only_present(fields[n]) for n in ns):
+        return lines
+    if len(ns) == 1 and _only_eq(fields[m]):
+        # One dictionary lookup is cheaper than remembering its answer.
+        env[f"eq{m}"] = fields[m].eq
+        return [*lines, f"  g = eq{m}.get(r.lower())" if fields[m].fold else f"  g = eq{m}.get(r)", "  if g: add(g)"]
+    look = [f"def look{m}(r):"]
+    if any(fields[n].fold for n in ns):
+        look.append(" lo = r.lower()")
+    quick = [_quick_source(n, fields[n], env) for n in ns]
+    indent = " "
+    if all(q is not None for q in quick):
+        tests = sorted((t for q in quick if q for t in q), key=lambda t: t.startswith("search"))
+        look += [f" if not ({' or '.join(tests)}):", "  got = ()", " else:"]
+        indent = "  "
+    look.append(indent + "out = []")
+    for n in ns:
+        look += [indent + line[2:] for line in _lookup_source(n, fields[n], env)]
+    look += [indent + "got = tuple(out)", f" if len(cache{m}) >= _LIMIT: cache{m}.clear()",
+             f" if not isinstance(r, str) or len(r) <= _LEN: cache{m}[r] = got", " return got"]
+    env[f"cache{m}"] = {}
+    exec(compile("\n".join(look), f"<lookup {kind} {dotted}>", "exec"), env)  # noqa: S102 - built from constants
+    return [*lines, f"  gs = cache{m}.get(r)", "  if gs is None:", f"   gs = look{m}(r)", "  for g in gs: add(g)"]
+
+
+def _compile_match(kind: str, linear: list[Rule], names: list[str],
+                   fields: tuple[_FieldIndex, ...]) -> Callable[[Event], list[Rule]]:
+    """One generated function per bucket: the rules without triggers, then the candidate lookup and tests.
 
     Each field is read once. What its indexes find depends on its value
     alone, so the rule groups are computed once per distinct value (lowered
@@ -244,48 +284,22 @@ def _compile_candidates(kind: str, names: list[str], fields: tuple[_FieldIndex, 
     the order of the generic per-table lookup, so candidates keep their order.
     """
     env: dict[str, Any] = {"_LIMIT": _CACHE_LIMIT, "_LEN": _CACHE_LEN}
-    lines = ["def candidates(e):", " c = {}", " add = c.update"]
-    by_field: dict[str, list[int]] = {}
-    for n, dotted in enumerate(names):
-        by_field.setdefault(dotted, []).append(n)
-    for dotted, ns in by_field.items():
-        m = ns[0]
-        lines += [f" r = {_read(dotted, env, m)}", " if r is not None:"]
-        for n in ns:
-            if fields[n].present:
-                env[f"present{n}"] = fields[n].present
-                lines.append(f"  add(present{n})")
-        if all(_only_present(fields[n]) for n in ns):
-            continue
-        if len(ns) == 1 and _only_eq(fields[m]):
-            # One dictionary lookup is cheaper than remembering its answer.
-            env[f"eq{m}"] = fields[m].eq
-            lines += [f"  g = eq{m}.get(r.lower())" if fields[m].fold
-                      else f"  g = eq{m}.get(r)", "  if g: add(g)"]
-            continue
-        look = [f"def look{m}(r):"]
-        if any(fields[n].fold for n in ns):
-            look.append(" lo = r.lower()")
-        quick = [_quick_source(n, fields[n], env) for n in ns]
-        if all(q is not None for q in quick):
-            tests = sorted((t for q in quick if q for t in q), key=lambda t: t.startswith("search"))
-            look += [f" if not ({' or '.join(tests)}):", "  got = ()", " else:"]
-            indent = "  "
-        else:
-            indent = " "
-        look.append(indent + "out = []")
-        for n in ns:
-            look += [indent + line[2:] for line in _lookup_source(n, fields[n], env)]
-        look += [indent + "got = tuple(out)", f" if len(cache{m}) >= _LIMIT: cache{m}.clear()",
-                 f" if not isinstance(r, str) or len(r) <= _LEN: cache{m}[r] = got", " return got"]
-        env[f"cache{m}"] = {}
-        exec(compile("\n".join(look), f"<lookup {kind} {dotted}>", "exec"), env)  # noqa: S102 - built from constants
-        lines += [f"  gs = cache{m}.get(r)", "  if gs is None:", f"   gs = look{m}(r)",
-                  "  for g in gs: add(g)"]
-    lines.append(" return c")
+    lines = ["def match(e):", " hits = []"]
+    for n, rule in enumerate(linear):
+        env[f"rule{n}"], env[f"test{n}"] = rule, rule.test
+        lines.append(f" if test{n}(e): hits.append(rule{n})")
+    if names:
+        lines += [" c = {}", " add = c.update"]
+        by_field: dict[str, list[int]] = {}
+        for n, dotted in enumerate(names):
+            by_field.setdefault(dotted, []).append(n)
+        for dotted, ns in by_field.items():
+            lines += _field_source(kind, dotted, ns, fields, env)
+        lines += [" if c:", "  for rule, test in c.items():", "   if test(e): hits.append(rule)"]
+    lines.append(" return hits")
     # Named per kind so that profiles tell the buckets apart.
-    exec(compile("\n".join(lines), f"<candidates {kind}>", "exec"), env)  # noqa: S102 - built from constants
-    fn: Callable[[Event], RuleGroup] = env["candidates"]
+    exec(compile("\n".join(lines), f"<match {kind}>", "exec"), env)  # noqa: S102 - built from constants
+    fn: Callable[[Event], list[Rule]] = env["match"]
     return fn
 
 
@@ -297,7 +311,9 @@ class Engine:
         self._buckets: dict[str, _Bucket] = {
             kind: _bucket(kind, [r for r in ruleset.rules if kind in r.kinds]) for kind in KINDS
         }
-        self._empty = _Bucket((), (), lambda e: {})
+        self._empty = _Bucket((), (), lambda e: [])
+        self._match = {kind: b.match for kind, b in self._buckets.items()}
+        self._nothing = self._empty.match
         self.errors = 0  # rule evaluations that raised (bad event data); counted, never fatal
 
     def rules_for(self, kind: str) -> list[Rule]:
@@ -310,17 +326,11 @@ class Engine:
 
     def match(self, e: Event) -> list[Rule]:
         """Every rule whose condition holds for the (attributed) event."""
-        b = self._buckets.get(e.kind, self._empty)
         try:
-            hits = [r for r in b.linear if r.test(e)]
-            if b.fields:
-                cands = b.candidates(e)
-                if cands:
-                    hits.extend(r for r in cands if r.test(e))
+            return self._match.get(e.kind, self._nothing)(e)
         except Exception:
             # One bad value must not hide other rules' findings.
             return self._match_slow(e)
-        return hits
 
     def _match_slow(self, e: Event) -> list[Rule]:
         hits = []
