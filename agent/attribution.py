@@ -145,7 +145,10 @@ class Attributor:
             media = self._medium(media)
         if iface.ip is not None and iface.zone is None:
             iface = iface._replace(zone=self.zone(iface.ip))
-        return _new(Event, (kind, etime, collector, p, parent, op, self._host, net, f, media, iface, detail))
+        # tuple.__new__ skips the generated keyword __new__ (and a call): this runs per event.
+        event: Event = _TUPLE_NEW(Event, (kind, etime, collector, p, parent, op, self._host, net, f, media, iface,
+                                          detail))
+        return event
 
     def _file(self, f: File) -> File:
         level, unit = self.asset(f.path)
@@ -165,6 +168,9 @@ class Attributor:
 
 
 _T = TypeVar("_T")
+
+
+_TUPLE_NEW: Any = tuple.__new__
 
 
 def _new(cls: type[_T], values: tuple[Any, ...]) -> _T:

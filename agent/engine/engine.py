@@ -161,12 +161,15 @@ def _bucket(kind: str, rules: list[Rule]) -> _Bucket:
     return _Bucket(tuple(linear), fields, _compile_match(kind, linear, [fld for fld, _ in keys], fields))
 
 
-def _read(dotted: str, env: dict[str, Any], n: int) -> str:
-    """Source reading one field of ``e``: inline attribute reads where the name allows."""
+def _read(dotted: str, env: dict[str, Any], n: int, shared: set[str]) -> str:
+    """Source reading one field of ``e``: inline attribute reads where the name allows.
+
+    A group in ``shared`` has been read into a local of its name already.
+    """
     group, _, name = dotted.partition(".")
     path = name if group == "event" else dotted
     if all(part.isidentifier() for part in path.split(".")):
-        return "e." + path
+        return path if group in shared else "e." + path
     env[f"get{n}"] = _getter(dotted)
     return f"get{n}(e)"
 
@@ -240,10 +243,10 @@ def _only_eq(f: _FieldIndex) -> bool:
 
 
 def _field_source(kind: str, dotted: str, ns: list[int], fields: tuple[_FieldIndex, ...],
-                  env: dict[str, Any]) -> list[str]:
+                  env: dict[str, Any], shared: set[str]) -> list[str]:
     """Source adding to the candidates ``c`` every rule group one field's indexes find."""
     m = ns[0]
-    lines = [f" r = {_read(dotted, env, m)}", " if r is not None:"]
+    lines = [f" r = {_read(dotted, env, m, shared)}", " if r is not None:"]
     for n in ns:
         if fields[n].present:
             env[f"present{n}"] = fields[n].present
@@ -293,8 +296,12 @@ def _compile_match(kind: str, linear: list[Rule], names: list[str],
         by_field: dict[str, list[int]] = {}
         for n, dotted in enumerate(names):
             by_field.setdefault(dotted, []).append(n)
+        groups = [d.partition(".")[0] for d in by_field]
+        # A group with several indexed fields is read once: process = e.process, then process.exe ...
+        shared = {g for g in groups if g != "event" and groups.count(g) > 1 and g.isidentifier()}
+        lines += [f" {g} = e.{g}" for g in sorted(shared)]
         for dotted, ns in by_field.items():
-            lines += _field_source(kind, dotted, ns, fields, env)
+            lines += _field_source(kind, dotted, ns, fields, env, shared)
         lines += [" if c:", "  for rule, test in c.items():", "   if test(e): hits.append(rule)"]
     lines.append(" return hits")
     # Named per kind so that profiles tell the buckets apart.
