@@ -13,7 +13,7 @@ import pwd
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from agent.events import Event, File, Iface, Media, Net, Operator, Process
+from agent.events import Event, File, Host, Iface, Media, Net, Operator, Parent, Process
 from agent.levels import Level
 from agent.registry import Registry
 
@@ -118,8 +118,12 @@ class Attributor:
     # -- the stage --------------------------------------------------------
     def __call__(self, e: Event) -> Event:
         """The event with operator, host and registry-derived fields filled."""
+        return self.build(*e)
+
+    def build(self, kind: str, etime: float | None, collector: str | None, p: Process, parent: Parent,
+              op: Operator, host: Host, net: Net, f: File, media: Media, iface: Iface, detail: str | None) -> Event:
+        """The attributed event of these parts (an Event's fields, in order): the decoder hands them over directly."""
         # Runs once per event: the caches are read inline, misses go to the methods above.
-        kind, etime, collector, p, parent, op, _, net, f, media, iface, detail = e
         if p.uid is not None or p.loginuid is not None:
             hit = self._op_cache.get((p.loginuid, p.uid, p.user))
             op, user = hit if hit is not None else self.operator(p.loginuid, p.uid, p.user)

@@ -9,6 +9,7 @@ reading any field of any event is safe and yields ``None`` when unset.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -293,8 +294,11 @@ class EventDecoder:
     than ``from_json`` on typical events.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, finish: Callable[..., Event] | None = None) -> None:
+        """``finish`` builds the event from its twelve parts (Event's order): attribution can do it directly."""
         import msgspec  # the recording and central paths need it, the agent's import does not
+
+        self._finish = finish if finish is not None else _event_of
 
         # Level fields arrive as names and need parse_level: typed as null here, a name
         # makes msgspec refuse the text, which then takes the full path.
@@ -322,13 +326,13 @@ class EventDecoder:
         try:
             top = self._decode(text)
         except self._error:
-            return self._slow(text)
+            return self._finish(*self._slow(text))
         # One C call unpacks the top level; the groups in GROUP_TYPES order (checked in __init__).
         head, g1, g2, g3, g4, g5, g6, g7, g8 = self._astuple(top)
         if head.kind not in KIND_SET:
-            return self._slow(text)
+            return self._finish(*self._slow(text))
         t, new = self._astuple, tuple.__new__
-        return new(Event, (
+        return self._finish(
             head.kind, head.time, head.collector,
             _EMPTY_PROCESS if g1 is None else new(Process, t(g1)),
             _EMPTY_PARENT if g2 is None else new(Parent, t(g2)),
@@ -338,11 +342,16 @@ class EventDecoder:
             _EMPTY_FILE if g6 is None else new(File, t(g6)),
             _EMPTY_MEDIA if g7 is None else new(Media, t(g7)),
             _EMPTY_IFACE if g8 is None else new(Iface, t(g8)),
-            head.detail))
+            head.detail)
 
     @staticmethod
     def _slow(text: bytes | str) -> Event:
         return Event.from_json(text.decode("utf-8") if isinstance(text, bytes) else text)
+
+
+def _event_of(*parts: Any) -> Event:
+    event: Event = tuple.__new__(Event, parts)
+    return event
 
 
 _EMPTY_PROCESS, _EMPTY_PARENT, _EMPTY_OPERATOR, _EMPTY_HOST = Process(), Parent(), Operator(), Host()

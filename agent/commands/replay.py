@@ -28,7 +28,7 @@ from agent.config import load_config
 from agent.engine.engine import Engine, Finding
 from agent.engine.rules import RuleSet, load_rules
 from agent.errors import LoadError, LoadErrors
-from agent.events import Event, EventDecoder
+from agent.events import EventDecoder
 from agent.paths import DEMO_REGISTRY, shipped_rules_dir
 from agent.registry import load_registry
 
@@ -78,11 +78,11 @@ class ReplayStats:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Callable[[Event], Event],
+def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Attributor,
            emit: Callable[[dict[str, Any]], object], report: Callable[[str], None],
            clock: Callable[[], float] = time.perf_counter) -> ReplayStats:
     """Evaluate every line of ``stream``; ``emit`` each finding record, ``report`` each bad line."""
-    decode = EventDecoder()
+    decode = EventDecoder(attribute.build)  # decoded and attributed in one step
     match = engine.match
     # A C-level line iterator; each line is at most MAX_LINE + 1 bytes, so memory stays bounded.
     lines = iter(functools.partial(stream.readline, MAX_LINE + 1), b"")
@@ -98,7 +98,7 @@ def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Callable[[Ev
             report(f"{name}:{lineno}: line longer than {MAX_LINE} bytes")
             continue
         try:
-            event = attribute(decode(raw))
+            event = decode(raw)
         except (ValueError, TypeError, RecursionError) as exc:
             if raw.strip():
                 bad += 1
