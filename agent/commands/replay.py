@@ -83,7 +83,7 @@ def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Attributor,
            clock: Callable[[], float] = time.perf_counter) -> ReplayStats:
     """Evaluate every line of ``stream``; ``emit`` each finding record, ``report`` each bad line."""
     decode = EventDecoder(attribute.build)  # decoded and attributed in one step
-    match = engine.match
+    by_kind = engine.matchers()  # the decoder admits only known kinds, and every kind has an entry
     # A C-level line iterator; each line is at most MAX_LINE + 1 bytes, so memory stays bounded.
     lines = iter(functools.partial(stream.readline, MAX_LINE + 1), b"")
     events = findings = bad = lineno = 0
@@ -105,7 +105,7 @@ def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Attributor,
                 report(f"{name}:{lineno}: bad event: {exc}")
             continue
         events += 1
-        rules = match(event)
+        rules = by_kind[event.kind](event)
         if rules:
             for rule in rules:
                 findings += 1

@@ -108,3 +108,20 @@ def test_a_regex_with_alternatives_is_reached_through_the_index(tmp_path: Path) 
     assert _ids(engine, "/bin/ls", "xxd -R4f") == {"CURL"}
     assert _ids(engine, "/bin/ls", "xxd -w 4f") == set()
     assert _ids(engine, "/bin/ls", "xxd -W zz") == set()
+
+
+def test_a_rule_that_fails_on_a_value_hides_no_other_finding(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PACK + """\
+  - id: PID
+    title: {zh: 标题, en: title}
+    when: "process.pid == 5"
+    severity: high
+    action: alert
+    message: {zh: z, en: e}
+""", encoding="utf-8")
+    engine = Engine(load_rules([tmp_path]))
+    # A number where text belongs (an event built in code, not decoded): lower() fails on it.
+    odd = Event("process.exec", process=Process(pid=5, exe=5, cmdline="curl x"))  # type: ignore[arg-type]
+    assert {r.id for r in engine.match(odd)} == {"PID", "CURL"}
+    assert engine.errors == 1
+    assert {r.id for r in engine.match(Event("process.exec", process=Process(pid=5, exe="/bin/sh")))} == {"SH", "PID"}
