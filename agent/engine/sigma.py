@@ -31,7 +31,7 @@ from typing import Any
 
 from agent.engine.sigma_condition import condition_text
 from agent.engine.sigma_fields import CATEGORIES, Category
-from agent.engine.sigma_values import SigmaUnsupported, field_test
+from agent.engine.sigma_values import Cond, SigmaUnsupported, all_of, any_of, field_test
 from agent.errors import LoadError, LoadErrors, Location
 from agent.yamlsrc import LDict, LList
 
@@ -148,7 +148,7 @@ def _detection(det: Any, where: Location, cat: Category) -> str:
     problems: list[LoadError] = []
     if "timeframe" in det:
         problems.append(SigmaUnsupported(det.key_at("timeframe"), "timeframe (correlation) is not supported"))
-    selections: dict[str, str] = {}
+    selections: dict[str, Cond] = {}
     for name, body in det.items():
         if name in ("condition", "timeframe"):
             continue
@@ -173,19 +173,18 @@ def _detection(det: Any, where: Location, cat: Category) -> str:
             texts.append(condition_text(c, at, selections))
         except LoadError as exc:
             raise LoadErrors([exc]) from None
-    # A list of conditions means any of them (Sigma 1.0).
-    body = texts[0] if len(texts) == 1 else "(" + " or ".join(texts) + ")"
+    # A list of conditions means any of them (Sigma 1.0). The rule fires where it is true.
+    body = any_of(texts).true
     kinds = cat.kinds
     head = f"event.kind == {kinds[0]!r}" if len(kinds) == 1 else f"event.kind in {kinds!r}"
     return f"{head} and {body}"
 
 
-def _selection(body: Any, where: Location, key_at: Location, cat: Category) -> str:
+def _selection(body: Any, where: Location, key_at: Location, cat: Category) -> Cond:
     if isinstance(body, LDict):
         return _mapping(body, cat)
     if isinstance(body, LList) and body and all(isinstance(x, LDict) for x in body):
-        parts = [_mapping(x, cat) for x in body]
-        return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
+        return any_of([_mapping(x, cat) for x in body])
     if isinstance(body, LList) and any(isinstance(x, LDict) for x in body):
         raise LoadError(where, "a selection list must hold only field mappings or only keywords")
     if body is None or (isinstance(body, LList) and not body):
@@ -194,7 +193,7 @@ def _selection(body: Any, where: Location, key_at: Location, cat: Category) -> s
                                    "name a field such as CommandLine|contains")
 
 
-def _mapping(m: LDict, cat: Category) -> str:
+def _mapping(m: LDict, cat: Category) -> Cond:
     if not m:
         raise LoadError(m.where, "a selection cannot be empty")
     problems: list[LoadError] = []
@@ -206,7 +205,7 @@ def _mapping(m: LDict, cat: Category) -> str:
             problems.append(exc)
     if problems:
         raise LoadErrors(problems)
-    return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+    return all_of(parts)
 
 
 def _brace_safe(text: str) -> str:

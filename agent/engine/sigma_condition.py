@@ -20,7 +20,7 @@ import fnmatch
 import re
 from collections.abc import Mapping
 
-from agent.engine.sigma_values import SigmaUnsupported
+from agent.engine.sigma_values import Cond, SigmaUnsupported, all_of, any_of
 from agent.errors import LoadError, Location
 
 _TOKEN = re.compile(r"\(|\)|\||[^\s()|]+")
@@ -28,7 +28,7 @@ _KEYWORDS = ("and", "or", "not", "of", "them")
 
 
 class _Parser:
-    def __init__(self, text: str, where: Location, selections: Mapping[str, str]) -> None:
+    def __init__(self, text: str, where: Location, selections: Mapping[str, Cond]) -> None:
         self.text = text
         self.where = where
         self.selections = selections
@@ -54,7 +54,7 @@ class _Parser:
             raise SigmaUnsupported(self.at(tok[1]), "aggregation conditions (| count() ...) are not supported")
         return tok
 
-    def parse(self) -> str:
+    def parse(self) -> Cond:
         if not self.tokens:
             raise LoadError(self.where, "condition is empty")
         out = self.expr()
@@ -63,25 +63,25 @@ class _Parser:
             raise LoadError(self.at(off), f"unexpected {tok!r} in condition")
         return out
 
-    def expr(self) -> str:
+    def expr(self) -> Cond:
         parts = [self.term()]
         while self.peek() == "or":
             self.take()
             parts.append(self.term())
-        return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
+        return any_of(parts)
 
-    def term(self) -> str:
+    def term(self) -> Cond:
         parts = [self.factor()]
         while self.peek() == "and":
             self.take()
             parts.append(self.factor())
-        return parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")"
+        return all_of(parts)
 
-    def factor(self) -> str:
+    def factor(self) -> Cond:
         tok, off = self.take()
         low = tok.lower()
         if low == "not":
-            return f"(not {self.factor()})"
+            return self.factor().negated()
         if tok == "(":
             inner = self.expr()
             close, coff = self.take()
@@ -96,7 +96,7 @@ class _Parser:
             raise LoadError(self.at(off), f"condition names {tok!r}, which is not a selection of this rule")
         return self.selections[tok]
 
-    def quantifier(self, count: str, off: int) -> str:
+    def quantifier(self, count: str, off: int) -> Cond:
         self.take()  # "of"
         target, toff = self.take()
         if count not in ("1", "all"):
@@ -110,13 +110,11 @@ class _Parser:
         if not names:
             raise LoadError(self.at(toff), f"{target!r} names no selection of this rule")
         parts = [self.selections[n] for n in names]
-        if len(parts) == 1:
-            return parts[0]
-        return "(" + (" or " if count == "1" else " and ").join(parts) + ")"
+        return any_of(parts) if count == "1" else all_of(parts)
 
 
-def condition_text(text: str, where: Location, selections: Mapping[str, str]) -> str:
-    """Translate one condition; ``selections`` maps each selection name to its condition text."""
+def condition_text(text: str, where: Location, selections: Mapping[str, Cond]) -> Cond:
+    """Translate one condition; ``selections`` maps each selection name to its condition."""
     return _Parser(text, where, selections).parse()
 
 

@@ -16,17 +16,19 @@ Semantics, as the Sigma specification gives them:
   a plain value must match the whole field.
 - A list of values is any-of, or all-of with ``|all``.
 
-Unset fields: the event of a rule's category is taken to carry every field
-Sigma expects for it, an unset string field reading as the empty string
-``""`` (as in Sysmon, where the fields of a record are always present).
-So a test that would accept ``""`` (``''``, ``null``, ``|contains: ''``,
-a regex that matches the empty string) also accepts an unset field, and
-every other test rejects it. A positive selection with real patterns never
-matches a field the event lacks; a filter (``not filter``) on such a field
-behaves as on an empty value, so a rule whose known-benign exception cannot
-be confirmed still alerts rather than going quiet because a field could not
-be read. Numeric fields have no empty value: an unset one matches only
-``null``.
+Unset fields, in three-valued logic (as SQL's NULL): a test on a field the
+event does not have is *unknown*, neither true nor false, and ``not`` of
+unknown is unknown; a rule fires only when its condition is true. So a
+field the event lacks matches no positive selection, and ``selection and
+not filter`` does not fire on an event that lacks the filter's field: the
+rule cannot tell that the event is not the benign case it excludes. (A rule
+judges only the event kinds of its category, and the collectors fill the
+fields Sigma expects of those, so this is the exception, not the rule.)
+Tests that are about absence are decided: ``null`` and ``''`` accept an
+unset field (the empty value of a Sysmon record), ``|exists`` says whether
+the field is set. Each test is therefore compiled twice, as the condition
+under which it holds (``Cond.true``) and the one under which it is known not
+to (``Cond.false``); ``not`` swaps them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,33 @@ _MAX_VARIANTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
+class Cond:
+    """A test in three-valued logic: condition texts for "holds" and for "known not to hold"."""
+
+    true: str
+    false: str
+
+    @staticmethod
+    def decided_when(true: str, known: str | None) -> Cond:
+        """A test that holds on ``true`` and is decided when ``known`` holds (None: always decided)."""
+        return Cond(true, f"(not {true})" if known is None else f"({known} and not {true})")
+
+    def negated(self) -> Cond:
+        """``not``: true where this is false, false where it is true, unknown where it is unknown."""
+        return Cond(self.false, self.true)
+
+
+def all_of(conds: Sequence[Cond]) -> Cond:
+    """``and``: true when all are true, false when any is false."""
+    return Cond(_join([c.true for c in conds], "and"), _join([c.false for c in conds], "or"))
+
+
+def any_of(conds: Sequence[Cond]) -> Cond:
+    """``or``: true when any is true, false when all are false."""
+    return Cond(_join([c.true for c in conds], "or"), _join([c.false for c in conds], "and"))
+
+
+@dataclass(frozen=True, slots=True)
 class _Atom:
     """One pattern test: ``op`` is eq, contains, startswith, endswith, regex or cidr."""
 
@@ -78,8 +107,8 @@ def values_of(value: Any, where: Location) -> list[tuple[Any, Location]]:
     return [(value, where_of(value, where))]
 
 
-def field_test(cat: Category, key: str, key_at: Location, value: Any, value_at: Location) -> str:
-    """The condition text of one ``Field|modifiers: values`` entry of a selection."""
+def field_test(cat: Category, key: str, key_at: Location, value: Any, value_at: Location) -> Cond:
+    """The condition of one ``Field|modifiers: values`` entry of a selection."""
     name, *mods = key.split("|")
     target = cat.field(name)
     if target is None:
@@ -98,14 +127,16 @@ def field_test(cat: Category, key: str, key_at: Location, value: Any, value_at: 
     if target == INITIATED:
         return _initiated(name, mods, items, key_at)
     if target == TARGET_FILE:
+        # A rename creates its destination name; other file events name one path.
         dest = _test("file.dest_path", name, mods, items, key_at)
         path = _test("file.path", name, mods, items, key_at)
-        return (f"((event.kind == {RENAME_KIND!r} and {dest}) or "
-                f"(event.kind != {RENAME_KIND!r} and {path}))")
+        rename, other = f"event.kind == {RENAME_KIND!r}", f"event.kind != {RENAME_KIND!r}"
+        return Cond(f"(({rename} and {dest.true}) or ({other} and {path.true}))",
+                    f"(({rename} and {dest.false}) or ({other} and {path.false}))")
     return _test(target, name, mods, items, key_at)
 
 
-def _initiated(name: str, mods: list[str], items: list[tuple[Any, Location]], key_at: Location) -> str:
+def _initiated(name: str, mods: list[str], items: list[tuple[Any, Location]], key_at: Location) -> Cond:
     if mods:
         raise SigmaUnsupported(key_at, f"modifiers on {name} are not supported")
     kinds = set()
@@ -114,17 +145,17 @@ def _initiated(name: str, mods: list[str], items: list[tuple[Any, Location]], ke
         if text not in ("true", "false"):
             raise LoadError(at, f"{name} must be 'true' or 'false', not {v!r}")
         kinds.add("net.connect" if text == "true" else "net.accept")
-    return f"event.kind in {tuple(sorted(kinds))!r}"
+    return Cond.decided_when(f"event.kind in {tuple(sorted(kinds))!r}", None)
 
 
-def _test(dotted: str, name: str, mods: list[str], items: list[tuple[Any, Location]], key_at: Location) -> str:
+def _test(dotted: str, name: str, mods: list[str], items: list[tuple[Any, Location]], key_at: Location) -> Cond:
     if field_type(dotted) == "int":
         return _int_test(dotted, name, mods, items, key_at)
     return _str_test(dotted, name, mods, items, key_at)
 
 
 def _int_test(dotted: str, name: str, mods: list[str], items: list[tuple[Any, Location]],
-              key_at: Location) -> str:
+              key_at: Location) -> Cond:
     cmp = [m for m in mods if m in _COMPARE]
     other = [m for m in mods if m not in _COMPARE and m != "exists"]
     if other or len(cmp) > 1:
@@ -145,25 +176,25 @@ def _int_test(dotted: str, name: str, mods: list[str], items: list[tuple[Any, Lo
     if cmp:
         if null or len(nums) != 1:
             raise LoadError(key_at, f"{name}|{cmp[0]} takes one number")
-        return f"{dotted} {_COMPARE[cmp[0]]} {nums[0]}"
+        return Cond.decided_when(f"{dotted} {_COMPARE[cmp[0]]} {nums[0]}", f"{dotted} != None")
     parts = []
     if nums:
         parts.append(f"{dotted} == {nums[0]}" if len(nums) == 1 else f"{dotted} in {tuple(nums)!r}")
     if null:
         parts.append(f"{dotted} == None")
-    return _join(parts, "or")
+    return Cond.decided_when(_join(parts, "or"), None if null else f"{dotted} != None")
 
 
-def _exists(dotted: str, name: str, mods: list[str], items: list[tuple[Any, Location]], numeric: bool) -> str:
+def _exists(dotted: str, name: str, mods: list[str], items: list[tuple[Any, Location]], numeric: bool) -> Cond:
     if len(mods) != 1 or len(items) != 1 or not isinstance(items[0][0], bool):
         raise LoadError(items[0][1], f"{name}|exists takes one value, true or false")
-    # An empty string is how an unset text field reads (see the module docstring).
+    # An empty text is the empty value of a record, as null is (see the module docstring).
     present = f"{dotted} != None" if numeric else f"{dotted} not in ('', None)"
-    return present if items[0][0] else f"not {present}"
+    return Cond.decided_when(present if items[0][0] else f"not {present}", None)
 
 
 def _str_test(dotted: str, name: str, mods: list[str], items: list[tuple[Any, Location]],
-              key_at: Location) -> str:
+              key_at: Location) -> Cond:
     m = set(mods)
     if "exists" in m:
         return _exists(dotted, name, mods, items, numeric=False)
@@ -227,7 +258,7 @@ def _string_atoms(name: str, m: set[str], items: list[tuple[Any, Location]], key
     out: list[_Atom] = []
     for v, at in items:
         if v is None:
-            out.append(_Atom("eq", "", False, True))  # null: the field is unset, which reads as ""
+            out.append(_Atom("eq", "", False, True))  # null: unset, or the empty value
             continue
         text = _scalar_text(v)
         variants = _windash(text, at) if "windash" in m else [text]
@@ -310,8 +341,12 @@ def _pattern_atom(op: str, text: str, cased: bool) -> _Atom:
     return _Atom("regex", pattern, cased, re.search(pattern, "") is not None)
 
 
-def _render(dotted: str, atoms: Sequence[_Atom], all_of: bool) -> str:
-    """Join atoms (any-of, or all-of), grouping literal tests of one kind into one call."""
+def _render(dotted: str, atoms: Sequence[_Atom], all_of: bool) -> Cond:
+    """Join atoms (any-of, or all-of), grouping literal tests of one kind into one call.
+
+    A test that accepts the empty value accepts an unset field too, and is
+    always decided; any other is decided only when the field is set.
+    """
     def subject(cased: bool) -> str:
         return dotted if cased else f"lower({dotted})"
 
@@ -337,7 +372,9 @@ def _render(dotted: str, atoms: Sequence[_Atom], all_of: bool) -> str:
                 parts.append(f"{op}({subj}, {', '.join(repr(p) for p in uniq)})")
         empty = any(a.empty for a in atoms)
     text = _join(parts, "and" if all_of else "or")
-    return f"({dotted} == None or {text})" if empty else text
+    if empty:
+        return Cond.decided_when(f"({dotted} == None or {text})", None)
+    return Cond.decided_when(text, f"{dotted} != None")
 
 
 def _one(subj: str, a: _Atom) -> str:
@@ -352,4 +389,4 @@ def _join(parts: list[str], op: str) -> str:
     return parts[0] if len(parts) == 1 else "(" + f" {op} ".join(parts) + ")"
 
 
-__all__ = ["KNOWN_MODIFIERS", "SigmaUnsupported", "field_test", "values_of"]
+__all__ = ["KNOWN_MODIFIERS", "Cond", "SigmaUnsupported", "all_of", "any_of", "field_test", "values_of"]

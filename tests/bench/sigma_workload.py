@@ -5,7 +5,9 @@ map of Sigma field values straight from the specification: wildcards via a
 hand-written translation, ``re.IGNORECASE`` for case-insensitivity, a small
 recursive condition evaluator. It shares no code with ``agent.engine.sigma*``,
 so tests can compare the engine against it. It follows the same documented
-choice for unset fields: an unset text field reads as ``""``.
+semantics for unset fields: three-valued logic, where a test on an unset
+field is unknown unless it accepts the empty value (``null``, ``''``), and a
+rule fires only when its condition is true.
 
 ``witness`` builds field values that make a rule fire, from the rule's own
 selections; ``near_miss`` changes one field of a witness so that it no longer
@@ -82,12 +84,27 @@ def _glob(pattern: str, anchor_start: bool, anchor_end: bool) -> re.Pattern[str]
                       re.IGNORECASE | re.DOTALL)
 
 
-def _value_match(field: str, mods: list[str], pattern: Any, value: Any) -> bool:
+Truth = bool | None  # None: unknown (a test on an unset field)
+
+
+def _all(values: list[Truth]) -> Truth:
+    return False if False in values else None if None in values else True
+
+
+def _any(values: list[Truth]) -> Truth:
+    return True if True in values else None if None in values else False
+
+
+def _value_match(field: str, mods: list[str], pattern: Any, value: Any) -> Truth:
     if field == "Initiated":
         return str(pattern).lower() == str(value).lower()
     if field in NUMERIC:
-        return value is not None and pattern is not None and int(pattern) == value
-    text = "" if value is None else str(value)  # an unset text field reads as ""
+        if value is None:
+            return True if pattern is None else None
+        return pattern is not None and int(pattern) == value
+    if value is None:  # decided only by tests that accept the empty value
+        return True if _value_match(field, mods, pattern, "") else None
+    text = str(value)
     if pattern is None:
         return text == ""
     if "re" in mods:
@@ -107,54 +124,59 @@ def _value_match(field: str, mods: list[str], pattern: Any, value: Any) -> bool:
     return _glob(p, True, True).search(text) is not None
 
 
-def _mapping_match(m: dict[str, Any], fields: dict[str, Any]) -> bool:
+def _mapping_match(m: dict[str, Any], fields: dict[str, Any]) -> Truth:
+    out: list[Truth] = []
     for key, patterns in m.items():
         name, *mods = key.split("|")
         pats = patterns if isinstance(patterns, list) else [patterns]
         hits = [_value_match(name, mods, p, fields.get(name)) for p in pats]
-        if not (all(hits) if "all" in mods else any(hits)):
-            return False
-    return True
+        out.append(_all(hits) if "all" in mods else _any(hits))
+    return _all(out)
 
 
-def _selection_match(body: Any, fields: dict[str, Any]) -> bool:
+def _selection_match(body: Any, fields: dict[str, Any]) -> Truth:
     if isinstance(body, dict):
         return _mapping_match(body, fields)
-    return any(_mapping_match(m, fields) for m in body)
+    return _any([_mapping_match(m, fields) for m in body])
 
 
 def reference_match(doc: dict[str, Any], fields: dict[str, Any]) -> bool:
     """Whether the rule fires on these Sigma field values (absent keys are unset fields)."""
+    return _evaluate(doc, fields) is True
+
+
+def _evaluate(doc: dict[str, Any], fields: dict[str, Any]) -> Truth:
     det = doc["detection"]
     names = [k for k in det if k != "condition"]
     tokens = re.findall(r"\(|\)|[^\s()]+", det["condition"])
     pos = 0
 
-    def sel(name: str) -> bool:
+    def sel(name: str) -> Truth:
         return _selection_match(det[name], fields)
 
-    def expr() -> bool:
+    def expr() -> Truth:
         nonlocal pos
         value = term()
         while pos < len(tokens) and tokens[pos] == "or":
             pos += 1
-            value = term() or value
+            value = _any([term(), value])
         return value
 
-    def term() -> bool:
+    def term() -> Truth:
         nonlocal pos
         value = factor()
         while pos < len(tokens) and tokens[pos] == "and":
             pos += 1
-            value = factor() and value
+            value = _all([factor(), value])
         return value
 
-    def factor() -> bool:
+    def factor() -> Truth:
         nonlocal pos
         tok = tokens[pos]
         pos += 1
         if tok == "not":
-            return not factor()
+            inner = factor()
+            return None if inner is None else not inner
         if tok == "(":
             value = expr()
             pos += 1
@@ -165,7 +187,7 @@ def reference_match(doc: dict[str, Any], fields: dict[str, Any]) -> bool:
             group = [n for n in names if (target == "them" and not n.startswith("_"))
                      or re.fullmatch(re.escape(target).replace(r"\*", ".*"), n)]
             results = [sel(n) for n in group]
-            return any(results) if tok == "1" else all(results)
+            return _any(results) if tok == "1" else _all(results)
         return sel(tok)
 
     return expr()
@@ -280,9 +302,44 @@ def witness(doc: dict[str, Any]) -> dict[str, Any] | None:
                     maps = [body] if isinstance(body, dict) else body
                     parts.append(_constraints(maps[alt if alt < len(maps) else 0], pick if pick >= 0 else 99))
                 fields = _render(_merge(parts), sep)
-                if reference_match(doc, fields):
-                    return fields
+                for filled in _filled(doc, fields):
+                    if reference_match(doc, filled):
+                        return filled
     return None
+
+
+_NEUTRAL: dict[str, list[Any]] = {"num": [7, 65000], "ip": ["192.0.2.7"], "text": ["/opt/dutywatch/neutral", "x"]}
+
+
+def _filled(doc: dict[str, Any], fields: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The values as built, then with every other field the rule names set to a neutral value.
+
+    A field the event lacks leaves ``not filter`` unknown, so a witness for
+    ``selection and not filter`` must carry the filter's fields, with values
+    the filter does not accept.
+    """
+    yield fields
+    others = [n for n in _field_names(doc) if n not in fields and n != "Initiated"]
+    if not others:
+        return
+    for i in range(2):
+        yield {**{n: _neutral(n, i) for n in others}, **fields}
+
+
+def _neutral(name: str, i: int) -> Any:
+    choices = _NEUTRAL["num" if name in NUMERIC else "ip" if name.endswith("Ip") else "text"]
+    return choices[min(i, len(choices) - 1)]
+
+
+def _field_names(doc: dict[str, Any]) -> list[str]:
+    names: dict[str, None] = {}
+    for key, body in doc["detection"].items():
+        if key == "condition":
+            continue
+        for m in [body] if isinstance(body, dict) else body if isinstance(body, list) else []:
+            if isinstance(m, dict):
+                names.update((k.split("|")[0], None) for k in m)
+    return list(names)
 
 
 def near_miss(doc: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any] | None:

@@ -144,7 +144,7 @@ def test_list_of_maps_is_any_of(tmp_path: Path) -> None:
 
 
 def test_unset_fields(tmp_path: Path) -> None:
-    """A positive test never matches an unset field; a filter on one acts as on an empty value."""
+    """Three-valued: a test on an unset field is unknown, so neither a selection nor ``not filter`` holds on it."""
     det = """\
         selection:
             Image|endswith: /bash
@@ -154,8 +154,21 @@ def test_unset_fields(tmp_path: Path) -> None:
     """
     rs = load(tmp_path, sigma(det))
     assert not fires(rs, exec_event(exe=None))
-    assert fires(rs, exec_event("/bin/bash"))  # parent unknown: the benign exception is not confirmed
+    assert not fires(rs, exec_event("/bin/bash"))  # no parent image: not known to be outside the filter
     assert not fires(rs, Event("process.exec", process=Process(exe="/bin/bash"), parent=Parent(exe="/usr/sbin/sshd")))
+    assert fires(rs, Event("process.exec", process=Process(exe="/bin/bash"), parent=Parent(exe="/usr/bin/tmux")))
+    # A filter known false through one of its fields is false, whatever its others: the rule fires.
+    two = load(tmp_path, sigma("selection:\n    Image|endswith: /bash\nfilter:\n    ParentImage|endswith: /sshd\n"
+                               "    User: root\ncondition: selection and not filter"), name="two.yml")
+    assert fires(two, Event("process.exec", process=Process(exe="/bin/bash", user="alice")))
+    assert not fires(two, Event("process.exec", process=Process(exe="/bin/bash", user="root")))
+    # ``or`` is true when either side is; ``not (not x)`` is x, unknown stays unknown.
+    either = load(tmp_path, sigma("a:\n    Image|endswith: /bash\nb:\n    ParentImage|endswith: /sshd\n"
+                                  "condition: a or not b"), name="either.yml")
+    assert fires(either, exec_event("/bin/bash")) and not fires(either, exec_event("/bin/ls"))
+    assert fires(either, Event("process.exec", process=Process(exe="/bin/ls"), parent=Parent(exe="/bin/tmux")))
+    double = load(tmp_path, sigma("a:\n    Image|endswith: /bash\ncondition: not (not a)"), name="double.yml")
+    assert fires(double, exec_event("/bin/bash")) and not fires(double, exec_event(exe=None))
     nulls = load(tmp_path, sigma("selection:\n    Image|endswith: /bash\nfilter_null:\n    ParentImage: null\n"
                                  "filter_empty:\n    CommandLine: ''\n"
                                  "condition: selection and not 1 of filter_*"), name="nulls.yml")
