@@ -1,9 +1,10 @@
 """Static facts about a condition, used to index rules.
 
 ``possible_kinds`` is the set of event kinds for which a condition can be
-true (so an event meets only its candidate rules); ``index_keys`` lists the
-top-level ``field == constant`` and ``field in (...)`` conjuncts, which let
-many rules on the same field be found by one dictionary lookup.
+true (so an event meets only its candidate rules); ``triggers`` gives a set
+of cheap tests of which one holds whenever the condition does (a field's
+value, prefix, suffix or substring, or that it is set), which lets many
+rules be found by a few dictionary lookups and one substring scan.
 """
 
 from __future__ import annotations

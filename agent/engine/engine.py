@@ -3,9 +3,11 @@
 Rules are bucketed by the event kinds their condition can match, so an
 event meets only its candidate rules. Inside a bucket, a rule with a
 trigger set (a necessary condition: field values, path prefixes or
-suffixes, required substrings) is reached through per-field dictionaries
-and one combined substring scan, so an event costs a few lookups however
-many rules there are; only rules that pass their trigger are evaluated.
+suffixes, required substrings, or only that a field is set) is reached
+through per-field dictionaries and one combined substring scan, so an
+event costs a few lookups however many rules there are; only rules that
+pass their trigger are evaluated. Each bucket's lookup and tests are
+generated as one function, with what each field value finds remembered.
 """
 
 from __future__ import annotations
