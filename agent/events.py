@@ -316,37 +316,48 @@ class EventDecoder:
         head = struct("event_fields", [("kind", str), ("time", float | None, None),
                                        ("collector", str | None, None), ("detail", str | None, None)])
         top = struct("event_json", [("event", head), *((g, s | None, None) for g, s in groups.items())])
-        self._decode = msgspec.json.Decoder(top).decode
-        self._error = msgspec.DecodeError  # also the base of msgspec.ValidationError
-        self._astuple = msgspec.structs.astuple
         assert tuple(GROUP_TYPES) == ("process", "parent", "operator", "host", "net", "file", "media", "iface")
+        self.decode = _decoder(msgspec.json.Decoder(top).decode, msgspec.DecodeError, msgspec.structs.astuple,
+                               self._finish)
 
     def __call__(self, text: bytes | str) -> Event:
         """The event of one JSON text; ValueError names the problem."""
-        try:
-            top = self._decode(text)
-        except self._error:
-            return self._finish(*self._slow(text))
-        # One C call unpacks the top level; the groups in GROUP_TYPES order (checked in __init__).
-        head, g1, g2, g3, g4, g5, g6, g7, g8 = self._astuple(top)
-        if head.kind not in KIND_SET:
-            return self._finish(*self._slow(text))
-        t, new = self._astuple, tuple.__new__
-        return self._finish(
-            head.kind, head.time, head.collector,
-            _EMPTY_PROCESS if g1 is None else new(Process, t(g1)),
-            _EMPTY_PARENT if g2 is None else new(Parent, t(g2)),
-            _EMPTY_OPERATOR if g3 is None else new(Operator, t(g3)),
-            _EMPTY_HOST if g4 is None else new(Host, t(g4)),
-            _EMPTY_NET if g5 is None else new(Net, t(g5)),
-            _EMPTY_FILE if g6 is None else new(File, t(g6)),
-            _EMPTY_MEDIA if g7 is None else new(Media, t(g7)),
-            _EMPTY_IFACE if g8 is None else new(Iface, t(g8)),
-            head.detail)
+        return self.decode(text)
 
-    @staticmethod
-    def _slow(text: bytes | str) -> Event:
-        return Event.from_json(text.decode("utf-8") if isinstance(text, bytes) else text)
+def _decoder(decode: Callable[[bytes | str], Any], error: type[Exception], astuple: Callable[[Any], tuple[Any, ...]],
+             finish: Callable[..., Event]) -> Callable[[bytes | str], Event]:
+    """The decoding function, everything it uses bound as locals of a closure: it runs once per event."""
+    new = tuple.__new__
+    e1, e2, e3, e4 = _EMPTY_PROCESS, _EMPTY_PARENT, _EMPTY_OPERATOR, _EMPTY_HOST
+    e5, e6, e7, e8 = _EMPTY_NET, _EMPTY_FILE, _EMPTY_MEDIA, _EMPTY_IFACE
+    kinds = KIND_SET
+
+    def slow(text: bytes | str) -> Event:
+        return finish(*Event.from_json(text.decode("utf-8") if isinstance(text, bytes) else text))
+
+    def decode_event(text: bytes | str) -> Event:
+        try:
+            top = decode(text)
+        except error:  # msgspec.DecodeError, also the base of its ValidationError
+            return slow(text)
+        # One C call unpacks each level; the groups in GROUP_TYPES order (checked by the caller).
+        head, g1, g2, g3, g4, g5, g6, g7, g8 = astuple(top)
+        kind, etime, collector, detail = astuple(head)
+        if kind not in kinds:
+            return slow(text)
+        return finish(
+            kind, etime, collector,
+            e1 if g1 is None else new(Process, astuple(g1)),
+            e2 if g2 is None else new(Parent, astuple(g2)),
+            e3 if g3 is None else new(Operator, astuple(g3)),
+            e4 if g4 is None else new(Host, astuple(g4)),
+            e5 if g5 is None else new(Net, astuple(g5)),
+            e6 if g6 is None else new(File, astuple(g6)),
+            e7 if g7 is None else new(Media, astuple(g7)),
+            e8 if g8 is None else new(Iface, astuple(g8)),
+            detail)
+
+    return decode_event
 
 
 def _event_of(*parts: Any) -> Event:

@@ -82,7 +82,7 @@ def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Attributor,
            emit: Callable[[dict[str, Any]], object], report: Callable[[str], None],
            clock: Callable[[], float] = time.perf_counter) -> ReplayStats:
     """Evaluate every line of ``stream``; ``emit`` each finding record, ``report`` each bad line."""
-    decode = EventDecoder(attribute.build)  # decoded and attributed in one step
+    decode = EventDecoder(attribute.build).decode  # decoded and attributed in one step
     by_kind = engine.matchers()  # the decoder admits only known kinds, and every kind has an entry
     # A C-level line iterator; each line is at most MAX_LINE + 1 bytes, so memory stays bounded.
     lines = iter(functools.partial(stream.readline, MAX_LINE + 1), b"")
