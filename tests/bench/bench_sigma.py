@@ -4,7 +4,8 @@ The events (60% process creation, 25% network connections, 15% file
 create/write/rename; 0.5% built to fire a real rule) are written to a
 temporary JSON-lines file and replayed in a subprocess, through the same
 code path as the command, against the compiled SigmaHQ Linux rules plus the
-shipped packs. Prints events/s and the replay process's peak RSS (from
+shipped packs, three times. Prints each run's own summary, then the median
+end-to-end events/s and the highest peak RSS of the replay process (from
 wait4). ``--profile`` also replays 200,000 events in this process under
 cProfile and prints where the time goes. ``--events N`` changes the count.
 
@@ -31,6 +32,7 @@ from agent.paths import shipped_rules_dir
 from tests.bench.sigma_workload import rule_dirs, vendor_root, write_workload
 
 REPO = Path(__file__).resolve().parents[2]
+RUNS = 3
 
 
 def replay_subprocess(events: Path, rules: list[Path]) -> tuple[str, int, float, float, float]:
@@ -91,12 +93,18 @@ def main() -> None:
         size = events.stat().st_size
         print(f"workload: {args.events:,} events, {size / 1e6:,.0f} MB of JSON lines, "
               f"written in {time.perf_counter() - t0:.1f} s")
-        summary, findings, wall, cpu, rss = replay_subprocess(events, rules)
-        print(summary)
+        # Three runs, the median reported: these machines are shared and noisy.
+        runs = [replay_subprocess(events, rules) for _ in range(RUNS)]
+        for summary, *_ in runs:
+            print(summary)
+        rates = sorted(args.events / wall for _, _, wall, _, _ in runs)
+        summary, findings, wall, cpu, _ = sorted(runs, key=lambda r: r[2])[len(runs) // 2]
+        rss = max(r[4] for r in runs)
         # CPU seconds are what one core spent, however busy the shared machine was; wall time is not.
         print(f"sigma replay: {args.events:,} events, {findings:,} findings, {args.events / wall:,.0f} events/s "
-              f"end to end ({wall:.1f} s wall with start-up and rule load), {args.events / cpu:,.0f} events "
-              f"per CPU second ({cpu:.1f} s), peak RSS {rss:.1f} MB "
+              f"end to end (median of {RUNS}; runs {', '.join(f'{r:,.0f}' for r in rates)}; {wall:.1f} s wall "
+              f"with start-up and rule load), {args.events / cpu:,.0f} events per CPU second ({cpu:.1f} s), "
+              f"peak RSS {rss:.1f} MB "
               f"(target >= 200,000 events/s, < 100 MB; Zircolite ~14,000 events/s, 316 MB)")
         if args.profile:
             profile(events, rules, min(args.events, 200_000))
