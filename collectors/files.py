@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # with O_NOFOLLOW and checked: read through the descriptor, never reopen the path.
 Marker = Callable[[str, int], Level | None]
 WINDOW = 0.3  # how long an operation waits for its fanotify record
+MAX_WAITS = 3  # then up to this many more double windows (about 2 s in all) before it goes out without one
 QUIET = 1.0  # a write with no close is reported after this much silence...
 HOLD_MAX = 5.0  # ...or after this long at most
 OPEN_RATE = 200.0  # file.open events per second, sustained
@@ -72,7 +73,7 @@ class _Op:
     wall: float
     deadline: float
     read_path: str | None = None
-    waited: bool = False
+    waits: int = 0  # extra windows spent waiting for fanotify's record
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,9 +321,10 @@ class FilesCollector:
     def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
         due = []
         for op in [op for op in self._pending.values() if op.deadline <= now]:
-            if self._fan is not None and not op.waited and now != float("inf") and self._join(op) is None:
-                # A busy machine can hold fanotify's record back: give it one more window.
-                op.waited, op.deadline = True, now + 2 * WINDOW
+            if self._fan is not None and op.waits < MAX_WAITS and now != float("inf") and self._join(op) is None:
+                # A busy machine can hold fanotify's record back: give it more time. Without the record
+                # the operation has no process, and one of the agent's own would be reported.
+                op.waits, op.deadline = op.waits + 1, now + 2 * WINDOW
                 continue
             del self._pending[(_slot(op.kind), op.path)]
             due.append(op)
