@@ -7,46 +7,20 @@ Prints one human-readable line per figure; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.events import Event
 from collectors.process import ProcessCollector
-
-# Spawns N copies of a program (at most C alive at once, optionally PACE seconds
-# apart) from its own interpreter, and prints [[pid, time_before_spawn], ...].
-SPAWNER = r"""
-import json, os, sys, time
-n, most, pace, argv = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
-out, live = [], 0
-for _ in range(n):
-    t = time.time()
-    out.append((os.posix_spawn(argv[0], argv, {}), t))
-    live += 1
-    if live >= most:
-        os.wait()
-        live -= 1
-    if pace:
-        time.sleep(pace)
-while live:
-    os.wait()
-    live -= 1
-json.dump(out, sys.stdout)
-"""
-
-
-def spawn(n: int, most: int, pace: float, *argv: str) -> dict[int, float]:
-    """pid -> time just before its spawn, for ``n`` spawns of ``argv``."""
-    done = subprocess.run([sys.executable, "-c", SPAWNER, str(n), str(most), str(pace), *argv],
-                          capture_output=True, text=True, check=True, timeout=600)
-    return {pid: t for pid, t in json.loads(done.stdout)}
+from tests.bench.spawner import spawn
 
 
 class Session:
@@ -98,7 +72,7 @@ def storm(mode: str, count: int, interval: float) -> None:
     """Capture ratio (and, in netlink mode, latency) for ``count`` execs of /bin/true."""
     collector = ProcessCollector({"mode": mode}, poll_interval=interval)
     with Session(collector) as s:
-        spawned = spawn(count, 64, 0.0, "/bin/true")
+        spawned = spawn(count, 64, "/bin/true")
         settle(lambda: sum(1 for p in spawned if p in s.execs), count)
     caught = [s.execs[p] for p in spawned if p in s.execs]
     with_exe = sum(1 for e in caught if e.process.exe)
@@ -115,7 +89,7 @@ def paced_latency(count: int, pace: float) -> None:
     """Exec-to-event latency when execs arrive one at a time, as on a normal host."""
     collector = ProcessCollector({"mode": "netlink"})
     with Session(collector) as s:
-        spawned = spawn(count, 8, pace, "/bin/true")
+        spawned = spawn(count, 8, "/bin/true", pace=pace)
         settle(lambda: sum(1 for p in spawned if p in s.execs), count)
     lat = [(s.execs[p].time or 0.0) - t for p, t in spawned.items() if p in s.execs]
     if lat:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.spawner import spawn
 
 from agent.events import Event
 from collectors.base import CollectorError, Sources
@@ -40,34 +41,6 @@ from collectors.process import ProcessCollector
 STORM = 2000
 TRUE = os.path.realpath("/bin/true")
 SLEEP = os.path.realpath("/bin/sleep")
-
-# Spawns N copies of a program as fast as it can with at most C alive at once,
-# then prints [[pid, time_before_spawn], ...]. A separate process, so that the
-# collector thread and the spawner do not share a GIL.
-SPAWNER = r"""
-import json, os, sys, time
-n, most, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-out, live = [], 0
-for _ in range(n):
-    t = time.time()
-    out.append((os.posix_spawn(argv[0], argv, {}), t))
-    live += 1
-    if live >= most:
-        os.wait()
-        live -= 1
-while live:
-    os.wait()
-    live -= 1
-json.dump(out, sys.stdout)
-"""
-
-
-def spawn_storm(n: int, most: int, *argv: str) -> dict[int, float]:
-    """Spawn ``n`` processes running ``argv`` from a helper; pid -> time just before its spawn."""
-    done = subprocess.run([sys.executable, "-c", SPAWNER, str(n), str(most), *argv],
-                          capture_output=True, text=True, check=True, timeout=300)
-    return {pid: t for pid, t in json.loads(done.stdout)}
-
 
 @dataclass
 class Run:
@@ -225,7 +198,7 @@ def test_contract_netlink() -> None:
 def test_netlink_catches_an_exec_storm() -> None:
     collector = ProcessCollector({"mode": "netlink"})
     with running(collector) as run:
-        spawned = spawn_storm(STORM, 64, "/bin/true")
+        spawned = spawn(STORM, 64, "/bin/true", timeout=300)
         settle(run, spawned)
     execs = run.of("process.exec", spawned)
     with_exe = [e for e in execs.values() if e.process.exe is not None]
@@ -244,7 +217,7 @@ def test_netlink_catches_an_exec_storm() -> None:
 def test_netlink_storm_of_commands_that_live_a_little_has_the_right_exe() -> None:
     collector = ProcessCollector({"mode": "netlink"})
     with running(collector) as run:
-        spawned = spawn_storm(STORM, 200, "/bin/sleep", "0.2")
+        spawned = spawn(STORM, 200, "/bin/sleep", "0.2", timeout=300)
         settle(run, spawned)
     execs = run.of("process.exec", spawned)
     right = [pid for pid, e in execs.items() if e.process.exe == SLEEP and e.process.cmdline == "/bin/sleep 0.2"]
@@ -299,7 +272,7 @@ def test_kernel_overflow_is_counted() -> None:
     collector = ProcessCollector({"mode": "netlink"}, rcvbuf=4096)
     with running(collector) as run:
         run.delay = 0.002
-        spawned = spawn_storm(500, 64, "/bin/true")
+        spawned = spawn(500, 64, "/bin/true", timeout=300)
         time.sleep(0.5)
     overflows = collector.health.drops.get("kernel_overflow", 0)
     print(f"\nsmall buffer: {overflows} overflow reports for {len(spawned)} execs")
@@ -325,7 +298,7 @@ def test_poll_mode_sees_a_process_start_and_end() -> None:
 def test_poll_mode_share_of_an_exec_storm() -> None:
     collector = ProcessCollector({"mode": "poll"}, poll_interval=0.05)
     with running(collector) as run:
-        spawned = spawn_storm(STORM, 64, "/bin/true")
+        spawned = spawn(STORM, 64, "/bin/true", timeout=300)
         time.sleep(0.2)
     execs = run.of("process.exec", spawned)
     print(f"\npoll storm: {len(execs)}/{STORM} caught ({100 * len(execs) / STORM:.1f}%)")
