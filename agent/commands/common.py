@@ -44,3 +44,18 @@ def positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
     return n
+
+
+def add_period_options(parser: argparse.ArgumentParser, until_help: str = "as --since (default: now)") -> None:
+    """``--since`` and ``--until``, as the journal commands take them."""
+    parser.add_argument("--since", help="ISO 8601 date or date-time, or a duration back from now (90m, 24h, 7d)")
+    parser.add_argument("--until", help=until_help)
+
+
+def period_of(args: argparse.Namespace, now: float) -> tuple[float | None, float | None]:
+    """The times ``--since`` and ``--until`` name (None when not given); a bad value raises TimeSpecError."""
+    from agent.timespec import parse_timespec
+
+    since = parse_timespec(args.since, now, option="--since") if args.since else None
+    until = parse_timespec(args.until, now, option="--until") if args.until else None
+    return since, until

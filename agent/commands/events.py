@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from agent.commands.common import positive_int
+from agent.commands.common import add_period_options, period_of, positive_int
 
 
 def _values(items: list[str] | None) -> tuple[str, ...]:
@@ -24,8 +24,7 @@ def register(sub: Any) -> None:
                        description="Print findings from the journal in seq order. Filters of one kind "
                                    "take several values, comma-separated or repeated.")
     add_location_options(p)
-    p.add_argument("--since", help="ISO 8601 date or date-time, or a duration back from now (90m, 24h, 7d)")
-    p.add_argument("--until", help="as --since")
+    add_period_options(p, "as --since")
     p.add_argument("--rule", action="append", metavar="ID", help="rule id")
     p.add_argument("--severity", action="append", metavar="LEVEL", help="critical, high, medium, low, info")
     p.add_argument("--unit", action="append", help="accountable unit (运行单位)")
@@ -46,16 +45,15 @@ def run(args: argparse.Namespace) -> int:
     from agent.journal.locate import journal_path
     from agent.journal.query import Query, iter_records
     from agent.journal.render import json_line, table_lines
-    from agent.timespec import parse_timespec
 
     now = time.time()
     severities = _values(args.severity)
     for s in severities:
         if s not in SEVERITIES:
             raise JournalError(f"--severity {s!r}: not one of {', '.join(SEVERITIES)}")
+    since, until = period_of(args, now)
     q = Query(
-        since=parse_timespec(args.since, now, option="--since") if args.since else None,
-        until=parse_timespec(args.until, now, option="--until") if args.until else None,
+        since=since, until=until,
         rules=_values(args.rule), severities=severities, units=_values(args.unit),
         operators=_values(args.operator),
         types=() if args.type == "all" else (args.type,), limit=args.limit,

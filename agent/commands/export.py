@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.commands.common import add_period_options, period_of
+
 
 def register(sub: Any) -> None:
     """Add the ``export`` command."""
@@ -16,8 +18,7 @@ def register(sub: Any) -> None:
                        description="Write the journal's records of a period, their checkpoints and the "
                                    "public key to one signed file; `dutywatch verify --bundle` checks it.")
     add_location_options(p)
-    p.add_argument("--since", help="ISO 8601 date or date-time, or a duration back from now (90m, 24h, 7d)")
-    p.add_argument("--until", help="as --since (default: now)")
+    add_period_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="the bundle to write")
     p.set_defaults(func=run)
 
@@ -31,11 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from agent.journal.bundle import export_bundle
     from agent.journal.locate import journal_path
     from agent.journal.store import KEY_FILE
-    from agent.timespec import parse_timespec
 
     now = time.time()
-    since = parse_timespec(args.since, now, option="--since") if args.since else None
-    until = parse_timespec(args.until, now, option="--until") if args.until else None
+    since, until = period_of(args, now)
     path = journal_path(args)
     s = export_bundle(path, path.parent / KEY_FILE, args.out, since=since, until=until,
                       period={"since": _iso(since), "until": _iso(until)}, clock=lambda: now)

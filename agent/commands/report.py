@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import positive_int
+from agent.commands.common import add_period_options, period_of, positive_int
 
 FORMATS = ("html", "pdf", "csv", "json")
 
@@ -26,8 +26,7 @@ def register(sub: Any) -> None:
                                    "monitoring continuity and integrity of a period, from the local journal "
                                    "or merged from evidence bundles of many hosts.")
     add_location_options(p)
-    p.add_argument("--since", help="ISO 8601 date or date-time, or a duration back from now (90m, 24h, 7d)")
-    p.add_argument("--until", help="as --since (default: now)")
+    add_period_options(p)
     p.add_argument("--format", choices=FORMATS, default="html")
     p.add_argument("--lang", choices=("zh", "en"), default="zh")
     p.add_argument("--out", type=Path, metavar="FILE", help="file to write (default: standard output)")
@@ -108,11 +107,9 @@ def run(args: argparse.Namespace) -> int:
     from agent.journal.locate import journal_path
     from agent.report import build, fleet, sources
     from agent.report.errors import ReportError
-    from agent.timespec import parse_timespec
 
     now = time.time()
-    since = parse_timespec(args.since, now, option="--since") if args.since else None
-    until = parse_timespec(args.until, now, option="--until") if args.until else None
+    since, until = period_of(args, now)
     period = sources.Period(since, until)
     try:
         cfg = _config(args)
