@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from agent.engine.expr import any_of
+from agent.engine.expr import Predicate, literal_search
 from agent.engine.rules import Rule, RuleSet
 from agent.events import KINDS, Event
 
@@ -64,8 +64,7 @@ class Finding:
 
 
 Getter = Callable[[Event], Any]
-Test = Callable[[Event], bool]
-RuleGroup = dict[Rule, Test]  # an ordered set with each rule's test: merged into the candidates with one update()
+RuleGroup = dict[Rule, Predicate]  # an ordered set with each rule's test: merged into the candidates with one update()
 
 
 class _FieldIndex(NamedTuple):
@@ -104,11 +103,6 @@ class _Bucket:
     fields: tuple[_FieldIndex, ...]
     match: Callable[[Event], list[Rule]]
 
-    @property
-    def indexed(self) -> bool:
-        """Whether any rule is reached through an index."""
-        return bool(self.fields)
-
 
 def _getter(dotted: str) -> Getter:
     group, _, name = dotted.partition(".")
@@ -143,7 +137,7 @@ def _field_index(fld: str, fold: bool, tables: dict[str, dict[Any, list[Rule]]])
     head, prefix = _by_ends(_freeze(tables.get("prefix", {})), suffix=False)
     tail, suffix = _by_ends(_freeze(plain), suffix=True)
     contains = _freeze(tables.get("contains", {}))
-    search = any_of(list(contains)) if contains else None
+    search = literal_search(list(contains)) if contains else None
     present = _group(tables.get("present", {}).get(None, []))
     return _FieldIndex(_getter(fld), fold, _freeze(tables.get("eq", {})), head, prefix, tail, suffix,
                        _freeze(base), search, contains, present)
@@ -183,8 +177,6 @@ def _read(dotted: str, env: dict[str, Any], n: int, shared: set[str]) -> str:
 
 _CACHE_LIMIT = 4096  # values per field remembered; the table is emptied when full
 _CACHE_LEN = 512  # longer values (odd command lines) are looked up every time, never kept
-
-
 _QUICK_MAX = 16  # literals a quick startswith/endswith test may try; more go through the tables
 
 

@@ -311,14 +311,13 @@ class _Compiler:
 
     def str_func(self, fname: str, subject: Typed) -> Typed:
         if fname == "lower" and subject.field in self.hoist:
-            name, _ = self.hoisted.get(subject.field) or (None, None)
-            if name is None:
-                self.hoist = self.hoist - {subject.field}
-                node = self.str_func(fname, subject).node
-                name = self.temp()
-                self.hoisted[subject.field] = (name, node)
-                self.hoist = self.hoist | {subject.field}
-            return Typed(ast.Name(name, ast.Load()), "str")
+            if subject.field not in self.hoisted:
+                self.hoisted[subject.field] = (self.temp(), self.applied(fname, subject))
+            return Typed(ast.Name(self.hoisted[subject.field][0], ast.Load()), "str")
+        return Typed(self.applied(fname, subject), "str")
+
+    def applied(self, fname: str, subject: Typed) -> ast.expr:
+        """``fname(subject)``, None when the subject is unset."""
         t = self.temp()
         value = ast.Name(t, ast.Load())
         if fname == "lower":
@@ -327,11 +326,10 @@ class _Compiler:
             applied = ast.Subscript(
                 ast.Call(ast.Attribute(value, "rpartition", ast.Load()), [ast.Constant("/")], []),
                 ast.Constant(2), ast.Load())
-        node = ast.IfExp(
+        return ast.IfExp(
             ast.Compare(ast.NamedExpr(ast.Name(t, ast.Store()), subject.node), [ast.IsNot()],
                         [ast.Constant(None)]),
             applied, ast.Constant(None))
-        return Typed(node, "str")
 
     def patterns(self, fname: str, args: list[ast.expr]) -> tuple[str, ...]:
         out: list[str] = []
@@ -360,7 +358,7 @@ class _Compiler:
             if len(pats) == 1:
                 test = ast.Compare(ast.Constant(pats[0]), [ast.In()], [v])
             else:
-                test = ast.Compare(ast.Call(self.const(any_of(list(pats))), [v], []), [ast.IsNot()],
+                test = ast.Compare(ast.Call(self.const(literal_search(list(pats))), [v], []), [ast.IsNot()],
                                    [ast.Constant(None)])
         elif fname == "glob":
             try:
@@ -410,7 +408,7 @@ def _typed_const(v: Any) -> Typed:
     return Typed(ast.Constant(str(v)), "str", const=str(v))
 
 
-def any_of(literals: list[str]) -> Callable[[str], Any]:
+def literal_search(literals: list[str]) -> Callable[[str], Any]:
     """One C-level scan that finds whether a value holds any of the literals (a match, or None).
 
     The alternation is written as a trie (``a(?:bc|d)``, not ``abc|ad``): the
@@ -529,4 +527,4 @@ def _safe_name(name: str) -> str:
     return "rule_" + re.sub(r"\W", "_", name)
 
 
-__all__ = ["FUNCTIONS", "Compiled", "Scope", "any_of", "compile_when", "parse_when"]
+__all__ = ["FUNCTIONS", "Compiled", "Scope", "compile_when", "literal_search", "parse_when"]
