@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pwd
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from agent.events import Event, File, Host, Iface, Media, Net, Operator, Parent, Process
 from agent.levels import Level
@@ -128,7 +128,7 @@ class Attributor:
             hit = self._op_cache.get((p.loginuid, p.uid, p.user))
             op, user = hit if hit is not None else self.operator(p.loginuid, p.uid, p.user)
             if p.user is None and user is not None:
-                p = _new(Process, (*p[:7], user, *p[8:]))
+                p = _TUPLE_NEW(Process, (*p[:7], user, *p[8:]))
         if net.remote_ip is not None or net.local_ip is not None:
             zones = self._zone_cache
             rz = net.remote_zone
@@ -142,14 +142,13 @@ class Attributor:
                 if lz is _MISS:
                     lz = self.zone(net.local_ip)
             if rz is not net.remote_zone or lz is not net.local_zone:
-                net = _new(Net, (*net[:6], rz, net[7], lz))
+                net = _TUPLE_NEW(Net, (*net[:6], rz, net[7], lz))
         if f.path is not None and f.level is None:
             f = self._file(f)
         if media.serial is not None and media.registered is None:
             media = self._medium(media)
         if iface.ip is not None and iface.zone is None:
             iface = iface._replace(zone=self.zone(iface.ip))
-        # tuple.__new__ skips the generated keyword __new__ (and a call): this runs per event.
         event: Event = _TUPLE_NEW(Event, (kind, etime, collector, p, parent, op, self._host, net, f, media, iface,
                                           detail))
         return event
@@ -171,15 +170,8 @@ class Attributor:
         return media._replace(registered=True, level=m.level, holder=m.holder)
 
 
-_T = TypeVar("_T")
-
-
+# tuple.__new__ skips the named tuples' generated keyword __new__: attribution runs per event.
 _TUPLE_NEW: Any = tuple.__new__
-
-
-def _new(cls: type[_T], values: tuple[Any, ...]) -> _T:
-    # tuple.__new__ skips the generated keyword __new__: attribution runs per event.
-    return tuple.__new__(cls, values)  # type: ignore[type-var]
 
 
 __all__ = ["UNSET_LOGINUID", "Attributor", "Event", "File", "Iface", "Net", "Process",

@@ -298,8 +298,6 @@ class EventDecoder:
         """``finish`` builds the event from its twelve parts (Event's order): attribution can do it directly."""
         import msgspec  # the recording and central paths need it, the agent's import does not
 
-        self._finish = finish if finish is not None else _event_of
-
         # Level fields arrive as names and need parse_level: typed as null here, a name
         # makes msgspec refuse the text, which then takes the full path.
         py = {"str": str, "int": int, "float": float, "bool": bool, "level": None}
@@ -318,11 +316,12 @@ class EventDecoder:
         top = struct("event_json", [("event", head), *((g, s | None, None) for g, s in groups.items())])
         assert tuple(GROUP_TYPES) == ("process", "parent", "operator", "host", "net", "file", "media", "iface")
         self.decode = _decoder(msgspec.json.Decoder(top).decode, msgspec.DecodeError, msgspec.structs.astuple,
-                               self._finish)
+                               finish if finish is not None else _event_of)
 
     def __call__(self, text: bytes | str) -> Event:
         """The event of one JSON text; ValueError names the problem."""
         return self.decode(text)
+
 
 def _decoder(decode: Callable[[bytes | str], Any], error: type[Exception], astuple: Callable[[Any], tuple[Any, ...]],
              finish: Callable[..., Event]) -> Callable[[bytes | str], Event]:
