@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.engine.sigma_condition import condition_text
+from agent.engine.sigma_condition import condition_of
 from agent.engine.sigma_fields import CATEGORIES, Category
 from agent.engine.sigma_values import Cond, SigmaUnsupported, all_of, any_of, field_test
 from agent.errors import LoadError, LoadErrors, Location
@@ -164,17 +164,17 @@ def _detection(det: Any, where: Location, cat: Category) -> str:
         raise LoadErrors(problems)
     cond = det["condition"]
     conds = list(cond) if isinstance(cond, LList) else [cond]
-    texts = []
+    parsed = []
     for i, c in enumerate(conds):
         at = cond.at(i) if isinstance(cond, LList) else det.at("condition")
         if not isinstance(c, str):
             raise LoadErrors([LoadError(at, "condition must be a string")])
         try:
-            texts.append(condition_text(c, at, selections))
+            parsed.append(condition_of(c, at, selections))
         except LoadError as exc:
             raise LoadErrors([exc]) from None
     # A list of conditions means any of them (Sigma 1.0). The rule fires where it is true.
-    body = any_of(texts).true
+    body = any_of(parsed).true
     kinds = cat.kinds
     head = f"event.kind == {kinds[0]!r}" if len(kinds) == 1 else f"event.kind in {kinds!r}"
     return f"{head} and {body}"

@@ -113,9 +113,9 @@ class _Parser:
         return any_of(parts) if count == "1" else all_of(parts)
 
 
-def condition_text(text: str, where: Location, selections: Mapping[str, Cond]) -> Cond:
+def condition_of(text: str, where: Location, selections: Mapping[str, Cond]) -> Cond:
     """Translate one condition; ``selections`` maps each selection name to its condition."""
     return _Parser(text, where, selections).parse()
 
 
-__all__ = ["condition_text"]
+__all__ = ["condition_of"]
