@@ -40,36 +40,18 @@ def test_edited_body_is_named(journal_db: Path) -> None:
     assert "modified" in str(r.problem) and str(r.problem).startswith("record 12:")
 
 
-def test_edited_index_column_is_named(journal_db: Path) -> None:
+@pytest.mark.parametrize(("tamper", "seq", "named"), [
+    pytest.param("UPDATE records SET severity = 'low' WHERE seq = 7", 7, "severity", id="edited index column"),
+    pytest.param("DELETE FROM records WHERE seq = 15", 15, "missing", id="deleted record"),
+    pytest.param("DELETE FROM records WHERE seq <= 3", 1, "1..3", id="deleted first records"),
+    pytest.param("DELETE FROM records WHERE seq > 26", 27, "27..30", id="deleted tail, named by its checkpoint"),
+])
+def test_tampering_is_named(journal_db: Path, tamper: str, seq: int, named: str) -> None:
     with raw_db(journal_db) as c:
-        c.execute("UPDATE records SET severity = 'low' WHERE seq = 7")
+        c.execute(tamper)
     r = verify_journal(journal_db)
-    assert r.problem is not None and r.problem.seq == 7
-    assert "severity" in r.problem.what
-
-
-def test_deleted_record_is_named(journal_db: Path) -> None:
-    with raw_db(journal_db) as c:
-        c.execute("DELETE FROM records WHERE seq = 15")
-    r = verify_journal(journal_db)
-    assert r.problem is not None and r.problem.seq == 15
-    assert "missing" in r.problem.what
-
-
-def test_deleted_first_records_are_named(journal_db: Path) -> None:
-    with raw_db(journal_db) as c:
-        c.execute("DELETE FROM records WHERE seq <= 3")
-    r = verify_journal(journal_db)
-    assert r.problem is not None and r.problem.seq == 1
-    assert "1..3" in r.problem.what
-
-
-def test_deleted_tail_is_named_by_its_checkpoint(journal_db: Path) -> None:
-    with raw_db(journal_db) as c:
-        c.execute("DELETE FROM records WHERE seq > 26")
-    r = verify_journal(journal_db)
-    assert r.problem is not None and r.problem.seq == 27
-    assert "27..30" in r.problem.what
+    assert r.problem is not None and r.problem.seq == seq
+    assert named in r.problem.what
 
 
 def test_inserted_record_is_named(journal_db: Path) -> None:
