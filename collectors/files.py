@@ -314,22 +314,42 @@ class FilesCollector:
         for key in (("cw", path), ("del", path), ("mv", path)):
             op = self._pending.pop(key, None)
             if op is not None:
+                op.deadline = 0.0  # due now, however long it meant to wait for more writes
                 self._ready.append(op)
 
     # -- joining and sending ---------------------------------------------------------------------------------------
 
+    def _await_who(self, op: _Op, now: float) -> bool:
+        """Whether ``op`` should wait longer for fanotify's record (and it now does).
+
+        A busy machine can hold the record back. Without it the operation has
+        no process, and one of the agent's own would be reported.
+        """
+        if self._fan is None or op.waits >= MAX_WAITS or now == float("inf") or self._join(op) is not None:
+            return False
+        op.waits, op.deadline = op.waits + 1, now + 2 * WINDOW
+        return True
+
     def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
+        # Operations that a later one on their path made due wait for their record like the rest; a path's
+        # later operations wait behind them, so that they still go out in order.
+        held: set[str] = set()
+        ready, self._ready = self._ready, []
         due = []
+        for op in sorted(ready, key=lambda o: o.t0):
+            # Waiting ends when the record comes, or when the waits run out.
+            waiting = self._join(op) is None if op.deadline > now else self._await_who(op, now)
+            if waiting or op.path in held:
+                held.add(op.path)
+                self._ready.append(op)
+            else:
+                due.append(op)
         for op in [op for op in self._pending.values() if op.deadline <= now]:
-            if self._fan is not None and op.waits < MAX_WAITS and now != float("inf") and self._join(op) is None:
-                # A busy machine can hold fanotify's record back: give it more time. Without the record
-                # the operation has no process, and one of the agent's own would be reported.
-                op.waits, op.deadline = op.waits + 1, now + 2 * WINDOW
+            if self._await_who(op, now) or op.path in held:
                 continue
             del self._pending[(_slot(op.kind), op.path)]
             due.append(op)
-        due = sorted(self._ready + due, key=lambda o: o.t0)
-        self._ready = []
+        due.sort(key=lambda o: o.t0)
         me = os.getpid()
         for op in due:
             who = self._join(op)

@@ -1,0 +1,75 @@
+"""The files collector joins each filesystem operation to the process fanotify names, however late it comes.
+
+Driven through the collector's own two inbound streams (inotify operations and
+fanotify records), with the clock in the test's hands: what a busy machine
+does to the order and timing of the two is replayed exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from typing import Any
+
+import collectors.fanotify as fan
+from agent.events import Event, Process
+from collectors.files import WINDOW, FilesCollector, _Who
+from collectors.watch import CREATED, DELETED, FsOp
+
+
+class Fake:
+    names = None
+
+
+def collector() -> tuple[FilesCollector, list[Event], Any]:
+    c = FilesCollector(None)
+    c._fan = Fake()  # type: ignore[assignment]  # fanotify "on": operations wait for its records
+    out: list[Event] = []
+    return c, out, lambda now: c._flush(now, out.append, queue.Queue())
+
+
+def op(c: FilesCollector, what: str, path: str, now: float) -> None:
+    c._take(("op", FsOp(what, path, False), now, 1.7e9))
+
+
+def record(c: FilesCollector, path: str, mask: int, pid: int, now: float) -> None:
+    c._take(("fan", path, _Who(now, mask, Process(pid=pid)), 1.7e9))
+
+
+def test_a_create_made_due_by_a_delete_waits_for_its_late_record() -> None:
+    c, out, flush = collector()
+    me = os.getpid()
+    op(c, CREATED, "/d/own.txt", 0.0)
+    op(c, DELETED, "/d/own.txt", 0.01)  # the delete makes the create due at once
+    flush(0.02)
+    assert out == []  # no record yet for either: both wait, in order
+    record(c, "/d/own.txt", fan.FAN_CREATE, me, 0.5)
+    record(c, "/d/own.txt", fan.FAN_DELETE, me, 0.5)
+    for t in (0.6, 1.0, 2.0, 5.0):
+        flush(t)
+    assert out == []  # the agent's own operations: never reported
+
+
+def test_another_process_gets_both_operations_in_order() -> None:
+    c, out, flush = collector()
+    op(c, CREATED, "/d/theirs.txt", 0.0)
+    op(c, DELETED, "/d/theirs.txt", 0.01)
+    flush(0.02)
+    record(c, "/d/theirs.txt", fan.FAN_DELETE, 4242, 0.3)  # the later operation's record first
+    flush(0.4)
+    assert out == []  # the delete waits behind the create, whose record is still missing
+    record(c, "/d/theirs.txt", fan.FAN_CREATE, 4242, 0.5)
+    flush(0.6)
+    assert [(e.kind, e.process.pid) for e in out] == [("file.create", 4242), ("file.delete", 4242)]
+
+
+def test_a_record_that_never_comes_delays_the_event_but_does_not_lose_it() -> None:
+    c, out, flush = collector()
+    op(c, CREATED, "/d/x.txt", 0.0)
+    op(c, DELETED, "/d/x.txt", 0.01)
+    t = 0.02
+    while len(out) < 2 and t < 10:
+        flush(t)
+        t += WINDOW / 3
+    assert [e.kind for e in out] == ["file.create", "file.delete"] and out[0].process.pid is None
+    assert 1.5 < t < 3  # about 2 s of waiting in all
