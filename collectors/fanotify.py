@@ -256,7 +256,9 @@ class FanotifyWatcher:
                 self.fd_group.mark_mount(top)
             except CollectorError:
                 self._on_drop("watch_error")
-        for here, _dirs, _files in os.walk(top, onerror=lambda _e: self._on_drop("watch_error")):
+        stack = [top]
+        while stack:
+            here = stack.pop()
             if self._marks >= self._max_marks:
                 self._on_drop("mark_limit")
                 return
@@ -268,6 +270,13 @@ class FanotifyWatcher:
                 except CollectorError:
                     self._on_drop("watch_error")
             self._marks += 1
+            # Listed after it is marked: a directory made meanwhile is either listed here or reported by the
+            # mark (and marked then). Listing first, as os.walk does, loses one made between the two.
+            try:
+                with os.scandir(here) as entries:
+                    stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+            except OSError:
+                self._on_drop("watch_error")
 
     def forget_under(self, root: str) -> None:
         """``root`` went away or moved: its directory handles no longer name paths."""
