@@ -28,8 +28,9 @@ from typing import Any
 import msgspec
 import yaml
 
+from tests.shared import shared_path
+
 CATEGORY_DIRS = ("process_creation", "network_connection", "file_event")
-REPO = Path(__file__).resolve().parents[2]
 
 # Sigma field -> (event group, field); the specification of the mapping, written out independently.
 FIELD_PATHS = {
@@ -45,10 +46,8 @@ NUMERIC = {"ProcessId", "ParentProcessId", "LogonId", "DestinationPort", "Source
 
 def vendor_root() -> Path | None:
     """The vendored Sigma tree: ``<repo>/../shared/vendor/sigma``, else ``/work/shared/vendor/sigma``."""
-    for base in (REPO.parent / "shared" / "vendor" / "sigma", Path("/work/shared/vendor/sigma")):
-        if (base / "rules" / "linux").is_dir():
-            return base
-    return None
+    linux = shared_path("vendor", "sigma", "rules", "linux")
+    return linux.parents[1] if linux is not None and linux.is_dir() else None
 
 
 def rule_dirs(root: Path) -> list[Path]:

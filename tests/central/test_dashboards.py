@@ -18,7 +18,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from centralkit import DASHBOARDS, PROM, REPO
+from centralkit import DASHBOARDS, PROM
+
+from tests.shared import shared_path
 
 Tool = Callable[..., CompletedProcess[str]]
 GRAFANA = DASHBOARDS / "grafana"
@@ -28,10 +30,9 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 
 def schema_path() -> Path:
     """Grafana's dashboard schema from the shared vendor folder beside the repository."""
-    for base in (REPO.parent / "shared" / "vendor", Path("/work/shared/vendor")):
-        p = base / "grafana" / "dashboard.jsonschema.json"
-        if p.is_file():
-            return p
+    p = shared_path("vendor", "grafana", "dashboard.jsonschema.json")
+    if p is not None:
+        return p
     pytest.fail("dashboard.jsonschema.json not found in ../shared/vendor/grafana or /work/shared/vendor/grafana")
 
 

@@ -15,6 +15,7 @@ from agent.errors import LoadErrors
 from agent.events import KINDS, Event, Host, Net, Operator, Process
 from agent.levels import Level
 from agent.paths import shipped_rules_dir
+from tests.shared import shared_path
 
 RULE = """\
   - id: {id}
@@ -194,10 +195,10 @@ def test_shipped_packs_are_complete() -> None:
     assert set(KINDS) >= {k for r in rs.rules for k in r.kinds}
 
 
-def test_controls_match_the_shared_catalogue(repo: Path) -> None:
-    shared = repo.parent / "shared" / "CONTROLS.md"
-    if not shared.exists():
-        pytest.skip("shared/CONTROLS.md is not beside the repository")
+def test_controls_match_the_shared_catalogue() -> None:
+    shared = shared_path("CONTROLS.md")
+    if shared is None:
+        pytest.skip("shared/CONTROLS.md is not beside the repository nor at /work/shared")
     names = {line.split("|")[1].strip() for line in shared.read_text(encoding="utf-8").splitlines()
              if line.startswith("| ") and not line.startswith("| control") and "---" not in line}
     assert names == set(CONTROL_NAMES)
