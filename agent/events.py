@@ -21,7 +21,7 @@ KINDS: tuple[str, ...] = (
     "file.open", "file.write", "file.create", "file.delete", "file.rename",
     "media.mount", "media.unmount",
     "iface.up",
-    "agent.start", "agent.stop", "agent.reload", "agent.tamper",
+    "agent.start", "agent.stop", "agent.reload", "agent.tamper", "agent.degraded",
 )
 KIND_SET = frozenset(KINDS)
 IFACE_KINDS = ("wired", "wireless", "bluetooth", "ppp", "cellular", "loopback", "virtual")
@@ -87,7 +87,14 @@ class Net(NamedTuple):
 
 
 class File(NamedTuple):
-    """A file operation; ``level`` from registry assets, ``marking`` from content."""
+    """A file operation; ``level`` from registry assets, ``marking`` from content.
+
+    ``device`` ("major:minor") and ``inode`` identify the file whatever name it was
+    reached by; ``source_path`` is the registered asset behind the operation when
+    ``path`` is not its registered name (a hard link, a bind mount, another mount
+    namespace, or a copy found by content or by what the process read before);
+    ``sha256`` is the content's hash when it was computed.
+    """
 
     path: str | None = None
     dest_path: str | None = None
@@ -95,10 +102,20 @@ class File(NamedTuple):
     marking: Level | None = None
     owner_unit: str | None = None
     on_removable: bool | None = None
+    device: str | None = None
+    inode: int | None = None
+    sha256: str | None = None
+    source_path: str | None = None
 
 
 class Media(NamedTuple):
-    """A removable medium; ``registered``, ``level``, ``holder`` from the registry."""
+    """A removable medium; ``registered``, ``level``, ``holder`` from the registry.
+
+    ``serial`` is the device's own serial (USB or block device), else the
+    filesystem's volume id; ``uuid`` is always the volume id, and ``vendor`` /
+    ``product`` the USB ids. ``mismatch`` says why a medium that carries a
+    registered identifier is still not the registered one.
+    """
 
     device: str | None = None
     mount: str | None = None
@@ -107,6 +124,11 @@ class Media(NamedTuple):
     registered: bool | None = None
     level: Level | None = None
     holder: str | None = None
+    vendor: str | None = None
+    product: str | None = None
+    usb_serial: str | None = None
+    uuid: str | None = None
+    mismatch: str | None = None
 
 
 class Iface(NamedTuple):
@@ -205,7 +227,7 @@ _TYPE_OVERRIDES = {
     "known": "bool", "on_removable": "bool", "registered": "bool",
     "time": "float", "start_time": "float",
 }
-_INT_FIELDS = {"pid", "ppid", "uid", "loginuid", "local_port", "remote_port"}
+_INT_FIELDS = {"pid", "ppid", "uid", "loginuid", "local_port", "remote_port", "inode"}
 
 
 def _type_of(name: str) -> str:
