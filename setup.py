@@ -52,6 +52,7 @@ setup(
         "pypdf>=7.1",
         "fpdf2>=2.7",
         "msgspec>=0.18",
+        "olefile>=0.46",
     ],
     extras_require={
         "test": [

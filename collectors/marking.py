@@ -7,9 +7,17 @@ document's text within bounds and reports the highest 密级 whose starred
 marking (``机密★10年``) appears, and where it first appears. See
 :mod:`collectors.marking_match` for what counts as a marking.
 
+Formats read: PDF, zip documents (OOXML, WPS, ODF, and OFD, GB/T 33190),
+OLE2 compound files (legacy Word, Excel, PowerPoint and WPS ``.doc .xls .ppt
+.wps .et .dps``), RTF, and text in UTF-8, GB18030, UTF-16 and UTF-32 with or
+without a BOM.
+
 A scan never raises for what is in the file: malformed or hostile content
 gives ``unreadable`` with a reason, a format it does not read gives
-``skipped``. A file longer than ``max_bytes`` is read only up to it (a
+``skipped``, and a scan stopped by its time cap gives ``unscanned``: nothing
+is known about the file, which is not the same as clean. The cap is checked
+between chunks, parts and pages; a parser stuck inside one page is stopped
+only by running the scan in :mod:`collectors.marking_worker`. A file longer than ``max_bytes`` is read only up to it (a
 marking belongs at the top of the first page, GB/T 9704), and the result
 says so in ``reason`` (``truncated at N bytes``) while still reporting a
 marking found in what was read.
@@ -27,33 +35,35 @@ from typing import BinaryIO, Literal
 
 from agent.levels import Level
 from collectors.base import Clock, translate_os_error
-from collectors.marking_limits import MIB, Deadline, Limits, Skipped, Truncated, Unreadable
+from collectors.marking_limits import MIB, Deadline, Limits, Skipped, TimedOut, Truncated, Unreadable
 from collectors.marking_match import Marking, Position, StreamScanner, scan_text
+from collectors.marking_ole import OLE_MAGIC, scan_ole
 from collectors.marking_pdf import scan_pdf
-from collectors.marking_text import TextDecoder, XmlText
+from collectors.marking_rtf import RTF_MAGIC, scan_rtf
+from collectors.marking_text import TextDecoder, XmlText, sniff_encoding
 from collectors.marking_zip import scan_zip
 
 __all__ = ["Limits", "Marking", "MarkingResult", "Position", "scan_file", "scan_text"]
 
-Status = Literal["marked", "unmarked", "unreadable", "skipped"]
+Status = Literal["marked", "unmarked", "unreadable", "skipped", "unscanned"]
 
 DEFAULT_MAX_BYTES = 32 * MIB
 DEFAULT_MAX_SECONDS = 5.0
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".csv", ".html", ".htm", ".xml"})
 MARKUP_SUFFIXES = frozenset({".html", ".htm", ".xml"})
-WPS_SUFFIXES = frozenset({".wps", ".et", ".dps"})  # OOXML-like zip, or plain text
-ZIP_SUFFIXES = frozenset({".docx", ".xlsx", ".pptx", ".docm", ".xlsm", ".pptm", ".odt", ".ods", ".odp"})
+WPS_SUFFIXES = frozenset({".wps", ".et", ".dps"})  # OLE2 like .doc, OOXML-like zip, or plain text
+OLE_SUFFIXES = frozenset({".doc", ".dot", ".xls", ".xlt", ".ppt", ".pot", ".pps", ".wps", ".et", ".dps", ".wpt",
+                          ".ett", ".dpt"})
+ZIP_SUFFIXES = frozenset({".docx", ".xlsx", ".pptx", ".docm", ".xlsm", ".pptm", ".odt", ".ods", ".odp", ".ofd"})
 
 _HEAD = 8192
 _CHUNK = 64 * 1024
-_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # Formats recognised only to say plainly why they are skipped.
 _OTHER_MAGIC = (
     (b"\x7fELF", "ELF executable"), (b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"),
     (b"GIF8", "GIF image"), (b"\x1f\x8b", "gzip archive"), (b"7z\xbc\xaf\x27\x1c", "7z archive"),
-    (b"Rar!", "RAR archive"), (b"{\\rtf", "RTF document"),
+    (b"Rar!", "RAR archive"),
 )
 
 
@@ -62,9 +72,10 @@ class MarkingResult:
     """What a scan of one file found.
 
     ``status`` is ``marked`` (``level`` set), ``unmarked``, ``unreadable``
-    (content malformed, hostile, encrypted or over the time cap) or
-    ``skipped`` (not a format the scan reads). ``reason`` explains the last
-    two, and on the first two says when only part of the file was read.
+    (content malformed, hostile or encrypted), ``skipped`` (not a format the
+    scan reads) or ``unscanned`` (the scan could not finish: time cap, a full
+    queue, a worker that died). ``reason`` explains the last three, and on the
+    first two says when only part of the file was read.
     """
 
     status: Status
@@ -146,7 +157,7 @@ def _scan_open(f: BinaryIO, path: Path, size: int, limits: Limits, deadline: Dea
     head = f.read(_HEAD)
     suffix = path.suffix.lower()
     scanner = StreamScanner()
-    cut = failed = ""
+    cut = failed = timed_out = ""
     try:
         kind = _kind(head, suffix)
         if kind.startswith("skip:"):
@@ -155,12 +166,18 @@ def _scan_open(f: BinaryIO, path: Path, size: int, limits: Limits, deadline: Dea
             scan_pdf(f, size, scanner, limits, deadline)
         elif kind == "zip":
             scan_zip(f, size, scanner, limits, deadline)
+        elif kind == "ole":
+            scan_ole(f, size, scanner, limits, deadline)
+        elif kind == "rtf":
+            scan_rtf(f, size, scanner, limits, deadline)
         else:
             _scan_plain(f, size, scanner, limits, deadline, markup=_is_markup(head, suffix))
     except Skipped as e:
         return MarkingResult("skipped", reason=e.reason)
     except Truncated as e:
         cut = e.reason
+    except TimedOut as e:
+        timed_out = e.reason
     except Unreadable as e:
         failed = e.reason
     except Exception as e:  # a scan must not take the collector down; the reason names it
@@ -169,31 +186,40 @@ def _scan_open(f: BinaryIO, path: Path, size: int, limits: Limits, deadline: Dea
     best = scanner.best
     if best is not None:
         m = best.marking
-        return MarkingResult("marked", m.level, m.period, best.position, cut or failed, m.text)
+        return MarkingResult("marked", m.level, m.period, best.position, cut or failed or timed_out, m.text)
+    if timed_out:
+        return MarkingResult("unscanned", reason=timed_out)
     if failed:
         return MarkingResult("unreadable", reason=failed)
     return MarkingResult("unmarked", reason=cut)
 
 
 def _kind(head: bytes, suffix: str) -> str:
-    """``pdf``, ``zip``, ``text``, or ``skip:<reason>``; raises Unreadable on a mismatch."""
+    """``pdf``, ``zip``, ``ole``, ``rtf``, ``text``, or ``skip:<reason>``; raises Unreadable on a mismatch."""
     # Readers accept junk before the header within the first KiB; a text file
     # that merely mentions %PDF- near its top is still text.
     if head.startswith(b"%PDF-") or (b"%PDF-" in head[:1024] and suffix not in TEXT_SUFFIXES):
         return "pdf"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
-    if head.startswith(_OLE):
-        return "skip:OLE compound file (legacy Office or WPS, or encrypted document) is not read"
+    if head.startswith(OLE_MAGIC):
+        return "ole"
+    if head.lstrip(b"\xef\xbb\xbf")[:5] == RTF_MAGIC:
+        return "rtf"
     for magic, what in _OTHER_MAGIC:
         if head.startswith(magic):
             return f"skip:{what} is not a document format read"
     if suffix == ".pdf":
         raise Unreadable("not a PDF: no %PDF- header")
-    if suffix in ZIP_SUFFIXES:
+    if suffix in ZIP_SUFFIXES or suffix == ".ofd":
         raise Unreadable("not a readable zip: no zip header")
-    if suffix in TEXT_SUFFIXES or suffix in WPS_SUFFIXES:
-        if b"\x00" in head and not head.startswith(_UTF16_BOMS):
+    if suffix in (".rtf", ".doc") and head.startswith(b"{\\rt"):
+        return "rtf"
+    if suffix in OLE_SUFFIXES - WPS_SUFFIXES - {".doc"}:
+        raise Unreadable("not a legacy Office document: no OLE2 compound file header")
+    if suffix in TEXT_SUFFIXES or suffix in WPS_SUFFIXES or suffix in (".doc", ".rtf"):
+        # Word and WPS save HTML, RTF and plain text under .doc too.
+        if b"\x00" in head and sniff_encoding(head) is None:
             raise Unreadable("binary content where text was expected")
         return "text"
     return "skip:not a document format read"
@@ -202,7 +228,7 @@ def _kind(head: bytes, suffix: str) -> str:
 def _is_markup(head: bytes, suffix: str) -> bool:
     # WPS, like Word, can save HTML under its own extensions.
     starts_with_tag = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<"
-    return suffix in MARKUP_SUFFIXES or (suffix in WPS_SUFFIXES and starts_with_tag)
+    return suffix in MARKUP_SUFFIXES or (suffix in WPS_SUFFIXES | {".doc"} and starts_with_tag)
 
 
 def _scan_plain(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, deadline: Deadline,

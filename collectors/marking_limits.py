@@ -45,6 +45,10 @@ class Unreadable(Stop):
     """The content is malformed, hostile or over a bound that is not a plain cut."""
 
 
+class TimedOut(Stop):
+    """The per-file time cap passed: the file is unscanned, not known to be clean."""
+
+
 class Truncated(Stop):
     """The size cap cut the file: what was read is a valid head."""
 
@@ -62,6 +66,6 @@ class Deadline:
         self._end = clock() + seconds
 
     def check(self) -> None:
-        """Raise Unreadable once the time cap has passed."""
+        """Raise TimedOut once the time cap has passed."""
         if self._clock() > self._end:
-            raise Unreadable(f"time limit of {self._seconds:g}s reached")
+            raise TimedOut(f"time limit of {self._seconds:g}s reached")

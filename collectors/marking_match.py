@@ -12,6 +12,11 @@ older header style, but the same two characters are everyday words in body
 text (保守国家秘密, 商业秘密), so counting them would flag most policy
 documents; ``☆`` and ASCII ``*`` are not the standard mark (GB/T 9704) and are
 not accepted either.
+
+Text is normalised before matching (:func:`collectors.marking_text.normalize`):
+zero-width and other format characters cannot split a marking, full-width and
+compatibility forms count as their plain forms, and a run of spaces counts as
+one. Offsets count characters of the normalised text.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from agent.levels import Level
+from collectors.marking_text import normalize
 
 _LEVEL_OF = {"秘密": Level.CONFIDENTIAL, "机密": Level.SECRET, "绝密": Level.TOP_SECRET}
 
@@ -79,7 +85,7 @@ def scan_text(text: str) -> list[Marking]:
     Bare level words without ``★`` (a ``秘密`` header alone) are ambiguous and
     deliberately not reported; see the module docstring.
     """
-    return [_marking(m, 0) for m in _PATTERN.finditer(text)]
+    return [_marking(m, 0) for m in _PATTERN.finditer(normalize(text))]
 
 
 def _marking(m: re.Match[str], base: int) -> Marking:
@@ -124,6 +130,9 @@ class StreamScanner:
 
     def feed(self, text: str) -> None:
         """Add text to the current part, scanning whole windows as they fill."""
+        text = normalize(text)
+        if text[:1] == " " and self._buf[-1:] == " ":
+            text = text[1:]  # one run of spaces, however it was fed
         self.chars += len(text)
         self._buf += text
         if len(self._buf) >= _WINDOW:

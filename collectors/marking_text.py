@@ -10,16 +10,89 @@ from __future__ import annotations
 
 import codecs
 import re
+import unicodedata
 
+# UTF-32 first: its little-endian BOM starts with UTF-16's.
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 
+# High bytes of UTF-16 code units that Chinese text is made of: ASCII (0x00),
+# general punctuation and symbols (0x20-0x27, ★ is U+2605), CJK punctuation
+# (0x30), CJK ideographs (0x34-0x4D extension A, 0x4E-0x9F) and full-width
+# forms (0xFF).
+_UTF16_HIGH = frozenset({0x00, 0x20, 0x21, 0x22, 0x25, 0x26, 0x27, 0x30, 0xFF, *range(0x34, 0xA0)})
+
+
+def sniff_encoding(head: bytes) -> str | None:
+    """The encoding of text that starts with ``head``: from its BOM, or UTF-32/UTF-16 without one.
+
+    Without a BOM, UTF-32 shows as code units whose top byte is zero and that
+    stay below U+110000; UTF-16 as one byte of each unit (the high one) that
+    keeps to the few values Chinese and ASCII text use while the other varies.
+    Valid UTF-8 is never taken for UTF-16. Returns None when nothing says so
+    (the caller then tries UTF-8, then GB18030).
+    """
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding
+    sample = head[:4096]
+    if len(sample) < 8:
+        return None
+    for order, lo, hi in (("utf-32-le", 0, 3), ("utf-32-be", 3, 0)):
+        units = [sample[i:i + 4] for i in range(0, len(sample) - 3, 4)]
+        if all(u[hi] == 0 and (u[2] if lo == 0 else u[1]) <= 0x10 for u in units) and \
+                any(u[lo] for u in units):
+            return order
+    if b"\x00" not in sample:
+        try:
+            sample.decode("utf-8")
+            return None
+        except UnicodeDecodeError as e:
+            if e.start >= len(sample) - 3:  # only a character cut at the end of the sample
+                return None
+    even = len(sample) & ~1
+    for order, hi in (("utf-16-le", 1), ("utf-16-be", 0)):
+        highs = sample[hi:even:2]
+        lows = sample[1 - hi:even:2]
+        fit = sum(b in _UTF16_HIGH for b in highs) / len(highs)
+        if fit >= 0.95 and len(set(lows)) > 2 and len(set(highs)) < len(set(lows)):
+            return order
+    return None
+
+
+# Characters that render as nothing: the format characters (category Cf:
+# zero-width space and joiners, word joiner, BOM, bidi controls, soft hyphen,
+# tags), the combining grapheme joiner and the Hangul fillers. Removed before
+# matching, so they cannot split a marking.
+_HIDDEN = re.compile(
+    "[\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180e"
+    "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f]+"
+)
+_BLANKS = re.compile(r"[^\S\r\n]+")
+
+
+def normalize(text: str) -> str:
+    """Text as a reader sees it, for matching.
+
+    NFKC folds full-width forms, the ideographic space and compatibility
+    ideographs to their plain forms; invisible characters go; each run of
+    spaces and tabs becomes one space (a line break stays, so two paragraphs
+    never join into one marking).
+    """
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", _HIDDEN.sub("", text))
+    return _BLANKS.sub(" ", text)
+
 
 class TextDecoder:
-    """Incremental decoding: a BOM decides; else UTF-8, falling back to GB18030.
+    """Incremental decoding: a BOM or UTF-16/32 shape decides; else UTF-8, falling back to GB18030.
 
     The fallback happens at the first chunk that is not valid UTF-8 and holds
     for the rest of the input; GB18030 is a superset of GBK and GB2312, the
@@ -36,7 +109,7 @@ class TextDecoder:
         """Return the text of ``data``; pass ``final=True`` with the last chunk."""
         if self._decoder is None:
             self._head += data
-            if len(self._head) < 3 and not final:
+            if len(self._head) < 4096 and not final:  # enough to tell UTF-16 by its shape
                 return ""
             data, self._head = self._head, b""
             self._start(data)
@@ -59,7 +132,7 @@ class TextDecoder:
         return b"", None
 
     def _start(self, data: bytes) -> None:
-        _, encoding = self._bom(data)
+        encoding = sniff_encoding(data)
         if encoding is None:
             self.encoding = "utf-8"
             self._decoder = codecs.getincrementaldecoder("utf-8")("strict")

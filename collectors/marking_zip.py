@@ -1,7 +1,13 @@
-"""Marking scan of zip-based documents: OOXML (docx xlsx pptx), WPS and ODF.
+"""Marking scan of zip-based documents: OOXML (docx xlsx pptx), WPS, ODF and OFD.
 
 Only the XML parts that carry document text are read, body first, then
-headers and footers, in page or sheet or slide order. Embedded objects and
+headers and footers, in page or sheet or slide order. An OOXML document's
+parts are found by their content types in ``[Content_Types].xml`` (so a
+renamed main part is still read), falling back to the usual names. An OFD
+document (GB/T 33190, the format of electronic government documents) is
+followed from ``OFD.xml`` through ``DocBody/DocRoot`` to its
+``Document.xml`` and the pages it lists, whose ``TextCode`` elements hold
+the text; then its template pages. Embedded objects and
 any other member are never opened, so an archive inside a document is never
 unpacked. Before zipfile sees the archive, its end record is read here to
 refuse a central directory too large to hold; while members inflate, their
@@ -11,6 +17,7 @@ sizes an archive declares can lie.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import struct
 import zipfile
@@ -54,6 +61,82 @@ def text_parts(names: set[str]) -> list[str]:
     if "content.xml" in names:
         return _pick(names, ["content.xml", "styles.xml"], [])
     return []
+
+
+# Content types of OOXML parts that hold document text, with their reading rank.
+_TEXT_TYPES = (
+    (re.compile(r".*(?:wordprocessingml|ms-word)\.(?:document|template)(?:\.macroEnabled(?:Template)?)?\.main\+xml"),
+     0),
+    (re.compile(r".*spreadsheetml\.sharedStrings\+xml"), 0),
+    (re.compile(r".*presentationml\.slide\+xml"), 0),
+    (re.compile(r".*wordprocessingml\.(?:header|footer|footnotes|endnotes)\+xml"), 1),
+    (re.compile(r".*spreadsheetml\.worksheet\+xml"), 1),
+    (re.compile(r".*presentationml\.(?:slideMaster|notesSlide)\+xml"), 1),
+)
+_OVERRIDE = re.compile(r"<(?:[\w.-]+:)?Override\b([^>]{0,2048})>")
+_ATTR = re.compile(r'([\w:.-]+)\s*=\s*(?:"([^"]*)"|\'([^\']*)\')')
+_OFD_ROOT = re.compile(r"<(?:[\w.-]+:)?DocRoot\s*>\s*([^<]{1,1024}?)\s*<")
+_OFD_PAGE = re.compile(r"<(?:[\w.-]+:)?(Page|TemplatePage)\b([^>]{0,2048})>")
+_SMALL = 4 * 1024 * 1024  # the most read of a manifest (content types, OFD.xml, Document.xml)
+
+
+def _attrs(text: str) -> dict[str, str]:
+    return {m.group(1).rpartition(":")[2]: m.group(2) if m.group(2) is not None else m.group(3)
+            for m in _ATTR.finditer(text)}
+
+
+def _small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, deadline: Deadline) -> str:
+    deadline.check()
+    if info.flag_bits & 0x1:
+        raise Unreadable(f"zip member {info.filename} is encrypted")
+    with zf.open(info) as member:
+        data = member.read(_SMALL)
+    return TextDecoder().decode(data, final=True)
+
+
+def _member(infos: dict[str, zipfile.ZipInfo], base: str, loc: str) -> str | None:
+    """The member a location in the package names, relative to ``base`` unless absolute."""
+    loc = loc.strip().replace("\\", "/")
+    path = posixpath.normpath(loc.lstrip("/") if loc.startswith("/") else posixpath.join(base, loc))
+    if path in infos:
+        return path
+    folded = {n.lower(): n for n in infos}
+    return folded.get(path.lower())
+
+
+def content_type_parts(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], deadline: Deadline) -> list[str]:
+    """OOXML text parts by their declared content types, main part first; [] when none is declared."""
+    info = infos.get("[Content_Types].xml")
+    if info is None:
+        return []
+    ranked = []
+    for m in _OVERRIDE.finditer(_small(zf, info, deadline)):
+        a = _attrs(m.group(1))
+        name = _member(infos, "", a.get("PartName", ""))
+        kind = a.get("ContentType", "")
+        for rx, rank in _TEXT_TYPES:
+            if name is not None and rx.fullmatch(kind):
+                ranked.append((rank, _number(name), name))
+                break
+    return [name for *_, name in sorted(set(ranked))]
+
+
+def ofd_parts(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], deadline: Deadline) -> list[str]:
+    """The pages of an OFD package in order, then its template pages; raises Unreadable if it has none."""
+    root = _OFD_ROOT.search(_small(zf, infos["OFD.xml"], deadline))
+    doc = _member(infos, "", root.group(1)) if root else None
+    if doc is None:
+        raise Unreadable("OFD package without a readable DocBody/DocRoot")
+    base = posixpath.dirname(doc)
+    pages: list[str] = []
+    templates: list[str] = []
+    for m in _OFD_PAGE.finditer(_small(zf, infos[doc], deadline)):
+        name = _member(infos, base, _attrs(m.group(2)).get("BaseLoc", ""))
+        if name is not None:
+            (pages if m.group(1) == "Page" else templates).append(name)
+    if not pages:
+        raise Unreadable(f"OFD document {doc} lists no page that the package holds")
+    return list(dict.fromkeys(pages + templates))
 
 
 def _central_directory(f: BinaryIO, size: int, limits: Limits) -> None:
@@ -142,7 +225,14 @@ def scan_zip(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, dea
         if len(zf.infolist()) > limits.max_members:  # the end record can understate it
             raise Unreadable(f"zip has {len(zf.infolist())} members, over the limit of {limits.max_members}")
         infos = {i.filename: i for i in zf.infolist()}
-        parts = text_parts(set(infos))
+        try:
+            if "OFD.xml" in infos:
+                parts = ofd_parts(zf, infos, deadline)
+            else:
+                parts = content_type_parts(zf, infos, deadline) or text_parts(set(infos))
+        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError,
+                EOFError, OSError, zlib.error) as e:
+            raise Unreadable(f"zip manifest unreadable: {e}") from e
         if not parts:
             raise Skipped("zip archive is not an Office or WPS document")
         budget = _Budget(limits)

@@ -253,7 +253,7 @@ def test_zip_that_is_not_a_document_is_skipped(tmp_path: Path) -> None:
     ("name", "content", "why"),
     [
         ("photo.jpg", b"\xff\xd8\xff\xe0" + b"\0" * 64, "JPEG"),
-        ("old.doc", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 64, "OLE"),
+        ("archive.7z", b"7z\xbc\xaf\x27\x1c" + b"\0" * 64, "7z"),
         ("tool", b"\x7fELF" + b"\0" * 64, "ELF"),
         ("data.bin", "机密★10年".encode(), "not a document format"),
     ],

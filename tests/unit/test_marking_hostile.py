@@ -238,7 +238,7 @@ def test_time_cap_stops_the_scan(tmp_path: Path) -> None:
     ticks = itertools.count(0.0, 1.0)
     path = write(tmp_path / "slow.txt", b"plain text\n" * 100_000)
     result = scan_file(path, max_seconds=2.5, clock=lambda: next(ticks))
-    assert (result.status, result.reason) == ("unreadable", "time limit of 2.5s reached")
+    assert (result.status, result.reason) == ("unscanned", "time limit of 2.5s reached")
 
 
 def test_time_cap_keeps_a_marking_already_found(tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_time_cap_keeps_a_marking_already_found(tmp_path: Path) -> None:
 def test_time_cap_between_zip_parts(tmp_path: Path) -> None:
     ticks = itertools.count(0.0, 10.0)
     result = scan_file(write(tmp_path / "d.docx", marked_docx()), max_seconds=5, clock=lambda: next(ticks))
-    assert result.status == "unreadable" and "time limit" in result.reason
+    assert result.status == "unscanned" and "time limit" in result.reason
 
 
 def test_invalid_utf8_falls_back_without_error(tmp_path: Path) -> None:
@@ -281,8 +281,9 @@ def test_symlink_to_device_is_skipped(tmp_path: Path) -> None:
 
 # --- fuzz ---------------------------------------------------------------------------
 
-_SUFFIXES = [".txt", ".html", ".xml", ".docx", ".xlsx", ".pptx", ".wps", ".pdf", ""]
-_MAGICS = [b"", b"PK\x03\x04", b"PK\x05\x06", b"%PDF-1.7\n", b"\xef\xbb\xbf", b"\xff\xfe", b"<"]
+_SUFFIXES = [".txt", ".html", ".xml", ".docx", ".xlsx", ".pptx", ".wps", ".pdf", ".doc", ".xls", ".rtf", ".ofd", ""]
+_MAGICS = [b"", b"PK\x03\x04", b"PK\x05\x06", b"%PDF-1.7\n", b"\xef\xbb\xbf", b"\xff\xfe", b"<",
+           b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"{\\rtf1", b"\x00\x00\xfe\xff"]
 _FUZZ = settings(max_examples=300, deadline=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
