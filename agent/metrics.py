@@ -28,12 +28,14 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 
 from agent.events import KIND_SET, KINDS
+from agent.textsafe import visible
 from collectors.base import Health
 
 PREFIX = "dutywatch_"
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 ACTIONS = ("alert", "audit")
 OTHER = "_other"
+TAMPER_REASONS = ("unclean_stop", "paused", "journal_rolled_back", "signal", "ptrace")
 # Rule evaluation is microseconds per event; a slow rule shows in the upper buckets.
 EVAL_BUCKETS = (1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1)
 
@@ -41,16 +43,15 @@ _log = logging.getLogger(__name__)
 
 HealthSource = Callable[[], Mapping[str, Health]]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _RULE_UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
 
 
 def label_value(value: object, limit: int = 64) -> str:
-    """A label value safe to expose: valid UTF-8, no control characters, at most ``limit`` chars."""
+    """A label value safe to expose: valid UTF-8, control and bidi characters escaped, at most ``limit`` chars."""
     text = "" if value is None else str(value)
     # Lone surrogates (from undecodable file names) cannot be encoded; make them visible.
     text = text.encode("utf-8", "replace").decode("utf-8")
-    text = _CONTROL.sub("", text)
+    text = visible(text)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
@@ -197,6 +198,14 @@ class Metrics:
             "counter", "collector", "reason",
         )
         self.rules_loaded = table("rules_loaded", "Rules in the active rule set.", "gauge")
+        self.rules_in_force = table(
+            "rules_in_force",
+            "1 when the config, registry and rules on disk are the ones in force; 0 while a file on disk "
+            "failed to load (the last good set stays active until the file is fixed).", "gauge")
+        self.tamper = table(
+            "tamper_total",
+            "Attempts on the agent and its evidence found by the agent itself, by reason (unclean_stop, paused, "
+            "journal_rolled_back, signal, ptrace).", "counter", "reason")
         self.rules_reloads = table("rules_reloads_total", "Successful rule set reloads.", "counter")
         self.rules_reload_failures = table(
             "rules_reload_failures_total", "Rule set reloads that failed; the last good set stays active.",
@@ -235,6 +244,9 @@ class Metrics:
         self.build_info.set((self.version,), 1.0)
         for kind in KINDS:
             self.events.ensure((kind,))
+        self.rules_in_force.set((), 1.0)
+        for reason in TAMPER_REASONS:
+            self.tamper.ensure((reason,))
         for t in (self.rules_loaded, self.rules_reloads, self.rules_reload_failures, self.journal_records,
                   self.journal_size, self.journal_verify_failures, self.journal_write_failures,
                   self.pipeline_stalled):
@@ -277,9 +289,14 @@ class Metrics:
         """Set the number of rules in the active set."""
         self.rules_loaded.set((), float(n))
 
+    def tampered(self, reason: str) -> None:
+        """Count one attempt on the agent or its evidence."""
+        self.tamper.inc((_choice(reason, TAMPER_REASONS),))
+
     def rules_reloaded(self, ok: bool) -> None:
-        """Count a reload attempt, successful or failed."""
+        """Count a reload attempt, successful or failed; the rules on disk are in force only after a good one."""
         (self.rules_reloads if ok else self.rules_reload_failures).inc()
+        self.rules_in_force.set((), 1.0 if ok else 0.0)
 
     def journal_appended(self, n: int = 1) -> None:
         """Count records written to the journal."""
@@ -348,6 +365,7 @@ class Metrics:
                                        "Times the collector failed or returned early and was restarted.",
                                        labels=("collector",))
         drops: dict[tuple[str, ...], float] = {}
+        partials: dict[tuple[str, ...], float] = {}
         for name in sorted(healths)[:64]:
             h = healths[name]
             cname = label_value(name, 32)
@@ -359,6 +377,16 @@ class Metrics:
             for reason, n in dict(h.drops).items():
                 key = (cname, label_value(reason, 32))
                 drops[key] = drops.get(key, 0.0) + n
+            for reason, n in dict(h.partials).items():
+                key = (cname, label_value(reason, 32))
+                partials[key] = partials.get(key, 0.0) + n
+        partial = CounterMetricFamily(PREFIX + "events_partial",
+                                      "Events that went out with part of their data (proc_gone: the process "
+                                      "exited before /proc could be read); evaluated, not lost.",
+                                      labels=("collector", "reason"))
+        for pkey in sorted(partials):
+            partial.add_metric(list(pkey), partials[pkey])
+        yield partial
         yield up
         yield last
         yield restarts
@@ -367,6 +395,7 @@ class Metrics:
     def families(self) -> Iterator[Metric]:
         """Every DutyWatch metric family, as of now."""
         for t in (self.build_info, self.host_info, self.events, self.findings, self.rules_loaded,
+                  self.rules_in_force, self.tamper,
                   self.rules_reloads, self.rules_reload_failures, self.journal_records, self.journal_size,
                   self.journal_verify_failures, self.journal_write_failures, self.forward_errors,
                   self.forward_dropped, self.queue_capacity, self.pipeline_stalled):

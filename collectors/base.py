@@ -51,6 +51,7 @@ class Health:
     events: int = 0
     last_event_time: float = 0.0
     drops: dict[str, int] = field(default_factory=dict)
+    partials: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -58,6 +59,11 @@ class Health:
         """Count ``n`` events lost for ``reason`` (a short, bounded label)."""
         with self._lock:
             self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def partial(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` events that went out with only part of their data (``proc_gone``): not lost."""
+        with self._lock:
+            self.partials[reason] = self.partials.get(reason, 0) + n
 
     def saw(self, now: float) -> None:
         """Note one event produced at ``now``."""

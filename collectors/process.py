@@ -10,7 +10,7 @@ not otherwise; ``mode: netlink`` refuses to run without it (fail closed).
 Each exec is enriched from /proc by ``ProcReader``. A process that is gone
 before it can be read (short-lived commands in an exec storm) still yields
 its exec event with what the kernel said (pid, and the parent learned from
-its fork) and is counted under ``drops["proc_gone"]`` as a partial event.
+its fork) and is counted under ``partials["proc_gone"]`` as a partial event (not a drop).
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ class ProcessCollector:
     poll, and optionally ``interval``: the poll period in seconds) and its
     ``Sources``; ``rcvbuf`` sizes the netlink receive buffer, which is
     what absorbs exec storms while enrichment catches up. ``health.drops`` counts ``kernel_overflow`` (the kernel
-    dropped messages: ENOBUFS), ``proc_gone`` (exec events emitted with only
-    what the kernel carried), ``emit_rejected`` (the pipeline refused an
+    dropped messages: ENOBUFS), ``emit_rejected`` (the pipeline refused an
     event) and ``malformed`` (undecodable datagrams).
     """
 
@@ -154,7 +153,7 @@ class ProcessCollector:
             if started > event.timestamp_ns / 1e9:
                 found = None
         if found is None or (found[0].exe is None and found[0].cmdline is None):
-            self.health.drop("proc_gone")
+            self.health.partial("proc_gone")
         if found is None:
             found = self._from_kernel(pid)
         self._send(emit, "process.exec", *found)

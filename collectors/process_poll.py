@@ -76,7 +76,7 @@ class ProcessPoller:
         pid, created = key
         found = self._reader.identity(pid)
         if found is None or (found[0].exe is None and found[0].cmdline is None):
-            self._health.drop("proc_gone")
+            self._health.partial("proc_gone")
         if found is None:
             found = (Process(pid=pid, start_time=created), Parent())
         self._send(emit, "process.exec", *found)

@@ -27,6 +27,7 @@ Use from a collector (one reader per collector thread; it is not locked)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import time
@@ -73,15 +74,23 @@ def parse_stat(raw: bytes) -> StatLine:
     )
 
 
-def parse_cmdline(raw: bytes, limit: int) -> str | None:
-    """NUL-separated arguments as one space-joined string of at most ``limit`` characters."""
+def parse_cmdline(raw: bytes, limit: int, whole: tuple[int, str] | None = None) -> str | None:
+    """NUL-separated arguments as one space-joined string of at most ``limit`` characters and UTF-8 bytes.
+
+    ``whole`` is the full length and SHA-256 of the command line when only its
+    start was read; a cut line then ends with both, so the original can be
+    recognised (``…[truncated: 2097152 bytes, sha256 …]``).
+    """
     if raw.endswith(b"\0"):
         raw = raw[:-1]
     if not raw:
         return None
     text = _text(raw.replace(b"\0", b" "))
-    if len(text) > limit:
-        return text[: max(0, limit - len(TRUNCATED))] + TRUNCATED
+    if len(text) > limit or whole is not None or (len(text) * 4 > limit and len(text.encode("utf-8")) > limit):
+        mark = TRUNCATED if whole is None else f"{TRUNCATED[:-1]}: {whole[0]} bytes, sha256 {whole[1]}]"
+        head = text[: max(0, limit - len(mark))]
+        budget = max(0, limit - len(mark.encode("utf-8")))
+        return head.encode("utf-8")[:budget].decode("utf-8", "ignore") + mark
     return text
 
 
@@ -227,13 +236,16 @@ class ProcReader:
             return False
         return (entry.start_ticks, entry.comm, entry.ppid) == (stat.start_ticks, stat.comm, stat.ppid)
 
+    def _cmdline(self, fd: int) -> str | None:
+        head, whole = _read_cmdline(fd, self._cmdline_max * 4 + 1)
+        return parse_cmdline(head, self._cmdline_max, whole)
+
     def _read_entry(self, fd: int, pid: int, now: float) -> _Entry | None:
         # exe, cmdline and cwd vanish the moment a process exits (a zombie keeps
         # only stat and status), so they are read first: it is a race with
         # short-lived commands, and every microsecond counts.
         exe = _optional(lambda: _link(fd, b"exe"))
-        cmdline = _optional(lambda: parse_cmdline(_read(fd, "cmdline", self._cmdline_max * 4 + 1),
-                                                  self._cmdline_max))
+        cmdline = _optional(lambda: self._cmdline(fd))
         cwd = _optional(lambda: _link(fd, b"cwd"))
         try:
             stat = parse_stat(_read(fd, "stat", 4096))
@@ -292,6 +304,36 @@ def _read(dir_fd: int, name: str, limit: int) -> bytes:
             chunks.append(chunk)
             size += len(chunk)
         return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+CMDLINE_HASH_MAX = 64 << 20  # an argument list is at most a quarter of the stack limit; stop hashing past this
+
+
+def _read_cmdline(dir_fd: int, limit: int) -> tuple[bytes, tuple[int, str] | None]:
+    """The first ``limit`` bytes of cmdline, and (full length, SHA-256) when there was more.
+
+    A huge command line is read through to its end once, in large chunks,
+    only to count and hash it; only its start is kept.
+    """
+    fd = os.open("cmdline", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        head = b""
+        while len(head) < limit:
+            chunk = os.read(fd, limit - len(head))
+            if not chunk:
+                return head, None
+            head += chunk
+        h = hashlib.sha256(head)
+        size = len(head)
+        while size < CMDLINE_HASH_MAX:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            size += len(chunk)
+        return head, (size, h.hexdigest())
     finally:
         os.close(fd)
 

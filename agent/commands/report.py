@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -70,7 +68,7 @@ def _ruleset(args: argparse.Namespace, cfg: Any) -> Any:
 
 
 def _write(out: Path | None, binary: bool, body: Callable[[Any], object]) -> None:
-    """Write to ``out`` through a temporary name and a rename, or to standard output."""
+    """Write to ``out`` through a new file (never a planted link) and a rename, or to standard output."""
     from agent.report.errors import ReportError
 
     if out is None:
@@ -81,24 +79,11 @@ def _write(out: Path | None, binary: bool, body: Callable[[Any], object]) -> Non
             body(sys.stdout)
             sys.stdout.flush()
         return
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    from agent.textsafe import write_new
     try:
-        with open(tmp, "wb") as raw:
-            if binary:
-                body(raw)
-                raw.flush()
-            else:
-                text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-                body(text)
-                text.flush()
-                text.detach()
-            os.fsync(raw.fileno())
-        os.replace(tmp, out)
+        write_new(out, body, binary=binary)
     except OSError as exc:
         raise ReportError(f"{out}: cannot write the report: {exc.strerror}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def run(args: argparse.Namespace) -> int:

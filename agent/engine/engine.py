@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from agent.engine.expr import Predicate, literal_search
 from agent.engine.rules import Rule, RuleSet
 from agent.events import KINDS, Event
+from agent.textsafe import CAP_BYTES, cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,14 @@ class Finding:
         return {"operator": who, "custodian": h.custodian, "unit": h.unit, "department": h.department}
 
     def to_record(self) -> dict[str, Any]:
-        """The journal record of this finding (DESIGN §7 ``events --format json``)."""
+        """The journal record of this finding (DESIGN §7 ``events --format json``).
+
+        Unbounded text (a command line, a path) is capped at 4 KiB; the record's
+        ``truncated`` names each capped field with its full length and SHA-256.
+        """
         r, e = self.rule, self.event
-        return {
+        event, truncated = cap_fields(e.to_dict())
+        record = {
             "type": "finding",
             "time": e.time,
             "host": e.host.id,
@@ -55,12 +61,28 @@ class Finding:
             "action": r.action,
             "title": {"zh": r.title.zh, "en": r.title.en},
             "message": {"zh": self.message("zh"), "en": self.message("en")},
-            "event": e.to_dict(),
+            "event": event,
             "accountable": self.accountable(),
             "roles": list(r.accountable),
             "controls": list(r.controls),
             "tags": list(r.tags),
         }
+        if truncated:
+            record["truncated"] = truncated
+        return record
+
+
+def cap_fields(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The event dict with every string over 4 KiB capped, and ``{field: {length, sha256}}`` of those."""
+    truncated: dict[str, Any] = {}
+    for group, values in event.items():
+        for name, value in values.items():
+            if isinstance(value, str) and len(value) > CAP_BYTES // 4:
+                short, info = cap(value)
+                if info is not None:
+                    values[name] = short
+                    truncated[f"{group}.{name}"] = info
+    return event, truncated
 
 
 Getter = Callable[[Event], Any]

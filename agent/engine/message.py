@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from agent.errors import LoadError, Location
 from agent.events import FIELDS, Event
 from agent.levels import Level
+from agent.textsafe import CAP_BYTES, cap
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 MISSING = "-"
@@ -26,7 +27,8 @@ class Template:
             out.append(literal)
             if name is not None:
                 out.append(_show(event.field(name), lang))
-        return "".join(out)
+        text = "".join(out)
+        return text if len(text) <= CAP_BYTES // 4 else cap(text)[0]
 
 
 def _show(value: object, lang: str) -> str:

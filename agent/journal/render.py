@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from agent.journal.query import Row
+from agent.textsafe import visible
 
 
 def cell_width(text: str) -> int:
@@ -42,15 +43,17 @@ def fit(text: str, width: int, *, right: bool = False) -> str:
     return pad + text if right else text + pad
 
 
-_UNSAFE_IN_LINES = re.compile("[\ud800-\udfff\x85\u2028\u2029]")
+_UNSAFE_IN_LINES = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def json_line(row: Row) -> str:
     """One record as a JSON line, ``seq`` first: valid UTF-8, and one line to every line splitter.
 
     Chinese stays readable; invalid UTF-8 from process names (surrogate
-    escapes) and Unicode line separators are written as ``\\uXXXX``, so a
-    SIEM, ``jq`` or ``str.splitlines`` sees exactly one record per line.
+    escapes), Unicode line separators, DEL, C1 controls and bidi marks are
+    written as ``\\uXXXX`` (JSON escapes C0 itself), so a SIEM, ``jq`` or
+    ``str.splitlines`` sees exactly one record per line and a terminal shows
+    the line as it is.
     """
     text = json.dumps({"seq": row.seq, **row.record}, ensure_ascii=False)
     return _UNSAFE_IN_LINES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
@@ -82,8 +85,9 @@ def table_cells(row: Row, lang: str) -> list[str]:
 
 
 def table_lines(rows: Iterable[Row], lang: str) -> Iterator[str]:
-    """The header, then one aligned line a record."""
+    """The header, then one aligned line a record; every cell's control and bidi characters made visible."""
     def line(cells: list[str]) -> str:
+        cells = [visible(c) for c in cells]
         fitted = [fit(c, w, right=r) for c, (_, w, r) in zip(cells, COLUMNS, strict=False)]
         return "  ".join([*fitted, cells[-1]]).rstrip()
 

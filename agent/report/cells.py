@@ -15,7 +15,8 @@ CELL_MAX = 300
 
 # Control characters, bidirectional overrides (which can make a path read backwards) and lone
 # surrogates (undecodable file-name bytes, which no UTF-8 writer accepts) are shown as escapes.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
 
 
 def _escape(m: re.Match[str]) -> str:

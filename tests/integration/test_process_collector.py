@@ -210,7 +210,7 @@ def test_netlink_catches_an_exec_storm() -> None:
     assert {e.process.name for e in execs.values()} <= {"true", None}
     partial = sum(1 for e in run.events if e.kind == "process.exec" and e.process.exe is None
                   and e.process.cmdline is None)
-    assert collector.health.drops.get("proc_gone", 0) == partial
+    assert collector.health.partials.get("proc_gone", 0) == partial
 
 
 @pytest.mark.root

@@ -23,7 +23,8 @@ def series(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], flo
 
 
 def test_label_values_are_clean_and_bounded() -> None:
-    assert label_value("a\nb\x00c\x1b[31m\x9bd\u2028") == "abc[31md"
+    assert label_value("a\nb\x00c\x1b[31m\x9bd\u2028") == "a\\x0ab\\x00c\\x1b[31m\\x9bd\\u2028"
+    assert label_value("dw\u202egpj.exe") == "dw\\u202egpj.exe"
     assert label_value("bad\udcffname") == "bad?name"
     long = label_value("单" * 500)
     assert len(long) == 64 and long.endswith("…")
@@ -53,7 +54,7 @@ def test_findings_labels_are_guarded_and_capped() -> None:
     found = series(scrape(m), "findings_total")
     assert found[(("action", "alert"), ("rule", "BM-NET-001"), ("severity", "critical"),
                   ("unit", "省发改委信息中心"))] == 2
-    assert found[(("action", OTHER), ("rule", "X-1"), ("severity", OTHER), ("unit", "unitwith newline"))] == 1
+    assert found[(("action", OTHER), ("rule", "X-1"), ("severity", OTHER), ("unit", "unit\\x0awith newline"))] == 1
     assert found[(("action", OTHER), ("rule", OTHER), ("severity", OTHER), ("unit", OTHER))] == 9
     assert len(found) == 4  # three real series plus the overflow series
     assert sum(found.values()) == 13  # nothing is lost, only folded
