@@ -155,10 +155,12 @@ class Attributor:
 
     def _file(self, f: File) -> File:
         level, unit = self.asset(f.path)
-        if f.dest_path is not None:
-            dlevel, dunit = self.asset(f.dest_path)
-            if dlevel is not None and (level is None or dlevel > level):
-                level, unit = dlevel, dunit
+        # The destination of a move, and the asset the file is (another name of it) or was copied from.
+        for other in (f.dest_path, f.source_path):
+            if other is not None:
+                olevel, ounit = self.asset(other)
+                if olevel is not None and (level is None or olevel > level):
+                    level, unit = olevel, ounit
         if level is None:
             return f
         return f._replace(level=level, owner_unit=f.owner_unit or unit)

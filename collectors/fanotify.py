@@ -6,7 +6,16 @@ descriptor; the path comes from ``readlink(/proc/self/fd/N)`` and the fd is
 closed at once. A *name group* (``FAN_REPORT_DFID_NAME``, Linux 5.9+) reports
 directory-entry changes (create, delete, move) with the pid, the parent
 directory's file handle and the entry name; the handle is turned back into
-a path through a table of the directories this group marked.
+a path through a table of the directories this group marked. A third group
+(Linux 5.17+) takes only ``FAN_RENAME`` on each watched filesystem as a
+whole: the kernel reports both directories of a rename only to a filesystem
+mark, and a move out of (or into) a watched tree needs the side that is not
+watched, which is opened by its handle (``open_by_handle_at``,
+CAP_DAC_READ_SEARCH) to learn its path. Renames with no watched side are
+dropped as they are decoded; an overflow of that group costs only the pairing. An fd group
+can also mark single files (inode marks): every open of that file is then
+reported, through whatever name, mount or mount namespace it was reached, and
+each record carries the file's (device, inode).
 Both need CAP_SYS_ADMIN. ``FanotifyWatcher`` keeps the two together over
 whole directory trees and reads them on one thread.
 """
@@ -14,6 +23,7 @@ whole directory trees and reads them on one thread.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import select
 import struct
@@ -23,6 +33,8 @@ from dataclasses import dataclass
 
 from collectors.base import CollectorError, translate_os_error
 
+log = logging.getLogger(__name__)
+
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_CLASS_NOTIF = 0x0
@@ -30,6 +42,7 @@ FAN_REPORT_DFID_NAME = 0x400 | 0x800
 
 FAN_MARK_ADD = 0x1
 FAN_MARK_FILESYSTEM = 0x100
+_FAN_MARK_DONT_FOLLOW = 0x4
 
 FAN_MODIFY = 0x2
 FAN_CLOSE_WRITE = 0x8
@@ -39,6 +52,7 @@ FAN_MOVED_TO = 0x80
 FAN_CREATE = 0x100
 FAN_DELETE = 0x200
 FAN_Q_OVERFLOW = 0x4000
+FAN_RENAME = 0x10000000
 FAN_EVENT_ON_CHILD = 0x08000000
 FAN_ONDIR = 0x40000000
 
@@ -46,6 +60,8 @@ FD_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_EVENT_ON_CHILD
 NAME_MASK = FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_ONDIR
 
 _INFO_DFID_NAME = 2
+_INFO_OLD_DFID_NAME = 10
+_INFO_NEW_DFID_NAME = 12
 _META = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
 _INFO_HEAD = struct.Struct("=BBH")
 _HANDLE_HEAD = struct.Struct("=Ii")
@@ -61,6 +77,9 @@ class FanRecord:
     mask: int
     pid: int
     path: str | None
+    dest: str | None = None  # FAN_RENAME: the new path (``path`` is the old one)
+    dev: int | None = None  # fd groups: the file's st_dev and st_ino
+    ino: int | None = None
 
     @property
     def overflow(self) -> bool:
@@ -92,6 +111,9 @@ class _Libc:
             ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle), ctypes.POINTER(ctypes.c_int), ctypes.c_int,
         )
         self.name_to_handle.restype = ctypes.c_int
+        self.open_by_handle = lib.open_by_handle_at
+        self.open_by_handle.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+        self.open_by_handle.restype = ctypes.c_int
 
 
 def _errno_error(what: str) -> CollectorError:
@@ -102,17 +124,20 @@ def _errno_error(what: str) -> CollectorError:
 class FanotifyGroup:
     """One fanotify group: ``fd`` to poll, ``mark_dir`` to watch, ``read`` to drain."""
 
-    def __init__(self, *, names: bool) -> None:
+    def __init__(self, *, names: bool, renames: bool = False) -> None:
         self._libc = _Libc()
-        self.names = names
-        flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | (FAN_REPORT_DFID_NAME if names else 0)
+        self.names = names or renames
+        flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | (FAN_REPORT_DFID_NAME if self.names else 0)
         fd = self._libc.init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
             raise _errno_error("fanotify_init")
         self.fd = fd
-        self.mask = NAME_MASK if names else FD_MASK
+        self.mask = (FAN_RENAME | FAN_ONDIR) if renames else NAME_MASK if names else FD_MASK
         # Directory file handle -> path, for the name group's records.
         self._dirs: dict[bytes, str] = {}
+        # fsid -> a marked directory on that filesystem, to open directory handles the group did not mark
+        # (a path, not a descriptor: a held descriptor would keep a removable medium from unmounting).
+        self._fs_dirs: dict[bytes, str] = {}
 
     def close(self) -> None:
         """Release the group; its marks go with it."""
@@ -128,6 +153,54 @@ class FanotifyGroup:
             key = self._handle_key(path)
             if key is not None:
                 self._dirs[key] = path
+            self._remember_fs(path)
+
+    def share_dirs(self, other: FanotifyGroup) -> None:
+        """Resolve directory handles through ``other``'s table (the rename group reads the names group's)."""
+        self._dirs = other._dirs
+        self._fs_dirs = other._fs_dirs
+
+    def mark_renames(self, path: str) -> None:
+        """Take every rename on the filesystem holding ``path`` (the rename group)."""
+        flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
+        if self._libc.mark(self.fd, flags, self.mask, _AT_FDCWD, os.fsencode(path)) < 0:
+            raise _errno_error(f"fanotify_mark renames {path}")
+
+    def mark_file(self, path: str) -> None:
+        """Watch one file (fd groups): its inode, reached through any of its names."""
+        flags = FAN_MARK_ADD | _FAN_MARK_DONT_FOLLOW
+        if self._libc.mark(self.fd, flags, FAN_OPEN | FAN_CLOSE_WRITE, _AT_FDCWD, os.fsencode(path)) < 0:
+            raise _errno_error(f"fanotify_mark {path}")
+
+    def _remember_fs(self, path: str) -> None:
+        try:
+            fsid = struct.pack("=Q", os.statvfs(path).f_fsid)
+        except OSError:
+            return
+        self._fs_dirs.setdefault(fsid, path)
+
+    def _open_handle(self, fsid: bytes, htype: int, handle: bytes) -> str | None:
+        """The path of a directory the group did not mark, from its handle (needs CAP_DAC_READ_SEARCH)."""
+        where = self._fs_dirs.get(fsid)
+        if where is None:
+            return None
+        try:
+            mount_fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: the kernel refuses one
+        except OSError:
+            return None
+        raw = _HANDLE_HEAD.pack(len(handle), htype) + handle
+        try:
+            fd = self._libc.open_by_handle(mount_fd, raw, os.O_PATH | os.O_CLOEXEC)
+        finally:
+            os.close(mount_fd)
+        if fd < 0:
+            return None
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def mark_mount(self, path: str) -> None:
         """Watch every file of the filesystem holding ``path`` (fd groups only).
@@ -148,6 +221,9 @@ class FanotifyGroup:
         for key, path in list(self._dirs.items()):
             if path == root or path.startswith(prefix):
                 del self._dirs[key]
+        for fsid, path in list(self._fs_dirs.items()):
+            if path == root or path.startswith(prefix):
+                del self._fs_dirs[fsid]
 
     @property
     def marked_dirs(self) -> int:
@@ -178,46 +254,74 @@ class FanotifyGroup:
             if event_len < _META.size:
                 break
             if self.names:
-                yield FanRecord(mask, pid, self._name_path(data[off + meta_len: off + event_len]))
+                paths = self._name_paths(data[off + meta_len: off + event_len], bool(mask & FAN_RENAME))
+                if mask & FAN_RENAME:
+                    if paths:  # a rename with no watched side is none of ours
+                        yield FanRecord(mask, pid, paths.get(_INFO_OLD_DFID_NAME), paths.get(_INFO_NEW_DFID_NAME))
+                else:
+                    yield FanRecord(mask, pid, paths.get(_INFO_DFID_NAME))
             else:
-                yield FanRecord(mask, pid, _fd_path(fd))
+                path, dev, ino = _fd_path(fd)
+                yield FanRecord(mask, pid, path, None, dev, ino)
             off += event_len
 
-    def _name_path(self, info: bytes) -> str | None:
+    def _name_paths(self, info: bytes, rename: bool = False) -> dict[int, str]:
+        """The paths of a record's directory-and-name parts, by info type.
+
+        For a rename, the side in no marked directory is opened by its handle,
+        and only when the other side is marked; else the result is empty.
+        """
+        out: dict[int, str] = {}
+        unknown: list[tuple[int, bytes, int, bytes, bytes]] = []
         off = 0
         while off + _INFO_HEAD.size <= len(info):
             kind, _pad, length = _INFO_HEAD.unpack_from(info, off)
             if length == 0:
                 break
-            if kind == _INFO_DFID_NAME:
+            if kind in (_INFO_DFID_NAME, _INFO_OLD_DFID_NAME, _INFO_NEW_DFID_NAME):
                 # header, fsid (8 bytes), struct file_handle, then the NUL-ended name
+                fsid = info[off + _INFO_HEAD.size: off + _INFO_HEAD.size + 8]
                 h = off + _INFO_HEAD.size + 8
                 nbytes, htype = _HANDLE_HEAD.unpack_from(info, h)
                 start = h + _HANDLE_HEAD.size
                 handle = info[start: start + nbytes]
                 name = info[start + nbytes: off + length].split(b"\0", 1)[0]
                 parent = self._dirs.get(_key(htype, handle))
-                if parent is None:
-                    return None
-                return parent if name in (b"", b".") else os.path.join(parent, os.fsdecode(name))
+                if parent is not None:
+                    out[kind] = _join(parent, name)
+                elif rename:
+                    unknown.append((kind, fsid, htype, handle, name))
             off += length
-        return None
+        if rename:
+            if not out:
+                return out
+            for kind, fsid, htype, handle, name in unknown:
+                parent = self._open_handle(fsid, htype, handle)  # the side of a move we do not watch
+                if parent is not None:
+                    out[kind] = _join(parent, name)
+        return out
+
+
+def _join(parent: str, name: bytes) -> str:
+    return parent if name in (b"", b".") else os.path.join(parent, os.fsdecode(name))
 
 
 def _key(htype: int, handle: bytes) -> bytes:
     return htype.to_bytes(4, "little", signed=True) + handle
 
 
-def _fd_path(fd: int) -> str | None:
+def _fd_path(fd: int) -> tuple[str | None, int | None, int | None]:
+    """The path, device and inode of a record's descriptor, which is closed here."""
     if fd < 0:
-        return None
+        return None, None, None
     try:
+        st = os.fstat(fd)
         path = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
-        return None
+        return None, None, None
     finally:
         os.close(fd)
-    return path.removesuffix(" (deleted)")
+    return path.removesuffix(" (deleted)"), st.st_dev, st.st_ino
 
 
 class FanotifyWatcher:
@@ -237,15 +341,19 @@ class FanotifyWatcher:
         self._marks = 0
         self.fd_group = FanotifyGroup(names=False)  # CollectorError here: no fanotify at all
         self.names: FanotifyGroup | None = None
+        self.renames: FanotifyGroup | None = None
         self.names_missing = ""
+        self._renamed_fs: set[int] = set()
         try:
             self.names = FanotifyGroup(names=True)
+            self.renames = FanotifyGroup(names=True, renames=True)
+            self.renames.share_dirs(self.names)
         except CollectorError as exc:
-            self.names_missing = str(exc)
+            self.names_missing = self.names_missing if self.names is not None else str(exc)
 
     def close(self) -> None:
-        """Release both groups."""
-        for g in (self.fd_group, self.names):
+        """Release the groups."""
+        for g in (self.fd_group, self.names, self.renames):
             if g is not None:
                 g.close()
 
@@ -269,6 +377,7 @@ class FanotifyWatcher:
                     g.mark_dir(here)
                 except CollectorError:
                     self._on_drop("watch_error")
+            self._mark_renames(here)
             self._marks += 1
             # Listed after it is marked: a directory made meanwhile is either listed here or reported by the
             # mark (and marked then). Listing first, as os.walk does, loses one made between the two.
@@ -278,6 +387,34 @@ class FanotifyWatcher:
             except OSError:
                 self._on_drop("watch_error")
 
+    def _mark_renames(self, path: str) -> None:
+        if self.renames is None:
+            return
+        try:
+            dev = os.stat(path).st_dev
+        except OSError:
+            return
+        if dev in self._renamed_fs:
+            return
+        self._renamed_fs.add(dev)
+        try:
+            self.renames.mark_renames(path)
+        except CollectorError as exc:  # Linux before 5.17, or a filesystem without filesystem marks
+            log.info("fanotify: moves across the edge of watched trees on %s have one side only: %s", path, exc)
+
+    def mark_file(self, path: str) -> bool:
+        """Mark one file's inode in the fd group; False (and reported) when it cannot be."""
+        if self._marks >= self._max_marks:
+            self._on_drop("mark_limit")
+            return False
+        try:
+            self.fd_group.mark_file(path)
+        except CollectorError:
+            self._on_drop("watch_error")
+            return False
+        self._marks += 1
+        return True
+
     def forget_under(self, root: str) -> None:
         """``root`` went away or moved: its directory handles no longer name paths."""
         if self.names is not None:
@@ -285,7 +422,7 @@ class FanotifyWatcher:
 
     def run(self, stop: threading.Event) -> None:
         """Read both groups until ``stop`` is set (checked every 0.25 s)."""
-        groups = {g.fd: g for g in (self.fd_group, self.names) if g is not None}
+        groups = {g.fd: g for g in (self.fd_group, self.names, self.renames) if g is not None}
         poller = select.poll()
         for fd in groups:
             poller.register(fd, select.POLLIN)

@@ -9,6 +9,16 @@ file goes quiet), and a file created and written in one go is one
 ``file.create``. ``file.open`` comes from fanotify alone and is dropped when
 the same path was being created or written at the time.
 
+Registered assets are known by (device, inode) as well as by name
+(``collectors.assets``): each asset file carries its own fanotify inode mark,
+so an open or write through a hard link, a bind mount, another mount
+namespace or ``/proc/PID/root`` is reported, with ``file.source_path``
+naming the asset. A move out of (or into) a watched tree, which inotify sees
+as a delete (or a create), is one ``file.rename`` with both paths when the
+kernel reports renames (Linux 5.17+). ``file.open`` is limited per process,
+never for an asset, and whatever is not reported is journaled as an
+``agent.degraded`` event with its counts.
+
 Without CAP_SYS_ADMIN the collector runs in ``inotify`` mode: the same
 events, without the process group.
 """
@@ -30,7 +40,9 @@ from typing import Any, Protocol
 from agent.events import Event, File, Media, Process
 from agent.levels import Level
 from collectors import fanotify as fan
+from collectors.assets import AssetIndex, device_name
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
+from collectors.openlimit import REPORT_EVERY, OpenLimiter
 from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVED, FsOp, TreeWatcher
 
 log = logging.getLogger(__name__)
@@ -42,11 +54,12 @@ WINDOW = 0.3  # how long an operation waits for its fanotify record
 MAX_WAITS = 3  # then up to this many more double windows (about 2 s in all) before it goes out without one
 QUIET = 1.0  # a write with no close is reported after this much silence...
 HOLD_MAX = 5.0  # ...or after this long at most
-OPEN_RATE = 200.0  # file.open events per second, sustained
+MOVE_DELAY = 0.5  # watchdog holds a move's first half this long for its second: a move out comes late as a delete
 _WANT = {
-    "file.create": (fan.FAN_CREATE, fan.FAN_OPEN | fan.FAN_CLOSE_WRITE),
+    # A create or delete that inotify saw may be one side of a move across the tree's edge.
+    "file.create": (fan.FAN_CREATE | fan.FAN_MOVED_TO, fan.FAN_OPEN | fan.FAN_CLOSE_WRITE),
     "file.write": (fan.FAN_CLOSE_WRITE, fan.FAN_OPEN),
-    "file.delete": (fan.FAN_DELETE, 0),
+    "file.delete": (fan.FAN_DELETE | fan.FAN_MOVED_FROM, 0),
     "file.rename": (fan.FAN_MOVED_FROM, fan.FAN_MOVED_TO),
 }
 
@@ -74,6 +87,7 @@ class _Op:
     deadline: float
     read_path: str | None = None
     waits: int = 0  # extra windows spent waiting for fanotify's record
+    ident: tuple[int, int] | None = None  # (st_dev, st_ino) when fanotify gave it
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,8 @@ class _Who:
     t: float
     mask: int
     process: Process
+    peer: str | None = None  # a rename's other path
+    ident: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -144,8 +160,9 @@ class FilesCollector:
 
     def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None, *,
                  extra_paths: Iterable[str] = (), media: RemovableMounts | None = None,
-                 marker: Marker | None = None) -> None:
-        paths = [*section(config, "paths", []), *extra_paths]
+                 marker: Marker | None = None, assets: Iterable[str] = ()) -> None:
+        self.assets = AssetIndex(assets)
+        paths = [*section(config, "paths", []), *extra_paths, *self.assets.roots()]
         self.paths = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
         self._src = sources = sources or Sources()
         self._media = media
@@ -162,10 +179,10 @@ class FilesCollector:
         self._next_expire = 0.0
         self._recent: dict[str, list[_Who]] = {}
         self._changed: dict[str, float] = {}
-        self._opens: dict[tuple[str, int], tuple[float, float, Process]] = {}
+        self._opens: dict[tuple[str, int], tuple[float, float, Process, tuple[int, int] | None]] = {}
         self._opened: dict[tuple[str, int], float] = {}
-        self._tokens = OPEN_RATE
-        self._tokens_t = time.monotonic()
+        self.limiter = OpenLimiter()
+        self._next_report = 0.0
 
     def available(self) -> Availability:
         """``fanotify`` with who-data when permitted, else ``inotify`` without it."""
@@ -184,8 +201,9 @@ class FilesCollector:
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Watch, join and emit until ``stop`` is set; pending operations are sent on the way out."""
         self._open_fanotify()
+        self._load_assets()
         marks: queue.Queue[tuple[Event, str]] = queue.Queue(maxsize=64)
-        watcher = TreeWatcher(self._put_op, lambda _root: self.health.drop("watch_error"))
+        watcher = TreeWatcher(self._put_op, lambda _root: self._lose("watch_error"))
         flushed = threading.Event()  # set after the last flush: the marking worker may then finish
         threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), daemon=True)]
         if self._fan is not None:
@@ -212,6 +230,7 @@ class FilesCollector:
                     item = self._inbox.get_nowait() if not self._inbox.empty() else None
                 self._flush(time.monotonic(), emit, marks)
             self._flush(float("inf"), emit, marks)
+            self._report_lost(float("inf"), emit)
         finally:
             self.health.up = False
             watcher.stop()
@@ -223,7 +242,7 @@ class FilesCollector:
 
     def _open_fanotify(self) -> None:
         try:
-            self._fan = fan.FanotifyWatcher(self._fan_record, self.health.drop)
+            self._fan = fan.FanotifyWatcher(self._fan_record, self._lose)
         except CollectorError as exc:
             log.warning("files: inotify mode, file events carry no process: %s", exc)
             self.health.mode = "inotify"
@@ -231,6 +250,35 @@ class FilesCollector:
         self.health.mode = "fanotify"
         if self._fan.names_missing:
             log.warning("files: create/delete/rename carry no process (needs Linux 5.9): %s", self._fan.names_missing)
+
+    def _load_assets(self) -> None:
+        """Index every asset file and mark its inode: any name of it is then seen."""
+        fan_ = self._fan
+        n = self.assets.load(None if fan_ is None else lambda f: fan_.mark_file(f.path))
+        if self.assets.overflow:
+            self._lose("asset_index_full", "", self.assets.overflow)
+        log.info("files: %d asset files indexed by inode", n)
+
+    def _asset_changed(self, path: str) -> None:
+        """A create, write or move on ``path``: keep the index (and the inode marks) current."""
+        before = self.assets.at(path)
+        f = self.assets.refresh(path)
+        if f is not None and self._fan is not None and (before is None or (before.dev, before.ino) != (f.dev, f.ino)):
+            self._fan.mark_file(path)
+
+    def _lose(self, reason: str, who: str = "", n: int = 1) -> None:
+        """Operations not reported: counted in the metric and kept for the next ``agent.degraded``."""
+        self.health.drop(reason, n)
+        self.limiter.lost(reason, who, n)
+
+    def _report_lost(self, now: float, emit: Emit) -> None:
+        if now < self._next_report or not self.limiter.pending():
+            return
+        self._next_report = now + REPORT_EVERY
+        detail = self.limiter.report()
+        if detail is not None:
+            log.warning("files: %s", detail)
+            self._send(Event("agent.degraded", self._src.clock(), self.name, detail=detail), emit)
 
     def _add_root(self, watcher: TreeWatcher, root: str, media: Media | None) -> bool:
         if not os.path.isdir(root) or not watcher.add(root):
@@ -260,31 +308,58 @@ class FilesCollector:
         try:
             self._inbox.put_nowait(("op", op, time.monotonic(), self._src.clock()))
         except queue.Full:
-            self.health.drop("backlog")
+            self._lose("backlog")
 
     def _fan_record(self, r: fan.FanRecord, _names: bool) -> None:
         if r.path is None:
             return
         now, me = time.monotonic(), os.getpid()
         # Our own records stay: they tell the joiner to drop our own operations.
-        who = _Who(now, r.mask, Process(pid=me) if r.pid == me else self._proc.read(r.pid, now))
+        who = _Who(now, r.mask, Process(pid=me) if r.pid == me else self._proc.read(r.pid, now), r.dest,
+                   (r.dev, r.ino) if r.dev is not None and r.ino is not None else None)
         try:
             self._inbox.put_nowait(("fan", r.path, who, self._src.clock()))
         except queue.Full:
-            self.health.drop("backlog")
+            self._lose("backlog", _proc_label(who.process))
 
     def _take(self, item: tuple[Any, ...]) -> None:
         if item[0] == "fan":
             _, path, who, wall = item
+            if who.mask & fan.FAN_RENAME:
+                self._take_rename(path, who)
+                return
             self._recent.setdefault(path, []).append(who)
-            if who.mask & fan.FAN_OPEN and not who.mask & fan.FAN_CLOSE_WRITE and who.process.pid != os.getpid():
-                self._opens.setdefault((path, who.process.pid), (who.t, wall, who.process))
+            mine = who.process.pid == os.getpid()
+            if who.mask & fan.FAN_OPEN and not who.mask & fan.FAN_CLOSE_WRITE and not mine:
+                self._opens.setdefault((path, who.process.pid), (who.t, wall, who.process, who.ident))
+            elif who.mask & fan.FAN_CLOSE_WRITE and not mine and who.ident is not None \
+                    and self.assets.lookup(*who.ident) is not None and not any(_under(path, r) for r in self._roots):
+                # An asset written through a name inotify does not watch (a hard link, another mount
+                # namespace): fanotify's record is all there is.
+                self._ready.append(_Op("file.write", path, None, False, who.t, wall, who.t + WINDOW, ident=who.ident))
             return
         _, op, now, wall = item
         self._fs_op(op, now, wall)
 
+    def _take_rename(self, path: str | None, who: _Who) -> None:
+        """One rename record, filed under both paths: either side may be outside the watched trees."""
+        if path is None or who.peer is None:
+            return
+        self._recent.setdefault(path, []).append(_Who(who.t, fan.FAN_RENAME | fan.FAN_MOVED_FROM, who.process,
+                                                      who.peer))
+        self._recent.setdefault(who.peer, []).append(_Who(who.t, fan.FAN_RENAME | fan.FAN_MOVED_TO, who.process,
+                                                          path))
+
     def _fs_op(self, op: FsOp, now: float, wall: float) -> None:
         path, pend = op.path, self._pending
+        if not op.is_dir:
+            if op.what in (CREATED, CLOSED):
+                self._asset_changed(path)
+            elif op.what == MOVED and op.dest:
+                before = self.assets.at(op.dest)
+                f = self.assets.moved(path, op.dest)
+                if f is not None and before is None and f.path == op.dest and self._fan is not None:
+                    self._fan.mark_file(op.dest)  # moved in from elsewhere in the watched trees
         if op.what in (MODIFIED, CLOSED):
             self._changed[path] = now
             cur = pend.get(("cw", path))
@@ -355,7 +430,14 @@ class FilesCollector:
             who = self._join(op)
             if who is not None and who.pid == me:
                 continue
-            event = self._build(op.kind, op.path, op.dest, op.wall, who)
+            kind, path, dest = op.kind, op.path, op.dest
+            crossing = self._crossing(op) if kind in ("file.create", "file.delete") else None
+            if crossing is not None:
+                kind, (path, dest) = "file.rename", crossing
+                self.assets.moved(path, dest)
+            elif kind == "file.delete" and not op.is_dir:
+                self.assets.forget(path)
+            event = self._build(kind, path, dest, op.wall, who, op.ident)
             if self._marker is not None and op.kind in ("file.create", "file.write") and not op.is_dir:
                 try:
                     marks.put_nowait((event, op.read_path or op.path))
@@ -364,12 +446,13 @@ class FilesCollector:
                     self.marking_skipped += 1
             self._send(event, emit)
         self._flush_opens(now, emit)
+        self._report_lost(now, emit)
         if now >= self._next_expire:
             self._expire(now)
             self._next_expire = now + 1.0
 
     def _flush_opens(self, now: float, emit: Emit) -> None:
-        for key, (t, wall, proc) in list(self._opens.items()):
+        for key, (t, wall, proc, ident) in list(self._opens.items()):
             if t + WINDOW > now:
                 continue
             del self._opens[key]
@@ -377,32 +460,52 @@ class FilesCollector:
             if self._changed.get(path, -1e9) >= t - WINDOW or self._opened.get(key, -1e9) > t - HOLD_MAX:
                 continue  # part of a create or write, or the same process reopening
             self._opened[key] = t
-            self._tokens = min(2 * OPEN_RATE, self._tokens + (t - self._tokens_t) * OPEN_RATE)
-            self._tokens_t = t
-            if self._tokens < 1:
-                self.health.drop("open_rate")
+            # The limit is per process, and never holds back an asset: a flood elsewhere blinds nothing.
+            asset = (ident is not None and self.assets.lookup(*ident) is not None) or self.assets.covers(path)
+            if not asset and not self.limiter.allow(proc.pid, t):
+                self._lose("open_rate", _proc_label(proc))
                 continue
-            self._tokens -= 1
-            self._send(self._build("file.open", path, None, wall, proc), emit)
+            self._send(self._build("file.open", path, None, wall, proc, ident), emit)
+
+    def _crossing(self, op: _Op) -> tuple[str, str] | None:
+        """(old, new) when a delete (create) inotify saw was a move out of (into) the watched trees."""
+        want = fan.FAN_MOVED_FROM if op.kind == "file.delete" else fan.FAN_MOVED_TO
+        for w in reversed(self._recent.get(op.path, ())):
+            if w.mask & fan.FAN_RENAME and w.mask & want and w.peer and w.t >= op.t0 - WINDOW - MOVE_DELAY:
+                return (op.path, w.peer) if op.kind == "file.delete" else (w.peer, op.path)
+        return None
 
     def _join(self, op: _Op) -> Process | None:
         primary, fallback = _WANT[op.kind]
-        who = self._who(op.path, primary, op.t0) or (self._who(op.dest, fallback, op.t0) if op.dest else None)
+        back = WINDOW + MOVE_DELAY if op.kind == "file.delete" else WINDOW
+        who = self._who(op.path, primary, op.t0, back) or (self._who(op.dest, fallback, op.t0) if op.dest else None)
         if who is None and fallback and not op.dest:
             who = self._who(op.path, fallback, op.t0)
         return who
 
-    def _who(self, path: str, mask: int, t0: float) -> Process | None:
+    def _who(self, path: str, mask: int, t0: float, back: float = WINDOW) -> Process | None:
         for w in reversed(self._recent.get(path, ())):
-            if w.mask & mask and w.t >= t0 - WINDOW:
+            if w.mask & mask and w.t >= t0 - back:
                 return w.process
         return None
 
-    def _build(self, kind: str, path: str, dest: str | None, wall: float, who: Process | None) -> Event:
-        media = self._media.removable_mount_for(path) if self._media is not None else None
+    def _build(self, kind: str, path: str, dest: str | None, wall: float, who: Process | None,
+               ident: tuple[int, int] | None = None) -> Event:
+        media = self._media.removable_mount_for(dest or path) if self._media is not None else None
         on_removable = None if self._media is None else media is not None
-        return Event(kind, wall, self.name, process=who or Process(),
-                     file=File(path=path, dest_path=dest, on_removable=on_removable), media=media or Media())
+        if ident is None and kind != "file.delete":
+            try:
+                st = os.stat(dest or path, follow_symlinks=False)
+                ident = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
+        asset = self.assets.lookup(*ident) if ident is not None else None
+        # Reached by another name than the registered one: say which asset it is.
+        source = asset.path if asset is not None and asset.path not in (path, dest) else None
+        f = File(path=path, dest_path=dest, on_removable=on_removable, source_path=source,
+                 device=device_name(ident[0]) if ident is not None else None,
+                 inode=ident[1] if ident is not None else None)
+        return Event(kind, wall, self.name, process=who or Process(), file=f, media=media or Media())
 
     def _send(self, event: Event, emit: Emit) -> None:
         self.health.saw(event.time or 0.0)
@@ -454,6 +557,10 @@ class FilesCollector:
             return None
         finally:
             os.close(fd)
+
+
+def _proc_label(p: Process) -> str:
+    return f"pid {p.pid} ({p.name or '?'})"
 
 
 def _slot(kind: str) -> str:

@@ -203,7 +203,7 @@ class Agent:
             self.forwarder.start()
         extra = tuple(a.prefix for a in self.loaded.registry.assets)
         self.collectors = self._collectors if self._collectors is not None else \
-            build_collectors(cfg.collectors, self.sources, extra)
+            build_collectors(cfg.collectors, self.sources, extra, tuple(a.path for a in self.loaded.registry.assets))
         self._supervisor = Supervisor(self.collectors, self.pipeline.offer, self.stop_event)
         self._supervisor.start()
         self.notifier.send("READY=1", f"STATUS=watching with {self.loaded.rules} rules")

@@ -12,15 +12,18 @@ _log = logging.getLogger("dutywatch.collectors")
 
 
 def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources,
-                     extra_paths: tuple[str, ...] = ()) -> list[Collector]:
-    """The enabled collectors that can run here; each says its mode, or why it cannot run."""
+                     extra_paths: tuple[str, ...] = (), assets: tuple[str, ...] = ()) -> list[Collector]:
+    """The enabled collectors that can run here; each says its mode, or why it cannot run.
+
+    ``assets`` are the registry's asset globs: the files collector knows those files by inode.
+    """
     built: dict[str, Collector] = {}
     # media first: the files collector asks it which mounts are removable.
     for name in ("media", "process", "network", "files", "host"):
         section = sections.get(name, {})
         if not section.get("enabled", True):
             continue
-        c = _make(name, section, sources, extra_paths, built)
+        c = _make(name, section, sources, extra_paths, built, assets)
         if c is None:
             continue
         avail = c.available()
@@ -42,7 +45,7 @@ def _marker(path: str, fd: int) -> Any:
 
 
 def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: tuple[str, ...],
-          built: Mapping[str, Collector]) -> Collector | None:
+          built: Mapping[str, Collector], assets: tuple[str, ...] = ()) -> Collector | None:
     if name == "media":
         from collectors.media import MediaCollector
         return MediaCollector(section, sources)
@@ -52,7 +55,7 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
     if name == "files":
         from collectors.files import FilesCollector
         return FilesCollector(section, sources, extra_paths=extra_paths, media=built.get("media"),  # type: ignore[arg-type]
-                              marker=_marker)
+                              marker=_marker, assets=assets)
     if name == "host":
         from collectors.host import HostCollector
         return HostCollector(section, sources)
