@@ -36,8 +36,8 @@ def register(sub: Any) -> None:
     p.add_argument("--prometheus", metavar="URL", help="add fleet-wide figures from this Prometheus")
     p.add_argument("--prometheus-job", default="dutywatch", metavar="JOB",
                    help="the scrape job of the agents (default dutywatch)")
-    p.add_argument("--rules", nargs="+", metavar="PATH", help="rule packs for control coverage "
-                   "(default: the config's, else the shipped packs)")
+    p.add_argument("--rules", action="append", metavar="PATH", help="a rule file or directory for control "
+                   "coverage (repeat for several; default: the config's, else the shipped packs)")
     p.add_argument("--font", type=Path, metavar="PATH", help="CJK TTF/TTC font for PDF (default: config, then "
                    "installed fonts)")
     p.add_argument("--max-rows", type=positive_int, default=1000, metavar="N",

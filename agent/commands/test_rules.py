@@ -18,8 +18,8 @@ def register(sub: Any) -> None:
     """Add the command."""
     p = sub.add_parser("test-rules", help="run rule samples (the shipped ones by default)")
     add_config(p)
-    p.add_argument("--rules", nargs="+", type=Path, metavar="PATH",
-                   help="rule files or directories to load (default: the shipped packs)")
+    p.add_argument("--rules", action="append", type=Path, metavar="PATH",
+                   help="a rule file or directory to load (repeat for several; default: the shipped packs)")
     p.add_argument("-v", "--verbose", action="store_true", help="list passing samples too")
     p.add_argument("files", nargs="*", type=Path, metavar="FILE", help="sample files or directories")
     p.set_defaults(func=run)

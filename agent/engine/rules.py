@@ -97,15 +97,44 @@ class RuleSet:
         return {r.id: r for r in self.rules}
 
 
+# Subfolders of a rule directory that hold other things than rules: samples and their
+# fixtures (rules/tests/), assessment policies (rules/assess/).
+NOT_RULE_DIRS = frozenset({"tests", "fixtures", "assess"})
+
+
+def rule_files_under(top: Path) -> list[Path]:
+    """The ``*.yaml``/``*.yml`` files below a directory, recursively, in path order.
+
+    SigmaHQ keeps each category in a subfolder (``rules/linux/process_creation/...``), so a
+    folder is read with its subfolders; hidden folders and those named in ``NOT_RULE_DIRS`` are
+    not rules and are passed over.
+    """
+    out: list[Path] = []
+    for sub in sorted(top.iterdir()):
+        if sub.is_dir():
+            if not sub.name.startswith(".") and sub.name not in NOT_RULE_DIRS:
+                out.extend(rule_files_under(sub))
+        elif sub.suffix in (".yaml", ".yml") and sub.is_file():
+            out.append(sub)
+    return out
+
+
 def expand_paths(paths: Iterable[str | Path], problems: Problems,
                  optional: Iterable[str | Path] = ()) -> list[Path]:
-    """Files named, and the ``*.yaml`` files (in name order) of directories named."""
+    """Files named, and the rule files below directories named (recursively, in path order).
+
+    A directory that is not optional and holds no rule file is an error: a rule path that
+    yields nothing is a mistake (a wrong folder), not an empty rule set.
+    """
     opt = {str(p) for p in optional}
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            out.extend(sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml") and x.is_file()))
+            found = rule_files_under(p)
+            if not found and str(raw) not in opt:
+                problems.add(Location(str(p)), "no rule files (*.yaml, *.yml) in this folder or below it")
+            out.extend(found)
         elif p.is_file():
             out.append(p)
         elif str(raw) not in opt:
