@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.errors import DutyWatchError
+from agent.errors import DutyWatchError, access_hint
 
 # Each module provides ``register(subparsers)``, which adds its command and
 # sets ``func(args) -> int`` on the parser.
@@ -51,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args))
     except DutyWatchError as exc:
         print(f"dutywatch: {exc}", file=sys.stderr)
+        return 1
+    except PermissionError as exc:
+        # A command that reads files it may not read says so in one line, not a traceback.
+        print(f"dutywatch: {exc.filename or ''}: {exc.strerror}{access_hint(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 
 
@@ -51,3 +53,10 @@ class Problems(list[LoadError]):
         """Raise LoadErrors when anything was recorded."""
         if self:
             raise LoadErrors(list(self))
+
+
+def access_hint(exc: OSError) -> str:
+    """What to do about a permission error: DutyWatch's files belong to root and the dutywatch group."""
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        return " (run as root, or as a member of the dutywatch group)"
+    return ""

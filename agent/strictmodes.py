@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from agent.config import Config, load_config
-from agent.errors import LoadError, LoadErrors, Location
+from agent.errors import LoadError, LoadErrors, Location, access_hint
 
 
 def _owner_name(uid: int) -> str:
@@ -85,13 +85,25 @@ def check_path(path: str | Path, what: str, *, euid: int | None = None) -> list[
 
 
 def check_tree(path: str | Path, what: str, *, euid: int | None = None) -> list[LoadError]:
-    """``check_path`` for a file, or for a directory and the ``*.yaml``/``*.yml`` files in it."""
+    """``check_path`` for a file, or for a directory and the files below it that the agent reads.
+
+    Rule folders are read with their subfolders (agent.engine.rules.rule_files_under), so their
+    files are checked at every depth; other folders (config drop-ins) are read one level deep.
+    """
     errors = check_path(path, what, euid=euid)
     p = Path(path)
-    if not errors and p.is_dir():
-        for child in sorted(p.iterdir()):
-            if child.suffix in (".yaml", ".yml"):
-                errors += check_path(child, what, euid=euid)
+    try:
+        if errors or not p.is_dir():
+            return errors
+        if what == "rules":
+            from agent.engine.rules import rule_files_under
+            children = rule_files_under(p)
+        else:
+            children = [c for c in sorted(p.iterdir()) if c.suffix in (".yaml", ".yml")]
+    except OSError as exc:
+        return [*errors, LoadError(Location(str(p)), f"cannot read: {exc.strerror}{access_hint(exc)}")]
+    for child in children:
+        errors += check_path(child, what, euid=euid)
     return errors
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from agent.errors import LoadError, Location
+from agent.errors import LoadError, Location, access_hint
 
 # libyaml parses several times faster; its marks (line, column) are the same.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -145,7 +145,7 @@ def load_file(path: str | Path) -> Any:
     try:
         data = Path(p).read_bytes()
     except OSError as exc:
-        raise LoadError(Location(p), f"cannot read: {exc.strerror or exc}") from None
+        raise LoadError(Location(p), f"cannot read: {exc.strerror or exc}{access_hint(exc)}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -209,3 +213,29 @@ def test_out_of_range_yaml_escapes_are_load_errors(tmp_path: Path, capsys: pytes
         assert code == 1 and "YAML syntax error" in err and "escape" in err, err
         # libyaml names the place; PyYAML's Python scanner raises without one (then only the file is named).
         assert ("registry.yaml:2:" if yaml.__with_libyaml__ else "registry.yaml:") in err, err
+
+
+def test_the_readme_rule_example_checks_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Rules\n", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = setup(tmp_path, rules=example)
+    code, err = run_check(cfg, capsys)
+    assert code == 0, err
+
+
+def test_check_without_read_access_says_so_in_one_line_per_file(tmp_path: Path) -> None:
+    # As an ordinary user on an installed host: /etc/dutywatch is root's and the dutywatch group's.
+    d = Path(tempfile.mkdtemp(prefix="dw-check-", dir="/tmp"))
+    try:
+        cfg = setup(d)
+        d.chmod(0o700)
+        res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                              "agent", "check", "--config", str(cfg)], capture_output=True, text=True, timeout=60,
+                             cwd=Path(__file__).resolve().parents[2])
+        assert res.returncode == 1
+        assert "Traceback" not in res.stderr
+        assert f"{cfg}: cannot read: Permission denied (run as root, or as a member of the dutywatch group)" \
+            in res.stderr
+    finally:
+        shutil.rmtree(d)
