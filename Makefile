@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench check clean
+.PHONY: run test deps lint typecheck unit bench check clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
-test: lint typecheck unit
+# The Debian packages the tests use (promtool, amtool, debootstrap, lintian, ...): installed when
+# root with apt-get, otherwise the command that does is printed and make stops.
+deps:
+	@.ci/deps
+
+test: deps lint typecheck unit
 
 bench: $(STAMP)
 	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
