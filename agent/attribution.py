@@ -15,7 +15,8 @@ from typing import Any
 
 from agent.events import Event, File, Host, Iface, Media, Net, Operator, Parent, Process
 from agent.levels import Level
-from agent.registry import Registry
+from agent.mediaid import identify
+from agent.registry import Medium, Registry
 
 UNSET_LOGINUID = 4294967295
 _CACHE_LIMIT = 16384
@@ -42,7 +43,7 @@ class Attributor:
         self._by_uid = {p.uid: p for p in registry.people if p.uid is not None}
         self._by_account = registry.person_by_account()
         self._service = {s.account: s.custodian for s in registry.service_accounts}
-        self._media = {m.serial: m for m in registry.media}
+        self._medium_cache: dict[tuple[str | None, ...], tuple[Medium | None, str | None]] = {}
         self._assets = registry.assets
         self._asset_prefixes = tuple(a.prefix for a in registry.assets)
         self._zones = registry.zones
@@ -166,9 +167,16 @@ class Attributor:
         return f._replace(level=level, owner_unit=f.owner_unit or unit)
 
     def _medium(self, media: Media) -> Media:
-        m = self._media.get(media.serial or "")
+        key = (media.serial, media.usb_serial, media.uuid, media.vendor, media.product)
+        hit = self._medium_cache.get(key)
+        if hit is None:
+            hit = identify(media, self.registry.media)
+            if len(self._medium_cache) >= _CACHE_LIMIT:
+                self._medium_cache.clear()
+            self._medium_cache[key] = hit
+        m, mismatch = hit
         if m is None:
-            return media._replace(registered=False)
+            return media._replace(registered=False, mismatch=mismatch)
         return media._replace(registered=True, level=m.level, holder=m.holder)
 
 

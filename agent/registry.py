@@ -73,12 +73,20 @@ class Asset:
 
 @dataclass(frozen=True, slots=True)
 class Medium:
-    """A registered removable medium."""
+    """A registered removable medium.
+
+    ``serial`` is the device's own serial (for a device that has none, its
+    filesystem's volume id); ``uuid`` (the volume id) and ``vendor`` /
+    ``product`` (USB ids, four hex digits), when given, must match too.
+    """
 
     serial: str
     level: Level | None
     holder: str | None
     label: str | None = None
+    uuid: str | None = None
+    vendor: str | None = None
+    product: str | None = None
 
 
 class ZoneMap:
@@ -270,8 +278,13 @@ def parse_registry(doc: Any, path: str) -> Registry:
     media: list[Medium] = []
     for m, i in _items(top, "media", problems):
         expect_map(m, m.where, problems, f"media[{i}]", required=("serial",),
-                   optional=("label", "level", "holder"))
+                   optional=("label", "level", "holder", "uuid", "vendor", "product"))
         serial = expect_str(m.get("serial"), m.at("serial"), problems, "serial")
+        ids = {k: expect_str(m.get(k), m.at(k), problems, k, allow_none=True) for k in ("uuid", "vendor", "product")}
+        for k in ("vendor", "product"):
+            if ids[k] is not None and not re.fullmatch(r"[0-9a-fA-F]{4}", ids[k] or ""):
+                problems.add(m.at(k), f"{k} must be a USB id of four hex digits, not {ids[k]!r}")
+                ids[k] = None
         holder = expect_str(m.get("holder"), m.at("holder"), problems, "holder", allow_none=True)
         if holder and holder not in accounts:
             problems.add(m.at("holder"), f"holder {holder!r} is not listed under people")
@@ -280,7 +293,9 @@ def parse_registry(doc: Any, path: str) -> Registry:
                 problems.add(m.at("serial"), f"duplicate serial {serial!r}")
             label = m.get("label")
             media.append(Medium(serial, _level(m.get("level"), m.at("level"), problems), holder,
-                                str(label) if label is not None else None))
+                                str(label) if label is not None else None, ids["uuid"],
+                                ids["vendor"].lower() if ids["vendor"] else None,
+                                ids["product"].lower() if ids["product"] else None))
     problems.raise_if_any()
     return Registry(path, host, tuple(units), tuple(departments), tuple(people), tuple(services),
                     zones, tuple(assets), tuple(media))

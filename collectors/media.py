@@ -11,6 +11,12 @@ device (a loop-mounted image under /media counts, which is how tests stand
 in for a USB stick). Its serial is, in order: a ``serial`` file on the
 device's sysfs path, udev's ``ID_SERIAL_SHORT``, and else the filesystem's
 volume id read from the superblock (ext2/3/4 UUID, FAT/exFAT/NTFS serial).
+
+A medium's identity is the device and the filesystem together: the USB
+device's serial and vendor:product ids (the sysfs node that has
+``idVendor``), or the block device's own serial, and the volume id, which is
+always read from the superblock (``media.uuid``). Anyone can format a stick
+with a registered stick's volume id; no one can give it that stick's device.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ class DeviceFacts:
     removable: bool = False
     usb: bool = False
     serial: str | None = None
+    usb_serial: str | None = None
+    vendor: str | None = None
+    product: str | None = None
 
 
 def _unescape(text: str) -> str:
@@ -100,16 +109,19 @@ def device_facts(sys_root: Path, udev_root: Path, major: int, minor: int) -> Dev
     except ValueError:
         rel = dev.parts
     usb = any(p.startswith("usb") for p in rel)
-    serial = None
+    serial = usb_serial = vendor = product = None
     here = dev
     while here != devices and devices in here.parents:
-        serial = _read(here / "serial") or _read(here / "device" / "serial")
-        if serial:
+        if serial is None:
+            serial = _read(here / "serial") or _read(here / "device" / "serial") or None
+        if (here / "idVendor").exists():  # the USB device itself
+            vendor, product = _read(here / "idVendor"), _read(here / "idProduct")
+            usb_serial = _read(here / "serial") or None
             break
         here = here.parent
     if not serial:
         serial = _udev_serial(udev_root / f"b{major}:{minor}")
-    return DeviceFacts(removable, usb, serial or None)
+    return DeviceFacts(removable, usb, serial or None, usb_serial, vendor or None, product or None)
 
 
 def _udev_serial(path: Path) -> str | None:
@@ -201,8 +213,9 @@ class MediaCollector:
         under_root = any(_under(m.mount, r) for r in self.roots)
         if not (under_root or facts.removable or facts.usb):
             return None
-        serial = facts.serial or (volume_id(m.source) if m.source.startswith("/dev/") else None)
-        return Media(device=m.source, mount=m.mount, fs=m.fs, serial=serial)
+        fs_id = volume_id(m.source) if m.source.startswith("/dev/") else None
+        return Media(device=m.source, mount=m.mount, fs=m.fs, serial=facts.serial or fs_id, vendor=facts.vendor,
+                     product=facts.product, usb_serial=facts.usb_serial, uuid=fs_id)
 
     def removable_mounts(self) -> tuple[Media, ...]:
         """The removable media mounted now (a snapshot)."""
