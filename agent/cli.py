@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "agent.commands.export",
     "agent.commands.report",
     "agent.commands.replay",
+    "agent.commands.assess",
 )
 
 

@@ -28,7 +28,7 @@ _COLLECTORS: dict[str, dict[str, Any]] = {
 }
 _MODES = {"process": ("auto", "netlink", "poll"), "network": ("auto", "sniff", "poll")}
 _TOP = ("registry", "rules", "state_dir", "listen", "web_config", "queue_size", "collectors", "journal",
-        "forward", "sigma", "report")
+        "forward", "sigma", "report", "assess")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -40,6 +40,15 @@ class JournalConfig:
     retention_days: int = 180
     max_size_mb: int = 2048
     checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AssessConfig:
+    """The configuration assessment: how often, and which policies (None: shipped, then assess.d)."""
+
+    every: float = 12 * 3600.0
+    policies: tuple[Path, ...] | None = None
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class Config:
     sigma_skip_unsupported: bool = False
     report_font: Path | None = None
     files: tuple[str, ...] = ()
+    assess: AssessConfig = AssessConfig()
 
     @property
     def journal_path(self) -> Path:
@@ -160,10 +170,35 @@ def load_config(path: str | Path) -> Config:
         rp = expect_map(top["report"], top.at("report"), problems, "report", optional=("font",))
         if rp is not None and rp.get("font") is not None:
             font = _path(rp["font"], rp.at("font"), base, problems, "report.font")
+    assess = _assess(top, base, problems)
     problems.raise_if_any()
     assert registry is not None and state_dir is not None
     return Config(str(main), registry, rules, optional, state_dir, listen, web_config, queue_size,
-                  collectors, journal, syslog, skip, font, tuple(files))
+                  collectors, journal, syslog, skip, font, tuple(files), assess)
+
+
+def _assess(top: LDict, base: Path, problems: Problems) -> AssessConfig:
+    if "assess" not in top:
+        return AssessConfig()
+    a = expect_map(top["assess"], top.at("assess"), problems, "assess", optional=("every", "policies", "enabled"))
+    if a is None:
+        return AssessConfig()
+    every = AssessConfig().every
+    if "every" in a:
+        try:
+            every = parse_duration(a["every"])
+        except ValueError as exc:
+            problems.add(a.at("every"), f"assess.every: {exc}")
+        else:
+            if every < 60:
+                problems.add(a.at("every"), f"assess.every must be at least 1m, not {a['every']!r}")
+    policies = None
+    if "policies" in a:
+        seq = expect_list(a["policies"], a.at("policies"), problems, "assess.policies")
+        policies = tuple(p for i, v in enumerate(seq or ()) if seq is not None
+                         and (p := _path(v, seq.at(i), base, problems, "assess.policies entry")))
+    enabled = expect_bool(a.get("enabled", True), a.at("enabled"), problems, "assess.enabled")
+    return AssessConfig(every, policies, enabled is not False)
 
 
 def _collectors(top: LDict, problems: Problems) -> dict[str, dict[str, Any]]:

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except (LoadError, LoadErrors) as exc:
         errors += error_lines(exc)
     errors += _extra_checks(config)
+    errors += _policy_checks(config, summary)
     print_errors(warnings)
     if errors:
         print_errors(errors)
@@ -73,3 +74,15 @@ def _extra_checks(config: Any) -> list[str]:
         except (LoadError, LoadErrors) as exc:
             errors += error_lines(exc)
     return errors
+
+
+def _policy_checks(config: Any, summary: list[str]) -> list[str]:
+    """The assessment policies the agent would run, validated like rule packs."""
+    from agent.assess.policy import load_policies, policy_entries
+    entries, optional = policy_entries(config.assess.policies)
+    try:
+        ps = load_policies(entries, optional)
+    except (LoadError, LoadErrors) as exc:
+        return error_lines(exc)
+    summary.append(f"assessment: {sum(c.enabled for c in ps.checks)} checks from {len(ps.files)} policy files")
+    return []
