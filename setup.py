@@ -38,6 +38,8 @@ setup(
     data_files=[
         ("share/dutywatch/rules", sorted(str(p) for p in Path("rules").glob("*.yaml"))),
         ("share/dutywatch/rules/tests", sorted(str(p) for p in Path("rules/tests").glob("*.yaml"))),
+        ("share/dutywatch/rules/assess", sorted(str(p) for p in Path("rules/assess").glob("*.yaml"))),
+        ("share/dutywatch/rules/assess/tests", sorted(str(p) for p in Path("rules/assess/tests").glob("*.yaml"))),
         ("share/dutywatch/rules/tests/fixtures",
          sorted(str(p) for p in Path("rules/tests/fixtures").glob("*.yaml"))),
     ],

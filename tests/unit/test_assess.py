@@ -1,0 +1,210 @@
+"""The assessment language, its probes and the shipped policy's samples, on real files and commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.assess.context import HostContext
+from agent.assess.evaluate import run_check, run_policies
+from agent.assess.policy import load_policies, shipped_policy_dir
+from agent.assess.samples import run_samples
+from agent.cli import main
+from agent.errors import LoadErrors
+
+POLICY_HEAD = "policy: t\nchecks:\n"
+
+
+def _policy(tmp_path: Path, body: str, name: str = "p.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(POLICY_HEAD + body)
+    return p
+
+
+def _check(cid: str, condition: str, applies: str = "") -> str:
+    return (f"  - id: {cid}\n    title: {{zh: 标题, en: Title}}\n    rationale: {{zh: 理由, en: Why}}\n"
+            f"    items: [L3-CES1-01]\n    clause: GB/T 22239-2019 8.1.4.1\n{applies}    condition: {condition}\n")
+
+
+def _root(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "root"
+    for path, text in files.items():
+        f = root / path.lstrip("/")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _run_one(policy: Path, root: Path, timeout: float = 10.0) -> tuple[str, tuple[str, ...]]:
+    ps = load_policies([policy])
+    r = run_check(ps.checks[0], HostContext(str(root), timeout))
+    return r.result, r.evidence
+
+
+def test_every_shipped_check_passes_and_fails_on_its_samples() -> None:
+    ps = load_policies([shipped_policy_dir()])
+    assert len(ps.checks) >= 60
+    rep = run_samples(ps, sorted((shipped_policy_dir() / "tests").glob("*.yaml")))
+    assert rep.failed == []
+    assert all({"pass", "fail"} <= rep.covered[c.id] for c in ps.checks)
+
+
+def test_shipped_policy_maps_items_and_lists_what_a_host_cannot_prove() -> None:
+    ps = load_policies([shipped_policy_dir()])
+    items = {i for c in ps.checks for i in c.items}
+    for needed in ("L3-CES1-01", "L3-CES1-02", "L3-CES1-03", "L3-CES1-06", "L3-CES1-07", "L3-CES1-08",
+                   "L3-CES1-12", "L3-CES1-14", "L3-CES1-15", "L3-CES1-17", "L3-CES1-18", "L3-CES1-19",
+                   "L3-CES1-21", "L3-CES1-23", "L3-CES1-24"):
+        assert needed in items
+    assert {u.item for u in ps.unprovable} >= {"L3-CES1-04", "L3-CES1-11"}
+    assert {c.families for c in ps.checks} >= {("debian",), ("rhel",)}
+
+
+def test_check_names_every_policy_mistake_at_its_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _policy(tmp_path, _check("A-1", "{sshd: {key: permitrootlogin, equals: no}}")
+                  + _check("A-2", "{registry: {path: /x}}")
+                  + _check("A-3", "{lines: {path: /etc/x, regex: '('}}")
+                  + _check("A-1", "{file: {path: /etc/x}}")
+                  + "  - id: A-4\n    title: {zh: t, en: t}\n    rationale: {zh: r, en: r}\n"
+                    "    items: [L3-CES1-99]\n    clause: c\n    condition: {all: []}\n"
+                  + _check("A-5", "{sysctl: {key: net.ipv4.ip_forward}}"))
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"registry: {Path('agent/data/demo-registry.yaml').resolve()}\nassess: {{policies: [{bad}]}}\n")
+    assert main(["check", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:14:17: unknown probe 'registry'" in err
+    assert f"{bad}:20:46: A-3.condition.lines.regex: bad regular expression" in err
+    assert f"{bad}:21:5: duplicate check id 'A-1' (first at {bad}:3:5)" in err
+    assert f"{bad}:30:13: A-4: 'L3-CES1-99' is not a level-3" in err
+    assert f"{bad}:32:22: A-4.condition.all must not be empty" in err
+    assert f"{bad}:38:25: A-5.condition.sysctl needs a test" in err
+    assert err.count(str(bad)) == 7  # six problems, one naming the first A-1 too
+
+
+def test_config_assess_every_is_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"registry: {Path('agent/data/demo-registry.yaml').resolve()}\nassess:\n  every: 12 hours\n")
+    assert main(["check", "--config", str(cfg)]) == 1
+    assert f"{cfg}:3:10: assess.every: bad duration" in capsys.readouterr().err
+    cfg.write_text(f"registry: {Path('agent/data/demo-registry.yaml').resolve()}\nassess: {{every: 12h}}\n")
+    assert main(["check", "--config", str(cfg)]) == 0
+
+
+def test_local_policy_overrides_by_id(tmp_path: Path) -> None:
+    shipped = _policy(tmp_path, _check("X-1", "{file: {path: /etc/a, exists: true}}")
+                      + _check("X-2", "{file: {path: /etc/b, exists: true}}"), "10-shipped.yaml")
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "site.yaml").write_text("policy: site\nchecks:\n" + _check("X-1", "{file: {path: /etc/a, exists: false}}")
+                                     + "  - id: X-2\n    override: {enabled: false}\n")
+    ps = load_policies([shipped, local])
+    assert [(c.id, c.enabled) for c in ps.checks] == [("X-1", True), ("X-2", False)]
+    res = run_policies(ps, str(_root(tmp_path, {})))
+    assert [(r.check, r.result) for r in res.results] == [("X-1", "pass")]
+    (local / "zz.yaml").write_text("policy: z\nchecks:\n  - id: NOPE\n    override: {enabled: false}\n")
+    with pytest.raises(LoadErrors, match=r"zz.yaml:3:5: override of unknown check 'NOPE'"):
+        load_policies([shipped, local])
+
+
+def test_sshd_include_loop_is_reported_not_followed_forever(tmp_path: Path) -> None:
+    pol = _policy(tmp_path, _check("S-1", "{sshd: {key: permitrootlogin, equals: 'no'}}"))
+    root = _root(tmp_path, {"/etc/ssh/sshd_config": "Include /etc/ssh/a.conf\n",
+                            "/etc/ssh/a.conf": "Include b.conf\n", "/etc/ssh/b.conf": "Include /etc/ssh/a.conf\n"})
+    result, evidence = _run_one(pol, root)
+    assert result == "fail"
+    assert "include loop: /etc/ssh/a.conf -> /etc/ssh/b.conf -> /etc/ssh/a.conf" in evidence[0]
+
+
+def test_pam_include_loop_and_a_huge_config_are_bounded(tmp_path: Path) -> None:
+    pol = _policy(tmp_path, _check("P-1", "{pam: {service: common-auth, module: pam_faillock.so}}")
+                  + _check("P-2", "{config: {path: /etc/login.defs, key: PASS_MAX_DAYS, max: 90}}"))
+    root = _root(tmp_path, {"/etc/pam.d/common-auth": "@include other\n", "/etc/pam.d/other": "@include common-auth\n"})
+    with open(root / "etc/login.defs", "w") as f:
+        f.write("# padding\n" * 600_000)  # about 6 MB
+    ps = load_policies([pol])
+    ctx = HostContext(str(root))
+    t0 = time.monotonic()
+    r1, r2 = run_check(ps.checks[0], ctx), run_check(ps.checks[1], ctx)
+    assert time.monotonic() - t0 < 30
+    assert (r1.result, r2.result) == ("fail", "fail")
+    assert "include loop" in r1.evidence[0]
+    assert "larger than 4 MiB, not read" in r2.evidence[0]
+
+
+def test_a_hanging_command_is_killed_and_reported(tmp_path: Path) -> None:
+    pol = _policy(tmp_path, _check("C-1", "{command: {argv: [sleep, '600'], timeout: 1, regex: x}}")
+                  + _check("C-2", "{command: {argv: [/usr/bin/yes], timeout: 20, regex: y}}")
+                  + _check("C-3", "{command: {argv: [uname, -s], regex: '^Linux$'}}")
+                  + _check("C-4", "{command: {argv: [uname, -s], regex: '^Linux$', expect: absent}}"))
+    ps = load_policies([pol])
+    ctx = HostContext("/", command_timeout=1.0)
+    t0 = time.monotonic()
+    hang = run_check(ps.checks[0], ctx)
+    assert time.monotonic() - t0 < 10
+    assert hang.result == "fail" and "no answer within 1 s, killed" in hang.evidence[0]
+    flood = run_check(ps.checks[1], ctx)
+    assert flood.result == "fail" and "bytes of output, killed" in flood.evidence[0]
+    assert run_check(ps.checks[2], ctx).result == "pass"
+    assert run_check(ps.checks[3], ctx).result == "fail"
+    out = subprocess.run(["pgrep", "-f", "^sleep 600$"], capture_output=True, text=True)
+    assert str(os.getpid()) not in out.stdout  # nothing left running from the probe's group
+
+
+def test_commands_are_never_run_from_a_scanned_root(tmp_path: Path) -> None:
+    root = _root(tmp_path, {"/usr/bin/uname": "#!/bin/sh\ntouch /tmp/dw18-pwned\n"})
+    pol = _policy(tmp_path, _check("C-1", "{command: {argv: [uname], regex: x}}"))
+    result, evidence = _run_one(pol, root)
+    assert result == "not_applicable"
+    assert "commands are not run from a scanned root" in evidence[0]
+
+
+def test_links_in_a_scanned_root_stay_inside_it(tmp_path: Path) -> None:
+    root = _root(tmp_path, {"/etc/os-release": "ID=debian\n", "/srv/login.defs": "PASS_MAX_DAYS 30\n"})
+    os.symlink("/srv/login.defs", root / "etc/login.defs")  # absolute: means ROOT/srv/login.defs
+    os.symlink("../../../../../../../../etc/gshadow", root / "etc/shadow")  # climbs no higher than the root
+    pol = _policy(tmp_path, _check("L-1", "{config: {path: /etc/login.defs, key: PASS_MAX_DAYS, max: 90}}")
+                  + _check("L-2", "{accounts: {where: {password: empty}}}"))
+    ps = load_policies([pol])
+    ctx = HostContext(str(root))
+    (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\n")
+    r1 = run_check(ps.checks[0], ctx)
+    assert r1.result == "pass" and r1.evidence[0] == "/etc/login.defs:1: PASS_MAX_DAYS 30"
+    r2 = run_check(ps.checks[1], ctx)
+    assert r2.result == "pass"  # the host's /etc/shadow was not read: no shadow in the root
+    assert ctx.accounts()[0].password_state == "unknown"
+
+
+def test_applicability_and_all_any_none(tmp_path: Path) -> None:
+    root = _root(tmp_path, {"/etc/os-release": "ID=ubuntu\nID_LIKE=debian\n", "/etc/a": "k = 1\n"})
+    pol = _policy(tmp_path, _check("F-1", "{file: {path: /etc/a}}", "    applies: {family: [rhel]}\n")
+                  + _check("F-2", "{any: [{file: {path: /etc/zz}}, {config: {path: /etc/a, key: k, equals: 1}}]}")
+                  + _check("F-3", "{none: [{file: {path: /etc/a}}]}")
+                  + _check("F-4", "{all: [{file: {path: /etc/a}}, {command: {argv: ['true'], regex: x}}]}")
+                  + _check("F-5", "{file: {path: /etc/a}}", "    applies: {package: [openssh-server]}\n"))
+    res = {r.check: r for r in run_policies(load_policies([pol]), str(root)).results}
+    assert res["F-1"].result == "not_applicable" and "for rhel systems; this one is debian" in res["F-1"].evidence[0]
+    assert res["F-2"].result == "pass" and res["F-2"].evidence == ("/etc/a:1: k = 1",)
+    assert res["F-3"].result == "fail"
+    assert res["F-4"].result == "pass"  # the command part is not applicable on a root, the file part decides
+    assert res["F-5"].result == "not_applicable"
+
+
+def test_assess_command_json_and_exit_status(tmp_path: Path) -> None:
+    root = _root(tmp_path, {"/etc/os-release": "ID=debian\n", "/etc/passwd": "root:x:0:0::/root:/bin/bash\n"})
+    pol = _policy(tmp_path, _check("J-1", "{accounts: {where: {uid: 0}, except: [root]}}")
+                  + _check("J-2", "{package: {name: telnetd, installed: false}}"))
+    run = subprocess.run([sys.executable, "-m", "agent", "assess", "--root", str(root), "--policy", str(pol),
+                          "--format", "json"], capture_output=True, text=True, timeout=60)
+    doc = json.loads(run.stdout)
+    assert run.returncode == 1  # J-2 fails: no package database to prove telnetd absent
+    by = {r["check"]: r for r in doc["results"]}
+    assert by["J-1"]["result"] == "pass"
+    assert by["J-2"]["result"] == "fail" and "no package database" in by["J-2"]["evidence"][0]
+    assert "/etc/passwd" in doc["read_paths"]
