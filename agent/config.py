@@ -25,8 +25,10 @@ _COLLECTORS: dict[str, dict[str, Any]] = {
     "files": {"enabled": True, "paths": []},
     "media": {"enabled": True, "roots": ["/media", "/run/media", "/mnt"]},
     "host": {"enabled": True, "interval": 30.0},
+    "audit": {"enabled": True, "mode": "auto", "connect": True, "mounts": True, "guard": True, "modules": True},
 }
-_MODES = {"process": ("auto", "netlink", "poll"), "network": ("auto", "sniff", "poll")}
+_MODES = {"process": ("auto", "netlink", "poll"), "network": ("auto", "sniff", "poll"),
+          "audit": ("auto", "multicast", "daemon")}
 _TOP = ("registry", "rules", "state_dir", "listen", "web_config", "queue_size", "collectors", "journal",
         "forward", "sigma", "report", "assess")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

@@ -20,7 +20,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from agent.events import Event, Parent, Process
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
@@ -29,6 +29,16 @@ from collectors.process_poll import ProcessPoller
 from collectors.procfs import ProcReader
 
 MODES = ("auto", "netlink", "poll")
+
+
+class Coverage(Protocol):
+    """A source that may report some kinds itself (the kernel audit collector)."""
+
+    def covers(self, kind: str) -> bool:
+        """Whether it reports ``kind`` now."""
+        ...
+
+
 _RECV_TIMEOUT = 0.5  # how soon a set ``stop`` is noticed while the host is quiet
 _FORK_MEMORY = 8192  # forks remembered for the parent of processes gone before we read them
 _BATCH = 32  # datagrams read before handling them: small, so /proc is read while processes still live
@@ -49,7 +59,7 @@ class ProcessCollector:
 
     def __init__(self, config: Mapping[str, Any] | None = None, sources: Sources | None = None, *,
                  poll_interval: float | None = None, rcvbuf: int = 8 << 20,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, audit: Coverage | None = None) -> None:
         self._sources = sources or Sources()
         self._mode = str(section(config, "mode", "auto"))
         if self._mode not in MODES:
@@ -62,6 +72,9 @@ class ProcessCollector:
         self.health = Health()
         self.reader = ProcReader(self._sources.proc_root, self._sources.clock)
         self._forks: OrderedDict[int, int] = OrderedDict()
+        # While the audit collector's exec rules are in force it reports every exec with the
+        # kernel's exe and auid; this collector then keeps to forks and exits (one exec, one event).
+        self._audit = audit
 
     # -- protocol ----------------------------------------------------------
 
@@ -101,7 +114,14 @@ class ProcessCollector:
         self._log.warning("process collector: poll mode every %.3gs (%s)", self._interval, avail.reason)
         poller = ProcessPoller(self.reader, self.health, self._sources.clock, interval=self._interval)
         poller.scan(emit)  # the baseline: "up" means anything started from now on is seen
-        self._running("poll", lambda: poller.run(emit, stop))
+        audit = self._audit
+
+        def polled(event: Event) -> bool:
+            if event.kind == "process.exec" and audit is not None and audit.covers("process.exec"):
+                return True
+            return emit(event)
+
+        self._running("poll", lambda: poller.run(polled, stop))
 
     def _running(self, mode: str, loop: Callable[[], None]) -> None:
         self.health.mode = mode
@@ -144,6 +164,8 @@ class ProcessCollector:
     def _exec(self, event: ProcEvent, emit: Emit) -> None:
         pid = event.tgid
         self.reader.invalidate(pid)
+        if self._audit is not None and self._audit.covers("process.exec"):
+            return
         found = self.reader.identity(pid)
         if found is not None and event.timestamp_ns and found[0].start_time is not None:
             # A short-lived process can be gone and its pid taken by a newer one before this

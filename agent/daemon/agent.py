@@ -229,6 +229,12 @@ class Agent:
         self.metrics.set_rules_loaded(new.rules)
         self.metrics.rules_reloaded(True)
         self.watcher.reset(self._watched_paths(new.config))
+        assets = tuple(a.prefix for a in new.registry.assets)
+        for c in self.collectors:
+            # A collector that derives kernel rules from the registry (audit watches) rebuilds them.
+            update = getattr(c, "set_asset_paths", None)
+            if update is not None:
+                update(assets)
         self.lifecycle("agent.reload", {"ok": True, "why": why, "rules": new.rules,
                                         "message": f"reloaded ({why}): {new.rules} rules"})
         _log.info("reloaded (%s): %d rules", why, new.rules)

@@ -18,8 +18,9 @@ def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources
     ``assets`` are the registry's asset globs: the files collector knows those files by inode.
     """
     built: dict[str, Collector] = {}
-    # media first: the files collector asks it which mounts are removable.
-    for name in ("media", "process", "network", "files", "host"):
+    # media first: the files collector asks it which mounts are removable; audit before
+    # process, which leaves execs to it while its rules are in force.
+    for name in ("media", "audit", "process", "network", "files", "host"):
         section = sections.get(name, {})
         if not section.get("enabled", True):
             continue
@@ -27,7 +28,10 @@ def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources
         if c is None:
             continue
         avail = c.available()
-        if avail.mode is None:
+        if avail.mode is None or avail.mode == "off":
+            if avail.mode == "off":  # shown as collector_up{mode="off"} 0, and the others report alone
+                built[name] = c
+                c.health.mode = "off"
             _log.warning("collector %s cannot run here: %s", name, avail.reason)
             continue
         if avail.reason:
@@ -61,5 +65,9 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
         return HostCollector(section, sources)
     if name == "process":
         from collectors.process import ProcessCollector
-        return ProcessCollector(section, sources, poll_interval=float(section.get("interval", 1.0)))
+        return ProcessCollector(section, sources, poll_interval=float(section.get("interval", 1.0)),
+                                audit=built.get("audit"))  # type: ignore[arg-type]
+    if name == "audit":
+        from collectors.audit import AuditCollector
+        return AuditCollector(section, sources, asset_paths=extra_paths)
     return None

@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "packaging" / "systemd" / "dutywatch.service"
 CACHE = Path("/var/cache/dutywatch-test")
-CAPS = {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"}
+CAPS = {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_AUDIT_CONTROL",
+        "CAP_AUDIT_READ"}
 FAMILIES = {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"}
 MAX_EXPOSURE = 3.5
 
@@ -125,7 +126,7 @@ def test_exactly_the_capabilities_the_collectors_use(service: dict[str, list[str
     # ...and every one granted is accounted for in the unit, by the collector that uses it.
     header = [line for line in UNIT.read_text().splitlines() if line.startswith("#")]
     for cap in ambient:
-        why = [line for line in header if re.match(rf"#\s+{cap}\s+(process|files|network|media|host)\b", line)]
+        why = [line for line in header if re.match(rf"#\s+{cap}\s+(process|files|network|media|host|audit)\b", line)]
         assert why, f"{cap} is granted without the collector that needs it"
 
 

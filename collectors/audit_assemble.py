@@ -1,0 +1,344 @@
+"""Audit records of one serial to one DutyWatch event.
+
+The kernel writes the records of one system call (SYSCALL, EXECVE, CWD,
+PATH..., SOCKADDR, PROCTITLE) with one serial and closes them with EOE;
+user-space records (PAM, sudo, useradd) stand alone. ``Assembler.feed``
+takes records in any interleaving and returns the events completed; a
+serial left open (its EOE lost) is closed by ``flush`` after ``max_age``
+seconds. A record read twice (unicast and multicast while the agent hands
+the daemon role to auditd) counts once.
+
+Everything an event says comes from the kernel's records, never from /proc
+after the fact: ``process.exe`` is the kernel's exe (``memfd:NAME`` for a
+program run from memory), ``process.loginuid`` the auid, and for an exec
+``file.path`` is what really ran: the script an interpreter was handed, the
+program ``ld.so`` was asked to load, else the exe, with its device and inode.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import OrderedDict
+from collections.abc import Callable
+
+from agent.events import Event, File, Media, Net, Parent, Process
+from collectors.audit_records import (
+    Record,
+    argv,
+    device,
+    ident,
+    keys,
+    number,
+    parse_record,
+    proctitle,
+    sockaddr,
+    text,
+)
+from collectors.audit_users import USER_TYPES, user_event
+
+SYSCALL, PATH, SOCKADDR, CWD, EXECVE, EOE, PROCTITLE = 1300, 1302, 1306, 1307, 1309, 1320, 1327
+_GROUPED = frozenset({SYSCALL, PATH, SOCKADDR, CWD, EXECVE, PROCTITLE, 1303, 1304, 1318, 1321, 1322, 1323, 1331})
+_NET_CALLS = frozenset({"connect", "sendto", "sendmsg", "sendmmsg", "socketcall"})
+_MOUNT_CALLS = frozenset({"mount", "umount", "umount2", "move_mount"})
+_INTERPRETERS = ("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "fish", "csh", "tcsh", "perl", "python",
+                 "ruby", "php", "node", "nodejs", "lua", "tclsh", "wish", "pwsh", "Rscript", "osascript", "awk", "gawk")
+_INLINE = frozenset({"-c", "-e", "-m", "-E", "--command", "--eval"})
+_TAKES_VALUE = frozenset({"-W", "-X", "-o", "-O", "--rcfile", "--init-file", "-I", "--library-path", "--preload",
+                          "--argv0", "--audit"})
+_CMDLINE_MAX = 4096
+_UNSPECIFIED = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
+_PARENTS = 8192
+_DONE = 65536
+
+ParentLookup = Callable[[int], Parent | None]
+
+
+def is_loader(exe: str) -> bool:
+    """Whether ``exe`` is the dynamic loader (``ld-linux-x86-64.so.2``, ``ld.so``, ``ld64.so.1``)."""
+    base = posixpath.basename(exe)
+    return base.startswith(("ld-linux", "ld.so", "ld64.so", "ld-musl"))
+
+
+def is_interpreter(exe: str) -> bool:
+    """Whether ``exe`` runs a script named in its arguments (sh, python3.11, perl5.36, ...)."""
+    base = posixpath.basename(exe).rstrip("0123456789.")
+    return base in _INTERPRETERS
+
+
+def clean_exe(exe: str | None) -> str | None:
+    """The kernel's exe path, with a program run from a memfd named ``memfd:NAME``."""
+    if exe is None:
+        return None
+    if exe.startswith("/memfd:"):
+        return exe[1:].removesuffix(" (deleted)")
+    return exe
+
+
+def _first_operand(args: list[str]) -> str | None:
+    skip = False
+    for a in args[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in _INLINE:
+            return None
+        if a in _TAKES_VALUE:
+            skip = True
+            continue
+        if a == "--":
+            continue
+        if a.startswith("-"):
+            continue
+        return a
+    return None
+
+
+class Assembler:
+    """Groups records by serial and builds events; not locked (one reader thread)."""
+
+    def __init__(self, *, syscall_names: Callable[[str, int], str | None], parents: ParentLookup | None = None,
+                 asset_prefixes: tuple[str, ...] = (), agent_pid: int = 0, max_age: float = 2.0,
+                 collector: str = "audit") -> None:
+        self._names = syscall_names
+        self._parents = parents
+        self.asset_prefixes = asset_prefixes
+        self.agent_pid = agent_pid
+        self._max_age = max_age
+        self._collector = collector
+        self._open: OrderedDict[int, tuple[float, list[Record]]] = OrderedDict()
+        self._done: OrderedDict[int, None] = OrderedDict()
+        self._seen_exec: OrderedDict[int, Parent] = OrderedDict()
+        self.duplicates = 0
+        self.malformed = 0
+        self.incomplete = 0
+
+    def feed(self, rtype: int, payload: bytes, now: float) -> list[Event]:
+        """Events completed by this record (usually none or one)."""
+        if rtype == EOE or rtype in _GROUPED:
+            rec = parse_record(rtype, payload)
+            if rec is None:
+                self.malformed += 1
+                return []
+            if rec.serial in self._done:
+                self.duplicates += 1
+                return []
+            if rtype == EOE:
+                return self._close(rec.serial)
+            entry = self._open.get(rec.serial)
+            if entry is None:
+                self._open[rec.serial] = (now, [rec])
+            elif any(r.text == rec.text for r in entry[1]):
+                self.duplicates += 1
+            else:
+                entry[1].append(rec)
+            return []
+        if rtype in USER_TYPES:
+            rec = parse_record(rtype, payload)
+            if rec is None:
+                self.malformed += 1
+                return []
+            if self._mark_done(rec.serial):
+                self.duplicates += 1
+                return []
+            ev = user_event(rec, self._collector)
+            return [ev] if ev is not None else []
+        return []
+
+    def flush(self, now: float, everything: bool = False) -> list[Event]:
+        """Close serials whose EOE never came (older than ``max_age``, or all)."""
+        out: list[Event] = []
+        while self._open:
+            serial, (first, _) = next(iter(self._open.items()))
+            if not everything and now - first < self._max_age:
+                break
+            self.incomplete += 1
+            out += self._close(serial)
+        return out
+
+    def _mark_done(self, serial: int) -> bool:
+        if serial in self._done:
+            return True
+        self._done[serial] = None
+        if len(self._done) > _DONE:
+            self._done.popitem(last=False)
+        return False
+
+    def _close(self, serial: int) -> list[Event]:
+        entry = self._open.pop(serial, None)
+        self._mark_done(serial)
+        if entry is None:
+            return []
+        ev = self.build(entry[1])
+        return [ev] if ev is not None else []
+
+    # -- building ------------------------------------------------------------
+    def build(self, records: list[Record]) -> Event | None:
+        """The event of one system call's records, or None if it is none we report."""
+        sc = next((r for r in records if r.type == SYSCALL), None)
+        if sc is None:
+            return None
+        f = sc.fields
+        call = self._names(f.get("arch", ""), number(f.get("syscall")) or -1) or ""
+        execve = [r for r in records if r.type == EXECVE]
+        paths = sorted((r for r in records if r.type == PATH), key=lambda r: number(r.fields.get("item")) or 0)
+        cwd = next((text(r.fields.get("cwd")) for r in records if r.type == CWD), None)
+        title = next((proctitle(r.fields.get("proctitle")) for r in records if r.type == PROCTITLE), [])
+        process = self._process(f, cwd, execve, title)
+        if execve or call in ("execve", "execveat"):
+            if f.get("success") == "no":
+                return None
+            return self._exec(sc, process, paths, execve)
+        parent = self._parent(process.ppid)
+        if call in _NET_CALLS:
+            addr = next((r for r in records if r.type == SOCKADDR), None)
+            return self._net(sc, call, process, parent, addr)
+        if call in _MOUNT_CALLS:
+            return self._mount(sc, call, process, parent, paths, records)
+        if any(k.startswith("dutywatch-file") for k in keys(f.get("key"))) or self._covers(paths, cwd):
+            return self._file(sc, call, process, parent, paths, cwd)
+        return None
+
+    def _process(self, f: dict[str, str], cwd: str | None, execve: list[Record], title: list[str]) -> Process:
+        args: list[str] = []
+        if execve:
+            merged: dict[str, str] = {}
+            for r in execve:
+                for k, v in r.fields.items():
+                    merged.setdefault(k, v)
+            args = argv(merged)
+        cmd = " ".join(args) or None
+        if cmd is None:
+            # PROCTITLE can be stale (the kernel caches it per task across an exec): the
+            # arguments this pid last exec'd with are the better word, when known.
+            known = self._seen_exec.get(number(f.get("pid")) or -1)
+            cmd = known.cmdline if known is not None else (" ".join(title) or None)
+        if cmd is not None and len(cmd) > _CMDLINE_MAX:
+            cmd = cmd[:_CMDLINE_MAX - 3] + "..."
+        return Process(pid=number(f.get("pid")), ppid=number(f.get("ppid")), name=text(f.get("comm")),
+                       exe=clean_exe(text(f.get("exe"))), cmdline=cmd, cwd=cwd, uid=ident(f.get("uid")),
+                       loginuid=ident(f.get("auid")))
+
+    def _parent(self, ppid: int | None) -> Parent:
+        if ppid is None:
+            return Parent()
+        known = self._seen_exec.get(ppid)
+        if known is not None:
+            return known
+        if self._parents is not None:
+            found = self._parents(ppid)
+            if found is not None:
+                return found
+        return Parent(pid=ppid)
+
+    def _exec(self, sc: Record, p: Process, paths: list[Record], execve: list[Record]) -> Event:
+        exe = p.exe or ""
+        args = (p.cmdline or "").split(" ") if p.cmdline else []
+        program: str | None = exe or None
+        target = paths[0] if paths else None
+        named = text(target.fields.get("name")) if target is not None else None
+        if exe and (is_interpreter(exe) or is_loader(exe)):
+            second = text(paths[1].fields.get("name")) if len(paths) > 1 else None
+            if named and second and not is_loader(second) and not is_loader(named):
+                program = named  # a script run by its #! line: the script, then its interpreter
+            else:
+                operand = _first_operand(args)
+                program = operand
+                target = None
+        if program and not program.startswith(("/", "memfd:")) and p.cwd:
+            program = posixpath.normpath(posixpath.join(p.cwd, program))
+        dev = device(target.fields.get("dev")) if target is not None else None
+        inode = number(target.fields.get("inode")) if target is not None else None
+        parent = self._parent(p.ppid)
+        if p.pid is not None:
+            self._seen_exec[p.pid] = Parent(pid=p.pid, name=p.name, exe=p.exe, cmdline=p.cmdline)
+            if len(self._seen_exec) > _PARENTS:
+                self._seen_exec.popitem(last=False)
+        return Event("process.exec", sc.time, self._collector, process=p, parent=parent,
+                     file=File(path=program, device=dev, inode=inode))
+
+    def _net(self, sc: Record, call: str, p: Process, parent: Parent, addr: Record | None) -> Event | None:
+        if addr is None or p.pid == self.agent_pid:
+            return None
+        fam, ip, port = sockaddr(addr.fields.get("saddr"))
+        if fam not in ("inet", "inet6") or ip is None:
+            return None
+        if call == "connect" and ip in _UNSPECIFIED:
+            return None  # AF_UNSPEC-style disconnect of a datagram socket
+        proto = "tcp" if call == "connect" else "udp"
+        return Event("net.connect", sc.time, self._collector, process=p, parent=parent,
+                     net=Net(proto=proto, direction="outbound", remote_ip=ip, remote_port=port))
+
+    def _mount(self, sc: Record, call: str, p: Process, parent: Parent, paths: list[Record],
+               records: list[Record]) -> Event | None:
+        if sc.fields.get("success") == "no":
+            return None
+        names = [text(r.fields.get("name")) for r in paths]
+        names = [n for n in names if n]
+        if call in ("umount", "umount2"):
+            mount = names[0] if names else None
+            return Event("media.unmount", sc.time, self._collector, process=p, parent=parent,
+                         media=Media(mount=self._abs(mount, p.cwd)))
+        device = names[0] if call == "mount" and len(names) > 1 else None
+        mount = names[-1] if names else None
+        return Event("media.mount", sc.time, self._collector, process=p, parent=parent,
+                     media=Media(device=device, mount=self._abs(mount, p.cwd)))
+
+    def _file(self, sc: Record, call: str, p: Process, parent: Parent, paths: list[Record],
+              cwd: str | None) -> Event | None:
+        ok = sc.fields.get("success") != "no"
+        if not ok:
+            return None
+        chosen = None
+        for r in paths:
+            name = self._abs(text(r.fields.get("name")), cwd)
+            if name is None or r.fields.get("nametype") == "PARENT":
+                continue
+            chosen = (name, r)
+            if not self.asset_prefixes or name.startswith(self.asset_prefixes):
+                break
+        if chosen is None:
+            return None
+        path, rec = chosen
+        kind = _FILE_KINDS.get(call) or _open_kind(call, sc.fields, rec)
+        return Event(kind, sc.time, self._collector, process=p, parent=parent,
+                     file=File(path=path, device=device(rec.fields.get("dev")), inode=number(rec.fields.get("inode"))))
+
+    def _covers(self, paths: list[Record], cwd: str | None) -> bool:
+        if not self.asset_prefixes:
+            return False
+        for r in paths:
+            name = self._abs(text(r.fields.get("name")), cwd)
+            if name is not None and name.startswith(self.asset_prefixes):
+                return True
+        return False
+
+    @staticmethod
+    def _abs(name: str | None, cwd: str | None) -> str | None:
+        if name is None:
+            return None
+        if not name.startswith("/") and cwd:
+            return posixpath.normpath(posixpath.join(cwd, name))
+        return name
+
+
+_FILE_KINDS = {
+    "unlink": "file.delete", "unlinkat": "file.delete", "rmdir": "file.delete",
+    "rename": "file.rename", "renameat": "file.rename", "renameat2": "file.rename",
+    "mkdir": "file.create", "mkdirat": "file.create", "creat": "file.create", "link": "file.create",
+    "linkat": "file.create", "symlink": "file.create", "symlinkat": "file.create", "mknod": "file.create",
+    "truncate": "file.write", "ftruncate": "file.write", "chmod": "file.write", "fchmod": "file.write",
+    "fchmodat": "file.write", "chown": "file.write", "fchown": "file.write", "fchownat": "file.write",
+    "lchown": "file.write", "setxattr": "file.write", "lsetxattr": "file.write", "utimensat": "file.write",
+}
+_O_ACCMODE, _O_WRONLY, _O_RDWR = 0o3, 0o1, 0o2
+
+
+def _open_kind(call: str, f: dict[str, str], path: Record) -> str:
+    """open/openat/creat: a create if the PATH says the name was made, a write if opened for writing."""
+    if path.fields.get("nametype") == "CREATE":
+        return "file.create"
+    arg = {"open": "a1", "openat": "a2"}.get(call)
+    flags = number(f.get(arg), 16) if arg else None
+    if flags is not None and flags & _O_ACCMODE in (_O_WRONLY, _O_RDWR):
+        return "file.write"
+    return "file.open"

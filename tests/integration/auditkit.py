@@ -1,0 +1,195 @@
+"""Helpers for the audit collector's tests: the kernel's audit state, auditd, static programs, a running collector.
+
+Every test that runs the collector checks that ``auditctl -s`` (enabled flag,
+daemon pid, backlog limit) and ``auditctl -l`` are as they were before it, and
+puts them back itself if not, so one failure cannot leak into the host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.events import Event
+from collectors.audit import AuditCollector
+
+TEST_UID = 4242  # the test person's uid and loginuid (no account needed)
+AUDITD = "/sbin/auditd"
+
+
+def auditctl(*args: str) -> str:
+    """auditctl's output (it only reads here, except where a test restores state)."""
+    return subprocess.run(["auditctl", *args], capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def status() -> dict[str, str]:
+    """``auditctl -s`` as a mapping."""
+    out = {}
+    for line in auditctl("-s").splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2:
+            out[parts[0]] = parts[1]
+    return out
+
+
+def kernel_state() -> tuple[str, str, str, str]:
+    """What a run must leave as it found: enabled flag, daemon pid, backlog limit, rule list."""
+    st = status()
+    return st["enabled"], st["pid"], st["backlog_limit"], auditctl("-l")
+
+
+def restore(state: tuple[str, str, str, str]) -> None:
+    """Put the flag and backlog limit back and delete rules that were not there."""
+    enabled, _pid, backlog, rules = state
+    now = kernel_state()
+    if now[3] != rules and rules.strip() == "No rules":
+        auditctl("-D")
+    if now[2] != backlog:
+        auditctl("-b", backlog)
+    if now[0] != enabled and enabled != "2":
+        auditctl("-e", enabled)
+
+
+def audit_lines_in_kernel_log() -> int:
+    """How many audit records the kernel log holds (records with no daemon to take them go there)."""
+    out = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    return len(re.findall(r"audit: type=\d+", out))
+
+
+def compile_static(source: str, out: Path) -> Path:
+    """A static program built from C ``source`` (no loader, no libc to read: it runs and is gone)."""
+    src = out.with_suffix(".c")
+    src.write_text(source, encoding="utf-8")
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(src)], check=True, capture_output=True, timeout=120)
+    return out
+
+
+TRUE_C = "int main(void) { return 0; }\n"
+READER_C = """#include <fcntl.h>
+#include <unistd.h>
+int main(int argc, char **argv) { char b[256]; int fd = open(argv[1], O_RDONLY); if (fd < 0) return 1;
+  while (read(fd, b, sizeof b) > 0) {} return close(fd); }
+"""
+
+
+def as_person(uid: int = TEST_UID) -> Callable[[], None]:
+    """A preexec function: the child gets ``uid`` as its login identity (auid) and its real and effective uid."""
+    def become() -> None:
+        with open("/proc/self/loginuid", "w") as f:
+            f.write(str(uid))
+        os.setgid(uid)
+        os.setuid(uid)
+    return become
+
+
+@dataclass
+class Run:
+    """A collector on a thread and everything it emitted, with the monotonic time of each."""
+
+    collector: AuditCollector
+    events: list[Event] = field(default_factory=list)
+    seen_at: list[float] = field(default_factory=list)
+
+    def emit(self, event: Event) -> bool:
+        """Record the event."""
+        self.events.append(event)
+        self.seen_at.append(time.time())
+        return True
+
+    def where(self, pred: Callable[[Event], bool], deadline: float = 15.0, count: int = 1) -> list[Event]:
+        """At least ``count`` events matching ``pred``, waiting up to ``deadline`` seconds."""
+        end = time.monotonic() + deadline
+        while True:
+            got = [e for e in list(self.events) if pred(e)]
+            if len(got) >= count or time.monotonic() > end:
+                return got
+            time.sleep(0.05)
+
+
+@contextmanager
+def running(collector: AuditCollector) -> Iterator[Run]:
+    """Run ``collector`` until the block ends; the kernel's audit state must come back as it was."""
+    before = kernel_state()
+    run = Run(collector)
+    stop = threading.Event()
+    t = threading.Thread(target=collector.run, args=(run.emit, stop), daemon=True)
+    t.start()
+    try:
+        end = time.monotonic() + 10
+        while not collector.health.up and time.monotonic() < end and t.is_alive():
+            time.sleep(0.02)
+        assert collector.health.up, "audit collector never came up"
+        yield run
+    finally:
+        stop.set()
+        t.join(20)
+        after = kernel_state()
+        if after != before:
+            restore(before)
+        assert not t.is_alive(), "collector did not stop"
+        assert after == before, f"kernel audit state not restored: {before} -> {after}"
+
+
+@contextmanager
+def auditd(tmp: Path) -> Iterator[int]:
+    """Debian's auditd running (no rules of its own loaded); stopped and the kernel put back afterwards."""
+    if not os.path.exists(AUDITD) or shutil.which("auditctl") is None:
+        raise RuntimeError("auditd is not installed (.ci/run installs it)")
+    before = kernel_state()
+    Path("/var/log/audit").mkdir(parents=True, exist_ok=True)
+    subprocess.run([AUDITD], check=True, timeout=30)
+    pid = 0
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        pid = int(status().get("pid", "0"))
+        if pid:
+            break
+        time.sleep(0.1)
+    try:
+        assert pid, "auditd did not register with the kernel"
+        yield pid
+    finally:
+        stop_auditd()
+        restore(before)
+
+
+def stop_auditd() -> None:
+    """Stop the registered auditd (by the pid the kernel names) and wait until it is gone."""
+    pid = int(status().get("pid", "0"))
+    if not pid:
+        return
+    with open(f"/proc/{pid}/comm") as f:
+        if f.read().strip() != "auditd":
+            return
+    os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + 15
+    while time.monotonic() < end and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.05)
+
+
+def judge(events: list[Event], registry_yaml: str, tmp: Path) -> list[tuple[str, Event]]:
+    """(rule id, attributed event) for every finding of the shipped rules on ``events`` under this registry."""
+    from agent.attribution import Attributor
+    from agent.engine.engine import Engine
+    from agent.engine.rules import load_rules
+    from agent.paths import shipped_rules_dir
+    from agent.registry import load_registry
+
+    reg = tmp / "registry.yaml"
+    reg.write_text(registry_yaml, encoding="utf-8")
+    attribute = Attributor(load_registry(reg))
+    engine = Engine(load_rules([shipped_rules_dir()]))
+    out = []
+    for e in events:
+        a = attribute(e)
+        out += [(f.rule.id, a) for f in engine.evaluate(a)]
+    return out

@@ -1,0 +1,214 @@
+"""The audit collector on the real kernel: both modes, the hand-over to auditd, exec storms, what really ran.
+
+Each run checks that the kernel's audit state (enabled flag, daemon pid,
+backlog limit, rules) is exactly as before it. Storms are bounded in count
+and every wait has a deadline; nothing asserts how fast anything ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from auditkit import (
+    READER_C,
+    TEST_UID,
+    TRUE_C,
+    as_person,
+    audit_lines_in_kernel_log,
+    auditctl,
+    auditd,
+    compile_static,
+    judge,
+    running,
+    status,
+)
+
+from collectors.audit import AuditCollector
+
+pytestmark = pytest.mark.root
+REGISTRY = """\
+host: {id: dw-audit-host, unit: 测试中心, department: 测试委员会, custodian: zhangsan, level: secret, zone: intranet}
+departments: [{name: 测试委员会}]
+units: [{name: 测试中心, department: 测试委员会}]
+people:
+  - {account: zhangsan, uid: 1000, name: 张三, unit: 测试中心, clearance: secret}
+  - {account: root, uid: 0, name: 系统管理员, unit: 测试中心, clearance: top_secret}
+  - {account: tester, uid: 4242, name: 测试员, unit: 测试中心, clearance: internal}
+zones: {default: internet, networks: [{name: loopback, cidrs: [127.0.0.0/8]}]}
+"""
+SYSTEM_PYTHON = "/usr/bin/python3"  # the test person cannot read a venv under /root
+
+
+@pytest.fixture(scope="module")
+def progs() -> Iterator[Path]:
+    """Static programs in a directory under /tmp (a temporary location, as an intruder would use)."""
+    d = Path("/tmp") / f"dw-audit-progs-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    os.chmod(d, 0o755)  # noqa: S103 - the test person runs the programs in it
+    compile_static(TRUE_C, d / "quick")
+    compile_static(READER_C, d / "reader")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _no_daemon() -> None:
+    if int(status().get("pid", "0")):
+        pytest.fail("an audit daemon is registered already; these tests start and stop their own")
+
+
+def test_daemon_mode_attributes_a_static_exec_and_keeps_the_kernel_log_quiet(progs: Path) -> None:
+    _no_daemon()
+    logged = audit_lines_in_kernel_log()
+    c = AuditCollector({})
+    assert c.available().mode == "daemon"
+    with running(c) as run:
+        st = status()
+        assert st["pid"] == str(os.getpid()) and st["enabled"] == "1"
+        assert "dutywatch-exec" in auditctl("-l")
+        p = subprocess.Popen([str(progs / "quick"), "an argument", "x"], preexec_fn=as_person())
+        p.wait()
+        got = run.where(lambda e: e.kind == "process.exec" and e.process.pid == p.pid)
+        assert c.health.mode == "daemon"
+    assert got, "no exec event for the static program"
+    e = got[0]
+    assert e.collector == "audit"
+    assert e.process.exe == str(progs / "quick")
+    assert e.process.loginuid == TEST_UID and e.process.uid == TEST_UID
+    assert e.process.cmdline == f"{progs / 'quick'} an argument x"
+    assert e.process.ppid == os.getpid()
+    assert e.file.path == str(progs / "quick") and e.file.inode == os.stat(progs / "quick").st_ino
+    assert audit_lines_in_kernel_log() == logged, "audit records reached the kernel log"
+
+
+def test_multicast_beside_auditd_never_takes_its_place(progs: Path, tmp_path: Path) -> None:
+    _no_daemon()
+    with auditd(tmp_path) as daemon_pid:
+        rules_before = auditctl("-l")
+        c = AuditCollector({})
+        assert c.available().mode == "multicast"
+        with running(c) as run:
+            assert status()["pid"] == str(daemon_pid)
+            p = subprocess.Popen([str(progs / "quick")], preexec_fn=as_person())
+            p.wait()
+            got = run.where(lambda e: e.kind == "process.exec" and e.process.pid == p.pid)
+            assert c.health.mode == "multicast"
+        assert status()["pid"] == str(daemon_pid), "auditd lost its role"
+        assert auditctl("-l") == rules_before
+    assert got and got[0].process.loginuid == TEST_UID and got[0].process.exe == str(progs / "quick")
+
+
+def test_auditd_starting_later_gets_the_role_and_no_exec_is_lost(progs: Path, tmp_path: Path) -> None:
+    _no_daemon()
+    c = AuditCollector({})
+    with running(c) as run:
+        assert c.health.mode == "daemon"
+        pids: list[int] = []
+        with auditd(tmp_path) as daemon_pid:
+            # Execs keep coming while the role changes hands; every one must be reported.
+            for _ in range(40):
+                p = subprocess.Popen([str(progs / "quick")], preexec_fn=as_person())
+                p.wait()
+                pids.append(p.pid)
+                time.sleep(0.01)
+            assert status()["pid"] == str(daemon_pid)
+            got = run.where(lambda e: e.kind == "process.exec" and e.process.pid in pids, count=len(pids))
+            assert c.health.mode == "multicast"
+        assert {e.process.pid for e in got} == set(pids)
+
+
+def test_rules_deleted_behind_the_agents_back_come_back() -> None:
+    _no_daemon()
+    if auditctl("-l").strip() != "No rules":
+        pytest.fail("the kernel holds audit rules already; this test deletes all rules")
+    c = AuditCollector({})
+    with running(c):
+        assert "dutywatch-exec" in auditctl("-l")
+        auditctl("-D")
+        assert "dutywatch-exec" not in auditctl("-l")
+        end = time.monotonic() + 30
+        while time.monotonic() < end and "dutywatch-exec" not in auditctl("-l"):
+            time.sleep(0.2)
+        assert "dutywatch-exec" in auditctl("-l")
+
+
+def test_exec_storm_under_load_names_every_program_and_person(progs: Path) -> None:
+    _no_daemon()
+    n = 2000
+    hogs = [subprocess.Popen([sys.executable, "-c", "import time\nend=time.time()+120\nwhile time.time()<end: pass"])
+            for _ in range(2)]
+    spawner = (
+        "import os, sys, json\n"
+        "n, prog = int(sys.argv[1]), sys.argv[2]\n"
+        "pids = []\n"
+        "for _ in range(n):\n"
+        "    pid = os.posix_spawn(prog, [prog], {})\n"
+        "    os.waitpid(pid, 0)\n"
+        "    pids.append(pid)\n"
+        "json.dump(pids, sys.stdout)\n")
+    c = AuditCollector({})
+    try:
+        with running(c) as run:
+            out = subprocess.run([SYSTEM_PYTHON, "-c", spawner, str(n), str(progs / "quick")], capture_output=True,
+                                 text=True, check=True, timeout=300, preexec_fn=as_person())
+            import json
+            pids = set(json.loads(out.stdout))
+            assert len(pids) == n
+            got = run.where(lambda e: e.kind == "process.exec" and e.process.pid in pids, deadline=60, count=n)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    good = {e.process.pid for e in got if e.process.exe == str(progs / "quick") and e.process.loginuid == TEST_UID}
+    assert len(good) >= n - 2, f"only {len(good)} of {n} execs named with exe and person; drops {c.health.drops}"
+
+
+def test_what_really_ran_through_interpreters_loader_and_memfd(progs: Path, tmp_path: Path) -> None:
+    _no_daemon()
+    script_py = Path("/tmp") / f"dw-audit-{os.getpid()}.py"
+    script_sh = Path("/tmp") / f"dw-audit-{os.getpid()}.sh"
+    script_py.write_text("pass\n")
+    script_sh.write_text("#!/bin/sh\ntrue\n")
+    script_sh.chmod(0o755)
+    loader = next(p for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1") if os.path.exists(p))
+    dyn = Path("/tmp") / f"dw-audit-{os.getpid()}-true"
+    dyn.write_bytes(Path("/bin/true").read_bytes())
+    dyn.chmod(0o755)
+    memfd_runner = (
+        "import os\n"
+        "fd = os.memfd_create('dwpayload', 0)\n"
+        "os.write(fd, open('/bin/true', 'rb').read())\n"
+        "os.execve(fd, ['payload'], {})\n")
+    c = AuditCollector({})
+    try:
+        with running(c) as run:
+            runs = {
+                "py": subprocess.Popen([SYSTEM_PYTHON, str(script_py)]),
+                "sh": subprocess.Popen(["/bin/sh", str(script_sh)]),
+                "shebang": subprocess.Popen([str(script_sh)]),
+                "ldso": subprocess.Popen([loader, str(dyn)]),
+                "memfd": subprocess.Popen([SYSTEM_PYTHON, "-c", memfd_runner]),
+            }
+            for p in runs.values():
+                p.wait()
+            want = {"py": str(script_py), "sh": str(script_sh), "shebang": str(script_sh), "ldso": str(dyn),
+                    "memfd": "memfd:dwpayload"}
+            ev = {k: run.where(lambda e, p=p, k=k: e.kind == "process.exec" and e.process.pid == p.pid  # type: ignore
+                               and e.file.path == want[k])
+                  for k, p in runs.items()}
+    finally:
+        for f in (script_py, script_sh, dyn):
+            f.unlink(missing_ok=True)
+    for k in want:
+        assert ev[k], f"{k}: no exec event naming {want[k]}: {[e for e in run.events if e.process.pid == runs[k].pid]}"
+    assert ev["shebang"][0].process.exe == os.path.realpath("/bin/sh")
+    assert ev["ldso"][0].process.exe == os.path.realpath(loader)
+    assert ev["memfd"][0].process.exe == "memfd:dwpayload"
+    fired = judge([e[0] for e in ev.values()], REGISTRY, tmp_path)
+    assert {e.process.pid for rule, e in fired if rule == "DB-MAL-001"} == {p.pid for p in runs.values()}
