@@ -41,7 +41,7 @@ people:
   - {account: zhangsan, uid: 1000, name: 张三, unit: 测试中心, clearance: secret}
   - {account: root, uid: 0, name: 系统管理员, unit: 测试中心, clearance: top_secret}
   - {account: tester, uid: 4242, name: 测试员, unit: 测试中心, clearance: internal}
-zones: {default: internet, networks: [{name: loopback, cidrs: [127.0.0.0/8]}]}
+zones: {default: internet, networks: [{name: loopback, cidrs: [127.0.0.0/8]}, {name: intranet, cidrs: [10.0.0.0/8]}]}
 """
 SYSTEM_PYTHON = "/usr/bin/python3"  # the test person cannot read a venv under /root
 
@@ -83,7 +83,9 @@ def test_daemon_mode_attributes_a_static_exec_and_keeps_the_kernel_log_quiet(pro
     assert e.process.loginuid == TEST_UID and e.process.uid == TEST_UID
     assert e.process.cmdline == f"{progs / 'quick'} an argument x"
     assert e.process.ppid == os.getpid()
-    assert e.file.path == str(progs / "quick") and e.file.inode == os.stat(progs / "quick").st_ino
+    st = os.stat(progs / "quick")
+    assert e.file.path == str(progs / "quick") and e.file.inode == st.st_ino
+    assert e.file.device == f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     assert audit_lines_in_kernel_log() == logged, "audit records reached the kernel log"
 
 
