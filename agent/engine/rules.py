@@ -123,8 +123,9 @@ def expand_paths(paths: Iterable[str | Path], problems: Problems,
                  optional: Iterable[str | Path] = ()) -> list[Path]:
     """Files named, and the rule files below directories named (recursively, in path order).
 
-    A directory that is not optional and holds no rule file is an error: a rule path that
-    yields nothing is a mistake (a wrong folder), not an empty rule set.
+    A directory that holds files or folders but no rule file at any depth is an error: such a
+    rule path is a mistake (a wrong folder), not an empty rule set. An empty directory is a
+    drop-in folder waiting for files (``/etc/dutywatch/rules.d``) and is fine.
     """
     opt = {str(p) for p in optional}
     out: list[Path] = []
@@ -132,7 +133,7 @@ def expand_paths(paths: Iterable[str | Path], problems: Problems,
         p = Path(raw)
         if p.is_dir():
             found = rule_files_under(p)
-            if not found and str(raw) not in opt:
+            if not found and str(raw) not in opt and any(p.iterdir()):
                 problems.add(Location(str(p)), "no rule files (*.yaml, *.yml) in this folder or below it")
             out.extend(found)
         elif p.is_file():

@@ -29,16 +29,17 @@ def test_a_sigmahq_tree_loads_every_rule_of_its_category_folders() -> None:
 
 def test_a_folder_without_rule_files_is_an_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a rule\n")
+    (tmp_path / "linux").mkdir()
+    (tmp_path / "linux" / "rule.json").write_text("{}\n")
     with pytest.raises(LoadErrors) as exc:
         load_rules([tmp_path])
     assert f"{tmp_path}: no rule files" in str(exc.value)
 
 
-def test_an_optional_empty_folder_is_fine(tmp_path: Path) -> None:
+def test_an_empty_drop_in_folder_is_fine(tmp_path: Path) -> None:
     empty = tmp_path / "rules.d"
     empty.mkdir()
-    ruleset = load_rules([shipped_rules_dir(), empty], optional=[empty])
-    assert ruleset.rules
+    assert load_rules([shipped_rules_dir(), empty]).rules
 
 
 def test_samples_fixtures_and_hidden_folders_below_a_rule_folder_are_not_rules(tmp_path: Path) -> None:
