@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "agent.commands.gen",
     "agent.commands.test_rules",
     "agent.commands.run",
+    "agent.commands.reload",
     "agent.commands.events",
     "agent.commands.verify",
     "agent.commands.journal",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from agent.daemon.collectors import build_collectors
 from agent.daemon.journal_writer import JournalWriter
 from agent.daemon.notify import Notifier
 from agent.daemon.pipeline import Pipeline, Stage
+from agent.daemon.reloadstate import ReloadOutcome, write_outcome
 from agent.daemon.runstate import RunState
 from agent.daemon.supervisor import Supervisor
 from agent.daemon.watcher import FileWatcher
@@ -92,6 +94,7 @@ class Agent:
         self.host = self.loaded.registry.host.id or "unknown"
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
+        self.reload_generation = 0
         self.notifier = notifier or Notifier()
         self.runstate = RunState(cfg.state_dir)
         self._collectors = collectors
@@ -211,7 +214,12 @@ class Agent:
                   self.host, self.loaded.rules, len(self.collectors), cfg.listen)
 
     def reload(self, why: str) -> bool:
-        """Load config, registry and rules again; keep the running set if the new one is bad."""
+        """Load config, registry and rules again; keep the running set if the new one is bad.
+
+        Every attempt is written to ``reload.json`` (``dutywatch reload`` waits for it and fails
+        when the set was rejected) and to systemd's status line, which always names the rules
+        in force.
+        """
         try:
             new = load_all(self.config_path, self.state_dir_override)
         except (LoadError, LoadErrors) as exc:
@@ -221,6 +229,7 @@ class Agent:
             self.metrics.rules_reloaded(False)
             self.writer.put({"type": "lifecycle", "time": self.clock(), "host": self.host, "kind": "agent.reload",
                              "detail": {"ok": False, "why": why, "errors": errors[:50]}})
+            self._reload_done(False, why, errors)
             return False
         self.loaded = new
         self.pipeline.stage = new.stage
@@ -238,7 +247,22 @@ class Agent:
         self.lifecycle("agent.reload", {"ok": True, "why": why, "rules": new.rules,
                                         "message": f"reloaded ({why}): {new.rules} rules"})
         _log.info("reloaded (%s): %d rules", why, new.rules)
+        self._reload_done(True, why, [])
         return True
+
+    def _reload_done(self, ok: bool, why: str, errors: list[str]) -> None:
+        """Tell ``dutywatch reload`` and systemd's status line what the attempt left in force."""
+        self.reload_generation += 1
+        now = self.clock()
+        try:
+            write_outcome(self.loaded.config.state_dir, ReloadOutcome(
+                os.getpid(), self.reload_generation, ok, why, self.loaded.rules, now, tuple(errors)))
+        except OSError as exc:
+            _log.error("cannot record the reload outcome: %s", exc.strerror)
+        status = f"STATUS=watching with {self.loaded.rules} rules"
+        if not ok:
+            status += f"; a reload was rejected ({len(errors)} problem(s), first: {errors[0] if errors else '?'})"
+        self.notifier.send(status)
 
     def stop(self) -> None:
         """Ask the agent to stop (safe from any thread)."""

@@ -156,6 +156,51 @@ def test_bad_rules_on_reload_keep_the_last_good_set(tmp_path: Path, repo: Path) 
     assert "reload rejected" in agent.log_text()
 
 
+def test_reload_command_fails_for_a_rejected_set_and_status_follows_the_set_in_force(tmp_path: Path,
+                                                                                       repo: Path) -> None:
+    # systemd's ExecReload is `dutywatch reload --pid $MAINPID`: `systemctl reload` must fail when the
+    # new set is rejected, and the unit's status line must name the rules in force afterwards.
+    local = tmp_path / "rules.d"
+    local.mkdir()
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.5)
+    statuses: list[str] = []
+
+    def drain() -> None:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                statuses.extend(line for line in sock.recv(4096).decode().splitlines() if line.startswith("STATUS="))
+
+    agent = AgentProcess(tmp_path, collectors=collectors(), rules=[str(repo / "rules"), str(local)])
+    try:
+        agent.start(env={"NOTIFY_SOCKET": str(sock_path)})
+        loaded = int(agent.metric("dutywatch_rules_loaded"))
+        assert agent.proc is not None
+        pid = str(agent.proc.pid)
+        bad = local / "50-bad.yaml"
+        bad.write_text(GOOD_LOCAL.replace('process.name == "forbidden-tool"', 'process.pid == "x"'), encoding="utf-8")
+        r = agent.cli("reload", "--config", str(agent.config), "--pid", pid, "--timeout", "30")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"keeps its {loaded} rules in force" in r.stderr
+        assert f"{bad}:5:" in r.stderr and "type mismatch" in r.stderr
+        drain()
+        assert statuses[-1].startswith(f"STATUS=watching with {loaded} rules; a reload was rejected")
+        bad.write_text(GOOD_LOCAL, encoding="utf-8")
+        r = agent.cli("reload", "--config", str(agent.config), "--pid", pid, "--timeout", "30")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.strip() == f"reloaded: {loaded + 1} rules in force"
+        drain()
+        assert statuses[-1] == f"STATUS=watching with {loaded + 1} rules"
+        # Without --pid the command finds the agent through its state directory.
+        r = agent.cli("reload", "--config", str(agent.config), "--timeout", "30")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        agent.stop()
+        sock.close()
+
+
 def test_systemd_notifications(tmp_path: Path) -> None:
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
