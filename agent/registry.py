@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,14 @@ class Medium:
 
 
 class ZoneMap:
-    """Network zones by CIDR; the longest prefix wins, IPv4 and IPv6."""
+    """Network zones by CIDR; the longest prefix wins, IPv4 and IPv6 (an IPv4-mapped address as IPv4).
+
+    An address is parsed to an integer in C (``inet_pton``, then
+    ``int.from_bytes``) and looked up in one dictionary per prefix length,
+    longest first: no ``ipaddress`` objects on the per-event path. Text
+    that ``inet_pton`` refuses (an address with a scope, a malformed one) is
+    judged by ``ipaddress``, so the answers are ``ipaddress``'s own.
+    """
 
     def __init__(self, default: str, networks: list[tuple[str, IPNetwork]]) -> None:
         self.default = default
@@ -98,25 +106,58 @@ class ZoneMap:
         tables: dict[int, dict[int, dict[int, str]]] = {4: {}, 6: {}}
         for name, net in networks:
             tables[net.version].setdefault(net.prefixlen, {})[int(net.network_address)] = name
-        self._tables = {
-            v: [(plen, t) for plen, t in sorted(tab.items(), reverse=True)] for v, tab in tables.items()
-        }
+        # (bits to drop, table) per prefix length, longest first: the key of a value is value >> shift.
+        self._v4 = tuple((32 - plen, {k >> (32 - plen): z for k, z in t.items()})
+                         for plen, t in sorted(tables[4].items(), reverse=True))
+        self._v6 = tuple((128 - plen, {k >> (128 - plen): z for k, z in t.items()})
+                         for plen, t in sorted(tables[6].items(), reverse=True))
 
     def lookup(self, ip: str) -> str | None:
         """The zone of an address; None if the text is not an address."""
         try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return None
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        bits = 32 if addr.version == 4 else 128
-        value = int(addr)
-        for plen, table in self._tables[addr.version]:
-            zone = table.get((value >> (bits - plen)) << (bits - plen))
+            if ":" in ip:
+                value = _from_bytes(_pton(_AF_INET6, ip), "big")
+                if value >> 32 != 0xFFFF:
+                    return self.zone6(value)
+                value &= 0xFFFFFFFF  # IPv4-mapped (::ffff:0:0/96): the IPv4 address's zone
+            else:
+                value = _from_bytes(_pton(_AF_INET, ip), "big")
+        except (OSError, ValueError, TypeError):
+            return self._lookup_text(ip)
+        return self.zone4(value)
+
+    def zone4(self, value: int) -> str:
+        """The zone of an IPv4 address given as an integer."""
+        for shift, table in self._v4:
+            zone = table.get(value >> shift)
             if zone is not None:
                 return zone
         return self.default
+
+    def zone6(self, value: int) -> str:
+        """The zone of an IPv6 address given as an integer (IPv4-mapped ones are not mapped here)."""
+        for shift, table in self._v6:
+            zone = table.get(value >> shift)
+            if zone is not None:
+                return zone
+        return self.default
+
+    def _lookup_text(self, ip: str) -> str | None:
+        # What inet_pton refuses: a scoped address (fe80::1%eth0), or not an address at all.
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(addr, ipaddress.IPv6Address):
+            if addr.ipv4_mapped is None:
+                return self.zone6(int(addr))
+            addr = addr.ipv4_mapped
+        return self.zone4(int(addr))
+
+
+_pton = socket.inet_pton
+_from_bytes = int.from_bytes
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 
 
 @dataclass(frozen=True)
