@@ -193,3 +193,48 @@ def judge(events: list[Event], registry_yaml: str, tmp: Path) -> list[tuple[str,
         a = attribute(e)
         out += [(f.rule.id, a) for f in engine.evaluate(a)]
     return out
+
+
+NET_C = """#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  struct sockaddr_in a; memset(&a, 0, sizeof a); a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[3]));
+  inet_pton(AF_INET, argv[2], &a.sin_addr);
+  int tcp = argv[1][0] == 't';
+  int s = socket(AF_INET, tcp ? SOCK_STREAM : SOCK_DGRAM, 0);
+  if (tcp) connect(s, (struct sockaddr *)&a, sizeof a);
+  else sendto(s, "x", 1, 0, (struct sockaddr *)&a, sizeof a);
+  return 0; }
+"""
+
+
+@contextmanager
+def internet_host(name: str) -> Iterator[str]:
+    """A namespace ``name`` behind a veth pair, reachable at an address of 198.51.100.0/24 (TEST-NET-2)."""
+    routes = _routes()
+    host_if, ns_if = f"{name[:9]}-h", f"{name[:9]}-n"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+                    ["ip", "link", "set", ns_if, "netns", name],
+                    ["ip", "addr", "add", "198.51.100.201/30", "dev", host_if],
+                    ["ip", "link", "set", host_if, "up"],
+                    ["ip", "-n", name, "addr", "add", "198.51.100.202/30", "dev", ns_if],
+                    ["ip", "-n", name, "link", "set", ns_if, "up"],
+                    ["ip", "-n", name, "link", "set", "lo", "up"]):
+            subprocess.run(cmd, check=True)
+        yield "198.51.100.202"
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+        after = _routes()
+        assert after == routes, f"routes changed: {routes!r} -> {after!r}"
+
+
+def _routes() -> list[str]:
+    """The default route and any route of the test range (other tests add and remove their own meanwhile)."""
+    out = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return [r for r in out if r.startswith("default") or "198.51.100." in r]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from auditkit import (
+    NET_C,
     READER_C,
     TEST_UID,
     TRUE_C,
@@ -25,6 +26,7 @@ from auditkit import (
     auditctl,
     auditd,
     compile_static,
+    internet_host,
     judge,
     running,
     status,
@@ -54,6 +56,7 @@ def progs() -> Iterator[Path]:
     os.chmod(d, 0o755)  # noqa: S103 - the test person runs the programs in it
     compile_static(TRUE_C, d / "quick")
     compile_static(READER_C, d / "reader")
+    compile_static(NET_C, d / "net")
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -214,3 +217,57 @@ def test_what_really_ran_through_interpreters_loader_and_memfd(progs: Path, tmp_
     assert ev["memfd"][0].process.exe == "memfd:dwpayload"
     fired = judge([e[0] for e in ev.values()], REGISTRY, tmp_path)
     assert {e.process.pid for rule, e in fired if rule == "DB-MAL-001"} == {p.pid for p in runs.values()}
+
+
+def test_short_lived_tcp_and_udp_toward_the_internet_zone_name_process_and_person(progs: Path, tmp_path: Path) -> None:
+    _no_daemon()
+    n = 30
+    c = AuditCollector({})
+    pids: dict[str, list[int]] = {"tcp": [], "udp": []}
+    with internet_host(f"dw13-n{os.getpid() % 10000}") as addr, running(c) as run:
+        for proto in ("tcp", "udp"):
+            for _ in range(n):
+                p = subprocess.Popen([str(progs / "net"), proto, addr, "9"], preexec_fn=as_person())
+                p.wait()
+                pids[proto].append(p.pid)
+        every = set(pids["tcp"]) | set(pids["udp"])
+        got = run.where(lambda e: e.kind == "net.connect" and e.process.pid in every, count=2 * n)
+    by_pid = {e.process.pid: e for e in got}
+    for proto in ("tcp", "udp"):
+        for pid in pids[proto]:
+            e = by_pid.get(pid)
+            assert e is not None, f"no net.connect for {proto} pid {pid}"
+            assert e.process.exe == str(progs / "net") and e.process.loginuid == TEST_UID
+            assert (e.net.remote_ip, e.net.remote_port, e.net.proto) == (addr, 9, proto)
+    fired = judge(list(by_pid.values()), REGISTRY, tmp_path)
+    named = {e.process.pid for rule, e in fired if rule == "BM-NET-001" and e.operator.account == "tester"}
+    assert named == set(by_pid)
+
+
+def test_classified_file_read_by_an_under_cleared_person_fires_every_time(progs: Path, tmp_path: Path) -> None:
+    _no_daemon()
+    assets = progs / "secret"  # a directory the test person can reach
+    assets.mkdir(exist_ok=True)
+    os.chmod(assets, 0o755)  # noqa: S103 - the test person reads the asset
+    doc = assets / "plan.txt"
+    doc.write_text("机密\n" * 50, encoding="utf-8")
+    os.chmod(doc, 0o644)
+    c = AuditCollector({}, asset_paths=[f"{assets}/"])
+    pids: dict[str, list[int]] = {}
+    with running(c) as run:
+        for name, argv in (("cat", ["/bin/cat", str(doc)]), ("head", ["/usr/bin/head", "-n1", str(doc)]),
+                           ("reader", [str(progs / "reader"), str(doc)])):
+            for _ in range(10):
+                p = subprocess.Popen(argv, preexec_fn=as_person(), stdout=subprocess.DEVNULL)
+                p.wait()
+                assert p.returncode == 0
+                pids.setdefault(name, []).append(p.pid)
+        every = {pid for v in pids.values() for pid in v}
+        got = run.where(lambda e: e.kind == "file.open" and e.process.pid in every and e.file.path == str(doc),
+                        count=30)
+    registry = REGISTRY + f'assets: [{{path: "{assets}/**", level: secret, unit: 测试中心}}]\n'
+    fired = judge(got, registry, tmp_path)
+    hit = {e.process.pid for rule, e in fired if rule == "BM-FILE-003" and e.operator.account == "tester"}
+    for name, ps in pids.items():
+        assert set(ps) <= hit, f"{name}: BM-FILE-003 missed {sorted(set(ps) - hit)}"
+    assert all(e.file.inode == doc.stat().st_ino for e in got)
