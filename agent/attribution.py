@@ -21,7 +21,9 @@ from agent.registry import Medium, Registry
 UNSET_LOGINUID = 4294967295
 _CACHE_LIMIT = 16384
 _NO_ASSET: tuple[Level | None, str | None] = (None, None)
-_MISS: Any = object()  # not in a cache (None is a cached answer)
+_MISS: Any = object()
+_UNKNOWN = Operator(known=False)
+_OPERATED = ("process.", "net.", "file.", "auth.", "account.")  # not in a cache (None is a cached answer)
 
 
 def system_account_name(uid: int) -> str | None:
@@ -70,7 +72,7 @@ class Attributor:
         elif uid is not None:
             op = self._resolve(uid, user)
         else:
-            op = Operator()
+            op = _UNKNOWN
         if len(self._op_cache) >= _CACHE_LIMIT:
             self._op_cache.clear()
         self._op_cache[key] = (op, user)
@@ -130,6 +132,11 @@ class Attributor:
             op, user = hit if hit is not None else self.operator(p.loginuid, p.uid, p.user)
             if p.user is None and user is not None:
                 p = _TUPLE_NEW(Process, (*p[:7], user, *p[8:]))
+        elif op.known is None and kind.startswith(_OPERATED):
+            # An operation some process did, with no id to name anyone by: no one answers for it,
+            # which is False (never None), so the accountability rules and the report see it.
+            # (A mount the media collector saw, an interface, the agent itself: no operator applies.)
+            op = _UNKNOWN
         if net.remote_ip is not None or net.local_ip is not None:
             zones = self._zone_cache
             rz = net.remote_zone

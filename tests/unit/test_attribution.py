@@ -72,6 +72,13 @@ def test_event_without_a_process_has_no_operator(attr: Attributor) -> None:
     assert attr(Event("media.mount")).operator.known is None
 
 
+@pytest.mark.parametrize("kind", ["process.exec", "net.connect", "file.open"])
+def test_operation_with_no_id_at_all_is_known_false_never_none(attr: Attributor, kind: str) -> None:
+    # A process gone before anything could be read: no one answers for it, and ZR-001 must see that.
+    e = attr(Event(kind, process=Process(pid=4321)))
+    assert e.operator.known is False
+
+
 def test_user_name_is_filled_in(attr: Attributor) -> None:
     assert attr(Event("process.exec", process=Process(uid=1000))).process.user == "zs"
 
