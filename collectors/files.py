@@ -43,6 +43,7 @@ from collectors import fanotify as fan
 from collectors.assets import AssetIndex, device_name
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
 from collectors.openlimit import REPORT_EVERY, OpenLimiter
+from collectors.provenance import Provenance
 from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVED, FsOp, TreeWatcher
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ WINDOW = 0.3  # how long an operation waits for its fanotify record
 MAX_WAITS = 3  # then up to this many more double windows (about 2 s in all) before it goes out without one
 QUIET = 1.0  # a write with no close is reported after this much silence...
 HOLD_MAX = 5.0  # ...or after this long at most
+CATCH_UP_SLACK = 1.0  # a file changed this long before the mount was seen still counts as written after it
 MOVE_DELAY = 0.5  # watchdog holds a move's first half this long for its second: a move out comes late as a delete
 _WANT = {
     # A create or delete that inotify saw may be one side of a move across the tree's edge.
@@ -106,6 +108,7 @@ class _Proc:
     root: Path
     cache: OrderedDict[int, tuple[float, Process]] = field(default_factory=OrderedDict)
     boot: float | None = None
+    sids: OrderedDict[int, int] = field(default_factory=OrderedDict)  # pid -> session, as read with the rest
 
     def read(self, pid: int, now: float) -> Process:
         hit = self.cache.get(pid)
@@ -136,6 +139,9 @@ class _Proc:
             out["loginuid"] = None if luid == 0xFFFFFFFF else luid
             fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
             out["ppid"] = int(fields[1])
+            self.sids[pid] = int(fields[3])
+            if len(self.sids) > 512:
+                self.sids.popitem(last=False)
             out["start_time"] = self._boot() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError, IndexError):
             pass
@@ -182,6 +188,8 @@ class FilesCollector:
         self._opens: dict[tuple[str, int], tuple[float, float, Process, tuple[int, int] | None]] = {}
         self._opened: dict[tuple[str, int], float] = {}
         self.limiter = OpenLimiter()
+        self.provenance = Provenance(self.assets)
+        self._caught: dict[str, _Op] = {}  # files found by a catch-up scan, held briefly
         self._next_report = 0.0
 
     def available(self) -> Availability:
@@ -301,6 +309,10 @@ class FilesCollector:
         for mount, media in now.items():
             if mount not in self._media_roots and self._add_root(watcher, mount, media):
                 self._media_roots[mount] = media
+                since = getattr(self._media, "mounted_since", lambda _m: None)(mount)
+                n = self.catch_up(mount, since if since is not None else self._src.clock() - CATCH_UP_SLACK)
+                if n:
+                    log.info("files: %d files written on %s before it was watched", n, mount)
 
     # -- the two streams -------------------------------------------------------------------------------------------
 
@@ -332,6 +344,10 @@ class FilesCollector:
             mine = who.process.pid == os.getpid()
             if who.mask & fan.FAN_OPEN and not who.mask & fan.FAN_CLOSE_WRITE and not mine:
                 self._opens.setdefault((path, who.process.pid), (who.t, wall, who.process, who.ident))
+                read = self.assets.lookup(*who.ident) if who.ident is not None else None
+                if read is not None:  # what this process, and its session, write to a stick soon comes from it
+                    pid = who.process.pid
+                    self.provenance.read(pid, self._proc.sids.get(pid or 0), read.path, who.t)
             elif who.mask & fan.FAN_CLOSE_WRITE and not mine and who.ident is not None \
                     and self.assets.lookup(*who.ident) is not None and not any(_under(path, r) for r in self._roots):
                 # An asset written through a name inotify does not watch (a hard link, another mount
@@ -352,6 +368,7 @@ class FilesCollector:
 
     def _fs_op(self, op: FsOp, now: float, wall: float) -> None:
         path, pend = op.path, self._pending
+        self._caught.pop(path, None)
         if not op.is_dir:
             if op.what in (CREATED, CLOSED):
                 self._asset_changed(path)
@@ -409,6 +426,11 @@ class FilesCollector:
         # Operations that a later one on their path made due wait for their record like the rest; a path's
         # later operations wait behind them, so that they still go out in order.
         held: set[str] = set()
+        for path, op in list(self._caught.items()):
+            if op.deadline <= now:
+                del self._caught[path]
+                op.deadline = 0.0
+                self._ready.append(op)
         ready, self._ready = self._ready, []
         due = []
         for op in sorted(ready, key=lambda o: o.t0):
@@ -438,6 +460,8 @@ class FilesCollector:
             elif kind == "file.delete" and not op.is_dir:
                 self.assets.forget(path)
             event = self._build(kind, path, dest, op.wall, who, op.ident)
+            if event.file.on_removable and kind in ("file.create", "file.write") and not op.is_dir:
+                event = self._trace(event, op.read_path or path, now)
             if self._marker is not None and op.kind in ("file.create", "file.write") and not op.is_dir:
                 try:
                     marks.put_nowait((event, op.read_path or op.path))
@@ -466,6 +490,37 @@ class FilesCollector:
                 self._lose("open_rate", _proc_label(proc))
                 continue
             self._send(self._build("file.open", path, None, wall, proc, ident), emit)
+
+    def _trace(self, event: Event, path: str, now: float) -> Event:
+        """A write to removable media, with the asset it came from: what its writer read, else its content."""
+        pid = event.process.pid
+        source = self.provenance.recent(pid, self._proc.sids.get(pid or 0), min(now, time.monotonic()))
+        digest = None
+        if source is None:
+            digest, source = self.provenance.content(path)
+        if source is None and digest is None:
+            return event
+        return event._replace(file=event.file._replace(source_path=source or event.file.source_path, sha256=digest))
+
+    def catch_up(self, mount: str, since: float) -> int:
+        """Files on a just-mounted medium changed at or after ``since`` (wall clock): written before the
+        watches were in place (a copy made the instant ``mount`` returned). Each goes out as a
+        ``file.create`` with no process, through the same content checks; how many were found."""
+        found = 0
+        for entry in _files_under(mount):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            changed = max(st.st_mtime, st.st_ctime)
+            if changed < since - CATCH_UP_SLACK or entry.path in self._changed or ("cw", entry.path) in self._pending:
+                continue
+            found += 1
+            # Held for a moment: a file the new watches saw being written goes out from there, with its writer.
+            t0 = time.monotonic()
+            self._caught[entry.path] = _Op("file.create", entry.path, None, False, t0, changed, t0 + 2 * WINDOW,
+                                           waits=MAX_WAITS, ident=(st.st_dev, st.st_ino))
+        return found
 
     def _crossing(self, op: _Op) -> tuple[str, str] | None:
         """(old, new) when a delete (create) inotify saw was a move out of (into) the watched trees."""
@@ -557,6 +612,22 @@ class FilesCollector:
             return None
         finally:
             os.close(fd)
+
+
+def _files_under(top: str) -> Iterable[os.DirEntry[str]]:
+    """Every regular file below ``top``, not following symlinks (one filesystem: a medium)."""
+    stack = [top]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        yield e
+        except OSError:
+            continue
 
 
 def _proc_label(p: Process) -> str:

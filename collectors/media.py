@@ -189,6 +189,7 @@ class MediaCollector:
         self.health = Health()
         self._table: dict[int, Media] = {}
         self._known: dict[int, Media | None] = {}
+        self._since: dict[str, float] = {}  # mount point -> when the mount was first seen (wall clock)
         self._lock = threading.Lock()
 
     @property
@@ -222,6 +223,11 @@ class MediaCollector:
         with self._lock:
             return tuple(self._table.values())
 
+    def mounted_since(self, mount: str) -> float | None:
+        """When the medium at ``mount`` was first seen mounted (wall clock), or None."""
+        with self._lock:
+            return self._since.get(mount)
+
     def removable_mount_for(self, path: str) -> Media | None:
         """The removable medium holding ``path`` (deepest mount wins), or None."""
         best: Media | None = None
@@ -248,8 +254,11 @@ class MediaCollector:
             if mid not in mounts and gone is not None:
                 events.append(Event("media.unmount", self._sources.clock(), self.name, media=gone))
         self._known = known
+        seen = self._sources.clock()
         with self._lock:
             self._table = {mid: m for mid, m in known.items() if m is not None}
+            mounts_now = {m.mount for m in self._table.values() if m.mount}
+            self._since = {m: self._since.get(m, seen) for m in mounts_now}
         return events
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
