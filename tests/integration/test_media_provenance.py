@@ -195,7 +195,7 @@ def test_a_copy_made_the_instant_after_mount_is_caught(desk: Desk, stick: Stick)
     time.sleep(2.5)  # what was on the stick is older than the mount by more than the slack
     agent = Agent(desk)
     try:
-        subprocess.run(f"mount {stick.device} {mnt} && cp {desk.plan} {mnt}/fast.dat", shell=True, check=True)
+        subprocess.run(["sh", "-c", f"mount {stick.device} {mnt} && cp {desk.plan} {mnt}/fast.dat"], check=True)
         agent.wait(lambda: bool(agent.on(mnt / "fast.dat")))
         time.sleep(1.5)
     finally:
