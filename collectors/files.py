@@ -25,9 +25,11 @@ events, without the process group.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import re
 import stat
 import threading
 import time
@@ -57,6 +59,7 @@ QUIET = 1.0  # a write with no close is reported after this much silence...
 HOLD_MAX = 5.0  # ...or after this long at most
 CATCH_UP_SLACK = 1.0  # a file changed this long before the mount was seen still counts as written after it
 MOVE_DELAY = 0.5  # watchdog holds a move's first half this long for its second: a move out comes late as a delete
+_NS_ROOT = re.compile(r"/proc/\d+/root(?=/)")
 _WANT = {
     # A create or delete that inotify saw may be one side of a move across the tree's edge.
     "file.create": (fan.FAN_CREATE | fan.FAN_MOVED_TO, fan.FAN_OPEN | fan.FAN_CLOSE_WRITE),
@@ -190,6 +193,7 @@ class FilesCollector:
         self.limiter = OpenLimiter()
         self.provenance = Provenance(self.assets)
         self._caught: dict[str, _Op] = {}  # files found by a catch-up scan, held briefly
+        self._ns_roots: dict[int, str] = {}  # st_dev of a medium in another mount namespace -> /proc/PID/root
         self._next_report = 0.0
 
     def available(self) -> Availability:
@@ -304,11 +308,16 @@ class FilesCollector:
             del self._media_roots[mount]
             watcher.remove(mount)
             self._roots = tuple(r for r in self._roots if r != mount)
+            self._ns_roots = {d: r for d, r in self._ns_roots.items() if not mount.startswith(r + "/")}
             if self._fan is not None:
                 self._fan.forget_under(mount)
         for mount, media in now.items():
             if mount not in self._media_roots and self._add_root(watcher, mount, media):
                 self._media_roots[mount] = media
+                ns_root = _NS_ROOT.match(mount)
+                if ns_root is not None:
+                    with contextlib.suppress(OSError):
+                        self._ns_roots[os.stat(mount).st_dev] = ns_root.group(0)
                 since = getattr(self._media, "mounted_since", lambda _m: None)(mount)
                 n = self.catch_up(mount, since if since is not None else self._src.clock() - CATCH_UP_SLACK)
                 if n:
@@ -325,6 +334,11 @@ class FilesCollector:
     def _fan_record(self, r: fan.FanRecord, _names: bool) -> None:
         if r.path is None:
             return
+        if r.dev is not None and r.dev in self._ns_roots:
+            # A medium mounted in another mount namespace: fanotify names the file as that namespace does.
+            root = self._ns_roots[r.dev]
+            if not r.path.startswith(root + "/"):
+                r = fan.FanRecord(r.mask, r.pid, root + r.path, r.dest, r.dev, r.ino)
         now, me = time.monotonic(), os.getpid()
         # Our own records stay: they tell the joiner to drop our own operations.
         who = _Who(now, r.mask, Process(pid=me) if r.pid == me else self._proc.read(r.pid, now), r.dest,

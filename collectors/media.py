@@ -17,6 +17,11 @@ device's serial and vendor:product ids (the sysfs node that has
 ``idVendor``), or the block device's own serial, and the volume id, which is
 always read from the superblock (``media.uuid``). Anyone can format a stick
 with a registered stick's volume id; no one can give it that stick's device.
+
+Mounts made in other mount namespaces are seen too (``collectors.mountns``):
+a device not already mounted here is reported with its mount point as the
+agent reaches it (``/proc/PID/root/...``), and the event's detail names the
+namespace. A namespace that merely copied our mounts adds nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import select
 import stat
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ from typing import Any
 
 from agent.events import Event, Media
 from collectors.base import Availability, Emit, Health, Sources, section
+from collectors.mountns import SWEEP_EVERY, Namespace, Namespaces
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +196,10 @@ class MediaCollector:
         self.health = Health()
         self._table: dict[int, Media] = {}
         self._known: dict[int, Media | None] = {}
+        self._foreign: dict[int, dict[int, Media | None]] = {}  # namespace inode -> its mounts, judged
         self._since: dict[str, float] = {}  # mount point -> when the mount was first seen (wall clock)
         self._lock = threading.Lock()
+        self._namespaces: Namespaces | None = None
 
     @property
     def _mountinfo(self) -> Path:
@@ -205,8 +214,8 @@ class MediaCollector:
             return Availability(None, f"{self._mountinfo}: {exc.strerror}")
         return Availability("mountinfo")
 
-    def removable(self, m: Mount) -> Media | None:
-        """The medium behind mount ``m``, or None when it is not removable."""
+    def removable(self, m: Mount, root: str = "") -> Media | None:
+        """The medium behind mount ``m`` (of the namespace whose ``/`` is ``root``), or None when not removable."""
         block = m.major != 0 or m.source.startswith("/dev/")
         if not block:
             return None
@@ -215,8 +224,9 @@ class MediaCollector:
         if not (under_root or facts.removable or facts.usb):
             return None
         fs_id = volume_id(m.source) if m.source.startswith("/dev/") else None
-        return Media(device=m.source, mount=m.mount, fs=m.fs, serial=facts.serial or fs_id, vendor=facts.vendor,
-                     product=facts.product, usb_serial=facts.usb_serial, uuid=fs_id)
+        return Media(device=m.source, mount=root + m.mount if root else m.mount, fs=m.fs,
+                     serial=facts.serial or fs_id, vendor=facts.vendor, product=facts.product,
+                     usb_serial=facts.usb_serial, uuid=fs_id)
 
     def removable_mounts(self) -> tuple[Media, ...]:
         """The removable media mounted now (a snapshot)."""
@@ -237,44 +247,103 @@ class MediaCollector:
                 best = media
         return best
 
-    def scan(self, text: str) -> list[Event]:
-        """Update the table from mountinfo ``text``; the events for what changed."""
+    def scan(self, text: str, ns: Namespace | None = None) -> list[Event]:
+        """Update the table from mountinfo ``text`` (of namespace ``ns``, else ours); the events for what changed."""
         mounts = {m.mount_id: m for m in parse_mountinfo(text)}
         events: list[Event] = []
+        before = self._known if ns is None else self._foreign.get(ns.ino, {})
         known: dict[int, Media | None] = {}
+        # A namespace that copied our mounts (unshare -m, a service's private namespace) holds the same
+        # devices: only a device mounted nowhere else is news.
+        elsewhere = set() if ns is None else {m.device for mid, m in self._table.items() if mid not in before}
         for mid, m in mounts.items():
-            if mid in self._known:
-                known[mid] = self._known[mid]
+            if mid in before:
+                known[mid] = before[mid]
                 continue
             # Each mount is judged once: a busy container host has many mounts.
-            known[mid] = media = self.removable(m)
+            media = self.removable(m, ns.root if ns is not None else "")
+            if media is not None and ns is not None and media.device in elsewhere:
+                media = None
+            known[mid] = media
             if media is not None:
-                events.append(Event("media.mount", self._sources.clock(), self.name, media=media))
-        for mid, gone in self._known.items():
+                detail = None if ns is None else \
+                    f"mounted at {m.mount} in another mount namespace (mnt:[{ns.ino}], pid {ns.pid})"
+                events.append(Event("media.mount", self._sources.clock(), self.name, media=media, detail=detail))
+        for mid, gone in before.items():
             if mid not in mounts and gone is not None:
                 events.append(Event("media.unmount", self._sources.clock(), self.name, media=gone))
-        self._known = known
-        seen = self._sources.clock()
-        with self._lock:
-            self._table = {mid: m for mid, m in known.items() if m is not None}
-            mounts_now = {m.mount for m in self._table.values() if m.mount}
-            self._since = {m: self._since.get(m, seen) for m in mounts_now}
+        if ns is None:
+            self._known = known
+        else:
+            self._foreign[ns.ino] = known
+        self._publish()
         return events
 
+    def forget(self, ns: Namespace) -> list[Event]:
+        """Namespace ``ns`` is gone: its media were unmounted with it."""
+        gone = self._foreign.pop(ns.ino, {})
+        self._publish()
+        return [Event("media.unmount", self._sources.clock(), self.name, media=m) for m in gone.values() if m]
+
+    def _publish(self) -> None:
+        seen = self._sources.clock()
+        table = {mid: m for mid, m in self._known.items() if m is not None}
+        for mounts in self._foreign.values():
+            table.update((mid, m) for mid, m in mounts.items() if m is not None)
+        with self._lock:
+            self._table = table
+            mounts_now = {m.mount for m in table.values() if m.mount}
+            self._since = {m: self._since.get(m, seen) for m in mounts_now}
+
+    def sweep_now(self) -> None:
+        """A hook for sources that see mount and namespace system calls: look at other namespaces now."""
+        if self._namespaces is not None:
+            self._namespaces.hint()
+
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        """Report current removable mounts, then every change until ``stop``."""
+        """Report current removable mounts, then every change until ``stop``, in every mount namespace."""
         fd = os.open(self._mountinfo, os.O_RDONLY | os.O_CLOEXEC)
+        self._namespaces = spaces = Namespaces(self._sources.proc_root)
         self.health.mode, self.health.up = "mountinfo", True
         try:
-            poller = select.poll()
-            poller.register(fd, select.POLLPRI | select.POLLERR)
             self._emit_all(self.scan(_read_fd(fd)), emit)
+            poller, by_fd = self._poller(fd, spaces)
+            next_sweep = 0.0
             while not stop.is_set():
-                if poller.poll(_POLL_MS):
-                    self._emit_all(self.scan(_read_fd(fd)), emit)
+                now = time.monotonic()
+                if now >= next_sweep or spaces.hinted():
+                    next_sweep = now + SWEEP_EVERY
+                    new, gone = spaces.sweep()
+                    for ns in gone:
+                        self._emit_all(self.forget(ns), emit)
+                    for ns in new:
+                        self._emit_all(self._scan_ns(ns), emit)
+                    poller, by_fd = self._poller(fd, spaces)
+                for ready, _ev in poller.poll(_POLL_MS):
+                    where = by_fd.get(ready)
+                    self._emit_all(self.scan(_read_fd(fd)) if where is None else self._scan_ns(where), emit)
         finally:
             self.health.up = False
             os.close(fd)
+            spaces.close()
+            self._namespaces = None
+
+    def _poller(self, fd: int, spaces: Namespaces) -> tuple[select.poll, dict[int, Namespace]]:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI | select.POLLERR)
+        by_fd = {ns.fd: ns for ns in spaces.known.values()}
+        for other in by_fd:
+            poller.register(other, select.POLLPRI | select.POLLERR)
+        return poller, by_fd
+
+    def _scan_ns(self, ns: Namespace) -> list[Event]:
+        try:
+            text = _read_fd(ns.fd)
+        except OSError:  # its process went: the next sweep reads it through another, or forgets it
+            return []
+        if not text:  # likewise (a namespace always has a root mount)
+            return []
+        return self.scan(text, ns)
 
     def _emit_all(self, events: list[Event], emit: Emit) -> None:
         for e in events:

@@ -207,6 +207,41 @@ def test_a_copy_made_the_instant_after_mount_is_caught(desk: Desk, stick: Stick)
     assert agent.on(mnt / "already-there.jpg") == [] and agent.on(mnt / "old-secret.txt") == []
 
 
+@pytest.mark.root
+@needs
+def test_a_stick_mounted_in_a_private_mount_namespace_is_seen(desk: Desk, stick: Stick, tmp_path: Path) -> None:
+    ours = Stick.make(tmp_path / "ours.img", "ext4")  # mounted here first: a namespace copies it, nothing new
+    try:
+        ours.mount(desk.media / "ours")
+        (desk.media / "hidden").mkdir()
+        agent = Agent(desk)
+        hider = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f"mount {stick.device} {desk.media / 'hidden'} && cp {desk.plan} {desk.media / 'hidden'}/x.dat "
+             "&& echo ok && exec sleep 30"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert hider.stdout is not None and hider.stdout.readline().strip() == "ok"
+            agent.wait(lambda: any(e.kind == "file.create" and (e.file.path or "").endswith("/hidden/x.dat")
+                                   for e in agent.events))
+            time.sleep(1.0)
+        finally:
+            hider.kill()
+            hider.wait()
+            agent.close()
+    finally:
+        ours.release()
+    mounts = [e for e in agent.events if e.kind == "media.mount"]
+    assert [e.media.mount for e in mounts if e.media.device == ours.device] == [str(desk.media / "ours")]
+    (hidden,) = [e for e in mounts if e.media.device == stick.device]
+    assert hidden.media.mount is not None and hidden.media.mount.endswith(f"/root{desk.media / 'hidden'}")
+    assert hidden.detail is not None and "another mount namespace" in hidden.detail
+    assert "BM-MEDIA-003" in desk.rules(hidden)
+    (copy,) = [e for e in agent.events if e.kind == "file.create" and (e.file.path or "").endswith("/hidden/x.dat")]
+    assert copy.file.path == f"{hidden.media.mount}/x.dat" and copy.file.on_removable is True
+    assert copy.file.source_path == str(desk.plan)
+    assert "BM-MEDIA-001" in desk.rules(copy)
+
+
 def _sha256(path: Path) -> str:
     import hashlib
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,100 @@
+"""Mount namespaces other than the agent's: which exist, and a mountinfo to watch for each.
+
+A stick mounted inside a private mount namespace (``unshare -m``, a
+container, a service's own namespace) is not in the agent's mount table.
+Each namespace is found by a sweep of ``/proc/*/ns/mnt`` (distinct nsfs
+inodes), and its table is read through one of its processes'
+``/proc/PID/mountinfo``, which the kernel wakes with POLLPRI on every change
+there as it does our own. The sweep runs every ``SWEEP_EVERY`` seconds, and
+at once when ``hint`` is called: a source that sees mount or namespace
+system calls (the kernel audit source) can call it to cut the delay.
+Paths inside a namespace are reached from ours as ``/proc/PID/root/...``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+SWEEP_EVERY = 1.0
+
+
+@dataclass(slots=True)
+class Namespace:
+    """A foreign mount namespace: its nsfs inode, the process we read it through, that process's mountinfo."""
+
+    ino: int
+    pid: int
+    fd: int
+
+    @property
+    def root(self) -> str:
+        """Where this namespace's ``/`` is reached from ours."""
+        return f"/proc/{self.pid}/root"
+
+
+class Namespaces:
+    """The foreign mount namespaces of the host, kept by ``sweep``."""
+
+    def __init__(self, proc_root: Path = Path("/proc")) -> None:
+        self.proc = proc_root
+        self.known: dict[int, Namespace] = {}
+        self._own = self._ns_of("self")
+        self._hint = threading.Event()
+
+    def _ns_of(self, pid: str) -> int | None:
+        try:
+            return os.stat(self.proc / pid / "ns" / "mnt").st_ino
+        except OSError:
+            return None
+
+    def hint(self) -> None:
+        """A mount or a new namespace may have appeared: sweep at the next chance."""
+        self._hint.set()
+
+    def hinted(self) -> bool:
+        """Whether a hint came since the last sweep (and forget it)."""
+        if self._hint.is_set():
+            self._hint.clear()
+            return True
+        return False
+
+    def sweep(self) -> tuple[list[Namespace], list[Namespace]]:
+        """Find namespaces that appeared and went since the last sweep: (new, gone)."""
+        seen: dict[int, int] = {}
+        try:
+            pids = [d for d in os.listdir(self.proc) if d.isdigit()]
+        except OSError:
+            return [], []
+        for entry in pids:
+            ino = self._ns_of(entry)
+            if ino is not None and ino != self._own and ino not in seen:
+                seen[ino] = int(entry)
+        new: list[Namespace] = []
+        for ino, pid in seen.items():
+            ns = self.known.get(ino)
+            if ns is not None and self._ns_of(str(ns.pid)) == ino:
+                continue
+            if ns is not None:  # the process we read it through is gone: read it through another
+                os.close(ns.fd)
+            try:
+                fd = os.open(self.proc / str(pid) / "mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.known.pop(ino, None)
+                continue
+            self.known[ino] = Namespace(ino, pid, fd)
+            if ns is None:
+                new.append(self.known[ino])
+        gone = [ns for ino, ns in self.known.items() if ino not in seen]
+        for ns in gone:
+            os.close(ns.fd)
+            del self.known[ns.ino]
+        return new, gone
+
+    def close(self) -> None:
+        """Close every mountinfo held."""
+        for ns in self.known.values():
+            os.close(ns.fd)
+        self.known.clear()
