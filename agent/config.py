@@ -37,11 +37,12 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 
 @dataclass(frozen=True, slots=True)
 class JournalConfig:
-    """Journal retention and signing cadence."""
+    """Journal retention, signing cadence and crypto suite (intl: SHA-256/Ed25519, gm: SM3/SM2)."""
 
     retention_days: int = 180
     max_size_mb: int = 2048
     checkpoint_every: int = 1000
+    crypto: str = "intl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +240,15 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
     if "journal" not in top:
         return JournalConfig()
     j = expect_map(top["journal"], top.at("journal"), problems, "journal",
-                   optional=("retention_days", "max_size_mb", "checkpoint_every"))
+                   optional=("retention_days", "max_size_mb", "checkpoint_every", "crypto"))
     if j is None:
         return JournalConfig()
     d = JournalConfig()
+    crypto = j.get("crypto", d.crypto)
+    if crypto not in ("intl", "gm"):
+        problems.add(j.at("crypto"), f"journal.crypto must be intl (SHA-256, Ed25519) or gm (SM3, SM2), "
+                                     f"not {crypto!r}")
+        crypto = d.crypto
     return JournalConfig(
         expect_int(j.get("retention_days", d.retention_days), j.at("retention_days"), problems,
                    "journal.retention_days", 1) or d.retention_days,
@@ -250,4 +256,5 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
                    1) or d.max_size_mb,
         expect_int(j.get("checkpoint_every", d.checkpoint_every), j.at("checkpoint_every"), problems,
                    "journal.checkpoint_every", 1) or d.checkpoint_every,
+        crypto,
     )

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
                       period={"since": _iso(since), "until": _iso(until)}, clock=lambda: now)
     print(f"wrote {s.path}: host {s.host}, records {s.first_seq}..{s.last_seq} ({s.records}), "
           f"{s.checkpoints} checkpoints")
-    print(f"sha256 {s.sha256}")
+    print(f"crypto suite: {s.suite}")
+    print(f"{'sm3' if s.suite == 'gm' else 'sha256'} {s.digest}")
     print(f"key fingerprint: {s.fingerprint}")
     return 0

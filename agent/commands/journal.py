@@ -24,13 +24,14 @@ def register(sub: Any) -> None:
 def pubkey(args: argparse.Namespace) -> int:
     """Print the PEM on stdout (the fingerprint on stderr, so the PEM can be redirected)."""
     from agent.journal.locate import state_dir
-    from agent.journal.signing import fingerprint, load_private_key, public_pem
+    from agent.journal.signing import load_private_key
     from agent.journal.store import KEY_FILE
 
-    public = load_private_key(state_dir(args) / KEY_FILE).public_key()
+    public = load_private_key(state_dir(args) / KEY_FILE).public()
     if args.fingerprint:
-        print(fingerprint(public))
+        print(public.fingerprint)
         return 0
-    sys.stdout.write(public_pem(public))
-    print(f"fingerprint: {fingerprint(public)}", file=sys.stderr)
+    sys.stdout.write(public.pem())
+    print(f"crypto suite: {public.suite.describe()}", file=sys.stderr)
+    print(f"fingerprint ({public.suite.hash_name}): {public.fingerprint}", file=sys.stderr)
     return 0

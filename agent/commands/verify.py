@@ -32,10 +32,12 @@ def run(args: argparse.Namespace) -> int:
     r = verify_journal(journal_path(args), args.pubkey)
     if not r.ok:
         print(f"FAILED journal {r.path}: {r.problem}", file=sys.stderr)
+        print(f"crypto suite: {_suite(r.suite)}", file=sys.stderr)
         if r.records:
             print(f"records {r.first_seq}..{r.last_seq} before it verified", file=sys.stderr)
         return 1
     print(f"OK journal {r.path}")
+    print(f"crypto suite: {_suite(r.suite)}")
     if r.records:
         print(f"records: {r.first_seq}..{r.last_seq} ({r.records})")
     else:
@@ -57,12 +59,21 @@ def _bundle(args: argparse.Namespace) -> int:
     r = verify_bundle(args.bundle, args.pubkey)
     if not r.ok:
         print(f"FAILED bundle {r.path}: {r.problem}", file=sys.stderr)
+        if r.fingerprint:  # the header was read, so its suite is known
+            print(f"crypto suite: {_suite(r.suite)}", file=sys.stderr)
         return 1
     period = ", ".join(f"{k} {v}" for k, v in r.period.items() if v is not None) or "everything"
     print(f"OK bundle {r.path}")
+    print(f"crypto suite: {_suite(r.suite)}")
     print(f"host: {r.host}")
     print(f"period: {period}")
     print(f"records: {r.first_seq}..{r.last_seq} ({r.records}), {r.checkpoints} checkpoints")
     print(f"chain head: seq {r.last_seq} hash {r.head_hash}")
     print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
     return 0
+
+
+def _suite(name: str) -> str:
+    from agent.crypto.suite import suite
+
+    return suite(name).describe()

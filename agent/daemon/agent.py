@@ -25,7 +25,7 @@ from agent.daemon.supervisor import Supervisor
 from agent.daemon.watcher import FileWatcher
 from agent.engine.engine import Engine
 from agent.engine.rules import load_rules
-from agent.errors import DutyWatchError, LoadError, LoadErrors
+from agent.errors import DutyWatchError, LoadError, LoadErrors, Location
 from agent.events import Event
 from agent.exporter import Exporter
 from agent.journal.errors import JournalCorruptError
@@ -143,7 +143,6 @@ class Agent:
     def _forwarder(self, cfg: Config) -> Any:
         if cfg.forward_syslog is None:
             return None
-        from agent.errors import Location
         from agent.forward.forwarder import SyslogForwarder
         from agent.forward.target import parse_target
         target = parse_target(cfg.forward_syslog, Location(cfg.path))
@@ -222,6 +221,11 @@ class Agent:
         """
         try:
             new = load_all(self.config_path, self.state_dir_override)
+            if new.config.journal.crypto != self.journal.suite.name:
+                raise LoadError(Location(new.config.path),
+                                f"journal.crypto changed from {self.journal.suite.name} to "
+                                f"{new.config.journal.crypto}: a journal never mixes suites; the running journal "
+                                "keeps its suite (to switch, stop the agent and start a new journal)")
         except (LoadError, LoadErrors) as exc:
             errors = [str(e) for e in (exc.errors if isinstance(exc, LoadErrors) else [exc])]
             for line in errors:

@@ -2,12 +2,13 @@
 
 A bundle is one file of JSON lines, each in canonical form:
 
-- a header: host, period, the public key, and where the excerpt starts
-  (its first seq and the hash that record follows);
+- a header: host, period, the crypto suite (``intl``: SHA-256 and Ed25519;
+  ``gm``: SM3 and SM2, those of the journal), the public key, and where the
+  excerpt starts (its first seq and the hash that record follows);
 - the records in seq order, each with its chain link, and after a record any
   journal checkpoint that signed it;
-- a manifest: counts, the chain head, the SHA-256 of every byte before it,
-  all signed with the journal's key.
+- a manifest: counts, the chain head, the suite's hash of every byte before
+  it (field ``sha256`` or ``sm3``), all signed with the journal's key.
 
 The excerpt is a contiguous run of seq numbers, from the first record at or
 after ``since`` to the last at or before ``until``; a record inside it whose
@@ -16,7 +17,6 @@ clock had jumped is kept, so the chain stays whole.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 from collections.abc import Callable
@@ -45,8 +45,9 @@ class BundleSummary:
     first_seq: int
     last_seq: int
     head_hash: str
-    sha256: str
+    digest: str  # the suite's hash of the bundle before its manifest
     fingerprint: str
+    suite: str = "intl"
 
 
 def _line(obj: Any) -> bytes:
@@ -79,6 +80,9 @@ def export_bundle(db_path: Path, key_path: Path, out: Path, *, since: float | No
     try:
         if meta.get("fingerprint") != signer.fingerprint:
             raise BundleError(f"{key_path}: not the key of journal {db_path}")
+        if db.suite_of(meta, db_path) is not signer.suite:
+            raise BundleError(f"{db_path}: journal records crypto suite {db.crypto_of(meta)}, its key "
+                              f"{key_path} is {signer.suite.name}; the journal's suite was altered")
         conn.execute("BEGIN")  # one snapshot while the agent goes on appending
         span = _seq_range(conn, since, until)
         if span is None:
@@ -105,14 +109,16 @@ def _write(conn: sqlite3.Connection, f: BinaryIO, span: tuple[int, int], meta: d
     first, last = span
     prev_row = conn.execute("SELECT prev FROM records WHERE seq = ?", (first,)).fetchone()
     host = meta.get("host", "")
-    digest = hashlib.sha256()
+    suite = signer.suite
+    digest = suite.new_hash()
 
     def emit(data: bytes) -> None:
         digest.update(data)
         f.write(data)
 
     emit(_line({"kind": "header", "bundle": FORMAT, "version": VERSION, "host": host, "created": now,
-                "period": period, "public_key": public_pem(signer.public), "fingerprint": signer.fingerprint,
+                "period": period, "crypto": suite.name, "public_key": public_pem(signer.public),
+                "fingerprint": signer.fingerprint,
                 "start": {"seq": first, "prev": prev_row[0]}}))
     cps = conn.cursor().execute("SELECT seq, hash, time, host, key, signature FROM checkpoints "
                                 "WHERE seq >= ? AND seq <= ? ORDER BY seq", (first, last))
@@ -134,6 +140,7 @@ def _write(conn: sqlite3.Connection, f: BinaryIO, span: tuple[int, int], meta: d
     if count != last - first + 1:
         raise JournalError(f"journal has gaps between seq {first} and {last}; run dutywatch verify")
     manifest = {"kind": "manifest", "host": host, "records": count, "checkpoints": n_cp,
-                "first_seq": first, "last_seq": last, "head_hash": head, "sha256": digest.hexdigest()}
+                "first_seq": first, "last_seq": last, "head_hash": head, suite.digest_field: digest.hexdigest()}
     f.write(_line({**manifest, "signature": signer.sign("bundle", manifest)}))
-    return BundleSummary(out, host, count, n_cp, first, last, head, digest.hexdigest(), signer.fingerprint)
+    return BundleSummary(out, host, count, n_cp, first, last, head, digest.hexdigest(), signer.fingerprint,
+                         suite.name)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from agent.crypto.suite import INTL, SUITE_NAMES, Hasher, PublicKey, Suite, SuiteError, suite
 from agent.journal.bundle import FORMAT, VERSION
 from agent.journal.chain import canonical_bytes
 from agent.journal.errors import JournalError
@@ -33,6 +31,7 @@ class BundleReport:
     fingerprint: str
     key_source: str
     problem: Problem | None
+    suite: str = "intl"
 
     @property
     def ok(self) -> bool:
@@ -70,12 +69,13 @@ def _parse(lineno: int, raw: bytes) -> dict[str, Any]:
 
 
 class _Checker:
-    def __init__(self, path: Path, pubkey: Ed25519PublicKey | Path | None) -> None:
+    def __init__(self, path: Path, pubkey: PublicKey | Path | None) -> None:
         self.path = path
         self.pubkey = pubkey
-        self.digest = hashlib.sha256()
+        self.suite: Suite = INTL
+        self.digest: Hasher = INTL.new_hash()
         self.header: dict[str, Any] = {}
-        self.public: Ed25519PublicKey | None = None
+        self.public: PublicKey | None = None
         self.source = ""
         self.walker = ChainWalker(0, None, "the bundle's start")
         self.checkpoints = 0
@@ -88,20 +88,35 @@ class _Checker:
             raise _bundle_problem(
                 f"bundle format version {obj.get('version')!r}; this DutyWatch reads {VERSION}")
         self.header = obj
+        crypto = obj.get("crypto", INTL.name)  # bundles from before suites are intl
+        if crypto not in SUITE_NAMES:
+            raise _bundle_problem(f"the header names crypto suite {crypto!r}, which this DutyWatch does not know")
+        try:
+            self.suite = suite(crypto)
+        except SuiteError as exc:
+            raise JournalError(f"{self.path}: bundle uses crypto suite {crypto}: {exc}") from exc
+        self.digest = self.suite.new_hash()
         try:
             embedded = load_public_pem(str(obj.get("public_key", "")), f"{self.path} (bundle's key)")
         except JournalError:
             raise _bundle_problem("the header's public key is unreadable (bundle altered)") from None
+        if embedded.suite is not self.suite:
+            raise _bundle_problem(f"the header says crypto suite {self.suite.name} but holds an "
+                                  f"{embedded.suite.sign_name} key (bundle altered)")
         if fingerprint(embedded) != obj.get("fingerprint"):
             raise _bundle_problem("the header's key fingerprint does not match its key (bundle altered)")
         if self.pubkey is None:
             self.public = embedded
             self.source = "the bundle's own key (pass --pubkey to check against the host's trusted key)"
         else:
-            if isinstance(self.pubkey, Ed25519PublicKey):
+            if isinstance(self.pubkey, PublicKey):
                 self.public, self.source = self.pubkey, "given key"
             else:
                 self.public, self.source = load_public_key_file(self.pubkey), str(self.pubkey)
+            if self.public.suite is not self.suite:
+                raise _bundle_problem(
+                    f"signed in crypto suite {self.suite.describe()}, but the trusted key {self.source} is an "
+                    f"{self.public.suite.sign_name} key (suite {self.public.suite.name}): not this host's key")
             trusted = fingerprint(self.public)
             if trusted != fingerprint(embedded):
                 raise _bundle_problem(
@@ -111,7 +126,7 @@ class _Checker:
         if not (isinstance(start, dict) and isinstance(start.get("seq"), int)
                 and isinstance(start.get("prev"), str)):
             raise _bundle_problem("the header does not say where the excerpt starts (bundle altered)")
-        self.walker = ChainWalker(start["seq"], start["prev"], "the bundle's signed start")
+        self.walker = ChainWalker(start["seq"], start["prev"], "the bundle's signed start", self.suite)
 
     def body_line(self, lineno: int, obj: dict[str, Any]) -> None:
         kind = obj.get("kind")
@@ -149,9 +164,9 @@ class _Checker:
         fields = {k: v for k, v in obj.items() if k != "signature"}
         if not verify_signature(self.public, str(obj.get("signature")), "bundle", fields):
             raise _bundle_problem("the manifest's signature does not verify (manifest altered or forged)")
-        if obj.get("sha256") != self.digest.hexdigest():
+        if obj.get(self.suite.digest_field) != self.digest.hexdigest():
             raise _bundle_problem(
-                "content changed after signing: its SHA-256 differs from the signed manifest")
+                f"content changed after signing: its {self.suite.hash_name} differs from the signed manifest")
         w = self.walker
         if obj.get("records") != w.count:
             raise _bundle_problem(f"holds {w.count} records, the signed manifest says {obj.get('records')} "
@@ -165,7 +180,7 @@ class _Checker:
         self.manifest = obj
 
 
-def verify_bundle(path: Path, pubkey: Ed25519PublicKey | Path | None = None) -> BundleReport:
+def verify_bundle(path: Path, pubkey: PublicKey | Path | None = None) -> BundleReport:
     """Check every line of the bundle at ``path``; the report names the first thing wrong."""
     c = _Checker(Path(path), pubkey)
     problem: Problem | None = None
@@ -192,4 +207,4 @@ def verify_bundle(path: Path, pubkey: Ed25519PublicKey | Path | None = None) -> 
     period = c.header.get("period")
     return BundleReport(str(path), str(c.header.get("host", "")), period if isinstance(period, dict) else {},
                         w.count, c.checkpoints, w.expected_seq - w.count, w.expected_seq - 1, w.last_hash,
-                        fingerprint(c.public) if c.public else "", c.source, problem)
+                        fingerprint(c.public) if c.public else "", c.source, problem, c.suite.name)

@@ -1,6 +1,7 @@
 """The hash chain: canonical JSON of a record and how each hash links to the last.
 
-A record's hash is SHA-256 over ``prev_hash | seq | canonical_json``. The
+A record's hash is the journal suite's hash (SHA-256 for ``intl``, SM3 for
+``gm``) over ``prev_hash | seq | canonical_json``. The
 sequence number is inside the hash so that renumbering rows (moving a record)
 breaks the chain just as editing one does; time is only data in the record.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.crypto.suite import Hasher
 from agent.journal.errors import RecordError
 
 GENESIS = "0" * 64
@@ -31,9 +34,12 @@ def canonical_bytes(obj: Any) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
-def link_hash(prev: str, seq: int, body: bytes) -> str:
-    """The hash of record ``seq`` whose canonical JSON is ``body``, following ``prev``."""
-    h = hashlib.sha256()
+def link_hash(prev: str, seq: int, body: bytes, new_hash: Callable[[], Hasher] = hashlib.sha256) -> str:
+    """The hash of record ``seq`` whose canonical JSON is ``body``, following ``prev``.
+
+    ``new_hash`` is the journal suite's hash constructor (``Suite.new_hash``).
+    """
+    h = new_hash()
     h.update(prev.encode("utf-8", "surrogatepass"))
     h.update(b"|%d|" % seq)
     h.update(body)
@@ -113,11 +119,12 @@ class Link:
     keys: IndexKeys
 
 
-def make_link(prev: str, seq: int, record: dict[str, Any]) -> Link:
+def make_link(prev: str, seq: int, record: dict[str, Any],
+              new_hash: Callable[[], Hasher] = hashlib.sha256) -> Link:
     """Validate, canonicalise and hash one record as number ``seq`` after ``prev``."""
     keys = index_keys(record)
     try:
         body = canonical_bytes(record)
     except (TypeError, ValueError) as exc:
         raise RecordError(f"{keys.type} record is not plain JSON data: {exc}") from exc
-    return Link(seq, prev, link_hash(prev, seq, body), body, keys)
+    return Link(seq, prev, link_hash(prev, seq, body, new_hash), body, keys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from agent.crypto.suite import DEFAULT_SUITE, SUITE_NAMES, Suite, SuiteError, suite
 from agent.journal.errors import JournalCorruptError, JournalError, JournalLockedError
 
 FORMAT = "dutywatch-journal"
@@ -139,3 +140,31 @@ def open_reader(path: Path) -> tuple[sqlite3.Connection, dict[str, str]]:
     except JournalError:
         conn.close()
         raise
+
+
+def crypto_of(meta: dict[str, str]) -> str:
+    """The crypto suite a journal recorded at its creation (journals from before suites: intl)."""
+    return meta.get("crypto", DEFAULT_SUITE)
+
+
+def suite_of(meta: dict[str, str], path: Path) -> Suite:
+    """The journal's crypto suite, ready to use; JournalError when unknown or unavailable."""
+    name = crypto_of(meta)
+    if name not in SUITE_NAMES:
+        raise JournalError(f"{path}: journal uses crypto suite {name!r}, which this DutyWatch does not know")
+    try:
+        return suite(name)
+    except SuiteError as exc:
+        raise JournalError(f"{path}: journal uses crypto suite {name}: {exc}") from exc
+
+
+def peek_crypto(path: Path) -> str | None:
+    """The suite an existing journal recorded; None when there is none yet or it cannot be read."""
+    try:
+        if path.stat().st_size == 0:
+            return None
+        conn, meta = open_reader(path)
+    except (OSError, JournalError):
+        return None  # opening it for writing reports what is wrong
+    conn.close()
+    return crypto_of(meta)

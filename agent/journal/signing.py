@@ -1,52 +1,45 @@
-"""The journal's Ed25519 key, and what it signs: checkpoints, prune anchors, bundles.
+"""The journal's key, and what it signs: checkpoints, prune anchors, bundles.
 
-Every signed message is canonical JSON with a ``sig`` field naming what it is,
-so a signature made for one purpose can never pass for another.
+The key belongs to one crypto suite (``agent.crypto.suite``): Ed25519 for
+``intl``, SM2 for ``gm``. Every signed message is canonical JSON with a
+``sig`` field naming what it is, so a signature made for one purpose can
+never pass for another.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from agent.crypto.suite import PrivateKey, PublicKey, Suite, SuiteError
+from agent.crypto.suite import load_private_pem as _load_private_pem
+from agent.crypto.suite import load_public_pem as _load_public_pem
 from agent.journal.chain import canonical_bytes
 from agent.journal.errors import JournalError
 from agent.journal.statedir import FILE_MODE, check_private
 
 
-def fingerprint(public: Ed25519PublicKey) -> str:
-    """SHA-256 of the raw 32-byte public key, in hex."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+def fingerprint(public: PublicKey) -> str:
+    """The key's fingerprint in its suite's hash, hex."""
+    return public.fingerprint
 
 
-def public_pem(public: Ed25519PublicKey) -> str:
+def public_pem(public: PublicKey) -> str:
     """The public key as PEM (SubjectPublicKeyInfo), as ``journal pubkey`` prints it."""
-    return public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode("ascii")
+    return public.pem()
 
 
-def load_public_pem(text: str | bytes, where: str) -> Ed25519PublicKey:
-    """Read an Ed25519 public key from PEM; JournalError names ``where``."""
+def load_public_pem(text: str | bytes, where: str) -> PublicKey:
+    """Read an Ed25519 or SM2 public key from PEM; JournalError names ``where``."""
     data = text.encode("ascii", "replace") if isinstance(text, str) else text
     try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
-        raise JournalError(f"{where}: not a PEM public key ({exc})") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise JournalError(f"{where}: not an Ed25519 public key")
-    return key
+        return _load_public_pem(data)
+    except SuiteError as exc:
+        raise JournalError(f"{where}: {exc}") from exc
 
 
-def load_public_key_file(path: Path) -> Ed25519PublicKey:
+def load_public_key_file(path: Path) -> PublicKey:
     """Read a trusted public key given with ``--pubkey``."""
     try:
         data = path.read_bytes()
@@ -55,7 +48,7 @@ def load_public_key_file(path: Path) -> Ed25519PublicKey:
     return load_public_pem(data, str(path))
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
+def load_private_key(path: Path) -> PrivateKey:
     """Read the journal key, refusing one that other users can read."""
     check_private(path, "journal signing key")
     try:
@@ -65,27 +58,24 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     except OSError as exc:
         raise JournalError(f"{path}: cannot read journal signing key: {exc.strerror}") from exc
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise JournalError(f"{path}: not a PEM private key ({exc})") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise JournalError(f"{path}: not an Ed25519 private key")
-    return key
+        return _load_private_pem(data)
+    except SuiteError as exc:
+        raise JournalError(f"{path}: {exc}") from exc
 
 
-def load_or_create_key(path: Path) -> Ed25519PrivateKey:
-    """The journal key at ``path``; generated 0600 on first run."""
+def load_or_create_key(path: Path, suite: Suite) -> PrivateKey:
+    """The journal key at ``path``, which must be of ``suite``; generated 0600 on first run."""
     if path.exists() or path.is_symlink():
-        return load_private_key(path)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+        return _of_suite(path, load_private_key(path), suite)
+    try:
+        key = suite.generate_key()
+    except SuiteError as exc:
+        raise JournalError(f"journal.crypto {suite.name}: {exc}") from exc
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
-        os.write(fd, pem)
+        os.write(fd, key.private_pem())
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -93,8 +83,18 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         os.link(tmp, path)  # never replace a key another process made meanwhile
     except FileExistsError:
         os.unlink(tmp)
-        return load_private_key(path)
+        return _of_suite(path, load_private_key(path), suite)
     os.unlink(tmp)
+    return key
+
+
+def _of_suite(path: Path, key: PrivateKey, suite: Suite) -> PrivateKey:
+    if key.suite is not suite:
+        raise JournalError(
+            f"{path}: an {key.suite.sign_name} key (crypto suite {key.suite.name}), but journal.crypto is "
+            f"{suite.name} ({suite.sign_name}); a journal never mixes suites: set journal.crypto back to "
+            f"{key.suite.name}, or move this key and its journal aside (keep them for their retention period) "
+            "to start a new journal")
     return key
 
 
@@ -103,32 +103,26 @@ def signed_message(purpose: str, fields: dict[str, Any]) -> bytes:
     return canonical_bytes({"sig": f"dutywatch.{purpose}.v1", **fields})
 
 
-@dataclass(frozen=True, slots=True)
 class Signer:
-    """Signs with the journal key; also knows its public half."""
+    """Signs with the journal key; also knows its public half and suite."""
 
-    key: Ed25519PrivateKey
+    __slots__ = ("fingerprint", "key", "public", "suite")
 
-    @property
-    def public(self) -> Ed25519PublicKey:
-        """The public key."""
-        return self.key.public_key()
-
-    @property
-    def fingerprint(self) -> str:
-        """SHA-256 of the raw public key, hex."""
-        return fingerprint(self.public)
+    def __init__(self, key: PrivateKey) -> None:
+        self.key = key
+        self.suite: Suite = key.suite
+        self.public: PublicKey = key.public()
+        self.fingerprint: str = self.public.fingerprint
 
     def sign(self, purpose: str, fields: dict[str, Any]) -> str:
         """Hex signature over ``signed_message(purpose, fields)``."""
         return self.key.sign(signed_message(purpose, fields)).hex()
 
 
-def verify_signature(public: Ed25519PublicKey, signature: str, purpose: str, fields: dict[str, Any]) -> bool:
+def verify_signature(public: PublicKey, signature: str, purpose: str, fields: dict[str, Any]) -> bool:
     """True when ``signature`` (hex) is the key's signature over these fields."""
     try:
-        public.verify(bytes.fromhex(signature), signed_message(purpose, fields))
-    except (InvalidSignature, ValueError, TypeError):
+        raw = bytes.fromhex(signature)
+    except (ValueError, TypeError):
         return False
-    return True
-
+    return public.verify(raw, signed_message(purpose, fields))

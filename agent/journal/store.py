@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from agent.crypto.suite import DEFAULT_SUITE, Suite, SuiteError, suite
 from agent.journal import db, retention
 from agent.journal.chain import GENESIS, Link, make_link
 from agent.journal.errors import JournalError
@@ -92,6 +93,11 @@ class JournalSettings(Protocol):
         """Records between signed checkpoints."""
         ...
 
+    @property
+    def crypto(self) -> str:
+        """The crypto suite of a new journal: intl or gm."""
+        ...
+
 
 class Journal:
     """Appends records to ``state_dir/journal.db`` and signs its head now and then.
@@ -110,9 +116,14 @@ class Journal:
         checkpoint_interval: float = 60.0,
         retention_days: float = 180,
         max_size_mb: float = 2048,
+        crypto: str = DEFAULT_SUITE,
     ) -> None:
         if checkpoint_every < 1:
             raise JournalError(f"journal.checkpoint_every must be at least 1, not {checkpoint_every}")
+        try:
+            self.suite: Suite = suite(crypto)
+        except SuiteError as exc:
+            raise JournalError(f"journal.crypto: {exc}") from exc
         self.state_dir = ensure_state_dir(Path(state_dir))
         self.path = self.state_dir / JOURNAL_FILE
         self.host = host
@@ -123,7 +134,8 @@ class Journal:
         self._clock = clock
         self._lock = WriterLock(self.state_dir / LOCK_FILE)
         try:
-            self._signer = Signer(load_or_create_key(self.state_dir / KEY_FILE))
+            self._refuse_other_suite(db.peek_crypto(self.path))
+            self._signer = Signer(load_or_create_key(self.state_dir / KEY_FILE, self.suite))
             self._conn = self._open()
         except BaseException:
             self._lock.release()
@@ -136,7 +148,18 @@ class Journal:
                       clock: Callable[[], float] = time.time) -> Journal:
         """Open with the config's ``journal:`` settings."""
         return cls(state_dir, host=host, clock=clock, checkpoint_every=settings.checkpoint_every,
-                   retention_days=settings.retention_days, max_size_mb=settings.max_size_mb)
+                   retention_days=settings.retention_days, max_size_mb=settings.max_size_mb,
+                   crypto=settings.crypto)
+
+    def _refuse_other_suite(self, recorded: str | None) -> None:
+        if recorded is None or recorded == self.suite.name:
+            return
+        raise JournalError(
+            f"{self.path}: this journal has used crypto suite {recorded} since its first record, but "
+            f"journal.crypto is now {self.suite.name}; a journal never mixes suites. Set journal.crypto "
+            f"back to {recorded}, or start a new journal: stop the agent, move {JOURNAL_FILE} (with its "
+            f"-wal and -shm files) and {KEY_FILE} out of {self.state_dir} and keep them for their "
+            "retention period (`dutywatch verify --journal` still checks them there)")
 
     def _open(self) -> sqlite3.Connection:
         create_private_file(self.path)
@@ -147,7 +170,11 @@ class Journal:
         fp = self._signer.fingerprint
         conn, meta = db.open_writer(self.path, {
             "host": self.host, "public_key": public_pem(self._signer.public), "fingerprint": fp,
+            "crypto": self.suite.name,
         })
+        if db.crypto_of(meta) != self.suite.name:
+            conn.close()
+            self._refuse_other_suite(db.crypto_of(meta))
         if meta.get("fingerprint") != fp:
             conn.close()
             raise JournalError(
@@ -201,9 +228,10 @@ class Journal:
     def _links(self, records: Iterable[dict[str, Any]], head: Head) -> list[Link]:
         links: list[Link] = []
         prev, seq = head.hash, head.seq
+        new_hash = self.suite.new_hash
         for record in records:
             seq += 1
-            link = make_link(prev, seq, record)
+            link = make_link(prev, seq, record, new_hash)
             links.append(link)
             prev = link.hash
         return links
@@ -349,7 +377,7 @@ class Journal:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the raw public key, hex."""
+        """The public key's fingerprint in the journal's suite, hex."""
         return self._signer.fingerprint
 
     def stats(self) -> JournalStats:

@@ -6,8 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from agent.crypto.suite import PublicKey, Suite
 from agent.journal import db
 from agent.journal.chain import GENESIS
 from agent.journal.errors import JournalError
@@ -31,6 +30,7 @@ class VerifyReport:
     fingerprint: str
     key_source: str
     problem: Problem | None
+    suite: str = "intl"
 
     @property
     def ok(self) -> bool:
@@ -43,22 +43,22 @@ class VerifyReport:
         return max(0, self.last_seq - max(self.signed_seq, self.first_seq - 1))
 
 
-def trusted_key(db_path: Path, pubkey: Ed25519PublicKey | Path | None,
-                meta: dict[str, str]) -> tuple[Ed25519PublicKey, str]:
+def trusted_key(db_path: Path, pubkey: PublicKey | Path | None,
+                meta: dict[str, str]) -> tuple[PublicKey, str]:
     """The key to verify with, and where it came from.
 
     A key given by the auditor wins; next the journal's own key file beside
     it; last the public key the journal recorded about itself, which proves
     only that the file is consistent, so the report says so.
     """
-    if isinstance(pubkey, Ed25519PublicKey):
+    if isinstance(pubkey, PublicKey):
         return pubkey, "given key"
     if pubkey is not None:
         return load_public_key_file(pubkey), str(pubkey)
     key_file = db_path.parent / KEY_FILE
     if key_file.exists():
         try:
-            return load_private_key(key_file).public_key(), str(key_file)
+            return load_private_key(key_file).public(), str(key_file)
         except JournalError:
             pass
     if "public_key" not in meta:
@@ -67,43 +67,49 @@ def trusted_key(db_path: Path, pubkey: Ed25519PublicKey | Path | None,
             "the journal's own record of its key (pass --pubkey to check against a trusted copy)")
 
 
-def verify_journal(db_path: Path, pubkey: Ed25519PublicKey | Path | None = None) -> VerifyReport:
-    """Check the whole journal at ``db_path``; the report names the first bad record."""
+def verify_journal(db_path: Path, pubkey: PublicKey | Path | None = None) -> VerifyReport:
+    """Check the whole journal at ``db_path`` in its own crypto suite; the report names the first bad record."""
     db_path = Path(db_path)
     conn, meta = db.open_reader(db_path)
     try:
+        suite = db.suite_of(meta, db_path)
         public, source = trusted_key(db_path, pubkey, meta)
+        if public.suite is not suite:
+            problem = Problem(0, f"the journal records crypto suite {suite.describe()}, but the key from "
+                                 f"{source} is an {public.suite.sign_name} key (suite {public.suite.name}): "
+                                 "not this journal's key, or the journal's suite was altered", "journal")
+            return VerifyReport(str(db_path), 0, 1, 0, "", 0, 0, public.fingerprint, source, problem, suite.name)
         try:
             # One read snapshot for every query, while the agent goes on writing.
             conn.execute("BEGIN")
-            return _walk(conn, db_path, public, source)
+            return _walk(conn, db_path, public, source, suite)
         except sqlite3.Error as exc:
             raise db.translate(db_path, exc) from exc
     finally:
         conn.close()
 
 
-def _walk(conn: sqlite3.Connection, path: Path, public: Ed25519PublicKey, source: str) -> VerifyReport:
+def _walk(conn: sqlite3.Connection, path: Path, public: PublicKey, source: str, suite: Suite) -> VerifyReport:
     fp = fingerprint(public)
     signed_seq = 0
     n_checkpoints = 0
 
     def report(problem: Problem | None, walker: ChainWalker) -> VerifyReport:
         return VerifyReport(str(path), walker.count, first, walker.expected_seq - 1, walker.last_hash,
-                            signed_seq, n_checkpoints, fp, source, problem)
+                            signed_seq, n_checkpoints, fp, source, problem, suite.name)
 
     anchor = conn.execute(
         "SELECT seq, prev, time, host, key, signature FROM anchors ORDER BY seq DESC LIMIT 1").fetchone()
     if anchor:
         first = int(anchor[0])
-        walker = ChainWalker(first, str(anchor[1]), f"the signed prune anchor at seq {first}")
+        walker = ChainWalker(first, str(anchor[1]), f"the signed prune anchor at seq {first}", suite)
         bad = check_signed(public, "prune anchor", first, anchor[4], anchor[5], "anchor",
                            {"seq": first, "prev": anchor[1], "time": anchor[2], "host": anchor[3]})
         if bad:
             return report(bad, walker)
     else:
         first = 1
-        walker = ChainWalker(1, GENESIS, "the start of the journal")
+        walker = ChainWalker(1, GENESIS, "the start of the journal", suite)
     checkpoints = conn.cursor().execute(
         "SELECT seq, hash, time, host, key, signature FROM checkpoints ORDER BY seq")
     cp = checkpoints.fetchone()
@@ -128,7 +134,7 @@ def _walk(conn: sqlite3.Connection, path: Path, public: Ed25519PublicKey, source
     return report(None, walker)
 
 
-def _check_checkpoint(public: Ed25519PublicKey, cp: tuple[int, str, float, str, str, str],
+def _check_checkpoint(public: PublicKey, cp: tuple[int, str, float, str, str, str],
                       record_hash: str | None) -> Problem | None:
     seq, digest, when, host, key, signature = cp
     bad = check_signed(public, "checkpoint", seq, key, signature, "checkpoint",

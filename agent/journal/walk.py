@@ -6,8 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from agent.crypto.suite import INTL, PublicKey, Suite
 from agent.journal.chain import INDEX_COLUMNS, canonical_bytes, index_keys, link_hash
 from agent.journal.errors import RecordError
 from agent.journal.signing import fingerprint, verify_signature
@@ -24,8 +23,8 @@ class Problem:
     def __str__(self) -> str:
         if self.subject == "record":
             return f"record {self.seq}: {self.what}"
-        if self.subject == "bundle":
-            return f"bundle: {self.what}"
+        if self.subject in ("bundle", "journal"):
+            return f"{self.subject}: {self.what}"
         return f"{self.subject} at seq {self.seq}: {self.what}"
 
 
@@ -36,7 +35,8 @@ def _short(h: str) -> str:
 class ChainWalker:
     """Follows the chain record by record; each ``check`` returns the first problem or None."""
 
-    def __init__(self, start_seq: int, start_prev: str | None, start_what: str) -> None:
+    def __init__(self, start_seq: int, start_prev: str | None, start_what: str, suite: Suite = INTL) -> None:
+        self.new_hash = suite.new_hash
         self.expected_seq = start_seq
         self.expected_prev = start_prev  # None: take the first record's link on trust (a bundle's start)
         self.start_what = start_what
@@ -58,7 +58,7 @@ class ChainWalker:
             after = self.start_what if self.count == 0 else f"record {seq - 1}"
             return Problem(seq, f"does not follow {after}: it links to {_short(prev)}, which is not "
                                 f"{_short(self.expected_prev)} (record inserted, removed or reordered)")
-        if link_hash(prev, seq, body) != digest:
+        if link_hash(prev, seq, body, self.new_hash) != digest:
             return Problem(seq, "content does not match its hash (record modified)")
         problem = _check_body(seq, body, columns)
         if problem:
@@ -89,7 +89,7 @@ def _check_body(seq: int, body: bytes, columns: tuple[Any, ...] | None) -> Probl
     return None
 
 
-def check_signed(public: Ed25519PublicKey, what: str, seq: int, key: str, signature: str,
+def check_signed(public: PublicKey, what: str, seq: int, key: str, signature: str,
                  purpose: str, fields: dict[str, Any]) -> Problem | None:
     """Check a checkpoint's or anchor's signature; name a wrong key apart from a forgery."""
     if verify_signature(public, signature, purpose, fields):

@@ -113,6 +113,10 @@ _S: dict[str, tuple[str, str]] = {
     "chain_head": ("链头哈希", "Chain head hash"),
     "seq_range": ("记录序号", "Records (seq)"),
     "fingerprint": ("密钥指纹", "Key fingerprint"),
+    "crypto_suite": ("密码算法", "Crypto suite"),
+    "suite_intl": ("intl：SHA-256 哈希链，Ed25519 签名", "intl: SHA-256 hash chain, Ed25519 signatures"),
+    "suite_gm": ("gm（国密）：SM3 哈希链，SM2 签名（标识 1234567812345678）",
+                 "gm (Chinese commercial cryptography): SM3 hash chain, SM2 signatures (ID 1234567812345678)"),
     "key_source": ("验证密钥来源", "Key used"),
     "period_seqs": ("本期记录序号", "Seqs in this period"),
     "statement": ("审计人员可以用以下命令独立核验（HOST-PUBKEY.pem 为该主机经可信渠道取得的公钥，"

@@ -213,7 +213,7 @@ def integrity(r: Report) -> Section:
     for i in r.integrity:
         result = tr(lang, "verify_ok") if i.ok else f"{tr(lang, 'verify_bad')}: {i.problem}"
         rows: tuple[tuple[str, ...], ...] = ((tr(lang, "source"), f"{i.kind} {i.path}"), (tr(lang, "host"), i.host),
-                (tr(lang, "result"), result),
+                (tr(lang, "result"), result), (tr(lang, "crypto_suite"), tr(lang, f"suite_{i.suite}")),
                 (tr(lang, "seq_range"), f"{i.first_seq}..{i.last_seq} ({i.records})"),
                 (tr(lang, "chain_head"), i.head_hash or "-"), (tr(lang, "fingerprint"), i.fingerprint),
                 (tr(lang, "key_source"), i.key_source))

@@ -7,7 +7,6 @@ records are streamed, one at a time, never all held in memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import sqlite3
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.crypto.suite import INTL, Suite, SuiteError
+from agent.crypto.suite import suite as get_suite
 from agent.journal import db
 from agent.journal.bundlecheck import verify_bundle
 from agent.journal.query import Query, iter_records
@@ -39,6 +40,7 @@ class Integrity:
     fingerprint: str
     key_source: str
     command: str
+    suite: str = "intl"  # the crypto suite the source was checked in: intl or gm
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ def journal_integrity(path: Path, pubkey: Path | None) -> Integrity:
     except Exception:  # noqa: S110 - the host name is only a label; verify already judged the file
         pass
     return Integrity("journal", str(path), host, r.ok, str(r.problem) if r.problem else "", r.records,
-                     r.first_seq, r.last_seq, r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd))
+                     r.first_seq, r.last_seq, r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite)
 
 
 def journal_records(path: Path, period: Period) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -113,7 +115,7 @@ def bundle_integrity(path: Path, keys_dir: Path | None) -> Integrity:
     cmd = ["dutywatch", "verify", "--bundle", str(path)]
     cmd += ["--pubkey", str(key) if key is not None else "HOST-PUBKEY.pem"]
     return Integrity("bundle", str(path), r.host, not problem, problem, r.records, r.first_seq, r.last_seq,
-                     r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd))
+                     r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite)
 
 
 def bundle_records(path: Path, period: Period) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -123,13 +125,17 @@ def bundle_records(path: Path, period: Period) -> Iterator[tuple[int, dict[str, 
     manifest, so a file changed between its check and this read is refused
     rather than half merged.
     """
-    digest = hashlib.sha256()
+    suite: Suite = INTL
+    digest = suite.new_hash()
     try:
         with path.open("rb") as f:
             for raw in f:
                 obj = json.loads(raw)
+                if obj.get("kind") == "header":
+                    suite = get_suite(obj.get("crypto", INTL.name))
+                    digest = suite.new_hash()
                 if obj.get("kind") == "manifest":
-                    if obj.get("sha256") != digest.hexdigest():
+                    if obj.get(suite.digest_field) != digest.hexdigest():
                         raise ReportError(f"{path}: bundle changed after it was verified; report abandoned")
                     return
                 digest.update(raw)
@@ -137,6 +143,6 @@ def bundle_records(path: Path, period: Period) -> Iterator[tuple[int, dict[str, 
                     yield int(obj["seq"]), obj["record"]
     except OSError as exc:
         raise ReportError(f"{path}: cannot read bundle: {exc.strerror}") from exc
-    except (ValueError, KeyError, AttributeError) as exc:
+    except (ValueError, KeyError, AttributeError, SuiteError) as exc:
         raise ReportError(f"{path}: bundle changed after it was verified ({exc}); report abandoned") from exc
     raise ReportError(f"{path}: bundle lost its manifest after it was verified; report abandoned")

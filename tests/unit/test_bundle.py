@@ -1,4 +1,4 @@
-"""Evidence bundles: exported, verified offline, and refused when anything was changed."""
+"""Evidence bundles: exported, verified offline, and refused when anything was changed, in both suites."""
 
 from __future__ import annotations
 
@@ -6,23 +6,23 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_journal_support import HOST, T0, finding, lifecycle, run_cli, stepping_clock
 
+from agent.crypto.suite import suite
 from agent.journal.bundle import export_bundle
 from agent.journal.bundlecheck import verify_bundle
 from agent.journal.errors import BundleError
-from agent.journal.signing import Signer, public_pem
+from agent.journal.signing import Signer, load_private_key, public_pem
 from agent.journal.store import Journal
 
 DAY = 86400.0
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Path:
-    """Ten days of findings, one an hour, checkpointed every 50."""
+def state(tmp_path: Path, crypto: str) -> Path:
+    """Ten days of findings, one an hour, checkpointed every 50, in suite ``crypto``."""
     s = tmp_path / "state"
-    with Journal(s, host=HOST, clock=stepping_clock(T0), checkpoint_every=50) as j:
+    with Journal(s, host=HOST, clock=stepping_clock(T0), checkpoint_every=50, crypto=crypto) as j:
         j.append(lifecycle("agent.start"))
         for start in range(0, 240, 10):
             j.append_many([finding(i, t=T0 + i * 3600) for i in range(start, start + 10)])
@@ -40,15 +40,19 @@ def _lines(p: Path) -> list[bytes]:
 
 
 def _pem(state: Path, tmp_path: Path) -> Path:
-    with Journal(state, host=HOST) as j:
-        (tmp_path / "host.pem").write_text(j.public_key_pem())
+    (tmp_path / "host.pem").write_text(load_private_key(state / "journal.key").public().pem())
     return tmp_path / "host.pem"
 
 
-def test_period_export_verifies(state: Path, tmp_path: Path) -> None:
+def test_period_export_verifies(state: Path, tmp_path: Path, crypto: str) -> None:
     out = _export(state, tmp_path / "b.jsonl", since=T0 + 2 * DAY, until=T0 + 3 * DAY)
     r = verify_bundle(out, _pem(state, tmp_path))
     assert r.ok, r.problem
+    assert r.suite == crypto
+    header, manifest = json.loads(_lines(out)[0]), json.loads(_lines(out)[-1])
+    assert header["crypto"] == crypto
+    field = suite(crypto).digest_field  # sha256 or sm3: the manifest names its hash
+    assert manifest[field] == suite(crypto).digest(b"".join(_lines(out)[:-1]))
     assert (r.first_seq, r.last_seq, r.records) == (50, 74, 25)  # hours 48..72 are seqs 50..74
     assert r.checkpoints == 1 and r.host == HOST
     assert (out.stat().st_mode & 0o777) == 0o600
@@ -64,12 +68,20 @@ def test_changed_byte_is_refused(state: Path, tmp_path: Path) -> None:
     assert "modified" in r.problem.what
 
 
-def test_changed_header_is_refused(state: Path, tmp_path: Path) -> None:
+def test_changed_header_is_refused(state: Path, tmp_path: Path, crypto: str) -> None:
     out = _export(state, tmp_path / "b.jsonl")
     data = out.read_bytes()
     out.write_bytes(data.replace(b'"created":', b'"created":1', 1))
     r = verify_bundle(out)
-    assert r.problem is not None and "SHA-256" in r.problem.what
+    assert r.problem is not None and suite(crypto).hash_name in r.problem.what
+
+
+def test_changed_suite_in_the_header_is_refused(state: Path, tmp_path: Path, crypto: str) -> None:
+    out = _export(state, tmp_path / "b.jsonl")
+    other = "gm" if crypto == "intl" else "intl"
+    out.write_bytes(out.read_bytes().replace(f'"crypto":"{crypto}"'.encode(), f'"crypto":"{other}"'.encode(), 1))
+    r = verify_bundle(out)
+    assert r.problem is not None and "bundle altered" in r.problem.what
 
 
 def test_every_single_byte_flip_is_refused(state: Path, tmp_path: Path) -> None:
@@ -109,20 +121,21 @@ def test_truncated_bundle_is_refused(state: Path, tmp_path: Path) -> None:
     assert r.problem is not None and "truncated" in r.problem.what
 
 
-def test_another_hosts_key_is_refused(state: Path, tmp_path: Path) -> None:
+def test_another_hosts_key_is_refused(state: Path, tmp_path: Path, crypto: str) -> None:
     out = _export(state, tmp_path / "b.jsonl")
     other = tmp_path / "other-host.pem"
-    other.write_text(public_pem(Ed25519PrivateKey.generate().public_key()))
+    other.write_text(public_pem(suite(crypto).generate_key().public()))
     r = verify_bundle(out, other)
     assert r.problem is not None and "not by the trusted key" in r.problem.what
+    other.write_text(public_pem(suite("gm" if crypto == "intl" else "intl").generate_key().public()))
+    r = verify_bundle(out, other)
+    assert r.problem is not None and "not this host's key" in r.problem.what
 
 
-def test_resigned_bundle_is_refused_by_its_checkpoints(state: Path, tmp_path: Path) -> None:
+def test_resigned_bundle_is_refused_by_its_checkpoints(state: Path, tmp_path: Path, crypto: str) -> None:
     """A forger swaps in their own key and re-signs the manifest: the journal's checkpoints give it away."""
-    import hashlib
-
     out = _export(state, tmp_path / "b.jsonl")
-    forger = Signer(Ed25519PrivateKey.generate())
+    forger = Signer(suite(crypto).generate_key())
     lines = _lines(out)
     header = json.loads(lines[0])
     header.update(public_key=public_pem(forger.public), fingerprint=forger.fingerprint)
@@ -131,7 +144,7 @@ def test_resigned_bundle_is_refused_by_its_checkpoints(state: Path, tmp_path: Pa
     lines[0] = canonical_bytes(header) + b"\n"
     manifest = json.loads(lines[-1])
     del manifest["signature"]
-    manifest["sha256"] = hashlib.sha256(b"".join(lines[:-1])).hexdigest()
+    manifest[suite(crypto).digest_field] = suite(crypto).digest(b"".join(lines[:-1]))
     lines[-1] = canonical_bytes({**manifest, "signature": forger.sign("bundle", manifest)}) + b"\n"
     out.write_bytes(b"".join(lines))
     r = verify_bundle(out)
@@ -144,7 +157,8 @@ def test_empty_period_is_an_error(state: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "b.jsonl").exists()
 
 
-def test_export_and_verify_commands(state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_and_verify_commands(state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    crypto: str) -> None:
     out = tmp_path / "evidence.jsonl"
     status, text, err = run_cli(["export", "--state-dir", str(state), "--since", "2024-05-03T00:00:00Z",
                                  "--until", "2024-05-04T00:00:00Z", "--out", str(out)], monkeypatch)
@@ -154,6 +168,7 @@ def test_export_and_verify_commands(state: Path, tmp_path: Path, monkeypatch: py
     status, text, err = run_cli(["verify", "--bundle", str(out), "--pubkey", str(pem)], monkeypatch)
     assert status == 0, err
     assert f"host: {HOST}" in text and "records: 50..74 (25)" in text
+    assert f"crypto suite: {suite(crypto).describe()}" in text
     out.write_bytes(out.read_bytes().replace(b'"severity":"critical"', b'"severity":"low"', 1))
     status, _, err = run_cli(["verify", "--bundle", str(out), "--pubkey", str(pem)], monkeypatch)
     assert status == 1 and "FAILED bundle" in err and "record 50:" in err

@@ -18,8 +18,18 @@ from agent.timespec import TimeSpecError, parse_timespec
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     """A journal with findings of two rules, severities, units and operators."""
+    return _make_state(tmp_path, "intl")
+
+
+@pytest.fixture
+def suite_state(tmp_path: Path, crypto: str) -> Path:
+    """The same journal in each crypto suite."""
+    return _make_state(tmp_path, crypto)
+
+
+def _make_state(tmp_path: Path, crypto: str) -> Path:
     s = tmp_path / "state"
-    with Journal(s, host=HOST, clock=stepping_clock(T0), checkpoint_every=4) as j:
+    with Journal(s, host=HOST, clock=stepping_clock(T0), checkpoint_every=4, crypto=crypto) as j:
         j.append(lifecycle("agent.start", T0 - 60))
         j.append_many([
             finding(0, severity="critical"),
@@ -113,15 +123,18 @@ def test_fit_counts_wide_characters() -> None:
     assert fit("abc", 5, right=True) == "  abc"
 
 
-def test_verify_command_success_and_failure(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verify_command_success_and_failure(suite_state: Path, monkeypatch: pytest.MonkeyPatch,
+                                            crypto: str) -> None:
+    state = suite_state
     status, out, _ = run_cli(["verify", "--journal", str(state / "journal.db")], monkeypatch)
     assert status == 0
     assert "chain head: seq 6 hash " in out and "key fingerprint: " in out
+    assert f"crypto suite: {crypto} (" in out
     with raw_db(state / "journal.db") as c:
         c.execute("UPDATE records SET operator = '王五' WHERE seq = 3")
     status, out, err = run_cli(["verify", "--state-dir", str(state)], monkeypatch)
     assert status == 1
-    assert "record 3:" in err and "operator" in err
+    assert "record 3:" in err and "operator" in err and f"crypto suite: {crypto} (" in err
 
 
 def test_verify_reports_unsigned_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,9 +147,12 @@ def test_verify_reports_unsigned_records(tmp_path: Path, monkeypatch: pytest.Mon
     assert status == 0 and "chained, not yet signed: 3 records (1..3)" in out
 
 
-def test_pubkey_then_verify_with_it(state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pubkey_then_verify_with_it(suite_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    crypto: str) -> None:
+    state = suite_state
     status, pem, err = run_cli(["journal", "pubkey", "--state-dir", str(state)], monkeypatch)
     assert status == 0 and pem.startswith("-----BEGIN PUBLIC KEY-----")
+    assert f"crypto suite: {crypto} (" in err
     status, fp, _ = run_cli(["journal", "pubkey", "--fingerprint", "--state-dir", str(state)], monkeypatch)
     assert fp.strip() in err
     (tmp_path / "host.pem").write_text(pem)

@@ -23,9 +23,9 @@ def _pruned_records(db: Path) -> list[dict[str, object]]:
     return [r for r in (json.loads(b) for (b,) in rows) if r["kind"] == "journal.pruned"]
 
 
-def test_prune_by_age(tmp_path: Path) -> None:
+def test_prune_by_age(tmp_path: Path, crypto: str) -> None:
     with Journal(tmp_path / "s", host=HOST, clock=stepping_clock(T0 + 200 * DAY),
-                 retention_days=180, checkpoint_every=7) as j:
+                 retention_days=180, checkpoint_every=7, crypto=crypto) as j:
         j.append_many([finding(i, t=T0 + i * DAY) for i in range(40)])  # day 0..39
         assert j.prune(now=T0 + 200 * DAY) is not None
         result = j.prune(now=T0 + 200 * DAY)
@@ -78,8 +78,8 @@ def test_prune_by_size(tmp_path: Path) -> None:
     assert pages * size <= 0.25 * 1024 * 1024  # the file itself shrank
 
 
-def test_forged_prune_anchor_is_named(tmp_path: Path) -> None:
-    with Journal(tmp_path / "s", host=HOST, clock=stepping_clock(T0 + 400 * DAY)) as j:
+def test_forged_prune_anchor_is_named(tmp_path: Path, crypto: str) -> None:
+    with Journal(tmp_path / "s", host=HOST, clock=stepping_clock(T0 + 400 * DAY), crypto=crypto) as j:
         j.append_many([finding(i, t=T0 + i * DAY) for i in range(300)])
         j.prune(now=T0 + 400 * DAY)
     db = tmp_path / "s" / "journal.db"
@@ -92,8 +92,8 @@ def test_forged_prune_anchor_is_named(tmp_path: Path) -> None:
     assert "forged" in r.problem.what
 
 
-def test_deleting_the_anchor_is_named(tmp_path: Path) -> None:
-    with Journal(tmp_path / "s", host=HOST, clock=stepping_clock(T0 + 400 * DAY)) as j:
+def test_deleting_the_anchor_is_named(tmp_path: Path, crypto: str) -> None:
+    with Journal(tmp_path / "s", host=HOST, clock=stepping_clock(T0 + 400 * DAY), crypto=crypto) as j:
         j.append_many([finding(i, t=T0 + i * DAY) for i in range(300)])
         res = j.prune(now=T0 + 400 * DAY)
         assert res is not None

@@ -1,4 +1,4 @@
-"""Tamper evidence: every change made behind the journal's back is named by verify."""
+"""Tamper evidence: every change made behind the journal's back is named by verify, in both crypto suites."""
 
 from __future__ import annotations
 
@@ -6,26 +6,28 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_journal_support import HOST, finding, raw_db, stepping_clock
 
+from agent.crypto.suite import suite
 from agent.journal.signing import Signer, public_pem
 from agent.journal.store import Journal
 from agent.journal.verify import verify_journal
 
 
 @pytest.fixture
-def journal_db(tmp_path: Path) -> Path:
-    """A journal of 30 findings, checkpointed every 10, closed."""
-    with Journal(tmp_path / "state", host=HOST, clock=stepping_clock(), checkpoint_every=10) as j:
+def journal_db(tmp_path: Path, crypto: str) -> Path:
+    """A journal of 30 findings in suite ``crypto``, checkpointed every 10, closed."""
+    with Journal(tmp_path / "state", host=HOST, clock=stepping_clock(), checkpoint_every=10,
+                 crypto=crypto) as j:
         for start in range(0, 30, 5):
             j.append_many([finding(i) for i in range(start, start + 5)])
     return tmp_path / "state" / "journal.db"
 
 
-def test_untouched_journal_verifies(journal_db: Path) -> None:
+def test_untouched_journal_verifies(journal_db: Path, crypto: str) -> None:
     r = verify_journal(journal_db)
     assert r.ok, r.problem
+    assert r.suite == crypto
     assert (r.records, r.first_seq, r.last_seq, r.signed_seq, r.unsigned) == (30, 1, 30, 30, 0)
     assert r.checkpoints == 3
 
@@ -96,8 +98,8 @@ def test_forged_checkpoint_is_named(journal_db: Path) -> None:
     assert "forged" in r.problem.what
 
 
-def test_checkpoint_signed_by_another_key_is_refused(journal_db: Path) -> None:
-    other = Signer(Ed25519PrivateKey.generate())
+def test_checkpoint_signed_by_another_key_is_refused(journal_db: Path, crypto: str) -> None:
+    other = Signer(suite(crypto).generate_key())
     with raw_db(journal_db) as c:
         seq, digest, t, host = c.execute(
             "SELECT seq, hash, time, host FROM checkpoints WHERE seq = 10").fetchone()
@@ -108,7 +110,7 @@ def test_checkpoint_signed_by_another_key_is_refused(journal_db: Path) -> None:
     assert "not by the trusted key" in r.problem.what
 
 
-def test_rewritten_chain_is_caught_by_checkpoint(journal_db: Path) -> None:
+def test_rewritten_chain_is_caught_by_checkpoint(journal_db: Path, crypto: str) -> None:
     """Someone who knows the hash formula edits a record and rehashes everything after it."""
     from agent.journal.chain import link_hash
 
@@ -119,7 +121,7 @@ def test_rewritten_chain_is_caught_by_checkpoint(journal_db: Path) -> None:
             if seq == 14:
                 body = body.replace('"critical"', '"info"')
                 c.execute("UPDATE records SET severity = 'info' WHERE seq = 14")
-            h = link_hash(prev, seq, body.encode())
+            h = link_hash(prev, seq, body.encode(), suite(crypto).new_hash)
             c.execute("UPDATE records SET body = ?, prev = ?, hash = ? WHERE seq = ?", (body, prev, h, seq))
             prev = h
     r = verify_journal(journal_db)
@@ -127,16 +129,34 @@ def test_rewritten_chain_is_caught_by_checkpoint(journal_db: Path) -> None:
     assert "checkpoint" in r.problem.what
 
 
-def test_wrong_key_is_refused(journal_db: Path, tmp_path: Path) -> None:
+def test_wrong_key_is_refused(journal_db: Path, tmp_path: Path, crypto: str) -> None:
     other = tmp_path / "other.pem"
-    other.write_text(public_pem(Ed25519PrivateKey.generate().public_key()))
+    other.write_text(public_pem(suite(crypto).generate_key().public()))
     r = verify_journal(journal_db, other)
     assert r.problem is not None and r.problem.subject == "checkpoint" and r.problem.seq == 10
     assert "not by the trusted key" in r.problem.what
 
 
-def test_unsigned_tail_is_reported(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "s", host=HOST, clock=stepping_clock(), checkpoint_every=10)
+def test_key_of_the_other_suite_is_refused(journal_db: Path, tmp_path: Path, crypto: str) -> None:
+    other_suite = suite("gm" if crypto == "intl" else "intl")
+    other = tmp_path / "other.pem"
+    other.write_text(public_pem(other_suite.generate_key().public()))
+    r = verify_journal(journal_db, other)
+    assert not r.ok and r.problem is not None and r.problem.subject == "journal"
+    assert f"suite {crypto}" in r.problem.what and f"{other_suite.sign_name} key" in r.problem.what
+
+
+def test_altered_suite_mark_is_refused(journal_db: Path, crypto: str) -> None:
+    """Flipping the journal's recorded suite makes its own key disagree with it."""
+    with raw_db(journal_db) as c:
+        c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('crypto', ?)",
+                  ("gm" if crypto == "intl" else "intl",))
+    r = verify_journal(journal_db)
+    assert not r.ok and r.problem is not None and "suite was altered" in r.problem.what
+
+
+def test_unsigned_tail_is_reported(tmp_path: Path, crypto: str) -> None:
+    j = Journal(tmp_path / "s", host=HOST, clock=stepping_clock(), checkpoint_every=10, crypto=crypto)
     j.append_many([finding(i) for i in range(10)])
     j.append_many([finding(i) for i in range(10, 13)])
     r = verify_journal(j.path)  # the writer is still running: 11..13 not yet signed
