@@ -3,7 +3,10 @@
 Runs the real Agent (no collectors but an injector) in a child process and
 prints: events/s and findings/s with ~10% of events becoming findings, the
 RSS of the idle agent and after a 1,000,000-event storm, and the journal's
-catch-up. Usage: python tests/bench/bench_pipeline.py [--events N]
+catch-up, with the journal in each crypto suite (``intl``: SHA-256 and
+Ed25519; ``gm``: SM3 and SM2; target above 50,000 events/s in both), then
+the journal's own append and verify rates in gm beside intl.
+Usage: python tests/bench/bench_pipeline.py [--events N] [--crypto intl|gm|both]
 """
 
 from __future__ import annotations
@@ -94,25 +97,42 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--idle-seconds", type=float, default=60.0)
+    ap.add_argument("--crypto", choices=("intl", "gm", "both"), default="both",
+                    help="the journal's crypto suite for the storm (default: both, intl first)")
+    ap.add_argument("--journal-records", type=int, default=20_000,
+                    help="records for the journal append/verify rates per suite (0: skip)")
     args = ap.parse_args()
     if args.latency_only:
         latency()
         return
+    for crypto in (("intl", "gm") if args.crypto == "both" else (args.crypto,)):
+        storm(args.events, crypto)
+    if args.journal_records:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_journal import finding, print_suites
+
+        print_suites([finding(i) for i in range(args.journal_records)], 3, prefix="pipeline journal")
+    latency()
+    idle_cpu(args.idle_seconds)
+
+
+def storm(events: int, crypto: str) -> None:
+    """Inject ``events`` into an agent whose journal uses suite ``crypto``; print throughput and RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "agent.yaml"
         cfg.write_text(f"registry: {REPO / 'agent/data/demo-registry.yaml'}\nstate_dir: {tmp}/state\n"
-                       f"listen: 127.0.0.1:0\nqueue_size: 65536\n", encoding="utf-8")
-        out = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(cfg), str(args.events)],
+                       f"listen: 127.0.0.1:0\nqueue_size: 65536\njournal: {{crypto: {crypto}}}\n",
+                       encoding="utf-8")
+        out = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(cfg), str(events)],
                              capture_output=True, text=True, check=True, timeout=1800)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"pipeline: {r['events']:,} events in {r['t_events']:.1f} s = {r['events'] / r['t_events']:,.0f} events/s "
+    p = f"pipeline [{crypto}]"
+    print(f"{p}: {r['events']:,} events in {r['t_events']:.1f} s = {r['events'] / r['t_events']:,.0f} events/s "
           f"(target 50,000), {r['dropped']:,} dropped (injector waits on a full queue)")
-    print(f"pipeline: {r['findings']:,} findings = {r['findings'] / r['t_events']:,.0f} findings/s evaluated; "
+    print(f"{p}: {r['findings']:,} findings = {r['findings'] / r['t_events']:,.0f} findings/s evaluated; "
           f"journal durable after {r['t_journal']:.1f} s = {r['findings'] / r['t_journal']:,.0f} findings/s written")
-    print(f"pipeline RSS: idle {r['idle']:.0f} MB (target < 80), after the storm {r['after']:.0f} MB "
+    print(f"{p} RSS: idle {r['idle']:.0f} MB (target < 80), after the storm {r['after']:.0f} MB "
           f"({r['after'] / r['idle']:.2f}x idle, target < 2x), peak {r['maxrss']:.0f} MB")
-    latency()
-    idle_cpu(args.idle_seconds)
 
 
 def latency(samples: int = 100) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,94 @@ def test_pubkey_prints_an_sm2_key_and_its_sm3_fingerprint(tmp_path: Path, monkey
     assert f"fingerprint (SM3): {fp}" in err
     key = load_public_pem(pem.encode())
     assert key.suite is GM and key.fingerprint == fp
+
+
+# -- OpenSSL's own command checks what DutyWatch signed ------------------------
+
+
+def readme_openssl_commands(repo: Path, crypto: str) -> list[str]:
+    """The README's commands for checking a checkpoint with OpenSSL, as a user would paste them."""
+    text = (repo / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Checking a checkpoint with OpenSSL", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [ln for ln in block.splitlines() if ln.startswith("openssl ")]
+    assert len(lines) == 2 and "-pkeyopt distid:1234567812345678" in lines[0]
+    if crypto == "intl":  # the README: "without the last two options"
+        lines[0] = lines[0].replace(" -digest sm3 -pkeyopt distid:1234567812345678", "")
+    return lines
+
+
+def run_sh(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def cp_journal(tmp_path: Path, crypto: str) -> Path:
+    """A closed journal of 25 findings in suite ``crypto``, checkpointed every 10 (10, 20, 25)."""
+    with Journal(tmp_path / "s", host=HOST, clock=stepping_clock(T0), checkpoint_every=10, crypto=crypto) as j:
+        for i in range(0, 25, 5):
+            j.append_many([finding(k) for k in range(i, i + 5)])
+    return tmp_path / "s"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (.ci/run installs it)")
+def test_openssl_checks_an_exported_checkpoint(cp_journal: Path, tmp_path: Path, repo: Path, crypto: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "cp"
+    status, text, err = run_cli(["journal", "checkpoint", "--state-dir", str(cp_journal), "--seq", "20",
+                                 "--out", str(out)], monkeypatch)
+    assert status == 0, err
+    assert f"crypto suite: {crypto} (" in text and "checkpoint: seq 20 " in text
+    verify_cmd, fp_cmd = readme_openssl_commands(repo, crypto)
+    assert verify_cmd.replace("SEQ", "20") in text.replace(f"{out}/", ""), "the command printed is the README's"
+    r = run_sh(verify_cmd.replace("SEQ", "20"), out)
+    assert r.returncode == 0 and "Signature Verified Successfully" in r.stdout, r.stdout + r.stderr
+    fp = run_sh(fp_cmd, out)
+    if crypto == "gm":  # the SM2 key's fingerprint is SM3 over its DER form, as the README says
+        assert fp.returncode == 0 and fp.stdout.split()[-1] == verify_journal(cp_journal / "journal.db").fingerprint
+    # the near misses: the message of checkpoint 20 with checkpoint 10's signature; a changed time
+    run_cli(["journal", "checkpoint", "--state-dir", str(cp_journal), "--seq", "10", "--out", str(out)], monkeypatch)
+    (out / "checkpoint-20.sig").write_bytes((out / "checkpoint-10.sig").read_bytes())
+    r = run_sh(verify_cmd.replace("SEQ", "20"), out)
+    assert r.returncode != 0 and "Signature Verification Failure" in r.stdout + r.stderr
+    msg = out / "checkpoint-10.msg"
+    msg.write_bytes(msg.read_bytes().replace(b'"time":', b'"time":1', 1))
+    r = run_sh(verify_cmd.replace("SEQ", "10"), out)
+    assert r.returncode != 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (.ci/run installs it)")
+def test_openssl_checks_a_checkpoint_from_a_bundle(cp_journal: Path, tmp_path: Path, repo: Path, crypto: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle, out = tmp_path / "evidence.jsonl", tmp_path / "cp"
+    status, _, err = run_cli(["export", "--state-dir", str(cp_journal), "--out", str(bundle)], monkeypatch)
+    assert status == 0, err
+    status, text, err = run_cli(["journal", "checkpoint", "--bundle", str(bundle), "--out", str(out)],
+                                monkeypatch)
+    assert status == 0 and "checkpoint: seq 25 " in text, err
+    verify_cmd, _ = readme_openssl_commands(repo, crypto)
+    r = run_sh(verify_cmd.replace("SEQ", "25"), out)
+    assert r.returncode == 0 and "Signature Verified Successfully" in r.stdout, r.stdout + r.stderr
+    # a bundle whose checkpoint was forged: DutyWatch says so, and so does OpenSSL
+    bundle.write_bytes(bundle.read_bytes().replace(b'"kind":"checkpoint","seq":25', b'"kind":"checkpoint","seq":24'))
+    status, _, err = run_cli(["journal", "checkpoint", "--bundle", str(bundle), "--out", str(out)], monkeypatch)
+    assert status == 1 and "does not verify" in err
+    r = run_sh(verify_cmd.replace("SEQ", "24"), out)
+    assert r.returncode != 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (.ci/run installs it)")
+def test_openssl_agrees_on_the_gbt_32918_example(tmp_path: Path) -> None:
+    """The standard's signature checks in OpenSSL both ways: on the message with the ID, and on e = SM3(Z || M)."""
+    (tmp_path / "std.pem").write_bytes(std_public_pem())
+    (tmp_path / "std.sig").write_bytes(std_signature())
+    (tmp_path / "msg").write_bytes(STD_MSG)
+    e = hashlib.new("sm3", sm2.z_value(bytes.fromhex("04" + STD_X + STD_Y)) + STD_MSG).digest()
+    (tmp_path / "e.bin").write_bytes(e)
+    r = run_sh("openssl pkeyutl -verify -pubin -inkey std.pem -rawin -in msg -sigfile std.sig -digest sm3 "
+               "-pkeyopt distid:1234567812345678", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_sh("openssl pkeyutl -verify -pubin -inkey std.pem -in e.bin -sigfile std.sig", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_sh("openssl pkeyutl -verify -pubin -inkey std.pem -rawin -in msg -sigfile std.sig -digest sm3", tmp_path)
+    assert r.returncode != 0, "without the identifier OpenSSL uses an empty one, which must not verify"
