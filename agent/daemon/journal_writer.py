@@ -140,7 +140,8 @@ class JournalWriter:
     def _forward_checkpoint(self) -> None:
         cp = self.journal.latest_checkpoint()
         if cp is not None and self.on_checkpoint is not None:
-            self.on_checkpoint({**cp.fields(), "key": cp.key, "signature": cp.signature})
+            self.on_checkpoint({**cp.fields(), "key": cp.key, "signature": cp.signature,
+                                "crypto": self.journal.suite.name})
 
     def _retention_now(self, now: float) -> float:
         """The time retention ages records by: never later than the wall clock at start plus time elapsed.

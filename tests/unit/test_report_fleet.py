@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from agent.journal.bundle import export_bundle
-from agent.journal.store import Journal
+from agent.journal.signing import load_private_key
 from tests.unit.test_report_support import T0, build_journal, registry_variant, run_cli, shipped_ruleset
 
 SCHEMA = json.loads((Path(__file__).parent / "report.schema.json").read_text(encoding="utf-8"))
@@ -21,7 +21,7 @@ HOSTS = (("js-fgw-0042", "省发改委信息中心", "省发展和改革委员�
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Three hosts with their own registries: bundles, trusted keys, finding counts."""
+    """Three hosts with their own registries: bundles, trusted keys, finding counts; the last host's journal is gm."""
     tmp = tmp_path_factory.mktemp("fleet")
     keys = tmp / "keys"
     keys.mkdir()
@@ -29,9 +29,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out: dict[str, Any] = {"keys": keys, "bundles": {}, "counts": {}, "tmp": tmp}
     for host, unit, dept in HOSTS:
         state = tmp / host
-        n = build_journal(state, ruleset, registry=registry_variant(tmp, host, unit, dept), host=host)
-        with Journal(state, host=host) as j:
-            (keys / f"{host}.pem").write_text(j.public_key_pem())
+        crypto = "gm" if host == HOSTS[-1][0] else "intl"
+        n = build_journal(state, ruleset, registry=registry_variant(tmp, host, unit, dept), host=host, crypto=crypto)
+        (keys / f"{host}.pem").write_text(load_private_key(state / "journal.key").public().pem())
         b = tmp / f"{host}.bundle"
         export_bundle(state / "journal.db", state / "journal.key", b, since=None, until=None,
                       period={"since": None, "until": None}, clock=lambda: T0 + 30 * 86400)
@@ -54,6 +54,8 @@ def test_three_registries_grouped_by_department_and_unit(fleet: dict[str, Any], 
     assert status == 0, err
     assert doc["fleet"] is True and doc["refused"] == []
     assert len(doc["integrity"]) == 3 and all(i["ok"] for i in doc["integrity"])
+    assert {i["host"]: i["suite"] for i in doc["integrity"]} == {
+        h: "gm" if h == HOSTS[-1][0] else "intl" for h, _, _ in HOSTS}  # each bundle in its own suite
     assert all(i["key_source"].endswith(".pem") for i in doc["integrity"])
     groups = {(g["department"], g["unit"]): g for g in doc["summary"]["by_unit"]}
     for host, unit, dept in HOSTS:
@@ -73,6 +75,25 @@ def test_clean_bundle_report_in_html(fleet: dict[str, Any], tmp_path: Path) -> N
     html = out.read_text(encoding="utf-8")
     assert "省大数据管理局" in html and "验证通过" in html
     assert f"dutywatch verify --bundle {b} --pubkey HOST-PUBKEY.pem" in html
+
+
+def test_gm_bundle_report_names_its_suite(fleet: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "gm.html"
+    b = fleet["bundles"][HOSTS[-1][0]]
+    status, _, err = run_cli(["report", "--format", "html", "--lang", "zh", "--out", str(out), "--evidence", str(b),
+                              "--keys", str(fleet["keys"])])
+    assert status == 0, err
+    html = out.read_text(encoding="utf-8")
+    assert "验证通过" in html and "gm（国密）：SM3 哈希链，SM2 签名" in html
+    # the records are re-hashed with SM3 as they are read: a change after the check is still caught
+    from agent.report.errors import ReportError
+    from agent.report.sources import Period, bundle_records
+
+    copy = _copy(b, tmp_path / "changed.bundle",
+                 lambda lines: [*lines[:5], lines[5].replace(b"js-", b"JS-", 1), *lines[6:]])
+    with pytest.raises(ReportError, match="changed after it was verified"):
+        list(bundle_records(copy, Period(None, None)))
+    assert len(list(bundle_records(b, Period(None, None)))) > 0
 
 
 def _copy(src: Path, dst: Path, edit: Any) -> Path:
@@ -113,15 +134,22 @@ def test_bundle_signed_by_another_hosts_key_refused(fleet: dict[str, Any], tmp_p
     keys.mkdir()
     for host, _, _ in HOSTS:
         (keys / f"{host}.pem").write_text((fleet["keys"] / f"{host}.pem").read_text())
-    # The trusted key on file for js-gat-0101 is really js-dsj-0007's: its bundle must not pass.
-    (keys / "js-gat-0101.pem").write_text((fleet["keys"] / "js-dsj-0007.pem").read_text())
+    # The trusted key on file for js-dsj-0007 is really js-fgw-0042's: its bundle must not pass.
+    (keys / "js-dsj-0007.pem").write_text((fleet["keys"] / "js-fgw-0042.pem").read_text())
     bundles = list(fleet["bundles"].values())
     status, doc, err = _fleet_json(tmp_path, bundles, "--keys", str(keys))
     assert status == 1 and "REFUSED bundle" in err
     (refused,) = doc["refused"]
-    assert refused["host"] == "js-gat-0101" and "not by the trusted key" in refused["problem"]
+    assert refused["host"] == "js-dsj-0007" and "not by the trusted key" in refused["problem"]
     assert "another host's key" in refused["problem"]
     assert len(doc["integrity"]) == 2
+    # js-gat-0101's journal is gm: an Ed25519 key on file for it is refused as well, naming the suites
+    (keys / "js-dsj-0007.pem").write_text((fleet["keys"] / "js-dsj-0007.pem").read_text())
+    (keys / "js-gat-0101.pem").write_text((fleet["keys"] / "js-dsj-0007.pem").read_text())
+    status, doc, err = _fleet_json(tmp_path, bundles, "--keys", str(keys))
+    (refused,) = doc["refused"]
+    assert status == 1 and refused["host"] == "js-gat-0101"
+    assert "suite gm" in refused["problem"] and "Ed25519 key" in refused["problem"]
 
 
 def test_bundle_without_trusted_key_refused(fleet: dict[str, Any], tmp_path: Path) -> None:

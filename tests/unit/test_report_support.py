@@ -75,14 +75,14 @@ def stepping_clock(start: float = T0, step: float = 1.0) -> Callable[[], float]:
 
 
 def build_journal(state: Path, ruleset: RuleSet, *, registry: Path | None = None, host: str = HOST,
-                  extra: list[dict[str, Any]] | None = None) -> int:
+                  extra: list[dict[str, Any]] | None = None, crypto: str = "intl") -> int:
     """A journal of every sample's findings between start/stop records and a tamper gap; returns findings."""
     findings = list(sample_findings(ruleset, registry))
     for rec in findings:
         rec["host"] = host
     end = max(r["time"] for r in findings) + 60
     mid = findings[len(findings) // 2]["time"]
-    with Journal(state, host=host, clock=stepping_clock(end), checkpoint_every=25) as j:
+    with Journal(state, host=host, clock=stepping_clock(end), checkpoint_every=25, crypto=crypto) as j:
         j.append(lifecycle("agent.start", T0 - 60, host, version="0.1", rules=len(ruleset.rules)))
         j.append_many(findings[: len(findings) // 2])
         j.append(lifecycle("agent.reload", mid + 1, host, ok=True, why="SIGHUP", rules=len(ruleset.rules),
