@@ -214,7 +214,7 @@ def cp_journal(tmp_path: Path, crypto: str) -> Path:
     return tmp_path / "s"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (.ci/run installs it)")
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (listed in .ci/debian-packages)")
 def test_openssl_checks_an_exported_checkpoint(cp_journal: Path, tmp_path: Path, repo: Path, crypto: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cp"
@@ -240,7 +240,7 @@ def test_openssl_checks_an_exported_checkpoint(cp_journal: Path, tmp_path: Path,
     assert r.returncode != 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (.ci/run installs it)")
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (listed in .ci/debian-packages)")
 def test_openssl_checks_a_checkpoint_from_a_bundle(cp_journal: Path, tmp_path: Path, repo: Path, crypto: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     bundle, out = tmp_path / "evidence.jsonl", tmp_path / "cp"
@@ -260,7 +260,7 @@ def test_openssl_checks_a_checkpoint_from_a_bundle(cp_journal: Path, tmp_path: P
     assert r.returncode != 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (.ci/run installs it)")
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (listed in .ci/debian-packages)")
 def test_openssl_agrees_on_the_gbt_32918_example(tmp_path: Path) -> None:
     """The standard's signature checks in OpenSSL both ways: on the message with the ID, and on e = SM3(Z || M)."""
     (tmp_path / "std.pem").write_bytes(std_public_pem())
