@@ -13,7 +13,7 @@ import pwd
 from collections.abc import Callable
 from typing import Any
 
-from agent.events import Event, File, Host, Iface, Media, Net, Operator, Parent, Process
+from agent.events import Auth, Event, File, Host, Iface, Media, Net, Operator, Parent, Process
 from agent.levels import Level
 from agent.mediaid import identify
 from agent.registry import Medium, Registry
@@ -90,6 +90,10 @@ class Attributor:
             return Operator(account=account if account is not None else f"uid:{uid}", known=False)
         return Operator(person.account, person.name, person.unit, person.clearance, True)
 
+    def registered(self, account: str) -> bool:
+        """Whether the registry names ``account`` as a person's or a service account."""
+        return account in self._by_account or account in self._service
+
     # -- lookups ----------------------------------------------------------
     def zone(self, ip: str | None) -> str | None:
         """The registry zone of an address (cached)."""
@@ -124,7 +128,8 @@ class Attributor:
         return self.build(*e)
 
     def build(self, kind: str, etime: float | None, collector: str | None, p: Process, parent: Parent,
-              op: Operator, host: Host, net: Net, f: File, media: Media, iface: Iface, detail: str | None) -> Event:
+              op: Operator, host: Host, net: Net, f: File, media: Media, iface: Iface, auth: Auth,
+              detail: str | None) -> Event:
         """The attributed event of these parts (an Event's fields, in order): the decoder hands them over directly."""
         # Runs once per event: the caches are read inline, misses go to the methods above.
         if p.uid is not None or p.loginuid is not None:
@@ -157,8 +162,10 @@ class Attributor:
             media = self._medium(media)
         if iface.ip is not None and iface.zone is None:
             iface = iface._replace(zone=self.zone(iface.ip))
+        if auth.account is not None and auth.registered is None:
+            auth = auth._replace(registered=self.registered(auth.account))
         event: Event = _TUPLE_NEW(Event, (kind, etime, collector, p, parent, op, self._host, net, f, media, iface,
-                                          detail))
+                                          auth, detail))
         return event
 
     def _file(self, f: File) -> File:

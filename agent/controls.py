@@ -21,6 +21,10 @@ class Control:
 
 
 CONTROLS: tuple[Control, ...] = (
+    Control("GB/T 22239-2019 8.1.4.1", ("L3-CES1-01", "L3-CES1-02", "L3-CES1-03"), "身份鉴别",
+            "Identification and authentication",
+            "用户身份标识唯一；具有登录失败处理功能，限制非法登录次数；远程管理防窃听",
+            "Unique user identities; failed logins handled and their number limited; remote management protected"),
     Control("GB/T 22239-2019 8.1.4.2", ("L3-CES1-07", "L3-CES1-11"), "访问控制", "Access control",
             "无共享或多余账户；依据安全标记控制对重要主体和客体的访问",
             "No shared or surplus accounts; security labels on subjects and objects control access"),

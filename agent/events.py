@@ -21,7 +21,8 @@ KINDS: tuple[str, ...] = (
     "file.open", "file.write", "file.create", "file.delete", "file.rename",
     "media.mount", "media.unmount",
     "iface.up",
-    "agent.start", "agent.stop", "agent.reload", "agent.tamper", "agent.degraded",
+    "agent.start", "agent.stop", "agent.reload", "agent.tamper",
+    "auth.login", "auth.sudo", "account.change", "agent.degraded",
 )
 KIND_SET = frozenset(KINDS)
 IFACE_KINDS = ("wired", "wireless", "bluetooth", "ppp", "cellular", "loopback", "virtual")
@@ -140,9 +141,28 @@ class Iface(NamedTuple):
     zone: str | None = None
 
 
+class Auth(NamedTuple):
+    """A login, a sudo, or an account change, from the records PAM, sshd, sudo, login and useradd send.
+
+    ``account`` is the account logged into, sudo'd as, or changed; ``registered``
+    (set by attribution) whether the registry names it as a person or service
+    account; ``change`` what an ``account.change`` did (add, delete, modify,
+    password, lock, unlock, group-add, group-delete, group-modify).
+    """
+
+    result: str | None = None  # success | failure
+    method: str | None = None  # the PAM operation or the login's way in (password, publickey, ...)
+    account: str | None = None
+    source_ip: str | None = None
+    tty: str | None = None
+    service: str | None = None  # the program that reported it: sshd, login, su, sudo, useradd, ...
+    change: str | None = None
+    registered: bool | None = None
+
+
 GROUP_TYPES: dict[str, type[Any]] = {
     "process": Process, "parent": Parent, "operator": Operator, "host": Host,
-    "net": Net, "file": File, "media": Media, "iface": Iface,
+    "net": Net, "file": File, "media": Media, "iface": Iface, "auth": Auth,
 }
 EMPTY: dict[str, Any] = {name: cls() for name, cls in GROUP_TYPES.items()}
 
@@ -161,6 +181,7 @@ class Event(NamedTuple):
     file: File = File()
     media: Media = Media()
     iface: Iface = Iface()
+    auth: Auth = Auth()
     detail: str | None = None  # free text of agent lifecycle events (extends DESIGN §4)
 
     def to_dict(self) -> dict[str, Any]:
@@ -317,7 +338,7 @@ class EventDecoder:
     """
 
     def __init__(self, finish: Callable[..., Event] | None = None) -> None:
-        """``finish`` builds the event from its twelve parts (Event's order): attribution can do it directly."""
+        """``finish`` builds the event from its thirteen parts (Event's order): attribution can do it directly."""
         import msgspec  # the recording and central paths need it, the agent's import does not
 
         # Level fields arrive as names and need parse_level: typed as null here, a name
@@ -336,7 +357,8 @@ class EventDecoder:
         head = struct("event_fields", [("kind", str), ("time", float | None, None),
                                        ("collector", str | None, None), ("detail", str | None, None)])
         top = struct("event_json", [("event", head), *((g, s | None, None) for g, s in groups.items())])
-        assert tuple(GROUP_TYPES) == ("process", "parent", "operator", "host", "net", "file", "media", "iface")
+        assert tuple(GROUP_TYPES) == ("process", "parent", "operator", "host", "net", "file", "media", "iface",
+                                      "auth")
         self.decode = _decoder(msgspec.json.Decoder(top).decode, msgspec.DecodeError, msgspec.structs.astuple,
                                finish if finish is not None else _event_of)
 
@@ -350,7 +372,7 @@ def _decoder(decode: Callable[[bytes | str], Any], error: type[Exception], astup
     """The decoding function, everything it uses bound as locals of a closure: it runs once per event."""
     new = tuple.__new__
     e1, e2, e3, e4 = _EMPTY_PROCESS, _EMPTY_PARENT, _EMPTY_OPERATOR, _EMPTY_HOST
-    e5, e6, e7, e8 = _EMPTY_NET, _EMPTY_FILE, _EMPTY_MEDIA, _EMPTY_IFACE
+    e5, e6, e7, e8, e9 = _EMPTY_NET, _EMPTY_FILE, _EMPTY_MEDIA, _EMPTY_IFACE, _EMPTY_AUTH
     kinds = KIND_SET
 
     def slow(text: bytes | str) -> Event:
@@ -362,7 +384,7 @@ def _decoder(decode: Callable[[bytes | str], Any], error: type[Exception], astup
         except error:  # msgspec.DecodeError, also the base of its ValidationError
             return slow(text)
         # One C call unpacks each level; the groups in GROUP_TYPES order (checked by the caller).
-        head, g1, g2, g3, g4, g5, g6, g7, g8 = astuple(top)
+        head, g1, g2, g3, g4, g5, g6, g7, g8, g9 = astuple(top)
         kind, etime, collector, detail = astuple(head)
         if kind not in kinds:
             return slow(text)
@@ -376,6 +398,7 @@ def _decoder(decode: Callable[[bytes | str], Any], error: type[Exception], astup
             e6 if g6 is None else new(File, astuple(g6)),
             e7 if g7 is None else new(Media, astuple(g7)),
             e8 if g8 is None else new(Iface, astuple(g8)),
+            e9 if g9 is None else new(Auth, astuple(g9)),
             detail)
 
     return decode_event
@@ -387,4 +410,4 @@ def _event_of(*parts: Any) -> Event:
 
 
 _EMPTY_PROCESS, _EMPTY_PARENT, _EMPTY_OPERATOR, _EMPTY_HOST = Process(), Parent(), Operator(), Host()
-_EMPTY_NET, _EMPTY_FILE, _EMPTY_MEDIA, _EMPTY_IFACE = Net(), File(), Media(), Iface()
+_EMPTY_NET, _EMPTY_FILE, _EMPTY_MEDIA, _EMPTY_IFACE, _EMPTY_AUTH = Net(), File(), Media(), Iface(), Auth()

@@ -85,6 +85,8 @@ class AuditCollector:
         self.asset_paths = tuple(asset_paths)
         self._reader = ProcReader(self._sources.proc_root, self._sources.clock)
         self._covers: frozenset[str] = frozenset()
+        self._watched: tuple[str, ...] = ()  # asset prefixes whose watches are in force
+        self._exact: frozenset[str] = frozenset()
         self._resync = threading.Event()
         self.rules_installed: list[bytes] = []
 
@@ -92,6 +94,12 @@ class AuditCollector:
     def covers(self, kind: str) -> bool:
         """Whether this collector is up and its own rules report ``kind`` (``process.exec``, ``net.connect``...)."""
         return self.health.up and kind in self._covers
+
+    def covers_path(self, path: str | None) -> bool:
+        """Whether a file operation on ``path`` is reported here (an asset path under this collector's watch)."""
+        if path is None or not self._watched or not self.covers("file"):
+            return False
+        return path in self._exact or path.startswith(self._watched)
 
     def set_asset_paths(self, paths: Iterable[str]) -> None:
         """New registry asset paths (after a reload): the watches are rebuilt on the collector's thread."""
@@ -311,6 +319,9 @@ class _Session:
             added.append(data)
             covers.add(_COVERS.get(rule.key.removeprefix("dutywatch-"), ""))
         self.c.rules_installed = added
+        watched = [r.label for r in self.c._rules() if r.key.endswith("-file") and r.pack() in added]
+        self.c._exact = frozenset(watched)
+        self.c._watched = tuple(w.rstrip("/") + "/" for w in watched)
         self.c._covers = frozenset(covers - {""})
         if failed:
             self.log.warning("audit: %d rule(s) not added (%s)", len(failed), "; ".join(failed[:5]))

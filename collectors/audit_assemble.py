@@ -34,7 +34,7 @@ from collectors.audit_records import (
     sockaddr,
     text,
 )
-from collectors.audit_users import USER_TYPES, user_event
+from collectors.audit_users import USER_TYPES, UserRecords
 
 SYSCALL, PATH, SOCKADDR, CWD, EXECVE, EOE, PROCTITLE = 1300, 1302, 1306, 1307, 1309, 1320, 1327
 _GROUPED = frozenset({SYSCALL, PATH, SOCKADDR, CWD, EXECVE, PROCTITLE, 1303, 1304, 1318, 1321, 1322, 1323, 1331})
@@ -108,6 +108,7 @@ class Assembler:
         self._open: OrderedDict[int, tuple[float, list[Record]]] = OrderedDict()
         self._done: OrderedDict[int, None] = OrderedDict()
         self._seen_exec: OrderedDict[int, Parent] = OrderedDict()
+        self._users = UserRecords(collector)
         self.duplicates = 0
         self.malformed = 0
         self.incomplete = 0
@@ -140,7 +141,7 @@ class Assembler:
             if self._mark_done(rec.serial):
                 self.duplicates += 1
                 return []
-            ev = user_event(rec, self._collector)
+            ev = self._users.event(rec)
             return [ev] if ev is not None else []
         return []
 

@@ -169,7 +169,7 @@ class FilesCollector:
 
     def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None, *,
                  extra_paths: Iterable[str] = (), media: RemovableMounts | None = None,
-                 marker: Marker | None = None, assets: Iterable[str] = ()) -> None:
+                 marker: Marker | None = None, assets: Iterable[str] = (), audit: Any = None) -> None:
         self.assets = AssetIndex(assets)
         paths = [*section(config, "paths", []), *extra_paths, *self.assets.roots()]
         self.paths = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
@@ -177,6 +177,9 @@ class FilesCollector:
         self._media = media
         self._marker = marker
         self.health = Health()
+        # While the audit collector's watch covers an asset path it reports the operations there, with
+        # the kernel's word on who did them; this collector keeps to the rest (one operation, one event).
+        self._audit = audit
         self.marking_skipped = 0  # events sent without marking because the worker was busy
         self._proc = _Proc(sources.proc_root)
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=65536)
@@ -577,6 +580,9 @@ class FilesCollector:
         return Event(kind, wall, self.name, process=who or Process(), file=f, media=media or Media())
 
     def _send(self, event: Event, emit: Emit) -> None:
+        if self._audit is not None and event.file.source_path is None and self._audit.covers_path(event.file.path) \
+                and (event.file.dest_path is None or self._audit.covers_path(event.file.dest_path)):
+            return
         self.health.saw(event.time or 0.0)
         emit(event)
 

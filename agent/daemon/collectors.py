@@ -59,7 +59,7 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
     if name == "files":
         from collectors.files import FilesCollector
         return FilesCollector(section, sources, extra_paths=extra_paths, media=built.get("media"),  # type: ignore[arg-type]
-                              marker=_marker, assets=assets)
+                              marker=_marker, assets=assets, audit=built.get("audit"))
     if name == "host":
         from collectors.host import HostCollector
         return HostCollector(section, sources)

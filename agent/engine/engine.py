@@ -372,6 +372,12 @@ class Engine:
                 self.errors += 1
         return hits
 
+    def reset_windows(self) -> None:
+        """Forget the counts of count-over-window rules (each rule sample starts from nothing)."""
+        for r in self.ruleset.rules:
+            if r.window is not None:
+                r.window.reset()
+
     def evaluate(self, e: Event) -> list[Finding]:
         """Findings for one attributed event."""
         return [Finding(r, e) for r in self.match(e)]

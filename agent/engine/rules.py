@@ -17,9 +17,10 @@ from agent.engine.expr import FUNCTIONS, Predicate, Scope, compile_when
 from agent.engine.message import Template, compile_template
 from agent.engine.sigma import PACK as SIGMA_PACK
 from agent.engine.sigma import is_sigma, translate, unsupported_only
+from agent.engine.window import Threshold, Window, counted
 from agent.errors import LoadError, LoadErrors, Location, Problems
-from agent.events import GROUPS
-from agent.schema import expect_bool, expect_list, expect_map, expect_str, str_list
+from agent.events import FIELDS, GROUPS
+from agent.schema import expect_bool, expect_int, expect_list, expect_map, expect_str, str_list
 from agent.yamlsrc import LDict, LList, load_file, where_of
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -28,10 +29,10 @@ ACTIONS = ("alert", "audit")
 ROLES = ("operator", "host.custodian", "host.unit", "host.department", "file.owner_unit", "media.holder")
 DEFAULT_ACCOUNTABLE = ("operator", "host.unit", "host.department")
 _RULE_KEYS = ("id", "title", "when", "severity", "action", "accountable", "controls", "tags",
-              "message", "enabled", "override", "description", "references")
+              "message", "enabled", "override", "description", "references", "threshold")
 RESERVED_NAMES = frozenset((*GROUPS, *FUNCTIONS, "None", "True", "False", "and", "or", "not", "in"))
 _OVERRIDABLE = ("enabled", "severity", "action", "accountable", "controls", "tags", "message", "title",
-                "when")
+                "when", "threshold")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class Rule:
     test: Predicate
     kinds: frozenset[str]
     triggers: tuple[Any, ...] | None = None
+    window: Window | None = None  # a count-over-window rule's state (``threshold:``)
 
 
 @dataclass
@@ -323,9 +325,41 @@ class _Loader:
             c = compile_when(str(when) if not isinstance(when, str) else when, at("when"), scope, raw.id)
         except LoadError as exc:
             local.append(exc)
+        threshold = _threshold(v["threshold"], at("threshold"), local) if "threshold" in v else None
         local.raise_if_any()
+        test, window = c.test, None
+        if threshold is not None:
+            window = Window(threshold)
+            test = counted(c.test, window)
         return Rule(raw.id, raw.pack, title, str(when), str(severity), str(action), tuple(accountable),
-                    controls, tags, templates[0], templates[1], raw.source, raw.where, c.test, c.kinds, c.triggers)
+                    controls, tags, templates[0], templates[1], raw.source, raw.where, test, c.kinds, c.triggers,
+                    window)
+
+
+def _threshold(value: Any, where: Location, problems: Problems) -> Threshold | None:
+    """``threshold: {count: N, within: DURATION, by: [field, ...]}``, checked."""
+    from agent.config import parse_duration
+
+    m = expect_map(value, where, problems, "threshold", required=("count", "within"), optional=("by",))
+    if m is None:
+        return None
+    count = expect_int(m.get("count"), m.at("count"), problems, "threshold count", minimum=2, maximum=100000)
+    try:
+        within = parse_duration(m.get("within"))
+        if within <= 0:
+            raise ValueError("threshold within must be more than zero")
+    except ValueError as exc:
+        problems.add(m.at("within"), str(exc))
+        return None
+    by = str_list(m["by"], m.at("by"), problems, "threshold by") if "by" in m else ()
+    for i, name in enumerate(by):
+        if name not in FIELDS:
+            seq = m["by"]
+            problems.add(where_of(seq[i], m.at("by")) if isinstance(seq, LList) else m.at("by"),
+                         f"threshold by: unknown field {name!r}")
+    if count is None:
+        return None
+    return Threshold(count, within, tuple(by))
 
 
 def _empty_map(parent: LDict) -> LDict:

@@ -20,10 +20,10 @@ from agent.errors import LoadError, LoadErrors, Location, Problems
 from agent.events import Event
 from agent.paths import DEMO_REGISTRY
 from agent.registry import load_registry
-from agent.schema import expect_list, expect_map, expect_str, str_list
+from agent.schema import expect_int, expect_list, expect_map, expect_str, str_list
 from agent.yamlsrc import LDict, load_file, where_of
 
-_SAMPLE_KEYS = ("name", "registry", "event", "fires", "not_fires", "description")
+_SAMPLE_KEYS = ("name", "registry", "event", "fires", "not_fires", "description", "repeat")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,15 @@ class SampleRunner:
             event = Event.from_dict(raw)
         except ValueError as exc:
             return Outcome(where_of(m["event"], m.at("event")), name, False, f"bad event: {exc}")
-        fired = {r.id for r in self.engine.match(attribute(event))}
+        # ``repeat: N``: the event N times over (a count-over-window rule), judged on the last.
+        repeat = m.get("repeat", 1)
+        if expect_int(repeat, m.at("repeat"), problems, "repeat", minimum=1, maximum=10000) is None:
+            return Outcome(where, name, False, "; ".join(p.message for p in problems))
+        self.engine.reset_windows()
+        attributed = attribute(event)
+        for _ in range(int(repeat) - 1):
+            self.engine.match(attributed)
+        fired = {r.id for r in self.engine.match(attributed)}
         for rid in fires:
             report.fired[rid] = report.fired.get(rid, 0) + 1
         for rid in not_fires:

@@ -74,6 +74,11 @@ def describe_object(ev: dict[str, Any]) -> str:
         return cut(" ".join(parts))
     if i.get("name"):
         return cut(f"{i['name']} ({i.get('kind') or '?'})")
+    a = group_of(ev, "auth")
+    if a.get("account"):
+        src = f" from {a['source_ip']}" if a.get("source_ip") else ""
+        what = a.get("change") or a.get("result") or ""
+        return cut(f"{a['account']} {what}{src}".strip())
     return ""
 
 
