@@ -90,11 +90,12 @@ class AssetIndex:
     def load(self, on_file: Callable[[AssetFile], object] | None = None) -> int:
         """Walk every asset tree and index what the globs cover; the number of files indexed."""
         for root in self.roots():
-            for path in _walk(root):
-                if self.covers(path):
-                    f = self.refresh(path)
-                    if f is not None and on_file is not None:
-                        on_file(f)
+            for path, st in _walk(root):
+                if not stat.S_ISREG(st.st_mode) or not self.covers(path):
+                    continue
+                f = self._add(AssetFile(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+                if f is not None and on_file is not None:
+                    on_file(f)
         return len(self._by_id)
 
     def refresh(self, path: str) -> AssetFile | None:
@@ -108,7 +109,10 @@ class AssetIndex:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        f = AssetFile(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return self._add(AssetFile(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    def _add(self, f: AssetFile) -> AssetFile | None:
+        path = f.path
         with self._lock:
             self._drop_path(path)
             old = self._by_id.get((f.dev, f.ino))
@@ -207,10 +211,14 @@ class AssetIndex:
         return digest if (st.st_size, st.st_mtime_ns) == (a.size, a.mtime_ns) else None
 
 
-def _walk(root: str) -> Iterator[str]:
-    """Every entry below ``root`` (not following symlinks), ``root`` itself first when it is a file."""
-    if os.path.isfile(root) and not os.path.islink(root):
-        yield root
+def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below ``root`` with its lstat (symlinks not followed); ``root`` itself when it is a file."""
+    try:
+        top = os.stat(root, follow_symlinks=False)
+    except OSError:
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        yield root, top
         return
     stack = [root]
     while stack:
@@ -218,8 +226,12 @@ def _walk(root: str) -> Iterator[str]:
         try:
             with os.scandir(here) as entries:
                 for e in entries:
-                    if e.is_dir(follow_symlinks=False):
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
                         stack.append(e.path)
-                    yield e.path
+                    yield e.path, st
         except OSError:
             continue

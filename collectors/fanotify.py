@@ -43,6 +43,7 @@ FAN_REPORT_DFID_NAME = 0x400 | 0x800
 FAN_MARK_ADD = 0x1
 FAN_MARK_FILESYSTEM = 0x100
 _FAN_MARK_DONT_FOLLOW = 0x4
+_FAN_MARK_REMOVE = 0x2
 
 FAN_MODIFY = 0x2
 FAN_CLOSE_WRITE = 0x8
@@ -166,9 +167,9 @@ class FanotifyGroup:
         if self._libc.mark(self.fd, flags, self.mask, _AT_FDCWD, os.fsencode(path)) < 0:
             raise _errno_error(f"fanotify_mark renames {path}")
 
-    def mark_file(self, path: str) -> None:
-        """Watch one file (fd groups): its inode, reached through any of its names."""
-        flags = FAN_MARK_ADD | _FAN_MARK_DONT_FOLLOW
+    def mark_file(self, path: str, *, remove: bool = False) -> None:
+        """Watch one file (fd groups): its inode, reached through any of its names; or stop watching it."""
+        flags = (_FAN_MARK_REMOVE if remove else FAN_MARK_ADD) | _FAN_MARK_DONT_FOLLOW
         if self._libc.mark(self.fd, flags, FAN_OPEN | FAN_CLOSE_WRITE, _AT_FDCWD, os.fsencode(path)) < 0:
             raise _errno_error(f"fanotify_mark {path}")
 
@@ -386,6 +387,14 @@ class FanotifyWatcher:
                     stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
             except OSError:
                 self._on_drop("watch_error")
+
+    def unmark_file(self, path: str) -> None:
+        """Drop one file's inode mark (it is no longer an asset); a file already gone took its mark with it."""
+        try:
+            self.fd_group.mark_file(path, remove=True)
+        except CollectorError:
+            return
+        self._marks -= 1
 
     def _mark_renames(self, path: str) -> None:
         if self.renames is None:

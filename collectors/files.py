@@ -58,6 +58,8 @@ MAX_WAITS = 3  # then up to this many more double windows (about 2 s in all) bef
 QUIET = 1.0  # a write with no close is reported after this much silence...
 HOLD_MAX = 5.0  # ...or after this long at most
 CATCH_UP_SLACK = 1.0  # a file changed this long before the mount was seen still counts as written after it
+ASSET_REFRESH = 600.0  # seconds between walks of the asset trees that re-check the index
+MAX_MARKS = 100_000  # fanotify marks: directories of the watched trees and asset files
 MOVE_DELAY = 0.5  # watchdog holds a move's first half this long for its second: a move out comes late as a delete
 _NS_ROOT = re.compile(r"/proc/\d+/root(?=/)")
 _WANT = {
@@ -195,6 +197,9 @@ class FilesCollector:
         self._opened: dict[tuple[str, int], float] = {}
         self.limiter = OpenLimiter()
         self.provenance = Provenance(self.assets)
+        self._globs_wanted: tuple[str, ...] | None = None
+        self._reindexing: threading.Thread | None = None
+        self._next_reindex = 0.0
         self._caught: dict[str, _Op] = {}  # files found by a catch-up scan, held briefly
         self._ns_roots: dict[int, str] = {}  # st_dev of a medium in another mount namespace -> /proc/PID/root
         self._next_report = 0.0
@@ -229,9 +234,13 @@ class FilesCollector:
         self.health.up = True
         missing = list(self.paths)
         next_retry = 0.0
+        self._next_reindex = time.monotonic() + ASSET_REFRESH
         try:
             while not stop.is_set():
                 now = time.monotonic()
+                for root in self._reindex_due(now):
+                    if root not in self._roots and root not in missing:
+                        missing.append(root)
                 if missing and now >= next_retry:
                     missing = [p for p in missing if not self._add_root(watcher, p, None)]
                     next_retry = now + 2.0
@@ -257,7 +266,7 @@ class FilesCollector:
 
     def _open_fanotify(self) -> None:
         try:
-            self._fan = fan.FanotifyWatcher(self._fan_record, self._lose)
+            self._fan = fan.FanotifyWatcher(self._fan_record, self._lose, max_marks=MAX_MARKS)
         except CollectorError as exc:
             log.warning("files: inotify mode, file events carry no process: %s", exc)
             self.health.mode = "inotify"
@@ -273,6 +282,38 @@ class FilesCollector:
         if self.assets.overflow:
             self._lose("asset_index_full", "", self.assets.overflow)
         log.info("files: %d asset files indexed by inode", n)
+
+    def set_assets(self, globs: Iterable[str]) -> None:
+        """The registry's asset globs changed (a reload): they are indexed anew in the background."""
+        self._globs_wanted = tuple(globs)
+
+    def _reindex_due(self, now: float) -> tuple[str, ...]:
+        """Start a background re-index when the globs changed or the periodic one is due; new roots to watch."""
+        globs = self._globs_wanted
+        if globs is None and now < self._next_reindex:
+            return ()
+        if self._reindexing is not None and self._reindexing.is_alive():
+            return ()
+        self._globs_wanted, self._next_reindex = None, now + ASSET_REFRESH
+        self._reindexing = threading.Thread(target=self._reindex, args=(globs or self.assets.globs,),
+                                            name="files-reindex", daemon=True)
+        self._reindexing.start()
+        return tuple(os.path.realpath(r) for r in AssetIndex(globs).roots()) if globs is not None else ()
+
+    def _reindex(self, globs: tuple[str, ...]) -> None:
+        """Walk the asset trees again into a new index and swap it in: files the operations missed
+        (an inotify overflow, a registry change) are known by inode again, and marked."""
+        old, fan_ = self.assets, self._fan
+        new = AssetIndex(globs, old.max_files)
+        new.load(None if fan_ is None else lambda f: old.lookup(f.dev, f.ino) is None and fan_.mark_file(f.path))
+        self.assets = self.provenance.assets = new
+        if fan_ is not None:
+            for f in old.files():
+                if new.lookup(f.dev, f.ino) is None and _ident(f.path) == (f.dev, f.ino):
+                    fan_.unmark_file(f.path)
+        if new.overflow:
+            self._lose("asset_index_full", "", new.overflow)
+        log.info("files: asset index refreshed, %d files", len(new))
 
     def _asset_changed(self, path: str) -> None:
         """A create, write or move on ``path``: keep the index (and the inode marks) current."""
@@ -632,6 +673,14 @@ class FilesCollector:
             return None
         finally:
             os.close(fd)
+
+
+def _ident(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _files_under(top: str) -> Iterable[os.DirEntry[str]]:

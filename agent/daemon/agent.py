@@ -237,6 +237,11 @@ class Agent:
             return False
         self.loaded = new
         self.pipeline.stage = new.stage
+        globs = tuple(a.path for a in new.registry.assets)
+        for c in self.collectors:
+            set_assets = getattr(c, "set_assets", None)
+            if set_assets is not None:
+                set_assets(globs)  # the files collector indexes the registry's assets anew
         self._host_info(new.registry)
         self._expect_findings(new)
         self.metrics.set_rules_loaded(new.rules)

@@ -265,3 +265,26 @@ def _lost(events: list[Event]) -> int:
     """The operations agent.degraded events say were not reported."""
     return sum(int((e.detail or "").split("operations not reported: ", 1)[1].split()[0])
                for e in events if e.kind == "agent.degraded")
+
+
+@pytest.mark.root
+@needs
+def test_a_registry_change_indexes_the_new_assets_and_forgets_the_old(
+        space: Space, running: Callable[..., Running]) -> None:
+    r = running()
+    later = space.top / "later"
+    later.mkdir()
+    (later / "doc.txt").write_text("新登记的文件\n")
+    for p in (later, later / "doc.txt"):
+        os.chown(p, USER, USER)
+    r.collector.set_assets([f"{later}/**"])  # what a registry reload hands over
+    r.wait(lambda: r.collector.assets.at(str(later / "doc.txt")) is not None)
+    r.wait(lambda: str(later) in r.collector.watched_roots())
+    child = space.python_as_user(_sh(f"ln {later / 'doc.txt'} {space.outside / 'd.txt'} && "
+                                     f"ln {space.plan} {space.outside / 'p.txt'}")
+                                 + _read(space.outside / "d.txt") + _read(space.outside / "p.txt"))
+    r.wait(lambda: bool(r.of("file.open", str(space.outside / "d.txt"))))
+    time.sleep(0.5)
+    child.communicate("")
+    assert r.of("file.open", str(space.outside / "d.txt"))[0].file.source_path == str(later / "doc.txt")
+    assert r.of("file.open", str(space.outside / "p.txt")) == []  # no longer registered: its mark is gone
