@@ -145,7 +145,7 @@ class AuditCollector:
 
     # -- used by the session --------------------------------------------------------
     def _parent(self, ppid: int) -> Parent | None:
-        found = self._reader.identity(ppid)
+        found = self._reader.cached(ppid) or self._reader.identity(ppid)
         if found is None:
             return None
         p = found[0]

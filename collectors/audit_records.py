@@ -39,15 +39,15 @@ def parse_record(rtype: int, payload: bytes) -> Record | None:
     if m is None:
         return None
     body = payload[m.end():].decode("utf-8", "backslashreplace")
-    fields: dict[str, str] = {}
-    for k, v in _FIELD.findall(body):
-        if k == "msg" and v.startswith("'"):
-            for k2, v2 in _FIELD.findall(v[1:-1]):
-                fields.setdefault(k2, v2)
-            continue
-        fields.setdefault(k, v)
-    when = int(m.group(1)) + int(m.group(2)) / 1000.0
-    return Record(rtype, when, int(m.group(3)), fields, payload)
+    # One C-level pass; a record names each key once (user-space ones wrap theirs in msg='...').
+    fields: dict[str, str] = dict(_FIELD.findall(body))
+    msg = fields.get("msg")
+    if msg is not None and msg.startswith("'"):
+        del fields["msg"]
+        for k, v in _FIELD.findall(msg[1:-1]):
+            fields.setdefault(k, v)
+    secs, millis, serial = m.groups()
+    return Record(rtype, int(secs) + int(millis) / 1000.0, int(serial), fields, payload)
 
 
 def text(raw: str | None) -> str | None:

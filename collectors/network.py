@@ -123,7 +123,7 @@ class NetworkCollector:
 
     def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None, *,
                  process_lookup: ProcessLookup | None = None, lister: Lister = psutil_lister,
-                 interval: float = 1.0, flows: int = 4096) -> None:
+                 interval: float = 1.0, flows: int = 4096, audit: Any = None) -> None:
         """Build from the ``collectors.network`` config section; ValueError names a bad value."""
         self.sources = sources or Sources()
         self.enabled = bool(section(config, "enabled", True))
@@ -141,6 +141,10 @@ class NetworkCollector:
         self._lookup: ProcessLookup = process_lookup or ProcReader(self.sources.proc_root)
         self._lister = lister
         self._flows = FlowSet(flows)
+        # While the audit collector's connect/sendto rules are in force it reports outgoing connections
+        # and datagrams with the kernel's word on who made them; this collector keeps to accepts, listens,
+        # DNS names and what those rules do not cover (one operation, one event).
+        self._audit = audit
 
     def available(self) -> Availability:
         """``sniff`` when a packet socket and libpcap are usable, else ``poll`` (or None in forced sniff)."""
@@ -297,6 +301,8 @@ class NetworkCollector:
         self._send(emit, kind, net, process, parent)
 
     def _send(self, emit: Emit, kind: str, net: Net, process: Process, parent: Parent) -> None:
+        if kind == "net.connect" and self._audit is not None and self._audit.covers("net.connect"):
+            return
         now = self.sources.clock()
         emit(Event(kind=kind, time=now, collector=self.name, process=process, parent=parent, net=net))
         self.health.saw(now)

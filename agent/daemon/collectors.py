@@ -55,7 +55,7 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
         return MediaCollector(section, sources)
     if name == "network":
         from collectors.network import NetworkCollector
-        return NetworkCollector(section, sources)
+        return NetworkCollector(section, sources, audit=built.get("audit"))
     if name == "files":
         from collectors.files import FilesCollector
         return FilesCollector(section, sources, extra_paths=extra_paths, media=built.get("media"),  # type: ignore[arg-type]

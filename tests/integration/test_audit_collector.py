@@ -271,3 +271,56 @@ def test_classified_file_read_by_an_under_cleared_person_fires_every_time(progs:
     for name, ps in pids.items():
         assert set(ps) <= hit, f"{name}: BM-FILE-003 missed {sorted(set(ps) - hit)}"
     assert all(e.file.inode == doc.stat().st_ino for e in got)
+
+
+AGENT_REGISTRY = """\
+host: {{id: dw-agent-host, unit: 测试中心, department: 测试委员会, custodian: zhangsan, level: secret, zone: intranet}}
+departments: [{{name: 测试委员会}}]
+units: [{{name: 测试中心, department: 测试委员会}}]
+people:
+  - {{account: zhangsan, uid: 1000, name: 张三, unit: 测试中心, clearance: secret}}
+  - {{account: root, uid: 0, name: 系统管理员, unit: 测试中心, clearance: top_secret}}
+  - {{account: tester, uid: 4242, name: 测试员, unit: 测试中心, clearance: internal}}
+zones: {{default: internet, networks: [{{name: intranet, cidrs: [10.0.0.0/8]}}]}}
+assets:
+  - {{path: "{assets}/**", level: secret, unit: 测试中心}}
+"""
+
+
+def test_the_agent_with_every_collector_reports_each_operation_once(progs: Path, tmp_path: Path) -> None:
+    from agent_harness import AgentProcess
+    _no_daemon()
+    rules_before = auditctl("-l")
+    state_before = status()
+    cfg = "".join(f"  {n}: {{enabled: true}}\n" for n in ("process", "files", "audit"))
+    cfg += "".join(f"  {n}: {{enabled: false}}\n" for n in ("network", "media", "host"))
+    agent = AgentProcess(tmp_path, collectors=cfg, registry=AGENT_REGISTRY.format(assets=progs / "secret"))
+    (progs / "secret").mkdir(exist_ok=True)
+    doc = progs / "secret" / "plan.txt"
+    doc.write_text("x\n")
+    agent.start()
+    try:
+        agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="audit", mode="daemon") == 1,
+                   "audit collector not up in daemon mode")
+        agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="files") == 1, "files collector not up")
+        assert "dutywatch-file" in auditctl("-l")
+        pids = []
+        for _ in range(5):
+            p = subprocess.Popen([str(progs / "reader"), str(doc)], preexec_fn=as_person())
+            p.wait()
+            pids.append(p.pid)
+        agent.wait(lambda: len([r for r in agent.events() if r.get("rule") == "BM-FILE-003"]) >= 5,
+                   "BM-FILE-003 missing", timeout=30)
+        time.sleep(3)  # anything the other collectors would add has had time to arrive
+    finally:
+        assert agent.stop() == 0
+    records = agent.events()
+    mal = [r for r in records if r.get("rule") == "DB-MAL-001" and r["event"]["process"]["pid"] in pids]
+    assert sorted(r["event"]["process"]["pid"] for r in mal) == sorted(pids)  # one exec, one finding
+    assert all(r["event"]["event"]["collector"] == "audit" for r in mal)
+    reads = [r for r in records if r.get("rule") == "BM-FILE-003" and r["event"]["process"]["pid"] in pids]
+    assert sorted(r["event"]["process"]["pid"] for r in reads) == sorted(pids)
+    assert all(r["accountable"]["operator"] == "测试员" for r in reads + mal)
+    assert auditctl("-l") == rules_before
+    assert {k: status()[k] for k in ("enabled", "pid", "backlog_limit")} == \
+        {k: state_before[k] for k in ("enabled", "pid", "backlog_limit")}
