@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agent.events import Event, Parent
+from agent.events import Event, Parent, Process
 from collectors.audit_assemble import Assembler
 from collectors.audit_netlink import (
     AUDIT_REPLACE,
@@ -87,6 +87,7 @@ class AuditCollector:
         self._covers: frozenset[str] = frozenset()
         self._watched: tuple[str, ...] = ()  # asset prefixes whose watches are in force
         self._exact: frozenset[str] = frozenset()
+        self._mounts: dict[str, tuple[Process, Parent, float]] = {}  # mount point -> who, when (monotonic)
         self._resync = threading.Event()
         self.rules_installed: list[bytes] = []
 
@@ -100,6 +101,22 @@ class AuditCollector:
         if path is None or not self._watched or not self.covers("file"):
             return False
         return path in self._exact or path.startswith(self._watched)
+
+    def mounted_by(self, mount: str | None, wait: float = 0.5) -> tuple[Process, Parent] | None:
+        """Who mounted (or unmounted) ``mount`` in the last minute, by the kernel's record; waits up to ``wait`` s.
+
+        The media collector tells what medium a mount is; this tells who made it (the two are one event).
+        """
+        if mount is None or not self.covers("media.mount"):
+            return None
+        end = time.monotonic() + wait
+        while True:
+            hit = self._mounts.get(posixpath.normpath(mount))
+            if hit is not None and time.monotonic() - hit[2] < 60.0:
+                return hit[0], hit[1]
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.02)
 
     def set_asset_paths(self, paths: Iterable[str]) -> None:
         """New registry asset paths (after a reload): the watches are rebuilt on the collector's thread."""
@@ -415,6 +432,15 @@ class _Session:
 
     def _send(self, events: list[Event]) -> None:
         for ev in events:
+            if ev.kind in ("media.mount", "media.unmount"):
+                # Whether a mount is removable media, and which, is the media collector's to say;
+                # it asks here who made it. A mount alone is not an event of its own.
+                mounts = self.c._mounts
+                if len(mounts) > 1024:
+                    mounts.clear()
+                if ev.media.mount is not None:
+                    mounts[posixpath.normpath(ev.media.mount)] = (ev.process, ev.parent, time.monotonic())
+                continue
             if ev.kind == "process.exec" and self.mode == "daemon" and \
                     posixpath.basename(ev.process.exe or "") in _DAEMONS and ev.process.pid != self.c.pid:
                 self._step_aside(f"audit daemon {ev.process.exe} (pid {ev.process.pid}) started")

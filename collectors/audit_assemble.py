@@ -279,8 +279,9 @@ class Assembler:
             mount = names[0] if names else None
             return Event("media.unmount", sc.time, self._collector, process=p, parent=parent,
                          media=Media(mount=self._abs(mount, p.cwd)))
-        device = names[0] if call == "mount" and len(names) > 1 else None
-        mount = names[-1] if names else None
+        # mount(2) looks the target up first, then the source device (a block device's path).
+        mount = names[0] if names else None
+        device = names[1] if call == "mount" and len(names) > 1 else None
         return Event("media.mount", sc.time, self._collector, process=p, parent=parent,
                      media=Media(device=device, mount=self._abs(mount, p.cwd)))
 

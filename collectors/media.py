@@ -188,8 +188,9 @@ class MediaCollector:
     name = "media"
 
     def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None,
-                 udev_root: Path = Path("/run/udev/data")) -> None:
+                 udev_root: Path = Path("/run/udev/data"), audit: Any = None) -> None:
         self._sources = sources or Sources()
+        self._audit = audit  # the kernel audit collector: who made a mount, from its record
         self._udev_root = udev_root
         roots: Iterable[str] = section(config, "roots", DEFAULT_ROOTS)
         self.roots = tuple(os.path.realpath(r) for r in roots)
@@ -347,6 +348,10 @@ class MediaCollector:
 
     def _emit_all(self, events: list[Event], emit: Emit) -> None:
         for e in events:
+            if self._audit is not None and e.process.pid is None:
+                who = self._audit.mounted_by(e.media.mount)
+                if who is not None:
+                    e = e._replace(process=who[0], parent=who[1])
             log.info("%s %s on %s (%s, serial %s)", e.kind, e.media.device, e.media.mount, e.media.fs, e.media.serial)
             self.health.saw(e.time or 0.0)
             emit(e)

@@ -18,9 +18,9 @@ def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources
     ``assets`` are the registry's asset globs: the files collector knows those files by inode.
     """
     built: dict[str, Collector] = {}
-    # media first: the files collector asks it which mounts are removable; audit before
-    # process, which leaves execs to it while its rules are in force.
-    for name in ("media", "audit", "process", "network", "files", "host"):
+    # audit first: the others leave to it what its rules cover and ask it who mounted what;
+    # media before files, which asks it which mounts are removable.
+    for name in ("audit", "media", "process", "network", "files", "host"):
         section = sections.get(name, {})
         if not section.get("enabled", True):
             continue
@@ -52,7 +52,7 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
           built: Mapping[str, Collector], assets: tuple[str, ...] = ()) -> Collector | None:
     if name == "media":
         from collectors.media import MediaCollector
-        return MediaCollector(section, sources)
+        return MediaCollector(section, sources, audit=built.get("audit"))
     if name == "network":
         from collectors.network import NetworkCollector
         return NetworkCollector(section, sources, audit=built.get("audit"))

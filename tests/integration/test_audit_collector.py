@@ -324,3 +324,30 @@ def test_the_agent_with_every_collector_reports_each_operation_once(progs: Path,
     assert auditctl("-l") == rules_before
     assert {k: status()[k] for k in ("enabled", "pid", "backlog_limit")} == \
         {k: state_before[k] for k in ("enabled", "pid", "backlog_limit")}
+
+
+def test_who_mounted_is_told_to_the_media_collector_and_a_mount_alone_is_no_event(tmp_path: Path) -> None:
+    _no_daemon()
+    point = Path("/tmp") / f"dw-audit-mnt-{os.getpid()}"
+    point.mkdir()
+
+    def logged_in() -> None:
+        with open("/proc/self/loginuid", "w") as f:
+            f.write(str(TEST_UID))
+
+    c = AuditCollector({})
+    try:
+        with running(c) as run:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "dwtest", str(point)], check=True,
+                           preexec_fn=logged_in)
+            who = c.mounted_by(str(point), wait=10)
+            subprocess.run(["umount", str(point)], check=True)
+            time.sleep(0.5)
+            kinds = {e.kind for e in run.events}
+    finally:
+        subprocess.run(["umount", str(point)], capture_output=True, check=False)
+        point.rmdir()
+    assert who is not None
+    process, _parent = who
+    assert process.exe == os.path.realpath("/bin/mount") and process.loginuid == TEST_UID
+    assert not kinds & {"media.mount", "media.unmount"}  # an ordinary tmpfs is no removable medium
