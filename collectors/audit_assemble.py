@@ -40,6 +40,11 @@ SYSCALL, PATH, SOCKADDR, CWD, EXECVE, EOE, PROCTITLE = 1300, 1302, 1306, 1307, 1
 _GROUPED = frozenset({SYSCALL, PATH, SOCKADDR, CWD, EXECVE, PROCTITLE, 1303, 1304, 1318, 1321, 1322, 1323, 1331})
 _NET_CALLS = frozenset({"connect", "sendto", "sendmsg", "sendmmsg", "socketcall"})
 _MOUNT_CALLS = frozenset({"mount", "umount", "umount2", "move_mount"})
+_GUARD_CALLS = frozenset({"kill", "tkill", "tgkill", "ptrace", "process_vm_readv", "process_vm_writev"})
+# Signal 0 only asks whether the agent lives (monitoring does that); SIGCONT and SIGWINCH do nothing to it.
+_HARMLESS_SIGNALS = frozenset({0, 18, 28})
+_SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 10: "SIGUSR1", 12: "SIGUSR2",
+                 13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM", 19: "SIGSTOP", 20: "SIGTSTP"}
 _INTERPRETERS = ("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "fish", "csh", "tcsh", "perl", "python",
                  "ruby", "php", "node", "nodejs", "lua", "tclsh", "wish", "pwsh", "Rscript", "osascript", "awk", "gawk")
 _INLINE = frozenset({"-c", "-e", "-m", "-E", "--command", "--eval"})
@@ -193,6 +198,8 @@ class Assembler:
         if call in _NET_CALLS:
             addr = next((r for r in records if r.type == SOCKADDR), None)
             return self._net(sc, call, process, parent, addr)
+        if call in _GUARD_CALLS:
+            return self._at_agent(sc, call, process, parent)
         if call in _MOUNT_CALLS:
             return self._mount(sc, call, process, parent, paths, records)
         if any(k.startswith("dutywatch-file") for k in keys(f.get("key"))) or self._covers(paths, cwd):
@@ -268,6 +275,27 @@ class Assembler:
         proto = "tcp" if call == "connect" else "udp"
         return Event("net.connect", sc.time, self._collector, process=p, parent=parent,
                      net=Net(proto=proto, direction="outbound", remote_ip=ip, remote_port=port))
+
+    def _at_agent(self, sc: Record, call: str, p: Process, parent: Parent) -> Event | None:
+        """A signal, ptrace or memory access aimed at the agent, by someone else (an ``agent.tamper`` event)."""
+        f = sc.fields
+        a0, a1 = number(f.get("a0"), 16), number(f.get("a1"), 16)
+        target = a1 if call == "ptrace" else a0
+        if not self.agent_pid or target != self.agent_pid or p.pid == self.agent_pid:
+            return None
+        ok = "" if f.get("success") != "no" else " (refused)"
+        if call in ("kill", "tkill", "tgkill"):
+            sig = number(f.get("a2"), 16) if call == "tgkill" else a1
+            if sig in _HARMLESS_SIGNALS:
+                return None
+            what = f"signal {sig} ({_SIGNAL_NAMES.get(sig or 0, 'SIG?')}) sent to the agent"
+        elif call == "ptrace":
+            what = f"ptrace request {a0} on the agent"
+        else:
+            what = f"{call} of the agent's memory"
+        who = f"{p.exe or p.name or '?'} (pid {p.pid}, uid {p.uid}, loginuid {p.loginuid})"
+        return Event("agent.tamper", sc.time, self._collector, process=p, parent=parent,
+                     detail=f"{what} by {who}{ok}")
 
     def _mount(self, sc: Record, call: str, p: Process, parent: Parent, paths: list[Record],
                records: list[Record]) -> Event | None:

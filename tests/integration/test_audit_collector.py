@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -351,3 +352,32 @@ def test_who_mounted_is_told_to_the_media_collector_and_a_mount_alone_is_no_even
     process, _parent = who
     assert process.exe == os.path.realpath("/bin/mount") and process.loginuid == TEST_UID
     assert not kinds & {"media.mount", "media.unmount"}  # an ordinary tmpfs is no removable medium
+
+
+def test_signals_and_ptrace_aimed_at_the_agent_name_who_sent_them() -> None:
+    _no_daemon()
+    c = AuditCollector({})
+    me = os.getpid()
+    # A process of the test person tries a liveness probe (signal 0: no event), SIGUSR2 and a ptrace attach
+    # on the agent (this process): both refused, as it is not root, and both reported with who tried.
+    code = (f"import os, ctypes, contextlib\n"
+            f"for sig in (0, 12):\n"
+            f"    with contextlib.suppress(PermissionError):\n"
+            f"        os.kill({me}, sig)\n"
+            f"ctypes.CDLL(None, use_errno=True).ptrace(16, {me}, 0, 0)\n")
+    old = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        with running(c) as run:
+            p = subprocess.Popen([SYSTEM_PYTHON, "-c", code], preexec_fn=as_person(), stderr=subprocess.PIPE)
+            _, err = p.communicate(timeout=30)
+            assert b"Traceback" not in err, err
+            got = run.where(lambda e: e.kind == "agent.tamper" and e.process.pid == p.pid, count=2)
+            time.sleep(0.5)
+            got = [e for e in run.events if e.kind == "agent.tamper" and e.process.pid == p.pid]
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    details = sorted(e.detail or "" for e in got)
+    assert len(got) == 2, details
+    assert any("signal 12 (SIGUSR2)" in d and "(refused)" in d for d in details)
+    assert any("ptrace request 16" in d and "(refused)" in d for d in details)
+    assert all(e.process.loginuid == TEST_UID and e.process.exe for e in got)
