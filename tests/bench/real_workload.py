@@ -425,18 +425,20 @@ class PackOracle:
                 out.add("ZR-002")
             out.update(rid for rid, names in (("DB-AUD-001", "privilege_tools"), ("DB-AUD-002", "account_tools"))
                        if name in L[names])
-            if str(p.get("exe", "")).startswith(tuple(L["temp_dirs"])):
+            ran = (str(p.get("exe", "")), str(f.get("path", "")))
+            if any(x.startswith(tuple(L["temp_dirs"])) for x in ran) or ran[0].startswith("memfd:"):
                 out.add("DB-MAL-001")
         changed = kind in ("file.write", "file.create", "file.delete", "file.rename")
         paths = [x for x in (path, dest) if x is not None]
+        exe = p.get("exe")
         if changed and any(x.startswith(tuple(L["system_dirs"])) for x in paths) \
-                and name not in L["package_managers"]:
+                and exe not in L["package_manager_exes"]:
             out.add("DB-INT-001")
         if changed and path is not None and (path in ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow",
                                                       "/etc/sudoers")
                                              or path.startswith(("/etc/sudoers.d/", "/etc/pam.d/",
                                                                  "/etc/ssh/sshd_config"))) \
-                and name not in L["account_tools"] and name not in L["package_managers"]:
+                and exe not in L["account_tool_exes"] and exe not in L["package_manager_exes"]:
             out.add("DB-INT-002")
         if changed and any(x.startswith("/etc/dutywatch/") for x in paths):
             out.add("DB-TAMP-003")
@@ -606,6 +608,29 @@ def write_workload(path: Path, n: int, root: Path | None, seed: int = 22) -> Wor
                 w.add(ev)
     w.rules = len(set().union(*w.planted.values())) if w.planted else 0
     return w
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.bench.real_workload OUT N``: the events, and OUT.json with the planted lines and shape.
+
+    The benchmark writes the workload in a child process: a replay started
+    from a process inherits its peak RSS in the kernel's accounting, and the
+    generator's bookkeeping (every distinct command line) is large.
+    """
+    import json
+    import sys
+
+    from tests.bench.sigma_workload import vendor_root
+
+    out, n = (argv if argv is not None else sys.argv[1:])[:2]
+    w = write_workload(Path(out), int(n), vendor_root())
+    Path(out + ".json").write_text(json.dumps({"events": w.events, "rules": w.rules, "shape": w.describe(),
+                                               "planted": {str(k): sorted(v) for k, v in w.planted.items()}}),
+                                   encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
 
 
 __all__ = ["HOST_IP", "REGISTRY", "PackOracle", "SigmaOracle", "Workload", "events", "pack_violations",
