@@ -107,6 +107,7 @@ class File(NamedTuple):
     inode: int | None = None
     sha256: str | None = None
     source_path: str | None = None
+    marking_status: str | None = None  # marked, unmarked, unreadable, skipped or unscanned (see collectors.marking)
 
 
 class Media(NamedTuple):

@@ -364,6 +364,10 @@ class Metrics:
         restarts = CounterMetricFamily(PREFIX + "collector_restarts",
                                        "Times the collector failed or returned early and was restarted.",
                                        labels=("collector",))
+        skipped = CounterMetricFamily(PREFIX + "marking_skipped",
+                                      "Files whose marking scan did not finish (timeout, queue_full, worker); "
+                                      "their events carry file.marking_status unscanned.",
+                                      labels=("collector", "reason"))
         drops: dict[tuple[str, ...], float] = {}
         partials: dict[tuple[str, ...], float] = {}
         for name in sorted(healths)[:64]:
@@ -380,6 +384,8 @@ class Metrics:
             for reason, n in dict(h.partials).items():
                 key = (cname, label_value(reason, 32))
                 partials[key] = partials.get(key, 0.0) + n
+            for reason, n in sorted(dict(h.marking_skipped).items())[:16]:
+                skipped.add_metric([cname, label_value(reason, 32)], float(n))
         partial = CounterMetricFamily(PREFIX + "events_partial",
                                       "Events that went out with part of their data (proc_gone: the process "
                                       "exited before /proc could be read); evaluated, not lost.",
@@ -387,6 +393,7 @@ class Metrics:
         for pkey in sorted(partials):
             partial.add_metric(list(pkey), partials[pkey])
         yield partial
+        yield skipped
         yield up
         yield last
         yield restarts

@@ -53,6 +53,7 @@ class Health:
     drops: dict[str, int] = field(default_factory=dict)
     partials: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
+    marking_skipped: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def drop(self, reason: str, n: int = 1) -> None:
@@ -64,6 +65,11 @@ class Health:
         """Count ``n`` events that went out with only part of their data (``proc_gone``): not lost."""
         with self._lock:
             self.partials[reason] = self.partials.get(reason, 0) + n
+
+    def skip_marking(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` files sent on unscanned for ``reason`` (timeout, queue_full, worker)."""
+        with self._lock:
+            self.marking_skipped[reason] = self.marking_skipped.get(reason, 0) + n
 
     def saw(self, now: float) -> None:
         """Note one event produced at ``now``."""

@@ -21,6 +21,15 @@ never for an asset, and whatever is not reported is journaled as an
 
 Without CAP_SYS_ADMIN the collector runs in ``inotify`` mode: the same
 events, without the process group.
+
+With a marker, files created, written and opened are scanned for their
+密级标志 off the event path; the result is the event's ``file.marking`` and
+``file.marking_status``. A file that could not be scanned (time cap, the
+marking queue full, a worker that died) goes out ``unscanned`` and is counted
+in ``marking_skipped``. Results are cached by (device, inode, size, mtime,
+ctime), so reading a document again costs no scan. After a monitoring gap
+(``rescan_after``), the watched trees are walked once for files changed
+during it, which go out as ``file.write`` without a process.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.events import Event, File, Media, Process
 from agent.levels import Level
@@ -48,11 +57,17 @@ from collectors.openlimit import REPORT_EVERY, OpenLimiter
 from collectors.provenance import Provenance
 from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVED, FsOp, TreeWatcher
 
+if TYPE_CHECKING:
+    from collectors.marking import MarkingResult
+
 log = logging.getLogger(__name__)
 
 # Called with the file's real path (for its type) and a descriptor already opened
 # with O_NOFOLLOW and checked: read through the descriptor, never reopen the path.
-Marker = Callable[[str, int], Level | None]
+Marker = Callable[[str, int], "MarkingResult"]
+MARK_QUEUE = 256  # files waiting for their scan; past that they go out unscanned
+MARK_CACHE = 4096  # scan results kept by (device, inode, size, mtime, ctime)
+RESCAN_MAX = 200_000  # files looked at by one rescan after a gap
 WINDOW = 0.3  # how long an operation waits for its fanotify record
 MAX_WAITS = 3  # then up to this many more double windows (about 2 s in all) before it goes out without one
 QUIET = 1.0  # a write with no close is reported after this much silence...
@@ -182,7 +197,8 @@ class FilesCollector:
         # While the audit collector's watch covers an asset path it reports the operations there, with
         # the kernel's word on who did them; this collector keeps to the rest (one operation, one event).
         self._audit = audit
-        self.marking_skipped = 0  # events sent without marking because the worker was busy
+        self._mark_cache: OrderedDict[tuple[int, ...], tuple[Level | None, str]] = OrderedDict()
+        self._rescan_since: float | None = None
         self._proc = _Proc(sources.proc_root)
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=65536)
         self._roots: tuple[str, ...] = ()
@@ -222,7 +238,7 @@ class FilesCollector:
         """Watch, join and emit until ``stop`` is set; pending operations are sent on the way out."""
         self._open_fanotify()
         self._load_assets()
-        marks: queue.Queue[tuple[Event, str]] = queue.Queue(maxsize=64)
+        marks: queue.Queue[tuple[Event, str]] = queue.Queue(maxsize=MARK_QUEUE)
         watcher = TreeWatcher(self._put_op, lambda _root: self._lose("watch_error"))
         flushed = threading.Event()  # set after the last flush: the marking worker may then finish
         threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), daemon=True)]
@@ -235,6 +251,7 @@ class FilesCollector:
         missing = list(self.paths)
         next_retry = 0.0
         self._next_reindex = time.monotonic() + ASSET_REFRESH
+        since, self._rescan_since = self._rescan_since, None
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -245,6 +262,9 @@ class FilesCollector:
                     missing = [p for p in missing if not self._add_root(watcher, p, None)]
                     next_retry = now + 2.0
                 self._follow_media(watcher)
+                if since is not None and self._marker is not None:
+                    threading.Thread(target=self._rescan, args=(since, marks, emit, stop), daemon=True).start()
+                    since = None
                 try:
                     item = self._inbox.get(timeout=0.1)
                 except queue.Empty:
@@ -256,6 +276,7 @@ class FilesCollector:
             self._flush(float("inf"), emit, marks)
             self._report_lost(float("inf"), emit)
         finally:
+            self._rescan_since = self._src.clock()  # a restart after a failure rescans from here
             self.health.up = False
             watcher.stop()
             flushed.set()
@@ -521,19 +542,16 @@ class FilesCollector:
             if event.file.on_removable and kind in ("file.create", "file.write") and not op.is_dir:
                 event = self._trace(event, op.read_path or path, now)
             if self._marker is not None and op.kind in ("file.create", "file.write") and not op.is_dir:
-                try:
-                    marks.put_nowait((event, op.read_path or op.path))
-                    continue
-                except queue.Full:
-                    self.marking_skipped += 1
+                self._to_mark(event, op.read_path or op.path, marks, emit)
+                continue
             self._send(event, emit)
-        self._flush_opens(now, emit)
+        self._flush_opens(now, emit, marks)
         self._report_lost(now, emit)
         if now >= self._next_expire:
             self._expire(now)
             self._next_expire = now + 1.0
 
-    def _flush_opens(self, now: float, emit: Emit) -> None:
+    def _flush_opens(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
         for key, (t, wall, proc, ident) in list(self._opens.items()):
             if t + WINDOW > now:
                 continue
@@ -547,7 +565,11 @@ class FilesCollector:
             if not asset and not self.limiter.allow(proc.pid, t):
                 self._lose("open_rate", _proc_label(proc))
                 continue
-            self._send(self._build("file.open", path, None, wall, proc, ident), emit)
+            event = self._build("file.open", path, None, wall, proc, ident)
+            if self._marker is not None:
+                self._to_mark(event, path, marks, emit)  # a marked document read above a clearance
+            else:
+                self._send(event, emit)
 
     def _trace(self, event: Event, path: str, now: float) -> Event:
         """A write to removable media, with the asset it came from: what its writer read, else its content."""
@@ -640,6 +662,17 @@ class FilesCollector:
 
     # -- marking, off the event path -------------------------------------------------------------------------------
 
+    def rescan_after(self, since: float) -> None:
+        """Monitoring was down since ``since`` (epoch s): the next run walks the watched trees for changes."""
+        self._rescan_since = since
+
+    def _to_mark(self, event: Event, path: str, marks: queue.Queue[tuple[Event, str]], emit: Emit) -> None:
+        try:
+            marks.put_nowait((event, path))
+        except queue.Full:
+            self.health.skip_marking("queue_full")
+            self._send(event._replace(file=event.file._replace(marking_status="unscanned")), emit)
+
     def _mark_loop(self, marks: queue.Queue[tuple[Event, str]], emit: Emit, flushed: threading.Event) -> None:
         while True:
             try:
@@ -648,31 +681,81 @@ class FilesCollector:
                 if flushed.is_set():
                     return
                 continue
-            level = self._safe_mark(path)
-            self._send(event._replace(file=event.file._replace(marking=level)), emit)
+            level, status = self._safe_mark(path)
+            self._send(event._replace(file=event.file._replace(marking=level, marking_status=status)), emit)
 
-    def _safe_mark(self, path: str) -> Level | None:
+    def _safe_mark(self, path: str) -> tuple[Level | None, str | None]:
         """Mark a regular file only where it really is under a watched root (no symlink escapes)."""
         assert self._marker is not None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            return None
+            return None, None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None, None
             real = os.readlink(f"/proc/self/fd/{fd}")
             if not any(_under(real, r) for r in self._roots):
-                return None
+                return None, None
+            # ctime too: a user can set mtime back after changing the content, never ctime.
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            hit = self._mark_cache.get(key)
+            if hit is not None:
+                self._mark_cache.move_to_end(key)
+                return hit
             # The scan reads this descriptor: the path cannot be swapped under it.
-            return self._marker(real, fd)
+            result = self._marker(real, fd)
+            if result.status == "unscanned":
+                self.health.skip_marking("timeout" if "time limit" in result.reason else "worker")
+                log.warning("files: %s sent unscanned: %s", real, result.reason)
+            self._mark_cache[key] = (result.level, result.status)
+            if len(self._mark_cache) > MARK_CACHE:
+                self._mark_cache.popitem(last=False)
+            return result.level, result.status
         except OSError:
-            return None
+            return None, None
         except Exception:  # a bad document must not stop the collector
             log.exception("files: marking %s failed", path)
-            return None
+            return None, "unscanned"
         finally:
             os.close(fd)
+
+    def _rescan(self, since: float, marks: queue.Queue[tuple[Event, str]], emit: Emit,
+                stop: threading.Event) -> None:
+        """Send every file under the watched roots changed since ``since`` through the marking scan."""
+        seen = found = 0
+        stack = list(self._roots)
+        detail = f"changed while monitoring was down (since {since:.0f})"
+        while stack and not stop.is_set() and seen < RESCAN_MAX:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                seen += 1
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if max(st.st_mtime, st.st_ctime) < since:
+                    continue
+                found += 1
+                event = self._build("file.write", entry.path, None, self._src.clock(), None)._replace(detail=detail)
+                while not stop.is_set():
+                    try:
+                        marks.put((event, entry.path), timeout=0.5)  # a rescan waits for room; it is no hurry
+                        break
+                    except queue.Full:
+                        continue
+        if seen >= RESCAN_MAX:
+            log.warning("files: rescan after the gap stopped at %d entries", seen)
+        log.info("files: rescan after the gap: %d of %d entries changed since %.0f", found, seen, since)
 
 
 def _ident(path: str) -> tuple[int, int] | None:

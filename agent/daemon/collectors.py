@@ -43,9 +43,14 @@ def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources
     return list(built.values())
 
 
-def _marker(path: str, fd: int) -> Any:
-    from collectors.marking import scan_fd
-    return scan_fd(fd, path).level
+def _marker() -> Any:
+    """Marking scans run in a confined worker process, fed descriptors (collectors.marking_worker)."""
+    from collectors.marking_worker import MarkingWorker
+    worker = MarkingWorker()
+
+    def mark(path: str, fd: int) -> Any:
+        return worker.scan(fd, path)
+    return mark
 
 
 def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: tuple[str, ...],
@@ -59,7 +64,7 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
     if name == "files":
         from collectors.files import FilesCollector
         return FilesCollector(section, sources, extra_paths=extra_paths, media=built.get("media"),  # type: ignore[arg-type]
-                              marker=_marker, assets=assets, audit=built.get("audit"))
+                              marker=_marker(), assets=assets, audit=built.get("audit"))
     if name == "host":
         from collectors.host import HostCollector
         return HostCollector(section, sources)

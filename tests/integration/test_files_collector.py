@@ -19,6 +19,7 @@ import pytest
 from agent.events import Event
 from agent.levels import Level
 from collectors.files import FilesCollector
+from collectors.marking import MarkingResult
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (fanotify)")
 
@@ -125,9 +126,10 @@ def test_marker_sees_written_files_but_not_symlink_escapes(
     (outside / "secret.txt").write_text("机密★\n")
     asked: list[str] = []
 
-    def marker(path: str, fd: int) -> Level | None:
+    def marker(path: str, fd: int) -> MarkingResult:
         asked.append(path)
-        return Level.SECRET if "机密★" in os.pread(fd, 1 << 20, 0).decode() else None
+        return MarkingResult("marked", Level.SECRET) if "机密★" in os.pread(fd, 1 << 20, 0).decode() \
+            else MarkingResult("unmarked")
 
     r = running([str(watched)], marker=marker)
     script = (f"import os; open({str(watched / 'doc.txt')!r}, 'w').write('机密★ 文件');"
@@ -220,13 +222,13 @@ def test_swapping_the_path_during_the_scan_cannot_redirect_it(
     (outside / "shadow.txt").write_text("绝密★长期 stolen\n")
     seen: list[str] = []
 
-    def marker(path: str, fd: int) -> Level | None:
+    def marker(path: str, fd: int) -> MarkingResult:
         doc = Path(path)
         doc.unlink()  # the race, won by the attacker: the path now leads outside
         doc.symlink_to(outside / "shadow.txt")
         text = os.pread(fd, 1 << 20, 0).decode()
         seen.append(text)
-        return Level.TOP_SECRET if "绝密★" in text else None
+        return MarkingResult("marked", Level.TOP_SECRET) if "绝密★" in text else MarkingResult("unmarked")
 
     r = running([str(watched)], marker=marker)
     subprocess.run([sys.executable, "-c", f"open({str(watched / 'doc.txt')!r}, 'w').write('ordinary text')"],

@@ -16,6 +16,7 @@ import pytest
 from agent.events import Event
 from agent.levels import Level
 from collectors.files import FilesCollector
+from collectors.marking import MarkingResult
 from collectors.media import MediaCollector
 
 needs = pytest.mark.skipif(
@@ -24,8 +25,9 @@ needs = pytest.mark.skipif(
 )
 
 
-def _marker(path: str, fd: int) -> Level | None:
-    return Level.SECRET if "机密★" in os.pread(fd, 1 << 20, 0).decode(errors="replace") else None
+def _marker(path: str, fd: int) -> MarkingResult:
+    found = "机密★" in os.pread(fd, 1 << 20, 0).decode(errors="replace")
+    return MarkingResult("marked", Level.SECRET) if found else MarkingResult("unmarked")
 
 
 def _wait(what: Callable[[], bool], events: list[Event], limit: float = 15.0) -> None:

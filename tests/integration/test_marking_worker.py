@@ -1,0 +1,231 @@
+"""The marking worker: a confined process fed descriptors, stopped inside a file that keeps its parser busy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.levels import Level
+from collectors.marking import scan_file
+from collectors.marking_worker import MarkingWorker
+from tests.unit.marking_docs import ofd, ole2, rtf, rtf_escape, word_doc
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (it drops to nobody and unshares)")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _pdf(objects: list[bytes]) -> bytes:
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<</Size {len(objects) + 1}/Root 1 0 R>>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def busy_pdf(ops: int = 400_000) -> bytes:
+    """A PDF of a few KiB whose one page holds ``ops`` text operators: pypdf's extractor spends
+    tens of seconds inside that single page, where the scan's own between-page check never runs."""
+    stream = zlib.compress(b"BT /F1 1 Tf " + b"(a) Tj " * ops + b"ET", 9)
+    return _pdf([b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+                 b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 595 842]/Contents 4 0 R"
+                 b"/Resources<</Font<</F1 5 0 R>>>>>>",
+                 f"<</Length {len(stream)}/Filter/FlateDecode>>stream\n".encode() + stream + b"\nendstream",
+                 b"<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>"])
+
+
+@pytest.fixture
+def worker() -> Iterator[MarkingWorker]:
+    w = MarkingWorker(max_seconds=2.0, grace=1.0)
+    yield w
+    w.close()
+
+
+def scan(w: MarkingWorker, path: Path) -> object:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return w.scan(fd, str(path))
+    finally:
+        os.close(fd)
+
+
+def status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+@pytest.mark.root
+@root_only
+def test_worker_holds_no_privilege(worker: MarkingWorker) -> None:
+    worker.start()
+    assert worker.pid is not None
+    st = status(worker.pid)
+    assert st["Uid"].split()[:2] == ["65534", "65534"]
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(st[cap], 16) == 0, cap
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+    assert os.readlink(f"/proc/{worker.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert worker.confinement["problems"] == []
+    limits = {line.split("  ")[0]: line for line in Path(f"/proc/{worker.pid}/limits").read_text().splitlines()}
+    assert limits["Max open files"].split()[3:5] == ["32", "32"]
+    assert limits["Max file size"].split()[3:5] == ["0", "0"]
+    assert limits["Max address space"].split()[3] == str(1024 ** 3)
+
+
+PROBE = textwrap.dedent("""
+    import json, os, socket, subprocess, sys
+    from collectors.sandbox import confine
+    c = confine(memory=1 << 30, cpu_seconds=60)
+    def attempt(f):
+        try:
+            f()
+            return "allowed"
+        except OSError as e:
+            return type(e).__name__
+    out = {
+        "socket": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+        "unix": attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)),
+        "fork": attempt(lambda: os.fork() and None),
+        "exec": attempt(lambda: subprocess.run(["/bin/true"])),
+        "write": attempt(lambda: open(sys.argv[1] + "/new.txt", "w")),
+        "append": attempt(lambda: open(sys.argv[1] + "/old.txt", "a")),
+        "unlink": attempt(lambda: os.unlink(sys.argv[1] + "/old.txt")),
+        "read": attempt(lambda: open(sys.argv[1] + "/old.txt").read()),
+        "problems": c.problems(),
+    }
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.root
+@root_only
+def test_confined_process_cannot_open_sockets_spawn_or_write() -> None:
+    # A folder nobody may write to by its mode, so only the filter can be what refuses.
+    with tempfile.TemporaryDirectory(prefix="dw-marking-") as d:
+        _probe(Path(d))
+
+
+def _probe(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    old = tmp_path / "old.txt"
+    old.write_text("x")
+    old.chmod(0o666)  # even where the file mode would let anyone write
+    out = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["problems"] == []
+    for what in ("socket", "unix", "fork", "exec", "write", "append", "unlink"):
+        assert result[what] in ("PermissionError", "OSError"), (what, result[what])
+    assert result["read"] == "allowed"  # the near miss: reading what nobody may read still works
+    assert old.read_text() == "x" and not (tmp_path / "new.txt").exists()
+
+
+@pytest.mark.root
+@root_only
+def test_worker_reads_through_the_passed_descriptor_only(worker: MarkingWorker, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    doc = private / "n.txt"
+    doc.write_text("机密★10年\n通知")
+    doc.chmod(0o600)  # the worker runs as nobody: it could never open this path itself
+    result = scan(worker, doc)
+    assert (result.status, result.level) == ("marked", Level.SECRET)  # type: ignore[attr-defined]
+
+
+def _fixtures(tmp_path: Path) -> dict[str, bytes]:
+    return {
+        "a.ofd": ofd([["机密★10年"]]),
+        "b.doc": ole2(word_doc(["秘密★1年\r正文\r"])),
+        "c.rtf": rtf(rtf_escape("绝密★长期")),
+        "d.txt": "机密★\n".encode("utf-16-le"),
+        "e.txt": "正文".encode(),
+    }
+
+
+@pytest.mark.root
+@root_only
+def test_worker_finds_what_the_in_process_scan_finds(worker: MarkingWorker, tmp_path: Path) -> None:
+    for name, data in _fixtures(tmp_path).items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert scan(worker, path) == scan_file(path), name
+
+
+@pytest.mark.root
+@root_only
+def test_hostile_pdf_is_stopped_inside_the_page_and_reported_unscanned(
+        worker: MarkingWorker, tmp_path: Path) -> None:
+    hostile = tmp_path / "hostile.pdf"
+    hostile.write_bytes(busy_pdf())
+    assert hostile.stat().st_size < 8192
+    worker.start()
+    first = worker.pid
+    result = scan(worker, hostile)
+    assert result.status == "unscanned"  # type: ignore[attr-defined]
+    assert "the parser was stopped" in result.reason  # type: ignore[attr-defined]
+    assert worker.killed == 1 and worker.pid is None
+    # The next file is scanned by a new worker.
+    doc = tmp_path / "next.txt"
+    doc.write_text("秘密★\n")
+    assert scan(worker, doc).level is Level.CONFIDENTIAL  # type: ignore[attr-defined]
+    assert worker.pid not in (None, first)
+
+
+@pytest.mark.root
+@root_only
+def test_worker_crash_is_reported_and_the_worker_restarted(worker: MarkingWorker, tmp_path: Path) -> None:
+    hostile = tmp_path / "hostile.pdf"
+    hostile.write_bytes(busy_pdf())
+    worker.start()
+    pid = worker.pid
+    assert pid is not None
+    # A parser fault, as a memory-safety bug would end it: the worker gets SIGSEGV mid-file.
+    threading.Timer(0.5, os.kill, (pid, signal.SIGSEGV)).start()
+    result = scan(worker, hostile)
+    assert (result.status, result.reason) == ("unscanned", "marking worker died (SIGSEGV)")  # type: ignore[attr-defined]
+    assert worker.restarts == 1
+    doc = tmp_path / "n.txt"
+    doc.write_text("机密★\n")
+    assert scan(worker, doc).level is Level.SECRET  # type: ignore[attr-defined]
+
+
+@pytest.mark.root
+@root_only
+def test_worker_exits_with_the_agent(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import sys
+        from collectors.marking_worker import MarkingWorker
+        w = MarkingWorker()
+        w.start()
+        print(w.pid, flush=True)
+        sys.stdin.read()
+    """)
+    agent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True)
+    assert agent.stdout is not None
+    pid = int(agent.stdout.readline())
+    agent.kill()
+    agent.wait()
+    end = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}/status").exists() or "Z" in status(pid).get("State", "")
