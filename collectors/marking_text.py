@@ -43,18 +43,20 @@ def sniff_encoding(head: bytes) -> str | None:
     sample = head[:4096]
     if len(sample) < 8:
         return None
-    for order, lo, hi in (("utf-32-le", 0, 3), ("utf-32-be", 3, 0)):
-        units = [sample[i:i + 4] for i in range(0, len(sample) - 3, 4)]
-        if all(u[hi] == 0 and (u[2] if lo == 0 else u[1]) <= 0x10 for u in units) and \
-                any(u[lo] for u in units):
-            return order
-    if b"\x00" not in sample:
+    if b"\x00" not in sample:  # UTF-32 and ASCII-bearing UTF-16 always hold NULs; UTF-8 never
         try:
             sample.decode("utf-8")
             return None
         except UnicodeDecodeError as e:
             if e.start >= len(sample) - 3:  # only a character cut at the end of the sample
                 return None
+    else:
+        whole = len(sample) & ~3
+        b0, b1, b2, b3 = (sample[i:whole:4] for i in range(4))
+        if b3.count(0) == len(b3) and max(b2) <= 0x10 and b0.count(0) < len(b0):
+            return "utf-32-le"
+        if b0.count(0) == len(b0) and max(b1) <= 0x10 and b3.count(0) < len(b3):
+            return "utf-32-be"
     even = len(sample) & ~1
     for order, hi in (("utf-16-le", 1), ("utf-16-be", 0)):
         highs = sample[hi:even:2]
@@ -75,20 +77,51 @@ _HIDDEN = re.compile(
     "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0001\U000e0020-\U000e007f]+"
 )
-_BLANKS = re.compile(r"[^\S\r\n]+")
+# The same set, BMP only, as single characters: ``in`` finds each far faster than a
+# regular expression scans the text, and most text holds none of them.
+_HIDDEN_BMP = "".join(map(chr, (
+    0xAD, 0x34F, *range(0x600, 0x606), 0x61C, 0x6DD, 0x70F, 0x890, 0x891, 0x8E2, 0x115F, 0x1160, 0x180E,
+    *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2065), *range(0x2066, 0x2070), 0x3164,
+    0xFEFF, 0xFFA0, 0xFFF9, 0xFFFA, 0xFFFB,
+)))
+_BLANK_CHARS = "\t\f\v\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+_ODD_BLANKS = re.compile("[" + _BLANK_CHARS + "]")
+_SPACES = re.compile(" {2,}")
+_FOLD_SPAN = 40  # characters after a ★ folded by NFKC: longer than any 保密期限
+
+
+def _fold_near_marks(text: str) -> str:
+    """NFKC only where it can change a match: the 保密期限 after each ★ (no compatibility form
+    folds to a level character, to 密 or to ★). Folding all the text would cost more than all
+    the matching: Chinese text is full of full-width punctuation, so NFKC rewrites every string."""
+    out: list[str] = []
+    last = 0
+    at = text.find("★")
+    while at >= 0:
+        start, end = max(at, last), at + _FOLD_SPAN
+        out += (text[last:start], unicodedata.normalize("NFKC", text[start:end]))
+        last = end
+        at = text.find("★", end)
+    out.append(text[last:])
+    return "".join(out)
 
 
 def normalize(text: str) -> str:
     """Text as a reader sees it, for matching.
 
-    NFKC folds full-width forms, the ideographic space and compatibility
-    ideographs to their plain forms; invisible characters go; each run of
-    spaces and tabs becomes one space (a line break stays, so two paragraphs
-    never join into one marking).
+    Invisible characters go; spaces of every width become one plain space
+    per run (a line break stays, so two paragraphs never join into one
+    marking); full-width and compatibility forms after a ★ are folded by NFKC
+    (``１０年`` and ``⑩年`` read as ``10年``).
     """
     if not text.isascii():
-        text = unicodedata.normalize("NFKC", _HIDDEN.sub("", text))
-    return _BLANKS.sub(" ", text)
+        if any(c in text for c in _HIDDEN_BMP) or len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text):
+            text = _HIDDEN.sub("", text)
+        if "★" in text:
+            text = _fold_near_marks(text)
+    if any(c in text for c in _BLANK_CHARS):
+        text = _ODD_BLANKS.sub(" ", text)
+    return _SPACES.sub(" ", text) if "  " in text else text
 
 
 class TextDecoder:

@@ -191,6 +191,7 @@ class Agent:
         cfg = self.loaded.config
         now = self.clock()
         gap = self.runstate.previous_gap(now)
+        last_alive = self.runstate.last_alive()
         self.runstate.beat(now)
         self.writer.start()
         self.lifecycle("agent.start", {"version": __version__, "rules": self.loaded.rules,
@@ -206,6 +207,11 @@ class Agent:
         extra = tuple(a.prefix for a in self.loaded.registry.assets)
         self.collectors = self._collectors if self._collectors is not None else \
             build_collectors(cfg.collectors, self.sources, extra, tuple(a.path for a in self.loaded.registry.assets))
+        if last_alive is not None:  # files changed while nothing watched are looked at again
+            for c in self.collectors:
+                rescan = getattr(c, "rescan_after", None)
+                if callable(rescan):
+                    rescan(last_alive)
         self._supervisor = Supervisor(self.collectors, self.pipeline.offer, self.stop_event)
         self._supervisor.start()
         self.notifier.send("READY=1", f"STATUS=watching with {self.loaded.rules} rules")

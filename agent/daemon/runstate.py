@@ -58,6 +58,15 @@ class RunState:
         pid = data.get("pid") if isinstance(data.get("pid"), int) else None
         return Gap(since, now, pid)
 
+    def last_alive(self) -> float | None:
+        """When the previous run was last known to be watching (clean stop or not); None on a first start."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        alive = data.get("alive") if isinstance(data, dict) else None
+        return float(alive) if isinstance(alive, (int, float)) and not isinstance(alive, bool) else None
+
     def beat(self, now: float, clean: bool = False) -> bool:
         """Record that the agent is alive now (or stopped cleanly now); False when it could not.
 

@@ -25,12 +25,17 @@ def _dir_entry(name: str, kind: int, start: int, size: int, right: int = NOSTREA
 
 
 def ole2(streams: dict[str, bytes]) -> bytes:
-    """An OLE2 compound file holding ``streams`` at its root."""
+    """An OLE2 compound file holding ``streams`` at its root (up to about 7 MiB: FAT sectors
+    listed in the header only)."""
     names = sorted(streams, key=lambda n: (len(n), n.upper()))
     data = {n: streams[n] + b"\0" * max(0, CUTOFF - len(streams[n])) for n in names}
-    dir_entries = 1 + len(names)
-    dir_sectors = -(-dir_entries * 128 // SECTOR)
-    fat: list[int] = [FATSECT]
+    dir_sectors = -(-(1 + len(names)) * 128 // SECTOR)
+    data_sectors = sum(-(-len(d) // SECTOR) for d in data.values())
+    fat_sectors = 1
+    while fat_sectors * SECTOR // 4 < fat_sectors + dir_sectors + data_sectors:
+        fat_sectors += 1
+    assert fat_sectors <= 109, "the writer lists FAT sectors in the header only"
+    fat: list[int] = [FATSECT] * fat_sectors
     dir_start = len(fat)
     fat += [*range(dir_start + 1, dir_start + dir_sectors), END]
     starts = {}
@@ -38,19 +43,18 @@ def ole2(streams: dict[str, bytes]) -> bytes:
         count = -(-len(data[n]) // SECTOR)
         starts[n] = len(fat)
         fat += [*range(len(fat) + 1, len(fat) + count), END]
-    assert len(fat) <= SECTOR // 4, "the writer has one FAT sector"
-    fat += [FREE] * (SECTOR // 4 - len(fat))
+    fat += [FREE] * (fat_sectors * SECTOR // 4 - len(fat))
     entries = [_dir_entry("Root Entry", 5, END, 0, child=1 if names else NOSTREAM)]
     for i, n in enumerate(names, start=1):
-        entries.append(_dir_entry(n, 2, starts[n], len(streams[n]) if len(streams[n]) >= CUTOFF else CUTOFF,
+        entries.append(_dir_entry(n, 2, starts[n], max(len(streams[n]), CUTOFF),
                                   right=i + 1 if i < len(names) else NOSTREAM))
     directory = b"".join(entries)
     directory += _dir_entry("", 0, 0, 0) * ((dir_sectors * SECTOR - len(directory)) // 128)
     header = struct.pack(
         "<8s16sHHHHH6sLLLLLLLLL", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"\0" * 16, 0x3E, 3, 0xFFFE, 9, 6,
-        b"\0" * 6, 0, 1, dir_start, 0, CUTOFF, END, 0, END, 0,
-    ) + struct.pack("<109L", 0, *([FREE] * 108))
-    body = struct.pack(f"<{SECTOR // 4}L", *fat) + directory
+        b"\0" * 6, 0, fat_sectors, dir_start, 0, CUTOFF, END, 0, END, 0,
+    ) + struct.pack("<109L", *range(fat_sectors), *([FREE] * (109 - fat_sectors)))
+    body = struct.pack(f"<{len(fat)}L", *fat) + directory
     for n in names:
         body += data[n] + b"\0" * (-len(data[n]) % SECTOR)
     return header + body

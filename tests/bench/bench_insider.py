@@ -1,0 +1,23 @@
+"""What closing an insider's ways out costs: one section per part, each a function ``main`` calls.
+
+Prints figures (medians of several rounds, so a noisy shared machine shows
+less); asserts nothing about time. Run: ``.venv/bin/python tests/bench/bench_insider.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from insider_marking import bench_marking
+
+
+def main() -> None:
+    """Every section, in turn."""
+    bench_marking()
+
+
+if __name__ == "__main__":
+    main()
