@@ -13,10 +13,12 @@ import pwd
 from collections.abc import Callable
 from typing import Any
 
-from agent.events import Auth, Event, File, Host, Iface, Media, Net, Operator, Parent, Process
+from agent.events import Assess, Auth, Event, File, Host, Iface, Inventory, Media, Net, Operator, Parent, Process
 from agent.levels import Level
 from agent.mediaid import identify
 from agent.registry import Medium, Registry
+
+_NO_INVENTORY, _NO_ASSESS = Inventory(), Assess()  # events of other kinds carry these
 
 UNSET_LOGINUID = 4294967295
 _CACHE_LIMIT = 16384
@@ -129,7 +131,7 @@ class Attributor:
 
     def build(self, kind: str, etime: float | None, collector: str | None, p: Process, parent: Parent,
               op: Operator, host: Host, net: Net, f: File, media: Media, iface: Iface, auth: Auth,
-              detail: str | None) -> Event:
+              detail: str | None, inventory: Inventory = _NO_INVENTORY, assess: Assess = _NO_ASSESS) -> Event:
         """The attributed event of these parts (an Event's fields, in order): the decoder hands them over directly."""
         # Runs once per event: the caches are read inline, misses go to the methods above.
         if p.uid is not None or p.loginuid is not None:
@@ -165,7 +167,7 @@ class Attributor:
         if auth.account is not None and auth.registered is None:
             auth = auth._replace(registered=self.registered(auth.account))
         event: Event = _TUPLE_NEW(Event, (kind, etime, collector, p, parent, op, self._host, net, f, media, iface,
-                                          auth, detail))
+                                          auth, detail, inventory, assess))
         return event
 
     def _file(self, f: File) -> File:

@@ -23,6 +23,7 @@ KINDS: tuple[str, ...] = (
     "iface.up",
     "agent.start", "agent.stop", "agent.reload", "agent.tamper",
     "auth.login", "auth.sudo", "account.change", "agent.degraded",
+    "inventory.package", "inventory.account", "inventory.service", "inventory.module", "assess.check",
 )
 KIND_SET = frozenset(KINDS)
 IFACE_KINDS = ("wired", "wireless", "bluetooth", "ppp", "cellular", "loopback", "virtual")
@@ -161,9 +162,29 @@ class Auth(NamedTuple):
     registered: bool | None = None
 
 
+class Inventory(NamedTuple):
+    """A change of the host's inventory: ``change`` is added, removed or changed (``previous``: the old version)."""
+
+    name: str | None = None
+    version: str | None = None
+    change: str | None = None
+    previous: str | None = None
+
+
+class Assess(NamedTuple):
+    """A configuration check whose result changed; ``items`` the L3-CES1 items, comma-separated."""
+
+    check: str | None = None
+    policy: str | None = None
+    result: str | None = None
+    items: str | None = None
+    previous: str | None = None
+
+
 GROUP_TYPES: dict[str, type[Any]] = {
     "process": Process, "parent": Parent, "operator": Operator, "host": Host,
     "net": Net, "file": File, "media": Media, "iface": Iface, "auth": Auth,
+    "inventory": Inventory, "assess": Assess,
 }
 EMPTY: dict[str, Any] = {name: cls() for name, cls in GROUP_TYPES.items()}
 
@@ -184,6 +205,8 @@ class Event(NamedTuple):
     iface: Iface = Iface()
     auth: Auth = Auth()
     detail: str | None = None  # free text of agent lifecycle events (extends DESIGN §4)
+    inventory: Inventory = Inventory()
+    assess: Assess = Assess()
 
     def to_dict(self) -> dict[str, Any]:
         """The event as nested JSON-ready dicts, with only the fields set."""
@@ -359,7 +382,7 @@ class EventDecoder:
                                        ("collector", str | None, None), ("detail", str | None, None)])
         top = struct("event_json", [("event", head), *((g, s | None, None) for g, s in groups.items())])
         assert tuple(GROUP_TYPES) == ("process", "parent", "operator", "host", "net", "file", "media", "iface",
-                                      "auth")
+                                      "auth", "inventory", "assess")
         self.decode = _decoder(msgspec.json.Decoder(top).decode, msgspec.DecodeError, msgspec.structs.astuple,
                                finish if finish is not None else _event_of)
 
@@ -374,6 +397,7 @@ def _decoder(decode: Callable[[bytes | str], Any], error: type[Exception], astup
     new = tuple.__new__
     e1, e2, e3, e4 = _EMPTY_PROCESS, _EMPTY_PARENT, _EMPTY_OPERATOR, _EMPTY_HOST
     e5, e6, e7, e8, e9 = _EMPTY_NET, _EMPTY_FILE, _EMPTY_MEDIA, _EMPTY_IFACE, _EMPTY_AUTH
+    e10, e11 = Inventory(), Assess()
     kinds = KIND_SET
 
     def slow(text: bytes | str) -> Event:
@@ -385,9 +409,9 @@ def _decoder(decode: Callable[[bytes | str], Any], error: type[Exception], astup
         except error:  # msgspec.DecodeError, also the base of its ValidationError
             return slow(text)
         # One C call unpacks each level; the groups in GROUP_TYPES order (checked by the caller).
-        head, g1, g2, g3, g4, g5, g6, g7, g8, g9 = astuple(top)
+        head, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11 = astuple(top)
         kind, etime, collector, detail = astuple(head)
-        if kind not in kinds:
+        if kind not in kinds or g10 is not None or g11 is not None:  # inventory and assessment records are rare
             return slow(text)
         return finish(
             kind, etime, collector,
@@ -400,7 +424,7 @@ def _decoder(decode: Callable[[bytes | str], Any], error: type[Exception], astup
             e7 if g7 is None else new(Media, astuple(g7)),
             e8 if g8 is None else new(Iface, astuple(g8)),
             e9 if g9 is None else new(Auth, astuple(g9)),
-            detail)
+            detail, e10, e11)
 
     return decode_event
 

@@ -240,7 +240,8 @@ def loaded_modules(fs: RootFS) -> dict[str, str]:
     """Loaded kernel modules (``/proc/modules``): name to state."""
     text = fs.read("/proc/modules")
     if text is None:
-        raise ProbeError("no /proc/modules in this root (not a running system)")
+        raise ProbeError("this kernel has no loadable-module support (no /proc/modules)" if fs.live
+                         else "no /proc/modules in this root (not a running system)")
     out = {}
     for line in text.splitlines():
         f = line.split()

@@ -135,6 +135,7 @@ class RootFS:
 
     def glob(self, pattern: str) -> list[str]:
         """Paths inside the root matching ``pattern``, sorted, as root paths."""
+        self.read_paths.add(os.path.dirname(pattern) or "/")  # a file added there is a change
         if self.live:
             return sorted(glob.glob(pattern))
         base = self.real(os.path.dirname(pattern) or "/")

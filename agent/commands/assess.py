@@ -21,6 +21,11 @@ def register(sub: Any) -> None:
                    help="policy files or directories (default: the shipped policy, then /etc/dutywatch/assess.d)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--lang", choices=("zh", "en"), default="en")
+    p.add_argument("--inventory", action="store_true",
+                   help="with --format json: add the host's inventory (packages, accounts, services, modules, "
+                        "listening sockets, USB storage history)")
+    p.add_argument("--low-priority", action="store_true",
+                   help="run at nice 10 in the idle I/O class (as the agent runs it)")
     p.add_argument("--test", nargs="*", type=Path, default=None, metavar="FILE",
                    help="run the policy's samples (default: the shipped ones) instead of assessing")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="limit of each command a check runs")
@@ -32,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from agent.assess.evaluate import run_policies
     from agent.assess.policy import load_policies, policy_entries, shipped_policy_dir
 
+    if args.low_priority:
+        from agent.daemon.assessor import low_priority
+        low_priority()
     entries, optional = policy_entries(tuple(args.policy) if args.policy else None)
     if not Path(args.root).is_dir():
         print(f"dutywatch: --root {args.root}: not a directory", file=sys.stderr)
@@ -45,11 +53,16 @@ def run(args: argparse.Namespace) -> int:
         return _samples(policies, args.test or sorted((shipped_policy_dir() / "tests").glob("*.yaml")))
     res = run_policies(policies, args.root, args.timeout)
     if args.format == "json":
-        doc = {"root": res.root, "family": res.family, "time": res.started, "seconds": round(res.seconds, 3),
+        doc: dict[str, Any] = {
+               "root": res.root, "family": res.family, "time": res.started, "seconds": round(res.seconds, 3),
                "policies": policies.names, "results": [r.to_dict() for r in res.results],
                "not_provable": [{"item": u.item, "clause": u.clause, "reason": {"zh": u.reason.zh, "en": u.reason.en}}
                                 for u in policies.unprovable],
                "read_paths": list(res.read_paths)}
+        if args.inventory:
+            from agent.assess.inventory import snapshot
+            from agent.assess.rootfs import RootFS
+            doc["inventory"] = snapshot(RootFS(args.root))
         json.dump(doc, sys.stdout, ensure_ascii=False, indent=1)
         print()
     else:

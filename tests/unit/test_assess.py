@@ -208,3 +208,55 @@ def test_assess_command_json_and_exit_status(tmp_path: Path) -> None:
     assert by["J-1"]["result"] == "pass"
     assert by["J-2"]["result"] == "fail" and "no package database" in by["J-2"]["evidence"][0]
     assert "/etc/passwd" in doc["read_paths"]
+
+
+def test_inventory_diff_makes_change_events_rules_judge(tmp_path: Path) -> None:
+    from agent.assess.inventory import diff, snapshot
+    from agent.assess.rootfs import RootFS
+    root = _root(tmp_path, {"/etc/os-release": "ID=debian\n",
+                            "/etc/passwd": "root:x:0:0::/root:/bin/bash\nzhangsan:x:1000:1000::/home/z:/bin/bash\n",
+                            "/etc/group": "root:x:0:\n",
+                            "/var/lib/dpkg/status": "Package: openssh-server\nStatus: install ok installed\n"
+                                                    "Version: 1:9.2p1-2\n",
+                            "/proc/modules": "ext4 1 1 - Live 0x0\n"})
+    before = snapshot(RootFS(str(root)), commands=False)
+    assert diff(None, before) == []  # the first inventory is the baseline
+    assert diff(before, snapshot(RootFS(str(root)), commands=False)) == []
+    with open(root / "etc/passwd", "a") as f:
+        f.write("temp01:x:1005:1005::/home/temp01:/bin/bash\ntoor:x:0:0::/root:/bin/bash\n")
+    with open(root / "var/lib/dpkg/status", "a") as f:
+        f.write("\nPackage: x11vnc\nStatus: install ok installed\nVersion: 0.9.16-9\n")
+    (root / "proc/modules").write_text("ext4 1 1 - Live 0x0\nusb_storage 1 0 - Live 0x0\n")
+    events = diff(before, snapshot(RootFS(str(root)), commands=False))
+    got = sorted((e.kind, e.inventory.name, e.inventory.change, e.process.uid) for e in events)
+    assert got == [("inventory.account", "temp01", "added", 1005), ("inventory.account", "toor", "added", 0),
+                   ("inventory.module", "usb_storage", "added", None),
+                   ("inventory.package", "x11vnc", "added", None)]
+    # Through attribution and the shipped rules, as the agent runs them.
+    from agent.attribution import Attributor
+    from agent.engine.engine import Engine
+    from agent.engine.rules import load_rules
+    from agent.paths import DEMO_REGISTRY, shipped_rules_dir
+    from agent.registry import load_registry
+    attr, engine = Attributor(load_registry(DEMO_REGISTRY)), Engine(load_rules([shipped_rules_dir()]))
+    fired = sorted(f.rule.id for e in events for f in engine.evaluate(attr(e)))
+    assert fired == ["INV-ACC-001", "INV-ACC-002", "INV-MOD-002", "INV-PKG-001", "INV-PKG-003"]
+    # An unreadable package database is not every package removed.
+    (root / "var/lib/dpkg/status").unlink()
+    assert [e.kind for e in diff(before, snapshot(RootFS(str(root)), commands=False))
+            if e.kind == "inventory.package"] == []
+
+
+def test_usb_storage_history_from_the_kernel_log() -> None:
+    from agent.assess.inventory import parse_usb_log
+    log = [
+        "2026-05-01T09:00:01+0800 h kernel: usb 1-1: New USB device found, idVendor=0781, idProduct=5581",
+        "2026-05-01T09:00:01+0800 h kernel: usb 1-1: Product: Ultra",
+        "2026-05-01T09:00:01+0800 h kernel: usb 1-1: SerialNumber: 4C530001230517115055",
+        "2026-05-01T09:00:01+0800 h kernel: usb-storage 1-1:1.0: USB Mass Storage device detected",
+        "2026-05-01T09:05:00+0800 h kernel: usb 1-2: New USB device found, idVendor=046d, idProduct=c52b",
+        "2026-05-01T09:05:00+0800 h kernel: usb 1-2: Product: USB Receiver",
+    ]
+    (rec,) = parse_usb_log(log)
+    assert rec["vendor_id"] == "0781" and rec["product"] == "Ultra" and rec["serialnumber"] == "4C530001230517115055"
+    assert rec["time"].startswith("2026-05-01T09:00:01")

@@ -75,7 +75,7 @@ def test_json_matches_schema_and_counts(journal: tuple[Path, int], tmp_path: Pat
     jsonschema.validate(doc, SCHEMA)
     assert doc["summary"]["findings"]["total"] == n
     packs = {r["pack"] for c in doc["controls"] for r in c["rules"] if r["findings"]}
-    assert packs == {"baomi", "dengbao", "accountability"}
+    assert packs == {"baomi", "dengbao", "accountability", "inventory"}
     by_unit = sum(u["total"] for u in doc["summary"]["by_unit"])
     by_day = sum(d["total"] for d in doc["summary"]["by_day"])
     assert by_unit == by_day == n
@@ -90,7 +90,7 @@ def test_csv_one_row_per_finding_with_bom(journal: tuple[Path, int], tmp_path: P
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
     assert len(rows) == n
-    assert {r["pack"] for r in rows} == {"baomi", "dengbao", "accountability"}
+    assert {r["pack"] for r in rows} == {"baomi", "dengbao", "accountability", "inventory"}
     net = next(r for r in rows if r["rule"] == "BM-NET-001")
     assert net["unit"] == "省发改委信息中心" and net["object"].startswith("203.0.113.9:443")
     assert ("连接互联网" in net["message"]) == (lang == "zh")
