@@ -238,6 +238,11 @@ class Metrics:
             "1 while the pipeline has not taken an event from a non-empty queue for too long, else 0.",
             "gauge",
         )
+        self.assessment_checks = table(
+            "assessment_checks", "Configuration checks of the last assessment, by policy and result (pass, fail, "
+            "not_applicable).", "gauge", "policy", "result")
+        self.assessment_last_run = table(
+            "assessment_last_run_timestamp_seconds", "When the last configuration assessment finished.", "gauge")
         self.evaluation = _Histogram(
             "engine_evaluation_seconds", "Time to evaluate one event against the rule set.", EVAL_BUCKETS
         )
@@ -337,6 +342,13 @@ class Metrics:
         self._queue_depth = depth
         self.queue_capacity.set((), float(capacity))
 
+    def set_assessment(self, counts: Mapping[tuple[str, str], int], when: float) -> None:
+        """The last assessment's check counts by (policy, result), and its time."""
+        self.assessment_checks.clear()
+        for (policy, result), n in counts.items():
+            self.assessment_checks.set((label_value(policy), label_value(result)), float(n))
+        self.assessment_last_run.set((), when)
+
     def set_stalled(self, stalled: bool) -> None:
         """Mark the pipeline stalled or moving."""
         self.pipeline_stalled.set((), 1.0 if stalled else 0.0)
@@ -405,7 +417,8 @@ class Metrics:
                   self.rules_in_force, self.tamper,
                   self.rules_reloads, self.rules_reload_failures, self.journal_records, self.journal_size,
                   self.journal_verify_failures, self.journal_write_failures, self.forward_errors,
-                  self.forward_dropped, self.queue_capacity, self.pipeline_stalled):
+                  self.forward_dropped, self.queue_capacity, self.pipeline_stalled, self.assessment_checks,
+                  self.assessment_last_run):
             yield t.family()
         yield from self.health_families()
         yield self.evaluation.family()

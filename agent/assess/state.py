@@ -1,9 +1,9 @@
 """What changed between two assessment runs: a finding only when a check's result changes.
 
 The previous run's results are kept in the state directory (``assess-state.json``,
-written to a temporary name and renamed). On the first run there is nothing
-to compare with: every failing check is new, passing ones are only in the
-snapshot.
+written to a temporary name and renamed). The first run is the baseline: its
+results, failures included, are in its snapshot record (and the metrics), not
+one finding per check, so installing the agent does not flood the journal.
 """
 
 from __future__ import annotations
@@ -22,19 +22,14 @@ class Change:
     """One check whose result is not what it was."""
 
     result: CheckResult
-    previous: str | None  # None: first seen
+    previous: str | None  # None: a check the previous run did not have
 
 
 def changes(previous: dict[str, str] | None, results: Iterable[CheckResult]) -> list[Change]:
     """The changes of ``results`` against the previous run's check-to-result map."""
-    out = []
-    for r in results:
-        if previous is None:
-            if r.result == "fail":
-                out.append(Change(r, None))
-        elif previous.get(r.check) != r.result:
-            out.append(Change(r, previous.get(r.check)))
-    return out
+    if previous is None:
+        return []
+    return [Change(r, previous.get(r.check)) for r in results if previous.get(r.check) != r.result]
 
 
 def result_map(results: Iterable[CheckResult]) -> dict[str, str]:

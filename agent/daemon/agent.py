@@ -85,7 +85,8 @@ class Agent:
 
     def __init__(self, config_path: Path, *, state_dir: Path | None = None,
                  clock: Callable[[], float] = time.time, sources: Sources | None = None,
-                 collectors: list[Collector] | None = None, notifier: Notifier | None = None) -> None:
+                 collectors: list[Collector] | None = None, notifier: Notifier | None = None,
+                 assess: Any = None) -> None:
         self.config_path = config_path
         self.state_dir_override = state_dir
         self.clock = clock
@@ -117,6 +118,7 @@ class Agent:
         self.watcher = FileWatcher(self._watched_paths(cfg))
         self._worker: threading.Thread | None = None
         self._supervisor: Supervisor | None = None
+        self.assessor = self._assessor(cfg) if assess is None else assess
 
     # -- construction helpers ---------------------------------------------
     def _host_info(self, registry: Registry) -> None:
@@ -169,6 +171,14 @@ class Agent:
             paths.append(cfg.web_config)
         return paths
 
+    def _assessor(self, cfg: Config) -> Any:
+        if not cfg.assess.enabled:
+            return None
+        from agent.daemon.assessor import Assessor
+        return Assessor(state_dir=cfg.state_dir, host=self.host, every=cfg.assess.every,
+                        policies=cfg.assess.policies, emit=self.pipeline.offer, record=self.writer.put,
+                        on_counts=self.metrics.set_assessment, clock=self.clock)
+
     # -- health -----------------------------------------------------------
     def health(self) -> tuple[bool, str]:
         """For /healthz and the systemd watchdog: is the pipeline moving?"""
@@ -214,6 +224,8 @@ class Agent:
                     rescan(last_alive)
         self._supervisor = Supervisor(self.collectors, self.pipeline.offer, self.stop_event)
         self._supervisor.start()
+        if self.assessor:
+            self.assessor.start()
         self.notifier.send("READY=1", f"STATUS=watching with {self.loaded.rules} rules")
         _log.info("agent started: host %s, %d rules, %d collectors, metrics on %s",
                   self.host, self.loaded.rules, len(self.collectors), cfg.listen)
@@ -287,6 +299,8 @@ class Agent:
         """Stop collectors, drain the queue, journal the stop, sign and close."""
         self.notifier.send("STOPPING=1")
         self.stop_event.set()
+        if self.assessor:
+            self.assessor.stop()
         if self._supervisor is not None:
             self._supervisor.join(5.0)
         if self._worker is not None:

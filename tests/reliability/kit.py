@@ -27,7 +27,8 @@ def config_tree(tmp: Path, *, state: Path | None = None, extra: str = "", queue_
         shutil.copy(f, rules / f.name)
     cfg = tmp / "agent.yaml"
     cfg.write_text(f"registry: {tmp / 'registry.yaml'}\nrules: [{rules}]\nstate_dir: {state or tmp / 'state'}\n"
-                   f"listen: 127.0.0.1:{free_port()}\nqueue_size: {queue_size}\n{extra}", encoding="utf-8")
+                   f"listen: 127.0.0.1:{free_port()}\nqueue_size: {queue_size}\n{extra}"
+                   + ("" if "assess:" in extra else "\nassess: {enabled: false}\n"), encoding="utf-8")
     return cfg
 
 
