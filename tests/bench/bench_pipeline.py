@@ -121,7 +121,8 @@ def storm(events: int, crypto: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "agent.yaml"
         cfg.write_text(f"registry: {REPO / 'agent/data/demo-registry.yaml'}\nstate_dir: {tmp}/state\n"
-                       f"listen: 127.0.0.1:0\nqueue_size: 65536\njournal: {{crypto: {crypto}}}\nassess: {{enabled: false}}\n",
+                       f"listen: 127.0.0.1:0\nqueue_size: 65536\njournal: {{crypto: {crypto}}}\n"
+                       "assess: {enabled: false}\n",
                        encoding="utf-8")
         out = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(cfg), str(events)],
                              capture_output=True, text=True, check=True, timeout=1800)
