@@ -34,7 +34,7 @@ def test_agent_assesses_at_start_and_on_change_with_one_finding_per_change(tmp_p
     agent.start()
     try:
         agent.wait(lambda: agent.metric("dutywatch_assessment_last_run_timestamp_seconds") > 0,
-                   "no assessment at start", 60)
+                   "no assessment at start", 120)
         assert agent.metric("dutywatch_assessment_checks", policy="site", result="pass") == 2
         snaps = [r for r in agent.events() if r.get("kind") == "assess.snapshot"]
         assert len(snaps) == 1
@@ -44,7 +44,7 @@ def test_agent_assesses_at_start_and_on_change_with_one_finding_per_change(tmp_p
 
         watched.write_text("timeout = 3600\n")  # one misconfiguration: one change, one finding
         agent.wait(lambda: agent.metric("dutywatch_assessment_checks", policy="site", result="fail") == 1,
-                   "the change was not assessed", 60)
+                   "the change was not assessed", 120)
         findings = [r for r in agent.events() if r.get("type") == "finding"]
         assert [(f["rule"], f["event"]["assess"]["check"], f["event"]["assess"]["previous"]) for f in findings] \
             == [("ASSESS-001", "SITE-001", "pass")]
@@ -52,7 +52,7 @@ def test_agent_assesses_at_start_and_on_change_with_one_finding_per_change(tmp_p
 
         os.utime(watched)  # touched, nothing different: a run, no finding
         agent.wait(lambda: len([r for r in agent.events() if r.get("kind") == "assess.snapshot"]) >= 3,
-                   "the touch was not assessed", 60)
+                   "the touch was not assessed", 120)
         assert len([r for r in agent.events() if r.get("type") == "finding"]) == 1
     finally:
         assert agent.stop() == 0
