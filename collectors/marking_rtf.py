@@ -21,7 +21,7 @@ from collectors.marking_match import StreamScanner
 RTF_MAGIC = b"{\\rtf"
 _TOKEN = re.compile(
     rb"\\([a-zA-Z]{1,32})(-?[0-9]{1,10})? ?"  # control word with optional parameter
-    rb"|\\'([0-9a-fA-F]{2})"  # a byte in the code page
+    rb"|((?:\\'[0-9a-fA-F]{2}){1,4096})"  # bytes in the code page, as many as come in a row
     rb"|\\([^a-zA-Z'])"  # control symbol
     rb"|([{}])"
     rb"|([\r\n]+)"
@@ -47,9 +47,6 @@ class _Text:
         self._bytes = bytearray()
         self._text: list[str] = []
         self._size = 0
-
-    def byte(self, b: int) -> None:
-        self._bytes.append(b)
 
     def raw(self, data: bytes) -> None:
         self._bytes += data
@@ -102,7 +99,7 @@ def scan_rtf(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, dea
             deadline.check()
             if scanner.done:
                 break
-        word, param, hexbyte, symbol, brace, _newline, text = m.groups()
+        word, param, hexrun, symbol, brace, _newline, text = m.groups()
         if brace == b"{":
             if len(stack) >= _MAX_DEPTH:
                 raise Unreadable(f"RTF groups nested over {_MAX_DEPTH} deep")
@@ -123,11 +120,14 @@ def scan_rtf(f: BinaryIO, size: int, scanner: StreamScanner, limits: Limits, dea
             elif not skip and symbol in _SYMBOLS:
                 out.text(_SYMBOLS[symbol])
             continue
-        if hexbyte is not None:
-            if pending_skip:
-                pending_skip -= 1
-            elif not skip:
-                out.byte(int(hexbyte, 16))
+        if hexrun is not None:
+            raw = bytes.fromhex(hexrun.replace(b"\\'", b"").decode("ascii"))
+            if pending_skip:  # \ucN counts the fallback in bytes
+                drop = min(pending_skip, len(raw))
+                pending_skip -= drop
+                raw = raw[drop:]
+            if not skip:
+                out.raw(raw)
             continue
         if word is not None:
             if word in _SKIP:

@@ -11,11 +11,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from insider_files import bench_assets, bench_catch_up
 from insider_marking import bench_marking
 
 
 def main() -> None:
     """Every section, in turn."""
+    bench_assets()
+    bench_catch_up()
     bench_marking()
 
 

@@ -239,3 +239,11 @@ def test_compatibility_forms_count_as_the_plain_character() -> None:
 def test_normalising_does_not_join_paragraphs_or_accept_other_stars() -> None:
     assert scan_text("国家秘\u200b\n密★") == []
     assert scan_text("机\u200b密☆10年") == []
+
+
+def test_rtf_unicode_escape_with_code_page_fallback_bytes(tmp_path: Path) -> None:
+    # Word writes \uN followed by the character in the code page (two bytes, \uc2) for older readers.
+    body = "\\uc2" + "".join(f"\\u{ord(c)}" + "".join(f"\\'{b:02x}" for b in c.encode("gbk")) for c in "机密") \
+        + "\\u9733\\'a1\\'ef" + "10" + "\\u24180\\'c4\\'ea"
+    result = scan_file(write(tmp_path / "n.rtf", rtf(body)))
+    assert (result.status, result.level, result.text) == ("marked", Level.SECRET, "机密★10年")
