@@ -177,7 +177,8 @@ class Agent:
         from agent.daemon.assessor import Assessor
         return Assessor(state_dir=cfg.state_dir, host=self.host, every=cfg.assess.every,
                         policies=cfg.assess.policies, emit=self.pipeline.offer, record=self.writer.put,
-                        on_counts=self.metrics.set_assessment, clock=self.clock)
+                        on_counts=self.metrics.set_assessment, clock=self.clock,
+                        unit=self.loaded.registry.host.unit, department=self.loaded.registry.host.department)
 
     # -- health -----------------------------------------------------------
     def health(self) -> tuple[bool, str]:

@@ -53,13 +53,27 @@ def low_priority() -> None:
             ctypes.CDLL(None, use_errno=True).syscall(nr, 1, 0, 3 << 13)  # WHO_PROCESS, self, CLASS_IDLE
 
 
+def snapshot_record(host: str, now: float, why: str, doc: dict[str, Any], results: list[CheckResult],
+                    unit: str | None, department: str | None) -> dict[str, Any]:
+    """The journal record of one run: every result with up to three lines of evidence."""
+    return {"type": "lifecycle", "time": now, "host": host, "kind": "assess.snapshot",
+            "detail": {"why": why, "family": doc.get("family"), "seconds": doc.get("seconds"),
+                       "unit": unit, "department": department,
+                       "policies": doc.get("policies"), "not_provable": doc.get("not_provable"),
+                       "results": [{"check": r.check, "policy": r.policy, "result": r.result,
+                                    "items": list(r.items), "clause": r.clause,
+                                    "title": {"zh": r.title_zh, "en": r.title_en},
+                                    "evidence": list(r.evidence[:3])} for r in results]}}
+
+
 class Assessor:
     """Runs assessments in the background and hands their events and records to the agent."""
 
     def __init__(self, *, state_dir: Path, host: str, every: float, policies: tuple[Path, ...] | None,
                  emit: Callable[[Event], object], record: Callable[[dict[str, Any]], object],
                  on_counts: Callable[[dict[tuple[str, str], int], float], object],
-                 clock: Callable[[], float] = time.time, root: str = "/") -> None:
+                 clock: Callable[[], float] = time.time, root: str = "/", unit: str | None = None,
+                 department: str | None = None) -> None:
         self.state_dir = state_dir
         self.host = host
         self.every = every
@@ -69,6 +83,8 @@ class Assessor:
         self.on_counts = on_counts
         self.clock = clock
         self.root = root
+        self.unit = unit
+        self.department = department
         self.runs = 0
         self.failures = 0
         self._stop = threading.Event()
@@ -158,13 +174,7 @@ class Assessor:
         counts: dict[tuple[str, str], int] = {}
         for r in results:
             counts[(r.policy, r.result)] = counts.get((r.policy, r.result), 0) + 1
-        self.record({"type": "lifecycle", "time": now, "host": self.host, "kind": "assess.snapshot",
-                     "detail": {"why": why, "family": doc.get("family"), "seconds": doc.get("seconds"),
-                                "policies": doc.get("policies"), "not_provable": doc.get("not_provable"),
-                                "results": [{"check": r.check, "policy": r.policy, "result": r.result,
-                                             "items": list(r.items), "clause": r.clause,
-                                             "title": {"zh": r.title_zh, "en": r.title_en},
-                                             "evidence": list(r.evidence[:3])} for r in results]}})
+        self.record(snapshot_record(self.host, now, why, doc, results, self.unit, self.department))
         save_state(state_path, result_map(results), now)
         inv = doc.get("inventory")
         if isinstance(inv, dict):

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from agent.report.assessment import document as assessment_document
 from agent.report.build import Report
 from agent.report.model import SEVERITIES, Capped, Evidence, Tally
 
@@ -70,6 +71,7 @@ def document(r: Report) -> dict[str, Any]:
             "counts": dict(c.counts), "events_total": c.events_total,
             "events": [asdict(e) for e in c.events],
         },
+        "assessment": assessment_document(d.assessment),
         "integrity": [asdict(i) for i in r.integrity],
         "refused": [asdict(i) for i in r.refused],
         "prometheus": None if r.prometheus is None else {

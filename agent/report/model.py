@@ -15,6 +15,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.report.assessment import AssessmentTally, HostAssessment
 from agent.report.cells import cut, describe_object, describe_process, group_of, lifecycle_text, text_of
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -193,6 +194,7 @@ class Aggregate:
     violations: Capped
     unattributed: Capped
     continuity: Continuity
+    assessment: tuple[HostAssessment, ...] = ()
 
 
 class _Heap:
@@ -255,6 +257,7 @@ class Aggregator:
         self._gaps: list[Gap] = []
         self._gap_seconds = 0.0
         self._reload_failures = 0
+        self._assessment = AssessmentTally()
 
     # -- feeding ---------------------------------------------------------
 
@@ -372,6 +375,8 @@ class Aggregator:
                     self._gaps.append(gap)
         elif kind == "agent.reload" and detail.get("ok") is False:
             self._reload_failures += 1
+        elif kind == "assess.snapshot":
+            self._assessment.add(host, t, detail)
         if kind in CONTINUITY_KINDS:
             self._life_total += 1
             if len(self._life) < self.max_lifecycle:
@@ -406,4 +411,4 @@ class Aggregator:
         return Aggregate(self.records, self.first_seq, self.last_seq, self._total.freeze(),
                          tuple((d, c.freeze()) for d, c in sorted(self._days.items())), tuple(groups),
                          tuple(sorted(self._hosts)), tuple(people), tuple(rules),
-                         self._violations.freeze(), self._unattributed.freeze(), cont)
+                         self._violations.freeze(), self._unattributed.freeze(), cont, self._assessment.result())

@@ -123,9 +123,11 @@ def controls(r: Report) -> Section:
         rows.append((c.name, c.area_zh if lang == "zh" else c.area_en, items,
                      c.summary_zh if lang == "zh" else c.summary_en, rules or tr(lang, "none"), str(c.findings),
                      status))
+    from agent.report.assessment_blocks import assessment_blocks  # it builds on this module's blocks
     return Section("controls", tr(lang, "s_controls"), (Table(
         "", (tr(lang, "control"), tr(lang, "area"), tr(lang, "items"), tr(lang, "requirement"), tr(lang, "rules"),
-             tr(lang, "findings"), tr(lang, "status")), tuple(rows), (2.2, 1.2, 1.3, 3, 3.5, 0.8, 2)),))
+             tr(lang, "findings"), tr(lang, "status")), tuple(rows), (2.2, 1.2, 1.3, 3, 3.5, 0.8, 2)),
+        *assessment_blocks(r)))
 
 
 def _evidence_rows(lang: str, r: Report, rows: tuple[Evidence, ...]) -> tuple[tuple[str, ...], ...]:
