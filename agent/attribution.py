@@ -157,7 +157,7 @@ class Attributor:
                 if lz is _MISS:
                     lz = self.zone(net.local_ip)
             if rz is not net.remote_zone or lz is not net.local_zone:
-                net = _TUPLE_NEW(Net, (*net[:6], rz, net[7], lz))
+                net = _TUPLE_NEW(Net, (*net[:6], rz, net[7], lz, *net[9:]))
         if f.path is not None and f.level is None:
             f = self._file(f)
         if media.serial is not None and media.registered is None:

@@ -75,7 +75,12 @@ class Host(NamedTuple):
 
 
 class Net(NamedTuple):
-    """A network operation. ``local_zone`` extends DESIGN §4 for 一机两网."""
+    """A network operation. ``local_zone`` extends DESIGN §4 for 一机两网.
+
+    ``dns_malformed`` (also beyond DESIGN §4) is True on a packet to port 53
+    that is not a well-formed DNS query (a response, another opcode, too short,
+    a question that does not parse): reported as traffic, not as a lookup.
+    """
 
     proto: str | None = None
     direction: str | None = None
@@ -86,6 +91,7 @@ class Net(NamedTuple):
     remote_zone: str | None = None
     domain: str | None = None
     local_zone: str | None = None
+    dns_malformed: bool | None = None
 
 
 class File(NamedTuple):
@@ -269,7 +275,7 @@ class FieldSpec:
 
 _TYPE_OVERRIDES = {
     "level": "level", "clearance": "level", "marking": "level",
-    "known": "bool", "on_removable": "bool", "registered": "bool",
+    "known": "bool", "on_removable": "bool", "registered": "bool", "dns_malformed": "bool",
     "time": "float", "start_time": "float",
 }
 _INT_FIELDS = {"pid", "ppid", "uid", "loginuid", "local_port", "remote_port", "inode"}

@@ -1,21 +1,35 @@
 """The network collector: connections, accepts, listens and DNS queries, with their process.
 
-``mode: sniff`` (CAP_NET_RAW and libpcap) sees every connection as it
-starts: an outgoing SYN is a ``net.connect``, an outgoing SYN-ACK a
-``net.accept``, the first outgoing datagram of a UDP flow a ``net.connect``
-and a query to port 53 a ``net.dns`` carrying the name asked. ``mode: poll``
-diffs psutil's socket list once a second instead. In both modes the listen
-tables are diffed once a second for ``net.listen``; the sockets listening
-when the collector starts are reported once, as an inventory.
+``mode: sniff`` (CAP_NET_RAW; no libpcap) sees every flow as it starts,
+whatever its IP protocol: an outgoing SYN is a ``net.connect``, an outgoing
+SYN-ACK a ``net.accept``, the first outgoing packet of a UDP, UDP-Lite,
+SCTP, ICMP/ICMPv6 or other-protocol flow a ``net.connect`` (``net.proto``
+names the protocol), and a DNS query to port 53, over UDP or TCP, a
+``net.dns`` carrying the name asked. A packet to port 53 that is not a
+well-formed query is traffic all the same: a ``net.connect`` with
+``net.dns_malformed`` set. Link-scoped control traffic that cannot leave
+the link (IPv6 neighbour discovery and MLD, IGMP to multicast groups) is
+not reported. ``mode: poll`` diffs psutil's socket list once a second
+instead. In both modes the listen tables are diffed once a second for
+``net.listen``; the sockets listening when the collector starts are
+reported once, as an inventory.
 
-The process behind each event is found through its socket (``SockMap``),
-its fields are read, and the owner is confirmed again afterwards, so a pid
+Flows already reported are remembered in a bounded table, so a flood of
+new flows costs events, never memory; a flow forgotten to make room is
+counted (drop reason ``flow_evicted``: a later packet of it may be
+reported again, none is missed).
+
+The process behind each event is found through its socket (``SockMap``):
+TCP, UDP and UDP-Lite sockets by address, ping sockets by echo identifier,
+raw sockets by protocol when only one could have sent the packet. Its
+fields are read, and the owner is confirmed again afterwards, so a pid
 that changed hands in between is never reported. When the process cannot
 be found (it exited before its first packet was looked at: a connection
 that opens and closes within a millisecond; or /proc/PID/fd is not
 readable without CAP_SYS_PTRACE) the event is still emitted with what is
 known (the socket's uid, the pid if it was seen) and the loss is counted
-as drop reason ``no_process``.
+as drop reason ``no_process``. ICMP answers the kernel itself sends (echo
+replies, errors) have no process and are reported without one, uncounted.
 """
 
 from __future__ import annotations
@@ -31,13 +45,13 @@ from agent.events import Event, Net, Parent, Process
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section, translate_os_error
 from collectors.network_poll import Conn, ConnectionPoller, Lister, psutil_lister
 from collectors.sniff import (
+    TCP_SYN,
     DecodeError,
     Packet,
     Sniffer,
     can_open_packet_socket,
     decode,
     dns_query_name,
-    libpcap_problem,
 )
 from collectors.sockdiag import dump
 from collectors.sockmap import (
@@ -59,11 +73,12 @@ MODES = ("auto", "sniff", "poll")
 
 
 class FlowSet:
-    """A bounded LRU of flows already reported."""
+    """A bounded LRU of flows already reported; ``evicted`` counts the flows forgotten to make room."""
 
     def __init__(self, size: int = 4096) -> None:
         """Remember at most ``size`` flows; the least recently seen are forgotten first."""
         self.size = size
+        self.evicted = 0
         self._flows: OrderedDict[Hashable, None] = OrderedDict()
 
     def first(self, key: Hashable) -> bool:
@@ -74,7 +89,69 @@ class FlowSet:
         self._flows[key] = None
         if len(self._flows) > self.size:
             self._flows.popitem(last=False)
+            self.evicted += 1
         return True
+
+    def __len__(self) -> int:
+        """How many flows are remembered now."""
+        return len(self._flows)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+class DnsStreams:
+    """Where the next DNS message starts in each TCP stream to port 53 (a bounded LRU).
+
+    DNS over TCP frames each message with a two-byte length. A stream seen
+    from its SYN is read from its first byte; one that began before the
+    collector is read from its first data segment. A segment that does not
+    start where a message does (a continuation, a retransmission) is skipped.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        """Follow at most ``size`` streams; the least recently seen are forgotten first."""
+        self.size = size
+        self._next: OrderedDict[Hashable, int] = OrderedDict()
+
+    def start(self, key: Hashable, seq: int) -> None:
+        """A SYN with sequence number ``seq``: the stream's first byte is the next one."""
+        self._remember(key, (seq + 1) & _MASK32)
+
+    def messages(self, key: Hashable, seq: int, payload: bytes) -> list[bytes]:
+        """The DNS messages that begin in this segment (the last may be cut short)."""
+        expected = self._next.get(key, seq)
+        if seq != expected:
+            return []
+        out: list[bytes] = []
+        pos = 0
+        while pos + 2 <= len(payload):
+            length = (payload[pos] << 8) | payload[pos + 1]
+            out.append(payload[pos + 2:pos + 2 + length])
+            pos += 2 + length
+        if pos < len(payload):  # the length prefix itself is split: the boundary is lost
+            self._next.pop(key, None)
+        else:
+            self._remember(key, (seq + pos) & _MASK32)
+        return out
+
+    def _remember(self, key: Hashable, seq: int) -> None:
+        self._next[key] = seq
+        self._next.move_to_end(key)
+        while len(self._next) > self.size:
+            self._next.popitem(last=False)
+
+
+# Link-scoped control messages: hop limit 255 or TTL 1 by protocol, so they never leave the link.
+_ICMP6_LINK = frozenset({130, 131, 132, 133, 134, 135, 136, 137, 141, 142, 143, 148, 149, 151, 152, 153})
+# ICMP messages the kernel sends by itself in answer to another host: echo replies and errors.
+_ICMP_ANSWERS = {"icmp": frozenset({0, 3, 4, 5, 11, 12, 14, 16, 18}), "icmpv6": frozenset({1, 2, 3, 4, 129})}
+_PING_TABLE = {"icmp": 1, "icmpv6": 58}
+_AUDITED = frozenset({"tcp", "udp"})  # what the audit source reports (and names) by itself when in force
+
+
+def _multicast(ip: str) -> bool:
+    return ip.startswith("ff") if ":" in ip else 224 <= int(ip.split(".", 1)[0]) <= 239
 
 
 class ListenWatcher:
@@ -123,7 +200,7 @@ class NetworkCollector:
 
     def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None, *,
                  process_lookup: ProcessLookup | None = None, lister: Lister = psutil_lister,
-                 interval: float = 1.0, flows: int = 4096, audit: Any = None) -> None:
+                 interval: float = 1.0, flows: int = 4096, dns_streams: int = 1024, audit: Any = None) -> None:
         """Build from the ``collectors.network`` config section; ValueError names a bad value."""
         self.sources = sources or Sources()
         self.enabled = bool(section(config, "enabled", True))
@@ -141,13 +218,17 @@ class NetworkCollector:
         self._lookup: ProcessLookup = process_lookup or ProcReader(self.sources.proc_root)
         self._lister = lister
         self._flows = FlowSet(flows)
-        # While the audit collector's connect/sendto rules are in force it reports outgoing connections
-        # and datagrams with the kernel's word on who made them; this collector keeps to accepts, listens,
-        # DNS names and what those rules do not cover (one operation, one event).
+        self._dns_streams = DnsStreams(dns_streams)
+        self._evicted = 0
+        # While the audit collector's connect/sendto rules are in force it reports outgoing TCP connections
+        # and UDP datagrams with the kernel's word on who made them; this collector keeps to accepts, listens,
+        # DNS names and what those rules cannot name: other protocols (the audit record has an address, not a
+        # protocol, so it calls every datagram udp) and packets to port 53 that are no DNS query. For these two
+        # an operation may be reported twice, once by each source; the protocol and the flag are this one's.
         self._audit = audit
 
     def available(self) -> Availability:
-        """``sniff`` when a packet socket and libpcap are usable, else ``poll`` (or None in forced sniff)."""
+        """``sniff`` when a packet socket can be opened, else ``poll`` (or None in forced sniff)."""
         if not self.enabled:
             return Availability(None, "disabled in config")
         if self.mode == "poll":
@@ -155,13 +236,9 @@ class NetworkCollector:
         if not self.sniff:
             return Availability("poll", "sniff: false in config")
         err = can_open_packet_socket()
-        problem = None
-        if err is not None:
-            problem = f"{translate_os_error('opening a packet socket', err)}; sniffing needs CAP_NET_RAW"
-        else:
-            problem = libpcap_problem()
-        if problem is None:
+        if err is None:
             return Availability("sniff")
+        problem = f"{translate_os_error('opening a packet socket', err)}; sniffing needs CAP_NET_RAW"
         if self.mode == "sniff":
             return Availability(None, problem)
         return Availability("poll", problem)
@@ -218,6 +295,7 @@ class NetworkCollector:
                     lost = sniffer.kernel_drops()
                     if lost:
                         self.health.drop("kernel_overflow", lost)
+                    self._count_evictions()
                     if sniffer.missing:
                         sniffer.retry_missing()
         finally:
@@ -248,28 +326,96 @@ class NetworkCollector:
         self.health.mode = mode
         self.health.up = True
 
+    def _count_evictions(self) -> None:
+        evicted = self._flows.evicted
+        if evicted > self._evicted:
+            self.health.drop("flow_evicted", evicted - self._evicted)
+            self._evicted = evicted
+
     def _on_packet(self, emit: Emit, pkt: Packet) -> None:
+        proto = pkt.proto
         domain: str | None = None
-        if pkt.proto == "tcp":
-            if not pkt.syn:
+        malformed: bool | None = None
+        kind, direction = "net.connect", "out"
+        if proto == "tcp":
+            if pkt.flags & TCP_SYN:
+                if pkt.ack:
+                    kind, direction = "net.accept", "in"
+                elif pkt.dst_port == 53:
+                    self._dns_streams.start((pkt.src_ip, pkt.src_port, pkt.dst_ip), pkt.seq)
+                key: tuple[Any, ...] = (kind, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
+            elif pkt.dst_port == 53 and pkt.payload:
+                self._on_dns_stream(emit, pkt)
                 return
-            kind, direction = ("net.accept", "in") if pkt.ack else ("net.connect", "out")
-            key: tuple[Any, ...] = (kind, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
-        elif pkt.dst_port == 53:
-            domain = dns_query_name(pkt.payload)
-            if domain is None:
+            else:
                 return
-            kind, direction = "net.dns", "out"
-            key = (kind, pkt.src_ip, pkt.src_port, pkt.dst_ip, domain)
+        elif pkt.dst_port == 53 and (proto == "udp" or proto == "udplite"):
+            try:
+                domain = dns_query_name(pkt.payload)
+            except DecodeError:
+                malformed = True
+                key = ("dns_malformed", proto, pkt.src_ip, pkt.src_port, pkt.dst_ip)
+            else:
+                kind = "net.dns"
+                key = (kind, proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, domain)
+        elif pkt.icmp_type is not None:
+            self._on_icmp(emit, pkt)
+            return
+        elif proto == "igmp" and _multicast(pkt.dst_ip):
+            return
         else:
-            kind, direction = "net.connect", "out"
-            key = ("udp", pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
+            key = (proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
         if not self._flows.first(key):
             return  # a retransmitted SYN, a later datagram of a flow, or the AAAA twin of an A query
-        found = self.sockmap.find(pkt.proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
-        net = Net(proto=pkt.proto, direction=direction, local_ip=pkt.src_ip, local_port=pkt.src_port,
-                  remote_ip=pkt.dst_ip, remote_port=pkt.dst_port, domain=domain)
+        net = Net(proto=proto, direction=direction, local_ip=pkt.src_ip, local_port=pkt.src_port,
+                  remote_ip=pkt.dst_ip, remote_port=pkt.dst_port, domain=domain, dns_malformed=malformed)
+        if pkt.src_port is None or pkt.dst_port is None or proto not in ("tcp", "udp", "udplite"):
+            found = self.sockmap.find_raw(pkt.number, pkt.src_ip, pkt.dst_ip)
+        else:
+            found = self.sockmap.find(proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
         self._emit_found(emit, kind, net, found)
+
+    def _on_dns_stream(self, emit: Emit, pkt: Packet) -> None:
+        """A data segment to TCP port 53: each DNS query is a net.dns, anything else a flagged net.connect."""
+        stream = (pkt.src_ip, pkt.src_port, pkt.dst_ip)
+        sport = pkt.src_port or 0
+        for message in self._dns_streams.messages(stream, pkt.seq, pkt.payload):
+            malformed: bool | None = None
+            try:
+                domain: str | None = dns_query_name(message)
+            except DecodeError:
+                kind, domain, malformed = "net.connect", None, True
+                key: tuple[Any, ...] = ("dns_malformed", "tcp", *stream)
+            else:
+                kind = "net.dns"
+                key = ("net.dns", "tcp", *stream, domain)
+            if not self._flows.first(key):
+                continue
+            net = Net(proto="tcp", direction="out", local_ip=pkt.src_ip, local_port=pkt.src_port,
+                      remote_ip=pkt.dst_ip, remote_port=53, domain=domain, dns_malformed=malformed)
+            self._emit_found(emit, kind, net, self.sockmap.find("tcp", pkt.src_ip, sport, pkt.dst_ip, 53))
+
+    def _on_icmp(self, emit: Emit, pkt: Packet) -> None:
+        """ICMP and ICMPv6: echo and every other message that can carry data off the link."""
+        proto, itype = pkt.proto, pkt.icmp_type
+        if proto == "icmpv6" and itype in _ICMP6_LINK:
+            return
+        if not self._flows.first((proto, pkt.src_ip, pkt.dst_ip, itype, pkt.ident)):
+            return
+        net = Net(proto=proto, direction="out", local_ip=pkt.src_ip, remote_ip=pkt.dst_ip)
+        if itype in _ICMP_ANSWERS[proto]:
+            # The kernel's own answer (or a raw socket's): a raw socket alone can be named; else nobody.
+            found = self.sockmap.find_raw(pkt.number, pkt.src_ip, pkt.dst_ip)
+            if found.owner is None:
+                self._send(emit, "net.connect", net, Process(), Parent())
+                return
+        else:
+            found = Found()
+            if pkt.ident is not None:  # a ping socket lists its echo identifier as its port
+                found = self.sockmap.find(proto, pkt.src_ip, pkt.ident, pkt.dst_ip, 0)
+            if found.inode is None:
+                found = self.sockmap.find_raw(_PING_TABLE[proto], pkt.src_ip, pkt.dst_ip)
+        self._emit_found(emit, "net.connect", net, found)
 
     def _emit_listens(self, emit: Emit, listens: ListenWatcher) -> None:
         for e in listens.poll():
@@ -301,7 +447,8 @@ class NetworkCollector:
         self._send(emit, kind, net, process, parent)
 
     def _send(self, emit: Emit, kind: str, net: Net, process: Process, parent: Parent) -> None:
-        if kind == "net.connect" and self._audit is not None and self._audit.covers("net.connect"):
+        if kind == "net.connect" and net.proto in _AUDITED and not net.dns_malformed \
+                and self._audit is not None and self._audit.covers("net.connect"):
             return
         now = self.sources.clock()
         emit(Event(kind=kind, time=now, collector=self.name, process=process, parent=parent, net=net))

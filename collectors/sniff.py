@@ -1,22 +1,31 @@
-"""Capture the packets that start connections: AF_PACKET with a kernel BPF filter.
+"""Capture outgoing IP packets on AF_PACKET sockets, with a kernel filter built in the agent.
 
-Only what the collector needs crosses into Python: outgoing TCP SYNs (our
-connects), outgoing SYN-ACKs (our accepts) and outgoing UDP (new flows and
-DNS queries). The filter is compiled by libpcap (through scapy) for raw IP,
-and the socket is ``SOCK_DGRAM`` so every interface, whatever its link
-layer, hands over packets that begin at the IP header. Filtering on
-``outbound`` in the kernel also removes the second copy that the loopback
-interface shows of each packet.
+What crosses into Python is every outgoing IP packet that can start or
+carry a flow, whatever its protocol: TCP SYNs (connects) and SYN-ACKs
+(accepts), TCP segments to port 53 (DNS over TCP), and every packet of
+every other protocol (UDP, UDP-Lite, SCTP, ICMP, ICMPv6, GRE, ESP, ...).
+An IPv6 packet whose first header is an extension header (hop-by-hop,
+routing, fragment, destination options, AH) is handed over whole and the
+decoder walks the chain to the transport header: classic BPF has no loops,
+so the filter does not try. Later IPv4 fragments carry no transport header
+and stay in the kernel.
 
-Headers are read with ``struct`` because every outgoing UDP packet passes
-through here; scapy's DNS layer decodes only the queries. Only the scapy
-modules needed are imported (never ``scapy.all``: idle memory, DESIGN §10).
+The filter is a classic BPF program assembled here (``collectors.bpf``) and
+attached with SO_ATTACH_FILTER: no libpcap. It keeps only packets the host
+sends (``PACKET_OUTGOING``), which also removes the second copy that the
+loopback interface shows of each packet. The socket is ``SOCK_DGRAM``, so
+on every interface, whatever its link layer, a packet begins at its IP
+header.
+
+Headers and DNS questions are read with ``struct`` by hand: every outgoing
+UDP packet passes through here, and a DNS message that does not parse is
+itself something to report, not an error to swallow.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import re
 import select
 import socket
 import struct
@@ -24,25 +33,84 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from collectors.base import CollectorError, translate_os_error
+from collectors.bpf import (
+    SKF_AD_PKTTYPE,
+    B,
+    H,
+    Insn,
+    Label,
+    Program,
+    alu_and,
+    assemble,
+    jeq,
+    jset,
+    ld_abs,
+    ld_ancillary,
+    ld_ind,
+    ldx_msh,
+    ret,
+)
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 SO_ATTACH_FILTER = 26
 PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
+SNAPLEN = 0xFFFF
 
-# tcp[] offsets work for IPv4 only in libpcap; for IPv6 the flags byte is
-# read at 40 + 13 when TCP follows the fixed header directly (the usual case).
-BPF_FILTER = (
-    "outbound and ((ip and tcp[tcpflags] & tcp-syn != 0)"
-    " or (ip6 and ip6[6] == 6 and ip6[53] & 0x02 != 0)"
-    " or udp)"
-)
+TCP_SYN = 0x02
+TCP_ACK = 0x10
 
-_TCP_SYN = 0x02
-_TCP_ACK = 0x10
-_V6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
+# IP protocol numbers and the names events carry in net.proto (IANA keywords, lower case).
+PROTO_NAMES = {
+    1: "icmp", 2: "igmp", 4: "ipip", 6: "tcp", 17: "udp", 33: "dccp", 41: "ipv6", 47: "gre", 50: "esp",
+    51: "ah", 58: "icmpv6", 89: "ospf", 103: "pim", 112: "vrrp", 115: "l2tp", 132: "sctp", 136: "udplite",
+    137: "mpls-in-ip", 143: "ethernet",
+}
+_PORTED = frozenset({6, 17, 33, 132, 136})  # source and destination port lead the transport header
+# IPv6 extension headers of the common form (next header, length in 8-octet units beyond the first):
+# hop-by-hop, routing, destination options, HIP, Shim6. Fragment (44) and AH (51) are read apart.
+_V6_EXT = frozenset({0, 43, 60, 139, 140})
 _V6_FRAG = 44
+_AH = 51
+# ICMP types whose header carries an identifier at offset 4 (echo, timestamp, information, mask).
+_ECHO = {1: frozenset({0, 8, 13, 14, 15, 16, 17, 18}), 58: frozenset({128, 129})}
+
+
+def filter_program() -> bytes:
+    """The capture filter: outgoing IPv4 and IPv6; of TCP, only SYNs and segments to port 53."""
+    accept, drop = "accept", "drop"
+    prog: list[Insn | Label] = [
+        ld_ancillary(SKF_AD_PKTTYPE),
+        jeq(PACKET_OUTGOING, None, drop),
+        ld_abs(B, 0),
+        alu_and(0xF0),
+        jeq(0x40, "v4"),
+        jeq(0x60, "v6", drop),
+        Label("v4"),
+        ld_abs(B, 9),
+        jeq(6, None, accept),  # every protocol but TCP goes up whole
+        ld_abs(H, 6),
+        jset(0x1FFF, drop),  # a later fragment: no TCP header to read
+        jset(0x2000, accept),  # a first fragment: the header may be cut short, let the decoder look
+        ldx_msh(0),
+        ld_ind(B, 13),
+        jset(TCP_SYN, accept),
+        ld_ind(H, 2),
+        jeq(53, accept, drop),
+        Label("v6"),
+        ld_abs(B, 6),
+        jeq(6, None, accept),  # not TCP right after the fixed header (extension headers too): up whole
+        ld_abs(B, 40 + 13),
+        jset(TCP_SYN, accept),
+        ld_abs(H, 40 + 2),
+        jeq(53, accept, drop),
+        Label(accept),
+        ret(SNAPLEN),
+        Label(drop),
+        ret(0),
+    ]
+    return assemble(prog)
 
 
 class DecodeError(ValueError):
@@ -51,100 +119,164 @@ class DecodeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Packet:
-    """The addresses of an outgoing TCP SYN / SYN-ACK or UDP datagram."""
+    """An outgoing IP packet, decoded as far as the collector needs.
 
-    proto: str  # "tcp" | "udp"
+    ``src_port``/``dst_port`` are None for protocols without ports. For ICMP and
+    ICMPv6, ``icmp_type``/``icmp_code`` are set and ``ident`` is the echo
+    identifier. ``payload`` is the transport payload for UDP and UDP-Lite, and
+    for TCP segments to port 53; empty otherwise.
+    """
+
+    proto: str
     src_ip: str
-    src_port: int
+    src_port: int | None
     dst_ip: str
-    dst_port: int
-    syn: bool = False
-    ack: bool = False
-    payload: bytes = b""  # UDP payload only
+    dst_port: int | None
+    number: int = 0
+    flags: int = 0
+    seq: int = 0
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    ident: int | None = None
+    payload: bytes = b""
+
+    @property
+    def syn(self) -> bool:
+        """A TCP segment with SYN set."""
+        return bool(self.flags & TCP_SYN)
+
+    @property
+    def ack(self) -> bool:
+        """A TCP segment with ACK set."""
+        return bool(self.flags & TCP_ACK)
+
+
+_inet_ntop = socket.inet_ntop
+_AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+_u16 = struct.Struct("!H").unpack_from
+_ports = struct.Struct("!HH").unpack_from
+_tcp = struct.Struct("!HHI").unpack_from
 
 
 def decode(data: bytes) -> Packet | None:
-    """Read an IP packet; None for what is not a first fragment of TCP or UDP."""
+    """Read an IP packet; None for a later fragment (no transport header) or a packet with no transport."""
     try:
         version = data[0] >> 4
         if version == 4:
-            ihl = (data[0] & 0x0F) * 4
-            if struct.unpack_from("!H", data, 6)[0] & 0x1FFF:
+            off = (data[0] & 0x0F) * 4
+            if off < 20:
+                raise DecodeError(f"IPv4 header length {off}")
+            if _u16(data, 6)[0] & 0x1FFF:
                 return None  # a later fragment carries no ports
-            proto, off = data[9], ihl
-            src = socket.inet_ntop(socket.AF_INET, data[12:16])
-            dst = socket.inet_ntop(socket.AF_INET, data[16:20])
+            proto = data[9]
+            end = _u16(data, 2)[0] or len(data)
+            src = _inet_ntop(_AF4, data[12:16])
+            dst = _inet_ntop(_AF4, data[16:20])
+            if proto == _AH:
+                proto, off = data[off], off + (data[off + 1] + 2) * 4
         elif version == 6:
             proto, off = data[6], 40
-            for _ in range(8):
+            end = 40 + _u16(data, 4)[0] if data[4] or data[5] else len(data)
+            for _ in range(16):
                 if proto in _V6_EXT:
                     proto, off = data[off], off + (data[off + 1] + 1) * 8
                 elif proto == _V6_FRAG:
-                    if struct.unpack_from("!H", data, off + 2)[0] >> 3:
+                    if _u16(data, off + 2)[0] >> 3:
                         return None
                     proto, off = data[off], off + 8
+                elif proto == _AH:
+                    proto, off = data[off], off + (data[off + 1] + 2) * 4
                 else:
                     break
-            src = socket.inet_ntop(socket.AF_INET6, data[8:24])
-            dst = socket.inet_ntop(socket.AF_INET6, data[24:40])
+            else:
+                raise DecodeError("IPv6 extension header chain too long")
+            src = _inet_ntop(_AF6, data[8:24])
+            dst = _inet_ntop(_AF6, data[24:40])
         else:
             raise DecodeError(f"IP version {version}")
-        sport, dport = struct.unpack_from("!HH", data, off)
+        if off > len(data):
+            raise DecodeError("headers run past the packet")
+        end = min(end, len(data))
+        if proto == 17 or proto == 136:
+            sport, dport = _ports(data, off)
+            return Packet(PROTO_NAMES[proto], src, sport, dst, dport, proto, payload=data[off + 8:end])
         if proto == 6:
+            sport, dport, seq = _tcp(data, off)
             flags = data[off + 13]
-            return Packet("tcp", src, sport, dst, dport, syn=bool(flags & _TCP_SYN), ack=bool(flags & _TCP_ACK))
-        if proto == 17:
-            return Packet("udp", src, sport, dst, dport, payload=data[off + 8:])
-        return None
+            payload = data[off + (data[off + 12] >> 4) * 4:end] if dport == 53 else b""
+            return Packet("tcp", src, sport, dst, dport, 6, flags, seq, payload=payload)
+        if proto == 1 or proto == 58:
+            itype, code = data[off], data[off + 1]
+            ident = _u16(data, off + 4)[0] if itype in _ECHO[proto] and off + 6 <= end else None
+            return Packet(PROTO_NAMES[proto], src, None, dst, None, proto, icmp_type=itype, icmp_code=code,
+                          ident=ident)
+        if proto in _PORTED:
+            sport, dport = _ports(data, off)
+            return Packet(PROTO_NAMES[proto], src, sport, dst, dport, proto)
+        if proto == 59:
+            return None  # IPv6 "no next header": nothing rides on it
+        return Packet(PROTO_NAMES.get(proto) or f"ip-{proto}", src, None, dst, None, proto)
     except (IndexError, struct.error, ValueError, OSError) as exc:
+        if isinstance(exc, DecodeError):
+            raise
         raise DecodeError(f"bad packet: {exc}") from exc
 
 
-def dns_query_name(payload: bytes) -> str | None:
-    """The name asked in a standard DNS query (lower case, no trailing dot); None for other messages."""
-    if len(payload) < 12:
-        raise DecodeError("DNS message shorter than its header")
-    if payload[2] & 0x80 or (payload[2] >> 3) & 0x0F:
-        return None  # a response, or not a standard query
-    from scapy.layers.dns import DNS  # heavy: load only once DNS is seen
+def dns_query_name(payload: bytes) -> str:
+    """The name asked in a standard DNS query (lower case, no trailing dot, "." for the root).
 
-    try:
-        questions = DNS(payload).qd
-        qname = questions[0].qname if questions else None
-    except Exception as exc:  # scapy raises many types on malformed input
-        raise DecodeError(f"bad DNS query: {exc}") from exc
-    if not isinstance(qname, bytes):
-        raise DecodeError("DNS query without a readable question")
-    name = qname.decode("ascii", errors="replace").rstrip(".").lower()
-    return name or "."
+    DecodeError says why the message is not one: shorter than a DNS header,
+    a response, another opcode, no question, or a question that does not parse.
+    """
+    n = len(payload)
+    if n < 12:
+        raise DecodeError(f"DNS message of {n} bytes, shorter than its header")
+    if payload[2] & 0x80:
+        raise DecodeError("DNS response sent to port 53")
+    opcode = (payload[2] >> 3) & 0x0F
+    if opcode:
+        raise DecodeError(f"DNS opcode {opcode}, not a standard query")
+    if not _u16(payload, 4)[0]:
+        raise DecodeError("DNS query without a question")
+    labels: list[str] = []
+    pos, jumps, total = 12, 0, 0
+    while True:
+        if pos >= n:
+            raise DecodeError("DNS question name runs past the message")
+        length = payload[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= n or jumps >= 8:
+                raise DecodeError("bad compression pointer in a DNS question")
+            jumps += 1
+            pos = ((length & 0x3F) << 8) | payload[pos + 1]
+            continue
+        if length & 0xC0:
+            raise DecodeError(f"DNS label type {length >> 6}")
+        label = payload[pos + 1:pos + 1 + length]
+        if len(label) < length:
+            raise DecodeError("DNS question name runs past the message")
+        total += length + 1
+        if total > 255:
+            raise DecodeError("DNS name longer than 255 bytes")
+        labels.append(_label_text(label))
+        pos += 1 + length
+    if not jumps and pos + 4 > n:
+        raise DecodeError("DNS question without its type and class")
+    return ".".join(labels).lower() or "."
 
 
-def libpcap_problem() -> str | None:
-    """Why the BPF filter cannot be compiled here, or None when it can."""
-    try:
-        from scapy.libs import winpcapy  # noqa: F401  # loads libpcap through ctypes
-    except (ImportError, OSError):
-        return "libpcap is not installed (Debian: libpcap0.8)"
-    return None
+def _label_text(label: bytes) -> str:
+    """A label in presentation form: printable ASCII as is, dots and other bytes escaped (RFC 1035 5.1)."""
+    if _PLAIN.fullmatch(label):
+        return label.decode("ascii")
+    return "".join(chr(c) if 0x21 <= c <= 0x7E and c not in (0x2E, 0x5C) else
+                   f"\\{chr(c)}" if c in (0x2E, 0x5C) else f"\\{c:03d}" for c in label)
 
 
-class _Program:
-    """A compiled BPF program copied out of libpcap, ready for SO_ATTACH_FILTER."""
-
-    def __init__(self, expression: str) -> None:
-        from scapy.arch.common import compile_filter, free_filter
-        from scapy.data import DLT_RAW
-
-        try:
-            prog = compile_filter(expression, linktype=DLT_RAW)
-        except Exception as exc:  # ImportError without libpcap, Scapy_Exception on a bad filter
-            raise CollectorError(f"cannot compile the capture filter: {exc}") from exc
-        try:
-            # struct sock_filter is 8 bytes; keep our own copy alive for the fprog pointer.
-            self._insns = ctypes.create_string_buffer(ctypes.string_at(prog.bf_insns, prog.bf_len * 8))
-            self.fprog = struct.pack("HL", prog.bf_len, ctypes.addressof(self._insns))
-        finally:
-            free_filter(prog)
+_PLAIN = re.compile(rb"[!-\-/-\[\]-~]*")  # printable ASCII but the dot and the backslash
 
 
 def _drain(sock: socket.socket) -> None:
@@ -156,7 +288,7 @@ def _drain(sock: socket.socket) -> None:
 
 
 class Sniffer:
-    """Outgoing connection-starting packets from all interfaces or from the named ones."""
+    """Outgoing IP packets from all interfaces or from the named ones."""
 
     def __init__(self, interfaces: Sequence[str] = (), rcvbuf: int = 4 << 20) -> None:
         """Capture on ``interfaces`` (all, including ``lo`` and ones added later, when empty)."""
@@ -164,11 +296,11 @@ class Sniffer:
         self.rcvbuf = rcvbuf
         self.missing: list[str] = []
         self._socks: list[socket.socket] = []
-        self._prog: _Program | None = None
+        self._prog: Program | None = None
 
     def open(self) -> None:
         """Open the capture sockets; CollectorError says why not."""
-        self._prog = _Program(BPF_FILTER)
+        self._prog = Program(filter_program())
         if not self.interfaces:
             self._socks.append(self._open_one(""))
             return
@@ -186,13 +318,16 @@ class Sniffer:
             raise translate_os_error("opening a packet socket", exc) from exc
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, self._prog.fprog)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, self._prog.fprog)
+            except OSError as exc:
+                raise CollectorError(f"the kernel refused the capture filter: {exc}") from exc
             sock.setblocking(False)
             if ifname:
                 sock.bind((ifname, ETH_P_ALL))
             else:
                 _drain(sock)
-        except OSError:
+        except (OSError, CollectorError):
             sock.close()
             raise
         return sock
@@ -219,7 +354,7 @@ class Sniffer:
         for sock in ready:
             while len(out) < max_batch:
                 try:
-                    data, addr = sock.recvfrom(65535)
+                    data, addr = sock.recvfrom(SNAPLEN)
                 except (BlockingIOError, InterruptedError):
                     break
                 if addr[2] == PACKET_OUTGOING:  # the kernel filter already ensures it
@@ -251,4 +386,3 @@ def can_open_packet_socket() -> OSError | None:
     except OSError as exc:
         return exc
     return None
-

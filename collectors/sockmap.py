@@ -40,7 +40,10 @@ TCP_SYN_RECV = 0x03
 TCP_LISTEN = 0x0A
 UDP_UNCONNECTED = 0x07  # the kernel reports a bound, unconnected UDP socket as TCP_CLOSE
 
-_TABLES = {"tcp": ("tcp", "tcp6"), "udp": ("udp", "udp6")}
+# Tables of the same form: ping sockets list their echo identifier as the local port, raw
+# sockets their IP protocol number.
+_TABLES = {"tcp": ("tcp", "tcp6"), "udp": ("udp", "udp6"), "udplite": ("udplite", "udplite6"),
+           "icmp": ("icmp",), "icmpv6": ("icmp6",), "raw": ("raw", "raw6")}
 _WILD = frozenset({"0.0.0.0", "::"})  # noqa: S104  # matching wildcard binds, not binding
 _MAPPED = "::ffff:"
 _NO_LOGINUID = 4294967295
@@ -90,7 +93,7 @@ def parse_table(text: str, proto: str, v6: bool) -> Iterator[SockEntry]:
 
 
 def read_tables(proc_root: Path, proto: str) -> list[SockEntry]:
-    """All sockets of ``proto`` ("tcp" or "udp"), IPv4 and IPv6; missing tables are empty."""
+    """All sockets of ``proto`` (a key of ``_TABLES``), IPv4 and IPv6; missing tables are empty."""
     out: list[SockEntry] = []
     for name in _TABLES[proto]:
         try:
@@ -270,7 +273,7 @@ class SockMap:
     def find_socket(self, proto: str, local_ip: str, local_port: int,
                     remote_ip: str | None = None, remote_port: int | None = None) -> DiagSock | None:
         """The socket a packet belongs to; one that owns no file gives its listener, else inode 0."""
-        if self.netlink and remote_ip is not None and remote_port is not None:
+        if self.netlink and proto in _PROTO_NUM and remote_ip is not None and remote_port is not None:
             try:
                 exact = diag_socket(proto, local_ip, local_port, remote_ip, remote_port)
                 if exact is not None and exact.inode:
@@ -283,6 +286,23 @@ class SockMap:
                 self.netlink = False  # e.g. no sock_diag in this kernel or container
         entry = match_socket(read_tables(self.proc_root, proto), local_ip, local_port, remote_ip, remote_port)
         return DiagSock(entry.inode, entry.uid) if entry else None
+
+    def find_raw(self, number: int, local_ip: str, remote_ip: str) -> Found:
+        """The raw socket that sent a packet of IP protocol ``number``, when only one can have.
+
+        A raw socket is named by its protocol alone (or IPPROTO_RAW, which sends
+        any), not by ports: with two candidates the packet's sender is unknown,
+        and guessing would name the wrong process.
+        """
+        entries = read_tables(self.proc_root, "raw")
+        for num in (number, socket.IPPROTO_RAW):
+            fits = [e for e in entries if e.local_port == num and e.inode
+                    and e.local_ip in (local_ip, *_WILD) and e.remote_ip in (remote_ip, *_WILD)]
+            if len(fits) == 1:
+                return Found(fits[0].inode, self.owner_of(fits[0].inode), fits[0].uid)
+            if fits:
+                return Found()
+        return Found()
 
     def pid_of(self, inode: int) -> int | None:
         """The pid holding socket ``inode`` now (see ``owner_of``)."""

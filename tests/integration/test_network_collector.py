@@ -189,23 +189,27 @@ def test_named_interface_is_captured_once_it_appears(
         _end(child)
 
 
-def test_malformed_dns_query_is_counted_not_fatal(running: Callable[[NetworkCollector], Running]) -> None:
+def test_malformed_dns_query_is_traffic_not_an_error(running: Callable[[NetworkCollector], Running]) -> None:
     run = running(NetworkCollector({"mode": "sniff", "interfaces": ["lo"]}))
-    before = run.collector.health.drops.get("decode_error", 0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
         # a query header announcing one question, followed by a truncated name
         s.sendto(b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ab", ("127.0.0.1", 53))
-    run.wait(lambda: run.collector.health.drops.get("decode_error", 0) > before, "decode error not counted")
+        got = run.find(lambda e: e.net.local_port == port, "no event for the malformed query")
+    assert (got.kind, got.net.proto, got.net.remote_port, got.net.dns_malformed) == ("net.connect", "udp", 53, True)
+    assert got.net.domain is None and got.process.pid == os.getpid()
     assert run.thread.is_alive()
 
 
 def test_decoding_rejects_truncated_packets() -> None:
     with pytest.raises(DecodeError):
         decode(b"\x45\x00\x00")
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError, match="shorter than its header"):
         dns_query_name(b"\x00\x01")
     response = b"\x00\x07\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01"
-    assert dns_query_name(response) is None
+    with pytest.raises(DecodeError, match="response"):
+        dns_query_name(response)
 
 
 UNPRIVILEGED = r"""
