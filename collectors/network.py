@@ -404,11 +404,9 @@ class NetworkCollector:
             return
         net = Net(proto=proto, direction="out", local_ip=pkt.src_ip, remote_ip=pkt.dst_ip)
         if itype in _ICMP_ANSWERS[proto]:
-            # The kernel's own answer (or a raw socket's): a raw socket alone can be named; else nobody.
-            found = self.sockmap.find_raw(pkt.number, pkt.src_ip, pkt.dst_ip)
-            if found.owner is None:
-                self._send(emit, "net.connect", net, Process(), Parent())
-                return
+            # The kernel's own answer to another host: naming a raw ICMP socket's holder would be a guess.
+            self._send(emit, "net.connect", net, Process(), Parent())
+            return
         else:
             found = Found()
             if pkt.ident is not None:  # a ping socket lists its echo identifier as its port
