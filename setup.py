@@ -48,7 +48,6 @@ setup(
         "psutil>=5.9",
         "prometheus-client>=0.17",
         "watchdog>=3.0",
-        "scapy>=2.5",
         "cryptography>=41",
         "bcrypt>=4.0",
         "pypdf>=7.1",

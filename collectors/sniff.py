@@ -30,7 +30,7 @@ import select
 import socket
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from collectors.base import CollectorError, translate_os_error
 from collectors.bpf import (
@@ -117,8 +117,7 @@ class DecodeError(ValueError):
     """A packet or DNS message could not be read."""
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """An outgoing IP packet, decoded as far as the collector needs.
 
     ``src_port``/``dst_port`` are None for protocols without ports. For ICMP and
@@ -151,6 +150,7 @@ class Packet:
         return bool(self.flags & TCP_ACK)
 
 
+_new = tuple.__new__  # a Packet built without the keyword-argument machinery: once per packet
 _inet_ntop = socket.inet_ntop
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 _u16 = struct.Struct("!H").unpack_from
@@ -199,12 +199,13 @@ def decode(data: bytes) -> Packet | None:
         end = min(end, len(data))
         if proto == 17 or proto == 136:
             sport, dport = _ports(data, off)
-            return Packet(PROTO_NAMES[proto], src, sport, dst, dport, proto, payload=data[off + 8:end])
+            return _new(Packet, (PROTO_NAMES[proto], src, sport, dst, dport, proto, 0, 0, None, None, None,
+                                 data[off + 8:end]))
         if proto == 6:
             sport, dport, seq = _tcp(data, off)
             flags = data[off + 13]
             payload = data[off + (data[off + 12] >> 4) * 4:end] if dport == 53 else b""
-            return Packet("tcp", src, sport, dst, dport, 6, flags, seq, payload=payload)
+            return _new(Packet, ("tcp", src, sport, dst, dport, 6, flags, seq, None, None, None, payload))
         if proto == 1 or proto == 58:
             itype, code = data[off], data[off + 1]
             ident = _u16(data, off + 4)[0] if itype in _ECHO[proto] and off + 6 <= end else None

@@ -77,7 +77,7 @@ def make_venv(root: Path, wheels: Path) -> Path:
 def tidy(venv: Path) -> None:
     """Keep what the agent runs: its own script, stripped extensions, no stray interpreter lines."""
     for f in (venv / "bin").iterdir():
-        # Activation scripts and the dependencies' own tools (scapy, watchmedo, ...) are not the agent's.
+        # Activation scripts and the dependencies' own tools (watchmedo, ...) are not the agent's.
         if f.name != "dutywatch" and not f.name.startswith("python"):
             f.unlink()
     site = venv / "lib" / PYVER / "site-packages"
@@ -126,7 +126,7 @@ def stage(work: Path) -> Path:
     share.parent.mkdir(parents=True)
     # Rules live where agent.paths looks for an OS package, not inside the environment.
     shutil.move(venv / "share" / "dutywatch", share)
-    # What is left there (scapy's manual page) documents tools the package does not ship.
+    # Anything else there documents tools the package does not ship.
     shutil.rmtree(venv / "share")
     dashboards = share / "dashboards"
     shutil.copytree(REPO / "dashboards", dashboards, ignore=shutil.ignore_patterns(".*", "__pycache__"))

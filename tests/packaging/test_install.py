@@ -51,7 +51,7 @@ def make_tarball() -> None:
     subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(work)], check=True, timeout=900,
                    capture_output=True)
     shutil.copy("/etc/resolv.conf", work / "etc/resolv.conf")
-    sh(work, "apt-get update -qq && apt-get install -y -qq --download-only python3 python3.11 libpcap0.8",
+    sh(work, "apt-get update -qq && apt-get install -y -qq --download-only python3 python3.11",
        timeout=600)
     subprocess.run(["tar", "-C", str(work), "-cf", str(TARBALL) + ".part", "."], check=True, timeout=300)
     os.replace(str(TARBALL) + ".part", TARBALL)

@@ -63,7 +63,7 @@ def test_bundled_libraries_stay_out_of_the_dependency_graph(built: Built) -> Non
     provides = _rpm_query(built.rpm, "--provides").split("\n")
     assert [p for p in provides if p and not p.startswith(("dutywatch", "config(dutywatch)"))] == []
     requires = set(_rpm_query(built.rpm, "--requires").split("\n"))
-    assert "python3.11" in requires and "libpcap.so.1()(64bit)" in requires
+    assert "python3.11" in requires and not [r for r in requires if "libpcap" in r]
     assert not [r for r in requires if "_cffi_backend" in r or "libcrypto" in r]
 
 
