@@ -202,6 +202,11 @@ def decode(data: bytes) -> Packet | None:
             return _new(Packet, (PROTO_NAMES[proto], src, sport, dst, dport, proto, 0, 0, None, None, None,
                                  data[off + 8:end]))
         if proto == 6:
+            if off + 14 > end:
+                # A first fragment cut inside the TCP header (tiny fragments hide the flags): the ports are
+                # what is known, and the segment counts as a connection's start rather than go unseen.
+                sport, dport = _ports(data, off)
+                return _new(Packet, ("tcp", src, sport, dst, dport, 6, TCP_SYN, 0, None, None, None, b""))
             sport, dport, seq = _tcp(data, off)
             flags = data[off + 13]
             payload = data[off + (data[off + 12] >> 4) * 4:end] if dport == 53 else b""

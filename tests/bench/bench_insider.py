@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from insider_files import bench_assets, bench_catch_up
 from insider_marking import bench_marking
+from insider_network import bench_network
 
 
 def main() -> None:
@@ -20,6 +21,7 @@ def main() -> None:
     bench_assets()
     bench_catch_up()
     bench_marking()
+    bench_network()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def test_ipv4_options_fragments_and_ah_are_handled() -> None:
     assert behind_ah is not None and (behind_ah.proto, behind_ah.dst_port) == ("udp", 4500)
     with pytest.raises(DecodeError):
         decode(ip4(17, udp(9, b""), ihl=4)[:30])
+    tiny = decode(ip4(6, tcp(443, 0x02)[:8], frag=0x2000))  # a SYN whose flags went to the next fragment
+    assert tiny is not None and (tiny.proto, tiny.dst_port, tiny.syn) == ("tcp", 443, True)
 
 
 @pytest.mark.parametrize("chain", [[0], [0, 60], [43], [60, 43, 0], [0, 44]])
