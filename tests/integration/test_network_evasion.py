@@ -33,7 +33,8 @@ pytestmark = [
 ]
 
 OFF = "  {name}: {{enabled: false}}\n"
-COLLECTORS = "".join(OFF.format(name=n) for n in ("process", "files", "media", "host")) + \
+# The audit source off: with its connect rules in force it, not the sniffer, reports plain TCP and UDP.
+COLLECTORS = "".join(OFF.format(name=n) for n in ("audit", "process", "files", "media", "host")) + \
     "  network: {enabled: true, mode: sniff}\n"
 USER = 1000  # 张三 in the harness registry; root is 系统管理员
 

@@ -183,3 +183,27 @@ def test_malformed_dns_and_link_scoped_control_traffic(tmp_path: Path) -> None:
                    ("net.dns", "udp", 3, None, "www.example.com"), ("net.connect", "icmp", None, None, None)]
     # no socket in this fixture: the datagrams count as lost owners, the kernel's echo reply does not
     assert events[-1].process.pid is None and c.health.drops["no_process"] == 3
+
+
+class _Audit:
+    """An audit source whose connect rules are in force."""
+
+    def covers(self, kind: str) -> bool:
+        return kind == "net.connect"
+
+
+def test_with_the_audit_source_in_force_the_sniffer_keeps_what_it_alone_can_name(tmp_path: Path) -> None:
+    (tmp_path / "net").mkdir()
+    c = NetworkCollector({"mode": "sniff"}, Sources(proc_root=tmp_path), audit=_Audit())
+    events: list[Event] = []
+    emit = lambda e: events.append(e) is None  # noqa: E731
+    for data in (ip4(6, tcp(443, 0x02)), ip4(17, udp(443, b"x")),  # the audit source's
+                 ip4(17, udp(53, QUERY, sport=1)), ip4(17, udp(53, b"\x12\x34\x81\x80" + QUERY[4:], sport=2)),
+                 ip4(136, udp(4500, b"x")), ip4(1, struct.pack("!BBHHH", 8, 0, 0, 9, 1)), ip4(47, b"\0\0\x08\0"),
+                 ip6(0, ext(17) + udp(4500, b"x"))):
+        pkt = decode(data)
+        assert pkt is not None
+        c._on_packet(emit, pkt)
+    got = [(e.kind, e.net.proto, e.net.dns_malformed) for e in events]
+    assert got == [("net.dns", "udp", None), ("net.connect", "udp", True), ("net.connect", "udplite", None),
+                   ("net.connect", "icmp", None), ("net.connect", "gre", None)]
