@@ -151,8 +151,8 @@ class MarkingWorker:
         argv = [sys.executable, "-m", "collectors.marking_worker", str(child.fileno()),
                 str(self.memory), "1" if self.confine else "0"]
         try:
-            proc = subprocess.Popen(argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, env=env, cwd="/")
+            proc = _spawn(argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          env=env, cwd="/")
         finally:
             child.close()
         ready, _, _ = select.select([parent], [], [], START_TIMEOUT)
@@ -197,6 +197,32 @@ class MarkingWorker:
         self._stop()
         self.restarts += 1
         return MarkingResult("unscanned", reason=reason)
+
+
+def _spawn(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+    """Start the worker from a thread of its own whose ambient capabilities are cleared first.
+
+    Under systemd the agent holds its capabilities as ambient ones, which a
+    program it starts would inherit; the worker must start with none (it
+    could not drop them itself where the service's filter refuses capset).
+    """
+    from collectors.sandbox import clear_ambient_capabilities
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            clear_ambient_capabilities()
+            box["proc"] = subprocess.Popen(argv, **kw)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="marking-worker-spawn")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    proc: subprocess.Popen[bytes] = box["proc"]
+    return proc
 
 
 # -- the worker's side ---------------------------------------------------------------------------------------------

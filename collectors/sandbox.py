@@ -91,10 +91,11 @@ class Confinement:
     no_new_privs: bool
     seccomp: str  # "filter" or why not
     limits: dict[str, int]
+    limits_unset: tuple[str, ...] = ()
 
     def problems(self) -> list[str]:
         """Plain sentences for every protection that is missing."""
-        out = []
+        out = [f"resource limit not set: {u}" for u in self.limits_unset]
         if self.capabilities != "none":
             out.append(f"capabilities left: {self.capabilities}")
         if not self.no_new_privs:
@@ -166,12 +167,24 @@ def _drop_capabilities(libc: ctypes.CDLL) -> None:
             uid, gid = nobody.pw_uid, nobody.pw_gid
         except (KeyError, ImportError):
             uid = gid = 65534
-        os.setgroups([])
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)  # leaving uid 0 clears the permitted and effective sets
+        # Not permitted where uid 0 may not change its uid (the noroot securebit): then the
+        # capability sets below are what confines it.
+        with contextlib.suppress(OSError):
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)  # leaving uid 0 clears the permitted and effective sets
     header = struct.pack("<Ii", _CAP_VERSION_3, 0)
     data = b"\0" * 24  # two {effective, permitted, inheritable} words, all zero
     _check(libc.capset(ctypes.c_char_p(header), ctypes.c_char_p(data)), "capset")
+
+
+def clear_ambient_capabilities() -> None:
+    """Clear the calling thread's ambient capabilities (capabilities are per thread).
+
+    A program started from this thread then gets no capability from the
+    service's AmbientCapabilities=; the thread's own effective set is unchanged.
+    """
+    _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
 def _status() -> dict[str, str]:
@@ -196,8 +209,13 @@ def confine(*, memory: int, cpu_seconds: int, files: int = 32) -> Confinement:
         network = str(e)
     limits = {"RLIMIT_AS": memory, "RLIMIT_CPU": cpu_seconds, "RLIMIT_NOFILE": files, "RLIMIT_FSIZE": 0,
               "RLIMIT_CORE": 0}
-    for name, value in limits.items():
-        resource.setrlimit(getattr(resource, name), (value, value))
+    unset = []
+    for name, value in list(limits.items()):
+        try:
+            resource.setrlimit(getattr(resource, name), (value, value))
+        except (OSError, ValueError) as e:  # a service's own system call filter may refuse setrlimit
+            unset.append(f"{name}: {e}")
+            del limits[name]
     with contextlib.suppress(OSError):  # what is left is read back below and reported
         _drop_capabilities(libc)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # a change of uid cleared it
@@ -221,4 +239,5 @@ def confine(*, memory: int, cpu_seconds: int, files: int = 32) -> Confinement:
         no_new_privs=st.get("NoNewPrivs") == "1",
         seccomp=seccomp if seccomp != "filter" or st.get("Seccomp") == "2" else "not in force",
         limits=limits,
+        limits_unset=tuple(unset),
     )

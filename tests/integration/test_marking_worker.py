@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,3 +230,34 @@ def test_worker_exits_with_the_agent(tmp_path: Path) -> None:
     while Path(f"/proc/{pid}").exists() and time.monotonic() < end:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}/status").exists() or "Z" in status(pid).get("State", "")
+
+
+SPAWN = textwrap.dedent("""
+    import json, os
+    from collectors.marking_worker import MarkingWorker
+    def caps(pid):
+        st = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
+        return {k: int(st[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")}
+    w = MarkingWorker()
+    w.start()
+    print(json.dumps({"agent": caps(os.getpid()), "worker": caps(w.pid), "problems": w.confinement["problems"]}))
+    w.close()
+""")
+
+
+@pytest.mark.root
+@root_only
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_worker_of_a_service_holding_ambient_capabilities_starts_with_none() -> None:
+    # As systemd runs the agent: capabilities held as ambient ones, uid 0 without root's own powers.
+    caps = "+sys_admin,+dac_read_search"
+    out = subprocess.run(["setpriv", "--securebits", "+noroot,+noroot_locked", "--inh-caps", caps,
+                          "--ambient-caps", caps, "--bounding-set", f"-all,{caps}", sys.executable, "-c", SPAWN],
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["agent"]["CapEff"] != 0 and result["agent"]["CapAmb"] != 0  # the agent keeps its own
+    assert result["worker"] == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapAmb": 0}
+    # Without CAP_SYS_ADMIN in the worker no namespace can be made; the filter still refuses sockets.
+    assert all("namespace" in p for p in result["problems"])

@@ -160,7 +160,8 @@ def test_system_call_filter_keeps_what_the_collectors_call(service: dict[str, li
         allowed = allowed - names if deny else allowed | names
     needed = {"fanotify_init", "fanotify_mark", "name_to_handle_at",  # files
               "socket", "bind", "setsockopt", "recvfrom", "recvmsg", "sendto",  # netlink, AF_PACKET
-              "inotify_init1", "inotify_add_watch", "poll", "readlinkat", "pread64", "clone3"}
+              "inotify_init1", "inotify_add_watch", "poll", "readlinkat", "pread64", "clone3",
+              "sendmsg", "prctl", "setrlimit", "prlimit64"}  # the marking worker: descriptors, confinement
     assert needed - allowed == set()
     assert {"mount", "reboot", "init_module", "ptrace", "setuid", "bpf"} & allowed == set()
 
