@@ -3,7 +3,9 @@
 ``bench_assets`` indexes a tree of registered files and times what the files
 collector adds to each file event to know assets by inode: the lookup of a
 record's (device, inode), for an asset and for an ordinary file, and the
-fstat a fanotify record now costs. ``bench_catch_up`` builds a 10,000-file
+fstat a fanotify record now costs. ``bench_renames`` times what a rename elsewhere on a watched filesystem
+costs the rename group, which sees them all and drops those with no watched
+side. ``bench_catch_up`` builds a 10,000-file
 ext4 stick on a loop device (root only) and times the scan made at mount
 for files written before the watches were in place: with every file new,
 and with none new (a stick brought in full).
@@ -12,6 +14,7 @@ and with none new (a stick brought in full).
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -75,6 +78,39 @@ def bench_assets() -> None:
         print(f"asset index of {len(index)} files: load {statistics.median(loads):.3f} s (median of 3)")
         print(f"inode-based asset lookup per file event: {hit:.3f} us for an asset, {miss:.3f} us for another file; "
               f"fstat of the record's descriptor {fstat:.3f} us; glob check of a path {covers:.3f} us")
+
+
+def bench_renames(n: int = 5000) -> None:
+    """Per-rename cost of the filesystem-wide rename group for renames outside the watched trees (root only)."""
+    if os.geteuid() != 0:
+        print("renames elsewhere on a watched filesystem: skipped (needs root)")
+        return
+    from collectors import fanotify as fan
+    with tempfile.TemporaryDirectory(prefix="dw-bench-renames-") as tmp:
+        watched, elsewhere = Path(tmp) / "watched", Path(tmp) / "elsewhere"
+        watched.mkdir()
+        elsewhere.mkdir()
+        names = [str(elsewhere / f"f{i:05}") for i in range(n + 1)]
+        Path(names[0]).write_text("x")
+        costs, kept = [], 0
+        for _ in range(ROUNDS):
+            w = fan.FanotifyWatcher(lambda r, n: None, lambda why: None)
+            try:
+                if w.renames is None:
+                    print("renames elsewhere on a watched filesystem: no rename group on this kernel")
+                    return
+                w.mark_tree(str(watched))
+                for i in range(n):  # distinct names: the kernel merges identical events
+                    os.rename(names[i], names[i + 1])
+                os.rename(names[n], names[0])
+                t = time.perf_counter()
+                while select.select([w.renames.fd], [], [], 0)[0]:
+                    kept += len(w.renames.read())
+                costs.append((time.perf_counter() - t) / n * 1e6)
+            finally:
+                w.close()
+        print(f"renames elsewhere on a watched filesystem: {statistics.median(costs):.2f} us each to read and drop "
+              f"in the rename group ({kept} kept, median of {ROUNDS} rounds of {n})")
 
 
 def bench_catch_up() -> None:
