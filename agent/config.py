@@ -249,6 +249,13 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
         problems.add(j.at("crypto"), f"journal.crypto must be intl (SHA-256, Ed25519) or gm (SM3, SM2), "
                                      f"not {crypto!r}")
         crypto = d.crypto
+    elif crypto == "gm":
+        from agent.crypto.suite import SuiteError, suite
+
+        try:
+            suite(crypto)  # SM3 and SM2 must be there now, not fail at the first checkpoint
+        except SuiteError as exc:
+            problems.add(j.at("crypto"), f"journal.crypto gm cannot be used on this host: {exc}")
     return JournalConfig(
         expect_int(j.get("retention_days", d.retention_days), j.at("retention_days"), problems,
                    "journal.retention_days", 1) or d.retention_days,

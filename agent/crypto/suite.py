@@ -233,8 +233,14 @@ def suite(name: str) -> Suite:
         s = _BY_NAME[name]
     except KeyError:
         raise SuiteError(f"unknown crypto suite {name!r}: use one of {', '.join(SUITE_NAMES)}") from None
-    if s is GM:
-        _sm3()  # fail now, with the reason, not at the first record
+    if s is GM:  # fail now, with the reason, not at the first record or checkpoint
+        _sm3()
+        from agent.crypto import sm2
+
+        try:
+            sm2.libcrypto()
+        except sm2.SM2Error as exc:
+            raise SuiteError(str(exc)) from exc
     return s
 
 

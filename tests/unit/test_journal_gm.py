@@ -275,3 +275,20 @@ def test_openssl_agrees_on_the_gbt_32918_example(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     r = run_sh("openssl pkeyutl -verify -pubin -inkey std.pem -rawin -in msg -sigfile std.sig -digest sm3", tmp_path)
     assert r.returncode != 0, "without the identifier OpenSSL uses an empty one, which must not verify"
+
+
+def test_gm_without_sm2_in_libcrypto_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: a host whose OpenSSL lacks SM2 is told at config time, never silently given intl."""
+    reg = tmp_path / "registry.yaml"
+    reg.write_text("host: null\n", encoding="utf-8")
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"registry: {reg}\nrules: []\nstate_dir: s\njournal: {{crypto: gm}}\n", encoding="utf-8")
+    monkeypatch.setattr(sm2, "_lib", None)
+    monkeypatch.setattr(sm2, "_libcrypto_path", lambda: str(tmp_path / "libcrypto-without-sm2.so"))
+    with pytest.raises(LoadErrors) as exc:
+        load_config(cfg)
+    assert f"{cfg}:4:19: journal.crypto gm cannot be used on this host" in str(exc.value)
+    assert "OpenSSL 3's libcrypto" in str(exc.value)
+    with pytest.raises(JournalError, match=r"journal\.crypto"):
+        Journal(tmp_path / "s", host=HOST, crypto="gm")
+    assert not (tmp_path / "s" / "journal.key").exists(), "no key of another suite may be made instead"
