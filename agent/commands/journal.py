@@ -66,6 +66,10 @@ def checkpoint(args: argparse.Namespace) -> int:
     print(f"key fingerprint: {e.fingerprint}")
     print("check it with OpenSSL 3 (prints \"Signature Verified Successfully\"):")
     print(f"  {shlex.join(e.openssl)}")
+    if e.openssl_link is not None:
+        print(f"the signed head hash is the {e.suite.hash_name} of {e.link} (prev|seq|record, the record at "
+              f"seq {f['seq']}):")
+        print(f"  {shlex.join(e.openssl_link)}")
     if not e.verified:
         print(f"FAILED: the signature at seq {f['seq']} does not verify with this key", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -195,9 +196,10 @@ def readme_openssl_commands(repo: Path, crypto: str) -> list[str]:
     section = text.split("### Checking a checkpoint with OpenSSL", 1)[1].split("\n### ", 1)[0]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     lines = [ln for ln in block.splitlines() if ln.startswith("openssl ")]
-    assert len(lines) == 2 and "-pkeyopt distid:1234567812345678" in lines[0]
-    if crypto == "intl":  # the README: "without the last two options"
+    assert len(lines) == 3 and "-pkeyopt distid:1234567812345678" in lines[0]
+    if crypto == "intl":  # the README: "without the last two options", "openssl dgst -sha256"
         lines[0] = lines[0].replace(" -digest sm3 -pkeyopt distid:1234567812345678", "")
+        lines[2] = lines[2].replace("-sm3", "-sha256")
     return lines
 
 
@@ -222,10 +224,16 @@ def test_openssl_checks_an_exported_checkpoint(cp_journal: Path, tmp_path: Path,
                                  "--out", str(out)], monkeypatch)
     assert status == 0, err
     assert f"crypto suite: {crypto} (" in text and "checkpoint: seq 20 " in text
-    verify_cmd, fp_cmd = readme_openssl_commands(repo, crypto)
-    assert verify_cmd.replace("SEQ", "20") in text.replace(f"{out}/", ""), "the command printed is the README's"
+    verify_cmd, fp_cmd, link_cmd = readme_openssl_commands(repo, crypto)
+    printed = text.replace(f"{out}/", "")
+    assert verify_cmd.replace("SEQ", "20") in printed and link_cmd.replace("SEQ", "20") in printed, \
+        "the commands printed are the README's"
     r = run_sh(verify_cmd.replace("SEQ", "20"), out)
     assert r.returncode == 0 and "Signature Verified Successfully" in r.stdout, r.stdout + r.stderr
+    # the signed head hash is OpenSSL's SM3 (SHA-256) of the record's hash input
+    signed = json.loads((out / "checkpoint-20.msg").read_bytes())
+    r = run_sh(link_cmd.replace("SEQ", "20"), out)
+    assert r.returncode == 0 and r.stdout.split()[-1] == signed["hash"], r.stdout + r.stderr
     fp = run_sh(fp_cmd, out)
     if crypto == "gm":  # the SM2 key's fingerprint is SM3 over its DER form, as the README says
         assert fp.returncode == 0 and fp.stdout.split()[-1] == verify_journal(cp_journal / "journal.db").fingerprint
@@ -249,9 +257,11 @@ def test_openssl_checks_a_checkpoint_from_a_bundle(cp_journal: Path, tmp_path: P
     status, text, err = run_cli(["journal", "checkpoint", "--bundle", str(bundle), "--out", str(out)],
                                 monkeypatch)
     assert status == 0 and "checkpoint: seq 25 " in text, err
-    verify_cmd, _ = readme_openssl_commands(repo, crypto)
+    verify_cmd, _, link_cmd = readme_openssl_commands(repo, crypto)
     r = run_sh(verify_cmd.replace("SEQ", "25"), out)
     assert r.returncode == 0 and "Signature Verified Successfully" in r.stdout, r.stdout + r.stderr
+    r = run_sh(link_cmd.replace("SEQ", "25"), out)
+    assert r.returncode == 0 and r.stdout.split()[-1] == json.loads((out / "checkpoint-25.msg").read_bytes())["hash"]
     # a bundle whose checkpoint was forged: DutyWatch says so, and so does OpenSSL
     bundle.write_bytes(bundle.read_bytes().replace(b'"kind":"checkpoint","seq":25', b'"kind":"checkpoint","seq":24'))
     status, _, err = run_cli(["journal", "checkpoint", "--bundle", str(bundle), "--out", str(out)], monkeypatch)
