@@ -86,8 +86,11 @@ def usb_storage_history(fs: RootFS, commands: bool) -> list[dict[str, str]]:
                 continue
     if commands:
         from agent.assess.command import run_bounded
-        res = run_bounded(["journalctl", "-k", "-b", "-0", "--no-pager", "-o", "short-iso", "-q"], timeout=15,
-                          max_bytes=32 * 1024 * 1024)
+        # Every boot the journal keeps, kernel messages only; bounded like any probe command.
+        argv = ["journalctl", "-k", "--no-pager", "-o", "short-iso", "-q"]
+        res = run_bounded([*argv, "--grep", "usb|USB|uas"], timeout=15, max_bytes=32 * 1024 * 1024)
+        if res.error is None and res.returncode not in (0, 1):  # a journalctl built without pattern support
+            res = run_bounded([*argv, "-b", "-0"], timeout=15, max_bytes=32 * 1024 * 1024)
         if res.error is None:
             lines += res.stdout.splitlines()
     return parse_usb_log(lines)
