@@ -75,6 +75,15 @@ def load_all(config_path: Path, state_dir: Path | None = None) -> Loaded:
         problems.append(exc)
     except LoadErrors as exc:
         problems += exc.errors
+    if config.assess.enabled:
+        # A bad assessment policy fails the load like a bad rule: the child would refuse it anyway.
+        from agent.assess.policy import load_policies, policy_entries
+        try:
+            load_policies(*policy_entries(config.assess.policies))
+        except LoadError as exc:
+            problems.append(exc)
+        except LoadErrors as exc:
+            problems += exc.errors
     if problems or registry is None or ruleset is None:
         raise LoadErrors(problems)
     return Loaded(config, registry, Stage(Attributor(registry), Engine(ruleset)), len(ruleset.rules))
@@ -118,6 +127,7 @@ class Agent:
         self.watcher = FileWatcher(self._watched_paths(cfg))
         self._worker: threading.Thread | None = None
         self._supervisor: Supervisor | None = None
+        self._assess_config = cfg.assess
         self.assessor = self._assessor(cfg) if assess is None else assess
 
     # -- construction helpers ---------------------------------------------
@@ -169,9 +179,25 @@ class Agent:
         paths += list(cfg.rules)
         if cfg.web_config is not None:
             paths.append(cfg.web_config)
+        if cfg.assess.enabled:
+            from agent.assess.policy import policy_entries
+            paths += policy_entries(cfg.assess.policies)[0]
         return paths
 
+    def _reload_assessor(self, cfg: Config) -> None:
+        """A changed assess section gets a new assessor; otherwise the policies may have changed: run again."""
+        if self._assess_config == cfg.assess:
+            if self.assessor:
+                self.assessor.request()
+            return
+        if self.assessor:
+            self.assessor.stop()
+        self.assessor = self._assessor(cfg)
+        if self.assessor and self._worker is not None:
+            self.assessor.start()
+
     def _assessor(self, cfg: Config) -> Any:
+        self._assess_config = cfg.assess
         if not cfg.assess.enabled:
             return None
         from agent.daemon.assessor import Assessor
@@ -266,6 +292,7 @@ class Agent:
         self.metrics.set_rules_loaded(new.rules)
         self.metrics.rules_reloaded(True)
         self.watcher.reset(self._watched_paths(new.config))
+        self._reload_assessor(new.config)
         assets = tuple(a.prefix for a in new.registry.assets)
         for c in self.collectors:
             # A collector that derives kernel rules from the registry (audit watches) rebuilds them.

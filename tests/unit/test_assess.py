@@ -260,3 +260,15 @@ def test_usb_storage_history_from_the_kernel_log() -> None:
     (rec,) = parse_usb_log(log)
     assert rec["vendor_id"] == "0781" and rec["product"] == "Ultra" and rec["serialnumber"] == "4C530001230517115055"
     assert rec["time"].startswith("2026-05-01T09:00:01")
+
+
+def test_a_bad_policy_fails_the_agent_load_like_a_bad_rule(tmp_path: Path) -> None:
+    from agent.daemon.agent import load_all
+    bad = _policy(tmp_path, _check("B-1", "{sysctl: {key: kernel.x, max: high}}"))
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"registry: {Path('agent/data/demo-registry.yaml').resolve()}\nstate_dir: {tmp_path / 's'}\n"
+                   f"assess: {{policies: [{bad}]}}\n")
+    with pytest.raises(LoadErrors, match=rf"{bad}:8:46: B-1.condition.sysctl.max must be a number"):
+        load_all(cfg)
+    cfg.write_text(cfg.read_text().replace("assess: {", "assess: {enabled: false, "))
+    assert load_all(cfg).rules > 0
