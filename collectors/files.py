@@ -544,6 +544,9 @@ class FilesCollector:
             if self._marker is not None and op.kind in ("file.create", "file.write") and not op.is_dir:
                 self._to_mark(event, op.read_path or op.path, marks, emit)
                 continue
+            if self._marker is not None and kind == "file.rename" and dest and not op.is_dir:
+                self._to_mark(event, dest, marks, emit)  # the document under its new name (a move out of place)
+                continue
             self._send(event, emit)
         self._flush_opens(now, emit, marks)
         self._report_lost(now, emit)

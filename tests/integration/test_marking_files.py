@@ -108,3 +108,33 @@ def test_files_the_marking_queue_cannot_hold_go_out_unscanned(tmp_path: Path) ->
         release.set()
         stop.set()
         t.join(timeout=10)
+
+
+@pytest.mark.root
+@root_only
+def test_a_renamed_document_carries_its_marking(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "desk").mkdir()
+    doc = tmp_path / "inbox" / "通知.txt"
+    doc.write_text("机密★10年\n通知\n")
+    plain = tmp_path / "inbox" / "周报.txt"
+    plain.write_text("本周工作\n")
+
+    def marker(path: str, fd: int) -> MarkingResult:
+        found = "机密★" in os.pread(fd, 1 << 16, 0).decode()
+        return MarkingResult("marked", Level.SECRET) if found else MarkingResult("unmarked")
+
+    collector = FilesCollector({"paths": [str(tmp_path)]}, marker=marker)
+    events, stop, t = run(collector)
+    try:
+        moved, moved_plain = tmp_path / "desk" / "通知.txt", tmp_path / "desk" / "周报.txt"
+        subprocess.run([sys.executable, "-c", f"import os; os.rename({str(doc)!r}, {str(moved)!r}); "
+                        f"os.rename({str(plain)!r}, {str(moved_plain)!r})"], check=True)
+        renames = lambda: {e.file.dest_path: e for e in events if e.kind == "file.rename"}  # noqa: E731
+        wait(lambda: len(renames()) >= 2, events)
+        assert renames()[str(moved)].file.marking is Level.SECRET
+        assert renames()[str(moved_plain)].file.marking is None  # the near miss
+        assert renames()[str(moved_plain)].file.marking_status == "unmarked"
+    finally:
+        stop.set()
+        t.join(timeout=10)
