@@ -238,3 +238,12 @@ def _routes() -> list[str]:
     """The default route and any route of the test range (other tests add and remove their own meanwhile)."""
     out = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout.splitlines()
     return [r for r in out if r.startswith("default") or "198.51.100." in r]
+
+
+def wait_for_no_daemon(timeout: float = 180.0) -> None:
+    """Wait until no audit daemon is registered (another test's agent may hold the role for a while)."""
+    end = time.monotonic() + timeout
+    while int(status().get("pid", "0")):
+        if time.monotonic() > end:
+            raise AssertionError("an audit daemon stays registered; these tests start and stop their own")
+        time.sleep(0.5)

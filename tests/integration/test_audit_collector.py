@@ -31,6 +31,7 @@ from auditkit import (
     judge,
     running,
     status,
+    wait_for_no_daemon,
 )
 
 from collectors.audit import AuditCollector
@@ -63,8 +64,7 @@ def progs() -> Iterator[Path]:
 
 
 def _no_daemon() -> None:
-    if int(status().get("pid", "0")):
-        pytest.fail("an audit daemon is registered already; these tests start and stop their own")
+    wait_for_no_daemon()
 
 
 def test_daemon_mode_attributes_a_static_exec_and_keeps_the_kernel_log_quiet(progs: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from auditkit import as_person, judge, running, status
+from auditkit import as_person, judge, running, wait_for_no_daemon
 
 from collectors.audit import AuditCollector
 
@@ -70,8 +70,7 @@ def pamtester(service: str, user: str, password: str, *ops: str) -> int:
 
 
 def test_login_failures_successes_sudo_and_account_changes(accounts: str, tmp_path: Path) -> None:
-    if int(status().get("pid", "0")):
-        pytest.fail("an audit daemon is registered already; these tests start and stop their own")
+    wait_for_no_daemon()
     reg, odd = REGISTERED[0], STRANGER[0]
     c = AuditCollector({})
     with running(c) as run:
