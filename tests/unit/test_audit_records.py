@@ -1,0 +1,82 @@
+"""Audit record text decoding and assembly without a kernel: hex fields, split arguments, addresses, user records."""
+
+from __future__ import annotations
+
+from collectors.audit_assemble import Assembler
+from collectors.audit_records import argv, device, parse_record, sockaddr, text
+from collectors.audit_rules import Rule, build_rules, is_own, rule_key, syscall_name
+
+
+def rec(serial: int, body: str) -> bytes:
+    return f"audit(1700000000.250:{serial}): {body}".encode()
+
+
+def test_header_fields_and_hex_strings() -> None:
+    r = parse_record(1300, rec(7, 'pid=12 auid=4294967295 comm=6D7920636174 exe="/usr/bin/cat" key=(null)'))
+    assert r is not None and r.serial == 7 and r.time == 1700000000.25
+    assert text(r.fields["comm"]) == "my cat"  # spaces force hex: a name cannot forge fields
+    assert text(r.fields["exe"]) == "/usr/bin/cat" and text(r.fields["key"]) is None
+    assert parse_record(1300, b"garbage") is None
+
+
+def test_long_arguments_split_over_pieces_are_joined() -> None:
+    big = "x" * 10
+    fields = {"argc": "3", "a0": '"prog"', "a1_len": "10", "a1[0]": big[:6].encode().hex(),
+              "a1[1]": big[6:].encode().hex(), "a2": "2D2D7468696E67"}
+    assert argv(fields) == ["prog", big, "--thing"]
+
+
+def test_socket_addresses() -> None:
+    v4 = "02000035C0A80101" + "00" * 8
+    assert sockaddr(v4) == ("inet", "192.168.1.1", 53)
+    v6 = "0A0001BB00000000" + "00000000000000000000FFFFC6336401" + "00000000"
+    assert sockaddr(v6) == ("inet6", "198.51.100.1", 443)
+    assert sockaddr("01002F746D702F73")[0] == "unix"
+    assert device("fe:01") == "254:1"
+
+
+def test_user_record_message_fields_are_flattened() -> None:
+    body = ("pid=5 uid=0 auid=1000 ses=3 msg='op=PAM:authentication grantors=? acct=\"bob\" exe=\"/usr/bin/su\" "
+            "hostname=? addr=? terminal=/dev/pts/1 res=failed'")
+    r = parse_record(1100, rec(9, body))
+    assert r is not None
+    assert text(r.fields["acct"]) == "bob" and r.fields["res"] == "failed" and r.fields["auid"] == "1000"
+
+
+def test_a_login_failure_is_an_event_once_even_when_read_twice() -> None:
+    a = Assembler(syscall_names=syscall_name)
+    body = ("pid=5 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:authentication acct=\"bob\" "
+            "exe=\"/usr/sbin/sshd\" hostname=203.0.113.4 addr=203.0.113.4 terminal=ssh res=failed'")
+    first = a.feed(1100, rec(11, body), 0.0)
+    again = a.feed(1100, rec(11, body), 0.0)  # the same record from the multicast group while handing over
+    assert [e.kind for e in first] == ["auth.login"] and again == []
+    e = first[0]
+    assert (e.auth.account, e.auth.result, e.auth.source_ip, e.auth.service) == ("bob", "failure", "203.0.113.4",
+                                                                                  "sshd")
+    assert e.process.loginuid is None and e.process.uid is None  # sshd's root is not the operator
+
+
+def test_exec_assembly_names_the_script_an_interpreter_ran() -> None:
+    a = Assembler(syscall_names=syscall_name)
+    recs = [
+        (1300, 'arch=c000003e syscall=59 success=yes exit=0 items=2 ppid=1 pid=40 auid=1000 uid=1000 comm="python3" '
+               'exe="/usr/bin/python3.11" key="dutywatch-exec"'),
+        (1309, 'argc=2 a0="python3" a1="x.py"'),
+        (1307, 'cwd="/tmp/work"'),
+        (1302, 'item=0 name="/usr/bin/python3" inode=5 dev=fe:00 nametype=NORMAL'),
+        (1302, 'item=1 name="/lib64/ld-linux-x86-64.so.2" inode=6 dev=fe:00 nametype=NORMAL'),
+    ]
+    for t, body in recs:
+        assert a.feed(t, rec(20, body), 0.0) == []
+    (e,) = a.feed(1320, rec(20, ""), 0.0)
+    assert e.kind == "process.exec" and e.process.exe == "/usr/bin/python3.11" and e.process.loginuid == 1000
+    assert e.file.path == "/tmp/work/x.py" and e.process.cwd == "/tmp/work"
+
+
+def test_rules_round_trip_their_key_and_are_told_apart() -> None:
+    rules = build_rules(["/srv/secret/"], 4242)
+    assert rules and all(isinstance(r, Rule) for r in rules)
+    keys = {rule_key(r.pack()) for r in rules}
+    assert {"dutywatch-exec", "dutywatch-net", "dutywatch-file", "dutywatch-agent"} <= keys
+    assert all(is_own(r.pack()) for r in rules)
+    assert not is_own(Rule("identity", (59,)).pack())
