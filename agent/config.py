@@ -30,7 +30,7 @@ _COLLECTORS: dict[str, dict[str, Any]] = {
 _MODES = {"process": ("auto", "netlink", "poll"), "network": ("auto", "sniff", "poll"),
           "audit": ("auto", "multicast", "daemon")}
 _TOP = ("registry", "rules", "state_dir", "listen", "web_config", "queue_size", "collectors", "journal",
-        "forward", "sigma", "report", "assess")
+        "forward", "sigma", "report", "assess", "protect")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -43,6 +43,8 @@ class JournalConfig:
     max_size_mb: int = 2048
     checkpoint_every: int = 1000
     crypto: str = "intl"
+    witness: tuple[str, ...] = ("journald",)  # journald | journald@NAMESPACE; [] for none
+    fold_window: float = 300.0  # identical findings within it are one record with a count; 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class Config:
     report_font: Path | None = None
     files: tuple[str, ...] = ()
     assess: AssessConfig = AssessConfig()
+    pause_after: float = 5.0  # protect.pause_after: a longer stall of the agent is journaled as a pause
 
     @property
     def journal_path(self) -> Path:
@@ -174,10 +177,20 @@ def load_config(path: str | Path) -> Config:
         if rp is not None and rp.get("font") is not None:
             font = _path(rp["font"], rp.at("font"), base, problems, "report.font")
     assess = _assess(top, base, problems)
+    pause_after = 5.0
+    if "protect" in top:
+        pr = expect_map(top["protect"], top.at("protect"), problems, "protect", optional=("pause_after",))
+        if pr is not None and "pause_after" in pr:
+            try:
+                pause_after = parse_duration(pr["pause_after"])
+            except ValueError as exc:
+                problems.add(pr.at("pause_after"), f"protect.pause_after: {exc}")
+            if 0 < pause_after < 1.0:
+                problems.add(pr.at("pause_after"), "protect.pause_after must be at least 1s (or 0 to turn it off)")
     problems.raise_if_any()
     assert registry is not None and state_dir is not None
     return Config(str(main), registry, rules, optional, state_dir, listen, web_config, queue_size,
-                  collectors, journal, syslog, skip, font, tuple(files), assess)
+                  collectors, journal, syslog, skip, font, tuple(files), assess, pause_after)
 
 
 def _assess(top: LDict, base: Path, problems: Problems) -> AssessConfig:
@@ -240,7 +253,8 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
     if "journal" not in top:
         return JournalConfig()
     j = expect_map(top["journal"], top.at("journal"), problems, "journal",
-                   optional=("retention_days", "max_size_mb", "checkpoint_every", "crypto"))
+                   optional=("retention_days", "max_size_mb", "checkpoint_every", "crypto", "witness",
+                             "fold_window"))
     if j is None:
         return JournalConfig()
     d = JournalConfig()
@@ -256,6 +270,21 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
             suite(crypto)  # SM3 and SM2 must be there now, not fail at the first checkpoint
         except SuiteError as exc:
             problems.add(j.at("crypto"), f"journal.crypto gm cannot be used on this host: {exc}")
+    witness = d.witness
+    if "witness" in j:
+        from agent.journal.witness import parse_witness
+        witness = tuple(str_list(j["witness"], j.at("witness"), problems, "journal.witness"))
+        for w in witness:
+            try:
+                parse_witness(w)
+            except ValueError as exc:
+                problems.add(j.at("witness"), f"journal.witness: {exc}")
+    fold = d.fold_window
+    if "fold_window" in j:
+        try:
+            fold = parse_duration(j["fold_window"])
+        except ValueError as exc:
+            problems.add(j.at("fold_window"), f"journal.fold_window: {exc}")
     return JournalConfig(
         expect_int(j.get("retention_days", d.retention_days), j.at("retention_days"), problems,
                    "journal.retention_days", 1) or d.retention_days,
@@ -264,4 +293,6 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
         expect_int(j.get("checkpoint_every", d.checkpoint_every), j.at("checkpoint_every"), problems,
                    "journal.checkpoint_every", 1) or d.checkpoint_every,
         crypto,
+        witness,
+        fold,
     )

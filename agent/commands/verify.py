@@ -19,6 +19,8 @@ def register(sub: Any) -> None:
     p.add_argument("--pubkey", metavar="PATH", type=Path,
                    help="trusted public key (PEM, from `dutywatch journal pubkey`)")
     p.add_argument("--bundle", metavar="FILE", type=Path, help="verify an exported evidence bundle instead")
+    p.add_argument("--witness", metavar="NAME", help="also check every head the witness holds (journald, or "
+                                                     "journald@NAMESPACE) against the journal")
     p.set_defaults(func=run)
 
 
@@ -50,6 +52,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"chained, not yet signed: {r.unsigned} records "
               f"({r.last_seq - r.unsigned + 1}..{r.last_seq})")
     print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
+    if args.witness:
+        return _witness(args.witness, journal_path(args))
+    return 0
+
+
+def _witness(name: str, path: Path) -> int:
+    """Every head the witness holds must be in the journal; exit 1 naming the first that is not."""
+    from agent.journal import db
+    from agent.journal.witness import missing, parse_witness
+
+    try:
+        w = parse_witness(name)
+    except ValueError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 2
+    conn, meta = db.open_reader(path)
+    try:
+        try:
+            heads = w.heads(meta.get("fingerprint", ""))
+        except OSError as exc:
+            print(f"FAILED witness {w.name}: cannot read it: {exc}", file=sys.stderr)
+            return 1
+        bad = missing(conn, heads)
+    finally:
+        conn.close()
+    if bad is not None:
+        head, why = bad
+        print(f"FAILED witness {w.name}: witnessed {head.kind} seq {head.seq} hash {head.hash} is missing from "
+              f"journal {path}: {why}", file=sys.stderr)
+        return 1
+    print(f"witness {w.name}: {len(heads)} witnessed heads, all in the journal"
+          + (f" (last seq {heads[-1].seq})" if heads else ""))
     return 0
 
 

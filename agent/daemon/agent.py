@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from agent import __version__
 from agent.attribution import Attributor
 from agent.config import Config
 from agent.daemon.collectors import build_collectors
+from agent.daemon.folding import Folder
+from agent.daemon.guard import PauseDetector, Sender, read_sender, signal_name, tracer_pid
 from agent.daemon.journal_writer import JournalWriter
 from agent.daemon.notify import Notifier
 from agent.daemon.pipeline import Pipeline, Stage
@@ -26,7 +29,7 @@ from agent.daemon.watcher import FileWatcher
 from agent.engine.engine import Engine
 from agent.engine.rules import load_rules
 from agent.errors import DutyWatchError, LoadError, LoadErrors, Location
-from agent.events import Event
+from agent.events import Event, Process
 from agent.exporter import Exporter
 from agent.journal.errors import JournalCorruptError
 from agent.journal.statedir import quarantine_corrupt
@@ -39,6 +42,7 @@ from collectors.base import Collector, Sources
 
 _log = logging.getLogger("dutywatch")
 STALL_SECONDS = 10.0
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -117,10 +121,13 @@ class Agent:
         stats = self.journal.stats()
         self.metrics.set_journal(stats.records, stats.size_bytes)
         self.forwarder = self._forwarder(cfg)
+        from agent.journal.witness import parse_witness
+        self.witnesses = [parse_witness(w) for w in cfg.journal.witness]
         self.writer = JournalWriter(self.journal, self.metrics, clock=clock,
                                     on_commit=self._forward_batch, on_checkpoint=self._forward_checkpoint)
         self.pipeline = Pipeline(self.loaded.stage, self.metrics, capacity=cfg.queue_size, clock=clock)
-        self.pipeline.sinks.append(self.writer.put)
+        self.folder = Folder(self.writer.put, cfg.journal.fold_window, clock=clock)
+        self.pipeline.sinks.append(self.folder.put)
         web = load_web_config(cfg.web_config) if cfg.web_config is not None else None
         self.exporter = Exporter(self.metrics, cfg.listen, web_config=web, health_check=self.health)
         self.sources = sources or Sources(clock=clock)
@@ -129,6 +136,7 @@ class Agent:
         self._supervisor: Supervisor | None = None
         self._assess_config = cfg.assess
         self.assessor = self._assessor(cfg) if assess is None else assess
+        self.stop_by: dict[str, Any] = {}
 
     # -- construction helpers ---------------------------------------------
     def _host_info(self, registry: Registry) -> None:
@@ -166,10 +174,48 @@ class Agent:
             for r in records:
                 if r.get("type") == "finding":
                     self.forwarder.submit(r)
+        if self.witnesses and any(r.get("action") == "alert" or r.get("kind") == "agent.tamper" for r in records):
+            # Not signed yet, but held elsewhere: cutting the journal back behind an alert shows at start.
+            h = self.journal.head
+            self._witness("head", {"seq": h.seq, "hash": h.hash, "time": self.clock()})
 
     def _forward_checkpoint(self, head: dict[str, Any]) -> None:
         if self.forwarder is not None:
             self.forwarder.submit_checkpoint(head)
+        self._witness("checkpoint", head)
+
+    def _witness(self, kind: str, head: dict[str, Any]) -> None:
+        for w in self.witnesses:
+            w.send(kind, head, host=self.host, key=self.journal.fingerprint, journal=str(self.journal.path))
+
+    def _check_witness(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Compare the journal with the last head each witness holds; a journal behind it was rolled back.
+
+        Runs before the writer thread starts (it reads the journal); returns the tamper reports to make.
+        """
+        found: list[tuple[str, str, dict[str, Any]]] = []
+        for w in self.witnesses:
+            if not w.available():
+                _log.warning("witness %s: %s is missing; journal heads are not witnessed there", w.name,
+                             w.socket_path)
+                continue
+            try:
+                heads = w.heads(self.journal.fingerprint, last=1)
+            except (OSError, subprocess.SubprocessError) as exc:
+                _log.error("witness %s: cannot read the witnessed heads: %s", w.name, exc)
+                continue
+            bad = self.journal.first_missing(heads)
+            if bad is None:
+                continue
+            seen, why = bad
+            head = self.journal.head
+            found.append(("journal_rolled_back",
+                          f"the journal does not hold the head witnessed by {w.name} (seq {seen.seq}, hash "
+                          f"{seen.hash[:16]}…): {why}; the journal's head is seq {head.seq}",
+                          {"witness": w.name, "witnessed_head": {"seq": seen.seq, "hash": seen.hash,
+                                                                 "time": seen.time, "kind": seen.kind},
+                           "journal_head": {"seq": head.seq, "hash": head.hash}}))
+        return found
 
     @staticmethod
     def _watched_paths(cfg: Config) -> list[Path]:
@@ -223,18 +269,39 @@ class Agent:
             text = detail.get("message") if isinstance(detail.get("message"), str) else None
             self.pipeline.process_now(Event(kind, now, "agent", detail=text))
 
+    def tamper(self, reason: str, message: str, detail: dict[str, Any], actor: Sender | None = None) -> None:
+        """Journal an attempt on the agent or its evidence (``agent.tamper``), count it, run it through the rules.
+
+        ``actor`` is the process that did it, when known: its event then carries
+        the process group, so attribution names the operator.
+        """
+        now = self.clock()
+        record = {"reason": reason, "message": f"{reason}: {message}", **detail}
+        if actor is not None:
+            record["by"] = actor.as_dict()
+        self.metrics.tampered(reason)
+        _log.warning("tamper (%s): %s", reason, message)
+        self.writer.put({"type": "lifecycle", "time": now, "host": self.host, "kind": "agent.tamper",
+                         "detail": record})
+        self.pipeline.process_now(Event("agent.tamper", now, "agent", process=actor.process if actor else Process(),
+                                        detail=f"{reason}: {message}"))
+
     def start(self) -> None:
         """Start every stage; journal the start and any gap left by the last run."""
         cfg = self.loaded.config
         now = self.clock()
-        gap = self.runstate.previous_gap(now)
-        last_alive = self.runstate.last_alive()
+        gap = self.runstate.gap_against(now, self.journal.last_lifecycle(), self.journal.last_time())
+        last_alive = self.runstate.last_alive() or (gap.since if gap is not None else None)
+        rolled_back = self._check_witness()
         self.runstate.beat(now)
         self.writer.start()
         self.lifecycle("agent.start", {"version": __version__, "rules": self.loaded.rules,
-                                       "config": cfg.path, "registry": str(cfg.registry)})
+                                       "config": cfg.path, "registry": str(cfg.registry), "pid": os.getpid()})
+        for reason, message, detail in rolled_back:
+            self.tamper(reason, message, detail)
         if gap is not None:
-            self.lifecycle("agent.tamper", {"message": gap.describe(), "since": gap.since, "until": gap.until})
+            self.tamper("unclean_stop", gap.describe(), {"since": gap.since, "until": gap.until,
+                                                         "previous_pid": gap.pid, "run_state": gap.run_state})
         self._worker = threading.Thread(target=self.pipeline.run, args=(self.stop_event,), name="pipeline",
                                         daemon=True)
         self._worker.start()
@@ -333,8 +400,9 @@ class Agent:
             self._supervisor.join(5.0)
         if self._worker is not None:
             self._worker.join(60.0)
+        self.folder.flush()
         self.lifecycle("agent.stop", {"message": "clean stop", "events": self.pipeline.processed,
-                                      "findings": self.pipeline.findings})
+                                      "findings": self.pipeline.findings, **self.stop_by})
         self.writer.stop()
         self.runstate.beat(self.clock(), clean=True)
         if self.forwarder is not None:
@@ -343,16 +411,40 @@ class Agent:
         _log.info("agent stopped: %d events, %d findings", self.pipeline.processed, self.pipeline.findings)
 
     def run(self, install_signals: bool = True) -> int:
-        """Start, then watch signals, files, health and the watchdog until stopped."""
+        """Start, then watch signals, files, health, pauses, tracers and the watchdog until stopped.
+
+        With ``install_signals`` the stop and reload signals are blocked in every
+        thread and taken here with ``sigtimedwait``, which says who sent each.
+        """
         if install_signals:
-            signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-            signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-            signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         self.start()
-        last_watch = last_beat = last_dog = 0.0
+        last_watch = last_beat = last_dog = last_trace = 0.0
+        pauses = PauseDetector(self.loaded.config.pause_after, wall=self.clock)
+        traced_by = 0
         try:
-            while not self.stop_event.wait(0.25):
+            while not self.stop_event.is_set():
+                if install_signals:
+                    info = signal.sigtimedwait(_SIGNALS, 0.25)
+                    # Interrupted (SIGSTOP/SIGCONT) just as the timeout ran out, CPython returns
+                    # an unfilled siginfo rather than None: only a signal asked for is one.
+                    if info is not None and info.si_signo in _SIGNALS:
+                        self._on_signal(info.si_signo, info.si_pid, info.si_uid)
+                elif self.stop_event.wait(0.25):
+                    break
                 now = time.monotonic()
+                pause = pauses.tick()
+                if pause is not None:
+                    self.tamper("paused", pause.describe(), {"since": pause.since, "until": pause.until,
+                                                             "seconds": round(pause.seconds, 3)})
+                if now - last_trace >= 1.0:
+                    last_trace = now
+                    self.folder.tick()
+                    tracer = tracer_pid()
+                    if tracer and tracer != traced_by:
+                        who = read_sender(tracer, None)
+                        self.tamper("ptrace", f"the agent is traced by {who.describe()}", {}, who)
+                    traced_by = tracer
                 if self.reload_requested.is_set():
                     self.reload_requested.clear()
                     self.reload("SIGHUP")
@@ -375,6 +467,25 @@ class Agent:
         finally:
             self.shutdown()
         return 0
+
+    def _on_signal(self, signo: int, pid: int, uid: int) -> None:
+        """A stop or reload signal, judged by who sent it."""
+        if signo == signal.SIGHUP:
+            self.reload_requested.set()
+            return
+        name = signal_name(signo)
+        if pid == 0 or pid == os.getpid():
+            self.stop_by = {"signal": name, "by": "terminal" if pid == 0 else "the agent"}
+        else:
+            who = read_sender(pid, uid)
+            if who.service_manager or pid == os.getppid():
+                # The init system acting for the unit, or whatever started this agent and supervises it.
+                by = "service manager" if who.service_manager else "parent"
+                self.stop_by = {"signal": name, "by": by, "sender": who.as_dict()}
+            else:
+                self.stop_by = {"signal": name, "by": "process", "sender": who.as_dict()}
+                self.tamper("signal", f"{name} sent to the agent by {who.describe()}", {"signal": name}, who)
+        self.stop_event.set()
 
 
 def run_agent(config_path: Path, state_dir: Path | None = None) -> int:

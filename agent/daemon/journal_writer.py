@@ -78,6 +78,9 @@ class JournalWriter:
         if self._thread is not None:
             self._thread.join(timeout)
         try:
+            # The last head is signed here, not by close(), so it is forwarded and witnessed like any other.
+            if self.journal.checkpoint() is not None:
+                self._forward_checkpoint()
             self.journal.close()
         except (JournalError, sqlite3.Error) as exc:
             _log.error("journal close failed: %s", exc)

@@ -21,18 +21,30 @@ _log = logging.getLogger("dutywatch")
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Monitoring was down from ``since`` (last heartbeat) to ``until`` (this start)."""
+    """Monitoring was down from ``since`` (last heartbeat) to ``until`` (this start).
+
+    ``run_state`` says what run.json claimed (``unclean``, ``missing``,
+    ``claims_clean``, ``unreadable``): the journal decides, not the file.
+    """
 
     since: float
     until: float
     pid: int | None
+    run_state: str = "unclean"
 
     def describe(self) -> str:
         """A plain sentence with ISO times, for the finding's detail."""
         from datetime import UTC, datetime
         a = datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds")
         b = datetime.fromtimestamp(self.until, UTC).isoformat(timespec="seconds")
-        return f"monitoring interrupted from {a} to {b} ({self.until - self.since:.0f} s; previous pid {self.pid})"
+        text = f"monitoring interrupted from {a} to {b} ({self.until - self.since:.0f} s; previous pid {self.pid})"
+        if self.run_state == "missing":
+            text += "; the run state file had been deleted"
+        elif self.run_state == "claims_clean":
+            text += "; the run state file claimed a clean stop the journal does not hold"
+        elif self.run_state == "unreadable":
+            text += "; the run state file was unreadable"
+        return text
 
 
 class RunState:
@@ -66,6 +78,38 @@ class RunState:
             return None
         alive = data.get("alive") if isinstance(data, dict) else None
         return float(alive) if isinstance(alive, (int, float)) and not isinstance(alive, bool) else None
+
+    def gap_against(self, now: float, last_lifecycle: tuple[int, str, float] | None,
+                    last_record: float | None) -> Gap | None:
+        """The gap left by the previous run, judged by the journal's last lifecycle record.
+
+        A journal whose last lifecycle record is not ``agent.stop`` was not
+        stopped cleanly, whatever run.json says or whether it exists; run.json
+        only narrows when the previous run was last alive, never widens it
+        past the journal's own last record.
+        """
+        claimed = self.previous_gap(now)
+        if last_lifecycle is None or last_lifecycle[1] == "agent.stop":
+            return claimed if claimed is not None and last_lifecycle is None else None
+        floor = max(t for t in (last_lifecycle[2], last_record) if t is not None)
+        state, since, pid = self._claim()
+        since = since if since is not None and floor <= since <= now else floor
+        return Gap(since, now, pid, state)
+
+    def _claim(self) -> tuple[str, float | None, int | None]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return "missing", None, None
+        except (OSError, ValueError):
+            return "unreadable", None, None
+        if not isinstance(data, dict):
+            return "unreadable", None, None
+        alive = data.get("alive")
+        pid = data.get("pid") if isinstance(data.get("pid"), int) else None
+        if data.get("clean"):
+            return "claims_clean", None, pid
+        return "unclean", float(alive) if isinstance(alive, (int, float)) else None, pid
 
     def beat(self, now: float, clean: bool = False) -> bool:
         """Record that the agent is alive now (or stopped cleanly now); False when it could not.

@@ -1,21 +1,31 @@
-"""Where pruning cuts the chain: by age and by size, always a prefix of it.
+"""Where pruning cuts the chain: by age and by size, always a prefix of it; which alerts a size cut carries.
 
 Pruning only ever removes the oldest records by sequence number. Removing by
 time alone would cut holes in the chain whenever the clock had jumped; a
 record older than the retention period that follows a younger one stays
 until the younger one goes.
+
+A cut made for size would push alerts out with the audit and info records
+around them. Alerts younger than the retention period are carried instead:
+appended again at the head, with their place in the old chain, so a noisy
+host loses its audit and info records first and keeps its alerts.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 DAY = 86400.0
 # Cut down to this share of the cap, so a journal at its cap is not pruned
 # again for every few records appended.
 SIZE_TARGET = 0.9
+# At most this share of the cap is held by alerts carried past a size cut; beyond it the oldest go.
+CARRY_SHARE = 0.5
+CARRY_MAX = 50_000  # records carried by one prune (memory); hourly prunes of a growing journal cut far fewer
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +55,51 @@ def age_cut(conn: sqlite3.Connection, first: int, head: int, cutoff: float) -> i
 
 
 def size_cut(conn: sqlite3.Connection, first: int, head: int, cap_bytes: int,
-             trigger: float | None = None) -> int:
+             trigger: float | None = None, *, extra: int = 0, start: int | None = None) -> int:
     """The first seq to keep so that the records fit in ``SIZE_TARGET`` of the cap.
 
     Nothing is cut while the pages in use stay under ``trigger`` (the cap itself
-    by default).
+    by default). ``start`` is a cut already planned (records before it count
+    as gone) and ``extra`` the number of records that will be appended again (carried alerts).
     """
-    used = used_bytes(conn)
+    measured = used_bytes(conn)
     count = head - first + 1
-    if used <= (cap_bytes if trigger is None else trigger) or count <= 0:
+    if count <= 0:
         return first
-    per_record = used / count
+    per_record = measured / count
+    begin = first if start is None else start
+    used = measured + (extra - (begin - first)) * per_record
+    if used <= (cap_bytes if trigger is None else trigger):
+        return begin
     drop = math.ceil((used - cap_bytes * SIZE_TARGET) / per_record)
-    return min(first + drop, head + 1)
+    return min(begin + drop, head + 1)
+
+
+def carry(conn: sqlite3.Connection, first: int, keep_from: int, cutoff: float,
+          budget: int | None) -> list[dict[str, Any]]:
+    """The alerts younger than ``cutoff`` before ``keep_from``, as records to append again.
+
+    Each keeps its content and says where it was (``carried``: seq, prev and
+    hash in the old chain; a record carried before keeps its first place).
+    Past ``budget`` records only the newest are carried: alerts alone must
+    not hold the journal over its cap.
+    """
+    rows = conn.execute("SELECT seq, CAST(body AS BLOB), prev, hash FROM records WHERE seq >= ? AND seq < ? "
+                        "AND action = 'alert' AND time >= ? ORDER BY seq DESC", (first, keep_from, cutoff))
+    out: list[dict[str, Any]] = []
+    for seq, body, prev, digest in rows:
+        if budget is not None and len(out) >= budget:
+            break
+        try:
+            rec = json.loads(bytes(body).decode("utf-8", "surrogateescape"))
+        except ValueError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        rec.setdefault("carried", {"seq": int(seq), "prev": str(prev), "hash": str(digest)})
+        out.append(rec)
+    out.reverse()
+    return out
 
 
 def plan(conn: sqlite3.Connection, first: int, head: int, now: float,

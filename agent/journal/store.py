@@ -6,6 +6,7 @@ of readers (verify, events, export) open it read-only beside it.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -308,6 +309,29 @@ class Journal:
             "SELECT seq, hash, time, host, key, signature FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
         return Checkpoint(*row) if row else None
 
+    def last_lifecycle(self) -> tuple[int, str, float] | None:
+        """The newest lifecycle record's seq, kind and time: did the last run end with a clean stop?"""
+        row = self._conn.execute(
+            "SELECT seq, time, CAST(body AS BLOB) FROM records WHERE type = 'lifecycle' ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            kind = json.loads(bytes(row[2]).decode("utf-8", "replace")).get("kind")
+        except ValueError:
+            kind = None
+        return int(row[0]), str(kind), float(row[1])
+
+    def first_missing(self, heads: list[Any]) -> tuple[Any, str] | None:
+        """The first of the witnessed ``heads`` this journal does not hold, and why (see ``witness.missing``)."""
+        from agent.journal.witness import missing
+        return missing(self._conn, heads)
+
+    def last_time(self) -> float | None:
+        """The time of the newest record (any type), None when the journal holds none."""
+        row = self._conn.execute("SELECT time FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        return float(row[0]) if row else None
+
     def first_seq(self) -> int:
         """The oldest record still held (head + 1 when there is none)."""
         row = self._conn.execute("SELECT MIN(seq) FROM records").fetchone()
@@ -336,15 +360,33 @@ class Journal:
         c = self._conn
         first, head = self.first_seq(), self._head.seq
         keep_from, reason = cut.keep_from, cut.reason
+        cap = int(self.max_size_mb * 1024 * 1024) if self.max_size_mb > 0 else 0
+        # Alerts younger than the retention period are not what a size cap should cost: audit and info
+        # records go first. Each alert in a size cut is appended again ("carried"), with its original seq,
+        # prev and hash, so its place in the old chain can still be checked against forwarded heads.
+        cutoff = now - self.retention_days * retention.DAY if self.retention_days > 0 else float("-inf")
+        carried: list[dict[str, Any]] = []
+        per_record = retention.used_bytes(c) / max(1, head - first + 1)
+        budget = min(retention.CARRY_MAX, int(cap * retention.CARRY_SHARE / max(per_record, 1.0)))  # in records
+
+        def carry(start: int, end: int) -> None:
+            nonlocal budget
+            got = retention.carry(c, start, end, cutoff, budget)
+            budget -= len(got)
+            carried.extend(got)  # ranges come oldest first, each in seq order
+
+        if reason == "size":
+            carry(first, keep_from)
         self._delete_before(keep_from)
-        if self.max_size_mb > 0:
+        if cap:
             # Freed rows leave half-empty pages, so the first estimate can fall
             # short of the size target; cut again, a bounded number of times.
-            cap = int(self.max_size_mb * 1024 * 1024)
             for _ in range(32):
-                more = retention.size_cut(c, keep_from, head, cap, trigger=cap * retention.SIZE_TARGET)
+                more = retention.size_cut(c, keep_from, head, cap, trigger=cap * retention.SIZE_TARGET,
+                                          extra=len(carried))
                 if more <= keep_from:
                     break
+                carry(keep_from, more)
                 keep_from, reason = more, "size"
                 self._delete_before(keep_from)
         if keep_from > head:
@@ -358,12 +400,13 @@ class Journal:
         record = {
             "type": "lifecycle", "time": now, "host": self.host, "kind": "journal.pruned",
             "detail": {"removed": removed, "up_to_seq": keep_from - 1, "reason": reason,
-                       "retention_days": self.retention_days, "max_size_mb": self.max_size_mb},
+                       "retention_days": self.retention_days, "max_size_mb": self.max_size_mb,
+                       "alerts_carried": len(carried)},
         }
-        links = self._links([record], self._head)
+        links = self._links([record, *carried], self._head)
         self._insert(links)
         self._write_checkpoint()
-        return PruneResult(removed, keep_from - 1, reason, links[-1].seq)
+        return PruneResult(removed, keep_from - 1, reason, links[0].seq)
 
     def _delete_before(self, keep_from: int) -> None:
         for table in ("records", "checkpoints", "anchors"):

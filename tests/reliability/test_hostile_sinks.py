@@ -79,8 +79,13 @@ def test_hostile_strings_in_journal_syslog_and_metrics(live) -> None:  # type: i
     found = journal_findings(cfg)
     exes = {r["event"]["process"]["exe"] for r in found}
     assert any("\n" in e for e in exes) and any("\x1b" in e for e in exes), "hostile text was not kept as-is"
-    assert any((r["event"]["process"].get("cmdline") or "").startswith("A" * 4096) for r in found), \
-        "the 1 MB command line was lost"
+    # The 1 MB command line is capped at 4 KiB in the record, its full length and SHA-256 kept.
+    import hashlib
+    big = [r for r in found if (r["event"]["process"].get("cmdline") or "").startswith("A" * 3000)]
+    assert big, "the 1 MB command line was lost"
+    want = {"length": 1 << 20, "sha256": hashlib.sha256(b"A" * (1 << 20)).hexdigest()}
+    assert all(r["truncated"]["process.cmdline"] == want for r in big)
+    assert all(len(r["event"]["process"]["cmdline"].encode()) <= 4096 for r in big)
     json.dumps(found)  # the journal's own reader gave back valid JSON for every record
 
 

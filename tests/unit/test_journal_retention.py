@@ -36,7 +36,7 @@ def test_prune_by_age(tmp_path: Path, crypto: str) -> None:
     assert r.first_seq == 21 and r.last_seq == 41  # days 20..39 kept, plus the pruned record
     [note] = _pruned_records(db)
     assert note["detail"] == {"removed": 20, "up_to_seq": 20, "reason": "age",
-                              "retention_days": 180, "max_size_mb": 2048}
+                              "retention_days": 180, "max_size_mb": 2048, "alerts_carried": 0}
 
 
 def test_prune_keeps_a_prefix_when_the_clock_jumped(tmp_path: Path) -> None:
