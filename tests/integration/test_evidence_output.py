@@ -40,7 +40,7 @@ OFF = "  {name}: {{enabled: false}}\n"
 
 def _collectors() -> str:
     out = "  process: {enabled: true, mode: netlink}\n"
-    for name in ("network", "files", "media", "host"):
+    for name in ("network", "files", "media", "host", "audit"):
         out += OFF.format(name=name)
     return out
 

@@ -30,7 +30,7 @@ OFF = "  {name}: {{enabled: false}}\n"
 
 def collectors(**on: str) -> str:
     out = ""
-    for name in ("process", "network", "files", "media", "host"):
+    for name in ("process", "network", "files", "media", "host", "audit"):
         out += f"  {name}: {on[name]}\n" if name in on else OFF.format(name=name)
     return out
 

@@ -51,7 +51,7 @@ def journald() -> Iterator[str]:
 
 def _collectors() -> str:
     return ("  process: {enabled: true, mode: netlink}\n" + "".join(
-        f"  {n}: {{enabled: false}}\n" for n in ("network", "files", "media", "host")))
+        f"  {n}: {{enabled: false}}\n" for n in ("network", "files", "media", "host", "audit")))
 
 
 def _wait(cond: Any, what: str, timeout: float = 30.0) -> None:
@@ -79,12 +79,14 @@ def test_a_journal_cut_back_to_its_last_checkpoint_is_found_by_the_witness(tmp_p
 
     # The legitimate twin: a restart after a clean stop is no rollback.
     agent.start()
+    agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="process", mode="netlink") == 1,
+               "process collector not up")
     # A violation: a program run from /tmp.
     bin_dir = Path(tempfile.mkdtemp(prefix="dw15-w-", dir="/tmp"))
     try:
         prog = bin_dir / "tool"
         shutil.copy("/bin/sleep", prog)
-        subprocess.run([str(prog), "0.5"], check=True, timeout=30)
+        subprocess.run([str(prog), "3"], check=True, timeout=30)
         agent.wait(lambda: any(r.get("rule") == "DB-MAL-001" and r["event"]["process"]["exe"] == str(prog)
                                for r in agent.events("--rule", "DB-MAL-001")), "no DB-MAL-001")
     finally:
