@@ -44,7 +44,7 @@ from collectors.audit_netlink import (
     AuditStatus,
     Message,
 )
-from collectors.audit_rules import Rule, build_rules, is_own, syscall_name
+from collectors.audit_rules import Rule, build_rules, canonical, is_own, syscall_name
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
 from collectors.procfs import ProcReader
 
@@ -369,10 +369,10 @@ class _Session:
         if self.ctl is None or not self.c.rules_installed:
             return
         try:
-            listed = set(self.ctl.list_rules())
+            listed = {canonical(r) for r in self.ctl.list_rules()}
         except OSError:
             return
-        missing = [r for r in self.c.rules_installed if r not in listed]
+        missing = [r for r in self.c.rules_installed if canonical(r) not in listed]
         if missing:
             self.log.warning("audit: %d own rule(s) were removed from the kernel; adding them again", len(missing))
             self._install_rules()
@@ -402,8 +402,20 @@ class _Session:
         self.c._resync.clear()
         self.asm.asset_prefixes = self.c.asset_paths
         if self.ctl is not None:
-            self._remove_rules()
+            # The new set first (unchanged rules are there already), then what is no longer wanted:
+            # no moment without the exec and connect rules.
             self._install_rules()
+            wanted = {canonical(r) for r in self.c.rules_installed}
+            try:
+                listed = self.ctl.list_rules()
+            except OSError:
+                listed = []
+            for data in listed:
+                if is_own(data) and _mine(data, self.c.pid) and canonical(data) not in wanted:
+                    try:
+                        self.ctl.delete_rule(data)
+                    except OSError as exc:
+                        self.log.warning("audit: could not delete a rule: %s", exc)
         return False
 
     def _drain(self, quiet: float) -> None:

@@ -146,6 +146,12 @@ def rule_key(payload: bytes) -> str | None:
     return key
 
 
+def canonical(payload: bytes) -> bytes:
+    """A rule without its system-call mask: the kernel lists an "all calls" mask clipped to the calls it
+    has, so a watch never reads back as sent. The agent's rules differ in fields, key or strings anyway."""
+    return payload[:12] + payload[_HEAD.size:]
+
+
 def is_own(payload: bytes) -> bool:
     """Whether a listed rule is one of the agent's (its key starts with ``dutywatch``)."""
     key = rule_key(payload)

@@ -381,3 +381,21 @@ def test_signals_and_ptrace_aimed_at_the_agent_name_who_sent_them() -> None:
     assert any("signal 12 (SIGUSR2)" in d and "(refused)" in d for d in details)
     assert any("ptrace request 16" in d and "(refused)" in d for d in details)
     assert all(e.process.loginuid == TEST_UID and e.process.exe for e in got)
+
+
+def test_a_registry_reload_moves_the_watches_without_a_gap_in_the_exec_rules(tmp_path: Path) -> None:
+    # Works beside another audit daemon too: the agent's own rules are its business in either mode.
+    first, second = tmp_path / "old-assets", tmp_path / "new-assets"
+    first.mkdir()
+    second.mkdir()
+    c = AuditCollector({}, asset_paths=[f"{first}/"])
+    with running(c):
+        assert f"dir={first}" in auditctl("-l")
+        c.set_asset_paths([f"{second}/"])
+        end = time.monotonic() + 20
+        while time.monotonic() < end and f"dir={second}" not in auditctl("-l"):
+            time.sleep(0.1)
+        rules = auditctl("-l")
+        assert f"dir={second}" in rules and f"dir={first}" not in rules
+        assert f"pid!={os.getpid()} -F key=dutywatch-exec" in rules
+        assert c.covers_path(str(second / "x")) and not c.covers_path(str(first / "x"))
