@@ -272,14 +272,15 @@ def retention_scan(target_gb: float = 2.0, budget_s: float = 600.0) -> None:
         target = int(target_gb * (1 << 30))
         while db.stat().st_size < target and time.monotonic() - t0 < budget_s:
             conn.execute("BEGIN")
-            # Two finding records a minute over 720 days; every 10th an alert, the rest info audit records.
+            # A record every 20 s over the last ~350 days (2 GB is about 1.5M records), so the 180-day cut
+            # falls in the middle; every 10th an alert, the rest info audit records.
             conn.execute(
                 "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
                 "INSERT INTO records(seq, time, type, host, rule, severity, action, unit, operator, body, prev, hash) "
-                "SELECT i, ? + i * 30.0, 'finding', 'bench', CASE WHEN i % 10 = 0 THEN 'DB-MAL-001' ELSE 'ZR-001' END,"
+                "SELECT i, ? + i * 20.0, 'finding', 'bench', CASE WHEN i % 10 = 0 THEN 'DB-MAL-001' ELSE 'ZR-001' END,"
                 " CASE WHEN i % 10 = 0 THEN 'high' ELSE 'info' END, CASE WHEN i % 10 = 0 THEN 'alert' ELSE 'audit' END,"
                 " 'unit', 'op', ? || i, printf('%064d', i - 1), printf('%064d', i) FROM n",
-                (rows + 1, rows + chunk, now - 720 * 86400.0, body))
+                (rows + 1, rows + chunk, now - 1_500_000 * 20.0, body))
             conn.execute("COMMIT")
             rows += chunk
         made = time.monotonic() - t0
