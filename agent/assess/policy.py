@@ -57,7 +57,7 @@ PROBE_KEYS: dict[str, tuple[str, ...]] = {
     "lines": ("path", "regex", "expect", "include"),
     "command": ("argv", "timeout", "regex", "expect", "returncode"),
     "sshd": ("key",), "pam": ("service", "type", "module", "expect", "args"), "sysctl": ("key",),
-    "unit": ("name",), "package": ("name", "installed"),
+    "unit": ("name",), "package": ("name", "installed", "version_min"),
     "listening": ("port", "except_process", "include_loopback"), "module": ("name", "loaded", "disabled"),
     "accounts": ("where", "except", "expect", "duplicate"), "group": ("name", "allowed"),
 }

@@ -271,9 +271,20 @@ def _unit(m: LDict, p: Problems, what: str) -> Probe:
 def _package(m: LDict, p: Problems, what: str) -> Probe:
     names = _str_or_list(m.get("name"), m.at("name"), p, f"{what}.name")
     installed = expect_bool(m.get("installed", True), m.at("installed"), p, f"{what}.installed")
+    vmin = expect_str(m["version_min"], m.at("version_min"), p, f"{what}.version_min") if "version_min" in m \
+        else None
+    if vmin is not None and not installed:
+        p.add(m.at("version_min"), f"{what}.version_min needs installed: true")
 
     def probe(ctx: HostContext) -> Outcome:
         pk = ctx.packages()
+        if vmin is not None:
+            from agent.assess.versions import compare
+            have = [n for n in names if n in pk]
+            if not have:
+                return _ok(False, f"none of {', '.join(names)} installed")
+            old = [f"{n} {pk[n]} installed, older than {vmin}" for n in have if compare(pk[n], vmin) < 0]
+            return _ok(not old, *(old or [f"{n} {pk[n]} installed (at least {vmin})" for n in have]))
         have = [f"{n} {pk[n]} installed" for n in names if n in pk]
         if installed:
             return _ok(bool(have), *(have or [f"none of {', '.join(names)} installed"]))

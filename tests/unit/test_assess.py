@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -272,3 +273,27 @@ def test_a_bad_policy_fails_the_agent_load_like_a_bad_rule(tmp_path: Path) -> No
         load_all(cfg)
     cfg.write_text(cfg.read_text().replace("assess: {", "assess: {enabled: false, "))
     assert load_all(cfg).rules > 0
+
+
+@pytest.mark.parametrize(("a", "b", "sign"), [
+    ("1:9.2p1-2+deb12u3", "1:9.2p1-2+deb12u2", 1), ("1:9.2p1-2+deb12u3", "1:9.2p1-2+deb12u3", 0),
+    ("9.9", "1:1.0", -1), ("1.0~rc1", "1.0", -1), ("1.0", "1.0-0", 0), ("2.10", "2.9", 1), ("1.0a", "1.0", 1),
+    ("8.7p1-38.el9_4.1", "8.7p1-38.el9", 1), ("1.0+b1", "1.0", 1), ("1.01", "1.1", 0)])
+def test_package_versions_sort_as_dpkg_does(a: str, b: str, sign: int) -> None:
+    from agent.assess.versions import compare
+    c = compare(a, b)
+    assert (c > 0) - (c < 0) == sign
+    if shutil.which("dpkg"):
+        op = {1: "gt", 0: "eq", -1: "lt"}[sign]
+        assert subprocess.run(["dpkg", "--compare-versions", a, op, b]).returncode == 0
+
+
+def test_package_version_minimum(tmp_path: Path) -> None:
+    root = _root(tmp_path, {"/var/lib/dpkg/status": "Package: openssh-server\nStatus: install ok installed\n"
+                                                    "Version: 1:9.2p1-2+deb12u2\n"})
+    pol = _policy(tmp_path, _check("V-1", "{package: {name: openssh-server, version_min: '1:9.2p1-2+deb12u3'}}")
+                  + _check("V-2", "{package: {name: openssh-server, version_min: '1:9.2p1-2'}}"))
+    res = {r.check: r for r in run_policies(load_policies([pol]), str(root)).results}
+    assert res["V-1"].result == "fail"
+    assert res["V-1"].evidence == ("openssh-server 1:9.2p1-2+deb12u2 installed, older than 1:9.2p1-2+deb12u3",)
+    assert res["V-2"].result == "pass"
