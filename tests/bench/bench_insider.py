@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from insider_files import bench_assets, bench_catch_up
+from insider_files import bench_assets, bench_catch_up, bench_renames
 from insider_marking import bench_marking
 from insider_network import bench_network
 
@@ -19,6 +19,7 @@ from insider_network import bench_network
 def main() -> None:
     """Every section, in turn."""
     bench_assets()
+    bench_renames()
     bench_catch_up()
     bench_marking()
     bench_network()
