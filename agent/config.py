@@ -43,7 +43,7 @@ class JournalConfig:
     max_size_mb: int = 2048
     checkpoint_every: int = 1000
     crypto: str = "intl"
-    witness: tuple[str, ...] = ("journald",)  # journald | journald@NAMESPACE; [] for none
+    witness: tuple[str, ...] = ("journald", "audit")  # journald | journald@NAMESPACE | audit; [] for none
     fold_window: float = 300.0  # identical findings within it are one record with a count; 0: off
 
 

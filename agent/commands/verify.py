@@ -67,6 +67,10 @@ def _witness(name: str, path: Path) -> int:
     except ValueError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 2
+    if w.name == "audit":
+        print("FAILED: the audit trail is a write-only witness here; search it with "
+              "`ausearch -m USER -i | grep dutywatch-witness`, or check --witness journald", file=sys.stderr)
+        return 2
     conn, meta = db.open_reader(path)
     try:
         try:

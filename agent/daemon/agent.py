@@ -34,6 +34,7 @@ from agent.exporter import Exporter
 from agent.journal.errors import JournalCorruptError
 from agent.journal.statedir import quarantine_corrupt
 from agent.journal.store import Journal
+from agent.journal.witness import AuditWitness
 from agent.metrics import Metrics
 from agent.registry import Registry, load_registry
 from agent.strictmodes import load_checked_config
@@ -122,7 +123,9 @@ class Agent:
         self.metrics.set_journal(stats.records, stats.size_bytes)
         self.forwarder = self._forwarder(cfg)
         from agent.journal.witness import parse_witness
-        self.witnesses = [parse_witness(w) for w in cfg.journal.witness]
+        # The audit trail witnesses only while the audit source runs (it owns the kernel audit settings).
+        audit_on = bool(cfg.collectors.get("audit", {}).get("enabled", False))
+        self.witnesses = [parse_witness(w) for w in cfg.journal.witness if w != "audit" or audit_on]
         self.writer = JournalWriter(self.journal, self.metrics, clock=clock,
                                     on_commit=self._forward_batch, on_checkpoint=self._forward_checkpoint)
         self.pipeline = Pipeline(self.loaded.stage, self.metrics, capacity=cfg.queue_size, clock=clock)
@@ -195,6 +198,8 @@ class Agent:
         """
         found: list[tuple[str, str, dict[str, Any]]] = []
         for w in self.witnesses:
+            if isinstance(w, AuditWitness):
+                continue  # write-only
             if not w.available():
                 _log.warning("witness %s: %s is missing; journal heads are not witnessed there", w.name,
                              w.socket_path)

@@ -11,7 +11,9 @@ agent reads the last witnessed head back (``journalctl``) and compares it
 with its journal; ``dutywatch verify --witness journald`` checks every one.
 
 A namespace (``journald@NAME``) writes to ``systemd-journald@NAME``'s
-socket instead, as ``journalctl --namespace=NAME`` reads it.
+socket instead, as ``journalctl --namespace=NAME`` reads it. ``audit``
+also writes each head to the kernel audit trail (AUDIT_USER_MSG), when the
+audit source runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import socket
 import sqlite3
@@ -130,6 +133,71 @@ class JournaldWitness:
             self._sock = None
 
 
+AUDIT_USER_MSG = 1107
+NETLINK_AUDIT = 9
+_NLM_F_REQUEST, _NLM_F_ACK, _NLMSG_ERROR = 0x1, 0x4, 2
+
+
+class AuditWitness:
+    """Sends heads to the kernel audit trail as AUDIT_USER_MSG records (needs CAP_AUDIT_WRITE).
+
+    The kernel stamps each with the sender's pid, uid and auid and hands it to
+    the audit daemon (``ausearch -m USER -i | grep dutywatch-witness``) or, with
+    none, to the kernel log. Write-only: heads are read back from journald.
+    """
+
+    name = "audit"
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+        self._failing = False
+
+    def available(self) -> bool:
+        """Always tried; a refusal is logged once."""
+        return True
+
+    def send(self, kind: str, head: dict[str, Any], *, host: str, key: str, journal: str) -> bool:
+        """Write one head as a user message; False (logged once) when the kernel refuses it."""
+        text = (f"{IDENTIFIER} kind={kind} seq={int(head['seq'])} hash={head['hash']} "
+                f"time={float(head.get('time', 0.0))!r} key={key} host={host}").encode("utf-8", "backslashreplace")
+        if head.get("signature"):
+            text += f" signature={head['signature']}".encode("ascii", "replace")
+        self._seq += 1
+        payload = text + b"\0"
+        msg = struct.pack("=IHHII", 16 + len(payload), AUDIT_USER_MSG, _NLM_F_REQUEST | _NLM_F_ACK, self._seq, 0)
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_AUDIT)
+                self._sock.bind((0, 0))
+                self._sock.settimeout(2.0)
+            self._sock.sendto(msg + payload, (0, 0))
+            ack = self._sock.recv(8192)
+            if len(ack) >= 20 and struct.unpack("=H", ack[4:6])[0] == _NLMSG_ERROR:
+                err = struct.unpack("=i", ack[16:20])[0]
+                if err:
+                    raise OSError(-err, os.strerror(-err))
+        except OSError as exc:
+            if not self._failing:
+                _log.error("witness audit: the kernel refused the journal head: %s", exc.strerror or exc)
+            self._failing = True
+            self.close()
+            return False
+        self._failing = False
+        return True
+
+    def heads(self, key: str, *, last: int | None = None, timeout: float = 60.0) -> list[Witnessed]:
+        """Not read back here (the audit log belongs to the audit daemon)."""
+        return []
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+
 def _parse(out: bytes) -> Iterator[Witnessed]:
     for line in out.splitlines():
         try:
@@ -140,11 +208,13 @@ def _parse(out: bytes) -> Iterator[Witnessed]:
             continue  # not ours, or damaged: the remaining heads still count
 
 
-def parse_witness(text: str) -> JournaldWitness:
-    """``journald`` or ``journald@NAMESPACE``; ValueError otherwise."""
+def parse_witness(text: str) -> JournaldWitness | AuditWitness:
+    """``journald``, ``journald@NAMESPACE`` or ``audit``; ValueError otherwise."""
+    if text == "audit":
+        return AuditWitness()
     name, _, ns = text.partition("@")
     if name != "journald" or (_ and not ns):
-        raise ValueError(f"unknown witness {text!r}: write journald or journald@NAMESPACE")
+        raise ValueError(f"unknown witness {text!r}: write journald, journald@NAMESPACE or audit")
     return JournaldWitness(ns or None)
 
 

@@ -137,3 +137,48 @@ def test_an_untouched_journal_holds_every_witnessed_head(tmp_path: Path, journal
     out = subprocess.run(["journalctl", f"--namespace={journald}", "--no-pager", "-o", "verbose",
                           f"SYSLOG_IDENTIFIER={IDENTIFIER}"], capture_output=True, text=True, timeout=60)
     assert "DUTYWATCH_SEQ=" in out.stdout and "DUTYWATCH_SIGNATURE=" in out.stdout
+
+
+@pytest.mark.root
+@ROOT
+def test_the_audit_witness_puts_the_head_in_the_kernel_audit_trail(tmp_path: Path) -> None:
+    import select
+    import socket
+    import struct
+
+    from agent.journal.witness import AUDIT_USER_MSG, NETLINK_AUDIT, AuditWitness
+    reader = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+    try:
+        reader.bind((0, 1))  # AUDIT_NLGRP_READLOG: every record the kernel logs
+    except OSError as exc:
+        reader.close()
+        pytest.skip(f"cannot read the audit multicast group here: {exc}")
+    key = os.urandom(8).hex()
+    try:
+        assert AuditWitness().send("checkpoint", {"seq": 42, "hash": "ab" * 32, "time": 1.5, "signature": "c2ln"},
+                                   host="test-host-01", key=key, journal="/var/lib/dutywatch/journal.db")
+        got = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and key.encode() not in got:
+            if select.select([reader], [], [], 0.5)[0]:
+                data = reader.recv(65536)
+                length, mtype = struct.unpack("=IH", data[:6])
+                if mtype == AUDIT_USER_MSG:
+                    got = data[16:length]
+    finally:
+        reader.close()
+    text = got.decode()
+    assert f"{IDENTIFIER} kind=checkpoint seq=42 hash={'ab' * 32}" in text and f"key={key}" in text
+    assert "signature=c2ln" in text and "pid=" in text  # the kernel stamps who wrote it
+
+
+def test_the_audit_witness_runs_only_with_the_audit_source(tmp_path: Path) -> None:
+    from agent.daemon.agent import Agent
+    from tests.reliability.kit import config_tree
+    off = "collectors: {process: {enabled: false}, network: {enabled: false}, files: {enabled: false}, " \
+          "media: {enabled: false}, host: {enabled: false}, audit: {enabled: false}}\n"
+    a = Agent(config_tree(tmp_path, extra=off))
+    try:
+        assert [w.name for w in a.witnesses] == ["journald"]
+    finally:
+        a.journal.close()
