@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 GRACE = 1.0  # how long past the scan's own time cap the parent waits before it kills the worker
 START_TIMEOUT = 20.0
+START_BACKOFF = 10.0  # after a failed start, the next attempt waits this long
 MEMORY = 1024 * 1024 * 1024  # RLIMIT_AS of the worker
 CPU_SECONDS = 3600  # RLIMIT_CPU hard limit; the worker retires well before it
 _MAX_MESSAGE = 64 * 1024
@@ -84,6 +85,8 @@ class MarkingWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._started_once = False
+        self._retry_at = 0.0  # after a failed start, files go out unscanned until then
+        self._start_error = ""
 
     @property
     def pid(self) -> int | None:
@@ -103,9 +106,14 @@ class MarkingWorker:
     def scan(self, fd: int, name: str) -> MarkingResult:
         """Scan the open file ``fd`` in the worker; ``name`` gives its type. Never raises."""
         with self._lock:
+            if time.monotonic() < self._retry_at:
+                return MarkingResult("unscanned", reason=f"marking worker unavailable: {self._start_error}")
             try:
                 self._ensure()
-            except OSError as e:
+            except (OSError, ValueError, subprocess.SubprocessError) as e:
+                self._start_error = str(e)
+                self._retry_at = time.monotonic() + START_BACKOFF
+                log.error("marking worker cannot start (files go out unscanned for %.0f s): %s", START_BACKOFF, e)
                 return MarkingResult("unscanned", reason=f"marking worker unavailable: {e}")
             assert self._sock is not None
             request = json.dumps({"name": name, "max_bytes": self.max_bytes,
@@ -157,12 +165,15 @@ class MarkingWorker:
             child.close()
         ready, _, _ = select.select([parent], [], [], START_TIMEOUT)
         hello = parent.recv(_MAX_MESSAGE) if ready else b""
-        if not hello:
+        report: object = None
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            report = json.loads(hello)["confinement"] if hello else None
+        if not isinstance(report, dict):
             proc.kill()
             proc.wait()
             parent.close()
             raise OSError(f"the marking worker did not start (exit status {proc.returncode})")
-        self.confinement = json.loads(hello).get("confinement", {})
+        self.confinement = report
         if self.confine and self.confinement.get("problems") and not self._started_once:
             log.warning("marking worker runs with less confinement than intended: %s",
                         "; ".join(self.confinement["problems"]))

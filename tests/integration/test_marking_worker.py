@@ -261,3 +261,4 @@ def test_worker_of_a_service_holding_ambient_capabilities_starts_with_none() -> 
     assert result["worker"] == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapAmb": 0}
     # Without CAP_SYS_ADMIN in the worker no namespace can be made; the filter still refuses sockets.
     assert all("namespace" in p for p in result["problems"])
+
