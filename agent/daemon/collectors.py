@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +48,13 @@ def _marker() -> Any:
     """Marking scans run in a confined worker process, fed descriptors (collectors.marking_worker)."""
     from collectors.marking_worker import MarkingWorker
     worker = MarkingWorker()
+
+    def warm() -> None:  # start it now (a few seconds of imports), not on the first document
+        try:
+            worker.start()
+        except OSError as exc:
+            _log.warning("marking worker did not start yet (tried again on the first file): %s", exc)
+    threading.Thread(target=warm, name="marking-worker-start", daemon=True).start()
 
     def mark(path: str, fd: int) -> Any:
         return worker.scan(fd, path)
