@@ -145,7 +145,7 @@ def test_rules_deleted_behind_the_agents_back_come_back() -> None:
 
 
 def test_exec_storm_under_load_names_every_program_and_person(progs: Path) -> None:
-    _no_daemon()
+    # Either mode: beside another audit daemon the agent reads the multicast group.
     n = 2000
     hogs = [subprocess.Popen([sys.executable, "-c", "import time\nend=time.time()+120\nwhile time.time()<end: pass"])
             for _ in range(2)]
@@ -176,7 +176,7 @@ def test_exec_storm_under_load_names_every_program_and_person(progs: Path) -> No
 
 
 def test_what_really_ran_through_interpreters_loader_and_memfd(progs: Path, tmp_path: Path) -> None:
-    _no_daemon()
+    # Either mode: beside another audit daemon the agent reads the multicast group.
     script_py = Path("/tmp") / f"dw-audit-{os.getpid()}.py"
     script_sh = Path("/tmp") / f"dw-audit-{os.getpid()}.sh"
     script_py.write_text("pass\n")
@@ -221,7 +221,7 @@ def test_what_really_ran_through_interpreters_loader_and_memfd(progs: Path, tmp_
 
 
 def test_short_lived_tcp_and_udp_toward_the_internet_zone_name_process_and_person(progs: Path, tmp_path: Path) -> None:
-    _no_daemon()
+    # Either mode: beside another audit daemon the agent reads the multicast group.
     n = 30
     c = AuditCollector({})
     pids: dict[str, list[int]] = {"tcp": [], "udp": []}
@@ -246,7 +246,7 @@ def test_short_lived_tcp_and_udp_toward_the_internet_zone_name_process_and_perso
 
 
 def test_classified_file_read_by_an_under_cleared_person_fires_every_time(progs: Path, tmp_path: Path) -> None:
-    _no_daemon()
+    # Either mode: beside another audit daemon the agent reads the multicast group.
     assets = progs / "secret"  # a directory the test person can reach
     assets.mkdir(exist_ok=True)
     os.chmod(assets, 0o755)  # noqa: S103 - the test person reads the asset
@@ -328,7 +328,7 @@ def test_the_agent_with_every_collector_reports_each_operation_once(progs: Path,
 
 
 def test_who_mounted_is_told_to_the_media_collector_and_a_mount_alone_is_no_event(tmp_path: Path) -> None:
-    _no_daemon()
+    # Either mode: beside another audit daemon the agent reads the multicast group.
     point = Path("/tmp") / f"dw-audit-mnt-{os.getpid()}"
     point.mkdir()
 
@@ -355,7 +355,7 @@ def test_who_mounted_is_told_to_the_media_collector_and_a_mount_alone_is_no_even
 
 
 def test_signals_and_ptrace_aimed_at_the_agent_name_who_sent_them() -> None:
-    _no_daemon()
+    # Either mode: beside another audit daemon the agent reads the multicast group.
     c = AuditCollector({})
     me = os.getpid()
     # A process of the test person tries a liveness probe (signal 0: no event), SIGUSR2 and a ptrace attach

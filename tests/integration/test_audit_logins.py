@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from auditkit import as_person, judge, running, wait_for_no_daemon
+from auditkit import as_person, judge, running
 
 from collectors.audit import AuditCollector
 
@@ -70,7 +70,6 @@ def pamtester(service: str, user: str, password: str, *ops: str) -> int:
 
 
 def test_login_failures_successes_sudo_and_account_changes(accounts: str, tmp_path: Path) -> None:
-    wait_for_no_daemon()
     reg, odd = REGISTERED[0], STRANGER[0]
     c = AuditCollector({})
     with running(c) as run:
