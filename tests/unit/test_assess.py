@@ -297,3 +297,19 @@ def test_package_version_minimum(tmp_path: Path) -> None:
     assert res["V-1"].result == "fail"
     assert res["V-1"].evidence == ("openssh-server 1:9.2p1-2+deb12u2 installed, older than 1:9.2p1-2+deb12u3",)
     assert res["V-2"].result == "pass"
+
+
+def test_the_agents_runs_are_at_low_priority(tmp_path: Path) -> None:
+    # Commands a check runs inherit the assessment's priority: nice and ionice report it.
+    pol = _policy(tmp_path, _check("N-1", "{command: {argv: [nice], regex: '^10$'}}")
+                  + _check("N-2", "{command: {argv: [ionice], regex: '^idle'}}"))
+    run = subprocess.run([sys.executable, "-m", "agent", "assess", "--low-priority", "--policy", str(pol),
+                          "--format", "json"], capture_output=True, text=True, timeout=60)
+    res = {r["check"]: r for r in json.loads(run.stdout)["results"]}
+    assert res["N-1"]["result"] == "pass", res["N-1"]["evidence"]
+    assert res["N-2"]["result"] == "pass", res["N-2"]["evidence"]
+    if os.nice(0) != 0:
+        return  # the suite itself runs niced: the plain run would be too
+    plain = subprocess.run([sys.executable, "-m", "agent", "assess", "--policy", str(pol), "--format", "json"],
+                           capture_output=True, text=True, timeout=60)
+    assert {r["check"]: r["result"] for r in json.loads(plain.stdout)["results"]} == {"N-1": "fail", "N-2": "fail"}
