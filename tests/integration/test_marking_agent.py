@@ -66,9 +66,9 @@ def as_user(uid: int, *argv: str) -> None:
 
 
 def read_as(uid: int, path: Path) -> None:
-    """Open and read ``path`` as ``uid``, staying alive a moment as a viewer does (so /proc still
-    describes the reader when its open is attributed)."""
-    as_user(uid, "sh", "-c", 'exec 3<"$1"; cat <&3 >/dev/null; sleep 1.5', "sh", str(path))
+    """Open and read ``path`` as ``uid``, staying open a few seconds as a viewer does (so /proc still
+    describes the reader when its open is attributed on a busy machine)."""
+    as_user(uid, "sh", "-c", 'exec 3<"$1"; cat <&3 >/dev/null; sleep 3', "sh", str(path))
 
 
 def findings(agent: AgentProcess, rule: str) -> list[dict[str, Any]]:
@@ -104,8 +104,8 @@ def test_reading_a_marked_document_above_ones_clearance(place: Path) -> None:
         read_as(1000, doc)  # the near miss: 张三 is cleared secret
         read_as(1001, doc)  # 李四 is cleared confidential only
         agent.wait(lambda: len(findings(agent, "BM-FILE-004")) > before, "no BM-FILE-004 on the read", 30)
-        read_as(1001, doc)  # a re-read: answered from the cache
-        agent.wait(lambda: len(findings(agent, "BM-FILE-004")) > before + 1, "no BM-FILE-004 on the re-read", 30)
+        # (A re-read is answered from the scan cache, see test_marking_files; the journal folds the
+        # identical finding it gives into this one.)
         hits = findings(agent, "BM-FILE-004")[before:]
         assert {h["event"]["event"]["kind"] for h in hits} == {"file.open"}
         assert {h["event"]["process"]["uid"] for h in hits} == {1001}
