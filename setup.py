@@ -28,7 +28,8 @@ setup(
     description="Host agent for classified-information and network-security compliance",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
+    license="GPL-2.0-or-later",
+    license_files=["LICENSE"],
     python_requires=">=3.11",
     packages=_package_tree("agent") + _package_tree("collectors"),
     # The demo config and registry travel inside the package; the shipped rule

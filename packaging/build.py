@@ -33,6 +33,29 @@ REPO = HERE.parent
 PREFIX = "/opt/dutywatch"
 TARGET_PYTHON = "/usr/bin/python3.11"
 PYVER = "python3.11"
+# The licence (SPDX) of every distribution the packages bundle, checked against its metadata by
+# the packaging tests. A dependency that is not listed stops the build: its licence must be
+# known to be compatible with DutyWatch's GPL-2.0-or-later (scapy is GPL-2.0-only) first.
+BUNDLED_LICENCES = {
+    "bcrypt": "Apache-2.0",
+    "cffi": "MIT-0",
+    "cryptography": "Apache-2.0 OR BSD-3-Clause",
+    "defusedxml": "PSF-2.0",
+    "fonttools": "MIT",
+    "fpdf2": "LGPL-3.0-only",
+    "msgspec": "BSD-3-Clause",
+    "olefile": "BSD-2-Clause",
+    "pillow": "MIT-CMU",
+    "prometheus-client": "Apache-2.0 AND BSD-2-Clause",
+    "psutil": "BSD-3-Clause",
+    "pycparser": "BSD-3-Clause",
+    "pypdf": "BSD-3-Clause",
+    "pyyaml": "MIT",
+    "scapy": "GPL-2.0-only",
+    "typing-extensions": "PSF-2.0",
+    "watchdog": "Apache-2.0",
+}
+OWN_LICENCE = "GPL-2.0-or-later"
 CONFFILES = ("etc/dutywatch/agent.yaml", "etc/dutywatch/registry.yaml", "etc/dutywatch/web.yml")
 
 
@@ -150,30 +173,44 @@ def stage(work: Path) -> Path:
     return root
 
 
-def copyright_text(venv: Path) -> str:
-    """The copyright file: DutyWatch's own stanza, then one per bundled distribution."""
-    text = (HERE / "deb" / "copyright").read_text().rstrip("\n") + "\n"
+def bundled(venv: Path) -> list[tuple[str, str, str, Path]]:
+    """(name, version, SPDX licence, dist-info) of every distribution in the environment but DutyWatch."""
     site = venv / "lib" / PYVER / "site-packages"
+    out = []
     for info in sorted(site.glob("*.dist-info"), key=lambda p: p.name.lower()):
         meta = email.parser.Parser().parsestr((info / "METADATA").read_text(errors="replace"), headersonly=True)
         name, ver = meta.get("Name", info.name), meta.get("Version", "")
-        if name.lower() == "dutywatch":
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key == "dutywatch":
             continue
-        licence = meta.get("License-Expression") or _licence_from(meta)
+        if key not in BUNDLED_LICENCES:
+            raise SystemExit(f"bundled distribution {name} {ver} has no licence in BUNDLED_LICENCES "
+                             f"(its metadata says {meta.get('License-Expression') or _licence_from(meta)!r}): "
+                             "check it is compatible with GPL-2.0 and add it")
+        out.append((name, ver, BUNDLED_LICENCES[key], info))
+    return out
+
+
+def rpm_licence(venv: Path) -> str:
+    """The rpm ``License:`` tag: DutyWatch's own licence and every bundled one."""
+    parts: list[str] = []
+    for expr in [OWN_LICENCE] + [lic for _, _, lic, _ in bundled(venv)]:
+        term = f"({expr})" if " " in expr else expr
+        if term not in parts:
+            parts.append(term)
+    return " AND ".join(parts)
+
+
+def copyright_text(venv: Path) -> str:
+    """The copyright file: DutyWatch's own stanza, then one per bundled distribution."""
+    text = (HERE / "deb" / "copyright").read_text().rstrip("\n") + "\n"
+    for name, ver, licence, info in bundled(venv):
         texts = sorted(str(p.relative_to(venv.parent.parent.parent)) for p in info.rglob("*")
                        if p.is_file() and p.name.upper().startswith(("LICENSE", "LICENCE", "COPYING")))
         text += (f"\nFiles: {PREFIX[1:]}/lib/{PYVER}/site-packages/* (distribution {name} {ver})\n"
                  f"Copyright: the {name} authors\nLicense: {licence}\n")
         text += "".join(f" Full text: /{t}\n" for t in texts) or " See the distribution's metadata.\n"
     return text
-
-
-def _licence_from(meta: email.message.Message) -> str:
-    classifiers = [c.split("::")[-1].strip() for c in meta.get_all("Classifier", []) if c.startswith("License ::")]
-    short = (meta.get("License") or "").strip()
-    if short and "\n" not in short and len(short) < 60:
-        return short
-    return " or ".join(classifiers) or "see-metadata"
 
 
 def deb(work: Path, out: Path, staged: Path | None = None) -> Path:
@@ -240,6 +277,7 @@ def rpm(work: Path, out: Path, staged: Path | None = None) -> Path:
     shutil.rmtree(top, ignore_errors=True)
     run("rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {top}", "--define", f"stagedir {root}",
         "--define", f"unitfile {HERE / 'systemd' / 'dutywatch.service'}", "--define", f"dwversion {version()}",
+        "--define", f"dwlicense {rpm_licence(root / PREFIX.lstrip('/'))}",
         HERE / "rpm" / "dutywatch.spec")
     built = sorted((top / "RPMS").rglob("dutywatch-*.rpm"))
     if not built:

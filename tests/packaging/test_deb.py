@@ -3,10 +3,12 @@ lintian."""
 
 from __future__ import annotations
 
+import email.parser
 import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, Built, deb_field, need
@@ -107,6 +109,25 @@ def test_copyright_names_every_bundled_distribution(unpacked: Path) -> None:
              for p in site.glob("*.dist-info")} - {"dutywatch"}
     listed = {m.lower().replace("_", "-") for m in re.findall(r"\(distribution (\S+) ", text)}
     assert names and names == listed
+
+
+def test_the_project_is_gpl_2_or_later_and_each_bundled_licence_matches_its_metadata(unpacked: Path,
+                                                                                        build_module: Any) -> None:
+    # scapy is GPL-2.0-only: the whole agent must be distributable under the GPLv2.
+    assert "GNU GENERAL PUBLIC LICENSE" in (REPO / "LICENSE").read_text().splitlines()[0]
+    assert 'license="GPL-2.0-or-later"' in (REPO / "setup.py").read_text()
+    text = (unpacked / "usr/share/doc/dutywatch/copyright").read_text()
+    own = text.split("\n\n", 2)[1]
+    assert "Files: *" in own and "License: GPL-2.0+" in own and "/usr/share/common-licenses/GPL-2" in own
+    site = unpacked / "opt/dutywatch/lib/python3.11/site-packages"
+    for info in site.glob("*.dist-info"):
+        meta = email.parser.Parser().parsestr((info / "METADATA").read_text(errors="replace"), headersonly=True)
+        declared = meta.get("License-Expression")
+        key = re.sub(r"[-_.]+", "-", meta["Name"]).lower()
+        if key == "dutywatch" or not declared:
+            continue
+        assert build_module.BUNDLED_LICENCES[key] == declared, (key, declared)
+        assert f"(distribution {meta['Name']} " in text
 
 
 def test_lintian_reports_no_errors(built: Built) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, Built, need
@@ -75,6 +76,14 @@ def test_rpmlint_reports_no_errors(built: Built) -> None:
     print("\nrpmlint:\n  " + "\n  ".join(tags or ["(nothing)"]) + "\n  " + res.stdout.strip().splitlines()[-1])
     assert [t for t in tags if ": E: " in t] == []
     assert re.search(r"\b0 errors\b", res.stdout)
+
+
+def test_license_tag_names_the_project_and_every_bundled_licence(built: Built, build_module: Any) -> None:
+    tag = _rpm_query(built.rpm, "--queryformat", "%{LICENSE}")
+    assert tag.startswith("GPL-2.0-or-later AND ")
+    for licence in set(build_module.BUNDLED_LICENCES.values()) & {
+            lic for _, _, lic, _ in build_module.bundled(built.staged / "opt/dutywatch")}:
+        assert (f"({licence})" if " " in licence else licence) in tag
 
 
 def test_rpmlint_is_available_from_debian() -> None:
