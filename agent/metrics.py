@@ -202,6 +202,10 @@ class Metrics:
             "rules_in_force",
             "1 when the config, registry and rules on disk are the ones in force; 0 while a file on disk "
             "failed to load (the last good set stays active until the file is fixed).", "gauge")
+        self.registry_unconfigured = table(
+            "registry_unconfigured",
+            "1 while the registry is the shipped example (example: true): nothing is monitored or attributed "
+            "until the admin describes this host, its units and people there.", "gauge")
         self.tamper = table(
             "tamper_total",
             "Attempts on the agent and its evidence found by the agent itself, by reason (unclean_stop, paused, "
@@ -254,7 +258,7 @@ class Metrics:
             self.tamper.ensure((reason,))
         for t in (self.rules_loaded, self.rules_reloads, self.rules_reload_failures, self.journal_records,
                   self.journal_size, self.journal_verify_failures, self.journal_write_failures,
-                  self.pipeline_stalled):
+                  self.pipeline_stalled, self.registry_unconfigured):
             t.ensure()
         self.registry.register(_Scrape(self))
         if process_metrics:
@@ -349,6 +353,10 @@ class Metrics:
             self.assessment_checks.set((label_value(policy), label_value(result)), float(n))
         self.assessment_last_run.set((), when)
 
+    def set_registry_unconfigured(self, unconfigured: bool) -> None:
+        """Mark the registry as the shipped example (monitoring held) or as the admin's own."""
+        self.registry_unconfigured.set((), 1.0 if unconfigured else 0.0)
+
     def set_stalled(self, stalled: bool) -> None:
         """Mark the pipeline stalled or moving."""
         self.pipeline_stalled.set((), 1.0 if stalled else 0.0)
@@ -414,7 +422,7 @@ class Metrics:
     def families(self) -> Iterator[Metric]:
         """Every DutyWatch metric family, as of now."""
         for t in (self.build_info, self.host_info, self.events, self.findings, self.rules_loaded,
-                  self.rules_in_force, self.tamper,
+                  self.rules_in_force, self.registry_unconfigured, self.tamper,
                   self.rules_reloads, self.rules_reload_failures, self.journal_records, self.journal_size,
                   self.journal_verify_failures, self.journal_write_failures, self.forward_errors,
                   self.forward_dropped, self.queue_capacity, self.pipeline_stalled, self.assessment_checks,

@@ -173,6 +173,9 @@ class Registry:
     zones: ZoneMap = field(default_factory=lambda: ZoneMap("internet", []))
     assets: tuple[Asset, ...] = ()
     media: tuple[Medium, ...] = ()
+    # The shipped example (``example: true``): its people and units are made up, so the agent
+    # attributes nothing to it and monitors nothing until the admin replaces it.
+    example: bool = False
 
     def person_by_account(self) -> dict[str, Person]:
         """People keyed by account name."""
@@ -228,7 +231,7 @@ def parse_registry(doc: Any, path: str) -> Registry:
     """Validate a loaded registry document; raise LoadErrors listing every problem."""
     problems = Problems()
     top = expect_map(doc, Location(path, 1, 1), problems, "registry", required=("host",),
-                     optional=("units", "departments", "people", "service_accounts", "zones",
+                     optional=("example", "units", "departments", "people", "service_accounts", "zones",
                                "assets", "media"))
     if top is None:
         problems.raise_if_any()
@@ -337,9 +340,13 @@ def parse_registry(doc: Any, path: str) -> Registry:
                                 str(label) if label is not None else None, ids["uuid"],
                                 ids["vendor"].lower() if ids["vendor"] else None,
                                 ids["product"].lower() if ids["product"] else None))
+    example = top.get("example", False)
+    if not isinstance(example, bool):
+        problems.add(top.at("example"), f"example must be true or false, not {example!r}")
+        example = True  # fail closed: a registry that may be the example is not trusted
     problems.raise_if_any()
     return Registry(path, host, tuple(units), tuple(departments), tuple(people), tuple(services),
-                    zones, tuple(assets), tuple(media))
+                    zones, tuple(assets), tuple(media), example)
 
 
 def _zones(top: LDict, problems: Problems) -> ZoneMap:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from agent.commands.common import add_config, config_path, error_lines, print_errors
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     summary = []
     try:
         registry = load_registry(config.registry)
+        if registry.example:
+            errors.append(_example_problem(config.registry))
         summary.append(f"registry {config.registry}: host {registry.host.id}, {len(registry.people)} people, "
                        f"{len(registry.assets)} assets")
     except (LoadError, LoadErrors) as exc:
@@ -55,6 +58,21 @@ def run(args: argparse.Namespace) -> int:
     for line in summary:
         print(line)
     return 0
+
+
+def _example_problem(path: Path) -> str:
+    """The shipped example registry, named at its ``example: true`` line with what to do."""
+    line = 1
+    try:
+        for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if text.startswith("example:"):
+                line = i
+                break
+    except OSError:
+        pass
+    return (f"{path}:{line}:1: this is the shipped example registry (example: true): the agent monitors and "
+            "attributes nothing until it describes this host, its units, people, networks and assets; "
+            "edit it, remove this line, then systemctl reload dutywatch")
 
 
 def _extra_checks(config: Any) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -36,6 +37,7 @@ from agent.journal.statedir import quarantine_corrupt
 from agent.journal.store import Journal
 from agent.journal.witness import AuditWitness
 from agent.metrics import Metrics
+from agent.paths import shipped_rules_dir
 from agent.registry import Registry, load_registry
 from agent.strictmodes import load_checked_config
 from agent.webconfig import load_web_config
@@ -106,7 +108,10 @@ class Agent:
         self.clock = clock
         self.loaded = load_all(config_path, state_dir)
         cfg = self.loaded.config
-        self.host = self.loaded.registry.host.id or "unknown"
+        # The shipped example registry names made-up people: nothing is attributed to it, and
+        # nothing is monitored, until the admin replaces it (the registry file is watched).
+        self.held = self.loaded.registry.example
+        self.host = self._host_id(self.loaded.registry)
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         self.reload_generation = 0
@@ -142,11 +147,31 @@ class Agent:
         self.stop_by: dict[str, Any] = {}
 
     # -- construction helpers ---------------------------------------------
+    @staticmethod
+    def _host_id(registry: Registry) -> str:
+        if registry.example:
+            return socket.gethostname() or "unknown"
+        return registry.host.id or "unknown"
+
     def _host_info(self, registry: Registry) -> None:
+        self.metrics.set_registry_unconfigured(registry.example)
+        if registry.example:
+            self.metrics.set_host(self._host_id(registry), "", "", "", "")
+            return
         h = registry.host
         self.metrics.set_host(h.id, h.unit, h.department, str(h.level) if h.level is not None else "", h.zone)
 
+    def _status(self) -> str:
+        """systemd's status line: what is in force, or what the admin must do first."""
+        if self.held:
+            return (f"STATUS=not monitoring: {self.loaded.config.registry} is the shipped example registry; "
+                    "describe this host, its units and people there and remove 'example: true' "
+                    "(dutywatch check), then systemctl reload dutywatch")
+        return f"STATUS=watching with {self.loaded.rules} rules"
+
     def _expect_findings(self, loaded: Loaded) -> None:
+        if loaded.registry.example:
+            return
         # Series exist at 0 from the start, so increase() sees a rule's first finding.
         unit = loaded.registry.host.unit
         for rule in loaded.stage.engine.ruleset.rules:
@@ -224,10 +249,17 @@ class Agent:
 
     @staticmethod
     def _watched_paths(cfg: Config) -> list[Path]:
+        """The admin's files, whose change on disk reloads the agent.
+
+        The shipped packs are not among them: they change only with the package, whose
+        postinst restarts the agent once every file is in place (watching them made the old
+        agent load half-unpacked packs during an upgrade).
+        """
         paths = [Path(p) for p in cfg.files]
         paths.append(Path(cfg.path).parent / "agent.d")
         paths.append(cfg.registry)
-        paths += list(cfg.rules)
+        shipped = shipped_rules_dir().resolve()
+        paths += [Path(r) for r in cfg.rules if Path(r).resolve() != shipped]
         if cfg.web_config is not None:
             paths.append(cfg.web_config)
         if cfg.assess.enabled:
@@ -237,6 +269,10 @@ class Agent:
 
     def _reload_assessor(self, cfg: Config) -> None:
         """A changed assess section gets a new assessor; otherwise the policies may have changed: run again."""
+        if self.held:  # nothing runs on the example registry; _start_monitoring starts it later
+            self._assess_config = cfg.assess
+            self.assessor = self._assessor(cfg)
+            return
         if self._assess_config == cfg.assess:
             if self.assessor:
                 self.assessor.request()
@@ -270,7 +306,7 @@ class Agent:
         """Journal a lifecycle record and run its event through the rules."""
         now = self.clock()
         self.writer.put({"type": "lifecycle", "time": now, "host": self.host, "kind": kind, "detail": detail})
-        if kind in ("agent.start", "agent.stop", "agent.reload", "agent.tamper"):
+        if kind in ("agent.start", "agent.stop", "agent.reload", "agent.tamper") and not self.held:
             text = detail.get("message") if isinstance(detail.get("message"), str) else None
             self.pipeline.process_now(Event(kind, now, "agent", detail=text))
 
@@ -288,6 +324,8 @@ class Agent:
         _log.warning("tamper (%s): %s", reason, message)
         self.writer.put({"type": "lifecycle", "time": now, "host": self.host, "kind": "agent.tamper",
                          "detail": record})
+        if self.held:  # journaled above; no rule runs on the example registry's made-up attribution
+            return
         self.pipeline.process_now(Event("agent.tamper", now, "agent", process=actor.process if actor else Process(),
                                         detail=f"{reason}: {message}"))
 
@@ -313,6 +351,20 @@ class Agent:
         self.exporter.start()
         if self.forwarder is not None:
             self.forwarder.start()
+        if self.held:
+            self.lifecycle("agent.degraded", {"reason": "registry_unconfigured", "monitoring": False,
+                                              "message": "not monitoring: the registry is the shipped example"})
+            _log.warning("not monitoring: %s is the shipped example registry (example: true); describe this host, "
+                         "its units and people there, remove that line and reload", cfg.registry)
+        else:
+            self._start_monitoring(last_alive)
+        self.notifier.send("READY=1", self._status())
+        _log.info("agent started: host %s, %d rules, %d collectors, metrics on %s",
+                  self.host, self.loaded.rules, len(self.collectors), cfg.listen)
+
+    def _start_monitoring(self, last_alive: float | None) -> None:
+        """Collectors, their supervisor and the assessor: at start, or when a real registry arrives."""
+        cfg = self.loaded.config
         extra = tuple(a.prefix for a in self.loaded.registry.assets)
         self.collectors = self._collectors if self._collectors is not None else \
             build_collectors(cfg.collectors, self.sources, extra, tuple(a.path for a in self.loaded.registry.assets))
@@ -325,9 +377,6 @@ class Agent:
         self._supervisor.start()
         if self.assessor:
             self.assessor.start()
-        self.notifier.send("READY=1", f"STATUS=watching with {self.loaded.rules} rules")
-        _log.info("agent started: host %s, %d rules, %d collectors, metrics on %s",
-                  self.host, self.loaded.rules, len(self.collectors), cfg.listen)
 
     def reload(self, why: str) -> bool:
         """Load config, registry and rules again; keep the running set if the new one is bad.
@@ -352,7 +401,20 @@ class Agent:
                              "detail": {"ok": False, "why": why, "errors": errors[:50]}})
             self._reload_done(False, why, errors)
             return False
+        if new.registry.example and not self.held:
+            err = (f"{new.config.registry}:1:1: the registry is the shipped example (example: true); the registry "
+                   "in force is kept")
+            _log.error("reload rejected: %s", err)
+            self.metrics.rules_reloaded(False)
+            self.writer.put({"type": "lifecycle", "time": self.clock(), "host": self.host, "kind": "agent.reload",
+                             "detail": {"ok": False, "why": why, "errors": [err]}})
+            self._reload_done(False, why, [err])
+            return False
+        leaving_example = self.held and not new.registry.example
         self.loaded = new
+        if leaving_example:
+            self.held = False
+            self.host = self._host_id(new.registry)
         self.pipeline.stage = new.stage
         globs = tuple(a.path for a in new.registry.assets)
         for c in self.collectors:
@@ -374,6 +436,9 @@ class Agent:
         self.lifecycle("agent.reload", {"ok": True, "why": why, "rules": new.rules,
                                         "message": f"reloaded ({why}): {new.rules} rules"})
         _log.info("reloaded (%s): %d rules", why, new.rules)
+        if leaving_example:
+            self._start_monitoring(self.runstate.last_alive())
+            _log.info("monitoring started: the registry describes host %s", self.host)
         self._reload_done(True, why, [])
         return True
 
@@ -386,7 +451,7 @@ class Agent:
                 os.getpid(), self.reload_generation, ok, why, self.loaded.rules, now, tuple(errors)))
         except OSError as exc:
             _log.error("cannot record the reload outcome: %s", exc.strerror)
-        status = f"STATUS=watching with {self.loaded.rules} rules"
+        status = self._status()
         if not ok:
             status += f"; a reload was rejected ({len(errors)} problem(s), first: {errors[0] if errors else '?'})"
         self.notifier.send(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -259,3 +260,51 @@ def test_live_scrape_is_clean_under_promtool(tmp_path: Path) -> None:
                  "journal_size_bytes", "journal_verify_failures_total"):
         assert f"dutywatch_{name}" in text, name
     assert "张三" not in text and str(agent.assets) not in text  # no names or paths in labels
+
+
+def test_the_shipped_example_registry_attributes_nothing_until_it_is_replaced(tmp_path: Path) -> None:
+    # A fresh package install starts on the example registry: no finding may name its made-up people.
+    from tests.integration.agent_harness import REGISTRY
+    real = REGISTRY.format(assets=tmp_path / "assets")
+    example = "example: true\n" + real
+    agent = AgentProcess(tmp_path, collectors=collectors(process="{enabled: true, mode: poll, interval: 0.05}"),
+                         registry=example)
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.5)
+    try:
+        agent.start(env={"NOTIFY_SOCKET": str(sock_path)})
+        assert agent.metric("dutywatch_registry_unconfigured") == 1
+        status = ""
+        with contextlib.suppress(TimeoutError):
+            while "READY=1" not in status:
+                status = sock.recv(4096).decode()
+        assert "STATUS=not monitoring:" in status and "example" in status
+        assert 'test-host-01' not in "".join(k for k in agent.scrape() if k.startswith("dutywatch_host_info"))
+        for _ in range(20):
+            subprocess.run(["/bin/sleep", "0.1"], check=True)
+        assert agent.metric("dutywatch_events_total") == 0
+        r = agent.cli("check", "--config", str(agent.config))
+        assert r.returncode == 1
+        assert f"{agent.registry}:1:1: this is the shipped example registry" in r.stderr
+        records = agent.events()
+        assert [r["kind"] for r in records if r.get("type") == "lifecycle"][:2] == ["agent.start", "agent.degraded"]
+        assert not [r for r in records if r.get("type") == "finding"]
+        assert "张三" not in json.dumps(records, ensure_ascii=False)
+        # The admin describes the host: the change on disk starts monitoring, no restart needed.
+        agent.registry.write_text(real, encoding="utf-8")
+        agent.wait(lambda: agent.metric("dutywatch_registry_unconfigured") == 0, "the real registry was not taken")
+        agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="process") == 1, "monitoring not started")
+        subprocess.run(["/bin/sleep", "0.3"], check=True)
+        agent.wait(lambda: agent.metric("dutywatch_events_total") > 0, "no event after the registry was configured")
+        assert 'host="test-host-01"' in "".join(k for k in agent.scrape() if k.startswith("dutywatch_host_info"))
+        # Going back to the example is refused: the registry in force stays.
+        agent.registry.write_text(example, encoding="utf-8")
+        assert agent.proc is not None
+        r = agent.cli("reload", "--config", str(agent.config), "--pid", str(agent.proc.pid))
+        assert r.returncode == 1 and "shipped example" in r.stderr
+        assert agent.metric("dutywatch_registry_unconfigured") == 0
+    finally:
+        agent.stop()
+        sock.close()
