@@ -31,11 +31,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PREFIX = "/opt/dutywatch"
-TARGET_PYTHON = "/usr/bin/python3.11"
-PYVER = "python3.11"
+# The Debian releases a package is built for, and the interpreter each one's package runs on.
+SUITES = {"bookworm": "python3.11", "trixie": "python3.13"}
+PYVER = SUITES["bookworm"]
+# Wheels for another suite's interpreter are fetched for these platforms (glibc 2.36 and later).
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64",
+             "manylinux_2_34_x86_64", "any")
 # The licence (SPDX) of every distribution the packages bundle, checked against its metadata by
 # the packaging tests. A dependency that is not listed stops the build: its licence must be
-# known to be compatible with DutyWatch's GPL-2.0-or-later (scapy is GPL-2.0-only) first.
+# known to be compatible with DutyWatch's GPL-2.0-or-later first.
 BUNDLED_LICENCES = {
     "bcrypt": "Apache-2.0",
     "cffi": "MIT-0",
@@ -51,7 +55,6 @@ BUNDLED_LICENCES = {
     "pycparser": "BSD-3-Clause",
     "pypdf": "BSD-3-Clause",
     "pyyaml": "MIT",
-    "scapy": "GPL-2.0-only",
     "typing-extensions": "PSF-2.0",
     "watchdog": "Apache-2.0",
 }
@@ -73,37 +76,80 @@ def run(*cmd: str | Path, cwd: Path | None = None, env: dict[str, str] | None = 
     subprocess.run([str(c) for c in cmd], check=True, cwd=cwd, env=env)
 
 
-def build_wheels(work: Path) -> Path:
+def build_wheels(work: Path, pyver: str = PYVER) -> Path:
     """Wheels of DutyWatch and every runtime dependency, for the target's Python."""
-    wheels = work / "wheels"
+    wheels = work / f"wheels-{pyver}"
     shutil.rmtree(wheels, ignore_errors=True)
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", wheels, REPO)
+    if pyver == f"python{sys.version_info.major}.{sys.version_info.minor}":
+        run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", wheels, REPO)
+        return wheels
+    # Another interpreter: DutyWatch's own wheel (pure Python), then its dependencies' binary
+    # wheels for that interpreter, resolved by pip from the wheel's requirements.
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", wheels, REPO)
+    own = next(wheels.glob("dutywatch-*.whl"))
+    run(sys.executable, "-m", "pip", "download", "--quiet", "--dest", wheels, *_cross_options(pyver), own)
     return wheels
 
 
-def make_venv(root: Path, wheels: Path) -> Path:
+def _cross_options(pyver: str) -> list[str]:
+    ver = pyver.removeprefix("python")
+    tag = "cp" + ver.replace(".", "")
+    out = ["--only-binary=:all:", "--python-version", ver, "--implementation", "cp",
+           "--abi", tag, "--abi", "abi3", "--abi", "none"]
+    for platform in PLATFORMS:
+        out += ["--platform", platform]
+    return out
+
+
+def make_venv(root: Path, wheels: Path, pyver: str = PYVER) -> Path:
     """The environment at ``root/opt/dutywatch``, installed from ``wheels`` only."""
-    if not Path(TARGET_PYTHON).is_file():
-        raise SystemExit(f"{TARGET_PYTHON} is missing: the package's environment is built on Debian's Python 3.11 "
-                         "(apt-get install python3.11)")
+    target = f"/usr/bin/{pyver}"
     venv = root / PREFIX.lstrip("/")
-    run(TARGET_PYTHON, "-m", "venv", "--without-pip", venv)
-    # pip runs from the build interpreter but installs for the environment's (Debian's) Python.
-    run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python3", "install", "--quiet", "--no-index",
-        "--find-links", wheels, "--no-compile", "--no-warn-script-location", "--disable-pip-version-check",
-        "dutywatch")
-    tidy(venv)
+    if Path(target).is_file():
+        run(target, "-m", "venv", "--without-pip", venv)
+        # pip runs from the build interpreter but installs for the environment's (Debian's) Python.
+        run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python3", "install", "--quiet", "--no-index",
+            "--find-links", wheels, "--no-compile", "--no-warn-script-location", "--disable-pip-version-check",
+            "dutywatch")
+    else:
+        _cross_venv(venv, wheels, pyver)
+    tidy(venv, pyver)
     relocate(venv)
     return venv
 
 
-def tidy(venv: Path) -> None:
+def _cross_venv(venv: Path, wheels: Path, pyver: str) -> None:
+    """A virtual environment for an interpreter the build host lacks (trixie's on bookworm).
+
+    It is what ``python -m venv`` makes, written by hand: the interpreter links, pyvenv.cfg, the
+    packages installed by pip for that interpreter, and the console script.
+    """
+    site = venv / "lib" / pyver / "site-packages"
+    (venv / "bin").mkdir(parents=True)
+    run(sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", wheels, "--no-compile",
+        "--disable-pip-version-check", "--target", site, *_cross_options(pyver), "dutywatch")
+    (venv / "bin" / pyver).symlink_to(f"/usr/bin/{pyver}")
+    (venv / "bin" / "python3").symlink_to(pyver)
+    (venv / "bin" / "python").symlink_to(pyver)
+    (venv / "pyvenv.cfg").write_text(f"home = /usr/bin\ninclude-system-site-packages = false\n"
+                                     f"version = {pyver.removeprefix('python')}\nexecutable = /usr/bin/{pyver}\n")
+    script = venv / "bin" / "dutywatch"
+    script.write_text("#!/opt/dutywatch/bin/python3\nimport sys\n\nfrom agent.cli import main\n\n"
+                      "if __name__ == \"__main__\":\n    sys.exit(main())\n")
+    script.chmod(0o755)
+    # pip --target puts scripts and data beside the packages; data goes where a venv keeps it.
+    shutil.rmtree(site / "bin", ignore_errors=True)
+    if (site / "share").is_dir():
+        shutil.move(site / "share", venv / "share")
+
+
+def tidy(venv: Path, pyver: str = PYVER) -> None:
     """Keep what the agent runs: its own script, stripped extensions, no stray interpreter lines."""
     for f in (venv / "bin").iterdir():
         # Activation scripts and the dependencies' own tools (watchmedo, ...) are not the agent's.
         if f.name != "dutywatch" and not f.name.startswith("python"):
             f.unlink()
-    site = venv / "lib" / PYVER / "site-packages"
+    site = venv / "lib" / pyver / "site-packages"
     # DutyWatch parses YAML with the pure-Python SafeLoader (it needs node marks); the
     # wheel's C extension only embeds a second copy of libyaml.
     for f in site.glob("yaml/_yaml*.so"):
@@ -139,12 +185,13 @@ def relocate(venv: Path) -> None:
         raise SystemExit("staging path left in: " + ", ".join(left))
 
 
-def stage(work: Path) -> Path:
-    """The package tree shared by the deb and the rpm, under ``work/root``."""
-    root = work / "root"
+def stage(work: Path, suite: str = "bookworm") -> Path:
+    """The package tree shared by the deb and the rpm, under ``work/root`` (``work/root-SUITE``)."""
+    pyver = SUITES[suite]
+    root = work / ("root" if suite == "bookworm" else f"root-{suite}")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    venv = make_venv(root, build_wheels(work))
+    venv = make_venv(root, build_wheels(work, pyver), pyver)
     share = root / "usr/share/dutywatch"
     share.parent.mkdir(parents=True)
     # Rules live where agent.paths looks for an OS package, not inside the environment.
@@ -163,7 +210,7 @@ def stage(work: Path) -> Path:
     doc = root / "usr/share/doc/dutywatch"
     doc.mkdir(parents=True)
     shutil.copy(REPO / "README.md", doc / "README.md")
-    (doc / "copyright").write_text(copyright_text(venv))
+    (doc / "copyright").write_text(copyright_text(venv, pyver))
     man = root / "usr/share/man/man1"
     man.mkdir(parents=True)
     (man / "dutywatch.1.gz").write_bytes(gzip.compress((HERE / "dutywatch.1").read_bytes(), 9, mtime=0))
@@ -173,9 +220,9 @@ def stage(work: Path) -> Path:
     return root
 
 
-def bundled(venv: Path) -> list[tuple[str, str, str, Path]]:
+def bundled(venv: Path, pyver: str = PYVER) -> list[tuple[str, str, str, Path]]:
     """(name, version, SPDX licence, dist-info) of every distribution in the environment but DutyWatch."""
-    site = venv / "lib" / PYVER / "site-packages"
+    site = venv / "lib" / pyver / "site-packages"
     out = []
     for info in sorted(site.glob("*.dist-info"), key=lambda p: p.name.lower()):
         meta = email.parser.Parser().parsestr((info / "METADATA").read_text(errors="replace"), headersonly=True)
@@ -201,23 +248,24 @@ def rpm_licence(venv: Path) -> str:
     return " AND ".join(parts)
 
 
-def copyright_text(venv: Path) -> str:
+def copyright_text(venv: Path, pyver: str = PYVER) -> str:
     """The copyright file: DutyWatch's own stanza, then one per bundled distribution."""
     text = (HERE / "deb" / "copyright").read_text().rstrip("\n") + "\n"
-    for name, ver, licence, info in bundled(venv):
+    for name, ver, licence, info in bundled(venv, pyver):
         texts = sorted(str(p.relative_to(venv.parent.parent.parent)) for p in info.rglob("*")
                        if p.is_file() and p.name.upper().startswith(("LICENSE", "LICENCE", "COPYING")))
-        text += (f"\nFiles: {PREFIX[1:]}/lib/{PYVER}/site-packages/* (distribution {name} {ver})\n"
+        text += (f"\nFiles: {PREFIX[1:]}/lib/{pyver}/site-packages/* (distribution {name} {ver})\n"
                  f"Copyright: the {name} authors\nLicense: {licence}\n")
         text += "".join(f" Full text: /{t}\n" for t in texts) or " See the distribution's metadata.\n"
     return text
 
 
-def deb(work: Path, out: Path, staged: Path | None = None) -> Path:
-    """``dist/dutywatch_<version>_<arch>.deb`` (from ``staged`` when already staged)."""
-    root = work / "deb-root"
+def deb(work: Path, out: Path, staged: Path | None = None, suite: str = "bookworm") -> Path:
+    """``dist/dutywatch_<version>_<arch>.deb`` for bookworm, ``..._<version>+deb13_...`` for trixie
+    (from ``staged`` when already staged for that suite)."""
+    root = work / f"deb-root-{suite}"
     shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(staged or stage(work), root, symlinks=True)
+    shutil.copytree(staged or stage(work, suite), root, symlinks=True)
     ver = version()
     changelog = (HERE / "deb" / "changelog").read_text()
     first = changelog.split("\n", 1)[0]
@@ -235,9 +283,10 @@ def deb(work: Path, out: Path, staged: Path | None = None) -> Path:
     control = root / "DEBIAN"
     control.mkdir()
     (control / "control").write_text((HERE / "deb" / "control").read_text()
-                                     .replace("@VERSION@", ver).replace("@ARCH@", arch)
+                                     .replace("@VERSION@", ver + _SUITE_SUFFIX[suite]).replace("@ARCH@", arch)
                                      .replace("@SIZE@", str(size_kb))
-                                     .replace("@GLIBC@", glibc_needed(root)))
+                                     .replace("@GLIBC@", glibc_needed(root))
+                                     .replace("@PYTHON@", SUITES[suite]))
     (control / "conffiles").write_text((HERE / "deb" / "conffiles").read_text())
     for script in ("postinst", "prerm", "postrm"):
         shutil.copy(HERE / "deb" / script, control / script)
@@ -250,9 +299,14 @@ def deb(work: Path, out: Path, staged: Path | None = None) -> Path:
     (control / "conffiles").chmod(0o644)
     (control / "control").chmod(0o644)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"dutywatch_{ver}_{arch}.deb"
+    target = out / f"dutywatch_{ver}{_SUITE_SUFFIX[suite]}_{arch}.deb"
     run("dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, target)
     return target
+
+
+# Debian's convention for one source built for several releases: the newer release's build
+# sorts after the older one's.
+_SUITE_SUFFIX = {"bookworm": "", "trixie": "+deb13"}
 
 
 def glibc_needed(root: Path) -> str:
@@ -270,16 +324,16 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def rpm(work: Path, out: Path, staged: Path | None = None) -> Path:
-    """``dist/dutywatch-<version>-1.<arch>.rpm``, built by rpmbuild from the same tree."""
+def rpm(work: Path, out: Path, staged: Path | None = None, release: str = "1") -> Path:
+    """``dist/dutywatch-<version>-<release>.<arch>.rpm``, built by rpmbuild from the same tree."""
     root = staged or stage(work)
     top = work / "rpmbuild"
     shutil.rmtree(top, ignore_errors=True)
     run("rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {top}", "--define", f"stagedir {root}",
         "--define", f"unitfile {HERE / 'systemd' / 'dutywatch.service'}", "--define", f"dwversion {version()}",
-        "--define", f"dwlicense {rpm_licence(root / PREFIX.lstrip('/'))}",
+        "--define", f"dwrelease {release}", "--define", f"dwlicense {rpm_licence(root / PREFIX.lstrip('/'))}",
         HERE / "rpm" / "dutywatch.spec")
-    built = sorted((top / "RPMS").rglob("dutywatch-*.rpm"))
+    built = sorted((top / "RPMS").rglob(f"dutywatch-*-{release}.*.rpm"))
     if not built:
         raise SystemExit("rpmbuild wrote no package")
     out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: ``build.py {stage,deb,rpm,all} [--work DIR] [--out DIR]``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("what", choices=("stage", "deb", "rpm", "all"))
+    ap.add_argument("--suite", choices=sorted(SUITES), default="bookworm",
+                    help="the Debian release the deb is for (default bookworm)")
     ap.add_argument("--work", type=Path, default=REPO / "build" / "package")
     ap.add_argument("--out", type=Path, default=REPO / "dist")
     args = ap.parse_args(argv)
@@ -300,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "stage":
         print(stage(work))
     elif args.what == "deb":
-        print(deb(work, args.out.resolve()))
+        print(deb(work, args.out.resolve(), suite=args.suite))
     elif args.what == "rpm":
         rpm(work, args.out.resolve())
     else:

@@ -38,9 +38,11 @@ def test_file_name_and_control_fields(built: Built, build_module: object) -> Non
     assert built.deb.name == f"dutywatch_{version}_{arch}.deb"
     assert deb_field(built.deb, "Version") == version
     depends = deb_field(built.deb, "Depends")
-    for dep in ("python3 (>= 3.11)", "adduser"):
+    for dep in ("python3 (>= 3.11)", "python3.11", "adduser"):
         assert dep in depends
     assert "libpcap" not in depends  # the capture filter is assembled by the agent
+    # No upper bound on python3: the package runs on its own interpreter (trixie has its own build).
+    assert "<<" not in depends
     assert "python3-venv" not in depends  # the environment is built, not created on the host
 
 
@@ -80,8 +82,12 @@ def test_conffiles(built: Built, tmp_path: Path) -> None:
     assert "[ -d /run/systemd/system ]" in postinst  # start only where systemd runs
     postrm = (tmp_path / "postrm").read_text()
     purge = postrm[postrm.index('if [ "$1" = purge ]'):]
-    assert "rm -rf /var/lib/dutywatch" in purge  # the journal goes on purge only
-    assert postrm.count("/var/lib/dutywatch") == 1
+    # The journal goes on purge only, and then only once exported or when the admin says so.
+    assert "rm -rf /var/lib/dutywatch" in purge
+    assert postrm.count("rm -rf /var/lib/dutywatch") == purge.count("rm -rf /var/lib/dutywatch")
+    assert "DUTYWATCH_PURGE_EVIDENCE" in purge and ".keep-on-purge" in purge
+    assert "dutywatch export" in (tmp_path / "prerm").read_text()
+    assert "dpkg-statoverride --update --add root dutywatch" in postinst and "ldconfig" in postinst
 
 
 def test_environment_is_relocated_onto_debian_python(unpacked: Path, built: Built) -> None:
@@ -113,7 +119,6 @@ def test_copyright_names_every_bundled_distribution(unpacked: Path) -> None:
 
 def test_the_project_is_gpl_2_or_later_and_each_bundled_licence_matches_its_metadata(unpacked: Path,
                                                                                         build_module: Any) -> None:
-    # scapy is GPL-2.0-only: the whole agent must be distributable under the GPLv2.
     assert "GNU GENERAL PUBLIC LICENSE" in (REPO / "LICENSE").read_text().splitlines()[0]
     assert 'license="GPL-2.0-or-later"' in (REPO / "setup.py").read_text()
     text = (unpacked / "usr/share/doc/dutywatch/copyright").read_text()

@@ -53,7 +53,11 @@ def test_private_state_directory_and_config(built: Built) -> None:
 def test_scriptlets_create_the_user_and_handle_the_unit(built: Built) -> None:
     scripts = _rpm_query(built.rpm, "--scripts")
     assert "useradd -r -g dutywatch" in scripts and "groupadd -r dutywatch" in scripts
-    assert "systemctl enable --now dutywatch.service" in scripts
+    # Enabling follows the distribution's presets; bytecode and the first start wait for %posttrans.
+    assert "systemctl --no-reload preset dutywatch.service" in scripts
+    assert "enable --now" not in scripts
+    posttrans = scripts.split("posttrans scriptlet", 1)[1]
+    assert "compileall" in posttrans and "ldconfig" in posttrans
     assert "systemctl disable --now dutywatch.service" in scripts
     assert "[ -d /run/systemd/system ]" in scripts
     for section in re.split(r"^\S+ scriptlet.*:$", scripts, flags=re.M)[1:]:

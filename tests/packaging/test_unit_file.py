@@ -103,7 +103,8 @@ def test_notify_with_watchdog_and_room_for_a_clean_stop(service: dict[str, list[
     assert watchdog >= 20  # the agent pings every WatchdogSec/2 from a loop that also reloads rules
     # shutdown() waits up to 5 s for the collectors and 60 s for the queue to drain, then signs.
     assert int(service["TimeoutStopSec"][0].rstrip("s")) > 65
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # `systemctl reload` waits for the agent's answer and fails when the new set is rejected.
+    assert service["ExecReload"] == ["/usr/bin/dutywatch reload --config /etc/dutywatch/agent.yaml --pid $MAINPID"]
 
 
 def test_dedicated_user_and_private_state(service: dict[str, list[str]]) -> None:
