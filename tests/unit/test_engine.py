@@ -89,11 +89,18 @@ def test_one_bad_file_fails_the_whole_load(tmp_path: Path) -> None:
     assert "b.yaml:5:11: unknown field process.nam" in str(info.value)
 
 
-def test_subdirectories_are_not_loaded(tmp_path: Path) -> None:
+def test_subdirectories_are_loaded_but_not_samples_or_hidden_ones(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", pack("a", [{"id": "A", "when": "process.name == 'x'"}]))
-    (tmp_path / "old").mkdir()
-    write(tmp_path / "old", "b.yaml", "not: [valid")
-    assert [r.id for r in load_rules([tmp_path]).rules] == ["A"]
+    (tmp_path / "linux").mkdir()
+    write(tmp_path / "linux", "b.yaml", pack("b", [{"id": "B", "when": "process.name == 'y'"}]))
+    for skipped in ("tests", ".old"):
+        (tmp_path / skipped).mkdir()
+        write(tmp_path / skipped, "c.yaml", "not: [valid")
+    assert sorted(r.id for r in load_rules([tmp_path]).rules) == ["A", "B"]
+    # A broken file in a subfolder that is read fails the load, like one at the top.
+    write(tmp_path / "linux", "d.yaml", "not: [valid")
+    with pytest.raises(LoadErrors):
+        load_rules([tmp_path])
 
 
 def test_missing_named_rule_path_is_an_error(tmp_path: Path) -> None:
