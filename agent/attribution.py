@@ -3,8 +3,9 @@
 Names the operator (the person behind ``loginuid``, else ``uid``; a
 service account's custodian; otherwise ``known=False``), fills the host
 group and the registry-derived fields (zones, asset levels, media). Every
-lookup that repeats is cached, bounded: per (loginuid, uid), per address
-and per path.
+lookup that repeats is cached, bounded: per (loginuid, uid, user) and per
+uid's account name (two generations each, so that one-off ids age out and
+the usual ones stay), per address and per path.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class Attributor:
         self._asset_prefixes = tuple(a.prefix for a in registry.assets)
         self._zones = registry.zones
         self._op_cache: dict[tuple[int | None, int | None, str | None], tuple[Operator, str | None]] = {}
+        self._op_old: dict[tuple[int | None, int | None, str | None], tuple[Operator, str | None]] = {}
+        self._names: dict[int, str | None] = {}
+        self._names_old: dict[int, str | None] = {}
         self._zone_cache: dict[str, str | None] = {}
         self._path_cache: dict[str, tuple[Level | None, str | None]] = {}
 
@@ -67,23 +71,38 @@ class Attributor:
         hit = self._op_cache.get(key)
         if hit is not None:
             return hit
-        if user is None and uid is not None:
-            user = self._account_name(uid)
-        if loginuid is not None and loginuid != UNSET_LOGINUID:
-            op = self._resolve(loginuid, None)
-        elif uid is not None:
-            op = self._resolve(uid, user)
-        else:
-            op = _UNKNOWN
+        hit = self._op_old.get(key)
+        if hit is None:
+            if user is None and uid is not None:
+                user = self.account_name(uid)
+            if loginuid is not None and loginuid != UNSET_LOGINUID:
+                op = self._resolve(loginuid, None)
+            elif uid is not None:
+                op = self._resolve(uid, user)
+            else:
+                op = _UNKNOWN
+            hit = (op, user)
+        # Two generations, each bounded: a full table becomes the old one, and entries still in
+        # use move back, so a storm of one-off ids neither grows memory nor evicts the usual ones.
         if len(self._op_cache) >= _CACHE_LIMIT:
-            self._op_cache.clear()
-        self._op_cache[key] = (op, user)
-        return op, user
+            self._op_old, self._op_cache = self._op_cache, {}
+        self._op_cache[key] = hit
+        return hit
+
+    def account_name(self, uid: int) -> str | None:
+        """The account name of ``uid`` from the account database, remembered (two bounded generations)."""
+        if uid in self._names:
+            return self._names[uid]
+        name = self._names_old[uid] if uid in self._names_old else self._account_name(uid)
+        if len(self._names) >= _CACHE_LIMIT:
+            self._names_old, self._names = self._names, {}
+        self._names[uid] = name
+        return name
 
     def _resolve(self, uid: int, account: str | None) -> Operator:
         person = self._by_uid.get(uid)
         if person is None and account is None:
-            account = self._account_name(uid)
+            account = self.account_name(uid)
         if person is None and account is not None:
             person = self._by_account.get(account)
             if person is None and account in self._service:

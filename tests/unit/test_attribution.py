@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import attribution
 from agent.attribution import UNSET_LOGINUID, Attributor
 from agent.events import Event, File, Iface, Media, Net, Process
 from agent.levels import Level
@@ -66,6 +67,32 @@ def test_unknown_accounts_are_marked_unknown(attr: Attributor) -> None:
     assert op(attr, uid=4000) == ("stranger", None, False)
     assert op(attr, uid=0) == ("root", None, False)
     assert op(attr, uid=5555) == ("uid:5555", None, False)
+
+
+def test_a_storm_of_unknown_accounts_keeps_the_caches_bounded_and_the_answers_right(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Containers and one-off jobs bring thousands of uids no one registered: each is still
+    # unknown, the usual accounts stay known, memory stays bounded and the account database is
+    # asked once per uid while that uid keeps coming.
+    monkeypatch.setattr(attribution, "_CACHE_LIMIT", 64)
+    p = tmp_path / "registry.yaml"
+    p.write_text(REG, encoding="utf-8")
+    asked: list[int] = []
+
+    def lookup(uid: int) -> str | None:
+        asked.append(uid)
+        return ACCOUNTS.get(uid, f"ns-{uid}" if uid >= 100_000 else None)
+
+    a = Attributor(load_registry(p), lookup)
+    for i in range(20_000):
+        uid = 100_000 + i
+        assert op(a, uid=uid) == (f"ns-{uid}", None, False)
+        assert op(a, uid=33) == ("ls", "李四", True)
+        assert op(a, uid=4000, user="stranger") == ("stranger", None, False)
+        sizes = (len(a._op_cache), len(a._op_old), len(a._names), len(a._names_old))
+        assert max(sizes) <= 64, sizes
+    assert asked.count(33) == 1 and asked.count(4000) == 0
+    assert len(asked) == 20_001  # each one-off uid once, the recurring one once
 
 
 def test_event_without_a_process_has_no_operator(attr: Attributor) -> None:
