@@ -17,6 +17,7 @@ program ``ld.so`` was asked to load, else the exe, with its device and inode.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from agent.events import Event, File, Media, Net, Parent, Process
 from collectors.audit_records import (
     Record,
-    argv,
+    argv_bytes,
     device,
     ident,
     keys,
@@ -35,6 +36,7 @@ from collectors.audit_records import (
     text,
 )
 from collectors.audit_users import USER_TYPES, UserRecords
+from collectors.procfs import parse_cmdline
 
 SYSCALL, PATH, SOCKADDR, CWD, EXECVE, EOE, PROCTITLE = 1300, 1302, 1306, 1307, 1309, 1320, 1327
 _GROUPED = frozenset({SYSCALL, PATH, SOCKADDR, CWD, EXECVE, PROCTITLE, 1303, 1304, 1318, 1321, 1322, 1323, 1331})
@@ -207,21 +209,23 @@ class Assembler:
         return None
 
     def _process(self, f: dict[str, str], cwd: str | None, execve: list[Record], title: list[str]) -> Process:
-        args: list[str] = []
+        cmd: str | None = None
         if execve:
             merged: dict[str, str] = {}
             for r in execve:
                 for k, v in r.fields.items():
                     merged.setdefault(k, v)
-            args = argv(merged)
-        cmd = " ".join(args) or None
+            raw = b"\0".join(argv_bytes(merged))
+            if raw:
+                raw += b"\0"
+                # Cut as the process collector cuts /proc's: a long line ends with its full length and hash.
+                whole = (len(raw), hashlib.sha256(raw).hexdigest()) if len(raw) > _CMDLINE_MAX else None
+                cmd = parse_cmdline(raw, _CMDLINE_MAX, whole)
         if cmd is None:
             # PROCTITLE can be stale (the kernel caches it per task across an exec): the
             # arguments this pid last exec'd with are the better word, when known.
             known = self._seen_exec.get(number(f.get("pid")) or -1)
             cmd = known.cmdline if known is not None else (" ".join(title) or None)
-        if cmd is not None and len(cmd) > _CMDLINE_MAX:
-            cmd = cmd[:_CMDLINE_MAX - 3] + "..."
         return Process(pid=number(f.get("pid")), ppid=number(f.get("ppid")), name=text(f.get("comm")),
                        exe=clean_exe(text(f.get("exe"))), cmdline=cmd, cwd=cwd, uid=ident(f.get("uid")),
                        loginuid=ident(f.get("auid")))

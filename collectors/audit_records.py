@@ -119,12 +119,17 @@ def sockaddr(raw: str | None) -> tuple[str, str | None, int | None]:
 
 def argv(fields: dict[str, str]) -> list[str]:
     """The arguments of an EXECVE record, long ones reassembled from their ``aN[i]`` pieces."""
+    return [a.decode("utf-8", "backslashreplace") for a in argv_bytes(fields)]
+
+
+def argv_bytes(fields: dict[str, str]) -> list[bytes]:
+    """The arguments of an EXECVE record as the program got them (bytes)."""
     argc = number(fields.get("argc")) or 0
-    out: list[str] = []
+    out: list[bytes] = []
     for i in range(argc):
         whole = fields.get(f"a{i}")
         if whole is not None:
-            out.append(raw_bytes(whole).decode("utf-8", "backslashreplace"))
+            out.append(raw_bytes(whole))
             continue
         parts: list[bytes] = []
         j = 0
@@ -133,7 +138,7 @@ def argv(fields: dict[str, str]) -> list[str]:
             j += 1
         if not parts and f"a{i}_len" not in fields:
             break  # the rest was in a record we did not get
-        out.append(b"".join(parts).decode("utf-8", "backslashreplace"))
+        out.append(b"".join(parts))
     return out
 
 
