@@ -197,7 +197,7 @@ def _read(dotted: str, env: dict[str, Any], n: int, shared: set[str]) -> str:
     return f"get{n}(e)"
 
 
-_CACHE_LIMIT = 4096  # values per field remembered; the table is emptied when full
+_CACHE_LIMIT = 4096  # values per field and generation remembered (two generations: at most twice this)
 _CACHE_LEN = 512  # longer values (odd command lines) are looked up every time, never kept
 _QUICK_MAX = 16  # literals a quick startswith/endswith test may try; more go through the tables
 
@@ -278,21 +278,26 @@ def _field_source(kind: str, dotted: str, ns: list[int], fields: tuple[_FieldInd
         # One dictionary lookup is cheaper than remembering its answer.
         env[f"eq{m}"] = fields[m].eq
         return [*lines, f"  g = eq{m}.get(r.lower())" if fields[m].fold else f"  g = eq{m}.get(r)", "  if g: add(g)"]
-    look = [f"def look{m}(r):"]
+    # Two generations: a full table becomes the old one, and what the old one still answers moves
+    # back to the new one, so values that keep coming survive while one-off values age out.
+    look = [f"def look{m}(r):", f" global cache{m}, old{m}", f" got = old{m}.get(r)", " if got is None:"]
+    body = []
     if any(fields[n].fold for n in ns):
-        look.append(" lo = r.lower()")
+        body.append(" lo = r.lower()")
     quick = [_quick_source(n, fields[n], env) for n in ns]
     indent = " "
     if all(q is not None for q in quick):
         tests = sorted((t for q in quick if q for t in q), key=lambda t: t.startswith("search"))
-        look += [f" if not ({' or '.join(tests)}):", "  got = ()", " else:"]
+        body += [f" if not ({' or '.join(tests)}):", "  got = ()", " else:"]
         indent = "  "
-    look.append(indent + "out = []")
+    body.append(indent + "out = []")
     for n in ns:
-        look += [indent + line[2:] for line in _lookup_source(n, fields[n], env)]
-    look += [indent + "got = tuple(out)", f" if len(cache{m}) >= _LIMIT: cache{m}.clear()",
+        body += [indent + line[2:] for line in _lookup_source(n, fields[n], env)]
+    body.append(indent + "got = tuple(out)")
+    look += [" " + line for line in body]
+    look += [f" if len(cache{m}) >= _LIMIT:", f"  old{m} = cache{m}", f"  cache{m} = {{}}",
              f" if not isinstance(r, str) or len(r) <= _LEN: cache{m}[r] = got", " return got"]
-    env[f"cache{m}"] = {}
+    env[f"cache{m}"], env[f"old{m}"] = {}, {}
     exec(compile("\n".join(look), f"<lookup {kind} {dotted}>", "exec"), env)  # noqa: S102 - built from constants
     return [*lines, f"  gs = cache{m}.get(r)", "  if gs is None:", f"   gs = look{m}(r)", "  for g in gs: add(g)"]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.engine import engine as engine_module
 from agent.engine.engine import Engine
 from agent.engine.rules import load_rules
 from agent.events import Event, Process
@@ -32,7 +33,10 @@ def _ids(engine: Engine, exe: str, cmdline: str) -> set[str]:
     return {r.id for r in engine.match(Event("process.exec", process=Process(exe=exe, cmdline=cmdline)))}
 
 
-def test_recurring_values_match_the_same_after_many_distinct_ones(tmp_path: Path) -> None:
+@pytest.mark.parametrize("limit", [8, 4096])
+def test_recurring_values_match_the_same_after_many_distinct_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   limit: int) -> None:
+    monkeypatch.setattr(engine_module, "_CACHE_LIMIT", limit)
     (tmp_path / "p.yaml").write_text(PACK, encoding="utf-8")
     engine = Engine(load_rules([tmp_path]))
     assert _ids(engine, "/bin/SH", "CURL x") == {"SH", "CURL"}
@@ -42,6 +46,22 @@ def test_recurring_values_match_the_same_after_many_distinct_ones(tmp_path: Path
         assert _ids(engine, f"/opt/{i}/sh" if i % 3 == 0 else f"/opt/{i}/ls", f"run {i}") == expected
     assert _ids(engine, "/bin/SH", "CURL x") == {"SH", "CURL"}
     assert _ids(engine, "/bin/ls", "ls") == set()
+
+
+def test_values_that_keep_coming_are_answered_the_same_through_both_generations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small table: values that recur move from the old generation back to the new one while
+    # one-off values push generations out; every answer must stay the value's own.
+    monkeypatch.setattr(engine_module, "_CACHE_LIMIT", 5)
+    (tmp_path / "p.yaml").write_text(PACK, encoding="utf-8")
+    engine = Engine(load_rules([tmp_path]))
+    hot = [("/bin/sh", "curl a", {"SH", "CURL"}), ("/bin/ls", "ls", set()), ("/usr/bin/dash", "x curl y", {"CURL"})]
+    for i in range(3_000):
+        exe, cmd, expected = hot[i % 3]
+        assert _ids(engine, exe, cmd) == expected
+        if i % 2:
+            assert _ids(engine, f"/opt/{i}/{'sh' if i % 4 == 1 else 'ls'}", f"one-off {i}") == (
+                {"SH"} if i % 4 == 1 else set())
 
 
 def test_long_values_are_looked_up_every_time(tmp_path: Path) -> None:
