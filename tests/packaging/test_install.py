@@ -31,7 +31,8 @@ pytestmark = pytest.mark.root
 
 CACHE = Path("/var/cache/dutywatch-test")
 TARBALL = CACHE / "bookworm.tar"
-CAPS = "net_admin,sys_admin,net_raw,sys_ptrace,dac_read_search"
+# Exactly the unit's AmbientCapabilities (test_unit_file.py checks the unit against its comments).
+CAPS = "net_admin,sys_admin,net_raw,sys_ptrace,dac_read_search,audit_control,audit_read"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
 
 
@@ -235,8 +236,9 @@ def test_run_as_service_user_holds_on_the_example_then_monitors_with_every_colle
         cap_eff = int(caps.group(1), 16)
         print(f"\nagent pid {proc.pid}: uid {uids.group(1)} (dutywatch is {service_uid}), CapEff {cap_eff:#x}")
         assert int(uids.group(1)) == int(uids.group(2)) == service_uid
-        # 1<<2 DAC_READ_SEARCH, 1<<12 NET_ADMIN, 1<<13 NET_RAW, 1<<19 SYS_PTRACE, 1<<21 SYS_ADMIN
-        assert cap_eff == (1 << 2) | (1 << 12) | (1 << 13) | (1 << 19) | (1 << 21)
+        # 1<<2 DAC_READ_SEARCH, 1<<12 NET_ADMIN, 1<<13 NET_RAW, 1<<19 SYS_PTRACE, 1<<21 SYS_ADMIN,
+        # 1<<30 AUDIT_CONTROL, 1<<37 AUDIT_READ
+        assert cap_eff == (1 << 2) | (1 << 12) | (1 << 13) | (1 << 19) | (1 << 21) | (1 << 30) | (1 << 37)
         metrics = _metrics(port)
         assert re.search(r"^dutywatch_registry_unconfigured 1", metrics, re.M)
         assert "example-host-0001" not in metrics and "示例" not in metrics
@@ -252,14 +254,20 @@ def test_run_as_service_user_holds_on_the_example_then_monitors_with_every_colle
     try:
         seen = _recv(notify, "READY=1", time.monotonic() + 120)
         assert any(line.startswith("STATUS=watching with ") for line in seen), seen
-        metrics = _metrics(port)
+        full = {"process": ("netlink",), "network": ("sniff",), "files": ("fanotify",), "media": ("mountinfo",),
+                "host": ("netlink",), "audit": ("daemon", "multicast")}
+        deadline = time.monotonic() + 60
+        while True:  # collectors come up one by one after READY
+            metrics = _metrics(port)
+            modes = dict(re.findall(r'^dutywatch_collector_up\{collector="(\w+)",mode="(\w+)"\} 1', metrics, re.M))
+            if set(modes) >= set(full) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        print(f"collector modes on the first configured start: {modes}")
         assert re.search(r"^dutywatch_registry_unconfigured 0", metrics, re.M)
         assert 'host="pkg-test-host"' in metrics
-        modes = dict(re.findall(r'^dutywatch_collector_up\{collector="(\w+)",mode="(\w+)"\} 1', metrics, re.M))
-        print(f"collector modes on the first configured start: {modes}")
-        for name, full in (("process", ("netlink", "daemon", "multicast")), ("network", ("sniff",)),
-                           ("files", ("fanotify",)), ("media", ("mountinfo",)), ("host", ("netlink",))):
-            assert modes.get(name) in full, (name, modes)
+        for name, wanted in full.items():
+            assert modes.get(name) in wanted, (name, modes)
     finally:
         _stop_service(proc, notify, log)
         registry.write_text(example)

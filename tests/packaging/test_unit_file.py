@@ -17,7 +17,8 @@ CACHE = Path("/var/cache/dutywatch-test")
 CAPS = {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_AUDIT_CONTROL",
         "CAP_AUDIT_READ"}
 FAMILIES = {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"}
-MAX_EXPOSURE = 3.5
+# 3.2 before the audit source; its two capabilities (CAP_AUDIT_CONTROL, CAP_AUDIT_READ) add 0.1.
+MAX_EXPOSURE = 3.3
 
 
 def service_section(path: Path) -> dict[str, list[str]]:
@@ -51,7 +52,7 @@ def service() -> dict[str, list[str]]:
     return service_section(UNIT)
 
 
-def test_exposure_score_at_most_3_5() -> None:
+def test_exposure_score_at_most_3_3() -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.fail("systemd-analyze is missing (Debian package systemd)")
     score = exposure(UNIT)
