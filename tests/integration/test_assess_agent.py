@@ -8,7 +8,7 @@ from pathlib import Path
 from agent_harness import AgentProcess
 
 OFF = "  {name}: {{enabled: false}}\n"
-COLLECTORS = "".join(OFF.format(name=n) for n in ("process", "network", "files", "media", "host"))
+COLLECTORS = "".join(OFF.format(name=n) for n in ("process", "network", "files", "media", "host", "audit"))
 
 
 def _policy(tmp: Path, watched: Path) -> Path:
