@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pwd
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from typing import Any
 
 from agent.events import Assess, Auth, Event, File, Host, Iface, Inventory, Media, Net, Operator, Parent, Process
@@ -48,6 +49,9 @@ class Attributor:
         self._by_uid = {p.uid: p for p in registry.people if p.uid is not None}
         self._by_account = registry.person_by_account()
         self._service = {s.account: s.custodian for s in registry.service_accounts}
+        # Service accounts named by their systemd unit: (unit glob, custodian), in registry order.
+        self._unit_globs = tuple((s.unit, s.custodian) for s in registry.service_accounts if s.unit is not None)
+        self._unit_cache: dict[str, Operator | None] = {}
         self._medium_cache: dict[tuple[str | None, ...], tuple[Medium | None, str | None]] = {}
         self._assets = registry.assets
         self._asset_prefixes = tuple(a.prefix for a in registry.assets)
@@ -111,6 +115,23 @@ class Attributor:
             return Operator(account=account if account is not None else f"uid:{uid}", known=False)
         return Operator(person.account, person.name, person.unit, person.clearance, True)
 
+    def unit_operator(self, unit: str) -> Operator | None:
+        """The custodian of the service account whose ``unit`` names this systemd unit, if any (cached)."""
+        hit = self._unit_cache.get(unit, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[no-any-return]
+        op: Operator | None = None
+        for pattern, custodian in self._unit_globs:
+            if fnmatchcase(unit, pattern):
+                person = self._by_account.get(custodian)
+                if person is not None:
+                    op = Operator(person.account, person.name, person.unit, person.clearance, True)
+                break
+        if len(self._unit_cache) >= _CACHE_LIMIT:
+            self._unit_cache.clear()
+        self._unit_cache[unit] = op
+        return op
+
     def registered(self, account: str) -> bool:
         """Whether the registry names ``account`` as a person's or a service account."""
         return account in self._by_account or account in self._service
@@ -158,6 +179,14 @@ class Attributor:
             op, user = hit if hit is not None else self.operator(p.loginuid, p.uid, p.user)
             if p.user is None and user is not None:
                 p = _TUPLE_NEW(Process, (*p[:7], user, *p[8:]))
+            if (p.unit is not None and self._unit_globs and (p.loginuid is None or p.loginuid == UNSET_LOGINUID)
+                    and not op.known):
+                # A daemon with no login identity: its systemd unit names the service account it runs as.
+                by_unit = self.unit_operator(p.unit)
+                if by_unit is not None:
+                    op = by_unit
+        elif p.unit is not None and self._unit_globs and (by_unit := self.unit_operator(p.unit)) is not None:
+            op = by_unit
         elif op.known is None and kind.startswith(_OPERATED):
             # An operation some process did, with no id to name anyone by: no one answers for it,
             # which is False (never None), so the accountability rules and the report see it.

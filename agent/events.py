@@ -42,6 +42,7 @@ class Process(NamedTuple):
     user: str | None = None
     loginuid: int | None = None
     start_time: float | None = None
+    unit: str | None = None  # the systemd unit (cgroup) of a process with no login identity
 
 
 class Parent(NamedTuple):

@@ -53,12 +53,16 @@ class Person:
     clearance: Level | None = None
 
 
+_UNIT_GLOB = re.compile(r"[A-Za-z0-9:_.\\@*?\[\]-]+\.(?:service|scope|slice|socket|timer|mount|\*)")
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceAccount:
     """An account no person logs into, answered for by its custodian."""
 
     account: str
     custodian: str
+    unit: str | None = None  # a systemd unit name or glob (``cron.service``, ``app-*.service``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,13 +290,20 @@ def parse_registry(doc: Any, path: str) -> Registry:
     accounts = {p.account for p in people}
     services = []
     for m, i in _items(top, "service_accounts", problems):
-        expect_map(m, m.where, problems, f"service_accounts[{i}]", required=("account", "custodian"))
+        expect_map(m, m.where, problems, f"service_accounts[{i}]", required=("account", "custodian"),
+                   optional=("unit",))
         acc = expect_str(m.get("account"), m.at("account"), problems, "account")
         cust = expect_str(m.get("custodian"), m.at("custodian"), problems, "custodian")
         if cust and cust not in accounts:
             problems.add(m.at("custodian"), f"custodian {cust!r} is not listed under people")
+        unit = m.get("unit")
+        if unit is not None:
+            unit = expect_str(unit, m.at("unit"), problems, "unit")
+            if unit is not None and not _UNIT_GLOB.fullmatch(unit):
+                problems.add(m.at("unit"), f"unit {unit!r} is not a systemd unit name or glob (such as cron.service)")
+                unit = None
         if acc and cust:
-            services.append(ServiceAccount(acc, cust))
+            services.append(ServiceAccount(acc, cust, unit))
     if host.custodian and people and host.custodian not in accounts:
         problems.add(h.at("custodian") if h else top.where,
                      f"custodian {host.custodian!r} is not listed under people")

@@ -54,6 +54,7 @@ from collectors import fanotify as fan
 from collectors.assets import AssetIndex, device_name
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
 from collectors.openlimit import REPORT_EVERY, OpenLimiter
+from collectors.procfs import read_unit
 from collectors.provenance import Provenance
 from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVED, FsOp, TreeWatcher
 
@@ -157,6 +158,8 @@ class _Proc:
             out["cmdline"] = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace") or None
             luid = int((base / "loginuid").read_text())
             out["loginuid"] = None if luid == 0xFFFFFFFF else luid
+            if out["loginuid"] is None:
+                out["unit"] = read_unit(str(base))
             fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
             out["ppid"] = int(fields[1])
             self.sids[pid] = int(fields[3])

@@ -112,6 +112,42 @@ def parse_loginuid(raw: bytes) -> int | None:
     return None if value == LOGINUID_UNSET or value < 0 else value
 
 
+_UNIT_SUFFIXES = (".service", ".scope")
+
+
+def parse_unit(raw: bytes) -> str | None:
+    """The systemd unit of /proc/PID/cgroup: the innermost ``NAME.service`` (or ``.scope``) of its path.
+
+    cgroup v2 (``0::/system.slice/cron.service``) is read first; on a v1 or hybrid host the
+    ``name=systemd`` hierarchy says the same. A process in no unit (a slice, the root) is None.
+    """
+    paths: list[bytes] = []
+    for line in raw.splitlines():
+        hid, _, rest = line.partition(b":")
+        controllers, _, cpath = rest.partition(b":")
+        if hid == b"0" and controllers == b"":
+            paths.insert(0, cpath)
+        elif controllers == b"name=systemd":
+            paths.append(cpath)
+    for path in paths:
+        for part in reversed(path.split(b"/")):
+            name = _text(part)
+            if name.endswith(_UNIT_SUFFIXES) and name not in _UNIT_SUFFIXES:
+                return name
+    return None
+
+
+def read_unit(proc_dir: str | int) -> str | None:
+    """The systemd unit of a process from its /proc directory (a path, or an open dir fd); None if unreadable."""
+    try:
+        if isinstance(proc_dir, int):
+            return parse_unit(_read(proc_dir, "cgroup", 4096))
+        with open(os.path.join(proc_dir, "cgroup"), "rb") as f:
+            return parse_unit(f.read(4096))
+    except OSError:
+        return None
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
@@ -252,6 +288,7 @@ class ProcReader:
         except (OSError, ValueError):
             return None
         uid = _optional(lambda: parse_real_uid(_read(fd, "status", 8192)))
+        loginuid = _optional(lambda: parse_loginuid(_read(fd, "loginuid", 32)))
         process = Process(
             pid=pid,
             ppid=stat.ppid,
@@ -261,8 +298,10 @@ class ProcReader:
             cwd=cwd,
             uid=uid,
             user=None if uid is None else self.user_name(uid),
-            loginuid=_optional(lambda: parse_loginuid(_read(fd, "loginuid", 32))),
+            loginuid=loginuid,
             start_time=self.boot_time() + stat.start_ticks / self._ticks,
+            # Only a process with no login identity needs its unit to be attributed.
+            unit=read_unit(fd) if loginuid is None else None,
         )
         return _Entry(now, stat.start_ticks, stat.comm, stat.ppid, process, None)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.events import Parent, Process
+from collectors.procfs import read_unit
 
 TCP_ESTABLISHED = 0x01
 TCP_SYN_SENT = 0x02
@@ -470,7 +471,8 @@ class ProcReader:
         if exe is not None and exe.endswith(" (deleted)"):
             exe = exe[: -len(" (deleted)")]
         return Process(pid=pid, ppid=ppid, name=name, exe=exe, cmdline=cmdline or None,
-                       cwd=_link(base / "cwd"), uid=uid, user=system_user(uid), loginuid=loginuid, start_time=start)
+                       cwd=_link(base / "cwd"), uid=uid, user=system_user(uid), loginuid=loginuid, start_time=start,
+                       unit=read_unit(str(base)) if loginuid is None else None)
 
 
 def ephemeral_range(proc_root: Path) -> tuple[int, int]:

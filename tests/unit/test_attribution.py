@@ -8,6 +8,7 @@ import pytest
 
 from agent import attribution
 from agent.attribution import UNSET_LOGINUID, Attributor
+from agent.errors import LoadErrors
 from agent.events import Event, File, Iface, Media, Net, Process
 from agent.levels import Level
 from agent.registry import load_registry
@@ -20,7 +21,10 @@ departments: [{name: 发改委}]
 people:
   - {account: zs, uid: 1000, name: 张三, unit: 信息中心, clearance: secret}
   - {account: ls, name: 李四, unit: 办公室, clearance: confidential}
-service_accounts: [{account: www-data, custodian: ls}]
+service_accounts:
+  - {account: www-data, custodian: ls}
+  - {account: cron, custodian: ls, unit: cron.service}
+  - {account: app, custodian: zs, unit: "app-*.service"}
 zones:
   default: internet
   networks:
@@ -61,6 +65,31 @@ def test_uid_when_loginuid_unset(attr: Attributor) -> None:
 
 def test_service_account_maps_to_its_custodian(attr: Attributor) -> None:
     assert op(attr, uid=33) == ("ls", "李四", True)
+
+
+def test_a_daemon_without_login_identity_is_its_units_custodians(attr: Attributor) -> None:
+    # root's cron job: root is no one's account, but cron.service is the service account cron.
+    assert op(attr, uid=0, unit="cron.service") == ("ls", "李四", True)
+    assert op(attr, uid=0, loginuid=UNSET_LOGINUID, unit="cron.service") == ("ls", "李四", True)
+    assert op(attr, uid=4000, unit="app-web.service") == ("zs", "张三", True)  # by glob
+    assert op(attr, unit="cron.service") == ("ls", "李四", True)  # no ids at all, still the unit's
+
+
+def test_a_unit_does_not_launder_a_login_or_name_an_unlisted_daemon(attr: Attributor) -> None:
+    # A person who logged in stays themselves (loginuid wins), and an unregistered unit is a real unknown.
+    assert op(attr, uid=0, loginuid=1000, unit="cron.service") == ("zs", "张三", True)
+    assert op(attr, uid=0, unit="crond.service") == ("root", None, False)
+    assert op(attr, uid=0, unit="myapp-web.service") == ("root", None, False)  # the glob is anchored
+    assert op(attr, uid=0, unit="cron.service.d") == ("root", None, False)
+    assert op(attr, uid=0) == ("root", None, False)
+
+
+def test_registry_unit_must_be_a_unit_name(tmp_path: Path) -> None:
+    p = tmp_path / "registry.yaml"
+    p.write_text(REG.replace("unit: cron.service}", "unit: /etc/cron}"), encoding="utf-8")
+    with pytest.raises(LoadErrors) as err:
+        load_registry(p)
+    assert f"{p}:" in str(err.value) and "not a systemd unit name" in str(err.value)
 
 
 def test_unknown_accounts_are_marked_unknown(attr: Attributor) -> None:

@@ -243,3 +243,16 @@ def test_real_proc_describes_this_process() -> None:
     assert process.cwd == os.getcwd()
     assert process.uid == os.getuid()
     assert process.ppid == os.getppid() == parent.pid
+
+
+def test_the_systemd_unit_is_read_from_the_cgroup_path() -> None:
+    from collectors.procfs import parse_unit
+    assert parse_unit(b"0::/system.slice/cron.service\n") == "cron.service"
+    assert parse_unit(b"0::/system.slice/app.service/worker\n") == "app.service"  # a sub-cgroup of its unit
+    assert parse_unit(b"0::/user.slice/user-1000.slice/session-3.scope\n") == "session-3.scope"
+    # v1/hybrid: the name=systemd hierarchy when the unified one says nothing.
+    assert parse_unit(b"12:memory:/x\n1:name=systemd:/system.slice/ssh.service\n0::/\n") == "ssh.service"
+    assert parse_unit(b"0::/\n") is None
+    assert parse_unit(b"0::/system.slice\n") is None
+    assert parse_unit(b"0::/system.slice/.service\n") is None
+    assert parse_unit(b"") is None
