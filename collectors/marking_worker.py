@@ -211,29 +211,9 @@ class MarkingWorker:
 
 
 def _spawn(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-    """Start the worker from a thread of its own whose ambient capabilities are cleared first.
-
-    Under systemd the agent holds its capabilities as ambient ones, which a
-    program it starts would inherit; the worker must start with none (it
-    could not drop them itself where the service's filter refuses capset).
-    """
-    from collectors.sandbox import clear_ambient_capabilities
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            clear_ambient_capabilities()
-            box["proc"] = subprocess.Popen(argv, **kw)
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=run, name="marking-worker-spawn")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    proc: subprocess.Popen[bytes] = box["proc"]
-    return proc
+    """Start the worker with no ambient capability (see :func:`collectors.sandbox.spawn_without_capabilities`)."""
+    from collectors.sandbox import spawn_without_capabilities
+    return spawn_without_capabilities(argv, **kw)
 
 
 # -- the worker's side ---------------------------------------------------------------------------------------------

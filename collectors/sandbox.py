@@ -1,4 +1,4 @@
-"""Confinement of the process that parses untrusted content (the marking worker).
+"""Confinement of the processes that parse untrusted content (the marking and DNS workers).
 
 :func:`confine` is called once, in the worker, before it reads any request:
 
@@ -32,7 +32,10 @@ import platform
 import resource
 import signal
 import struct
+import subprocess
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
@@ -185,6 +188,32 @@ def clear_ambient_capabilities() -> None:
     service's AmbientCapabilities=; the thread's own effective set is unchanged.
     """
     _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
+def spawn_without_capabilities(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+    """Start a worker from a thread of its own whose ambient capabilities are cleared first.
+
+    Under systemd the agent holds its capabilities as ambient ones, which a
+    program it starts would inherit; a worker must start with none (it could
+    not drop them itself where the service's filter refuses capset). The
+    worker then calls :func:`confine` before it reads any request.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            clear_ambient_capabilities()
+            box["proc"] = subprocess.Popen(argv, **kw)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="worker-spawn")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    proc: subprocess.Popen[bytes] = box["proc"]
+    return proc
 
 
 def _status() -> dict[str, str]:
