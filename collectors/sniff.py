@@ -17,13 +17,21 @@ loopback interface shows of each packet. The socket is ``SOCK_DGRAM``, so
 on every interface, whatever its link layer, a packet begins at its IP
 header.
 
-Headers and DNS questions are read with ``struct`` by hand: every outgoing
-UDP packet passes through here, and a DNS message that does not parse is
-itself something to report, not an error to swallow.
+Headers are read with ``struct`` by hand, here, in the privileged process:
+the IP and transport header walk is bounded fixed-offset arithmetic (at most
+16 IPv6 extension headers, every offset checked against the packet), over
+packets the kernel filter has already constrained to outgoing IP. The DNS
+message a packet to port 53 carries is the part whose content an attacker
+shapes freely (labels, compression pointers): :func:`dns_query` parses it,
+but the network collector runs it only in the confined DNS worker
+(``collectors.dns_worker``), never in the process that holds CAP_NET_RAW.
+A DNS message that does not parse is itself something to report, not an
+error to swallow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import select
@@ -228,12 +236,25 @@ def decode(data: bytes) -> Packet | None:
         raise DecodeError(f"bad packet: {exc}") from exc
 
 
+class DnsQuery(NamedTuple):
+    """The first question of a standard DNS query: its name, its type (None when cut off), the header flags."""
+
+    name: str
+    qtype: int | None
+    flags: int
+
+
 def dns_query_name(payload: bytes) -> str:
     """The name asked in a standard DNS query (lower case, no trailing dot, "." for the root).
 
     DecodeError says why the message is not one: shorter than a DNS header,
     a response, another opcode, no question, or a question that does not parse.
     """
+    return dns_query(payload).name
+
+
+def dns_query(payload: bytes) -> DnsQuery:
+    """The first question of a standard DNS query; DecodeError as :func:`dns_query_name`."""
     n = len(payload)
     if n < 12:
         raise DecodeError(f"DNS message of {n} bytes, shorter than its header")
@@ -245,7 +266,7 @@ def dns_query_name(payload: bytes) -> str:
     if not _u16(payload, 4)[0]:
         raise DecodeError("DNS query without a question")
     labels: list[str] = []
-    pos, jumps, total = 12, 0, 0
+    pos, jumps, total, end = 12, 0, 0, 0
     while True:
         if pos >= n:
             raise DecodeError("DNS question name runs past the message")
@@ -256,6 +277,8 @@ def dns_query_name(payload: bytes) -> str:
         if length & 0xC0 == 0xC0:
             if pos + 1 >= n or jumps >= 8:
                 raise DecodeError("bad compression pointer in a DNS question")
+            if not jumps:
+                end = pos + 2
             jumps += 1
             pos = ((length & 0x3F) << 8) | payload[pos + 1]
             continue
@@ -269,9 +292,12 @@ def dns_query_name(payload: bytes) -> str:
             raise DecodeError("DNS name longer than 255 bytes")
         labels.append(_label_text(label))
         pos += 1 + length
-    if not jumps and pos + 4 > n:
-        raise DecodeError("DNS question without its type and class")
-    return ".".join(labels).lower() or "."
+    if not jumps:
+        end = pos
+        if end + 4 > n:
+            raise DecodeError("DNS question without its type and class")
+    qtype = _u16(payload, end)[0] if end + 2 <= n else None
+    return DnsQuery(".".join(labels).lower() or ".", qtype, _u16(payload, 2)[0])
 
 
 def _label_text(label: bytes) -> str:
@@ -350,14 +376,23 @@ class Sniffer:
                 still.append(name)
         self.missing = still
 
-    def read(self, timeout: float, max_batch: int = 1024) -> list[bytes]:
-        """Packets waiting now, or arriving within ``timeout`` seconds (at most ``max_batch``)."""
+    def read(self, timeout: float, max_batch: int = 1024, wake: socket.socket | None = None) -> list[bytes]:
+        """Packets waiting now, or arriving within ``timeout`` seconds (at most ``max_batch``).
+
+        A byte on ``wake`` (consumed here) ends the wait early: the DNS decoding
+        thread uses it to hand back answers without waiting for the next packet.
+        """
+        extra = [wake] if wake is not None else []
         if not self._socks:
-            select.select([], [], [], timeout)
-            return []
-        ready, _, _ = select.select(self._socks, [], [], timeout)
+            ready, _, _ = select.select(extra, [], [], timeout)
+        else:
+            ready, _, _ = select.select(self._socks + extra, [], [], timeout)
         out: list[bytes] = []
         for sock in ready:
+            if sock is wake:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    sock.recv(4096)
+                continue
             while len(out) < max_batch:
                 try:
                     data, addr = sock.recvfrom(SNAPLEN)
