@@ -7,7 +7,14 @@ SCTP, ICMP/ICMPv6 or other-protocol flow a ``net.connect`` (``net.proto``
 names the protocol), and a DNS query to port 53, over UDP or TCP, a
 ``net.dns`` carrying the name asked. A packet to port 53 that is not a
 well-formed query is traffic all the same: a ``net.connect`` with
-``net.dns_malformed`` set. Link-scoped control traffic that cannot leave
+``net.dns_malformed`` set. The DNS message itself is parsed in a confined
+worker process (``collectors.dns_worker``), never here: the sniffing
+thread queues the message (bounded; it never waits for the worker) and a
+DNS thread passes batches to the worker and hands the answers back. A
+message the worker could not answer for (it crashed or hung on the batch
+and was replaced; partial reason ``dns_worker``) or that found the queue
+full (partial reason ``dns_queue_full``) goes out as that same flagged
+``net.connect``: the traffic is reported, only its name is missing. Link-scoped control traffic that cannot leave
 the link (IPv6 neighbour discovery and MLD, IGMP to multicast groups) is
 not reported. ``mode: poll`` diffs psutil's socket list once a second
 instead. In both modes the listen tables are diffed once a second for
@@ -35,14 +42,17 @@ replies, errors) have no process and are reported without one, uncounted.
 from __future__ import annotations
 
 import logging
+import queue
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.events import Event, Net, Parent, Process
 from collectors.base import Availability, CollectorError, Emit, Health, Sources, section, translate_os_error
+from collectors.dns_worker import MAX_BATCH, DnsWorker, DnsWorkerError
 from collectors.network_poll import Conn, ConnectionPoller, Lister, psutil_lister
 from collectors.sniff import (
     TCP_SYN,
@@ -51,7 +61,6 @@ from collectors.sniff import (
     Sniffer,
     can_open_packet_socket,
     decode,
-    dns_query_name,
 )
 from collectors.sockdiag import dump
 from collectors.sockmap import (
@@ -193,6 +202,112 @@ class ListenWatcher:
         return sorted(new, key=lambda e: (e.proto, e.local_port, e.local_ip))
 
 
+class DnsJob(NamedTuple):
+    """A DNS message sent to port 53, with the flow it came in."""
+
+    proto: str
+    src_ip: str
+    src_port: int | None
+    dst_ip: str
+    dst_port: int | None
+    message: bytes
+
+
+class DnsDecoding:
+    """The bounded queue between the sniffing thread and the DNS worker, and the thread that feeds it.
+
+    :meth:`submit` never blocks: a full queue hands the job straight back as
+    unparsed. Answers (the job and the name, or None when unparsed) wait in
+    :attr:`done` for the sniffing thread, which is woken through a socket.
+    """
+
+    def __init__(self, health: Health, size: int = 1024, worker: DnsWorker | None = None) -> None:
+        self.health = health
+        self.worker = worker or DnsWorker()
+        self._jobs: queue.Queue[DnsJob] = queue.Queue(size)
+        self.done: queue.SimpleQueue[tuple[DnsJob, str | None]] = queue.SimpleQueue()
+        self.wake_r, self._wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the worker and the DNS thread; a worker that cannot start is tried again with a later batch."""
+        try:
+            self.worker.start()
+        except (OSError, ValueError) as exc:
+            log.error("network: the DNS worker cannot start (DNS goes out unparsed until it can): %s", exc)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="network-dns", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: DnsJob) -> None:
+        """Queue ``job``; when the queue is full it goes out unparsed at once (counted ``dns_queue_full``)."""
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            self.health.partial("dns_queue_full")
+            self.done.put((job, None))
+
+    def close(self) -> None:
+        """Stop the thread and the worker; jobs still queued go out unparsed (counted ``dns_worker``)."""
+        self._stop.set()
+        self.worker.kill()  # a batch in progress ends now, unparsed
+        if self._thread is not None:
+            self._thread.join(10)
+        self.worker.close()
+        self._fail(self._take(1 << 30, 0.0), "stopped")
+
+    def flush(self) -> None:
+        """Parse every queued job now, in the calling thread (tests and benchmarks, where no thread runs)."""
+        while True:
+            jobs = self._take(MAX_BATCH, 0.0)
+            if not jobs:
+                return
+            self._parse(jobs)
+
+    def _take(self, n: int, timeout: float) -> list[DnsJob]:
+        try:
+            jobs = [self._jobs.get(timeout=timeout) if timeout else self._jobs.get_nowait()]
+        except queue.Empty:
+            return []
+        while len(jobs) < n:
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            jobs = self._take(MAX_BATCH, 0.25)
+            if jobs:
+                self._parse(jobs)
+                try:
+                    self._wake_w.send(b"\0")
+                except (BlockingIOError, InterruptedError):
+                    continue  # a wake-up is pending already
+                except OSError:
+                    return
+
+    def _parse(self, jobs: list[DnsJob]) -> None:
+        try:
+            answers = self.worker.parse([j.message for j in jobs])
+        except DnsWorkerError as exc:
+            log.warning("network: %d DNS message(s) go out unparsed: %s", len(jobs), exc)
+            self._fail(jobs, str(exc))
+            return
+        for job, answer in zip(jobs, answers, strict=True):
+            self.done.put((job, answer.name))
+
+    def _fail(self, jobs: list[DnsJob], reason: str) -> None:
+        if jobs:
+            self.health.partial("dns_worker", len(jobs))
+        for job in jobs:
+            self.done.put((job, None))
+
+
 class NetworkCollector:
     """Network events with the process behind them (DESIGN §4 ``net`` group)."""
 
@@ -200,7 +315,8 @@ class NetworkCollector:
 
     def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None, *,
                  process_lookup: ProcessLookup | None = None, lister: Lister = psutil_lister,
-                 interval: float = 1.0, flows: int = 4096, dns_streams: int = 1024, audit: Any = None) -> None:
+                 interval: float = 1.0, flows: int = 4096, dns_streams: int = 1024, audit: Any = None,
+                 dns_queue: int = 1024, dns_worker: DnsWorker | None = None) -> None:
         """Build from the ``collectors.network`` config section; ValueError names a bad value."""
         self.sources = sources or Sources()
         self.enabled = bool(section(config, "enabled", True))
@@ -219,6 +335,7 @@ class NetworkCollector:
         self._lister = lister
         self._flows = FlowSet(flows)
         self._dns_streams = DnsStreams(dns_streams)
+        self.dns = DnsDecoding(self.health, dns_queue, dns_worker)
         self._evicted = 0
         # While the audit collector's connect/sendto rules are in force it reports outgoing TCP connections
         # and UDP datagrams with the kernel's word on who made them; this collector keeps to accepts, listens,
@@ -274,6 +391,7 @@ class NetworkCollector:
     def _run_sniff(self, emit: Emit, stop: threading.Event, listens: ListenWatcher) -> None:
         sniffer = Sniffer(self.interfaces)
         sniffer.open()
+        self.dns.start()
         try:
             self._mark_up("sniff")
             if sniffer.missing:
@@ -281,13 +399,14 @@ class NetworkCollector:
             clock = self.sources.clock
             next_tick = 0.0
             while not stop.is_set():
-                for data in sniffer.read(0.25):
+                for data in sniffer.read(0.25, wake=self.dns.wake_r):
                     try:
                         pkt = decode(data)
                         if pkt is not None:
                             self._on_packet(emit, pkt)
                     except DecodeError:
                         self.health.drop("decode_error")
+                self.dns_answers(emit)
                 now = clock()
                 if now >= next_tick:
                     next_tick = now + self.interval
@@ -300,6 +419,8 @@ class NetworkCollector:
                         sniffer.retry_missing()
         finally:
             sniffer.close()
+            self.dns.close()
+            self.dns_answers(emit)
 
     def _run_poll(self, emit: Emit, stop: threading.Event, listens: ListenWatcher) -> None:
         poller = ConnectionPoller(self._lister)
@@ -345,19 +466,13 @@ class NetworkCollector:
                     self._dns_streams.start((pkt.src_ip, pkt.src_port, pkt.dst_ip), pkt.seq)
                 key: tuple[Any, ...] = (kind, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
             elif pkt.dst_port == 53 and pkt.payload:
-                self._on_dns_stream(emit, pkt)
+                self._on_dns_stream(pkt)
                 return
             else:
                 return
         elif pkt.dst_port == 53 and (proto == "udp" or proto == "udplite"):
-            try:
-                domain = dns_query_name(pkt.payload)
-            except DecodeError:
-                malformed = True
-                key = ("dns_malformed", proto, pkt.src_ip, pkt.src_port, pkt.dst_ip)
-            else:
-                kind = "net.dns"
-                key = (kind, proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, domain)
+            self.dns.submit(DnsJob(proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, 53, pkt.payload))
+            return
         elif pkt.icmp_type is not None:
             self._on_icmp(emit, pkt)
             return
@@ -375,25 +490,32 @@ class NetworkCollector:
             found = self.sockmap.find(proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
         self._emit_found(emit, kind, net, found)
 
-    def _on_dns_stream(self, emit: Emit, pkt: Packet) -> None:
-        """A data segment to TCP port 53: each DNS query is a net.dns, anything else a flagged net.connect."""
+    def _on_dns_stream(self, pkt: Packet) -> None:
+        """A data segment to TCP port 53: each DNS message in it goes to the DNS worker."""
         stream = (pkt.src_ip, pkt.src_port, pkt.dst_ip)
-        sport = pkt.src_port or 0
         for message in self._dns_streams.messages(stream, pkt.seq, pkt.payload):
-            malformed: bool | None = None
+            self.dns.submit(DnsJob("tcp", pkt.src_ip, pkt.src_port, pkt.dst_ip, 53, message))
+
+    def dns_answers(self, emit: Emit) -> None:
+        """Emit what the DNS worker answered: a query is a net.dns, anything else a flagged net.connect."""
+        while True:
             try:
-                domain: str | None = dns_query_name(message)
-            except DecodeError:
-                kind, domain, malformed = "net.connect", None, True
-                key: tuple[Any, ...] = ("dns_malformed", "tcp", *stream)
+                job, domain = self.dns.done.get_nowait()
+            except queue.Empty:
+                return
+            malformed: bool | None = None
+            if domain is None:
+                kind, malformed = "net.connect", True
+                key: tuple[Any, ...] = ("dns_malformed", job.proto, job.src_ip, job.src_port, job.dst_ip)
             else:
                 kind = "net.dns"
-                key = ("net.dns", "tcp", *stream, domain)
+                key = (kind, job.proto, job.src_ip, job.src_port, job.dst_ip, domain)
             if not self._flows.first(key):
-                continue
-            net = Net(proto="tcp", direction="out", local_ip=pkt.src_ip, local_port=pkt.src_port,
-                      remote_ip=pkt.dst_ip, remote_port=53, domain=domain, dns_malformed=malformed)
-            self._emit_found(emit, kind, net, self.sockmap.find("tcp", pkt.src_ip, sport, pkt.dst_ip, 53))
+                continue  # the AAAA twin of an A query, a retransmission
+            net = Net(proto=job.proto, direction="out", local_ip=job.src_ip, local_port=job.src_port,
+                      remote_ip=job.dst_ip, remote_port=job.dst_port, domain=domain, dns_malformed=malformed)
+            found = self.sockmap.find(job.proto, job.src_ip, job.src_port or 0, job.dst_ip, job.dst_port or 53)
+            self._emit_found(emit, kind, net, found)
 
     def _on_icmp(self, emit: Emit, pkt: Packet) -> None:
         """ICMP and ICMPv6: echo and every other message that can carry data off the link."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.events import Event
-from collectors.base import Sources
+from collectors.base import Emit, Sources
 from collectors.network import DnsStreams, NetworkCollector
 from collectors.sniff import DecodeError, Packet, decode, dns_query_name
 
@@ -140,6 +140,15 @@ def test_dns_streams_find_each_message_and_skip_continuations() -> None:
     assert len(s._next) == 2  # bounded
 
 
+def _answers(c: NetworkCollector, emit: Emit) -> None:
+    """Have the DNS worker parse what the collector queued, and emit its answers (run() does it on a thread)."""
+    try:
+        c.dns.flush()
+    finally:
+        c.dns.worker.close()
+    c.dns_answers(emit)
+
+
 def _collector(tmp_path: Path) -> tuple[NetworkCollector, list[Event]]:
     (tmp_path / "net").mkdir()
     c = NetworkCollector({"mode": "sniff"}, Sources(proc_root=tmp_path), flows=64, dns_streams=8)
@@ -178,11 +187,14 @@ def test_malformed_dns_and_link_scoped_control_traffic(tmp_path: Path) -> None:
         pkt = decode(data)
         assert pkt is not None
         c._on_packet(emit, pkt)
+    assert [e.net.proto for e in events] == ["icmp"]  # the DNS messages wait for the DNS worker
+    _answers(c, emit)
     got = [(e.kind, e.net.proto, e.net.local_port, e.net.dns_malformed, e.net.domain) for e in events]
-    assert got == [("net.connect", "udp", 1, True, None), ("net.connect", "udplite", 2, True, None),
-                   ("net.dns", "udp", 3, None, "www.example.com"), ("net.connect", "icmp", None, None, None)]
+    assert got == [("net.connect", "icmp", None, None, None), ("net.connect", "udp", 1, True, None),
+                   ("net.connect", "udplite", 2, True, None), ("net.dns", "udp", 3, None, "www.example.com")]
     # no socket in this fixture: the datagrams count as lost owners, the kernel's echo reply does not
-    assert events[-1].process.pid is None and c.health.drops["no_process"] == 3
+    assert events[0].process.pid is None and c.health.drops["no_process"] == 3
+    assert not c.health.partials  # every message was parsed by the worker
 
 
 class _Audit:
@@ -204,6 +216,7 @@ def test_with_the_audit_source_in_force_the_sniffer_keeps_what_it_alone_can_name
         pkt = decode(data)
         assert pkt is not None
         c._on_packet(emit, pkt)
+    _answers(c, emit)
     got = [(e.kind, e.net.proto, e.net.dns_malformed) for e in events]
-    assert got == [("net.dns", "udp", None), ("net.connect", "udp", True), ("net.connect", "udplite", None),
-                   ("net.connect", "icmp", None), ("net.connect", "gre", None)]
+    assert got == [("net.connect", "udplite", None), ("net.connect", "icmp", None), ("net.connect", "gre", None),
+                   ("net.dns", "udp", None), ("net.connect", "udp", True)]
