@@ -132,8 +132,12 @@ def booted(suite: str, deb: Path, tmp: Path) -> Iterator[Booted]:
     root = tmp / f"{suite}-root"
     root.mkdir()
     subprocess.run(["tar", "-C", str(root), "-xf", str(_tarball(suite))], check=True, timeout=300)
-    # nspawn mounts a fresh tmpfs on /tmp: the package waits in /root.
+    # nspawn mounts a fresh tmpfs on /tmp: the package waits in /root. The container has no network,
+    # so whatever the package depends on is downloaded (not installed) before it boots.
     shutil.copy(deb, root / "root" / deb.name)
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    subprocess.run(["chroot", str(root), "/bin/sh", "-ec", f"apt-get install -y -qq --download-only /root/{deb.name}"],
+                   env=ENV, check=True, timeout=600, capture_output=True)
     b = Booted(root, suite, tmp / f"{suite}-boot.log")
     try:
         yield b
