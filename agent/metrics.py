@@ -187,6 +187,9 @@ class Metrics:
             "host", "unit", "department", "level", "network_zone",
         )
         self.events = table("events_total", "Events that entered the pipeline, by kind.", "counter", "kind")
+        self.events_own = table(
+            "events_own_total", "Events of the agent's own processes (the agent and its descendants), "
+            "set aside unevaluated, by kind.", "counter", "kind")
         self.findings = table(
             "findings_total", "Findings by rule, severity, action (alert or audit) and accountable unit.",
             "counter", "rule", "severity", "action", "unit",
@@ -275,6 +278,10 @@ class Metrics:
     def event(self, kind: str) -> None:
         """Count one event entering the pipeline."""
         self.events.inc((kind if kind in KIND_SET else OTHER,))
+
+    def own_event(self, kind: str) -> None:
+        """Count one event of the agent's own processes, set aside unevaluated."""
+        self.events_own.inc((kind if kind in KIND_SET else OTHER,))
 
     def finding(self, rule: object, severity: object, action: object, unit: object) -> None:
         """Count one finding; ``unit`` is the registry's unit name, never free text."""
@@ -421,7 +428,7 @@ class Metrics:
 
     def families(self) -> Iterator[Metric]:
         """Every DutyWatch metric family, as of now."""
-        for t in (self.build_info, self.host_info, self.events, self.findings, self.rules_loaded,
+        for t in (self.build_info, self.host_info, self.events, self.events_own, self.findings, self.rules_loaded,
                   self.rules_in_force, self.registry_unconfigured, self.tamper,
                   self.rules_reloads, self.rules_reload_failures, self.journal_records, self.journal_size,
                   self.journal_verify_failures, self.journal_write_failures, self.forward_errors,

@@ -2,7 +2,9 @@
 
 Collectors ``offer`` events without blocking; a full queue drops the event
 and counts it per collector (``events_dropped_total{reason="queue_full"}``).
-The worker attributes each event, evaluates it, counts it, and hands each
+Events of the agent's own processes (the agent and its descendants) are
+set aside unevaluated and counted (``events_own_total``): what the agent does is no one's
+operation. The worker attributes each event, evaluates it, counts it, and hands each
 finding's record to the sinks. The stage (attributor and engine) is swapped
 whole on reload, so an event is never judged by half a rule set.
 """
@@ -18,13 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.attribution import Attributor
+from agent.daemon.ownprocs import OwnProcesses
 from agent.daemon.threadname import set_thread_name
 from agent.engine.engine import Engine, Finding
-from agent.events import Event
+from agent.events import Event, Process
 from agent.metrics import Metrics
 
 _log = logging.getLogger("dutywatch.pipeline")
 FindingSink = Callable[[dict[str, Any]], None]
+_OPERATED = ("process.", "net.", "file.", "auth.", "account.", "media.")  # agent.* events stay
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +43,11 @@ class Pipeline:
     """Bounded queue plus worker; see the module docstring."""
 
     def __init__(self, stage: Stage, metrics: Metrics, *, capacity: int = 65536,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 own: Callable[[Process], bool] | None = None) -> None:
         self.stage = stage
+        self.is_own = own if own is not None else OwnProcesses()
+        self.own = 0  # events of the agent's own processes, not evaluated
         self.metrics = metrics
         self.capacity = capacity
         self.clock = clock
@@ -102,6 +109,10 @@ class Pipeline:
                 event = queue.popleft()
             except IndexError:
                 break
+            if event.process.pid is not None and event.kind.startswith(_OPERATED) and self.is_own(event.process):
+                self.own += 1
+                metrics.own_event(event.kind)
+                continue
             t0 = perf()
             try:
                 attributed = stage.attribute(event)
