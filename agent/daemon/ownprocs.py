@@ -6,7 +6,8 @@ never evaluated. A process is the agent's when it is the agent, or its parent
 is the agent or an earlier descendant. Descendants are remembered by
 (pid, start time), bounded, so a reused pid is a stranger again; a parent
 found among them is checked against /proc before its child is taken in, so a
-stranger who inherits a descendant's pid cannot hide its children.
+stranger who inherits a descendant's pid cannot hide its children. A parent
+never seen (its start was missed) is looked up once in /proc's parent chain.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from agent.events import Process
 
 _LIMIT = 4096
+_DEPTH = 16  # parent links walked for a parent never seen before
 _SLACK = 0.05  # start times are btime + ticks/HZ; collectors round them differently
 
 
@@ -29,6 +31,7 @@ class OwnProcesses:
         self._root = proc_root
         self._limit = limit
         self._known: OrderedDict[int, float | None] = OrderedDict()  # descendant pid -> start time
+        self._strangers: dict[int, None] = {}  # parents whose /proc chain does not reach the agent
         self._btime: float | None = None
         self._hz = os.sysconf("SC_CLK_TCK")
 
@@ -46,11 +49,41 @@ class OwnProcesses:
         ppid = p.ppid
         if ppid is None or ppid <= 1:
             return False
-        if ppid == self.pid or (ppid in self._known and self._still_ours(ppid)):
-            self._known[pid] = p.start_time
-            if len(self._known) > self._limit:
-                self._known.popitem(last=False)
+        if ppid == self.pid or (ppid in self._known and self._still_ours(ppid)) or self._descends(ppid):
+            self._remember(pid, p.start_time)
             return True
+        return False
+
+    def _remember(self, pid: int, start: float | None) -> None:
+        self._known[pid] = start
+        if len(self._known) > self._limit:
+            self._known.popitem(last=False)
+
+    def _descends(self, pid: int) -> bool:
+        """Whether ``pid`` descends from the agent by its /proc parent chain (an ancestor's event was missed).
+
+        Walked once per unknown parent: a process that is not the agent's is remembered as a stranger
+        (a process is never re-parented to the agent), a chain that reaches the agent is remembered as its.
+        """
+        if pid in self._strangers:
+            return False
+        chain: list[tuple[int, float | None]] = []
+        at = pid
+        for _ in range(_DEPTH):
+            if at == self.pid or (at in self._known and self._still_ours(at)):
+                for member, start in chain:
+                    self._remember(member, start)
+                return True
+            if at <= 1:
+                break
+            stat = self._stat(at)
+            if stat is None:
+                break
+            chain.append((at, stat[1]))
+            at = stat[0]
+        if len(self._strangers) >= self._limit:
+            self._strangers.clear()
+        self._strangers[pid] = None
         return False
 
     def __len__(self) -> int:
@@ -61,18 +94,19 @@ class OwnProcesses:
         want = self._known[pid]
         if want is None:
             return True
-        now = self._start_time(pid)
-        return now is None or _same(want, now)
+        stat = self._stat(pid)
+        return stat is None or _same(want, stat[1])
 
-    def _start_time(self, pid: int) -> float | None:
+    def _stat(self, pid: int) -> tuple[int, float | None] | None:
+        """(ppid, start time) of a live process from /proc/PID/stat; None when it is gone."""
         try:
-            raw = (self._root / str(pid) / "stat").read_bytes()
-            ticks = int(raw.rsplit(b")", 1)[1].split()[19])
+            fields = (self._root / str(pid) / "stat").read_bytes().rsplit(b")", 1)[1].split()
+            ppid, ticks = int(fields[1]), int(fields[19])
             if self._btime is None:
                 for line in (self._root / "stat").read_bytes().splitlines():
                     if line.startswith(b"btime "):
                         self._btime = float(line.split()[1])
-            return None if self._btime is None else self._btime + ticks / self._hz
+            return ppid, None if self._btime is None else self._btime + ticks / self._hz
         except (OSError, ValueError, IndexError):
             return None
 

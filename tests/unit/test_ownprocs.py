@@ -58,6 +58,15 @@ def test_the_agent_its_child_and_grandchild_are_its_own_and_a_stranger_is_not(tr
     assert not own(Process(pid=4242))  # nothing to go by
 
 
+def test_a_grandchild_whose_parent_was_never_seen_is_found_through_proc(tree: tuple[int, int, int]) -> None:
+    agent, shell, sleeper = tree
+    own = OwnProcesses(agent)
+    assert own(_proc(sleeper))  # the shell's own event was missed: /proc's chain says whose it is
+    assert own(Process(pid=999999, ppid=shell))  # and the shell is remembered now
+    assert not own(_proc(os.getpid()))
+    assert not own(Process(pid=999998, ppid=os.getpid()))  # a stranger's child stays a stranger
+
+
 def test_a_reused_pid_is_a_stranger_and_cannot_adopt_children(tree: tuple[int, int, int]) -> None:
     agent, shell, _ = tree
     own = OwnProcesses(agent)
