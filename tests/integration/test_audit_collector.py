@@ -295,7 +295,9 @@ def test_the_agent_with_every_collector_reports_each_operation_once(progs: Path,
     state_before = status()
     cfg = "".join(f"  {n}: {{enabled: true}}\n" for n in ("process", "files", "audit"))
     cfg += "".join(f"  {n}: {{enabled: false}}\n" for n in ("network", "media", "host"))
-    agent = AgentProcess(tmp_path, collectors=cfg, registry=AGENT_REGISTRY.format(assets=progs / "secret"))
+    # Each read must be its own finding here: folding would hold the repeats until its window ends.
+    agent = AgentProcess(tmp_path, collectors=cfg, registry=AGENT_REGISTRY.format(assets=progs / "secret"),
+                         extra_config="journal: {fold_window: 0}\n")
     (progs / "secret").mkdir(exist_ok=True)
     doc = progs / "secret" / "plan.txt"
     doc.write_text("x\n")
