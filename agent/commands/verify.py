@@ -19,6 +19,9 @@ def register(sub: Any) -> None:
     p.add_argument("--pubkey", metavar="PATH", type=Path,
                    help="trusted public key (PEM, from `dutywatch journal pubkey`)")
     p.add_argument("--bundle", metavar="FILE", type=Path, help="verify an exported evidence bundle instead")
+    p.add_argument("--through", metavar="SEQ", type=int,
+                   help="check the chain from its start up to record SEQ and the checkpoint that signs it "
+                        "(what a report of a period printed); later records are not read")
     p.add_argument("--witness", metavar="NAME", help="also check every head the witness holds (journald, or "
                                                      "journald@NAMESPACE) against the journal")
     p.set_defaults(func=run)
@@ -31,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from agent.journal.locate import journal_path
     from agent.journal.verify import verify_journal
 
+    if args.through is not None:
+        return _through(args)
     r = verify_journal(journal_path(args), args.pubkey)
     if not r.ok:
         print(f"FAILED journal {r.path}: {r.problem}", file=sys.stderr)
@@ -54,6 +59,36 @@ def run(args: argparse.Namespace) -> int:
     print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
     if args.witness:
         return _witness(args.witness, journal_path(args))
+    return 0
+
+
+def _through(args: argparse.Namespace) -> int:
+    """The chain up to one record and the checkpoint that signs it: what a report of a period rests on."""
+    from agent.journal.locate import journal_path
+    from agent.journal.verify import verify_journal
+
+    seq = args.through
+    r = verify_journal(journal_path(args), args.pubkey, through=seq, stop=True)
+    if not r.ok:
+        print(f"FAILED journal {r.path}: {r.problem}", file=sys.stderr)
+        print(f"crypto suite: {_suite(r.suite)}", file=sys.stderr)
+        return 1
+    if r.through_seq != seq:
+        held = f"{r.first_seq}..{r.last_seq}" if r.records else "none"
+        print(f"FAILED journal {r.path}: record {seq} is not in the journal (records held: {held})",
+              file=sys.stderr)
+        return 1
+    print(f"OK journal {r.path} through seq {seq}")
+    print(f"crypto suite: {_suite(r.suite)}")
+    print(f"records: {r.first_seq}..{seq} ({seq - r.first_seq + 1})")
+    print(f"chain hash at seq {seq}: {r.through_hash}")
+    if r.through_signed_seq:
+        from datetime import UTC, datetime
+        when = datetime.fromtimestamp(r.through_signed_time, UTC).isoformat(timespec="seconds")
+        print(f"signed by: the checkpoint at seq {r.through_signed_seq} ({when})")
+    else:
+        print(f"signed by: no checkpoint yet (records up to {r.last_seq} chained, not yet signed)")
+    print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
     return 0
 
 

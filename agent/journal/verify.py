@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.crypto.suite import PublicKey, Suite
 from agent.journal import db
@@ -31,6 +32,10 @@ class VerifyReport:
     key_source: str
     problem: Problem | None
     suite: str = "intl"
+    through_seq: int = 0  # with ``through``: the record asked for, its chain hash and the checkpoint signing it
+    through_hash: str = ""
+    through_signed_seq: int = 0
+    through_signed_time: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -67,8 +72,14 @@ def trusted_key(db_path: Path, pubkey: PublicKey | Path | None,
             "the journal's own record of its key (pass --pubkey to check against a trusted copy)")
 
 
-def verify_journal(db_path: Path, pubkey: PublicKey | Path | None = None) -> VerifyReport:
-    """Check the whole journal at ``db_path`` in its own crypto suite; the report names the first bad record."""
+def verify_journal(db_path: Path, pubkey: PublicKey | Path | None = None, through: int | None = None,
+                   stop: bool = False) -> VerifyReport:
+    """Check the journal at ``db_path`` in its own crypto suite; the report names the first bad record.
+
+    With ``through`` the report also gives that record's chain hash and the
+    first checkpoint at or after it (the signature that covers it); with
+    ``stop`` the walk ends there, so records written later do not matter.
+    """
     db_path = Path(db_path)
     conn, meta = db.open_reader(db_path)
     try:
@@ -82,21 +93,23 @@ def verify_journal(db_path: Path, pubkey: PublicKey | Path | None = None) -> Ver
         try:
             # One read snapshot for every query, while the agent goes on writing.
             conn.execute("BEGIN")
-            return _walk(conn, db_path, public, source, suite)
+            return _walk(conn, db_path, public, source, suite, through, stop)
         except sqlite3.Error as exc:
             raise db.translate(db_path, exc) from exc
     finally:
         conn.close()
 
 
-def _walk(conn: sqlite3.Connection, path: Path, public: PublicKey, source: str, suite: Suite) -> VerifyReport:
+def _walk(conn: sqlite3.Connection, path: Path, public: PublicKey, source: str, suite: Suite,
+          through: int | None = None, stop: bool = False) -> VerifyReport:
     fp = fingerprint(public)
     signed_seq = 0
     n_checkpoints = 0
+    at: list[Any] = [0, "", 0, 0.0]  # through: seq, hash, signing checkpoint seq, its time
 
     def report(problem: Problem | None, walker: ChainWalker) -> VerifyReport:
         return VerifyReport(str(path), walker.count, first, walker.expected_seq - 1, walker.last_hash,
-                            signed_seq, n_checkpoints, fp, source, problem, suite.name)
+                            signed_seq, n_checkpoints, fp, source, problem, suite.name, *at)
 
     anchor = conn.execute(
         "SELECT seq, prev, time, host, key, signature FROM anchors ORDER BY seq DESC LIMIT 1").fetchone()
@@ -118,14 +131,20 @@ def _walk(conn: sqlite3.Connection, path: Path, public: PublicKey, source: str, 
         bad = walker.check(seq, prev, digest, bytes(body), tuple(cols))
         if bad:
             return report(bad, walker)
+        if seq == through:
+            at[0], at[1] = seq, str(digest)
         while cp is not None and cp[0] <= seq:
             bad = _check_checkpoint(public, cp, digest if cp[0] == seq else None)
             if bad:
                 return report(bad, walker)
             if cp[0] == seq:
                 signed_seq = seq
+                if through is not None and at[0] and not at[2]:
+                    at[2], at[3] = seq, float(cp[2])
             n_checkpoints += 1
             cp = checkpoints.fetchone()
+        if stop and through is not None and seq >= through and (at[2] or at[0] == 0):
+            return report(None, walker)
     if cp is not None:
         last = walker.expected_seq - 1
         gone = f"{last + 1}..{cp[0]}" if cp[0] > last + 1 else f"{cp[0]}"

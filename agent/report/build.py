@@ -10,13 +10,17 @@ from typing import Any
 
 from agent.controls import CONTROLS
 from agent.engine.rules import RuleSet
+from agent.report.coverage import HostCoverage, PriorScan
 from agent.report.model import Aggregate, Aggregator, RuleRow
 from agent.report.prometheus import FleetMetrics
 from agent.report.sources import (
     Integrity,
     Period,
+    journal_host,
     journal_integrity,
+    journal_prior,
     journal_records,
+    trusted_key_for,
 )
 
 # Controls whose evidence is the journal itself rather than a rule's findings.
@@ -63,6 +67,23 @@ class Report:
     integrity: tuple[Integrity, ...]
     refused: tuple[Integrity, ...]
     prometheus: FleetMetrics | None
+    coverage: tuple[HostCoverage, ...] = ()
+    span: tuple[float, float] = (0.0, 0.0)  # the period as covered: its start and end in epoch seconds
+
+    @property
+    def failed(self) -> tuple[Integrity, ...]:
+        """Sources that failed verification or were refused: none of their records is in any figure."""
+        return tuple(i for i in self.integrity if not i.ok) + self.refused
+
+    @property
+    def monitored(self) -> float:
+        """Seconds of the period some agent watched, summed over hosts."""
+        return sum(c.monitored for c in self.coverage)
+
+    @property
+    def watched_all(self) -> bool:
+        """Every host was watched for the whole period."""
+        return bool(self.coverage) and all(c.complete for c in self.coverage)
 
     def when(self, t: float | None) -> str:
         """An epoch time as ISO 8601 with the report's zone offset ("" for None)."""
@@ -128,15 +149,46 @@ class Options:
     keys_dir: Path | None = None
 
 
+def span_of(period: Period, first_time: float | None, now: float) -> tuple[float, float]:
+    """The period in epoch seconds: an open start is the first record, an open end is now."""
+    until = period.until if period.until is not None else now
+    since = period.since if period.since is not None else (first_time if first_time is not None else until)
+    return since, max(since, until)
+
+
+def prime(agg: Aggregator, scan: PriorScan, since: float | None) -> None:
+    """Tell the aggregator which hosts were already being watched when the period began."""
+    if since is None:
+        return
+    for host, p in scan.result().items():
+        agg.coverage.prior(host, p, since)
+
+
 def local_report(journal: Path, opts: Options, ruleset: RuleSet | None, now: float,
                  prometheus: FleetMetrics | None = None) -> Report:
-    """The report of one host's journal over the period."""
-    integrity = journal_integrity(journal, opts.pubkey)
+    """The report of one host's journal over the period.
+
+    A journal that fails verification contributes nothing to any figure:
+    the report says so on its first page, and why.
+    """
+    pubkey = opts.pubkey
+    if pubkey is None and opts.keys_dir is not None:
+        pubkey = trusted_key_for(opts.keys_dir, journal_host(journal))
     agg = Aggregator(opts.tz, max_rows=opts.max_rows)
+    around = journal_prior(journal, opts.period.since, opts.period.until)
+    prime(agg, around, opts.period.since)
     feed(agg, journal_records(journal, opts.period))
+    around.follow(agg.coverage)
     data = agg.result()
+    integrity = journal_integrity(journal, pubkey, data.last_seq)
+    if not integrity.ok:
+        agg = Aggregator(opts.tz, max_rows=opts.max_rows)
+        data = agg.result()
+    span = span_of(opts.period, data.first_time, now)
+    host = integrity.host or journal_host(journal)
+    cov = agg.coverage.result(*span, hosts=(host,) if host else ())
     return Report(opts.lang, now, opts.tz, opts.period, False, data, coverage(ruleset, data.rules),
-                  (integrity,), (), prometheus)
+                  (integrity,), (), prometheus, cov, span)
 
 
 def findings_only(records: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[int, dict[str, Any]]]:

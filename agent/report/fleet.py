@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.engine.rules import RuleSet
-from agent.report.build import Options, Report, coverage, feed
+from agent.report.build import Options, Report, coverage, feed, prime, span_of
+from agent.report.coverage import PriorScan
 from agent.report.model import Aggregator
 from agent.report.prometheus import FleetMetrics
 from agent.report.sources import Integrity, Period, bundle_integrity, bundle_records
@@ -32,11 +33,20 @@ def fleet_report(good: list[Integrity], bad: list[Integrity], opts: Options, rul
                  now: float, prometheus: FleetMetrics | None = None) -> Report:
     """The report merged from verified bundles; refused ones are named and left out."""
     agg = Aggregator(opts.tz, max_rows=opts.max_rows)
-
-    feed(agg, bundles_records(good, opts.period))
+    for i in good:
+        scan = PriorScan()
+        records = iter(bundle_records(Path(i.path), opts.period, scan))
+        first = next(records, None)  # the records before the period are read before the first in it
+        prime(agg, scan, opts.period.since)
+        if first is not None:
+            agg.add(*first)
+            feed(agg, records)
+        scan.follow(agg.coverage)
     data = agg.result()
+    span = span_of(opts.period, data.first_time, now)
+    cov = agg.coverage.result(*span, hosts=tuple(i.host for i in good if i.host))
     return Report(opts.lang, now, opts.tz, opts.period, True, data, coverage(ruleset, data.rules),
-                  tuple(good), tuple(bad), prometheus)
+                  tuple(good), tuple(bad), prometheus, cov, span)
 
 
 def bundles_records(good: Iterable[Integrity], period: Period) -> Iterator[tuple[int, dict[str, Any]]]:

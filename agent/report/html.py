@@ -39,6 +39,7 @@ svg text { font-family: inherit; fill: #222; }
 .note { color: #555; font-size: 9pt; }
 .ok { color: #1b5e20; font-weight: bold; }
 .bad { color: #b71c1c; font-weight: bold; }
+.warn { color: #995a00; font-weight: bold; }
 pre.code { background: #f4f4f4; border: 0.5pt solid #bbb; padding: 4pt; white-space: pre-wrap;
            overflow-wrap: anywhere; font-size: 8.5pt; }
 nav ol { margin: 4pt 0 0 16pt; padding: 0; }

@@ -134,6 +134,60 @@ _S: dict[str, tuple[str, str]] = {
     "down": ("停机时长", "Down time"),
     "rate": ("每主机每日违规", "Violations per host per day"),
     "none": ("无", "none"),
+    # verdict (page 1)
+    "s_verdict": ("结论", "Verdict"),
+    "banner_failed": ("未纳入本报告：{kind} {path}（主机 {host}）验证失败：{problem}。其记录不计入本报告的任何数字。",
+                      "Left out of this report: {kind} {path} (host {host}) failed verification: {problem}. "
+                      "None of its records is in any figure of this report."),
+    "banner_refused": ("未纳入本报告：证据包 {path}（主机 {host}）被拒绝：{problem}。其记录不计入本报告的任何数字。",
+                       "Left out of this report: bundle {path} (host {host}) was refused: {problem}. "
+                       "None of its records is in any figure of this report."),
+    "banner_no_coverage": ("期间内没有任何监控（0 秒）：本报告不能说明期间内是否发生违规或监控中断。",
+                           "Nothing was monitored in this period (0 s): this report cannot say whether "
+                           "violations or interruptions happened."),
+    "banner_partial": ("期间内有 {unmonitored} 未受监控（监控覆盖 {share}）：以下结论只对受监控的时间成立。",
+                       "{unmonitored} of the period was not monitored (coverage {share}): the conclusions below "
+                       "hold only for the monitored time."),
+    "coverage": ("监控覆盖", "Monitoring coverage"),
+    "monitored": ("受监控", "Monitored"),
+    "before_start": ("首次启动前", "Before the first start"),
+    "gaps_col": ("中断", "Gaps"),
+    "after_last": ("最后一次存活迹象后", "After the last sign of life"),
+    "share": ("覆盖率", "Share"),
+    "v_violations": ("违规 {n} 起：{parts}。", "{n} violations: {parts}."),
+    "v_no_violations": ("在受监控的 {monitored} 内没有发现违规。", "No violations in the {monitored} monitored."),
+    "v_no_conclusion": ("期间内没有受监控的时间，无法得出“没有违规”的结论。",
+                        "No time in the period was monitored: no conclusion about violations is possible."),
+    "v_people": ("主要责任人：{list}", "Main people answering: {list}"),
+    "v_units": ("主要责任单位：{list}", "Main units answering: {list}"),
+    "v_integrity": ("完整性：记录 {first}..{last} 验证通过；本期间最后一条记录（第 {seq} 条）的链哈希 "
+                    "{hash}，{signed}。",
+                    "Integrity: records {first}..{last} verified; the period's last record (seq {seq}) has chain "
+                    "hash {hash}, {signed}."),
+    "v_signed": ("由第 {seq} 条记录处的签名检查点（{time}）签名", "signed by the checkpoint at seq {seq} ({time})"),
+    "v_unsigned": ("尚未被签名检查点覆盖（只有哈希链）", "not yet covered by a signed checkpoint (hash chain only)"),
+    "v_integrity_empty": ("完整性：日志验证通过，但本期间没有任何记录，完整性验证对本期间没有可证明的内容。",
+                          "Integrity: the journal verified, but the period holds no record, so there is nothing "
+                          "of this period for it to vouch for."),
+    "v_bundles_ok": ("完整性：{n} 个证据包验证通过。", "Integrity: {n} bundles verified."),
+    "v_key_trusted": ("验证密钥由审计人员提供（可信来源）：{source}。", "The key was given by the auditor (a trusted "
+                      "source): {source}."),
+    "v_key_self": ("验证密钥取自被审计主机本身（{source}），相当于主机自证；"
+                   "请用 --pubkey 或 --keys 提供经可信渠道取得的公钥。",
+                   "The key came from the audited host itself ({source}): the host checked itself. Pass --pubkey "
+                   "or --keys with a key obtained through a trusted channel."),
+    "no_findings_watched": ("在受监控的时间内没有发现。", "No findings in the monitored time."),
+    "gaps_none_full": ("期间内全程受监控，没有监控中断。", "Monitored for the whole period, no gaps."),
+    "unmonitored": ("未受监控的时段", "Unmonitored stretches"),
+    "where": ("位置", "Where"),
+    "w_before": ("首次启动前", "before the first start"),
+    "w_gap": ("中断", "gap"),
+    "w_after": ("最后一次存活迹象后", "after the last sign of life"),
+    "through": ("本期间最后一条记录", "Last record of the period"),
+    "signed_by": ("签名检查点", "Signed by"),
+    "key_trust": ("密钥可信度", "Key trust"),
+    "trusted": ("审计人员提供（可信）", "given by the auditor (trusted)"),
+    "self_key": ("取自被审计主机本身（自证，不独立）", "from the audited host itself (not independent)"),
 }
 
 

@@ -41,6 +41,14 @@ def document(r: Report) -> dict[str, Any]:
         "fleet": r.fleet,
         "period": {"since": r.period.since, "until": r.period.until, "since_iso": r.when(r.period.since) or None,
                    "until_iso": r.when(r.period.until) or None},
+        "coverage": {
+            "since": r.span[0], "until": r.span[1], "monitored_seconds": r.monitored, "complete": r.watched_all,
+            "hosts": [{"host": cv.host, "since": cv.since, "until": cv.until, "monitored_seconds": cv.monitored,
+                       "before_seconds": cv.before, "gap_seconds": cv.gaps, "after_seconds": cv.after,
+                       "share": cv.share, "runs": cv.runs,
+                       "unmonitored": [{"since": x.since, "until": x.until, "where": x.where} for x in cv.stretches]}
+                      for cv in r.coverage],
+        },
         "summary": {
             "records": d.records, "first_seq": d.first_seq, "last_seq": d.last_seq, "hosts": list(d.hosts),
             "findings": _tally(d.total),

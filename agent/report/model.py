@@ -17,6 +17,7 @@ from typing import Any
 
 from agent.report.assessment import AssessmentTally, HostAssessment
 from agent.report.cells import cut, describe_object, describe_process, group_of, lifecycle_text, text_of
+from agent.report.coverage import CoverageTracker
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 RANK = {s: len(SEVERITIES) - i for i, s in enumerate(SEVERITIES)}
@@ -195,6 +196,8 @@ class Aggregate:
     unattributed: Capped
     continuity: Continuity
     assessment: tuple[HostAssessment, ...] = ()
+    first_time: float | None = None
+    alerts_by_severity: tuple[int, ...] = (0, 0, 0, 0, 0)
 
 
 class _Heap:
@@ -258,6 +261,8 @@ class Aggregator:
         self._gap_seconds = 0.0
         self._reload_failures = 0
         self._assessment = AssessmentTally()
+        self.coverage = CoverageTracker()
+        self._first_time: float | None = None
 
     # -- feeding ---------------------------------------------------------
 
@@ -270,6 +275,13 @@ class Aggregator:
         host = cut(rec.get("host"), 120)
         if len(self._hosts) < MAX_KEYS:
             self._hosts.add(host)
+        t = rec.get("time")
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            if self._first_time is None or t < self._first_time:
+                self._first_time = float(t)
+            life = rec.get("type") == "lifecycle"
+            self.coverage.add(host, float(t), cut(rec.get("kind"), 60) if life else None,
+                              group_of(rec, "detail") if life else {})
         if rec.get("type") == "lifecycle":
             self._lifecycle(seq, rec, host)
         elif rec.get("type") == "finding":
@@ -411,4 +423,5 @@ class Aggregator:
         return Aggregate(self.records, self.first_seq, self.last_seq, self._total.freeze(),
                          tuple((d, c.freeze()) for d, c in sorted(self._days.items())), tuple(groups),
                          tuple(sorted(self._hosts)), tuple(people), tuple(rules),
-                         self._violations.freeze(), self._unattributed.freeze(), cont, self._assessment.result())
+                         self._violations.freeze(), self._unattributed.freeze(), cont, self._assessment.result(),
+                         self._first_time, tuple(self._violations.by_sev))

@@ -96,7 +96,7 @@ class _Writer:
         pdf = self.pdf
         size = 7.5 if b.style == "code" else 9
         pdf.set_font(FAMILY, size=size)
-        colors = {"ok": (27, 94, 32), "bad": (183, 28, 28), "note": (85, 85, 85)}
+        colors = {"ok": (27, 94, 32), "bad": (183, 28, 28), "warn": (153, 90, 0), "note": (85, 85, 85)}
         pdf.set_text_color(*colors.get(b.style, (0, 0, 0)))
         fill = b.style == "code"
         if fill:

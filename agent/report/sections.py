@@ -16,7 +16,7 @@ from agent.report.model import OTHER, SEVERITIES, Capped, Evidence, Tally
 
 @dataclass(frozen=True, slots=True)
 class Para:
-    """A paragraph; ``style`` is plain, note, ok, bad or code."""
+    """A paragraph; ``style`` is plain, note, ok, warn, bad or code."""
 
     text: str
     style: str = "plain"
@@ -68,7 +68,8 @@ def header(r: Report) -> tuple[str, tuple[tuple[str, str], ...]]:
     since = r.when(r.period.since) or tr(lang, "open_start")
     until = r.when(r.period.until) or tr(lang, "open_end")
     src = tr(lang, "src_bundles") if r.fleet else tr(lang, "src_journal")
-    src += ": " + ", ".join(i.path for i in (*r.integrity, *r.refused))
+    # Only what the figures were made from; a refused or failed source is a banner of its own.
+    src += ": " + (", ".join(i.path for i in r.integrity if i.ok) or tr(lang, "none"))
     facts = ((tr(lang, "period"), f"{since} — {until}"), (tr(lang, "generated"), r.when(r.generated)),
              (tr(lang, "timezone"), r.zone()), (tr(lang, "source"), src))
     return tr(lang, "fleet_title" if r.fleet else "title"), facts
@@ -83,7 +84,8 @@ def summary(r: Report) -> Section:
                                  ((str(d.records), str(t.total), str(t.alerts), str(t.audits), str(len(d.hosts))),),
                                  (1, 1, 1, 1, 1))]
     if not t.total:
-        blocks.append(Para(tr(lang, "no_findings"), "note"))
+        blocks.append(Para(tr(lang, "no_findings_watched"), "note") if r.monitored > 0
+                      else Para(tr(lang, "v_no_conclusion"), "bad"))
     sev_rows = [(tr(lang, s), n, COLORS[s]) for s, n in zip(SEVERITIES, t.by_severity, strict=True)]
     blocks.append(Figure(tr(lang, "by_severity"), bar_chart(sev_rows)))
     if d.by_day:
@@ -178,7 +180,10 @@ def violations(r: Report) -> Section:
     """Violations with their evidence, the first rows by severity then time."""
     lang, v = r.lang, r.data.violations
     if not v.total:
-        return Section("violations", tr(lang, "s_violations"), (Para(tr(lang, "none_violations"), "note"),))
+        if r.monitored <= 0:
+            return Section("violations", tr(lang, "s_violations"), (Para(tr(lang, "v_no_conclusion"), "bad"),))
+        return Section("violations", tr(lang, "s_violations"), (Para(
+            tr(lang, "v_no_violations", monitored=duration(lang, r.monitored)), "note"),))
     blocks: list[Block] = [*_capped_notes(lang, v),
                            Table("", _evidence_heads(lang), _evidence_rows(lang, r, v.rows), EVIDENCE_WEIGHTS)]
     return Section("violations", tr(lang, "s_violations"), tuple(blocks))
@@ -191,13 +196,20 @@ def continuity(r: Report) -> Section:
                   tr(lang, "clean") if e.clean else tr(lang, "no_stop")) for e in c.runs)
     blocks: list[Block] = [Table(tr(lang, "runs"), (tr(lang, "host"), tr(lang, "start"), tr(lang, "stop"),
                                                     tr(lang, "status")), runs, (2, 2, 2, 1.5))]
+    blocks.append(coverage_table(r))
+    stretches = tuple((cv.host, tr(lang, f"w_{x.where}"), r.short(x.since), r.short(x.until),
+                       duration(lang, x.seconds)) for cv in r.coverage for x in cv.stretches)
+    if stretches:
+        blocks.append(Table(tr(lang, "unmonitored"), (tr(lang, "host"), tr(lang, "where"), tr(lang, "from"),
+                                                      tr(lang, "to"), tr(lang, "length")),
+                            stretches, (2, 1.6, 2, 2, 1.5)))
     if c.gaps:
         gaps = tuple((g.host, r.short(g.since), r.short(g.until), duration(lang, g.seconds)) for g in c.gaps)
         blocks.append(Table(tr(lang, "gaps"), (tr(lang, "host"), tr(lang, "from"), tr(lang, "to"),
                                                tr(lang, "length")), gaps, (2, 2, 2, 1.5)))
         blocks.append(Para(f"{tr(lang, 'gap_total')}: {duration(lang, c.gap_seconds)}", "bad"))
-    else:
-        blocks.append(Para(tr(lang, "none_gaps"), "ok"))
+    elif r.watched_all:
+        blocks.append(Para(tr(lang, "gaps_none_full"), "ok"))
     counts = ", ".join(f"{k} {n}" for k, n in c.counts) or tr(lang, "none")
     blocks.append(Para(f"{tr(lang, 'counts')}: {counts}; {tr(lang, 'reload_failures')}: {c.reload_failures}"))
     events = tuple((str(e.seq), r.short(e.time), e.host, e.kind, e.text) for e in c.events)
@@ -217,10 +229,15 @@ def integrity(r: Report) -> Section:
         rows: tuple[tuple[str, ...], ...] = ((tr(lang, "source"), f"{i.kind} {i.path}"), (tr(lang, "host"), i.host),
                 (tr(lang, "result"), result), (tr(lang, "crypto_suite"), tr(lang, f"suite_{i.suite}")),
                 (tr(lang, "seq_range"), f"{i.first_seq}..{i.last_seq} ({i.records})"),
-                (tr(lang, "chain_head"), i.head_hash or "-"), (tr(lang, "fingerprint"), i.fingerprint),
-                (tr(lang, "key_source"), i.key_source))
+                (tr(lang, "fingerprint"), i.fingerprint), (tr(lang, "key_source"), i.key_source),
+                (tr(lang, "key_trust"), tr(lang, "trusted" if i.trusted else "self_key")))
         if not r.fleet and r.data.first_seq is not None:
             rows += ((tr(lang, "period_seqs"), f"{r.data.first_seq}..{r.data.last_seq}"),)
+        if i.through_seq:
+            rows += ((tr(lang, "through"), f"seq {i.through_seq}"), (tr(lang, "chain_head"), i.through_hash),
+                     (tr(lang, "signed_by"), _signed(r, i.signed_seq, i.signed_time)))
+        elif i.kind == "journal":
+            rows += ((tr(lang, "through"), tr(lang, "none")),)
         blocks.append(Table("", ("", ""), rows, (1, 4)))
         blocks.append(Para(tr(lang, "statement"), "plain"))
         blocks.append(Para(i.command, "code"))
@@ -229,6 +246,81 @@ def integrity(r: Report) -> Section:
         blocks.append(Table(tr(lang, "refused"), (tr(lang, "bundle"), tr(lang, "host"), tr(lang, "problem")),
                             rows2, (2, 1, 4)))
     return Section("integrity", tr(lang, "s_integrity"), tuple(blocks))
+
+
+def _signed(r: Report, seq: int, t: float) -> str:
+    if not seq:
+        return tr(r.lang, "v_unsigned")
+    return tr(r.lang, "v_signed", seq=seq, time=r.when(t))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def coverage_table(r: Report) -> Table:
+    """Per host: monitored time, and unmonitored time before the first start, in gaps, after the last sign."""
+    lang = r.lang
+    rows = tuple((c.host or tr(lang, "unknown"), duration(lang, c.monitored), duration(lang, c.before),
+                  duration(lang, c.gaps), duration(lang, c.after), _pct(c.share)) for c in r.coverage)
+    return Table(tr(lang, "coverage"), (tr(lang, "host"), tr(lang, "monitored"), tr(lang, "before_start"),
+                                        tr(lang, "gaps_col"), tr(lang, "after_last"), tr(lang, "share")),
+                 rows, (2, 1.5, 1.5, 1.5, 1.5, 1))
+
+
+def verdict(r: Report) -> Section:
+    """Page 1: what failed, how much was watched, what was found, who answers, and how far it is proven."""
+    lang, d = r.lang, r.data
+    blocks: list[Block] = []
+    for i in r.integrity:
+        if not i.ok:
+            blocks.append(Para(tr(lang, "banner_failed", kind=i.kind, path=i.path, host=i.host or "?",
+                                  problem=i.problem), "bad"))
+    for i in r.refused:
+        blocks.append(Para(tr(lang, "banner_refused", path=i.path, host=i.host or "?", problem=i.problem), "bad"))
+    length = sum(c.length for c in r.coverage)
+    if r.monitored <= 0:
+        blocks.append(Para(tr(lang, "banner_no_coverage"), "bad"))
+    elif not r.watched_all:
+        blocks.append(Para(tr(lang, "banner_partial", unmonitored=duration(lang, length - r.monitored),
+                              share=_pct(r.monitored / length if length else 0.0)), "warn"))
+    blocks.append(coverage_table(r))
+    t = d.total
+    if t.alerts:
+        parts = ("、" if lang == "zh" else ", ").join(
+            f"{tr(lang, s)} {n}" for s, n in zip(SEVERITIES, d.alerts_by_severity, strict=True) if n)
+        blocks.append(Para(tr(lang, "v_violations", n=t.alerts, parts=parts), "bad"))
+    elif r.monitored > 0:
+        blocks.append(Para(tr(lang, "v_no_violations", monitored=duration(lang, r.monitored)),
+                           "ok" if r.watched_all else "warn"))
+    else:
+        blocks.append(Para(tr(lang, "v_no_conclusion"), "bad"))
+    sep = "；" if lang == "zh" else "; "
+    people = [p for p in d.operators if p.tally.alerts][:3]
+    if people:
+        blocks.append(Para(tr(lang, "v_people", list=sep.join(
+            f"{_name(lang, p.operator, 'unknown')}（{_name(lang, p.unit, 'unregistered')}）{p.tally.alerts}"
+            if lang == "zh" else
+            f"{_name(lang, p.operator, 'unknown')} ({_name(lang, p.unit, 'unregistered')}) {p.tally.alerts}"
+            for p in people))))
+    units = sorted((g for g in d.groups if g.tally.alerts), key=lambda g: (-g.tally.alerts, g.unit))[:3]
+    if units:
+        blocks.append(Para(tr(lang, "v_units", list=sep.join(
+            f"{_name(lang, g.unit, 'unregistered')} {g.tally.alerts}" for g in units))))
+    for i in r.integrity:
+        if not i.ok:
+            continue
+        if i.kind == "journal" and not i.through_seq:
+            blocks.append(Para(tr(lang, "v_integrity_empty"), "warn"))
+        elif i.kind == "journal":
+            blocks.append(Para(tr(lang, "v_integrity", first=i.first_seq, last=i.last_seq, seq=i.through_seq,
+                                  hash=i.through_hash, signed=_signed(r, i.signed_seq, i.signed_time)),
+                               "plain" if i.signed_seq else "warn"))
+        blocks.append(Para(tr(lang, "v_key_trusted" if i.trusted else "v_key_self", source=i.key_source),
+                           "plain" if i.trusted else "warn"))
+    if r.fleet and r.integrity:
+        blocks.append(Para(tr(lang, "v_bundles_ok", n=sum(1 for i in r.integrity if i.ok))))
+    return Section("verdict", tr(lang, "s_verdict"), tuple(blocks))
 
 
 def fleet(r: Report) -> Section | None:
@@ -253,7 +345,7 @@ def fleet(r: Report) -> Section | None:
 
 def all_sections(r: Report) -> list[Section]:
     """Every section in order."""
-    out = [summary(r), controls(r), accountability(r), violations(r), continuity(r), integrity(r)]
+    out = [verdict(r), summary(r), controls(r), accountability(r), violations(r), continuity(r), integrity(r)]
     f = fleet(r)
     if f is not None:
         out.append(f)

@@ -21,6 +21,7 @@ from agent.journal import db
 from agent.journal.bundlecheck import verify_bundle
 from agent.journal.query import Query, iter_records
 from agent.journal.verify import verify_journal
+from agent.report.coverage import PriorScan
 from agent.report.errors import ReportError
 
 
@@ -41,6 +42,11 @@ class Integrity:
     key_source: str
     command: str
     suite: str = "intl"  # the crypto suite the source was checked in: intl or gm
+    trusted: bool = False  # the key came from the auditor (--pubkey, --keys), not from the host itself
+    through_seq: int = 0  # the last record of the period, its chain hash and the checkpoint that signs it
+    through_hash: str = ""
+    signed_seq: int = 0
+    signed_time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,20 +63,71 @@ class Period:
         return (self.since is None or t >= self.since) and (self.until is None or t <= self.until)
 
 
-def journal_integrity(path: Path, pubkey: Path | None) -> Integrity:
-    """Verify the whole journal, as ``dutywatch verify`` does, and say how to repeat it."""
-    r = verify_journal(path, pubkey)
+def journal_integrity(path: Path, pubkey: Path | None, through: int | None = None) -> Integrity:
+    """Verify the whole journal, as ``dutywatch verify`` does, and say how to repeat it for the period.
+
+    ``through`` is the last record of the period: its chain hash and the
+    checkpoint that signs it are what the report vouches for, and the
+    printed command (``verify --through``) checks exactly that.
+    """
+    r = verify_journal(path, pubkey, through=through)
     cmd = ["dutywatch", "verify", "--journal", str(path)]
+    if through:
+        cmd += ["--through", str(through)]
     cmd += ["--pubkey", str(pubkey) if pubkey is not None else "HOST-PUBKEY.pem"]
-    host = ""
+    return Integrity("journal", str(path), journal_host(path), r.ok, str(r.problem) if r.problem else "", r.records,
+                     r.first_seq, r.last_seq, r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite,
+                     pubkey is not None, r.through_seq, r.through_hash, r.through_signed_seq,
+                     r.through_signed_time)
+
+
+def journal_host(path: Path) -> str:
+    """The host a journal belongs to, from its meta ("" when unreadable)."""
     try:
         conn, meta = db.open_reader(path)
         conn.close()
-        host = meta.get("host", "")
-    except Exception:  # noqa: S110 - the host name is only a label; verify already judged the file
-        pass
-    return Integrity("journal", str(path), host, r.ok, str(r.problem) if r.problem else "", r.records,
-                     r.first_seq, r.last_seq, r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite)
+    except Exception:  # only a label: opening the journal for the report proper names the problem
+        return ""
+    return meta.get("host", "")
+
+
+def journal_prior(path: Path, since: float | None, until: float | None = None) -> PriorScan:
+    """The records around the period that decide coverage at its edges (see ``PriorScan``)."""
+    scan = PriorScan()
+    conn, _ = db.open_reader(path)
+    try:
+        if since is not None:
+            life = conn.execute("SELECT host, time, body FROM records WHERE type = 'lifecycle' AND time < ? "
+                                "ORDER BY time DESC LIMIT 1", (since,)).fetchone()
+            last = conn.execute("SELECT host, time FROM records WHERE time < ? ORDER BY time DESC LIMIT 1",
+                                (since,)).fetchone()
+            if life is not None:
+                scan.add(str(life[0]), float(life[1]), _body(life[2]).get("kind"))
+            if last is not None:
+                scan.add(str(last[0]), float(last[1]), None)
+        if until is not None:
+            first = conn.execute("SELECT seq FROM records WHERE time > ? ORDER BY time LIMIT 1", (until,)).fetchone()
+            if first is not None:
+                for host, t, kind, body in conn.execute(
+                        "SELECT host, time, type, body FROM records WHERE seq >= ? ORDER BY seq LIMIT 2", (first[0],)):
+                    rec = _body(body)
+                    life = kind == "lifecycle"
+                    if not scan.after(str(host), float(t), rec.get("kind") if life else None,
+                                      rec.get("detail") if life else None):
+                        break
+    except sqlite3.Error as exc:
+        raise db.translate(path, exc) from exc
+    finally:
+        conn.close()
+    return scan
+
+
+def _body(raw: Any) -> dict[str, Any]:
+    try:
+        rec = json.loads(raw)
+    except (ValueError, TypeError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 def journal_records(path: Path, period: Period) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -115,11 +172,12 @@ def bundle_integrity(path: Path, keys_dir: Path | None) -> Integrity:
     cmd = ["dutywatch", "verify", "--bundle", str(path)]
     cmd += ["--pubkey", str(key) if key is not None else "HOST-PUBKEY.pem"]
     return Integrity("bundle", str(path), r.host, not problem, problem, r.records, r.first_seq, r.last_seq,
-                     r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite)
+                     r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite, key is not None,
+                     max(0, r.last_seq), r.head_hash)
 
 
-def bundle_records(path: Path, period: Period) -> Iterator[tuple[int, dict[str, Any]]]:
-    """A verified bundle's records in the period.
+def bundle_records(path: Path, period: Period, prior: PriorScan | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A verified bundle's records in the period (and, to ``prior``, what lies before it).
 
     The bytes are hashed again as they are read and compared with the signed
     manifest, so a file changed between its check and this read is refused
@@ -139,8 +197,19 @@ def bundle_records(path: Path, period: Period) -> Iterator[tuple[int, dict[str, 
                         raise ReportError(f"{path}: bundle changed after it was verified; report abandoned")
                     return
                 digest.update(raw)
-                if obj.get("kind") == "record" and period.holds(obj["record"].get("time")):
-                    yield int(obj["seq"]), obj["record"]
+                if obj.get("kind") != "record":
+                    continue
+                rec = obj["record"]
+                t = rec.get("time")
+                if period.holds(t):
+                    yield int(obj["seq"]), rec
+                elif prior is not None and isinstance(t, (int, float)):
+                    life = rec.get("type") == "lifecycle"
+                    if period.since is not None and t < period.since:
+                        prior.add(str(rec.get("host", "")), float(t), rec.get("kind") if life else None)
+                    elif period.until is not None and t > period.until:
+                        prior.after(str(rec.get("host", "")), float(t), rec.get("kind") if life else None,
+                                    rec.get("detail") if life else None)
     except OSError as exc:
         raise ReportError(f"{path}: cannot read bundle: {exc.strerror}") from exc
     except (ValueError, KeyError, AttributeError, SuiteError) as exc:

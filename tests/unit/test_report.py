@@ -148,7 +148,10 @@ def test_integrity_uses_verify(journal: tuple[Path, int], tmp_path: Path) -> Non
     v = verify_journal(state / "journal.db")
     (i,) = doc["integrity"]
     assert i["ok"] and i["head_hash"] == v.head_hash and i["fingerprint"] == v.fingerprint
-    assert i["command"] == f"dutywatch verify --journal {state / 'journal.db'} --pubkey HOST-PUBKEY.pem"
+    # the period is the whole journal here: its last record is the head
+    assert i["through_seq"] == v.last_seq and i["through_hash"] == v.head_hash
+    assert i["command"] == (f"dutywatch verify --journal {state / 'journal.db'} --through {v.last_seq} "
+                            "--pubkey HOST-PUBKEY.pem")
 
 
 def test_tampered_journal_is_reported_and_fails(tmp_path: Path) -> None:
