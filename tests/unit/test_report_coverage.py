@@ -132,6 +132,7 @@ def test_period_cut_in_the_middle_of_a_run_counts_from_its_start(tmp_path: Path)
     # a period starting before the first start counts the time before it
     status, doc, err = _report(["--state-dir", str(state), "--since", _iso(T0 - 24 * H),
                                 "--until", _iso(T0 + 5 * H)], tmp_path)
+    assert status == 0, err
     (h,) = doc["coverage"]["hosts"]
     assert h["before_seconds"] == 25 * H and h["monitored_seconds"] == 4 * H
 
@@ -140,8 +141,9 @@ def test_agent_dead_before_the_period_is_not_counted_as_watching(tmp_path: Path)
     state = tmp_path / "state"
     # started, wrote one finding, then killed; never came back
     _journal(state, [lifecycle("agent.start", T0, HOST), _finding(T0 + H)])
-    status, doc, _ = _report(["--state-dir", str(state), "--since", _iso(T0 + 2 * H),
-                              "--until", _iso(T0 + 3 * H)], tmp_path)
+    status, doc, err = _report(["--state-dir", str(state), "--since", _iso(T0 + 2 * H),
+                                "--until", _iso(T0 + 3 * H)], tmp_path)
+    assert status == 0, err
     (h,) = doc["coverage"]["hosts"]
     assert h["monitored_seconds"] == 0 and h["before_seconds"] == H
 
