@@ -131,7 +131,22 @@ _S: dict[str, tuple[str, str]] = {
     "hosts_monitored": ("受监控主机", "Hosts monitored"),
     "down_total": ("代理停机合计", "Agent down time, all targets"),
     "instance": ("目标", "Target"),
-    "down": ("停机时长", "Down time"),
+    "down": ("停机时长（抓取失败）", "Down time (failed scrapes)"),
+    "prom_data_since": ("Prometheus 最早数据", "First Prometheus data"),
+    "prom_never": ("期间内没有任何数据", "no data in the period"),
+    "prom_no_data": ("无数据时长（不计为停机）", "Time without data (not down time)"),
+    "prom_no_data_col": ("无数据", "No data"),
+    "prom_no_rate": ("“—”：有数据的时间不足一天，不把更短时间内的数字外推为每日比率。",
+                     "“—”: less than a day of data, so no count is projected to a daily rate."),
+    "prom_vs_journal": ("本机日志与 Prometheus 的违规数", "Violations: this journal and Prometheus"),
+    "prom_journal": ("本机日志", "This journal"),
+    "prom_differs": ("两者不同是正常的：Prometheus 的计数来自按抓取间隔采样的计数器，increase() 会外推到区间两端，"
+                     "代理重启时计数器归零、重启前最后一次抓取之后的增量会丢失，并且它统计该单位的所有主机；"
+                     "本机日志逐条记录，是准确的数字。",
+                     "The two differ, as expected: Prometheus counts come from counters sampled every scrape "
+                     "interval, increase() extrapolates to the edges of the range, a counter restarts with the agent "
+                     "(what came after its last scrape is lost), and it counts every host of the unit; the journal "
+                     "holds each finding and is the exact figure."),
     "rate": ("每主机每日违规", "Violations per host per day"),
     "none": ("无", "none"),
     # verdict (page 1)

@@ -84,7 +84,7 @@ def document(r: Report) -> dict[str, Any]:
         "refused": [asdict(i) for i in r.refused],
         "prometheus": None if r.prometheus is None else {
             **{k: v for k, v in asdict(r.prometheus).items() if k not in ("units", "downtime")},
-            "down_seconds": r.prometheus.down_seconds,
+            "down_seconds": r.prometheus.down_seconds, "no_data_seconds": r.prometheus.no_data_seconds,
             "units": [asdict(u) for u in r.prometheus.units],
             "downtime": [asdict(x) for x in r.prometheus.downtime],
         },

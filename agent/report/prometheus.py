@@ -1,9 +1,16 @@
 """Fleet-wide figures for a period from Prometheus' HTTP API (``/api/v1/query``, ``query_range``).
 
 Hosts monitored come from ``dutywatch_host_info`` series, agent down time
-from ``up{job=...}`` samples (a sample that is 0 or absent counts as down),
-violation and audit counts per unit from ``increase`` of
-``dutywatch_findings_total`` over the period.
+from ``up{job=...}`` samples, violation and audit counts per unit from
+``increase`` of ``dutywatch_findings_total`` over the period.
+
+No data is no data: only a scrape that failed (``up`` 0) is down time.
+Time with no sample at all (before Prometheus, or the target, existed;
+while Prometheus itself was down) is counted apart as "no data", never as
+the agent's down time. Counts are whole numbers (``increase`` extrapolates
+to the edges of the range and can give fractions), and a rate per host
+and day is given only over at least a day of data, so half an hour of a
+noisy host is not projected into a day.
 """
 
 from __future__ import annotations
@@ -28,18 +35,19 @@ class UnitRate:
     department: str
     unit: str
     hosts: int
-    violations: float
-    audits: float
-    per_host_day: float
+    violations: int
+    audits: int
+    per_host_day: float | None  # None: less than a day of data to rate over
 
 
 @dataclass(frozen=True, slots=True)
 class Downtime:
-    """How long one scrape target was down (``up`` 0 or absent) in the period."""
+    """How long one scrape target was down (``up`` 0) in the period, and how long Prometheus had no sample."""
 
     instance: str
     down_seconds: float
     samples: int
+    no_data_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +62,19 @@ class FleetMetrics:
     hosts_monitored: int
     units: tuple[UnitRate, ...]
     downtime: tuple[Downtime, ...]
+    data_since: float | None = None  # the first sample of the job in the period (None: no sample at all)
 
     @property
     def down_seconds(self) -> float:
         """Down time summed over targets."""
         return sum(d.down_seconds for d in self.downtime)
+
+    @property
+    def no_data_seconds(self) -> float:
+        """Time without any sample of the job in the period (before Prometheus or the targets existed)."""
+        if self.data_since is None:
+            return max(0.0, self.end - self.start)
+        return max(0.0, self.data_since - self.start)
 
 
 def _quote(value: str) -> str:
@@ -128,21 +144,27 @@ def fleet_metrics(client: PrometheusClient, start: float, end: float, job: str =
         f'sum by (unit) (increase(dutywatch_findings_total{{action="alert"}}[{rng}]))', end)}
     audits = {m.get("unit", ""): _num(v) for m, v in client.query(
         f'sum by (unit) (increase(dutywatch_findings_total{{action="audit"}}[{rng}]))', end)}
-    days = max((end - start) / 86400.0, 1e-9)
-    units: dict[str, UnitRate] = {}
-    for m, n in per_unit:
-        u = m.get("unit", "")
-        units[u] = UnitRate(m.get("department", ""), u, int(n), alerts.get(u, 0.0), audits.get(u, 0.0),
-                            alerts.get(u, 0.0) / max(int(n), 1) / days)
-    for u in set(alerts) | set(audits):
-        if u not in units:
-            units[u] = UnitRate("", u, 0, alerts.get(u, 0.0), audits.get(u, 0.0), 0.0)
     step = max(1.0, math.ceil((end - start) / MAX_POINTS))
     expected = int((end - start) // step) + 1
     down = []
+    first: float | None = None
     for m, values in client.query_range(f"up{{job={_quote(job)}}}", start, end, step):
-        upish = sum(1 for _, v in values if v >= 1)
-        down.append(Downtime(m.get("instance", "?"), (expected - upish) * step, len(values)))
+        failed = sum(1 for _, v in values if v < 1)
+        down.append(Downtime(m.get("instance", "?"), failed * step, len(values),
+                             max(0, expected - len(values)) * step))
+        if values:
+            first = values[0][0] if first is None else min(first, values[0][0])
     down.sort(key=lambda d: (-d.down_seconds, d.instance))
+    # Rates only over the time Prometheus had data, and only when that is at least a day.
+    days = (end - max(start, first)) / 86400.0 if first is not None else 0.0
+    units: dict[str, UnitRate] = {}
+    for m, n in per_unit:
+        u = m.get("unit", "")
+        v = round(alerts.get(u, 0.0))
+        units[u] = UnitRate(m.get("department", ""), u, int(n), v, round(audits.get(u, 0.0)),
+                            v / max(int(n), 1) / days if days >= 1.0 else None)
+    for u in set(alerts) | set(audits):
+        if u not in units:
+            units[u] = UnitRate("", u, 0, round(alerts.get(u, 0.0)), round(audits.get(u, 0.0)), None)
     return FleetMetrics(client.url, job, start, end, step, hosts,
-                        tuple(sorted(units.values(), key=lambda r: (r.department, r.unit))), tuple(down))
+                        tuple(sorted(units.values(), key=lambda r: (r.department, r.unit))), tuple(down), first)

@@ -324,23 +324,42 @@ def verdict(r: Report) -> Section:
 
 
 def fleet(r: Report) -> Section | None:
-    """Fleet-wide figures from Prometheus, when asked for."""
+    """Fleet-wide figures from Prometheus, when asked for; no data is never counted as down time."""
     m = r.prometheus
     if m is None:
         return None
     lang = r.lang
+    dash = "—"
+    data_since = r.when(m.data_since) if m.data_since is not None else tr(lang, "prom_never")
     facts = ((tr(lang, "prom_url"), f"{m.url} (job {m.job})"), (tr(lang, "hosts_monitored"), str(m.hosts_monitored)),
+             (tr(lang, "prom_data_since"), data_since), (tr(lang, "prom_no_data"), duration(lang, m.no_data_seconds)),
              (tr(lang, "down_total"), duration(lang, m.down_seconds)))
     units = tuple((_name(lang, u.department, "unregistered"), _name(lang, u.unit, "unregistered"), str(u.hosts),
-                   f"{u.violations:.0f}", f"{u.audits:.0f}", f"{u.per_host_day:.2f}") for u in m.units)
-    down = tuple((d.instance, duration(lang, d.down_seconds)) for d in m.downtime)
-    return Section("fleet", tr(lang, "s_fleet"), (
+                   str(u.violations), str(u.audits), f"{u.per_host_day:.2f}" if u.per_host_day is not None else dash)
+                  for u in m.units)
+    down = tuple((d.instance, duration(lang, d.down_seconds), duration(lang, d.no_data_seconds)) for d in m.downtime)
+    blocks: list[Block] = [
         Table("", ("", ""), facts, (1, 3)),
         Table(tr(lang, "by_unit"), (tr(lang, "department"), tr(lang, "unit"), tr(lang, "hosts"),
                                     tr(lang, "violations"), tr(lang, "audits"), tr(lang, "rate")),
               units, (3, 3, 1, 1, 1, 1.5)),
-        Table(tr(lang, "down"), (tr(lang, "instance"), tr(lang, "down")), down, (3, 2)),
-    ))
+    ]
+    if any(u.per_host_day is None for u in m.units):
+        blocks.append(Para(tr(lang, "prom_no_rate"), "note"))
+    blocks.append(Table(tr(lang, "down"), (tr(lang, "instance"), tr(lang, "down"), tr(lang, "prom_no_data_col")),
+                        down, (3, 2, 2)))
+    if not r.fleet:
+        prom = {u.unit: u.violations for u in m.units}
+        rows = []
+        for g in r.data.groups:
+            if g.unit in prom:
+                rows.append((_name(lang, g.unit, "unregistered"), str(g.tally.alerts), str(prom[g.unit])))
+        if rows:
+            blocks.append(Table(tr(lang, "prom_vs_journal"), (tr(lang, "unit"), tr(lang, "prom_journal"),
+                                                              "Prometheus"), tuple(rows), (3, 1, 1)))
+        if any(a != b for _, a, b in rows):
+            blocks.append(Para(tr(lang, "prom_differs"), "note"))
+    return Section("fleet", tr(lang, "s_fleet"), tuple(blocks))
 
 
 def all_sections(r: Report) -> list[Section]:

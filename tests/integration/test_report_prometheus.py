@@ -120,18 +120,25 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 
 
 def test_fleet_figures(prometheus: dict[str, Any]) -> None:
-    m = fleet_metrics(PrometheusClient(prometheus["url"]), prometheus["start"], prometheus["end"], "dutywatch")
+    # The period starts an hour before this Prometheus existed: that hour is no data, not down time.
+    m = fleet_metrics(PrometheusClient(prometheus["url"]), prometheus["start"] - 3600, prometheus["end"],
+                      "dutywatch")
     assert m.hosts_monitored == 2
     units = {u.unit: u for u in m.units}
     fgw, dsj = units["省发改委信息中心"], units["省政务云运维中心"]
     assert (fgw.department, fgw.hosts) == ("省发展和改革委员会", 1)
-    assert fgw.violations > 0 and fgw.audits == 0 and fgw.per_host_day > 0
-    assert dsj.audits > 0 and dsj.violations == 0
+    assert isinstance(fgw.violations, int) and fgw.violations > 0 and fgw.audits == 0
+    assert dsj.audits > 0 and dsj.violations == 0 and isinstance(dsj.audits, int)
+    # seconds of data: no rate per host and day is projected from them
+    assert fgw.per_host_day is None and dsj.per_host_day is None
     down = {d.instance: d.down_seconds for d in m.downtime}
-    period = prometheus["end"] - prometheus["start"]
-    assert down[prometheus["dead"]] >= period * 0.8
+    observed = prometheus["end"] - prometheus["start"]
+    # to within the query's resolution (a point every m.step seconds over the whole period)
+    assert abs(down[prometheus["dead"]] - observed) <= 2 * m.step
     live = [v for k, v in down.items() if k != prometheus["dead"]]
-    assert len(live) == 2 and max(live) < down[prometheus["dead"]]
+    assert len(live) == 2 and max(live) <= m.step
+    assert m.no_data_seconds >= 3600 and m.data_since is not None
+    assert all(d.no_data_seconds >= 3600 for d in m.downtime)
 
 
 def test_report_carries_fleet_figures(prometheus: dict[str, Any], tmp_path: Path) -> None:
