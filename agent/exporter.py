@@ -1,6 +1,9 @@
 """The HTTP(S) exporter: ``/metrics``, ``/healthz`` and a landing page.
 
-A threaded ``http.server`` in its own thread. With a web-config it serves
+A threaded ``http.server``; its accept loop is a thread of its own (a request is
+served on a thread of its own too, so a slow scraper never holds up the agent), which
+blocks in select on the listening socket and a stop pipe with no timeout: a host that
+nobody scrapes wakes it never. With a web-config it serves
 TLS (optionally requiring client certificates) and basic auth exactly as
 the exporter-toolkit does: every path needs the credentials, a plain HTTP
 request to the TLS port gets a 400 and is closed, and a TLS handshake runs in
@@ -16,6 +19,8 @@ import binascii
 import gzip
 import html
 import logging
+import os
+import selectors
 import socket
 import ssl
 import threading
@@ -52,6 +57,7 @@ def _always_ok() -> tuple[bool, str]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    timeout = 0.0  # handle_request() is called only once select() found a connection waiting
 
     def __init__(self, address: tuple[str, int], app: Exporter, ssl_context: ssl.SSLContext | None) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -170,6 +176,7 @@ class Exporter:
         self.landing = _landing_page(metrics.version)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None  # a pipe: written at stop, ends the accept loop's wait
 
     @property
     def tls(self) -> bool:
@@ -189,21 +196,36 @@ class Exporter:
             return
         host, port = parse_listen(self.listen)
         self._server = _Server((host, port), self, self.web_config.ssl_context())
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+        self._wake = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._serve, args=(self._server, self._wake[0]),
                                         name="exporter", daemon=True)
         self._thread.start()
         _log.info("exporter listening on %s:%d (%s)", host, self.port, "https" if self.tls else "http")
 
     def stop(self) -> None:
         """Stop serving and release the port."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
+        server, thread, wake = self._server, self._thread, self._wake
+        self._server = self._thread = self._wake = None
+        if server is None or wake is None:
             return
-        server.shutdown()
-        server.server_close()
+        os.write(wake[1], b"x")
         if thread is not None:
             thread.join(timeout=5)
+        server.server_close()
+        for fd in wake:
+            os.close(fd)
+
+    @staticmethod
+    def _serve(server: _Server, wake: int) -> None:
+        """Accept connections until ``wake`` turns readable (``serve_forever`` would poll twice a second)."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(server, selectors.EVENT_READ)
+            sel.register(wake, selectors.EVENT_READ)
+            while True:
+                ready = sel.select()
+                if any(key.fileobj == wake for key, _ in ready):
+                    return
+                server.handle_request()  # accept (it is ready: timeout 0) and hand the request to its thread
 
 
 def _landing_page(version: str) -> bytes:

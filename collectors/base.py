@@ -7,11 +7,20 @@ until ``stop`` is set. ``emit`` returns False when the pipeline dropped the
 event (queue full); the pipeline counts those drops itself. A collector
 counts its own losses (kernel overflow, unreadable /proc entries) in
 ``health`` so the exporter can show them as ``events_dropped_total``.
+
+A quiet host must cost nothing, so a collector blocks on its source with no
+timeout, or with one computed from its next real deadline. To hear ``stop``
+while it blocks, it waits on ``stop_fd(stop)`` beside its descriptors: the
+agent hands collectors a :class:`StopEvent`, whose descriptor turns readable
+when it is set. A plain ``threading.Event`` (tests, one-off tools) has none;
+then the collector looks at it every ``STOP_POLL`` seconds instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -90,6 +99,60 @@ class Collector(Protocol):
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Produce events until ``stop`` is set; return when it is."""
         ...
+
+
+STOP_POLL = 0.25  # how often a collector looks at a stop that has no descriptor (never in the agent)
+
+
+class StopEvent(threading.Event):
+    """A ``threading.Event`` that can also be waited on with select/poll: ``fileno()`` turns readable on set.
+
+    The descriptor is a pipe written once by ``set()`` and never drained while
+    set, so every selector that includes it wakes, however many there are.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._r, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def fileno(self) -> int:
+        """The descriptor that is readable while the event is set."""
+        return self._r
+
+    def set(self) -> None:
+        """Set the event and wake every thread waiting on its descriptor."""
+        super().set()
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._w, b"x")
+
+    def clear(self) -> None:
+        """Clear the event and its descriptor."""
+        super().clear()
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def __del__(self) -> None:
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def stop_fd(stop: threading.Event) -> int | None:
+    """The descriptor that wakes a select when ``stop`` is set, or None for a plain Event."""
+    return stop.fileno() if isinstance(stop, StopEvent) else None
+
+
+def stop_timeout(stop: threading.Event, deadline: float | None) -> float | None:
+    """How long a select may block: until ``deadline`` seconds from now (None: no deadline).
+
+    Without a stop descriptor the wait is cut to ``STOP_POLL`` so that ``stop`` is still seen.
+    """
+    if stop_fd(stop) is None:
+        return STOP_POLL if deadline is None else max(0.0, min(deadline, STOP_POLL))
+    return None if deadline is None else max(0.0, deadline)
 
 
 class CollectorError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -41,11 +42,20 @@ from agent.paths import shipped_rules_dir
 from agent.registry import Registry, load_registry
 from agent.strictmodes import load_checked_config
 from agent.webconfig import load_web_config
-from collectors.base import Collector, Sources
+from collectors.base import Collector, Sources, StopEvent
 
 _log = logging.getLogger("dutywatch")
 STALL_SECONDS = 10.0
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# SIGCONT ends a wait at once when the agent is resumed after SIGSTOP, so the pause is seen then.
+_WAIT_SIGNALS = _SIGNALS | {signal.SIGCONT}
+# The main thread's checks that have no event to wait for: a tracer (TracerPid), the admin's
+# files changed on disk, folds whose window ran out, health. Every GUARD_EVERY seconds at most,
+# and at least twice within protect.pause_after, so a pause is measured to within half of it.
+GUARD_EVERY = 2.0
+# run.json's alive stamp: the start of a gap after a kill is known to within this; the journal's
+# own last record bounds it too.
+HEARTBEAT_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ class Agent:
         # nothing is monitored, until the admin replaces it (the registry file is watched).
         self.held = self.loaded.registry.example
         self.host = self._host_id(self.loaded.registry)
-        self.stop_event = threading.Event()
+        self.stop_event: threading.Event = StopEvent()  # collectors wait on its descriptor beside their own
         self.reload_requested = threading.Event()
         self.reload_generation = 0
         self.notifier = notifier or Notifier()
@@ -145,6 +155,7 @@ class Agent:
         self._assess_config = cfg.assess
         self.assessor = self._assessor(cfg) if assess is None else assess
         self.stop_by: dict[str, Any] = {}
+        self._main: int | None = None  # the thread that waits for signals in run()
 
     # -- construction helpers ---------------------------------------------
     @staticmethod
@@ -459,11 +470,16 @@ class Agent:
     def stop(self) -> None:
         """Ask the agent to stop (safe from any thread)."""
         self.stop_event.set()
+        if self._main is not None and self._main != threading.get_ident():
+            # The main thread waits in sigtimedwait for up to GUARD_EVERY: wake it now.
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(self._main, signal.SIGCONT)
 
     def shutdown(self) -> None:
         """Stop collectors, drain the queue, journal the stop, sign and close."""
         self.notifier.send("STOPPING=1")
         self.stop_event.set()
+        self.pipeline.wake()
         if self.assessor:
             self.assessor.stop()
         if self._supervisor is not None:
@@ -487,39 +503,45 @@ class Agent:
         thread and taken here with ``sigtimedwait``, which says who sent each.
         """
         if install_signals:
-            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            signal.pthread_sigmask(signal.SIG_BLOCK, _WAIT_SIGNALS)
+            self._main = threading.get_ident()
         self.start()
-        last_watch = last_beat = last_dog = last_trace = 0.0
-        pauses = PauseDetector(self.loaded.config.pause_after, wall=self.clock)
+        cfg = self.loaded.config
+        guard_every = min(GUARD_EVERY, cfg.pause_after / 2) if cfg.pause_after > 0 else GUARD_EVERY
+        pauses = PauseDetector(cfg.pause_after, wall=self.clock)
         traced_by = 0
+        now = time.monotonic()
+        next_guard, next_beat, next_dog = now, now + HEARTBEAT_EVERY, now
         try:
             while not self.stop_event.is_set():
+                # Sleep until the next thing that is due; signals (with their sender) end the wait early.
+                interval = self.notifier.watchdog_interval
+                due = min(next_guard, next_beat, next_dog if interval else next_beat)
+                timeout = max(0.0, due - time.monotonic())
                 if install_signals:
-                    info = signal.sigtimedwait(_SIGNALS, 0.25)
+                    info = signal.sigtimedwait(_WAIT_SIGNALS, timeout)
                     # Interrupted (SIGSTOP/SIGCONT) just as the timeout ran out, CPython returns
                     # an unfilled siginfo rather than None: only a signal asked for is one.
                     if info is not None and info.si_signo in _SIGNALS:
                         self._on_signal(info.si_signo, info.si_pid, info.si_uid)
-                elif self.stop_event.wait(0.25):
+                elif self.stop_event.wait(timeout):
                     break
                 now = time.monotonic()
                 pause = pauses.tick()
                 if pause is not None:
                     self.tamper("paused", pause.describe(), {"since": pause.since, "until": pause.until,
                                                              "seconds": round(pause.seconds, 3)})
-                if now - last_trace >= 1.0:
-                    last_trace = now
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload("SIGHUP")
+                if now >= next_guard:
+                    next_guard = now + guard_every
                     self.folder.tick()
                     tracer = tracer_pid()
                     if tracer and tracer != traced_by:
                         who = read_sender(tracer, None)
                         self.tamper("ptrace", f"the agent is traced by {who.describe()}", {}, who)
                     traced_by = tracer
-                if self.reload_requested.is_set():
-                    self.reload_requested.clear()
-                    self.reload("SIGHUP")
-                if now - last_watch >= 2.0:
-                    last_watch = now
                     changed = self.watcher.changed()
                     if changed:
                         self.writer.put({"type": "lifecycle", "time": self.clock(), "host": self.host,
@@ -527,13 +549,13 @@ class Agent:
                         self.reload("change on disk: " + ", ".join(changed[:5]))
                 ok, _ = self.health()
                 self.metrics.set_stalled(not ok)
-                if now - last_beat >= 5.0:
-                    last_beat = now
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_EVERY
                     self.runstate.beat(self.clock())
-                interval = self.notifier.watchdog_interval
-                if interval and ok and now - last_dog >= interval:
-                    last_dog = now
-                    self.notifier.send("WATCHDOG=1")
+                if interval and now >= next_dog:
+                    next_dog = now + interval
+                    if ok:
+                        self.notifier.send("WATCHDOG=1")
         finally:
             self.shutdown()
         return 0

@@ -56,7 +56,7 @@ class JournalWriter:
         """Queue a record; waits while the buffer is full (never drops)."""
         with self._cond:
             while len(self._buf) >= self.capacity and not self._stop:
-                self._cond.wait(0.5)
+                self._cond.wait()  # notified when the writer takes a batch, or at stop
             self._buf.append(record)
             self._cond.notify_all()
 
@@ -91,7 +91,8 @@ class JournalWriter:
         while True:
             with self._cond:
                 if not self._buf and not self._stop:
-                    self._cond.wait(1.0)
+                    # Until a record comes, or the next checkpoint or prune is due: never a fixed poll.
+                    self._cond.wait(self._idle_wait())
                 batch = [self._buf.popleft() for _ in range(min(BATCH, len(self._buf)))]
                 stopping = self._stop
                 self._cond.notify_all()
@@ -160,6 +161,13 @@ class JournalWriter:
                          "elapsed time", now - bound)
             return bound
         return now
+
+    def _idle_wait(self) -> float:
+        """Seconds until housekeeping has something to do: a checkpoint owed by time, or a prune."""
+        now = self.clock()
+        wait = max(0.0, self.prune_every - abs(now - self._last_prune))
+        due = self.journal.due_in(now)
+        return wait if due is None else min(wait, due)
 
     def _housekeeping(self) -> None:
         now = self.clock()

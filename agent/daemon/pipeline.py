@@ -77,6 +77,10 @@ class Pipeline:
             self._wake.set()
         return True
 
+    def wake(self) -> None:
+        """End the worker's wait for events (at stop, after the stop event is set)."""
+        self._wake.set()
+
     def stalled(self, after: float) -> bool:
         """True when events wait, or one is in hand, but none was processed for ``after`` seconds."""
         return (self._busy or bool(self._queue)) and self.monotonic() - self.last_progress > after
@@ -90,8 +94,8 @@ class Pipeline:
                 if stop.is_set():
                     return
                 self._wake.clear()
-                if not queue:
-                    self._wake.wait(0.5)
+                if not queue and not stop.is_set():
+                    self._wake.wait()  # until an event is offered or wake() is called at stop
                 self.last_progress = self.monotonic()
                 continue
             self._busy = True

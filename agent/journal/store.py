@@ -281,6 +281,15 @@ class Journal:
         return (self.unsigned >= self.checkpoint_every
                 or abs(now - self._last_checkpoint) >= self.checkpoint_interval)
 
+    def due_in(self, now: float) -> float | None:
+        """Seconds until a checkpoint is owed by time (0: now); None while nothing waits unsigned."""
+        if self.unsigned <= 0:
+            return None
+        if self.unsigned >= self.checkpoint_every:
+            return 0.0
+        elapsed = abs(now - self._last_checkpoint)
+        return max(0.0, self.checkpoint_interval - elapsed)
+
     def checkpoint(self) -> Checkpoint | None:
         """Sign the current head; None when it is signed already."""
         if self.unsigned <= 0:
