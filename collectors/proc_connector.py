@@ -257,13 +257,16 @@ class ProcConnector:
         """The socket's descriptor, for select."""
         return self._socket().fileno()
 
-    def receive(self, timeout: float, max_datagrams: int = 256) -> Received:
-        """Events waiting now, or within ``timeout`` seconds; at most ``max_datagrams`` read per call."""
+    def receive(self, timeout: float | None, max_datagrams: int = 256, wake: int | None = None) -> Received:
+        """Events waiting now, or within ``timeout`` seconds (None: until some come); at most ``max_datagrams``.
+
+        ``wake`` is another descriptor that ends the wait when it turns readable (the stop event's).
+        """
         sock = self._socket()
         if self._pending:
             events, self._pending = self._pending, []
             return Received(events)
-        return self._read(sock, timeout, max_datagrams)
+        return self._read(sock, timeout, max_datagrams, wake)
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
@@ -271,9 +274,10 @@ class ProcConnector:
         return self._sock
 
     @staticmethod
-    def _read(sock: socket.socket, timeout: float, max_datagrams: int) -> Received:
-        ready, _, _ = select.select([sock], [], [], timeout)
-        if not ready:
+    def _read(sock: socket.socket, timeout: float | None, max_datagrams: int, wake: int | None = None) -> Received:
+        fd = sock.fileno()
+        ready, _, _ = select.select([fd] if wake is None else [fd, wake], [], [], timeout)
+        if fd not in ready:
             return Received([])
         events: list[ProcEvent] = []
         overflows = malformed = 0

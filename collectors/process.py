@@ -11,6 +11,11 @@ Each exec is enriched from /proc by ``ProcReader``. A process that is gone
 before it can be read (short-lived commands in an exec storm) still yields
 its exec event with what the kernel said (pid, and the parent learned from
 its fork) and is counted under ``partials["proc_gone"]`` as a partial event (not a drop).
+
+One thread (the supervisor's): it blocks in select on the connector socket and the stop
+descriptor with no timeout, so it wakes only for the kernel's process events. It stays a
+thread of its own because each exec is enriched from /proc at once, while the process
+still lives, which must not wait behind another source's work.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from agent.events import Event, Parent, Process
-from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
+from collectors.base import Availability, CollectorError, Emit, Health, Sources, section, stop_fd, stop_timeout
 from collectors.proc_connector import ProcConnector, ProcEvent, has_net_admin, own_status
 from collectors.process_poll import ProcessPoller
 from collectors.procfs import ProcReader
@@ -39,7 +44,6 @@ class Coverage(Protocol):
         ...
 
 
-_RECV_TIMEOUT = 0.5  # how soon a set ``stop`` is noticed while the host is quiet
 _FORK_MEMORY = 8192  # forks remembered for the parent of processes gone before we read them
 _BATCH = 32  # datagrams read before handling them: small, so /proc is read while processes still live
 
@@ -134,8 +138,10 @@ class ProcessCollector:
     # -- netlink -----------------------------------------------------------
 
     def _netlink_loop(self, connector: ProcConnector, emit: Emit, stop: threading.Event) -> None:
+        wake, timeout = stop_fd(stop), stop_timeout(stop, None)
         while not stop.is_set():
-            got = connector.receive(_RECV_TIMEOUT, _BATCH)
+            # Blocks until the kernel reports something or stop is set: a quiet host wakes nothing.
+            got = connector.receive(timeout, _BATCH, wake)
             if got.overflows:
                 # The kernel says "lost some", not how many: each report counts once.
                 self.health.drop("kernel_overflow", got.overflows)
