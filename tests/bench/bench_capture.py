@@ -1,7 +1,10 @@
-"""Process collector figures: exec-storm capture, exec-to-event latency, idle CPU.
+"""Process collector figures: exec-storm capture, exec-to-event latency, idle CPU; the whole agent idle.
 
 Run as root for netlink mode: ``python tests/bench/bench_capture.py [--idle-seconds 10]``.
-Prints one human-readable line per figure; asserts nothing.
+``--agent-only`` prints only the whole-agent idle line: every collector on, measured over
+``--agent-seconds`` after a settle, several runs, medians (CPU share of one core, RSS, threads,
+wake-ups a second, with the load average beside it). Prints one human-readable line per
+figure; asserts nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import argparse
 import logging
 import os
 import resource
+import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.events import Event
 from collectors.process import ProcessCollector
+from tests.bench.idle_agent import ALL_ON, Idle, measure
 from tests.bench.spawner import spawn
+from tests.integration.agent_harness import AgentProcess
 
 
 class Session:
@@ -110,6 +117,36 @@ def idle_cpu(mode: str, seconds: float, interval: float) -> None:
           f"({s.count} events from the host), peak RSS {after.ru_maxrss / 1024:.0f} MB")
 
 
+def agent_idle(runs: int, seconds: float, settle_s: float, audit: bool) -> None:
+    """The whole agent on a quiet host: every collector on, nothing happening."""
+    names = ALL_ON + (("audit",) if audit else ())
+    cfg = "".join(f"  {n}: {{enabled: {'true' if n in names else 'false'}}}\n" for n in (*ALL_ON, "audit"))
+    results: list[Idle] = []
+    for i in range(runs):
+        with tempfile.TemporaryDirectory(prefix="dw-idle-") as tmp:
+            agent = AgentProcess(Path(tmp), collectors=cfg, module="tests.bench.named_agent")
+            agent.start(timeout=120)
+            try:
+                time.sleep(settle_s)
+                assert agent.proc is not None
+                r = measure(agent.proc.pid, seconds)
+            finally:
+                agent.stop()
+        results.append(r)
+        top = ", ".join(f"{n} {w / r.seconds:.1f}/s {t}t" for n, t, w in r.per_thread if w or t)
+        print(f"  run {i + 1}: CPU {r.cpu_percent:.2f}% of one core, RSS {r.rss_mb:.0f} MB, {r.threads} threads, "
+              f"{r.wakeups_per_s:.1f} wake-ups/s, load {r.load:.1f}; per thread (wake-ups, ticks): {top}")
+
+    def med(f: Callable[[Idle], float]) -> float:
+        return statistics.median(f(r) for r in results)
+
+    print(f"agent idle ({'+'.join(names)}; {seconds:g} s after a {settle_s:g} s settle, median of {runs}): "
+          f"CPU {med(lambda r: r.cpu_percent):.2f}% of one core (target <= 0.3), "
+          f"RSS {med(lambda r: r.rss_mb):.0f} MB (target <= 60), threads {med(lambda r: r.threads):.0f}, "
+          f"wake-ups {med(lambda r: r.wakeups_per_s):.1f}/s (target <= 10); "
+          f"load average {med(lambda r: r.load):.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the figures chosen on the command line."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -117,7 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-seconds", type=float, default=60.0, help="idle CPU period per mode (default 60)")
     ap.add_argument("--poll-interval", type=float, default=1.0, help="poll mode period (default 1 s)")
     ap.add_argument("--paced", type=int, default=300, help="execs for the paced latency figure (default 300)")
+    ap.add_argument("--agent-runs", type=int, default=3, help="whole-agent idle runs (default 3)")
+    ap.add_argument("--agent-seconds", type=float, default=60.0, help="whole-agent idle window (default 60)")
+    ap.add_argument("--agent-settle", type=float, default=20.0, help="settle before the window (default 20)")
+    ap.add_argument("--audit", action="store_true", help="the audit collector on too (takes the audit daemon role)")
+    ap.add_argument("--agent-only", action="store_true", help="only the whole-agent idle line")
     args = ap.parse_args(argv)
+    if args.agent_runs > 0:
+        agent_idle(args.agent_runs, args.agent_seconds, args.agent_settle, args.audit)
+    if args.agent_only:
+        return 0
     logging.basicConfig(level=logging.WARNING, format="  (%(message)s)")
     netlink = ProcessCollector({"mode": "netlink"}).available()
     if netlink.mode is None:

@@ -45,8 +45,9 @@ class AgentProcess:
     """One agent subprocess with its own config, registry, rules and state directory."""
 
     def __init__(self, tmp: Path, *, collectors: str, rules: list[str] | None = None,
-                 extra_config: str = "", registry: str | None = None) -> None:
+                 extra_config: str = "", registry: str | None = None, module: str = "agent") -> None:
         self.tmp = tmp
+        self.module = module  # tests.bench.named_agent names each thread in the kernel
         self.port = free_port()
         self.state = tmp / "state"
         self.assets = tmp / "assets"
@@ -67,7 +68,7 @@ class AgentProcess:
         """Start the agent and wait until /healthz answers."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", "debug"],
+                [sys.executable, "-m", self.module, "run", "--config", str(self.config), "--log-level", "debug"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
         self.wait(lambda: self.healthy(), "agent never became healthy", timeout)
 
