@@ -43,6 +43,30 @@ class Finding:
         who = op.name or op.account
         return {"operator": who, "custodian": h.custodian, "unit": h.unit, "department": h.department}
 
+    def answer(self) -> list[dict[str, str | None]]:
+        """Every role the rule holds to account, in its order, by name: ``{role, name, unit}``.
+
+        ``unit`` is the person's own unit for the operator (not the host's),
+        the host's unit for its custodian, and None for a unit or department.
+        """
+        e = self.event
+        op, h = e.operator, e.host
+        out: list[dict[str, str | None]] = []
+        for role in self.rule.accountable:
+            if role == "operator":
+                out.append({"role": role, "name": op.name or op.account, "unit": op.unit})
+            elif role == "host.custodian":
+                out.append({"role": role, "name": h.custodian, "unit": h.unit})
+            elif role == "host.unit":
+                out.append({"role": role, "name": h.unit, "unit": None})
+            elif role == "host.department":
+                out.append({"role": role, "name": h.department, "unit": None})
+            elif role == "file.owner_unit":
+                out.append({"role": role, "name": e.file.owner_unit, "unit": None})
+            elif role == "media.holder":
+                out.append({"role": role, "name": e.media.holder, "unit": None})
+        return out
+
     def to_record(self) -> dict[str, Any]:
         """The journal record of this finding (DESIGN §7 ``events --format json``).
 
@@ -64,6 +88,7 @@ class Finding:
             "event": event,
             "accountable": self.accountable(),
             "roles": list(r.accountable),
+            "answer": self.answer(),
             "controls": list(r.controls),
             "tags": list(r.tags),
         }

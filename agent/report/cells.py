@@ -90,3 +90,27 @@ def lifecycle_text(rec: dict[str, Any]) -> str:
             return cut(d["message"])
         return cut(json.dumps(d, ensure_ascii=False, sort_keys=True, separators=(", ", ": "), default=str))
     return cut(d)
+
+
+PERSON_ROLES = ("operator", "host.custodian", "media.holder")
+
+
+def answer_of(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every role the finding's rule holds to account, by name (``{role, name, unit}``).
+
+    Records written before findings carried ``answer`` get it worked out from
+    their ``roles`` and event, the same way the engine does now.
+    """
+    ans = rec.get("answer")
+    if isinstance(ans, list):
+        return [a for a in ans if isinstance(a, dict)]
+    roles = rec.get("roles")
+    if not isinstance(roles, list):
+        roles = ["operator", "host.unit", "host.department"]
+    ev = group_of(rec, "event")
+    acc, op, f, m = group_of(rec, "accountable"), group_of(ev, "operator"), group_of(ev, "file"), group_of(ev, "media")
+    values = {"operator": (acc.get("operator"), op.get("unit")),
+              "host.custodian": (acc.get("custodian"), acc.get("unit")), "host.unit": (acc.get("unit"), None),
+              "host.department": (acc.get("department"), None),
+              "file.owner_unit": (f.get("owner_unit"), None), "media.holder": (m.get("holder"), None)}
+    return [{"role": r, "name": values[r][0], "unit": values[r][1]} for r in roles if r in values]

@@ -64,11 +64,13 @@ def document(r: Report) -> dict[str, Any]:
                                  "first": rr.first, "last": rr.last} for rr in x.rules]}
                      for x in r.controls],
         "accountability": {
-            "operators": [{"operator": p.operator or None, "unit": p.unit or None, "violations": p.tally.alerts,
+            "operators": [{"operator": p.operator or None, "unit": p.unit or None, "host_unit": p.host_unit or None,
+                           "roles": list(p.roles), "violations": p.tally.alerts,
                            "audits": p.tally.audits, "rules": [{"rule": k, "count": n} for k, n in p.rules]}
                           for p in d.operators],
             "units": [{"department": g.department or None, "unit": g.unit or None, "violations": g.tally.alerts,
                        "audits": g.tally.audits} for g in d.groups],
+            "owners": [{"unit": o.unit, "violations": o.tally.alerts, "audits": o.tally.audits} for o in d.owners],
             "unattributed": _capped(r, d.unattributed),
         },
         "violations": _capped(r, d.violations),

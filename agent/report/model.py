@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.report.assessment import AssessmentTally, HostAssessment
-from agent.report.cells import cut, describe_object, describe_process, group_of, lifecycle_text, text_of
+from agent.report.cells import (
+    PERSON_ROLES,
+    answer_of,
+    cut,
+    describe_object,
+    describe_process,
+    group_of,
+    lifecycle_text,
+    text_of,
+)
 from agent.report.coverage import CoverageTracker
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -93,12 +102,26 @@ class GroupRow:
 
 @dataclass(frozen=True, slots=True)
 class PersonRow:
-    """Findings one operator answers for (谁运行谁负责)."""
+    """Findings one person answers for (谁运行谁负责): as operator, custodian or media holder.
+
+    ``unit`` is the person's own unit (from the registry), ``host_unit`` the
+    unit in charge of the host it happened on; ``roles`` the roles held.
+    """
 
     operator: str
     unit: str
     tally: Tally
     rules: tuple[tuple[str, int], ...]
+    host_unit: str = ""
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRow:
+    """Findings on data a unit owns (the asset's ``file.owner_unit``), wherever the host."""
+
+    unit: str
+    tally: Tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +220,7 @@ class Aggregate:
     continuity: Continuity
     assessment: tuple[HostAssessment, ...] = ()
     first_time: float | None = None
+    owners: tuple[OwnerRow, ...] = ()
     alerts_by_severity: tuple[int, ...] = (0, 0, 0, 0, 0)
 
 
@@ -244,8 +268,10 @@ class Aggregator:
     _groups: dict[tuple[str, str], _Count] = field(default_factory=dict)
     _group_hosts: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     _hosts: set[str] = field(default_factory=set)
-    _people: dict[tuple[str, str], _Count] = field(default_factory=dict)
-    _people_rules: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    _people: dict[tuple[str, str, str], _Count] = field(default_factory=dict)
+    _people_rules: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
+    _people_roles: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    _owners: dict[str, _Count] = field(default_factory=dict)
     _rules: dict[str, list[Any]] = field(default_factory=dict)
     _day_cache: tuple[float, float, str] = (0.0, -1.0, "")
 
@@ -327,11 +353,25 @@ class Aggregator:
         hs = self._group_hosts.setdefault(gkey, set()) if gkey in self._groups else None
         if hs is not None and len(hs) < MAX_KEYS:
             hs.add(host)
-        pkey = (cut(op, 120) if op is not None else "", unit)
-        self._bucket(self._people, pkey, (OTHER, OTHER)).add(si, alert)
-        pr = self._people_rules.setdefault(pkey if pkey in self._people else (OTHER, OTHER), {})
-        if rule in pr or len(pr) < 50:
-            pr[rule] = pr.get(rule, 0) + 1
+        answer = answer_of(rec)
+        persons: dict[tuple[str, str, str], str] = {}
+        for a in answer:
+            role = a.get("role")
+            if role in PERSON_ROLES and a.get("name"):
+                persons.setdefault((cut(a["name"], 120), cut(a.get("unit"), 120), unit), str(role))
+            elif role == "file.owner_unit" and a.get("name"):
+                self._bucket(self._owners, cut(a["name"], 120), OTHER).add(si, alert)
+        if not persons:
+            persons[("", "", unit)] = "operator"  # no one by name: shown as unknown, and apart below
+        for pkey, role in persons.items():
+            self._bucket(self._people, pkey, (OTHER, OTHER, OTHER)).add(si, alert)
+            k = pkey if pkey in self._people else (OTHER, OTHER, OTHER)
+            pr = self._people_rules.setdefault(k, {})
+            if rule in pr or len(pr) < 50:
+                pr[rule] = pr.get(rule, 0) + 1
+            held = self._people_roles.setdefault(k, set())
+            if len(held) < len(PERSON_ROLES):
+                held.add(role)
         self._rule(rule, rec, t)
 
         def evidence() -> Evidence:
@@ -411,10 +451,13 @@ class Aggregator:
             hosts = sorted(self._group_hosts.get((dept, unit), set()))
             groups.append(GroupRow(dept, unit, c.freeze(), tuple(hosts[:50]), len(hosts)))
         people = [PersonRow(op, unit, c.freeze(),
-                            tuple(sorted(self._people_rules.get((op, unit), {}).items(),
-                                         key=lambda kv: (-kv[1], kv[0]))[:8]))
-                  for (op, unit), c in self._people.items()]
-        people.sort(key=lambda p: (-p.tally.alerts, -p.tally.total, p.operator, p.unit))
+                            tuple(sorted(self._people_rules.get((op, unit, hu), {}).items(),
+                                         key=lambda kv: (-kv[1], kv[0]))[:8]), hu,
+                            tuple(r for r in PERSON_ROLES if r in self._people_roles.get((op, unit, hu), set())))
+                  for (op, unit, hu), c in self._people.items()]
+        people.sort(key=lambda p: (-p.tally.alerts, -p.tally.total, p.operator, p.unit, p.host_unit))
+        owners = sorted((OwnerRow(u, c.freeze()) for u, c in self._owners.items()),
+                        key=lambda o: (-o.tally.alerts, -o.tally.total, o.unit))
         rules = [RuleRow(rid, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
                  for rid, row in sorted(self._rules.items())]
         cont = Continuity(tuple(self._life), self._life_total, tuple(sorted(self._life_counts.items())),
@@ -424,4 +467,4 @@ class Aggregator:
                          tuple((d, c.freeze()) for d, c in sorted(self._days.items())), tuple(groups),
                          tuple(sorted(self._hosts)), tuple(people), tuple(rules),
                          self._violations.freeze(), self._unattributed.freeze(), cont, self._assessment.result(),
-                         self._first_time, tuple(self._violations.by_sev))
+                         self._first_time, tuple(owners), tuple(self._violations.by_sev))

@@ -156,18 +156,28 @@ def _capped_notes(lang: str, c: Capped) -> list[Block]:
 def accountability(r: Report) -> Section:
     """Per operator and per unit: violations and audit records; unattributed operations apart."""
     lang, d = r.lang, r.data
-    people = tuple((_name(lang, p.operator, "unknown"), _name(lang, p.unit, "unregistered"), str(p.tally.alerts),
-                    str(p.tally.audits), ", ".join(f"{rid} ×{n}" for rid, n in p.rules)) for p in d.operators)
+    sep = "、" if lang == "zh" else ", "
+    people = tuple((_name(lang, p.operator, "unknown"), _name(lang, p.unit, "unregistered"),
+                    _name(lang, p.host_unit, "unregistered"), sep.join(tr(lang, f"role_{x}") for x in p.roles),
+                    str(p.tally.alerts), str(p.tally.audits), ", ".join(f"{rid} ×{n}" for rid, n in p.rules))
+                   for p in d.operators)
     units = tuple((_name(lang, g.department, "unregistered"), _name(lang, g.unit, "unregistered"),
                    str(g.tally.alerts), str(g.tally.audits)) for g in d.groups)
     blocks: list[Block] = [
-        Table(tr(lang, "per_operator"), (tr(lang, "operator"), tr(lang, "unit"), tr(lang, "violations"),
-                                         tr(lang, "audits"), tr(lang, "top_rules")), people, (2, 3, 1, 1, 4)),
+        Table(tr(lang, "per_operator"), (tr(lang, "person"), tr(lang, "own_unit"), tr(lang, "host_unit"),
+                                         tr(lang, "role"), tr(lang, "violations"), tr(lang, "audits"),
+                                         tr(lang, "top_rules")), people, (1.6, 2.2, 2.2, 1.4, 1, 1, 3)),
         Table(tr(lang, "per_unit"), (tr(lang, "department"), tr(lang, "unit"), tr(lang, "violations"),
                                      tr(lang, "audits")), units, (3, 3, 1, 1)),
     ]
+    if d.owners:
+        blocks.append(Table(tr(lang, "per_owner"), (tr(lang, "owner_unit"), tr(lang, "violations"),
+                                                    tr(lang, "audits")),
+                            tuple((_name(lang, o.unit, "unregistered"), str(o.tally.alerts), str(o.tally.audits))
+                                  for o in d.owners), (4, 1, 1)))
     u = d.unattributed
     if u.total:
+        blocks.append(Para(tr(lang, "unattributed_n", n=u.total), "bad"))
         blocks.append(Table(tr(lang, "unattributed"), _evidence_heads(lang), _evidence_rows(lang, r, u.rows),
                             EVIDENCE_WEIGHTS))
         blocks += _capped_notes(lang, u)

@@ -214,3 +214,33 @@ def test_hostile_strings_are_escaped_and_cut(tmp_path: Path) -> None:
     assert "a\\u0000b\\u001b[31m\\u202eexe.txt" in html
     assert len(html) < 200_000  # the 1 MB string was cut in every cell
     assert "x" * 300 not in html and "x" * 200 + "…" in html
+
+
+def test_everyone_the_rule_names_is_answered_for(journal: tuple[Path, int], tmp_path: Path) -> None:
+    """BM-FILE-001 names [operator, file.owner_unit, host.unit]: 王五 of 省发改委办公室 opened that office's
+    top-secret file on 省发改委信息中心's secret host."""
+    import sqlite3
+    state, _ = journal
+    conn = sqlite3.connect(state / "journal.db")
+    body = conn.execute("SELECT body FROM records WHERE rule = 'BM-FILE-001'").fetchone()[0]
+    conn.close()
+    rec = json.loads(body)
+    assert rec["answer"] == [{"role": "operator", "name": "王五", "unit": "省发改委办公室"},
+                             {"role": "file.owner_unit", "name": "省发改委办公室", "unit": None},
+                             {"role": "host.unit", "name": "省发改委信息中心", "unit": None}]
+    doc = _json(state, tmp_path)
+    acc = doc["accountability"]
+    people = {(p["operator"], p["unit"], p["host_unit"]): p for p in acc["operators"]}
+    # the person under their own unit, the host's unit beside it
+    ww = people[("王五", "省发改委办公室", "省发改委信息中心")]
+    assert "operator" in ww["roles"] and any(x["rule"] == "BM-FILE-001" for x in ww["rules"])
+    assert not any(p["operator"] == "王五" and p["unit"] == "省发改委信息中心" for p in acc["operators"])
+    # the owning unit of the data is named
+    owners = {o["unit"]: o for o in acc["owners"]}
+    assert owners["省发改委办公室"]["violations"] >= 1
+    # findings only the custodian answers for are the custodian's, not (unknown)'s
+    custodian = people[("zhangsan", "省发改委信息中心", "省发改委信息中心")]
+    assert custodian["roles"] == ["host.custodian"] or "host.custodian" in custodian["roles"]
+    unknown = [p for p in acc["operators"] if p["operator"] is None]
+    unknown_rules = {x["rule"] for p in unknown for x in p["rules"]}
+    assert not unknown_rules & {"BM-IF-001", "BM-IF-002"}
