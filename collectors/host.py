@@ -7,6 +7,11 @@ loopback, virtual, else wired) and reported with its first address, which
 attribution turns into a network zone. Bluetooth adapters (hci*) have no
 network interface until a PAN is up, so /sys/class/bluetooth is also read
 every ``interval`` and a new adapter is reported as a bluetooth interface.
+
+One thread (the supervisor's), blocked in select on the rtnetlink socket and the stop
+descriptor until the next ``interval`` read is due: a quiet host wakes it once an interval.
+It is cheap enough to share a loop with others, but the supervisor restarts each collector
+on its own when it fails, and one wake every ``interval`` (30 s) costs nothing to keep.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.events import Event, Iface
-from collectors.base import Availability, Emit, Health, Sources, section, translate_os_error
+from collectors.base import Availability, Emit, Health, Sources, section, stop_fd, stop_timeout, translate_os_error
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +176,7 @@ class HostCollector:
             sock, self.health.mode = None, "poll"
         self.health.up = True
         next_poll = 0.0
+        wake = stop_fd(stop)
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -179,11 +185,14 @@ class HostCollector:
                         self._rescan(emit)
                     self._bluetooth(emit)
                     next_poll = now + self.interval
+                # Until a link or address changes, stop is set, or the next sysfs read is due.
+                timeout = stop_timeout(stop, next_poll - time.monotonic())
                 if sock is None:
-                    stop.wait(min(0.25, max(0.0, next_poll - time.monotonic())))
+                    stop.wait(timeout)
                     continue
-                ready, _, _ = select.select([sock], [], [], 0.25)
-                if ready:
+                fds = [sock.fileno()] if wake is None else [sock.fileno(), wake]
+                ready, _, _ = select.select(fds, [], [], timeout)
+                if sock.fileno() in ready:
                     self._drain(sock, emit)
         finally:
             self.health.up = False
