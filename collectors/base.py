@@ -140,6 +140,9 @@ class StopEvent(threading.Event):
                 os.close(fd)
 
 
+WakeEvent = StopEvent  # the same thing used to wake a loop for another reason (a hint from another source)
+
+
 def stop_fd(stop: threading.Event) -> int | None:
     """The descriptor that wakes a select when ``stop`` is set, or None for a plain Event."""
     return stop.fileno() if isinstance(stop, StopEvent) else None

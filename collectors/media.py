@@ -22,6 +22,11 @@ Mounts made in other mount namespaces are seen too (``collectors.mountns``):
 a device not already mounted here is reported with its mount point as the
 agent reaches it (``/proc/PID/root/...``), and the event's detail names the
 namespace. A namespace that merely copied our mounts adds nothing.
+
+One thread (the supervisor's): one poll() on our mountinfo, each foreign namespace's
+mountinfo, the sweep hint and the stop descriptor, with a timeout only until the next
+idle sweep. It stays a thread of its own because a mount's scan (sysfs, the superblock)
+and the catch-up of the files collector it triggers may take a while on a big stick.
 """
 
 from __future__ import annotations
@@ -41,14 +46,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.events import Event, Media
-from collectors.base import Availability, Emit, Health, Sources, section
-from collectors.mountns import SWEEP_EVERY, Namespace, Namespaces
+from collectors.base import Availability, Emit, Health, Sources, section, stop_fd, stop_timeout
+from collectors.mountns import SWEEP_EVERY, SWEEP_IDLE, Namespace, Namespaces
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOTS = ("/media", "/run/media", "/mnt")
 _ESCAPE = re.compile(r"\\([0-7]{3})")
-_POLL_MS = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +252,12 @@ class MediaCollector:
                 best = media
         return best
 
-    def scan(self, text: str, ns: Namespace | None = None) -> list[Event]:
-        """Update the table from mountinfo ``text`` (of namespace ``ns``, else ours); the events for what changed."""
+    def scan(self, text: str, ns: Namespace | None = None, since: float | None = None) -> list[Event]:
+        """Update the table from mountinfo ``text`` (of namespace ``ns``, else ours); the events for what changed.
+
+        ``since`` is the earliest time a new mount may have been made (wall clock; default: now),
+        from which the files collector's catch-up looks for files written to it.
+        """
         mounts = {m.mount_id: m for m in parse_mountinfo(text)}
         events: list[Event] = []
         before = self._known if ns is None else self._foreign.get(ns.ino, {})
@@ -277,7 +285,7 @@ class MediaCollector:
             self._known = known
         else:
             self._foreign[ns.ino] = known
-        self._publish()
+        self._publish(since)
         return events
 
     def forget(self, ns: Namespace) -> list[Event]:
@@ -286,8 +294,8 @@ class MediaCollector:
         self._publish()
         return [Event("media.unmount", self._sources.clock(), self.name, media=m) for m in gone.values() if m]
 
-    def _publish(self) -> None:
-        seen = self._sources.clock()
+    def _publish(self, since: float | None = None) -> None:
+        seen = self._sources.clock() if since is None else since
         table = {mid: m for mid, m in self._known.items() if m is not None}
         for mounts in self._foreign.values():
             table.update((mid, m) for mid, m in mounts.items() if m is not None)
@@ -308,19 +316,35 @@ class MediaCollector:
         self.health.mode, self.health.up = "mountinfo", True
         try:
             self._emit_all(self.scan(_read_fd(fd)), emit)
-            poller, by_fd = self._poller(fd, spaces)
-            next_sweep = 0.0
+            wake, hint = stop_fd(stop), spaces.hint_fd()
+            poller, by_fd = self._poller(fd, spaces, wake)
+            last_sweep, listening, swept_at = -SWEEP_EVERY, True, None
             while not stop.is_set():
                 now = time.monotonic()
-                if now >= next_sweep or spaces.hinted():
-                    next_sweep = now + SWEEP_EVERY
+                idle_due = now >= last_sweep + SWEEP_IDLE
+                if idle_due or (now >= last_sweep + SWEEP_EVERY and spaces.hinted()):
+                    last_sweep, sweep_wall = now, self._sources.clock()
                     new, gone = spaces.sweep()
                     for ns in gone:
                         self._emit_all(self.forget(ns), emit)
+                    # A namespace found now was made after the last sweep, and so were its own mounts:
+                    # the files collector's catch-up looks for files written to them since then.
                     for ns in new:
-                        self._emit_all(self._scan_ns(ns), emit)
-                    poller, by_fd = self._poller(fd, spaces)
-                for ready, _ev in poller.poll(_POLL_MS):
+                        self._emit_all(self._scan_ns(ns, swept_at), emit)
+                    swept_at = sweep_wall
+                    poller, by_fd = self._poller(fd, spaces, wake)
+                    listening = True
+                # A hint that came too soon after a sweep waits (unheard) for the next allowed one.
+                deadline = last_sweep + (SWEEP_IDLE if listening else SWEEP_EVERY) - now
+                timeout = stop_timeout(stop, max(0.0, deadline))
+                for ready, _ev in poller.poll(None if timeout is None else timeout * 1000):
+                    if ready == wake:
+                        continue
+                    if ready == hint:
+                        if listening and time.monotonic() < last_sweep + SWEEP_EVERY:
+                            poller.unregister(hint)
+                            listening = False
+                        continue
                     where = by_fd.get(ready)
                     self._emit_all(self.scan(_read_fd(fd)) if where is None else self._scan_ns(where), emit)
         finally:
@@ -329,22 +353,25 @@ class MediaCollector:
             spaces.close()
             self._namespaces = None
 
-    def _poller(self, fd: int, spaces: Namespaces) -> tuple[select.poll, dict[int, Namespace]]:
+    def _poller(self, fd: int, spaces: Namespaces, wake: int | None) -> tuple[select.poll, dict[int, Namespace]]:
         poller = select.poll()
         poller.register(fd, select.POLLPRI | select.POLLERR)
+        poller.register(spaces.hint_fd(), select.POLLIN)
+        if wake is not None:
+            poller.register(wake, select.POLLIN)
         by_fd = {ns.fd: ns for ns in spaces.known.values()}
         for other in by_fd:
             poller.register(other, select.POLLPRI | select.POLLERR)
         return poller, by_fd
 
-    def _scan_ns(self, ns: Namespace) -> list[Event]:
+    def _scan_ns(self, ns: Namespace, since: float | None = None) -> list[Event]:
         try:
             text = _read_fd(ns.fd)
         except OSError:  # its process went: the next sweep reads it through another, or forgets it
             return []
         if not text:  # likewise (a namespace always has a root mount)
             return []
-        return self.scan(text, ns)
+        return self.scan(text, ns, since)
 
     def _emit_all(self, events: list[Event], emit: Emit) -> None:
         for e in events:

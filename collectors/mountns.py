@@ -5,20 +5,26 @@ container, a service's own namespace) is not in the agent's mount table.
 Each namespace is found by a sweep of ``/proc/*/ns/mnt`` (distinct nsfs
 inodes), and its table is read through one of its processes'
 ``/proc/PID/mountinfo``, which the kernel wakes with POLLPRI on every change
-there as it does our own. The sweep runs every ``SWEEP_EVERY`` seconds, and
-at once when ``hint`` is called: a source that sees mount or namespace
-system calls (the kernel audit source) can call it to cut the delay.
+there as it does our own. No kernel event says that a namespace was made, so
+the sweep runs when ``hint`` is called (at most every ``SWEEP_EVERY``
+seconds): a source that sees execs, mount or namespace system calls (the
+process collector, the kernel audit source) calls it, since a namespace is
+made by a program that runs. A sweep every ``SWEEP_IDLE`` seconds catches
+what no hint announced; nothing written meanwhile is lost, since the media
+collector dates a mount found in a new namespace back to the sweep before.
 Paths inside a namespace are reached from ours as ``/proc/PID/root/...``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-SWEEP_EVERY = 1.0
+from collectors.base import WakeEvent
+
+SWEEP_EVERY = 1.0   # at most this often, however many hints come
+SWEEP_IDLE = 10.0   # without any hint (the process collector off, or a namespace made without an exec)
 
 
 @dataclass(slots=True)
@@ -42,7 +48,7 @@ class Namespaces:
         self.proc = proc_root
         self.known: dict[int, Namespace] = {}
         self._own = self._ns_of("self")
-        self._hint = threading.Event()
+        self._hint = WakeEvent()  # its descriptor wakes the media collector's poll
 
     def _ns_of(self, pid: str) -> int | None:
         try:
@@ -53,6 +59,10 @@ class Namespaces:
     def hint(self) -> None:
         """A mount or a new namespace may have appeared: sweep at the next chance."""
         self._hint.set()
+
+    def hint_fd(self) -> int:
+        """Readable while a hint waits: the media collector polls it beside the mount tables."""
+        return self._hint.fileno()
 
     def hinted(self) -> bool:
         """Whether a hint came since the last sweep (and forget it)."""

@@ -36,6 +36,14 @@ from collectors.procfs import ProcReader
 MODES = ("auto", "netlink", "poll")
 
 
+class Sweeper(Protocol):
+    """A source that looks for new mount namespaces when told a program ran (the media collector)."""
+
+    def sweep_now(self) -> None:
+        """Look at the host's mount namespaces soon."""
+        ...
+
+
 class Coverage(Protocol):
     """A source that may report some kinds itself (the kernel audit collector)."""
 
@@ -63,7 +71,8 @@ class ProcessCollector:
 
     def __init__(self, config: Mapping[str, Any] | None = None, sources: Sources | None = None, *,
                  poll_interval: float | None = None, rcvbuf: int = 8 << 20,
-                 logger: logging.Logger | None = None, audit: Coverage | None = None) -> None:
+                 logger: logging.Logger | None = None, audit: Coverage | None = None,
+                 namespaces: Sweeper | None = None) -> None:
         self._sources = sources or Sources()
         self._mode = str(section(config, "mode", "auto"))
         if self._mode not in MODES:
@@ -79,6 +88,9 @@ class ProcessCollector:
         # While the audit collector's exec rules are in force it reports every exec with the
         # kernel's exe and auid; this collector then keeps to forks and exits (one exec, one event).
         self._audit = audit
+        # A mount namespace is made by a program that runs: each exec tells the media collector
+        # to look (it has no kernel event for a new namespace, and sweeps /proc only when told).
+        self._namespaces = namespaces
 
     # -- protocol ----------------------------------------------------------
 
@@ -121,6 +133,8 @@ class ProcessCollector:
         audit = self._audit
 
         def polled(event: Event) -> bool:
+            if event.kind == "process.exec" and self._namespaces is not None:
+                self._namespaces.sweep_now()
             if event.kind == "process.exec" and audit is not None and audit.covers("process.exec"):
                 return True
             return emit(event)
@@ -170,6 +184,8 @@ class ProcessCollector:
     def _exec(self, event: ProcEvent, emit: Emit) -> None:
         pid = event.tgid
         self.reader.invalidate(pid)
+        if self._namespaces is not None:
+            self._namespaces.sweep_now()
         if self._audit is not None and self._audit.covers("process.exec"):
             return
         found = self.reader.identity(pid)

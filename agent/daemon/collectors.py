@@ -79,7 +79,7 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
     if name == "process":
         from collectors.process import ProcessCollector
         return ProcessCollector(section, sources, poll_interval=float(section.get("interval", 1.0)),
-                                audit=built.get("audit"))  # type: ignore[arg-type]
+                                audit=built.get("audit"), namespaces=built.get("media"))  # type: ignore[arg-type]
     if name == "audit":
         from collectors.audit import AuditCollector
         return AuditCollector(section, sources, asset_paths=extra_paths)
