@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "agent.commands.report",
     "agent.commands.replay",
     "agent.commands.assess",
+    "agent.commands.enforce",
 )
 
 

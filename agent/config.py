@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.enforce.settings import EnforceConfig, parse_enforce
 from agent.errors import LoadError, Location, Problems
 from agent.paths import LOCAL_RULES, shipped_rules_dir
 from agent.schema import expect_bool, expect_int, expect_list, expect_map, expect_str, str_list
@@ -30,7 +31,7 @@ _COLLECTORS: dict[str, dict[str, Any]] = {
 _MODES = {"process": ("auto", "netlink", "poll"), "network": ("auto", "sniff", "poll"),
           "audit": ("auto", "multicast", "daemon")}
 _TOP = ("registry", "rules", "state_dir", "listen", "web_config", "queue_size", "collectors", "journal",
-        "forward", "sigma", "report", "assess", "protect")
+        "forward", "sigma", "report", "assess", "protect", "enforce")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -76,6 +77,7 @@ class Config:
     files: tuple[str, ...] = ()
     assess: AssessConfig = AssessConfig()
     pause_after: float = 5.0  # protect.pause_after: a longer stall of the agent is journaled as a pause
+    enforce: EnforceConfig = EnforceConfig()  # noqa: RUF009 - frozen, so one shared default is safe
 
     @property
     def journal_path(self) -> Path:
@@ -187,10 +189,11 @@ def load_config(path: str | Path) -> Config:
                 problems.add(pr.at("pause_after"), f"protect.pause_after: {exc}")
             if 0 < pause_after < 1.0:
                 problems.add(pr.at("pause_after"), "protect.pause_after must be at least 1s (or 0 to turn it off)")
+    enforce = parse_enforce(top, problems)
     problems.raise_if_any()
     assert registry is not None and state_dir is not None
     return Config(str(main), registry, rules, optional, state_dir, listen, web_config, queue_size,
-                  collectors, journal, syslog, skip, font, tuple(files), assess, pause_after)
+                  collectors, journal, syslog, skip, font, tuple(files), assess, pause_after, enforce)
 
 
 def _assess(top: LDict, base: Path, problems: Problems) -> AssessConfig:

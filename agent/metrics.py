@@ -33,7 +33,9 @@ from collectors.base import Health
 
 PREFIX = "dutywatch_"
 SEVERITIES = ("critical", "high", "medium", "low", "info")
-ACTIONS = ("alert", "audit")
+ACTIONS = ("alert", "audit", "block")
+ENFORCE_KINDS = ("network", "isolate", "media", "copy")
+ENFORCE_RESULTS = ("enforced", "dryrun", "failed", "refused", "lifted", "expired", "denied", "allowed")
 OTHER = "_other"
 TAMPER_REASONS = ("unclean_stop", "paused", "journal_rolled_back", "signal", "ptrace")
 # Rule evaluation is microseconds per event; a slow rule shows in the upper buckets.
@@ -191,7 +193,7 @@ class Metrics:
             "events_own_total", "Events of the agent's own processes (the agent and its descendants), "
             "set aside unevaluated, by kind.", "counter", "kind")
         self.findings = table(
-            "findings_total", "Findings by rule, severity, action (alert or audit) and accountable unit.",
+            "findings_total", "Findings by rule, severity, action (alert, audit or block) and accountable unit.",
             "counter", "rule", "severity", "action", "unit",
         )
         self.pipeline_drops = table(
@@ -250,6 +252,10 @@ class Metrics:
             "not_applicable).", "gauge", "policy", "result")
         self.assessment_last_run = table(
             "assessment_last_run_timestamp_seconds", "When the last configuration assessment finished.", "gauge")
+        self.enforcements = table(
+            "enforcements_total",
+            "Enforcement decisions and their lifting, by kind (network, isolate, media, copy) and result (enforced, "
+            "dryrun, failed, refused, lifted, expired, denied, allowed).", "counter", "kind", "result")
         self.evaluation = _Histogram(
             "engine_evaluation_seconds", "Time to evaluate one event against the rule set.", EVAL_BUCKETS
         )
@@ -308,6 +314,10 @@ class Metrics:
     def tampered(self, reason: str) -> None:
         """Count one attempt on the agent or its evidence."""
         self.tamper.inc((_choice(reason, TAMPER_REASONS),))
+
+    def enforced(self, kind: str, result: str, n: int = 1) -> None:
+        """Count one enforcement decision, or the lifting of one."""
+        self.enforcements.inc((_choice(kind, ENFORCE_KINDS), _choice(result, ENFORCE_RESULTS)), float(n))
 
     def rules_reloaded(self, ok: bool) -> None:
         """Count a reload attempt, successful or failed; the rules on disk are in force only after a good one."""
@@ -433,7 +443,7 @@ class Metrics:
                   self.rules_reloads, self.rules_reload_failures, self.journal_records, self.journal_size,
                   self.journal_verify_failures, self.journal_write_failures, self.forward_errors,
                   self.forward_dropped, self.queue_capacity, self.pipeline_stalled, self.assessment_checks,
-                  self.assessment_last_run):
+                  self.assessment_last_run, self.enforcements):
             yield t.family()
         yield from self.health_families()
         yield self.evaluation.family()

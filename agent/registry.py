@@ -107,6 +107,7 @@ class ZoneMap:
     def __init__(self, default: str, networks: list[tuple[str, IPNetwork]]) -> None:
         self.default = default
         self.names = frozenset([default, *(name for name, _ in networks)])
+        self.networks = tuple(networks)  # (zone, CIDR) as written: what an enforcement blocks or keeps open
         tables: dict[int, dict[int, dict[int, str]]] = {4: {}, 6: {}}
         for name, net in networks:
             tables[net.version].setdefault(net.prefixlen, {})[int(net.network_address)] = name

@@ -36,6 +36,14 @@ def run(args: argparse.Namespace) -> int:
             errors.append(_example_problem(config.registry))
         summary.append(f"registry {config.registry}: host {registry.host.id}, {len(registry.people)} people, "
                        f"{len(registry.assets)} assets")
+        from agent.enforce.channel import derive
+        channel, bad = derive(config, registry)
+        errors += [str(e) for e in bad]
+        if config.enforce.active and not bad:
+            summary.append(f"enforcement {config.enforce.mode}: forbidden zones {', '.join(channel.forbidden)}; "
+                           f"kept open: {', '.join(sorted(channel.named.values())) or 'loopback'}"
+                           + (f", the scrape port {channel.layout.listen_port}" if channel.layout.listen_port
+                              else ""))
     except (LoadError, LoadErrors) as exc:
         errors += error_lines(exc)
     try:

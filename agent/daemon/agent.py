@@ -66,6 +66,7 @@ class Loaded:
     registry: Registry
     stage: Stage
     rules: int
+    channel: Any = None  # what enforcement keeps open (agent.enforce.channel.Channel)
 
 
 def load_all(config_path: Path, state_dir: Path | None = None) -> Loaded:
@@ -101,9 +102,14 @@ def load_all(config_path: Path, state_dir: Path | None = None) -> Loaded:
             problems.append(exc)
         except LoadErrors as exc:
             problems += exc.errors
+    channel = None
+    if registry is not None:
+        from agent.enforce.channel import derive
+        channel, bad = derive(config, registry)
+        problems += bad
     if problems or registry is None or ruleset is None:
         raise LoadErrors(problems)
-    return Loaded(config, registry, Stage(Attributor(registry), Engine(ruleset)), len(ruleset.rules))
+    return Loaded(config, registry, Stage(Attributor(registry), Engine(ruleset)), len(ruleset.rules), channel)
 
 
 class Agent:
@@ -145,7 +151,8 @@ class Agent:
                                     on_commit=self._forward_batch, on_checkpoint=self._forward_checkpoint)
         self.pipeline = Pipeline(self.loaded.stage, self.metrics, capacity=cfg.queue_size, clock=clock)
         self.folder = Folder(self.writer.put, cfg.journal.fold_window, clock=clock)
-        self.pipeline.sinks.append(self.folder.put)
+        self.enforcer = self._enforcer(self.loaded)
+        self.pipeline.sinks.append(self._to_enforcer)
         web = load_web_config(cfg.web_config) if cfg.web_config is not None else None
         self.exporter = Exporter(self.metrics, cfg.listen, web_config=web, health_check=self.health)
         self.sources = sources or Sources(clock=clock)
@@ -158,6 +165,19 @@ class Agent:
         self._main: int | None = None  # the thread that waits for signals in run()
 
     # -- construction helpers ---------------------------------------------
+    def _enforcer(self, loaded: Loaded) -> Any:
+        from agent.enforce.enforcer import Enforcer
+        from agent.enforce.media import MediaGuard
+        cfg, host = loaded.config, loaded.registry.host
+        e = Enforcer(cfg.enforce, loaded.channel, state_dir=cfg.state_dir, host=self.host, custodian=host.custodian,
+                     unit=host.unit, record=self.writer.put, metrics=self.metrics, clock=self.clock,
+                     media=MediaGuard(cfg.enforce.media_unregistered))
+        e.next = self.folder.put
+        return e
+
+    def _to_enforcer(self, record: dict[str, Any]) -> None:
+        self.enforcer.put(record)
+
     @staticmethod
     def _host_id(registry: Registry) -> str:
         if registry.example:
@@ -213,7 +233,8 @@ class Agent:
             for r in records:
                 if r.get("type") == "finding":
                     self.forwarder.submit(r)
-        if self.witnesses and any(r.get("action") == "alert" or r.get("kind") == "agent.tamper" for r in records):
+        if self.witnesses and any(r.get("action") in ("alert", "block") or r.get("kind") == "agent.tamper"
+                                  for r in records):
             # Not signed yet, but held elsewhere: cutting the journal back behind an alert shows at start.
             h = self.journal.head
             self._witness("head", {"seq": h.seq, "hash": h.hash, "time": self.clock()})
@@ -353,6 +374,8 @@ class Agent:
                                        "config": cfg.path, "registry": str(cfg.registry), "pid": os.getpid()})
         for reason, message, detail in rolled_back:
             self.tamper(reason, message, detail)
+        if not self.held:
+            self.enforcer.start()
         if gap is not None:
             self.tamper("unclean_stop", gap.describe(), {"since": gap.since, "until": gap.until,
                                                          "previous_pid": gap.pid, "run_state": gap.run_state})
@@ -427,6 +450,12 @@ class Agent:
             self.held = False
             self.host = self._host_id(new.registry)
         self.pipeline.stage = new.stage
+        if new.config.enforce != self.enforcer.cfg or new.channel != self.enforcer.channel:
+            old = self.enforcer
+            old.shutdown()
+            self.enforcer = self._enforcer(new)
+            if not self.held or leaving_example:
+                self.enforcer.start()
         globs = tuple(a.path for a in new.registry.assets)
         for c in self.collectors:
             set_assets = getattr(c, "set_assets", None)
@@ -487,6 +516,8 @@ class Agent:
         if self._worker is not None:
             self._worker.join(60.0)
         self.folder.flush()
+        if not self.held:
+            self.enforcer.shutdown()
         self.lifecycle("agent.stop", {"message": "clean stop", "events": self.pipeline.processed,
                                       "findings": self.pipeline.findings, **self.stop_by})
         self.writer.stop()
@@ -527,6 +558,8 @@ class Agent:
                 elif self.stop_event.wait(timeout):
                     break
                 now = time.monotonic()
+                if not self.held:
+                    self.enforcer.tick()
                 pause = pauses.tick()
                 if pause is not None:
                     self.tamper("paused", pause.describe(), {"since": pause.since, "until": pause.until,

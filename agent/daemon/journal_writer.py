@@ -114,7 +114,7 @@ class JournalWriter:
     def _write(self, batch: list[dict[str, Any]]) -> bool:
         signed_before = self.journal.unsigned
         try:
-            seqs = self.journal.append_many(batch)
+            seqs = self.journal.append_many(self._linked(batch))
         except (JournalError, sqlite3.Error, OSError) as exc:
             self.failures += 1
             self.metrics.journal_write_failed()
@@ -140,6 +140,31 @@ class JournalWriter:
                                      "message": "journal writes failed from the first time to this record; "
                                                 "findings were held in memory and written late"}}])
         return True
+
+    def _linked(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records as stored: a ``_seq_of`` reference (an enforcement naming its finding) becomes that seq.
+
+        The finding is either already written (it carries its ``seq``) or earlier in this batch,
+        whose seqs follow the head in order; a folded finding has none, and the record keeps
+        its rule and time only.
+        """
+        if not any("_seq_of" in r for r in batch):
+            return batch
+        base = self.journal.head.seq
+        pos = {id(r): base + 1 + i for i, r in enumerate(batch)}
+        out = []
+        for r in batch:
+            ref = r.get("_seq_of")
+            if ref is None:
+                out.append(r)
+                continue
+            seq = ref.get("seq") if isinstance(ref.get("seq"), int) else pos.get(id(ref))
+            rec = {k: v for k, v in r.items() if k != "_seq_of"}
+            detail = dict(rec.get("detail") or {})
+            detail["finding"] = {**(detail.get("finding") or {}), "seq": seq}
+            rec["detail"] = detail
+            out.append(rec)
+        return out
 
     def _forward_checkpoint(self) -> None:
         cp = self.journal.latest_checkpoint()

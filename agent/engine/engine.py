@@ -94,6 +94,8 @@ class Finding:
         }
         if truncated:
             record["truncated"] = truncated
+        if r.enforce is not None:  # what the rule asks; the enforcer turns it into ``enforcement``
+            record["enforce"] = {"kind": r.enforce.kind, "scope": r.enforce.scope, "ttl": r.enforce.ttl}
         return record
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.enforce.spec import RuleEnforce, parse_rule_enforce
 from agent.engine.expr import FUNCTIONS, Predicate, Scope, compile_when
 from agent.engine.message import Template, compile_template
 from agent.engine.sigma import PACK as SIGMA_PACK
@@ -25,14 +26,14 @@ from agent.yamlsrc import LDict, LList, load_file, where_of
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 SEVERITY_RANK = {s: len(SEVERITIES) - i for i, s in enumerate(SEVERITIES)}
-ACTIONS = ("alert", "audit")
+ACTIONS = ("alert", "audit", "block")
 ROLES = ("operator", "host.custodian", "host.unit", "host.department", "file.owner_unit", "media.holder")
 DEFAULT_ACCOUNTABLE = ("operator", "host.unit", "host.department")
 _RULE_KEYS = ("id", "title", "when", "severity", "action", "accountable", "controls", "tags",
-              "message", "enabled", "override", "description", "references", "threshold")
+              "message", "enabled", "override", "description", "references", "threshold", "enforce")
 RESERVED_NAMES = frozenset((*GROUPS, *FUNCTIONS, "None", "True", "False", "and", "or", "not", "in"))
 _OVERRIDABLE = ("enabled", "severity", "action", "accountable", "controls", "tags", "message", "title",
-                "when", "threshold")
+                "when", "threshold", "enforce")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Rule:
     kinds: frozenset[str]
     triggers: tuple[Any, ...] | None = None
     window: Window | None = None  # a count-over-window rule's state (``threshold:``)
+    enforce: RuleEnforce | None = None  # what an ``action: block`` rule enforces
 
 
 @dataclass
@@ -298,7 +300,7 @@ class _Loader:
             local.add(at("severity"), f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
         action = v.get("action")
         if action not in ACTIONS:
-            local.add(at("action"), f"action must be alert or audit, not {action!r}")
+            local.add(at("action"), f"action must be alert, audit or block, not {action!r}")
         accountable = str_list(v["accountable"], at("accountable"), local, "accountable") \
             if "accountable" in v else DEFAULT_ACCOUNTABLE
         for i, role in enumerate(accountable):
@@ -321,19 +323,27 @@ class _Loader:
         if not isinstance(when, str):
             local.add(at("when"), "when must be a condition written as a string")
             local.raise_if_any()
+        c = None
         try:
             c = compile_when(str(when) if not isinstance(when, str) else when, at("when"), scope, raw.id)
         except LoadError as exc:
             local.append(exc)
         threshold = _threshold(v["threshold"], at("threshold"), local) if "threshold" in v else None
+        enforce = None
+        if action == "block" and c is not None:
+            enforce = parse_rule_enforce(v.get("enforce"), at("enforce") if "enforce" in v else at("action"), local,
+                                         c.kinds)
+        elif "enforce" in v:
+            local.add(at("enforce"), "enforce applies to action: block rules only")
         local.raise_if_any()
+        assert c is not None
         test, window = c.test, None
         if threshold is not None:
             window = Window(threshold)
             test = counted(c.test, window)
         return Rule(raw.id, raw.pack, title, str(when), str(severity), str(action), tuple(accountable),
                     controls, tags, templates[0], templates[1], raw.source, raw.where, test, c.kinds, c.triggers,
-                    window)
+                    window, enforce)
 
 
 def _threshold(value: Any, where: Location, problems: Problems) -> Threshold | None:

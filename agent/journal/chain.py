@@ -20,7 +20,7 @@ from agent.journal.errors import RecordError
 
 GENESIS = "0" * 64
 SEVERITIES = ("critical", "high", "medium", "low", "info")
-ACTIONS = ("alert", "audit")
+ACTIONS = ("alert", "audit", "block")
 RECORD_TYPES = ("finding", "lifecycle")
 
 
@@ -101,7 +101,7 @@ def index_keys(record: Any) -> IndexKeys:
         )
     action = record.get("action")
     if action not in ACTIONS:
-        raise RecordError(f"finding {rule}: action must be alert or audit, not {action!r}")
+        raise RecordError(f"finding {rule}: action must be alert, audit or block, not {action!r}")
     acc = record.get("accountable")
     acc = acc if isinstance(acc, dict) else {}
     return IndexKeys(float(t), rtype, host, rule, severity, action,

@@ -32,7 +32,7 @@ SEVERITIES = ("critical", "high", "medium", "low", "info")
 RANK = {s: len(SEVERITIES) - i for i, s in enumerate(SEVERITIES)}
 UNATTRIBUTED_RULES = frozenset({"ZR-001", "ZR-002"})
 CONTINUITY_KINDS = ("agent.start", "agent.stop", "agent.reload", "agent.tamper", "config.changed",
-                    "journal.pruned", "journal.resumed", "journal.quarantined")
+                    "journal.pruned", "journal.resumed", "journal.quarantined", "enforce.action", "enforce.lift")
 MAX_KEYS = 5000  # distinct operators, units, days or rules kept; the rest fold into OTHER
 OTHER = "…"
 
@@ -339,7 +339,7 @@ class Aggregator:
         sev = rec.get("severity")
         si = SEVERITIES.index(sev) if sev in RANK else len(SEVERITIES) - 1
         action = rec.get("action")
-        alert = action == "alert"
+        alert = action in ("alert", "block")  # a block finding is a violation the agent also acted on
         t = rec.get("time")
         t = float(t) if isinstance(t, (int, float)) else 0.0
         acc = group_of(rec, "accountable")
@@ -376,7 +376,7 @@ class Aggregator:
 
         def evidence() -> Evidence:
             ev = group_of(rec, "event")
-            return Evidence(seq, t, host, rule, SEVERITIES[si], "alert" if alert else "audit",
+            return Evidence(seq, t, host, rule, SEVERITIES[si], str(action) if alert else "audit",
                             describe_process(ev), cut(op) if op is not None else "", describe_object(ev),
                             unit, dept, text_of(rec.get("message"), "zh"), text_of(rec.get("message"), "en"))
 

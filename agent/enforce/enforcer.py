@@ -1,0 +1,372 @@
+"""The enforcer: turns ``action: block`` findings into narrow, journaled, reversible enforcements.
+
+It sits between the pipeline and the journal (a finding sink). A block finding
+is acted on first (the block is in force before the finding is written), the
+finding gets an ``enforcement`` field naming what was done, and an
+``enforce.action`` lifecycle record follows it in the journal with the
+finding's seq, the rule, until when, and who can lift it. Each lifting (TTL,
+``dutywatch enforce lift ID``, the stop policy, a restart) is an
+``enforce.lift`` record. In ``dryrun`` the same records say what would have
+been done, and nothing reaches the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.enforce.channel import ANY4, ANY6, Channel
+from agent.enforce.nft import Elements, NftError, NftTable
+from agent.enforce.settings import EnforceConfig
+from agent.enforce.state import Enforcement, Saved, alive, load, save, take_requests
+from agent.metrics import Metrics
+
+_log = logging.getLogger("dutywatch.enforce")
+Record = dict[str, Any]
+_NET_SET = {"network": "dest", "zone": "zone", "wide": "wide", "isolate": "iso"}
+
+
+class Enforcer:
+    """See the module docstring. ``put`` is the finding sink; ``tick`` runs from the agent's main loop."""
+
+    def __init__(self, cfg: EnforceConfig, channel: Channel, *, state_dir: Path, host: str,
+                 custodian: str | None, unit: str | None, record: Callable[[Record], None], metrics: Metrics,
+                 clock: Callable[[], float] = time.time, table: NftTable | None = None,
+                 media: Any = None) -> None:
+        self.cfg = cfg
+        self.channel = channel
+        self.state_dir = state_dir
+        self.host = host
+        self.custodian = custodian
+        self.unit = unit
+        self.record = record
+        self.metrics = metrics
+        self.clock = clock
+        self.table = table if table is not None or cfg.mode != "enforce" else NftTable(cfg.table)
+        self.media = media
+        self.next: Callable[[Record], None] = lambda r: None
+        self.active: dict[str, Enforcement] = {}
+        self._lock = threading.RLock()
+        self._n = 0
+        self._kernel_until = 0.0  # when the kernel's timeouts set by the last apply run out
+        self._applied = 0.0
+        self._installed = False
+        self.latencies: list[float] = []  # seconds from a block finding to the kernel holding it (bench)
+
+    # -- the finding sink ----------------------------------------------------
+    def put(self, record: Record) -> None:
+        """Act on a block finding, then pass the finding on (with its ``enforcement`` field)."""
+        if record.get("type") != "finding" or record.get("action") != "block":
+            self.next(record)
+            return
+        spec = record.pop("enforce", None) or {}
+        if not self.cfg.active:
+            record["enforcement"] = {**spec, "mode": "off", "result": "not_enforced"}
+            self.next(record)
+            return
+        t0 = time.perf_counter()
+        with self._lock:
+            outcome = self._decide(record, spec)
+        self.latencies.append(time.perf_counter() - t0)
+        if outcome is not None:
+            record["enforcement"] = outcome["summary"]
+        self.next(record)
+        if outcome is not None and outcome.get("journal"):
+            self.record({**outcome["journal"], "_seq_of": record})
+
+    def _decide(self, record: Record, spec: dict[str, Any]) -> dict[str, Any] | None:
+        kind = spec.get("kind")
+        ev = record.get("event") or {}
+        now = self.clock()
+        if kind in ("network", "isolate"):
+            net = ev.get("net") or {}
+            ip, zone = net.get("remote_ip"), net.get("remote_zone")
+            if kind == "network" and self.cfg.isolate_critical and record.get("severity") == "critical":
+                kind = "isolate"
+            if kind == "isolate":
+                return self._enforce(record, "isolate", "host", [str(ANY4), str(ANY6)], spec, now,
+                                     {"remote_ip": ip, "remote_zone": zone})
+            if not isinstance(ip, str) or not ip:
+                return self._refuse(record, kind, "?", "the event names no remote address", now)
+            if self.channel.is_management(ip):
+                return self._refuse(record, kind, ip, f"{ip} is part of the management channel", now)
+            if zone not in self.channel.forbidden:
+                return self._refuse(record, kind, ip, f"{ip} is in zone {zone!r}, which enforcement does not forbid",
+                                    now)
+            if spec.get("scope") == "zone":
+                nets = [str(n) for n in self.channel.nets_of_zone(str(zone))]
+                return self._enforce(record, "network", f"zone:{zone}", nets, spec, now,
+                                     {"remote_ip": ip, "remote_zone": zone})
+            host_net = str(ipaddress.ip_network(ip.split("%", 1)[0]))
+            return self._enforce(record, "network", ip, [host_net], spec, now, {"remote_zone": zone})
+        if kind == "media":
+            media = ev.get("media") or {}
+            dev = media.get("device")
+            if not isinstance(dev, str) or not dev:
+                return self._refuse(record, "media", "?", "the event names no device", now)
+            return self._enforce(record, "media", dev, [], spec, now,
+                                 {"mount": media.get("mount"), "serial": media.get("serial")})
+        return self._refuse(record, str(kind or "network"), "?", f"no enforcement of kind {kind!r} here", now)
+
+    # -- decisions -----------------------------------------------------------
+    def _new_id(self, now: float) -> str:
+        self._n += 1
+        return f"E{int(now * 1000):x}-{self._n}"
+
+    def lift_by(self, e: Enforcement) -> dict[str, Any]:
+        """Who can lift an enforcement, and when it lifts by itself (written into its record)."""
+        out: dict[str, Any] = {
+            "command": f"dutywatch enforce lift {e.id}",
+            "who": f"root on {self.host} (the host's administrator)",
+            "custodian": self.custodian, "unit": self.unit,
+            "expires": e.until,
+        }
+        if e.mode == "enforce" and e.kind in ("network", "isolate"):
+            out["kernel_lease"] = self.cfg.lease  # the longest it outlives an agent that stopped without lifting
+            out["table"] = f"inet {self.cfg.table}"
+        return out
+
+    def _enforce(self, record: Record, kind: str, target: str, nets: list[str], spec: dict[str, Any],
+                 now: float, detail: dict[str, Any], forever: bool = False) -> dict[str, Any]:
+        for e in self.active.values():
+            if e.kind == kind and e.target == target:
+                return {"summary": self._summary(e, "in_force")}  # already blocked: the finding says so
+        ttl = spec.get("ttl") or self.cfg.ttl
+        until = None if forever or (kind == "media" and spec.get("ttl") is None) else now + float(ttl)
+        operator = (record.get("accountable") or {}).get("operator")
+        e = Enforcement(self._new_id(now), kind, target, self.cfg.mode, str(record.get("rule")),
+                        str(record.get("severity")), now, until, operator, record.get("time"), nets, detail)
+        result = "dryrun" if self.cfg.mode == "dryrun" else "enforced"
+        error = None
+        if self.cfg.mode == "enforce":
+            self.active[e.id] = e
+            try:
+                self._realise(e)
+            except (NftError, OSError) as exc:
+                del self.active[e.id]
+                result, error = "failed", str(exc)
+                _log.error("enforcement %s on %s failed: %s", kind, target, exc)
+        else:
+            self.active[e.id] = e  # dry-run: tracked so repeats are one decision, nothing in the kernel
+        self.metrics.enforced(kind, result)
+        self._save()
+        verb = {"enforced": "blocked", "dryrun": "would block (dry-run)", "failed": "could not block"}[result]
+        text = f"{verb} {kind} {target} for rule {e.rule}" + (f" until {_iso(until)}" if until else "")
+        if error:
+            text += f": {error}"
+        _log.warning("enforcement %s: %s", e.id, text)
+        detail_out = {**e.as_dict(), "result": result, "finding": {"rule": e.rule, "time": record.get("time")},
+                      "lift_by": self.lift_by(e), "message": text}
+        if error:
+            detail_out["error"] = error
+        summary = self._summary(e, result)
+        if result == "failed":
+            summary["error"] = error
+        return {"summary": summary, "journal": self._lifecycle("enforce.action", detail_out, now)}
+
+    def _refuse(self, record: Record, kind: str, target: str, why: str, now: float) -> dict[str, Any]:
+        self.metrics.enforced(kind, "refused")
+        text = f"not enforced: {why}"
+        _log.warning("block rule %s: %s", record.get("rule"), text)
+        summary = {"kind": kind, "target": target, "mode": self.cfg.mode, "result": "refused", "why": why}
+        detail = {**summary, "rule": record.get("rule"), "finding": {"rule": record.get("rule"),
+                                                                      "time": record.get("time")},
+                  "message": text}
+        return {"summary": summary, "journal": self._lifecycle("enforce.action", detail, now)}
+
+    @staticmethod
+    def _summary(e: Enforcement, result: str) -> dict[str, Any]:
+        return {"id": e.id, "kind": e.kind, "target": e.target, "mode": e.mode, "result": result, "until": e.until}
+
+    def _lifecycle(self, kind: str, detail: dict[str, Any], now: float) -> Record:
+        return {"type": "lifecycle", "time": now, "host": self.host, "kind": kind, "detail": detail}
+
+    # -- the kernel ----------------------------------------------------------
+    def _realise(self, e: Enforcement) -> None:
+        if e.kind in ("network", "isolate"):
+            self._apply()
+        elif e.kind == "media" and self.media is not None:
+            e.detail.update(self.media.protect(e.target, e.detail))
+
+    def _apply(self, keep: bool = False) -> None:
+        """Make the table's sets hold every network enforcement in force (``keep``: full TTL, past the lease)."""
+        if self.table is None:
+            return
+        if not self._installed:
+            self.table.install(self.channel.layout)
+            self._installed = True
+        now = self.clock()
+        elements = Elements()
+        longest = 0.0
+        for e in self.active.values():
+            if e.mode != "enforce" or e.kind not in ("network", "isolate"):
+                continue
+            left = (e.until - now) if e.until is not None else self.cfg.lease
+            if not keep:
+                left = min(left, self.cfg.lease)
+            longest = max(longest, left)
+            for n in e.nets:
+                net = ipaddress.ip_network(n)
+                name = _NET_SET[e.kind]
+                if e.kind == "network" and e.target.startswith("zone:"):
+                    name = "wide" if net in (ANY4, ANY6) else "zone"
+                elements.add(name, net, max(left, 1.0))
+        self.table.apply(elements)
+        self._applied = now
+        self._kernel_until = now + longest
+
+    # -- lifting -------------------------------------------------------------
+    def lift(self, ident: str, how: str, by: dict[str, Any] | None = None, reason: str = "") -> bool:
+        """Lift one enforcement and journal it; False when no such one is in force."""
+        with self._lock:
+            e = self.active.pop(ident, None)
+            if e is None:
+                return False
+            self._release(e)
+            self._save()
+        self._journal_lift(e, how, by, reason)
+        return True
+
+    def _release(self, e: Enforcement) -> None:
+        if e.mode != "enforce":
+            return
+        try:
+            if e.kind in ("network", "isolate"):
+                self._apply()
+            elif e.kind == "media" and self.media is not None:
+                self.media.release(e.target, e.detail)
+        except (NftError, OSError) as exc:
+            _log.error("lifting %s: %s (the kernel drops it at its timeout)", e.id, exc)
+
+    def _journal_lift(self, e: Enforcement, how: str, by: dict[str, Any] | None, reason: str) -> None:
+        now = self.clock()
+        result = "expired" if how == "ttl" else "lifted"
+        self.metrics.enforced(e.kind, result)
+        text = {"ttl": "its time ran out", "command": "lifted by command", "stop": "the agent stopped",
+                "restart": "the agent restarted without persist", "keep": "kept past the agent's stop"}.get(how, how)
+        detail = {"id": e.id, "kind": e.kind, "target": e.target, "mode": e.mode, "rule": e.rule, "how": how,
+                  "result": result if how != "keep" else "kept", "since": e.since, "until": e.until,
+                  "message": f"{e.kind} {e.target} ({e.id}): {text}" + (f": {reason}" if reason else "")}
+        if by:
+            detail["by"] = by
+        if reason:
+            detail["reason"] = reason
+        _log.warning("enforcement %s lifted: %s", e.id, detail["message"])
+        self.record(self._lifecycle("enforce.lift", detail, now))
+
+    # -- the agent's lifecycle -------------------------------------------------
+    def start(self) -> None:
+        """Lift or restore what a previous run left, set up the table, put preventive blocks in force."""
+        prev = load(self.state_dir)
+        now = self.clock()
+        restored: list[Enforcement] = []
+        if prev is not None and prev.enforcements:
+            for e in prev.enforcements:
+                if self.cfg.persist and (e.until is None or e.until > now) and e.mode == self.cfg.mode \
+                        and e.detail.get("preventive") is None:
+                    restored.append(e)
+                else:
+                    if e.mode == "enforce" and e.kind == "media" and self.media is not None:
+                        try:
+                            self.media.release(e.target, e.detail)
+                        except OSError as exc:
+                            _log.error("releasing %s: %s", e.id, exc)
+                    self._journal_lift(e, "restart" if e.until is None or e.until > now else "ttl", None,
+                                       f"left by agent pid {prev.pid}")
+        if prev is not None and prev.table != self.cfg.table and not alive(prev.pid):
+            with contextlib.suppress(NftError):  # a table of an earlier config's name is this agent's too
+                NftTable(prev.table).remove()
+        with self._lock:
+            for e in restored:
+                e.id = e.id if e.id not in self.active else self._new_id(now)
+                self.active[e.id] = e
+                self.record(self._lifecycle("enforce.action", {**e.as_dict(), "result": "restored",
+                                                               "lift_by": self.lift_by(e),
+                                                               "message": f"restored {e.kind} {e.target}"}, now))
+            if self.cfg.mode == "enforce" and self.table is not None:
+                if not restored:
+                    self.table.remove()
+                self._installed = False
+                try:
+                    self._apply()
+                except NftError as exc:
+                    _log.error("enforcement table %s could not be set up: %s", self.cfg.table, exc)
+                    self.metrics.enforced("network", "failed")
+            if self.cfg.network_mode == "preventive":
+                for zone in self.channel.forbidden:
+                    nets = [str(n) for n in self.channel.nets_of_zone(zone)]
+                    fake = {"rule": "enforce.network.preventive", "severity": "high", "time": now,
+                            "accountable": {}}
+                    out = self._enforce(fake, "network", f"zone:{zone}", nets, {}, now, {"preventive": True},
+                                        forever=True)
+                    if "journal" in out:
+                        self.record(out["journal"])
+            self._save()
+
+    def tick(self) -> None:
+        """Expire TTLs, take lift requests, renew the kernel lease (call every second or so)."""
+        now = self.clock()
+        for req in take_requests(self.state_dir):
+            ident = req["id"]
+            if ident == "all":
+                for e in list(self.active.values()):
+                    self.lift(e.id, "command", req.get("by"), str(req.get("reason") or ""))
+            elif not self.lift(ident, "command", req.get("by"), str(req.get("reason") or "")):
+                _log.warning("lift request for %s: no such enforcement in force", ident)
+        for e in [e for e in list(self.active.values()) if e.until is not None and e.until <= now]:
+            self.lift(e.id, "ttl")
+        with self._lock:
+            if self._installed and any(e.mode == "enforce" and e.kind in ("network", "isolate") and
+                                       (e.until is None or e.until > self._kernel_until)
+                                       for e in self.active.values()) \
+                    and now - self._applied >= self.cfg.lease / 3:
+                try:
+                    self._apply()
+                except NftError as exc:
+                    _log.error("renewing the enforcement lease: %s", exc)
+
+    def shutdown(self) -> None:
+        """The stop policy: lift everything (``on_stop: lift``) or leave it to run out (``keep``)."""
+        with self._lock:
+            items = list(self.active.values())
+            if self.cfg.on_stop == "lift":
+                self.active.clear()
+                for e in items:
+                    if e.mode == "enforce" and e.kind == "media" and self.media is not None:
+                        try:
+                            self.media.release(e.target, e.detail)
+                        except OSError as exc:
+                            _log.error("releasing %s: %s", e.id, exc)
+                if self.table is not None and self.cfg.mode == "enforce":
+                    try:
+                        self.table.remove()
+                    except NftError as exc:
+                        _log.error("removing table %s: %s", self.cfg.table, exc)
+                for e in items:
+                    self._journal_lift(e, "stop", None, "")
+            else:
+                try:
+                    self._apply(keep=True)
+                except NftError as exc:
+                    _log.error("keeping blocks past the stop: %s", exc)
+                for e in items:
+                    self._journal_lift(e, "keep", None, "in force until it expires, or dutywatch enforce lift "
+                                                        f"{e.id}")
+            self._save()
+
+    def _save(self) -> None:
+        try:
+            save(self.state_dir, Saved(os.getpid(), self.cfg.table, self.clock(), list(self.active.values())))
+        except OSError as exc:
+            _log.error("cannot save the enforcement state: %s", exc)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
