@@ -11,7 +11,11 @@ from agent.levels import Level
 from agent.textsafe import CAP_BYTES, cap
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-MISSING = "-"
+# A missing value reads as unknown, never as a bare "-" (which also starts a formula in a spreadsheet).
+MISSING = {"zh": "（未知）", "en": "(unknown)"}
+# The usual zone names of a registry, in Chinese; other names are shown as registered.
+ZONES_ZH = {"internet": "互联网", "intranet": "内网", "extranet": "外网", "loopback": "本机回环",
+            "dmz": "隔离区", "govnet": "电子政务外网", "classified": "涉密网"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,19 +25,22 @@ class Template:
     parts: tuple[tuple[str, str | None], ...]  # (literal, field or None)
 
     def render(self, event: Event, lang: str = "en") -> str:
-        """The message for one event; a missing field shows as ``-``."""
+        """The message for one event; a missing field shows as （未知） / (unknown)."""
         out = []
         for literal, name in self.parts:
             out.append(literal)
             if name is not None:
-                out.append(_show(event.field(name), lang))
+                value = event.field(name)
+                if lang == "zh" and name.endswith("zone") and isinstance(value, str):
+                    value = ZONES_ZH.get(value, value)
+                out.append(_show(value, lang))
         text = "".join(out)
         return text if len(text) <= CAP_BYTES // 4 else cap(text)[0]
 
 
 def _show(value: object, lang: str) -> str:
     if value is None:
-        return MISSING
+        return MISSING["zh" if lang == "zh" else "en"]
     if isinstance(value, Level):
         return value.zh if lang == "zh" else str(value)
     if isinstance(value, bool):

@@ -12,11 +12,16 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from agent.report.cells import cut, describe_object, describe_process
+from agent.report.cells import answer_of, cut, describe_object, describe_process
+from agent.report.i18n import tr
 
-# Documented in README.md ("Reports"); keep names and order stable for auditors' scripts.
+# Documented in README.md ("Reports"); keep names and order stable for auditors' scripts (new ones go last).
 COLUMNS = ("seq", "time", "host", "rule", "pack", "severity", "action", "title", "message", "operator",
-           "custodian", "unit", "department", "process", "user", "object", "controls", "tags")
+           "custodian", "unit", "department", "process", "user", "object", "controls", "tags", "operator_unit",
+           "owner_unit", "media_holder")
+COLUMNS_ZH = ("序号", "时间", "主机", "规则", "规则包", "级别", "处置", "标题", "说明", "操作人员", "主机责任人",
+              "运行单位", "主管部门", "进程", "系统账户", "对象", "控制点", "标签", "操作人员所在单位", "数据所属单位",
+              "介质持有人")
 CELL_LIMIT = 32000  # below Excel's 32,767 characters per cell
 BOM = "\ufeff"
 
@@ -46,10 +51,19 @@ def row(seq: int, rec: dict[str, Any], lang: str, tz: dt.tzinfo) -> list[str]:
     proc = _map(ev.get("process"))
     t = rec.get("time")
     when = dt.datetime.fromtimestamp(t, tz).isoformat(timespec="seconds") if isinstance(t, (int, float)) else ""
-    cells = [rec.get("host"), rec.get("rule"), rec.get("pack"), rec.get("severity"), rec.get("action"),
+    roles = {a.get("role"): a for a in answer_of(rec)}
+    op = _map(ev.get("operator"))
+    sev, action = rec.get("severity"), rec.get("action")
+    if lang == "zh":
+        sev = tr(lang, sev) if sev in ("critical", "high", "medium", "low", "info") else sev
+        action = tr(lang, action) if action in ("alert", "audit") else action
+    cells = [rec.get("host"), rec.get("rule"), rec.get("pack"), sev, action,
              _lang(rec.get("title"), lang), _lang(rec.get("message"), lang), acc.get("operator"),
              acc.get("custodian"), acc.get("unit"), acc.get("department"), describe_process(ev), proc.get("user"),
-             describe_object(ev), _join(rec.get("controls")), _join(rec.get("tags"))]
+             describe_object(ev), _join(rec.get("controls")), _join(rec.get("tags")),
+             _map(roles.get("operator")).get("unit") or op.get("unit"),
+             _map(roles.get("file.owner_unit")).get("name") or _map(ev.get("file")).get("owner_unit"),
+             _map(roles.get("media.holder")).get("name") or _map(ev.get("media")).get("holder")]
     return [str(seq), when, *(_safe(c) for c in cells)]
 
 
@@ -57,7 +71,7 @@ def write_csv(records: Iterable[tuple[int, dict[str, Any]]], out: TextIO, lang: 
     """Write the header and one row per finding; returns the rows written."""
     out.write(BOM)
     w = csv.writer(out, lineterminator="\r\n")
-    w.writerow(COLUMNS)
+    w.writerow(COLUMNS_ZH if lang == "zh" else COLUMNS)
     n = 0
     for seq, rec in records:
         w.writerow(row(seq, rec, lang, tz))

@@ -108,7 +108,7 @@ def test_missing_named_rule_path_is_an_error(tmp_path: Path) -> None:
         load_rules([tmp_path / "nope"])
 
 
-def test_messages_render_fields_and_dash_for_missing(tmp_path: Path) -> None:
+def test_messages_render_fields_and_unknown_for_missing(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", pack("a", [{
         "id": "M", "when": "event.kind == 'net.connect'",
         "zh": "{operator.name} 在{host.level}级主机连接 {net.remote_ip}:{net.remote_port} {{x}}",
@@ -116,8 +116,15 @@ def test_messages_render_fields_and_dash_for_missing(tmp_path: Path) -> None:
     (f,) = Engine(load_rules([tmp_path])).evaluate(Event(
         "net.connect", operator=Operator(name="张三"), host=Host(level=Level.SECRET),
         net=Net(remote_ip="203.0.113.9")))
-    assert f.message("zh") == "张三 在机密级主机连接 203.0.113.9:- {x}"
-    assert f.message("en") == "张三 on secret host -> 203.0.113.9:- {x}"
+    assert f.message("zh") == "张三 在机密级主机连接 203.0.113.9:（未知） {x}"
+    assert f.message("en") == "张三 on secret host -> 203.0.113.9:(unknown) {x}"
+    # an unknown operator never starts a message with "-" (a formula to a spreadsheet); zones in Chinese
+    write(tmp_path, "a.yaml", pack("a", [{
+        "id": "M", "when": "event.kind == 'net.connect'",
+        "zh": "{operator.name} 连接{net.remote_zone} {net.remote_ip}", "en": "{operator.name} to {net.remote_zone}"}]))
+    (f,) = Engine(load_rules([tmp_path])).evaluate(Event("net.connect", net=Net(remote_ip="203.0.113.9",
+                                                                                 remote_zone="internet")))
+    assert f.message("zh") == "（未知） 连接互联网 203.0.113.9" and f.message("en") == "(unknown) to internet"
 
 
 def test_none_never_crashes_ordering(tmp_path: Path) -> None:

@@ -90,9 +90,18 @@ def test_csv_one_row_per_finding_with_bom(journal: tuple[Path, int], tmp_path: P
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
     assert len(rows) == n
+    if lang == "zh":  # Chinese headers in a Chinese report; the same columns, in the same order
+        from agent.report.csvout import COLUMNS, COLUMNS_ZH
+        assert list(rows[0]) == list(COLUMNS_ZH) and "操作人员" in rows[0]
+        assert {r["级别"] for r in rows} <= {"严重", "高", "中", "低", "提示"}
+        rows = [dict(zip(COLUMNS, r.values(), strict=True)) for r in rows]
+    # no cell is a bare "-" turned into "'-" by the formula guard: a missing value is （未知） / (unknown)
+    assert not any(v.startswith("'-") for r in rows for v in r.values())
     assert {r["pack"] for r in rows} == {"baomi", "dengbao", "accountability", "inventory"}
     net = next(r for r in rows if r["rule"] == "BM-NET-001")
     assert net["unit"] == "省发改委信息中心" and net["object"].startswith("203.0.113.9:443")
+    ww = next(r for r in rows if r["rule"] == "BM-FILE-001")
+    assert ww["operator"] == "王五" and ww["operator_unit"] == ww["owner_unit"] == "省发改委办公室"
     assert ("连接互联网" in net["message"]) == (lang == "zh")
 
 
