@@ -151,11 +151,11 @@ class Agent:
                                     on_commit=self._forward_batch, on_checkpoint=self._forward_checkpoint)
         self.pipeline = Pipeline(self.loaded.stage, self.metrics, capacity=cfg.queue_size, clock=clock)
         self.folder = Folder(self.writer.put, cfg.journal.fold_window, clock=clock)
+        self.sources = sources or Sources(clock=clock)
         self.enforcer = self._enforcer(self.loaded)
         self.pipeline.sinks.append(self._to_enforcer)
         web = load_web_config(cfg.web_config) if cfg.web_config is not None else None
         self.exporter = Exporter(self.metrics, cfg.listen, web_config=web, health_check=self.health)
-        self.sources = sources or Sources(clock=clock)
         self.watcher = FileWatcher(self._watched_paths(cfg))
         self._worker: threading.Thread | None = None
         self._supervisor: Supervisor | None = None
@@ -171,8 +171,11 @@ class Agent:
         cfg, host = loaded.config, loaded.registry.host
         e = Enforcer(cfg.enforce, loaded.channel, state_dir=cfg.state_dir, host=self.host, custodian=host.custodian,
                      unit=host.unit, record=self.writer.put, metrics=self.metrics, clock=self.clock,
-                     media=MediaGuard(cfg.enforce.media_unregistered))
+                     media=MediaGuard(cfg.enforce.media_unregistered, self.sources.sys_root))
         e.next = self.folder.put
+        if cfg.enforce.active and cfg.enforce.media_unregistered != "off":
+            from agent.enforce.mediagate import MediaGate
+            e.gate = MediaGate(loaded.registry, e.gate_media, sys_root=self.sources.sys_root, removed=e.media_removed)
         return e
 
     def _to_enforcer(self, record: dict[str, Any]) -> None:

@@ -51,6 +51,7 @@ class Enforcer:
         self.clock = clock
         self.table = table if table is not None or cfg.mode != "enforce" else NftTable(cfg.table)
         self.media = media
+        self.gate: Any = None  # the media gate (agent.enforce.mediagate.MediaGate), started with the enforcer
         self.next: Callable[[Record], None] = lambda r: None
         self.active: dict[str, Enforcement] = {}
         self._lock = threading.RLock()
@@ -114,6 +115,39 @@ class Enforcer:
             return self._enforce(record, "media", dev, [], spec, now,
                                  {"mount": media.get("mount"), "serial": media.get("serial")})
         return self._refuse(record, str(kind or "network"), "?", f"no enforcement of kind {kind!r} here", now)
+
+    # -- the media gate --------------------------------------------------------
+    def gate_media(self, media: Any, why: str | None, people: list[str]) -> None:
+        """A removable medium arrived: a registered one is admitted, an unregistered one made unwritable."""
+        now = self.clock()
+        who = ", ".join(people) if people else None
+        ident = {"device": media.device, "serial": media.serial, "uuid": media.uuid, "vendor": media.vendor,
+                 "product": media.product, "usb_serial": media.usb_serial, "logged_in": people}
+        if media.registered:
+            self.metrics.enforced("media", "allowed")
+            text = (f"registered medium {media.serial} ({media.level or 'no level'}, held by {media.holder}) "
+                    f"admitted on {media.device}")
+            self.record(self._lifecycle("enforce.action", {
+                "kind": "media", "target": media.device, "mode": self.cfg.mode, "result": "allowed",
+                "rule": "enforce.media.registered", "level": str(media.level) if media.level is not None else None,
+                "holder": media.holder, "operator": who, "detail": ident, "message": text}, now))
+            return
+        if why:
+            ident["mismatch"] = why
+        with self._lock:
+            fake = {"rule": "enforce.media.unregistered", "severity": "high", "time": now,
+                    "accountable": {"operator": who}}
+            out = self._enforce(fake, "media", str(media.device), [], {}, now, ident, forever=True)
+        if "journal" in out:
+            self.record(out["journal"])
+
+    def media_removed(self, device: str) -> None:
+        """A stick was pulled: its enforcement ends with it."""
+        for e in [e for e in list(self.active.values()) if e.kind == "media" and e.target == device]:
+            with self._lock:
+                self.active.pop(e.id, None)
+                self._save()
+            self._journal_lift(e, "removed", None, "the medium was removed")
 
     # -- decisions -----------------------------------------------------------
     def _new_id(self, now: float) -> str:
@@ -309,6 +343,12 @@ class Enforcer:
                     if "journal" in out:
                         self.record(out["journal"])
             self._save()
+        if self.gate is not None:
+            try:
+                self.gate.start()
+            except OSError as exc:
+                _log.error("the media gate cannot listen for new block devices: %s", exc)
+                self.metrics.enforced("media", "failed")
 
     def tick(self) -> None:
         """Expire TTLs, take lift requests, renew the kernel lease (call every second or so)."""
@@ -334,6 +374,8 @@ class Enforcer:
 
     def shutdown(self) -> None:
         """The stop policy: lift everything (``on_stop: lift``) or leave it to run out (``keep``)."""
+        if self.gate is not None and self.gate.running:
+            self.gate.stop()
         with self._lock:
             items = list(self.active.values())
             if self.cfg.on_stop == "lift":

@@ -55,9 +55,10 @@ def mounts_of(device: str, mountinfo: Path = Path("/proc/self/mountinfo")) -> li
 
 def usb_authorized(device: str, sysfs: Path = Path("/sys")) -> Path | None:
     """The ``authorized`` file of the USB device behind a block device, if there is one."""
-    name = Path(os.path.realpath(device)).name
     try:
-        p = (sysfs / "class" / "block" / name).resolve()
+        rdev = os.stat(device).st_rdev
+        p = (sysfs / "dev" / "block" / f"{os.major(rdev)}:{os.minor(rdev)}").resolve(strict=True)
+        sysfs = sysfs.resolve()
     except OSError:
         return None
     for d in [p, *p.parents]:
