@@ -17,9 +17,16 @@ full (partial reason ``dns_queue_full``) goes out as that same flagged
 ``net.connect``: the traffic is reported, only its name is missing. Link-scoped control traffic that cannot leave
 the link (IPv6 neighbour discovery and MLD, IGMP to multicast groups) is
 not reported. ``mode: poll`` diffs psutil's socket list once a second
-instead. In both modes the listen tables are diffed once a second for
-``net.listen``; the sockets listening when the collector starts are
-reported once, as an inventory.
+instead. The listen tables are diffed for ``net.listen`` (no kernel event
+says that a socket listens): once a second in poll mode, every
+``LISTEN_EVERY`` seconds in sniff mode; the sockets listening when the
+collector starts are reported once, as an inventory.
+
+Threads in sniff mode: the sniffing thread (the supervisor's) blocks in select on the
+packet sockets, the DNS thread's wake socket and the stop descriptor, until the next
+listen diff is due; the DNS thread blocks on its queue with no timeout (a job or the
+stop sentinel wakes it). The DNS thread is a thread of its own because it waits on the
+worker process's answer, a blocking round trip the sniffer must never wait for.
 
 Flows already reported are remembered in a bounded table, so a flood of
 new flows costs events, never memory; a flow forgotten to make room is
@@ -41,17 +48,29 @@ replies, errors) have no process and are reported without one, uncounted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from agent.events import Event, Net, Parent, Process
-from collectors.base import Availability, CollectorError, Emit, Health, Sources, section, translate_os_error
+from collectors.base import (
+    Availability,
+    CollectorError,
+    Emit,
+    Health,
+    Sources,
+    section,
+    stop_fd,
+    stop_timeout,
+    translate_os_error,
+)
 from collectors.dns_worker import MAX_BATCH, DnsWorker, DnsWorkerError
 from collectors.network_poll import Conn, ConnectionPoller, Lister, psutil_lister
 from collectors.sniff import (
@@ -202,6 +221,10 @@ class ListenWatcher:
         return sorted(new, key=lambda e: (e.proto, e.local_port, e.local_ip))
 
 
+LISTEN_EVERY = 5.0  # sniff mode: how often the listen tables are diffed and the kernel's drops read
+RETRY_EVERY = 1.0  # sniff mode: how often a named interface that does not exist yet is looked for
+
+
 class DnsJob(NamedTuple):
     """A DNS message sent to port 53, with the flow it came in."""
 
@@ -224,7 +247,7 @@ class DnsDecoding:
     def __init__(self, health: Health, size: int = 1024, worker: DnsWorker | None = None) -> None:
         self.health = health
         self.worker = worker or DnsWorker()
-        self._jobs: queue.Queue[DnsJob] = queue.Queue(size)
+        self._jobs: queue.Queue[DnsJob | None] = queue.Queue(size)  # None: wake up, see whether to stop
         self.done: queue.SimpleQueue[tuple[DnsJob, str | None]] = queue.SimpleQueue()
         self.wake_r, self._wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
@@ -253,35 +276,38 @@ class DnsDecoding:
     def close(self) -> None:
         """Stop the thread and the worker; jobs still queued go out unparsed (counted ``dns_worker``)."""
         self._stop.set()
+        with contextlib.suppress(queue.Full):  # a full queue keeps the thread busy: it sees _stop next turn
+            self._jobs.put_nowait(None)
         self.worker.kill()  # a batch in progress ends now, unparsed
         if self._thread is not None:
             self._thread.join(10)
         self.worker.close()
-        self._fail(self._take(1 << 30, 0.0), "stopped")
+        self._fail(self._take(1 << 30, False), "stopped")
 
     def flush(self) -> None:
         """Parse every queued job now, in the calling thread (tests and benchmarks, where no thread runs)."""
         while True:
-            jobs = self._take(MAX_BATCH, 0.0)
+            jobs = self._take(MAX_BATCH, False)
             if not jobs:
                 return
             self._parse(jobs)
 
-    def _take(self, n: int, timeout: float) -> list[DnsJob]:
+    def _take(self, n: int, block: bool) -> list[DnsJob]:
+        """Up to ``n`` jobs; with ``block``, waits (no timeout) for the first one or the stop sentinel."""
         try:
-            jobs = [self._jobs.get(timeout=timeout) if timeout else self._jobs.get_nowait()]
+            got = [self._jobs.get() if block else self._jobs.get_nowait()]
         except queue.Empty:
             return []
-        while len(jobs) < n:
+        while len(got) < n:
             try:
-                jobs.append(self._jobs.get_nowait())
+                got.append(self._jobs.get_nowait())
             except queue.Empty:
                 break
-        return jobs
+        return [j for j in got if j is not None]
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            jobs = self._take(MAX_BATCH, 0.25)
+            jobs = self._take(MAX_BATCH, True)
             if jobs:
                 self._parse(jobs)
                 try:
@@ -329,6 +355,7 @@ class NetworkCollector:
             raise ValueError("collectors.network.interfaces must be a list of interface names")
         self.interfaces: tuple[str, ...] = tuple(interfaces)
         self.interval = interval
+        self.listen_every = LISTEN_EVERY
         self.health = Health()
         self.sockmap = SockMap(self.sources.proc_root)
         self._lookup: ProcessLookup = process_lookup or ProcReader(self.sources.proc_root)
@@ -396,10 +423,14 @@ class NetworkCollector:
             self._mark_up("sniff")
             if sniffer.missing:
                 log.warning("network: waiting for interfaces %s", ", ".join(sniffer.missing))
-            clock = self.sources.clock
-            next_tick = 0.0
+            wake = stop_fd(stop)
+            next_tick = next_retry = 0.0
             while not stop.is_set():
-                for data in sniffer.read(0.25, wake=self.dns.wake_r):
+                # Until a packet, a DNS answer or stop; at the latest when the listen diff is due.
+                # A named interface still missing is looked for every second (RETRY_EVERY) meanwhile.
+                due = min(next_tick, next_retry) if sniffer.missing else next_tick
+                timeout = stop_timeout(stop, due - time.monotonic())
+                for data in sniffer.read(timeout, wake=self.dns.wake_r, stop=wake):
                     try:
                         pkt = decode(data)
                         if pkt is not None:
@@ -407,16 +438,17 @@ class NetworkCollector:
                     except DecodeError:
                         self.health.drop("decode_error")
                 self.dns_answers(emit)
-                now = clock()
+                now = time.monotonic()
                 if now >= next_tick:
-                    next_tick = now + self.interval
+                    next_tick = now + self.listen_every
                     self._emit_listens(emit, listens)
                     lost = sniffer.kernel_drops()
                     if lost:
                         self.health.drop("kernel_overflow", lost)
                     self._count_evictions()
-                    if sniffer.missing:
-                        sniffer.retry_missing()
+                if sniffer.missing and now >= next_retry:
+                    next_retry = now + RETRY_EVERY
+                    sniffer.retry_missing()
         finally:
             sniffer.close()
             self.dns.close()

@@ -38,7 +38,7 @@ import select
 import socket
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from collectors.base import CollectorError, translate_os_error
 from collectors.bpf import (
@@ -371,32 +371,40 @@ class Sniffer:
             try:
                 self._socks.append(self._open_one(name))
             except OSError as exc:
-                if exc.errno not in (errno.ENODEV, errno.ENXIO):
+                if exc.errno not in (errno.ENODEV, errno.ENXIO, errno.ENETDOWN):  # not there, or not up yet
                     raise translate_os_error(f"capturing on {name}", exc) from exc
                 still.append(name)
         self.missing = still
 
-    def read(self, timeout: float, max_batch: int = 1024, wake: socket.socket | None = None) -> list[bytes]:
-        """Packets waiting now, or arriving within ``timeout`` seconds (at most ``max_batch``).
+    def read(self, timeout: float | None, max_batch: int = 1024, wake: socket.socket | None = None,
+             stop: int | None = None) -> list[bytes]:
+        """Packets waiting now, or arriving within ``timeout`` seconds (None: until some come; at most ``max_batch``).
 
         A byte on ``wake`` (consumed here) ends the wait early: the DNS decoding
         thread uses it to hand back answers without waiting for the next packet.
+        ``stop`` (a descriptor, not read) ends it too: the stop event's.
         """
-        extra = [wake] if wake is not None else []
-        if not self._socks:
-            ready, _, _ = select.select(extra, [], [], timeout)
-        else:
-            ready, _, _ = select.select(self._socks + extra, [], [], timeout)
+        extra: list[Any] = [wake] if wake is not None else []
+        if stop is not None:
+            extra.append(stop)
+        ready, _, _ = select.select([*self._socks, *extra], [], [], timeout)
         out: list[bytes] = []
         for sock in ready:
-            if sock is wake:
+            if wake is not None and sock is wake:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     sock.recv(4096)
+                continue
+            if sock is stop:
                 continue
             while len(out) < max_batch:
                 try:
                     data, addr = sock.recvfrom(SNAPLEN)
                 except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    # The interface went down (or was not up yet when bound): reported once, then it reads on.
+                    if exc.errno != errno.ENETDOWN:
+                        raise
                     break
                 if addr[2] == PACKET_OUTGOING:  # the kernel filter already ensures it
                     out.append(data)
