@@ -92,10 +92,26 @@ class Report:
         return dt.datetime.fromtimestamp(t, self.tz).isoformat(timespec="seconds")
 
     def short(self, t: float | None) -> str:
-        """An epoch time as ``YYYY-MM-DD HH:MM:SS`` in the report's zone, for table cells."""
+        """An epoch time as ``YYYY-MM-DD HH:MM:SS`` in the report's zone, for table cells.
+
+        A no-break space joins date and time, so no renderer splits a time across lines.
+        """
         if t is None:
-            return ""
-        return dt.datetime.fromtimestamp(t, self.tz).strftime("%Y-%m-%d %H:%M:%S")
+            return "—"
+        return dt.datetime.fromtimestamp(t, self.tz).strftime("%Y-%m-%d\u00a0%H:%M:%S")
+
+    def compact(self, t: float | None) -> str:
+        """A time as short as the period allows: ``HH:MM:SS`` in a one-day period, else ``MM-DD HH:MM``."""
+        if t is None:
+            return "—"
+        a = dt.datetime.fromtimestamp(self.span[0], self.tz)
+        b = dt.datetime.fromtimestamp(max(self.span[0], self.span[1] - 1e-3), self.tz)
+        d = dt.datetime.fromtimestamp(t, self.tz)
+        if a.date() == b.date() == d.date():  # the day is the period's, named in its header
+            return d.strftime("%H:%M:%S")
+        if a.year == b.year:
+            return d.strftime("%m-%d\u00a0%H:%M")
+        return self.short(t)
 
     def zone(self) -> str:
         """The report's zone as an offset, e.g. ``UTC+08:00``."""

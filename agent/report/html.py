@@ -18,7 +18,9 @@ CSS = """
 @page { size: A4; margin: 15mm 12mm 15mm 12mm; }
 * { box-sizing: border-box; }
 body { font-family: "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Microsoft YaHei", "PingFang SC", sans-serif;
-       font-size: 10pt; color: #111; margin: 0 auto; max-width: 190mm; line-height: 1.45; }
+       font-size: 10pt; color: #111; margin: 0 auto; padding: 0 16px; max-width: 1280px; line-height: 1.45; }
+.wide { overflow-x: auto; }
+@media print { body { max-width: none; padding: 0; } .wide { overflow: visible; } }
 h1 { font-size: 18pt; margin: 0 0 6pt; }
 h2 { font-size: 13pt; border-bottom: 2px solid #333; margin: 18pt 0 6pt; padding-bottom: 2pt;
      break-after: avoid; page-break-after: avoid; }
@@ -29,7 +31,8 @@ table { border-collapse: collapse; width: 100%; margin: 4pt 0 8pt; table-layout:
 thead { display: table-header-group; }
 tr { break-inside: avoid; page-break-inside: avoid; }
 th, td { border: 0.5pt solid #999; padding: 2pt 3pt; text-align: left; vertical-align: top;
-         overflow-wrap: anywhere; word-break: break-word; font-size: 8.5pt; }
+         overflow-wrap: break-word; word-break: normal; font-size: 8.5pt; }
+@media screen and (max-width: 720px) { table { table-layout: auto; min-width: 640px; } }
 th { background: #e8e8e8; }
 caption { text-align: left; font-weight: bold; padding: 4pt 0; }
 figure { margin: 6pt 0; break-inside: avoid; page-break-inside: avoid; }
@@ -54,7 +57,7 @@ def _e(text: str) -> str:
 def _table(t: Table) -> str:
     total = sum(t.weights) or 1
     cols = "".join(f'<col style="width:{100 * w / total:.1f}%">' for w in t.weights)
-    out = ["<table>"]
+    out = ['<div class="wide"><table>']
     if t.caption:
         out.append(f"<caption>{_e(t.caption)}</caption>")
     out.append(f"<colgroup>{cols}</colgroup>")
@@ -63,7 +66,7 @@ def _table(t: Table) -> str:
     out.append("<tbody>")
     for row in t.rows:
         out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from agent.report.assessment import document as assessment_document
 from agent.report.build import Report
-from agent.report.model import SEVERITIES, Capped, Evidence, Tally
+from agent.report.model import SEVERITIES, Capped, Evidence, Repeat, Tally
 
 FORMAT = "dutywatch-report"
 VERSION = 1
@@ -30,6 +30,13 @@ def _capped(r: Report, c: Capped) -> dict[str, Any]:
     return {"total": c.total, "listed": len(c.rows), "omitted": c.omitted,
             "omitted_by_severity": dict(zip(SEVERITIES, c.omitted_by_severity, strict=True)),
             "rows": [_evidence(r, e) for e in c.rows]}
+
+
+def _repeats(r: Report, rows: tuple[Repeat, ...]) -> list[dict[str, Any]]:
+    return [{"rule": x.rule, "title": {"zh": x.title_zh, "en": x.title_en}, "severity": x.severity,
+             "operator": x.operator or None, "unit": x.unit or None, "custodian": x.custodian or None,
+             "object": x.object, "process": x.process, "host": x.host, "count": x.count, "first": x.first,
+             "last": x.last, "first_iso": r.when(x.first), "last_iso": r.when(x.last)} for x in rows]
 
 
 def document(r: Report) -> dict[str, Any]:
@@ -74,6 +81,8 @@ def document(r: Report) -> dict[str, Any]:
             "unattributed": _capped(r, d.unattributed),
         },
         "violations": _capped(r, d.violations),
+        "violation_groups": {"groups": _repeats(r, d.repeats), "folded": d.repeats_folded},
+        "unattributed_groups": _repeats(r, d.unattributed_repeats),
         "continuity": {
             "runs": [asdict(x) for x in c.runs],
             "gaps": [{**asdict(g), "seconds": g.seconds} for g in c.gaps],

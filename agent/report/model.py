@@ -34,6 +34,8 @@ UNATTRIBUTED_RULES = frozenset({"ZR-001", "ZR-002"})
 CONTINUITY_KINDS = ("agent.start", "agent.stop", "agent.reload", "agent.tamper", "config.changed",
                     "journal.pruned", "journal.resumed", "journal.quarantined", "enforce.action", "enforce.lift")
 MAX_KEYS = 5000  # distinct operators, units, days or rules kept; the rest fold into OTHER
+MAX_GROUPS = 2000  # rule × person × object groups kept; findings of further groups are counted apart
+EXAMPLES = 3  # findings of one group listed one by one; the rest are in its count (and in CSV/JSON)
 OTHER = "…"
 
 
@@ -87,6 +89,54 @@ class Evidence:
     department: str
     message_zh: str
     message_en: str
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """Findings of one rule by one person on one object: how many, first and last time, one example."""
+
+    rule: str
+    title_zh: str
+    title_en: str
+    severity: str
+    operator: str
+    unit: str
+    custodian: str
+    object: str
+    process: str
+    count: int
+    first: float
+    last: float
+    host: str
+
+
+class _Repeats:
+    """Findings grouped by rule × person × object, up to MAX_GROUPS groups (the rest counted apart)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str, str], list[Any]] = {}
+        self.folded = 0
+
+    def add(self, key: tuple[str, str, str], sev_index: int, t: float, make: Any) -> int:
+        """Count one finding; returns how many of its group were seen, this one included (0 when folded)."""
+        g = self.groups.get(key)
+        if g is None:
+            if len(self.groups) >= MAX_GROUPS:
+                self.folded += 1
+                return 0
+            g = self.groups[key] = [sev_index, 0, t, t, make()]
+        g[1] += 1
+        g[2] = min(g[2], t)
+        g[3] = max(g[3], t)
+        return int(g[1])
+
+    def freeze(self) -> tuple[Repeat, ...]:
+        rows = []
+        for (rule, op, obj), (si, n, first, last, ex) in self.groups.items():
+            rows.append(Repeat(rule, ex[0], ex[1], SEVERITIES[si], op, ex[2], ex[3], obj, ex[4], n, first, last,
+                               ex[5]))
+        rows.sort(key=lambda r: (SEVERITIES.index(r.severity), -r.count, r.first, r.rule))
+        return tuple(rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +272,10 @@ class Aggregate:
     first_time: float | None = None
     owners: tuple[OwnerRow, ...] = ()
     alerts_by_severity: tuple[int, ...] = (0, 0, 0, 0, 0)
+    repeats: tuple[Repeat, ...] = ()  # violations grouped
+    repeats_folded: int = 0
+    unattributed_repeats: tuple[Repeat, ...] = ()
+    host_info: tuple[tuple[str, tuple[str, ...]], ...] = ()  # host: (unit, department, custodian, level, zone)
 
 
 class _Heap:
@@ -243,6 +297,11 @@ class _Heap:
             heapq.heappush(self.heap, (*key, make()))
         elif self.cap and key > self.heap[0][:4]:
             heapq.heapreplace(self.heap, (*key, make()))
+
+    def count(self, sev_index: int) -> None:
+        """A finding counted but not offered for listing (a repeat of a group already shown)."""
+        self.total += 1
+        self.by_sev[sev_index] += 1
 
     def freeze(self) -> Capped:
         rows = tuple(x[4] for x in sorted(self.heap, reverse=True))
@@ -278,6 +337,9 @@ class Aggregator:
     def __post_init__(self) -> None:
         self._violations = _Heap(self.max_rows)
         self._unattributed = _Heap(self.max_unattributed)
+        self._repeats = _Repeats()
+        self._host_info: dict[str, tuple[str, ...]] = {}
+        self._unattributed_repeats = _Repeats()
         self._life: list[LifecycleRow] = []
         self._life_total = 0
         self._life_counts: dict[str, int] = {}
@@ -380,15 +442,38 @@ class Aggregator:
                             describe_process(ev), cut(op) if op is not None else "", describe_object(ev),
                             unit, dept, text_of(rec.get("message"), "zh"), text_of(rec.get("message"), "en"))
 
+        ev_group = group_of(rec, "event")
+        hg = group_of(ev_group, "host") or {"unit": unit, "department": dept, "custodian": acc.get("custodian")}
+        if host in self._host_info or len(self._host_info) < MAX_KEYS:
+            self._host_info[host] = tuple(cut(hg.get(k), 120) for k in ("unit", "department", "custodian", "level",
+                                                                       "zone"))
+        obj = describe_object(ev_group)
+        person = cut(op, 120) if op is not None else ""
+
+        def example() -> tuple[str, ...]:
+            title = group_of(rec, "title")
+            return (cut(title.get("zh")), cut(title.get("en")), unit, cut(acc.get("custodian"), 120),
+                    describe_process(ev_group), host)
+
         if alert:
-            self._violations.offer(si, t, seq, evidence)
+            n = self._repeats.add((rule, person, obj), si, t, example)
+            if n <= EXAMPLES:  # repeats are counted in their group, not listed one by one
+                self._violations.offer(si, t, seq, evidence)
+            else:
+                self._violations.count(si)
         known = group_of(group_of(rec, "event"), "operator").get("known")
         roles = rec.get("roles")
         # A finding whose rule holds the custodian or unit to account (an interface, a device)
         # is answered for even without an operator; one that names the operator is not.
         wants_operator = not isinstance(roles, list) or "operator" in roles
         if rule in UNATTRIBUTED_RULES or known is False or (op is None and wants_operator):
-            self._unattributed.offer(si, t, seq, evidence)
+            proc = group_of(ev_group, "process")
+            what = cut(proc.get("exe") or proc.get("name") or "", 120)
+            n = self._unattributed_repeats.add((rule, what, obj), si, t, example)
+            if n <= EXAMPLES:
+                self._unattributed.offer(si, t, seq, evidence)
+            else:
+                self._unattributed.count(si)
 
     def _rule(self, rule: str, rec: dict[str, Any], t: float) -> None:
         row = self._rules.get(rule)
@@ -467,4 +552,6 @@ class Aggregator:
                          tuple((d, c.freeze()) for d, c in sorted(self._days.items())), tuple(groups),
                          tuple(sorted(self._hosts)), tuple(people), tuple(rules),
                          self._violations.freeze(), self._unattributed.freeze(), cont, self._assessment.result(),
-                         self._first_time, tuple(owners), tuple(self._violations.by_sev))
+                         self._first_time, tuple(owners), tuple(self._violations.by_sev), self._repeats.freeze(),
+                         self._repeats.folded, self._unattributed_repeats.freeze(),
+                         tuple(sorted(self._host_info.items())))

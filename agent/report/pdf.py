@@ -59,7 +59,9 @@ class _Writer:
         logging.getLogger("fontTools.subset").setLevel(logging.ERROR)
 
         self.r = r
-        self.wrap = WrapMode.CHAR if r.lang == "zh" else WrapMode.WORD
+        # Break at spaces in both languages: fpdf2 still breaks a run of Chinese (or anything longer than
+        # the cell) between characters, but never splits an identifier like BM-NET-001 that fits.
+        self.wrap = WrapMode.WORD
         title, self.facts = header(r)
         self.title = title
         pdf = FPDF(orientation="P", unit="mm", format="A4")
@@ -102,7 +104,7 @@ class _Writer:
         if fill:
             pdf.set_fill_color(244, 244, 244)
         pdf.multi_cell(0, size * 0.5, b.text, border=1 if fill else 0, fill=fill, new_x="LMARGIN", new_y="NEXT",
-                       wrapmode=self.wrap if not fill else _char_wrap())
+                       wrapmode=self.wrap if not fill else _char_wrap(), align="L")
         pdf.set_text_color(0, 0, 0)
         pdf.ln(1.5)
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from agent.report.build import Report
 from agent.report.charts import COLORS, Chart, bar_chart, trend_chart
 from agent.report.i18n import duration, tr
-from agent.report.model import OTHER, SEVERITIES, Capped, Evidence, Tally
+from agent.report.model import EXAMPLES, OTHER, SEVERITIES, Capped, Evidence, Repeat, Tally
+
+MAX_GROUPS_SHOWN = 60  # groups in a table of the HTML/PDF report; every group is in the JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,24 @@ def _name(lang: str, value: str, empty: str) -> str:
     return value or tr(lang, empty)
 
 
+def level_name(lang: str, level: str) -> str:
+    """A level as the report's language writes it (机密, secret)."""
+    if not level:
+        return ""
+    try:
+        from agent.levels import parse_level
+        lv = parse_level(level)
+    except ValueError:
+        return level
+    return lv.zh if lang == "zh" else str(lv)
+
+
+def zone_name(lang: str, zone: str) -> str:
+    """A zone name, in Chinese for the usual ones."""
+    from agent.engine.message import ZONES_ZH
+    return ZONES_ZH.get(zone, zone) if lang == "zh" else zone
+
+
 def _sev_cells(t: Tally) -> tuple[str, ...]:
     return tuple(str(n) for n in t.by_severity)
 
@@ -70,8 +90,19 @@ def header(r: Report) -> tuple[str, tuple[tuple[str, str], ...]]:
     src = tr(lang, "src_bundles") if r.fleet else tr(lang, "src_journal")
     # Only what the figures were made from; a refused or failed source is a banner of its own.
     src += ": " + (", ".join(i.path for i in r.integrity if i.ok) or tr(lang, "none"))
-    facts = ((tr(lang, "period"), f"{since} — {until}"), (tr(lang, "generated"), r.when(r.generated)),
-             (tr(lang, "timezone"), r.zone()), (tr(lang, "source"), src))
+    facts: tuple[tuple[str, str], ...] = ((tr(lang, "period"), f"{since} — {until}"),)
+    info = dict(r.data.host_info)
+    hosts = [i.host for i in r.integrity if i.ok and i.host] or list(info)
+    for h in hosts[:1] if not r.fleet else ():
+        unit, dept, custodian, level, zone = info.get(h, ("", "", "", "", ""))
+        facts += ((tr(lang, "host"), h), (tr(lang, "unit"), _name(lang, unit, "unregistered")),
+                  (tr(lang, "department"), _name(lang, dept, "unregistered")),
+                  (tr(lang, "custodian"), _name(lang, custodian, "unknown")),
+                  (tr(lang, "host_level"), " / ".join(x for x in (level_name(lang, level), zone_name(lang, zone)) if x)
+                   or tr(lang, "unknown")))
+    if r.fleet:
+        facts += ((tr(lang, "hosts"), str(len(hosts))),)
+    facts += ((tr(lang, "generated"), r.when(r.generated)), (tr(lang, "timezone"), r.zone()), (tr(lang, "source"), src))
     return tr(lang, "fleet_title" if r.fleet else "title"), facts
 
 
@@ -132,9 +163,33 @@ def controls(r: Report) -> Section:
         *assessment_blocks(r)))
 
 
+CMD_SHOWN = 100  # characters of a command line in a table; CSV and JSON hold it whole
+
+
+def _clip(text: str, n: int = CMD_SHOWN) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def _evidence_rows(lang: str, r: Report, rows: tuple[Evidence, ...]) -> tuple[tuple[str, ...], ...]:
-    return tuple((r.short(e.time), e.host, e.process, _name(lang, e.operator, "unknown"), e.object, e.rule,
-                  tr(lang, e.severity), e.message_zh if lang == "zh" else e.message_en) for e in rows)
+    return tuple((r.short(e.time), e.host, _clip(e.process), _name(lang, e.operator, "unknown"), _clip(e.object),
+                  e.rule, tr(lang, e.severity), e.message_zh if lang == "zh" else e.message_en) for e in rows)
+
+
+def _program(path: str) -> str:
+    """A program by its file name (the whole path is in JSON and CSV)."""
+    return _clip(path.rsplit("/", 1)[-1] or path, 40)
+
+
+def _repeat_table(lang: str, r: Report, caption: str, rows: tuple[Repeat, ...], who: str) -> Table:
+    """Findings grouped by rule × person (or program) × object, with count and first and last time."""
+    cells = tuple((tr(lang, x.severity), f"{x.rule} {x.title_zh if lang == 'zh' else x.title_en}",
+                   _name(lang, x.operator, "unknown") if who == "person" else _program(x.operator or x.process),
+                   _name(lang, x.unit, "unregistered"), _name(lang, x.custodian, "unknown"),
+                   _clip(x.object, 80) or "—",
+                   str(x.count), r.compact(x.first), r.compact(x.last)) for x in rows)
+    return Table(caption, (tr(lang, "severity"), tr(lang, "rule"), tr(lang, who), tr(lang, "unit"),
+                           tr(lang, "custodian"), tr(lang, "object"), tr(lang, "count"), tr(lang, "first_seen"),
+                           tr(lang, "last_seen")), cells, (0.7, 2.2, 1.3, 1.5, 1, 2, 0.6, 1.1, 1.1))
 
 
 def _evidence_heads(lang: str) -> tuple[str, ...]:
@@ -142,7 +197,7 @@ def _evidence_heads(lang: str) -> tuple[str, ...]:
                                         "message"))
 
 
-EVIDENCE_WEIGHTS = (1.7, 1.3, 2.2, 1.1, 2.2, 1.1, 0.7, 3.2)
+EVIDENCE_WEIGHTS = (2.1, 1.3, 2.0, 1.0, 2.0, 1.3, 0.6, 3.2)  # a full time and a rule id fit on one line
 
 
 def _capped_notes(lang: str, c: Capped) -> list[Block]:
@@ -178,9 +233,11 @@ def accountability(r: Report) -> Section:
     u = d.unattributed
     if u.total:
         blocks.append(Para(tr(lang, "unattributed_n", n=u.total), "bad"))
-        blocks.append(Table(tr(lang, "unattributed"), _evidence_heads(lang), _evidence_rows(lang, r, u.rows),
-                            EVIDENCE_WEIGHTS))
-        blocks += _capped_notes(lang, u)
+        shown = d.unattributed_repeats[:MAX_GROUPS_SHOWN]
+        blocks.append(_repeat_table(lang, r, tr(lang, "unattributed"), shown, "program"))
+        if len(d.unattributed_repeats) > len(shown):
+            blocks.append(Para(tr(lang, "groups_listed", listed=len(shown), total=len(d.unattributed_repeats)),
+                               "note"))
     else:
         blocks += [Para(tr(lang, "unattributed"), "plain"), Para(tr(lang, "none_unattributed"), "note")]
     return Section("accountability", tr(lang, "s_account"), tuple(blocks))
@@ -194,8 +251,14 @@ def violations(r: Report) -> Section:
             return Section("violations", tr(lang, "s_violations"), (Para(tr(lang, "v_no_conclusion"), "bad"),))
         return Section("violations", tr(lang, "s_violations"), (Para(
             tr(lang, "v_no_violations", monitored=duration(lang, r.monitored)), "note"),))
-    blocks: list[Block] = [*_capped_notes(lang, v),
-                           Table("", _evidence_heads(lang), _evidence_rows(lang, r, v.rows), EVIDENCE_WEIGHTS)]
+    d = r.data
+    shown = d.repeats[:MAX_GROUPS_SHOWN]
+    blocks: list[Block] = [_repeat_table(lang, r, tr(lang, "grouped"), shown, "person")]
+    if len(d.repeats) > len(shown) or d.repeats_folded:
+        blocks.append(Para(tr(lang, "groups_listed", listed=len(shown), total=len(d.repeats)) +
+                           (tr(lang, "groups_folded", n=d.repeats_folded) if d.repeats_folded else ""), "note"))
+    blocks += [Para(tr(lang, "details", n=EXAMPLES), "plain"), *_capped_notes(lang, v),
+               Table("", _evidence_heads(lang), _evidence_rows(lang, r, v.rows), EVIDENCE_WEIGHTS)]
     return Section("violations", tr(lang, "s_violations"), tuple(blocks))
 
 
@@ -306,7 +369,9 @@ def verdict(r: Report) -> Section:
     else:
         blocks.append(Para(tr(lang, "v_no_conclusion"), "bad"))
     sep = "；" if lang == "zh" else "; "
-    people = [p for p in d.operators if p.tally.alerts][:3]
+    people = [p for p in d.operators if p.tally.alerts and p.operator and p.operator != OTHER][:3]
+    if d.unattributed.total:
+        blocks.append(Para(tr(lang, "unattributed_n", n=d.unattributed.total), "bad"))
     if people:
         blocks.append(Para(tr(lang, "v_people", list=sep.join(
             f"{_name(lang, p.operator, 'unknown')}（{_name(lang, p.unit, 'unregistered')}）{p.tally.alerts}"
