@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
                    "coverage (repeat for several; default: the config's, else the shipped packs)")
     p.add_argument("--font", type=Path, metavar="PATH", help="CJK TTF/TTC font for PDF (default: config, then "
                    "installed fonts)")
+    p.add_argument("--incident", type=positive_int, metavar="SEQ",
+                   help="a one-page incident sheet (html or pdf) for the finding at record SEQ instead of a report")
     p.add_argument("--max-rows", type=positive_int, default=1000, metavar="N",
                    help="violations listed with their evidence (default 1000; the rest are counted)")
     p.set_defaults(func=run)
@@ -93,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from agent.report import build, fleet, sources
     from agent.report.errors import ReportError
 
+    if args.incident is not None:
+        return _incident(args)
     now = time.time()
     since, until = period_of(args, now)
     period = sources.Period(since, until)
@@ -152,6 +156,36 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.format} report to {where}" + (f"; {failed} source(s) failed verification, see the "
                                                        "integrity section" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _incident(args: argparse.Namespace) -> int:
+    """The incident sheet of one finding; exit 1 when its evidence does not verify."""
+    from agent.journal.locate import journal_path
+    from agent.report.errors import ReportError
+    from agent.report.incident import incident
+
+    if args.format not in ("html", "pdf"):
+        raise ReportError("--incident makes an HTML or PDF sheet: use --format html or --format pdf")
+    cfg = _config(args)
+    tz = dt.datetime.now().astimezone().tzinfo or dt.UTC
+    pubkey = args.pubkey
+    path = journal_path(args)
+    if pubkey is None and args.keys is not None:
+        from agent.report.sources import journal_host, trusted_key_for
+        pubkey = trusted_key_for(args.keys, journal_host(path))
+    sheet = incident(path, args.incident, args.lang, tz, pubkey)
+    if args.format == "html":
+        from agent.report.html import write_document
+        _write(args.out, False, lambda f: write_document(sheet.lang, sheet.title, sheet.facts, sheet.sections, f,
+                                                         one_page=True))
+    else:
+        from agent.report.pdf import find_font, write_document_pdf
+        font = find_font(args.font or (cfg.report_font if cfg is not None else None))
+        _write(args.out, True, lambda f: write_document_pdf(sheet.lang, sheet.title, sheet.facts, sheet.sections, f,
+                                                            font, one_page=True))
+    print(f"wrote incident sheet of record {args.incident} to {args.out or 'standard output'}"
+          + ("" if sheet.ok else "; its evidence FAILED verification"), file=sys.stderr)
+    return 0 if sheet.ok else 1
 
 
 def _render(r: Any, fmt: str, out: Path | None, font: Path | None) -> None:

@@ -89,14 +89,20 @@ def _section(s: Section) -> str:
 def write_html(r: Report, out: TextIO) -> None:
     """Write the whole report as HTML to ``out``."""
     title, facts = header(r)
-    sections = all_sections(r)
-    lang = "zh-CN" if r.lang == "zh" else "en"
+    write_document(r.lang, title, facts, all_sections(r), out)
+
+
+def write_document(lang_code: str, title: str, facts: tuple[tuple[str, str], ...], sections: list[Section],
+                   out: TextIO, one_page: bool = False) -> None:
+    """Write a titled document of sections (a report, an incident sheet) as HTML to ``out``."""
+    lang = "zh-CN" if lang_code == "zh" else "en"
+    css = CSS + ("section + section { break-before: auto; page-break-before: auto; }\n" if one_page else "")
     out.write(f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8">'
               '<meta name="viewport" content="width=device-width, initial-scale=1">'
               # No script and no remote load, whatever a record contains.
               "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
               "style-src 'unsafe-inline'; img-src data:\">"
-              f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n")
+              f"<title>{_e(title)}</title><style>{css}</style></head><body>\n")
     out.write(f"<header><h1>{_e(title)}</h1><table class=\"facts\"><tbody>")
     for k, v in facts:
         out.write(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>")

@@ -49,7 +49,8 @@ def _rgb(color: str) -> tuple[int, int, int]:
 
 
 class _Writer:
-    def __init__(self, r: Report, font: Path) -> None:
+    def __init__(self, r: Report | None, font: Path, lang: str = "zh", title: str = "",
+                 facts: tuple[tuple[str, str], ...] = (), sections: list[Section] | None = None) -> None:
         import logging
 
         from fpdf import FPDF
@@ -58,12 +59,16 @@ class _Writer:
         # fontTools names every table of the font it does not subset; nothing for the user to act on.
         logging.getLogger("fontTools.subset").setLevel(logging.ERROR)
 
-        self.r = r
         # Break at spaces in both languages: fpdf2 still breaks a run of Chinese (or anything longer than
         # the cell) between characters, but never splits an identifier like BM-NET-001 that fits.
         self.wrap = WrapMode.WORD
-        title, self.facts = header(r)
+        if r is not None:
+            lang = r.lang
+            title, facts = header(r)
+            sections = all_sections(r)
+        self.facts = facts
         self.title = title
+        self.sections = sections or []
         pdf = FPDF(orientation="P", unit="mm", format="A4")
         pdf.set_margins(12, 14, 12)
         pdf.set_auto_page_break(True, margin=14)
@@ -73,7 +78,7 @@ class _Writer:
             raise ReportError(f"{font}: cannot embed this font in a PDF ({exc}); {INSTALL_HINT}") from exc
         pdf.set_title(title)
         pdf.set_creator("DutyWatch")
-        pdf.set_lang("zh-CN" if r.lang == "zh" else "en")
+        pdf.set_lang("zh-CN" if lang == "zh" else "en")
         footer_text = title
 
         def footer() -> None:
@@ -85,6 +90,7 @@ class _Writer:
 
         pdf.footer = footer  # type: ignore[method-assign]
         self.pdf = pdf
+        self.one_page = False
 
     def heading(self, text: str, size: float) -> None:
         pdf = self.pdf
@@ -180,8 +186,8 @@ class _Writer:
         pdf.add_page()
         self.heading(self.title, 18)
         self.table(Table("", ("", ""), self.facts, (1, 4)))
-        for i, s in enumerate(all_sections(self.r)):
-            self.section(s, new_page=i > 0)
+        for i, s in enumerate(self.sections):
+            self.section(s, new_page=i > 0 and not self.one_page)
         return bytes(pdf.output())
 
 
@@ -193,3 +199,11 @@ def _char_wrap() -> Any:
 def write_pdf(r: Report, out: BinaryIO, font: Path) -> None:
     """Write the report as PDF to ``out``, embedding ``font`` (a TTF or TTC with Chinese glyphs)."""
     out.write(_Writer(r, font).write())
+
+
+def write_document_pdf(lang: str, title: str, facts: tuple[tuple[str, str], ...], sections: list[Section],
+                       out: BinaryIO, font: Path, one_page: bool = False) -> None:
+    """Write a titled document of sections as PDF; ``one_page`` keeps every section on the first page."""
+    w = _Writer(None, font, lang, title, facts, sections)
+    w.one_page = one_page
+    out.write(w.write())

@@ -78,6 +78,30 @@ def run_report(state: Path, fmt: str, out: Path) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
+def demo_pages() -> None:
+    """Pages of the noisy demo host's 30-minute report (tests/unit/report_noisy.py), PDF in zh and en."""
+    import datetime as dt
+    import re
+
+    from tests.unit.report_noisy import MINUTES, noisy_journal
+
+    def iso(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as d:
+        state = Path(d) / "state"
+        n = noisy_journal(state)
+        for lang in ("zh", "en"):
+            out = Path(d) / f"demo-{lang}.pdf"
+            subprocess.run([sys.executable, "-m", "agent", "report", "--state-dir", str(state), "--format", "pdf",
+                            "--lang", lang, "--out", str(out), "--since", iso(T0), "--until",
+                            iso(T0 + MINUTES * 60)], check=False, capture_output=True,
+                           cwd=Path(__file__).resolve().parents[2])
+            pages = len(re.findall(rb"/Type\s*/Page\b", out.read_bytes()))
+            print(f"demo host, {MINUTES}-minute report ({n} records, 20 noisy daemons): pdf {lang} {pages} pages "
+                  "(target <= 15)", flush=True)
+
+
 def label(n: int) -> str:
     """10000 -> 10k, 1000000 -> 1M."""
     if n >= 1_000_000 and n % 1_000_000 == 0:
@@ -91,9 +115,11 @@ def main() -> None:
     """Build each journal, then time each format over it."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, nargs="+", default=[10_000, 1_000_000])
-    ap.add_argument("--formats", nargs="+", default=["html", "pdf"], choices=["html", "pdf", "json", "csv"])
+    ap.add_argument("--formats", nargs="+", default=["html", "pdf", "json", "csv"],
+                    choices=["html", "pdf", "json", "csv"])
     args = ap.parse_args()
     print(f"records: {', '.join(map(str, args.records))}; formats: {', '.join(args.formats)}")
+    demo_pages()
     for n in args.records:
         with tempfile.TemporaryDirectory(prefix="bench-report-") as d:
             state = Path(d) / "state"

@@ -237,3 +237,41 @@ def test_verify_through_a_changed_record_fails(tmp_path: Path) -> None:
     assert status == 1 and "record 2" in err
     status, _, err = run_cli(["verify", "--journal", str(db), "--through", "99"])
     assert status == 1
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_incident_sheet_for_a_critical_finding(tmp_path: Path, lang: str) -> None:
+    import shutil
+    import subprocess
+    state = tmp_path / "state"
+    db = _journal(state, _timeline())
+    out = tmp_path / f"incident-{lang}.html"
+    status, _, err = run_cli(["report", "--state-dir", str(state), "--incident", "2", "--lang", lang,
+                              "--out", str(out)])
+    assert status == 0, err
+    html = out.read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", " ", html)
+    assert ("网络安全事件报告单" if lang == "zh" else "Network security incident sheet") in text
+    assert "2024-05-01\u00a005:30:00" in text  # first detected
+    assert "js-fgw-0042" in text and "省发改委信息中心" in text and "张三" in text and "203.0.113.9:443" in text
+    assert f"dutywatch verify --journal {db} --through 2 --pubkey HOST-PUBKEY.pem" in text
+    due = "最迟 1 小时（2024-05-01\u00a006:30:00" if lang == "zh" else "within 4 h (by 2024-05-01\u00a009:30:00"
+    assert due in text
+    if shutil.which("pdfinfo") is not None:
+        pdf = tmp_path / f"incident-{lang}.pdf"
+        status, _, err = run_cli(["report", "--state-dir", str(state), "--incident", "2", "--lang", lang,
+                                  "--format", "pdf", "--out", str(pdf)])
+        assert status == 0, err
+        info = subprocess.run(["pdfinfo", str(pdf)], check=True, capture_output=True, text=True, timeout=60).stdout
+        assert "Pages:           1" in info  # one page
+    # a lifecycle record has no incident sheet; a changed record's sheet says its evidence failed
+    status, _, err = run_cli(["report", "--state-dir", str(state), "--incident", "1", "--out", str(out)])
+    assert status == 1 and "not a finding" in err
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE records SET body = replace(body, '203.0.113.9', '203.0.113.8') WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    out.unlink()
+    status, _, err = run_cli(["report", "--state-dir", str(state), "--incident", "2", "--out", str(out)])
+    assert status == 1 and "FAILED" in err
+    assert "核验失败" in out.read_text(encoding="utf-8")  # zh by default
