@@ -114,6 +114,11 @@ class StopEvent(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self._r, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wakers: list[Callable[[], None]] = []
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when the event is set: for a loop that waits on a queue, not a descriptor."""
+        self._wakers.append(wake)
 
     def fileno(self) -> int:
         """The descriptor that is readable while the event is set."""
@@ -124,6 +129,8 @@ class StopEvent(threading.Event):
         super().set()
         with contextlib.suppress(BlockingIOError):
             os.write(self._w, b"x")
+        for wake in list(self._wakers):
+            wake()
 
     def clear(self) -> None:
         """Clear the event and its descriptor."""

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from collectors.base import CollectorError, translate_os_error
+from collectors.base import CollectorError, stop_fd, stop_timeout, translate_os_error
 
 log = logging.getLogger(__name__)
 
@@ -430,13 +430,19 @@ class FanotifyWatcher:
             self.names.forget_under(root)
 
     def run(self, stop: threading.Event) -> None:
-        """Read both groups until ``stop`` is set (checked every 0.25 s)."""
+        """Read the groups until ``stop`` is set: blocks in poll on them and the stop descriptor, no timeout."""
         groups = {g.fd: g for g in (self.fd_group, self.names, self.renames) if g is not None}
         poller = select.poll()
         for fd in groups:
             poller.register(fd, select.POLLIN)
+        wake = stop_fd(stop)
+        if wake is not None:
+            poller.register(wake, select.POLLIN)
+        timeout = stop_timeout(stop, None)
         while not stop.is_set():
-            for fd, _ev in poller.poll(250):
+            for fd, _ev in poller.poll(None if timeout is None else timeout * 1000):
+                if fd == wake:
+                    continue
                 group = groups[fd]
                 try:
                     records = group.read()

@@ -30,6 +30,16 @@ in ``marking_skipped``. Results are cached by (device, inode, size, mtime,
 ctime), so reading a document again costs no scan. After a monitoring gap
 (``rescan_after``), the watched trees are walked once for files changed
 during it, which go out as ``file.write`` without a process.
+
+Threads, each blocked with no fixed timeout: the joining thread (the supervisor's) waits
+on its inbox until an operation or record comes, or until the next real deadline (an
+operation's join window, a write's quiet time, the periodic asset re-index, a report of
+losses); the media collector, a reload and the stop event wake it by posting to the inbox.
+The fanotify reader polls its groups and the stop descriptor; it is a thread of its own
+because each record's process is read from /proc at once, while the process lives. The
+marking thread waits on its queue; it is one because a scan is a blocking round trip to
+the marking worker. Watchdog's emitter (one per watched tree) blocks on its inotify
+descriptor and its dispatcher on its queue; both are watchdog's.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from agent.events import Event, File, Media, Process
 from agent.levels import Level
 from collectors import fanotify as fan
 from collectors.assets import AssetIndex, device_name
-from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
+from collectors.base import STOP_POLL, Availability, CollectorError, Emit, Health, Sources, StopEvent, section
 from collectors.openlimit import REPORT_EVERY, OpenLimiter
 from collectors.procfs import read_unit
 from collectors.provenance import Provenance
@@ -195,6 +205,7 @@ class FilesCollector:
         self.paths = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
         self._src = sources = sources or Sources()
         self._media = media
+        self._media_subscribed = False  # told by the media collector when mounts change (else looked at often)
         self._marker = marker
         self.health = Health()
         # While the audit collector's watch covers an asset path it reports the operations there, with
@@ -241,10 +252,16 @@ class FilesCollector:
         """Watch, join and emit until ``stop`` is set; pending operations are sent on the way out."""
         self._open_fanotify()
         self._load_assets()
-        marks: queue.Queue[tuple[Event, str]] = queue.Queue(maxsize=MARK_QUEUE)
+        marks: queue.Queue[tuple[Event, str] | None] = queue.Queue(maxsize=MARK_QUEUE)
         watcher = TreeWatcher(self._put_op, lambda _root: self._lose("watch_error"))
         flushed = threading.Event()  # set after the last flush: the marking worker may then finish
         threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), daemon=True)]
+        if isinstance(stop, StopEvent):
+            stop.add_waker(self._wake)
+        subscribe = getattr(self._media, "subscribe", None)
+        if callable(subscribe) and not self._media_subscribed:
+            subscribe(self._wake)  # a stick mounted or gone: follow it at once
+            self._media_subscribed = True
         if self._fan is not None:
             threads.append(threading.Thread(target=self._fan.run, args=(stop,), daemon=True))
         watcher.start()
@@ -268,8 +285,15 @@ class FilesCollector:
                 if since is not None and self._marker is not None:
                     threading.Thread(target=self._rescan, args=(since, marks, emit, stop), daemon=True).start()
                     since = None
+                # Until an operation, a record or a wake-up comes, or the next deadline.
+                due = self._next_due(now)
+                if missing:
+                    due = min(due, next_retry)
+                wait = max(0.0, due - time.monotonic())
+                if not isinstance(stop, StopEvent) or (self._media is not None and not self._media_subscribed):
+                    wait = min(wait, STOP_POLL)
                 try:
-                    item = self._inbox.get(timeout=0.1)
+                    item = self._inbox.get(timeout=wait)
                 except queue.Empty:
                     item = None
                 while item is not None:
@@ -283,6 +307,8 @@ class FilesCollector:
             self.health.up = False
             watcher.stop()
             flushed.set()
+            with contextlib.suppress(queue.Full):
+                marks.put(None, timeout=5.0)  # ends the marking thread's wait once the queue is worked off
             for t in threads:
                 t.join(timeout=0.4)
             if self._fan is not None:
@@ -310,6 +336,26 @@ class FilesCollector:
     def set_assets(self, globs: Iterable[str]) -> None:
         """The registry's asset globs changed (a reload): they are indexed anew in the background."""
         self._globs_wanted = tuple(globs)
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the joining thread's wait now (stop, a reload, a mount): it looks at what changed."""
+        with contextlib.suppress(queue.Full):
+            self._inbox.put_nowait(("wake",))
+
+    def _next_due(self, now: float) -> float:
+        """The monotonic time of the joining thread's next deadline (the periodic re-index at the latest)."""
+        due = [self._next_reindex]
+        due += [op.deadline for op in self._caught.values()]
+        due += [op.deadline for op in self._pending.values()]
+        if self._ready:  # waiting for a record, or behind an operation on the same path that is
+            due.append(min((op.deadline for op in self._ready if op.deadline > now), default=now + WINDOW))
+        due += [t + WINDOW for t, _wall, _proc, _ident in self._opens.values()]
+        if self._recent or self._changed or self._opened:
+            due.append(self._next_expire)
+        if self.limiter.pending():
+            due.append(self._next_report)
+        return min(due)
 
     def _reindex_due(self, now: float) -> tuple[str, ...]:
         """Start a background re-index when the globs changed or the periodic one is due; new roots to watch."""
@@ -417,6 +463,8 @@ class FilesCollector:
             self._lose("backlog", _proc_label(who.process))
 
     def _take(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "wake":
+            return
         if item[0] == "fan":
             _, path, who, wall = item
             if who.mask & fan.FAN_RENAME:
@@ -504,7 +552,7 @@ class FilesCollector:
         op.waits, op.deadline = op.waits + 1, now + 2 * WINDOW
         return True
 
-    def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
+    def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str] | None]) -> None:
         # Operations that a later one on their path made due wait for their record like the rest; a path's
         # later operations wait behind them, so that they still go out in order.
         held: set[str] = set()
@@ -557,7 +605,7 @@ class FilesCollector:
             self._expire(now)
             self._next_expire = now + 1.0
 
-    def _flush_opens(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str]]) -> None:
+    def _flush_opens(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str] | None]) -> None:
         for key, (t, wall, proc, ident) in list(self._opens.items()):
             if t + WINDOW > now:
                 continue
@@ -672,21 +720,19 @@ class FilesCollector:
         """Monitoring was down since ``since`` (epoch s): the next run walks the watched trees for changes."""
         self._rescan_since = since
 
-    def _to_mark(self, event: Event, path: str, marks: queue.Queue[tuple[Event, str]], emit: Emit) -> None:
+    def _to_mark(self, event: Event, path: str, marks: queue.Queue[tuple[Event, str] | None], emit: Emit) -> None:
         try:
             marks.put_nowait((event, path))
         except queue.Full:
             self.health.skip_marking("queue_full")
             self._send(event._replace(file=event.file._replace(marking_status="unscanned")), emit)
 
-    def _mark_loop(self, marks: queue.Queue[tuple[Event, str]], emit: Emit, flushed: threading.Event) -> None:
+    def _mark_loop(self, marks: queue.Queue[tuple[Event, str] | None], emit: Emit, flushed: threading.Event) -> None:
         while True:
-            try:
-                event, path = marks.get(timeout=0.1)
-            except queue.Empty:
-                if flushed.is_set():
-                    return
-                continue
+            item = marks.get()  # None: the collector stopped and this is the end of the queue
+            if item is None:
+                return
+            event, path = item
             level, status = self._safe_mark(path)
             self._send(event._replace(file=event.file._replace(marking=level, marking_status=status)), emit)
 
@@ -727,7 +773,7 @@ class FilesCollector:
         finally:
             os.close(fd)
 
-    def _rescan(self, since: float, marks: queue.Queue[tuple[Event, str]], emit: Emit,
+    def _rescan(self, since: float, marks: queue.Queue[tuple[Event, str] | None], emit: Emit,
                 stop: threading.Event) -> None:
         """Send every file under the watched roots changed since ``since`` through the marking scan."""
         seen = found = 0

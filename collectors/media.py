@@ -40,7 +40,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,7 @@ class MediaCollector:
         self._since: dict[str, float] = {}  # mount point -> when the mount was first seen (wall clock)
         self._lock = threading.Lock()
         self._namespaces: Namespaces | None = None
+        self._listeners: list[Callable[[], None]] = []  # told when the table of removable mounts changed
 
     @property
     def _mountinfo(self) -> Path:
@@ -302,7 +303,15 @@ class MediaCollector:
         with self._lock:
             self._table = table
             mounts_now = {m.mount for m in table.values() if m.mount}
+            changed = mounts_now != set(self._since)
             self._since = {m: self._since.get(m, seen) for m in mounts_now}
+        if changed:
+            for tell in self._listeners:
+                tell()
+
+    def subscribe(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` (from the media thread) whenever the removable mounts change: the files collector."""
+        self._listeners.append(changed)
 
     def sweep_now(self) -> None:
         """A hook for sources that see mount and namespace system calls: look at other namespaces now."""
