@@ -20,6 +20,12 @@ With the audit configuration locked (``auditctl -e 2``) no rule can be added:
 the agent reads what the kernel's existing rules give and says so.
 The kernel's ``lost`` counter and socket overflows are counted in
 ``health.drops`` (``kernel_lost``, ``socket_overflow``).
+
+One thread (the supervisor's): it blocks in select on the audit socket, the stop
+descriptor and the resync event's descriptor until the next status check (every
+``_STATUS_EVERY``), rules check or an unfinished record's close is due. It stays a
+thread of its own: the kernel's backlog fills while nobody reads, so reading must never
+wait behind another source's work.
 """
 
 from __future__ import annotations
@@ -45,11 +51,20 @@ from collectors.audit_netlink import (
     Message,
 )
 from collectors.audit_rules import Rule, build_rules, canonical, is_own, syscall_name
-from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
+from collectors.base import (
+    Availability,
+    CollectorError,
+    Emit,
+    Health,
+    Sources,
+    WakeEvent,
+    section,
+    stop_fd,
+    stop_timeout,
+)
 from collectors.procfs import ProcReader
 
 MODES = ("auto", "multicast", "daemon")
-_RECV_TIMEOUT = 0.2
 _STATUS_EVERY = 2.0
 _RULES_EVERY = 10.0
 _BACKLOG = 8192  # auditd's own default (-b 8192): an exec storm must not overflow the kernel's queue
@@ -88,7 +103,7 @@ class AuditCollector:
         self._watched: tuple[str, ...] = ()  # asset prefixes whose watches are in force
         self._exact: frozenset[str] = frozenset()
         self._mounts: dict[str, tuple[Process, Parent, float]] = {}  # mount point -> who, when (monotonic)
-        self._resync = threading.Event()
+        self._resync = WakeEvent()  # its descriptor wakes the reading loop
         self.rules_installed: list[bytes] = []
 
     # -- what the other collectors ask ----------------------------------------
@@ -380,9 +395,13 @@ class _Session:
     # -- reading ------------------------------------------------------------------------
     def _loop(self) -> None:
         next_status = next_rules = 0.0
+        wake = tuple(fd for fd in (stop_fd(self.stop), self.c._resync.fileno()) if fd is not None)
         while not self.stop.is_set():
             assert self.reader is not None
-            msgs, overflows = self.reader.receive(_RECV_TIMEOUT, 256)
+            # Until records come, stop or a resync is asked, or the next status or rules check or an
+            # unfinished record's close is due: a quiet host wakes this thread every _STATUS_EVERY at most.
+            due = min(next_status, next_rules, self.asm.next_due() or next_rules)
+            msgs, overflows = self.reader.receive(stop_timeout(self.stop, due - time.monotonic()), 256, wake)
             if overflows:
                 self.c.health.drop("socket_overflow", overflows)
             self._take(msgs)

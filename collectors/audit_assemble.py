@@ -152,6 +152,12 @@ class Assembler:
             return [ev] if ev is not None else []
         return []
 
+    def next_due(self) -> float | None:
+        """When (monotonic, as ``flush`` is given) the oldest open serial must be closed; None when none is open."""
+        for first, _ in self._open.values():
+            return first + self._max_age
+        return None
+
     def flush(self, now: float, everything: bool = False) -> list[Event]:
         """Close serials whose EOE never came (older than ``max_age``, or all)."""
         out: list[Event] = []

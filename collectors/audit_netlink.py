@@ -213,13 +213,18 @@ class AuditSocket:
         self.request(AUDIT_DEL_RULE, rule)
 
     # -- records --------------------------------------------------------------
-    def receive(self, timeout: float, batch: int = 64) -> tuple[list[Message], int]:
-        """Messages read within ``timeout`` (up to ``batch`` datagrams) and how often the socket overflowed."""
+    def receive(self, timeout: float | None, batch: int = 64,
+                wake: tuple[int, ...] = ()) -> tuple[list[Message], int]:
+        """Messages read within ``timeout`` (None: until some come; up to ``batch`` datagrams) and how often the
+        socket overflowed. A descriptor of ``wake`` that turns readable (not read here) ends the wait early."""
         assert self.sock is not None
         out, self.pending = self.pending, []
         overflows = 0
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
+        if out:
+            timeout = 0.0
+        fd = self.sock.fileno()
+        ready, _, _ = select.select([fd, *wake], [], [], timeout)
+        if fd not in ready:
             return out, 0
         for _ in range(batch):
             try:
