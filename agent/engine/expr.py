@@ -408,12 +408,21 @@ def _typed_const(v: Any) -> Typed:
     return Typed(ast.Constant(str(v)), "str", const=str(v))
 
 
+# Characters of command lines and paths, most common first (lowered text; anything not listed is rarer).
+_COMMON_CHARS = " e/tsraoinlcd-.hpmu1b0g2f3y4v5=w96k87_:x,j'\"qz>|"
+_RARITY = {ch: i for i, ch in enumerate(_COMMON_CHARS)}
+_ANCHOR_MIN_ROOTS = 4  # a trie whose literals start with fewer distinct characters scans fast as it is
+
+
 def literal_search(literals: list[str]) -> Callable[[str], Any]:
     """One C-level scan that finds whether a value holds any of the literals (a match, or None).
 
     The alternation is written as a trie (``a(?:bc|d)``, not ``abc|ad``): the
     regex engine tries alternatives one by one at each position, so sharing
     prefixes makes a scan over dozens of literals two to three times faster.
+    When the literals start with many different characters, the scan would
+    still try nearly every position of a value; then each literal is found
+    through its rarest character instead (see ``_anchored``).
     """
     trie: dict[str, Any] = {}
     for lit in literals:
@@ -428,10 +437,43 @@ def literal_search(literals: list[str]) -> Callable[[str], Any]:
         alts = [re.escape(ch) + pattern(sub) for ch, sub in sorted(node.items())]
         return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
 
+    if len(trie) >= _ANCHOR_MIN_ROOTS and "" not in trie:
+        try:
+            return re.compile(_anchored(literals)).search
+        except (RecursionError, re.error):
+            pass
     try:
         return re.compile(pattern(trie)).search
     except (RecursionError, re.error):  # pathologically long literals: the flat alternation still works
         return re.compile("|".join(re.escape(k) for k in sorted(literals, key=len, reverse=True))).search
+
+
+def _anchored(literals: list[str]) -> str:
+    """A pattern that finds any of ``literals`` (none empty) starting from its rarest character.
+
+    ``abcde`` anchored on ``c`` is ``c(?<=abc)(?=de)``: the regex engine skips
+    every position whose character is none of the anchors in C, and tries the
+    look-arounds only where one is; literals sharing an anchor share its
+    alternation. A literal that holds another is dropped (holding the shorter
+    one is enough).
+    """
+    lits = sorted(set(literals), key=len)
+    kept: list[str] = []
+    for lit in lits:
+        if not any(k in lit for k in kept):
+            kept.append(lit)
+    by_anchor: dict[str, list[tuple[str, str]]] = {}
+    rare = len(_COMMON_CHARS)
+    for lit in kept:
+        at = max(range(len(lit)), key=lambda i: (_RARITY.get(lit[i], rare), -i))
+        by_anchor.setdefault(lit[at], []).append((lit[:at + 1], lit[at + 1:]))
+    alts = []
+    for ch, parts in sorted(by_anchor.items()):
+        tests = [(f"(?<={re.escape(head)})" if len(head) > 1 else "") + (f"(?={re.escape(tail)})" if tail else "")
+                 for head, tail in sorted(parts)]
+        # A literal that is the anchor alone needs nothing more.
+        alts.append(re.escape(ch) + ("" if "" in tests else "(?:" + "|".join(tests) + ")"))
+    return "|".join(alts)
 
 
 def _cidr_matcher(nets: tuple[Any, ...]) -> Callable[[str], bool]:

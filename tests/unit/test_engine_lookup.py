@@ -8,6 +8,7 @@ import pytest
 
 from agent.engine import engine as engine_module
 from agent.engine.engine import Engine
+from agent.engine.expr import _anchored, literal_search
 from agent.engine.rules import load_rules
 from agent.events import Event, Process
 
@@ -145,3 +146,35 @@ def test_a_rule_that_fails_on_a_value_hides_no_other_finding(tmp_path: Path) -> 
     assert {r.id for r in engine.match(odd)} == {"PID", "CURL"}
     assert engine.errors == 1
     assert {r.id for r in engine.match(Event("process.exec", process=Process(pid=5, exe="/bin/sh")))} == {"SH", "PID"}
+
+
+# -- the literal scan: whatever the literals, "holds one of them" and nothing else --------
+
+# Characters the anchors are chosen from (common, rare, regex syntax, non-ASCII) and the literals' pieces.
+ALPHABET = " e/t-.=>|'\"x:0zRW(\\)[*+?$^{}\u5bc6\n"
+LITERALS = st.lists(st.text(ALPHABET, min_size=1, max_size=8), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(LITERALS, st.lists(st.text(ALPHABET, max_size=40), min_size=1, max_size=20))
+def test_literal_scan_finds_exactly_the_values_holding_a_literal(literals: list[str], texts: list[str]) -> None:
+    search = literal_search(literals)
+    # Values built from the literals themselves, cut and joined, reach the look-arounds' edges.
+    for text in [*texts, *literals, "".join(literals), *(lit[:-1] + lit[1:] for lit in literals)]:
+        assert (search(text) is not None) == any(lit in text for lit in literals), (literals, text)
+
+
+def test_literal_scan_of_many_first_characters_is_anchored_on_rare_ones() -> None:
+    # Two dozen literals that start with different common letters: the scan finds each one from its
+    # rarest character, in any position, and nothing in a near miss that lacks one character of it.
+    literals = ["disable", "spawn", "sh -c", "chown root", "base64 ", "http_proxy=", "os.system(", "fsockopen",
+                "tcpsocket", "journalctl --vacuum", "' x:0:'", "stratum+tcp://", "nc -e", "wget ", "curl|"]
+    assert "(?<=" in _anchored(literals)
+    search = literal_search(literals)
+    for lit in literals:
+        for text in (lit, f"a {lit}", f"{lit} z", f"/usr/bin/{lit}/{lit}"):
+            assert search(text) is not None, text
+        for cut in range(len(lit)):
+            near = lit[:cut] + lit[cut + 1:]
+            assert (search(near) is not None) == any(other in near for other in literals), near
+    assert search("php /srv/app/artisan queue:work --tries=3") is None
