@@ -313,10 +313,10 @@ class MediaCollector:
         """Call ``changed`` (from the media thread) whenever the removable mounts change: the files collector."""
         self._listeners.append(changed)
 
-    def sweep_now(self) -> None:
-        """A hook for sources that see mount and namespace system calls: look at other namespaces now."""
+    def sweep_now(self, pid: int | None = None) -> None:
+        """A hook for sources that see programs run or mounts made: look at ``pid``'s namespace (else all) soon."""
         if self._namespaces is not None:
-            self._namespaces.hint()
+            self._namespaces.hint(pid)
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Report current removable mounts, then every change until ``stop``, in every mount namespace."""
@@ -327,30 +327,35 @@ class MediaCollector:
             self._emit_all(self.scan(_read_fd(fd)), emit)
             wake, hint = stop_fd(stop), spaces.hint_fd()
             poller, by_fd = self._poller(fd, spaces, wake)
-            last_sweep, listening, swept_at = -SWEEP_EVERY, True, None
+            last_sweep = last_looked = -SWEEP_IDLE
+            listening, swept_at = True, None
             while not stop.is_set():
                 now = time.monotonic()
-                idle_due = now >= last_sweep + SWEEP_IDLE
-                if idle_due or (now >= last_sweep + SWEEP_EVERY and spaces.hinted()):
+                full, pids = spaces.hinted() if now >= last_looked + SWEEP_EVERY else (False, [])
+                if full or now >= last_sweep + SWEEP_IDLE:
                     last_sweep, sweep_wall = now, self._sources.clock()
                     new, gone = spaces.sweep()
                     for ns in gone:
                         self._emit_all(self.forget(ns), emit)
-                    # A namespace found now was made after the last sweep, and so were its own mounts:
+                else:
+                    sweep_wall, new = None, spaces.look(pids)
+                if sweep_wall is not None or pids:
+                    last_looked = now
+                    # A namespace found now was made after the last whole sweep, and so were its own mounts:
                     # the files collector's catch-up looks for files written to them since then.
                     for ns in new:
                         self._emit_all(self._scan_ns(ns, swept_at), emit)
-                    swept_at = sweep_wall
+                    swept_at = sweep_wall if sweep_wall is not None else swept_at
                     poller, by_fd = self._poller(fd, spaces, wake)
                     listening = True
                 # A hint that came too soon after a sweep waits (unheard) for the next allowed one.
-                deadline = last_sweep + (SWEEP_IDLE if listening else SWEEP_EVERY) - now
+                deadline = (last_sweep + SWEEP_IDLE if listening else last_looked + SWEEP_EVERY) - now
                 timeout = stop_timeout(stop, max(0.0, deadline))
                 for ready, _ev in poller.poll(None if timeout is None else timeout * 1000):
                     if ready == wake:
                         continue
                     if ready == hint:
-                        if listening and time.monotonic() < last_sweep + SWEEP_EVERY:
+                        if listening and time.monotonic() < last_looked + SWEEP_EVERY:
                             poller.unregister(hint)
                             listening = False
                         continue

@@ -39,8 +39,8 @@ MODES = ("auto", "netlink", "poll")
 class Sweeper(Protocol):
     """A source that looks for new mount namespaces when told a program ran (the media collector)."""
 
-    def sweep_now(self) -> None:
-        """Look at the host's mount namespaces soon."""
+    def sweep_now(self, pid: int | None = None) -> None:
+        """Look at ``pid``'s mount namespace (else all of them) soon."""
         ...
 
 
@@ -134,7 +134,7 @@ class ProcessCollector:
 
         def polled(event: Event) -> bool:
             if event.kind == "process.exec" and self._namespaces is not None:
-                self._namespaces.sweep_now()
+                self._namespaces.sweep_now(event.process.pid)
             if event.kind == "process.exec" and audit is not None and audit.covers("process.exec"):
                 return True
             return emit(event)
@@ -185,7 +185,7 @@ class ProcessCollector:
         pid = event.tgid
         self.reader.invalidate(pid)
         if self._namespaces is not None:
-            self._namespaces.sweep_now()
+            self._namespaces.sweep_now(pid)
         if self._audit is not None and self._audit.covers("process.exec"):
             return
         found = self.reader.identity(pid)
