@@ -62,8 +62,8 @@ def build(state: Path, n: int) -> float:
     return time.perf_counter() - t_start
 
 
-def run_report(state: Path, fmt: str, out: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of one report in a child process."""
+def run_report(state: Path, fmt: str, out: Path) -> tuple[float, float, float]:
+    """Seconds, peak RSS (MB) and CPU seconds of one report in a child process."""
     argv = [sys.executable, "-m", "agent", "report", "--state-dir", str(state), "--format", fmt,
             "--out", str(out)]
     start = time.perf_counter()
@@ -75,7 +75,7 @@ def run_report(state: Path, fmt: str, out: Path) -> tuple[float, float]:
     err = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"report {fmt} failed: {err}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def demo_pages() -> None:
@@ -128,9 +128,10 @@ def main() -> None:
             print(f"journal {label(n)}: built in {took:.1f} s ({n / took:,.0f} records/s), {size:.0f} MB",
                   flush=True)
             for fmt in args.formats:
-                secs, rss = run_report(state, fmt, Path(d) / f"report.{fmt}")
-                print(f"report {fmt} {label(n)}: {secs:.1f} s, {rss:.0f} MB "
-                      f"({n / secs:,.0f} records/s)", flush=True)
+                secs, rss, cpu = run_report(state, fmt, Path(d) / f"report.{fmt}")
+                print(f"report {fmt} {label(n)}: {secs:.1f} s, {rss:.0f} MB peak RSS ({n / secs:,.0f} records/s; "
+                      f"{cpu:.1f} CPU s, {n / max(cpu, 1e-6):,.0f} records per CPU second; "
+                      f"load {os.getloadavg()[0]:.1f})", flush=True)
 
 
 if __name__ == "__main__":

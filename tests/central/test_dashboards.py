@@ -211,7 +211,10 @@ def all_queries() -> list[tuple[str, str]]:
             out.append((f"{name} variable {v['name']}", f"count by ({m.group(2)}) ({fill(m.group(1), host_board)})"))
         for p in panels(board):
             for t in p.get("targets", []):
-                out.append((f"{name} / {p['title']} / {t['refId']}", fill(t["expr"], host_board)))
+                # A panel that shows only what is non-zero ("(X) > 0", "none" when empty) is checked for X.
+                m = re.fullmatch(r"\((.*)\) > 0", t["expr"], re.S)
+                expr = m.group(1) if m else t["expr"]
+                out.append((f"{name} / {p['title']} / {t['refId']}", fill(expr, host_board)))
     return out
 
 
@@ -268,3 +271,54 @@ def test_panels_show_the_hosts_an_officer_expects(promtool: Tool, tmp_path: Path
                [('{collector="process",mode="netlink"}', 1), ('{collector="network",mode="poll"}', 1),
                 ('{collector="files",mode="fanotify"}', 0), ('{collector="host",mode="poll"}', 1)]),
     ])
+
+
+# -- what an officer sees -----------------------------------------------------
+
+def test_one_quantity_per_axis_with_its_unit() -> None:
+    """Every chart has its unit; several queries on one chart are the same quantity (never records with bytes,
+    a queue's depth with its capacity, or forward errors with rule reloads)."""
+    same_quantity = ("规则重载", "日志失败", "规则评估耗时")  # ok/failed reloads, verify/write failures, p50/p99
+    for name in BOARDS:
+        for p in panels(load(name)):
+            if p["type"] != "timeseries":
+                continue
+            assert p["fieldConfig"]["defaults"].get("unit"), (name, p["title"])
+            if len(p["targets"]) > 1:
+                assert p["title"].startswith(same_quantity), (name, p["title"])
+
+
+def test_host_dashboard_panels_say_what_they_show() -> None:
+    host = load("dutywatch-host")
+    queue = panel(host, "事件队列占用")
+    assert queue["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert all("/ dutywatch_queue_capacity" in t["expr"] or "queue_capacity" not in t["expr"]
+               for t in queue["targets"])  # the capacity is the denominator, never a line of its own
+    assert panel(host, "日志记录数")["fieldConfig"]["defaults"]["unit"] == "short"
+    assert panel(host, "日志大小变化")["fieldConfig"]["defaults"]["unit"] == "bytes"
+    assert panel(host, "流水线停滞")["fieldConfig"]["defaults"]["unit"] == "bool_yes_no"
+    reloads = panel(host, "规则重载")
+    assert not any("forward_errors" in t["expr"] for t in reloads["targets"])
+    assert reloads["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "none"
+    assert any("forward_errors" in t["expr"] for t in panel(host, "转发错误")["targets"])
+    level = panel(host, "密级与网络")["targets"][0]
+    assert '"level_zh", "机密", "level", "secret"' in level["expr"] and "{{level_zh}}" in level["legendFormat"]
+    assert '"zone_zh", "内网", "network_zone", "intranet"' in level["expr"]
+    # series of zeros are left out of the legend
+    for title in ("事件速率", "丢弃事件", "违规（按规则"):
+        assert panel(host, title)["targets"][0]["expr"].endswith(") > 0"), title
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_empty_panels_say_none(name: str) -> None:
+    """A table or chart with nothing wrong to show says so ("无 none"), never a blank panel."""
+    for p in panels(load(name)):
+        if p["type"] in ("table", "bargauge", "timeseries"):
+            assert p["fieldConfig"]["defaults"].get("noValue") == "无 none", (name, p["title"])
+
+
+def test_level_and_zone_read_in_chinese(promtool: Tool, tmp_path: Path) -> None:
+    (target,) = panel(load("dutywatch-host"), "密级与网络")["targets"]
+    check(promtool, tmp_path, [{"expr": f"count by (level_zh, zone_zh) ({fill(target['expr'], True)})",
+                                "eval_time": EVAL, "exp_samples": [{"labels": '{level_zh="机密",zone_zh="内网"}',
+                                                                    "value": 1}]}])
