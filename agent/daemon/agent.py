@@ -176,6 +176,12 @@ class Agent:
         if cfg.enforce.active and cfg.enforce.media_unregistered != "off":
             from agent.enforce.mediagate import MediaGate
             e.gate = MediaGate(loaded.registry, e.gate_media, sys_root=self.sources.sys_root, removed=e.media_removed)
+        if cfg.enforce.active and cfg.enforce.copy:
+            from agent.enforce.copyguard import CopyGuard, operator_of, removable_sticks
+            reg = loaded.registry
+            roots = cfg.collectors.get("media", {}).get("roots", ["/media", "/run/media", "/mnt"])
+            e.copy = CopyGuard(reg.assets, removable_sticks(reg, roots, self.sources.sys_root),
+                               lambda d: e.copy_denied(d, operator_of(d.pid, reg)), dryrun=cfg.enforce.mode == "dryrun")
         return e
 
     def _to_enforcer(self, record: dict[str, Any]) -> None:

@@ -52,14 +52,16 @@ class Enforcer:
         self.table = table if table is not None or cfg.mode != "enforce" else NftTable(cfg.table)
         self.media = media
         self.gate: Any = None  # the media gate (agent.enforce.mediagate.MediaGate), started with the enforcer
+        self.copy: Any = None  # the copy guard (agent.enforce.copyguard.CopyGuard), started with the enforcer
         self.next: Callable[[Record], None] = lambda r: None
         self.active: dict[str, Enforcement] = {}
         self._lock = threading.RLock()
         self._n = 0
-        self._kernel_until = 0.0  # when the kernel's timeouts set by the last apply run out
         self._applied = 0.0
         self._installed = False
         self.latencies: list[float] = []  # seconds from a block finding to the kernel holding it (bench)
+        self._t0 = 0.0
+        self._dirty = False
 
     # -- the finding sink ----------------------------------------------------
     def put(self, record: Record) -> None:
@@ -72,10 +74,9 @@ class Enforcer:
             record["enforcement"] = {**spec, "mode": "off", "result": "not_enforced"}
             self.next(record)
             return
-        t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
         with self._lock:
             outcome = self._decide(record, spec)
-        self.latencies.append(time.perf_counter() - t0)
         if outcome is not None:
             record["enforcement"] = outcome["summary"]
         self.next(record)
@@ -141,6 +142,21 @@ class Enforcer:
         if "journal" in out:
             self.record(out["journal"])
 
+    def copy_denied(self, decision: Any, operator: str | None) -> None:
+        """The copy guard denied (or, in dry-run, would have denied) an open: journal and count it."""
+        from agent.enforce.copyguard import describe
+        now = self.clock()
+        result = "dryrun" if self.cfg.mode == "dryrun" else "denied"
+        self.metrics.enforced("copy", result)
+        verb = "would deny (dry-run)" if result == "dryrun" else "denied"
+        text = (f"{verb} the open of {decision.path} by pid {decision.pid} ({operator or 'unknown'}): "
+                f"{decision.why}; the medium {decision.stick.device if decision.stick else '?'} "
+                f"{'is not registered' if decision.stick and not decision.stick.registered else 'is below that level'}")
+        _log.warning("copy guard: %s", text)
+        self.record(self._lifecycle("enforce.action", {
+            "kind": "copy", "target": decision.path, "mode": self.cfg.mode, "result": result,
+            "rule": "enforce.copy", "operator": operator, "detail": describe(decision), "message": text}, now))
+
     def media_removed(self, device: str) -> None:
         """A stick was pulled: its enforcement ends with it."""
         for e in [e for e in list(self.active.values()) if e.kind == "media" and e.target == device]:
@@ -183,6 +199,7 @@ class Enforcer:
             self.active[e.id] = e
             try:
                 self._realise(e)
+                self.latencies.append(time.perf_counter() - self._t0)
             except (NftError, OSError) as exc:
                 del self.active[e.id]
                 result, error = "failed", str(exc)
@@ -224,7 +241,12 @@ class Enforcer:
 
     # -- the kernel ----------------------------------------------------------
     def _realise(self, e: Enforcement) -> None:
-        if e.kind in ("network", "isolate"):
+        if e.kind == "network" and not e.target.startswith("zone:") and self.table is not None and self._installed:
+            # One more destination: one element added, nothing rebuilt (a rebuild renews the lease later).
+            left = (e.until - self.clock()) if e.until is not None else self.cfg.lease
+            for n in e.nets:
+                self.table.add("dest", ipaddress.ip_network(n), max(1.0, min(left, self.cfg.lease)))
+        elif e.kind in ("network", "isolate"):
             self._apply()
         elif e.kind == "media" and self.media is not None:
             e.detail.update(self.media.protect(e.target, e.detail))
@@ -238,14 +260,12 @@ class Enforcer:
             self._installed = True
         now = self.clock()
         elements = Elements()
-        longest = 0.0
         for e in self.active.values():
             if e.mode != "enforce" or e.kind not in ("network", "isolate"):
                 continue
             left = (e.until - now) if e.until is not None else self.cfg.lease
             if not keep:
                 left = min(left, self.cfg.lease)
-            longest = max(longest, left)
             for n in e.nets:
                 net = ipaddress.ip_network(n)
                 name = _NET_SET[e.kind]
@@ -254,7 +274,6 @@ class Enforcer:
                 elements.add(name, net, max(left, 1.0))
         self.table.apply(elements)
         self._applied = now
-        self._kernel_until = now + longest
 
     # -- lifting -------------------------------------------------------------
     def lift(self, ident: str, how: str, by: dict[str, Any] | None = None, reason: str = "") -> bool:
@@ -264,7 +283,7 @@ class Enforcer:
             if e is None:
                 return False
             self._release(e)
-            self._save()
+            self._flush()
         self._journal_lift(e, how, by, reason)
         return True
 
@@ -272,7 +291,12 @@ class Enforcer:
         if e.mode != "enforce":
             return
         try:
-            if e.kind in ("network", "isolate"):
+            if e.kind == "network" and not e.target.startswith("zone:") and self.table is not None \
+                    and self._installed:
+                for n in e.nets:
+                    with contextlib.suppress(NftError):  # already gone at its kernel timeout
+                        self.table.delete("dest", ipaddress.ip_network(n))
+            elif e.kind in ("network", "isolate"):
                 self._apply()
             elif e.kind == "media" and self.media is not None:
                 self.media.release(e.target, e.detail)
@@ -342,7 +366,13 @@ class Enforcer:
                                         forever=True)
                     if "journal" in out:
                         self.record(out["journal"])
-            self._save()
+            self._flush()
+        if self.copy is not None:
+            try:
+                self.copy.start()
+            except OSError as exc:
+                _log.error("the copy guard cannot take permission events: %s", exc)
+                self.metrics.enforced("copy", "failed")
         if self.gate is not None:
             try:
                 self.gate.start()
@@ -351,8 +381,11 @@ class Enforcer:
                 self.metrics.enforced("media", "failed")
 
     def tick(self) -> None:
-        """Expire TTLs, take lift requests, renew the kernel lease (call every second or so)."""
+        """Expire TTLs, take lift requests, renew the kernel lease, write the state (call every second or so)."""
         now = self.clock()
+        if self._dirty:
+            with self._lock:
+                self._flush()
         for req in take_requests(self.state_dir):
             ident = req["id"]
             if ident == "all":
@@ -363,10 +396,11 @@ class Enforcer:
         for e in [e for e in list(self.active.values()) if e.until is not None and e.until <= now]:
             self.lift(e.id, "ttl")
         with self._lock:
-            if self._installed and any(e.mode == "enforce" and e.kind in ("network", "isolate") and
-                                       (e.until is None or e.until > self._kernel_until)
-                                       for e in self.active.values()) \
-                    and now - self._applied >= self.cfg.lease / 3:
+            # Every element's kernel timeout is at most the lease: rebuild every third of it while a block
+            # must outlast that (an agent that stops renewing leaves nothing for longer than the lease).
+            if self._installed and now - self._applied >= self.cfg.lease / 3 and any(
+                    e.mode == "enforce" and e.kind in ("network", "isolate")
+                    and (e.until is None or e.until - now > self.cfg.lease / 3) for e in self.active.values()):
                 try:
                     self._apply()
                 except NftError as exc:
@@ -376,6 +410,8 @@ class Enforcer:
         """The stop policy: lift everything (``on_stop: lift``) or leave it to run out (``keep``)."""
         if self.gate is not None and self.gate.running:
             self.gate.stop()
+        if self.copy is not None and self.copy.fd >= 0:
+            self.copy.stop()
         with self._lock:
             items = list(self.active.values())
             if self.cfg.on_stop == "lift":
@@ -401,9 +437,14 @@ class Enforcer:
                 for e in items:
                     self._journal_lift(e, "keep", None, "in force until it expires, or dutywatch enforce lift "
                                                         f"{e.id}")
-            self._save()
+            self._flush()
 
     def _save(self) -> None:
+        """The state file is written by the next tick (a decision must not wait on the disk)."""
+        self._dirty = True
+
+    def _flush(self) -> None:
+        self._dirty = False
         try:
             save(self.state_dir, Saved(os.getpid(), self.cfg.table, self.clock(), list(self.active.values())))
         except OSError as exc:

@@ -122,7 +122,19 @@ def _collapse(nets: Iterable[IPNet], version: int) -> list[IPNet]:
 
 
 def _elems(nets: Sequence[IPNet]) -> str:
-    return ", ".join(str(n) if n.num_addresses > 1 else str(n.network_address) for n in nets)
+    return ", ".join(_elem(n) for n in nets)
+
+
+def _elem(n: IPNet) -> str:
+    return str(n) if n.num_addresses > 1 else str(n.network_address)
+
+
+def _secs(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def _within(n: IPNet, c: IPNet) -> bool:
+    return n.version == c.version and n.subnet_of(c)  # type: ignore[arg-type]
 
 
 class NftTable:
@@ -168,25 +180,30 @@ class NftTable:
         self.run("\n".join(lines) + "\n")
 
     def apply(self, elements: Elements) -> None:
-        """Make the dynamic sets hold exactly ``elements``, atomically."""
+        """Make the dynamic sets hold exactly ``elements``, atomically (lease renewals, zone changes, lifts)."""
         t = self.name
         lines = []
         for name in DYNAMIC:
+            held = elements.sets[name]
             for v in (4, 6):
                 lines.append(f"flush set inet {t} {name}{v}")
-                held = elements.sets[name]
-                nets = [n for n in held if n.version == v]
-                if name != "dest":
-                    nets = _collapse(nets, v)
-                parts = []
-                for n in nets:
-                    secs = max((s for m, s in held.items() if m.version == v and m.subnet_of(n)),  # type: ignore[arg-type]
-                               default=held.get(n, 1.0))
-                    parts.append(f"{n if name != 'dest' or n.num_addresses > 1 else n.network_address} "
-                                 f"timeout {max(1, math.ceil(secs))}s")
+                mine = {n: sec for n, sec in held.items() if n.version == v}
+                if name == "dest":
+                    parts = [f"{_elem(n)} timeout {_secs(sec)}s" for n, sec in mine.items()]
+                else:
+                    parts = [f"{_elem(c)} timeout {_secs(max(sec for n, sec in mine.items() if _within(n, c)))}s"
+                             for c in _collapse(mine, v)]
                 if parts:
                     lines.append(f"add element inet {t} {name}{v} {{ {', '.join(parts)} }}")
         self.run("\n".join(lines) + "\n")
+
+    def add(self, name: str, net: IPNet, seconds: float) -> None:
+        """Put one element in a set (a new destination block: no rebuild)."""
+        self.run(f"add element inet {self.name} {name}{net.version} {{ {_elem(net)} timeout {_secs(seconds)}s }}\n")
+
+    def delete(self, name: str, net: IPNet) -> None:
+        """Take one element out of a set."""
+        self.run(f"delete element inet {self.name} {name}{net.version} {{ {_elem(net)} }}\n")
 
     def remove(self) -> bool:
         """Delete the table; False when there was none."""

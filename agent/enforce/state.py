@@ -67,9 +67,9 @@ def save(state_dir: Path, saved: Saved) -> None:
     data = {"pid": saved.pid, "table": saved.table, "time": saved.time,
             "enforcements": [e.as_dict() for e in saved.enforcements]}
     with open(tmp, "w", encoding="utf-8") as f:
+        # No fsync: after a power loss the kernel holds no block either, and a crash of the agent
+        # alone leaves the renamed file whole.
         json.dump(data, f, ensure_ascii=False, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -150,6 +150,12 @@ class FakeTable:
     def apply(self, elements: Elements) -> None:
         self.sets = {k: dict(v) for k, v in elements.sets.items()}
 
+    def add(self, name: str, net: Any, seconds: float) -> None:
+        self.sets.setdefault(name, {})[net] = seconds
+
+    def delete(self, name: str, net: Any) -> None:
+        del self.sets[name][net]
+
     def remove(self) -> bool:
         self.removed += 1
         self.sets = {}
@@ -308,6 +314,7 @@ def test_enforce_list_and_lift_without_an_agent(tmp_path: Path, capsys: pytest.C
     e, *_ = _enforcer(tmp_path, mode="dryrun")
     e.start()
     e.put(_finding("203.0.113.9", "internet"))
+    e.tick()  # the state file is written by the main loop's tick, not on the decision's path
     saved = load(tmp_path / "state")
     assert saved is not None
     saved_path = tmp_path / "state" / "enforce.json"
@@ -324,3 +331,17 @@ def test_enforce_list_and_lift_without_an_agent(tmp_path: Path, capsys: pytest.C
     recs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     lifts = [r for r in recs if r.get("kind") == "enforce.lift"]
     assert lifts and lifts[0]["detail"]["reason"] == "false alarm" and lifts[0]["detail"]["id"] == ident
+
+
+def test_a_block_longer_than_the_lease_is_renewed_while_the_agent_runs(tmp_path: Path) -> None:
+    e, table, _, _, _, clock = _enforcer(tmp_path, lease=30.0)
+    e.start()
+    e.put(_finding("203.0.113.9", "internet", ttl=3600))
+    net = next(iter(table.sets["dest"]))
+    assert table.sets["dest"][net] == 30.0  # in the kernel for the lease only, not the hour
+    clock.t += 11
+    e.tick()
+    assert table.sets["dest"][net] == 30.0  # renewed: a full lease from now
+    clock.t += 3600
+    e.tick()
+    assert table.held() == set()

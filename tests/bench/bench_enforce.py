@@ -1,0 +1,190 @@
+"""Enforcement costs: first offending packet to block in force, decision to kernel, nftables update rate.
+
+Runs as root in network namespaces it makes and removes (``dw19b-PID``...); prints figures only.
+The permission-checked open (fanotify) is not measured: that enforcement is not built.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+ROUNDS = 15
+DECISIONS = 1000
+
+# As uid 1000 on the classified host: connect (the first offence), then send UDP to the same address
+# every 0.2 ms until the output hook refuses (EPERM): the time from connect() to that is the block's delay.
+PROBE = r"""
+import socket, sys, time
+addr = sys.argv[1]
+t0 = time.monotonic()
+s = socket.socket(); s.settimeout(2)
+s.connect((addr, 8080))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+deadline = t0 + 5
+while time.monotonic() < deadline:
+    try:
+        u.sendto(b"x", (addr, 4500))
+    except PermissionError:
+        print(f"{(time.monotonic() - t0) * 1000:.2f}", flush=True); break
+    time.sleep(0.0002)
+else:
+    print("never", flush=True)
+s.close()
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, round(q * (len(v) - 1)))]
+
+
+def decisions_in_namespace() -> None:
+    """Child part, inside a namespace: the enforcer in process, libnftables against the real kernel."""
+    from types import SimpleNamespace
+
+    from agent.enforce.channel import derive
+    from agent.enforce.enforcer import Enforcer
+    from agent.enforce.nft import Elements, NftTable
+    from agent.enforce.settings import EnforceConfig
+    from agent.metrics import Metrics
+    from agent.registry import load_registry
+
+    tmp = Path(tempfile.mkdtemp(prefix="dw19-bench-"))
+    (tmp / "registry.yaml").write_text(
+        "host: {id: h, unit: U, department: D, custodian: zs, level: secret, zone: intranet}\n"
+        "units: [{name: U, department: D}]\n"
+        "zones: {default: internet, networks: [{name: intranet, cidrs: [10.0.0.0/8]}]}\n", encoding="utf-8")
+    reg = load_registry(tmp / "registry.yaml")
+    cfg = EnforceConfig(mode="enforce", ttl=600.0, table=f"dw19b{os.getpid()}")
+    channel, _ = derive(SimpleNamespace(enforce=cfg, path="x", forward_syslog=None, listen="0.0.0.0:9847"), reg,
+                        tmp / "none")
+    e = Enforcer(cfg, channel, state_dir=tmp / "state", host="h", custodian="zs", unit="U",
+                 record=lambda r: None, metrics=Metrics("b", process_metrics=False))
+    e.start()
+    base = int(ipaddress.IPv4Address("203.0.113.0"))
+    for n in (0, 100, 1000):
+        # ``n`` blocks already in force, then time the next decision.
+        while len(e.active) < n:
+            ip = str(ipaddress.IPv4Address(base + len(e.active) + 1 + 65536))
+            e.put(_finding(ip))
+        e.latencies.clear()
+        t0 = time.perf_counter()
+        for i in range(50):
+            e.put(_finding(str(ipaddress.IPv4Address(base + 200000 + n * 100 + i))))
+        dt = time.perf_counter() - t0
+        lat = [x * 1000 for x in e.latencies]
+        print(f"block finding to element in the kernel with {n:>4} blocks in force: p50 {statistics.median(lat):6.2f} "
+              f"ms  p99 {pct(lat, 0.99):6.2f} ms; {50 / dt:,.0f} decisions/s with the state file and record")
+    table = NftTable(cfg.table)
+    for size in (10, 1000, 10000):
+        el = Elements()
+        for i in range(size):
+            el.add("dest", ipaddress.ip_network(ipaddress.IPv4Address(base + 300000 + i)), 600)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            table.apply(el)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        print(f"nftables rebuild of the sets with {size:>5} elements: {med * 1000:8.2f} ms "
+              f"({size / med:,.0f} elements/s, one atomic transaction)")
+    e.shutdown()
+
+
+def _finding(ip: str) -> dict[str, object]:
+    return {"type": "finding", "time": time.time(), "host": "h", "rule": "B", "severity": "high",
+            "action": "block", "accountable": {"operator": "x"},
+            "event": {"net": {"remote_ip": ip, "remote_zone": "internet"}},
+            "enforce": {"kind": "network", "scope": "destination", "ttl": None}}
+
+
+def end_to_end() -> None:
+    """The real agent in a classified host's namespace: first packet to block in force, over ROUNDS addresses."""
+    from tests.integration import test_enforce_network as t
+    from tests.integration.netns import _end, _line
+
+    before = t._routes()
+    tag = os.getpid() % 100000
+    host, inet_ns, intra_ns = f"dw19bh-{tag}", f"dw19bn-{tag}", f"dw19bi-{tag}"
+    links = [(f"dw19ba{tag}", f"dw19bb{tag}", inet_ns), (f"dw19bc{tag}", f"dw19bd{tag}", intra_ns)]
+    inet = [f"198.51.100.{33 + i}" for i in range(ROUNDS)]
+    server = None
+    agent = None
+    try:
+        for ns in (host, inet_ns, intra_ns):
+            t._ip("netns", "add", ns)
+            t._ip("-n", ns, "link", "set", "lo", "up")
+        for a, b, peer in links:
+            t._ip("link", "add", a, "type", "veth", "peer", "name", b)
+            t._ip("link", "set", a, "netns", host)
+            t._ip("link", "set", b, "netns", peer)
+            t._ip("-n", host, "link", "set", a, "up")
+            t._ip("-n", peer, "link", "set", b, "up")
+        t._ip("-n", host, "addr", "add", "198.51.100.62/27", "dev", links[0][0])
+        for a in inet:
+            t._ip("-n", inet_ns, "addr", "add", f"{a}/27", "dev", links[0][1])
+        t._ip("-n", host, "addr", "add", "198.51.100.1/29", "dev", links[1][0])
+        t._ip("-n", intra_ns, "addr", "add", "198.51.100.2/29", "dev", links[1][1])
+        server = subprocess.Popen(["ip", "netns", "exec", inet_ns, sys.executable, "-c", t.SERVER, *inet],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert _line(server, 15) == "ready"
+        net = t.Net(host, inet_ns, intra_ns, "198.51.100.1", "198.51.100.62", inet[0], inet[1], "::1",
+                    "198.51.100.2", server)
+        agent = t.HostAgent(net, Path(tempfile.mkdtemp(prefix="dw19-bench-")), "  mode: enforce\n", ttl="10m")
+        agent.start()
+        delays, never = [], 0
+        for a in inet:
+            out = t._ns_run(host, "/usr/bin/python3", "-c", PROBE, a, user=1000)
+            if out == "never":
+                never += 1
+            else:
+                delays.append(float(out))
+        if delays:
+            print(f"first offending packet to block in force (real agent, sniffer to nftables, {len(delays)} of "
+                  f"{ROUNDS} rounds): p50 {statistics.median(delays):.1f} ms  p99 {pct(delays, 0.99):.1f} ms  "
+                  f"max {max(delays):.1f} ms; never blocked within 5 s: {never}")
+        else:
+            print(f"first offending packet to block in force: never blocked in {ROUNDS} rounds")
+    finally:
+        if agent is not None and agent.proc is not None:
+            agent.stop()
+        if server is not None:
+            _end(server)
+        for ns in (host, inet_ns, intra_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+    assert t._routes() == before, "routes changed"
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        print("bench_enforce: needs root (network namespaces, nftables); skipped")
+        return
+    import logging
+    logging.disable(logging.WARNING)  # a line per decision would swamp the figures
+    if len(sys.argv) > 1 and sys.argv[1] == "--in-namespace":
+        decisions_in_namespace()
+        return
+    load = os.getloadavg()[0]
+    ns = f"dw19bd-{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--in-namespace"], check=True,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    end_to_end()
+    print(f"load average at start {load:.1f} (a shared machine: compare ratios, not absolute figures)")
+
+
+if __name__ == "__main__":
+    main()

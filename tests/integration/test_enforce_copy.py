@@ -1,0 +1,242 @@
+"""Classified copies to sticks, stopped by fanotify permission events; a dead agent leaves the disk usable.
+
+Real loop-device sticks mounted under a media root, a real classified asset
+tree, real ``cp``/``cat``/python copies as uid 1000, and the kernel asking
+the guard before each open. An unregistered stick and one registered below
+the document's level are guarded; a registered stick of the document's level
+is the near miss that must work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.enforce.copyguard import CopyGuard, Decision, removable_sticks
+from agent.registry import load_registry
+from tests.integration.agent_harness import REPO
+from tests.integration.mediakit import Stick
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: fanotify permission events, loop devices, mount"),
+]
+USER = 1000
+RED_UUID = "5d2c1c70-1c1e-4d3b-9a51-0f9e8d7c6b5a"
+LOW_UUID = "6e3d2d81-2d2f-4e4c-8b62-1a0f9e8d7c6b"
+
+
+class Desk:
+    """An asset tree, a media root and three sticks: unregistered, registered secret, registered internal."""
+
+    def __init__(self) -> None:
+        self.top = Path(tempfile.mkdtemp(prefix="dw19-copy-"))
+        self.top.chmod(0o755)
+        self.assets = self.top / "classified"
+        self.assets.mkdir()
+        self.plan = self.assets / "plan.txt"
+        self.plan.write_text("机密 five-year plan\n" * 100, encoding="utf-8")
+        self.assets.chmod(0o755)
+        self.plan.chmod(0o644)
+        self.photo = self.top / "holiday.jpg"
+        self.photo.write_bytes(b"\xff\xd8 a photo" * 100)
+        self.photo.chmod(0o644)
+        self.media = self.top / "media"
+        self.media.mkdir()
+        self.sticks: list[Stick] = []
+        self.registry = self.top / "registry.yaml"
+        self.registry.write_text(json.dumps({
+            "host": {"id": "h", "unit": "U", "department": "D", "custodian": "zhangsan", "level": "secret",
+                     "zone": "intranet"},
+            "units": [{"name": "U", "department": "D"}],
+            "zones": {"default": "internet", "networks": [{"name": "intranet", "cidrs": ["10.0.0.0/8"]}]},
+            "people": [{"account": "zhangsan", "uid": 1000, "name": "张三", "unit": "U", "clearance": "secret"}],
+            "assets": [{"path": f"{self.assets}/**", "level": "secret", "unit": "U"}],
+            "media": [{"serial": RED_UUID, "label": "红盘", "level": "secret", "holder": "zhangsan"},
+                      {"serial": LOW_UUID, "label": "内部盘", "level": "internal", "holder": "zhangsan"}],
+        }, ensure_ascii=False), encoding="utf-8")
+
+    def stick(self, name: str, uuid: str | None = None) -> Path:
+        s = Stick.make(self.top / f"{name}.img", "ext4", fs_id=uuid)
+        self.sticks.append(s)
+        mnt = self.media / name
+        s.mount(mnt)
+        os.chown(mnt, USER, USER)
+        return mnt
+
+    def close(self) -> None:
+        for s in self.sticks:
+            s.release()
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
+def as_user(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), user=USER, group=USER, extra_groups=[], capture_output=True, text=True,
+                          timeout=timeout, cwd="/")
+
+
+@pytest.fixture
+def desk() -> Iterator[Desk]:
+    d = Desk()
+    yield d
+    d.close()
+
+
+class Guard:
+    def __init__(self, desk: Desk, dryrun: bool = False) -> None:
+        reg = load_registry(desk.registry)
+        self.denied: list[Decision] = []
+        self.lock = threading.Lock()
+        self.guard = CopyGuard(reg.assets, removable_sticks(reg, [str(desk.media)]), self._report, dryrun=dryrun)
+        self.guard.start()
+
+    def wait(self, n: int) -> Decision:
+        """The ``n``-th denial (reports follow the kernel's answer: wait for it)."""
+        deadline = time.monotonic() + 10
+        while True:
+            with self.lock:
+                if len(self.denied) >= n:
+                    return self.denied[n - 1]
+            assert time.monotonic() < deadline, f"only {len(self.denied)} denials reported"
+            time.sleep(0.02)
+
+    def _report(self, d: Decision) -> None:
+        with self.lock:
+            self.denied.append(d)
+
+
+def test_a_copy_to_an_unregistered_stick_is_denied_and_a_harmless_one_allowed(desk: Desk) -> None:
+    u = desk.stick("u")
+    red = desk.stick("red", RED_UUID)
+    low = desk.stick("low", LOW_UUID)
+    g = Guard(desk)
+    try:
+        r = as_user("cp", str(desk.plan), str(u / "plan.txt"))
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, r
+        assert not (u / "plan.txt").exists() or (u / "plan.txt").stat().st_size == 0
+        d = g.wait(1)
+        assert d.pid > 0 and d.asset == str(desk.plan) and d.stick is not None and d.stick.mount == str(u)
+        assert not d.stick.registered
+        # The near misses: a photo to the same stick, the plan to the registered secret stick.
+        assert as_user("cp", str(desk.photo), str(u / "holiday.jpg")).returncode == 0
+        assert (u / "holiday.jpg").read_bytes() == desk.photo.read_bytes()
+        assert as_user("cp", str(desk.plan), str(red / "plan.txt")).returncode == 0
+        assert (red / "plan.txt").read_text(encoding="utf-8") == desk.plan.read_text(encoding="utf-8")
+        assert as_user("cat", str(desk.plan)).returncode == 0  # reading the plan on the desk stays allowed
+        # A stick registered below the plan's level is guarded too.
+        assert as_user("cp", str(desk.plan), str(low / "plan.txt")).returncode != 0
+        # The ways round it an ordinary user would try:
+        # the shell opens the destination first, then cat opens the plan while holding it for writing;
+        r = as_user("sh", "-c", f"cat {desk.plan} > {u / 'x.txt'}")
+        assert r.returncode != 0 and (u / "x.txt").stat().st_size == 0
+        # read it into memory, close it, then write the bytes in a file of another name;
+        r = as_user("/usr/bin/python3", "-c", f"d = open({str(desk.plan)!r}, 'rb').read()\n"
+                    f"open({str(u / 'innocent.bin')!r}, 'wb').write(d)")
+        assert r.returncode != 0 and "PermissionError" in r.stderr
+        assert "the process read" in g.wait(4).why
+        # a bind mount of the stick in a mount namespace of one's own: the same filesystem, the same guard.
+        alias = desk.top / "alias"
+        alias.mkdir()
+        os.chown(alias, USER, USER)
+        r = as_user("unshare", "-Urm", "sh", "-c", f"mount --bind {u} {alias} && cp {desk.plan} {alias}/plan.txt")
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, r
+        assert g.wait(5).stick is not None  # the last one: caught by the recent read, not a held fd
+    finally:
+        g.guard.stop()
+
+
+def test_dryrun_denies_nothing_and_reports_what_it_would_deny(desk: Desk) -> None:
+    u = desk.stick("u")
+    g = Guard(desk, dryrun=True)
+    try:
+        assert as_user("cp", str(desk.plan), str(u / "plan.txt")).returncode == 0
+        assert g.wait(1).asset == str(desk.plan)
+    finally:
+        g.guard.stop()
+
+
+CHILD = r"""
+import sys, time
+from agent.enforce.copyguard import CopyGuard, removable_sticks
+from agent.registry import load_registry
+reg = load_registry(sys.argv[1])
+g = CopyGuard(reg.assets, removable_sticks(reg, [sys.argv[2]]), lambda d: None, hold=30.0)
+g.start()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_agent_killed_mid_decision_leaves_the_file_system_usable(desk: Desk) -> None:
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(desk.registry), str(desk.media)], cwd=REPO,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        reader = subprocess.Popen(["cat", str(desk.plan)], user=USER, group=USER, extra_groups=[],
+                                  stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert reader.poll() is None  # waiting on the guard, which holds its answer
+        child.send_signal(signal.SIGKILL)
+        out, _ = reader.communicate(timeout=10)
+        assert reader.returncode == 0 and out.startswith("机密 five-year plan")
+        assert time.monotonic() - t0 < 10
+        # And every later open is answered by the kernel alone.
+        assert as_user("cat", str(desk.plan)).returncode == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+
+
+def test_the_agent_denies_the_copy_and_journals_who_what_and_where(desk: Desk, tmp_path: Path) -> None:
+    """The whole agent (in a network namespace of its own, where its nftables table lives)."""
+    ns = f"dw19c-{os.getpid() % 100000}"
+    u = desk.stick("u")
+    state = tmp_path / "state"
+    config = tmp_path / "agent.yaml"
+    off = "".join(f"  {n}: {{enabled: false}}\n" for n in ("audit", "process", "files", "network", "host"))
+    config.write_text(
+        f"registry: {desk.registry}\nstate_dir: {state}\nlisten: 127.0.0.1:9847\nassess: {{enabled: false}}\n"
+        f"collectors:\n{off}  media: {{enabled: true, roots: [{desk.media}]}}\n"
+        f"enforce:\n  mode: enforce\n  table: dw19c\n  media: {{unregistered: off}}\n  copy: {{enabled: true}}\n"
+        "  network: {resolvers: []}\n", encoding="utf-8")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - closed in finally
+    agent = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "agent", "run", "--config",
+                              str(config)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while as_user("cp", str(desk.plan), str(u / "probe.txt")).returncode == 0:  # until the guard is up
+            (u / "probe.txt").unlink()
+            assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+            assert time.monotonic() < deadline, f"the agent never guarded the stick:\n" \
+                                                f"{(tmp_path / 'agent.log').read_text()[-3000:]}"
+            time.sleep(0.5)
+        r = as_user("cp", str(desk.plan), str(u / "plan.txt"))
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(60)
+        log.close()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    out = subprocess.run([sys.executable, "-m", "agent", "events", "--config", str(config), "--type", "all",
+                          "--format", "json"], capture_output=True, text=True, cwd=REPO, timeout=60).stdout
+    copies = [json.loads(x)["detail"] for x in out.splitlines()
+              if x.strip() and json.loads(x).get("kind") == "enforce.action"
+              and json.loads(x)["detail"].get("kind") == "copy"]
+    assert copies, out[-3000:]
+    d = copies[-1]
+    assert (d["result"], d["operator"], d["detail"]["asset"]) == ("denied", "张三", str(desk.plan))
+    assert d["detail"]["stick"]["mount"] == str(u) and d["detail"]["stick"]["registered"] is False
