@@ -24,28 +24,24 @@ JSON, a list of ``[name, qtype, flags, error]``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import select
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
+
+from collectors.sandbox import WorkerLost, WorkerProcess, WorkerUnavailable, worker_hello
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4096  # bytes of a DNS message the worker sees; a question's name and pointers lie well within
 MAX_BATCH = 32  # messages per request (the request stays within a socket buffer)
 BATCH_TIMEOUT = 2.0  # a batch unanswered after this long: the worker is killed
-START_TIMEOUT = 20.0
 START_BACKOFF = 5.0  # after a failed start, batches fail at once until then
-MEMORY = 256 * 1024 * 1024  # RLIMIT_AS of the worker
+MEMORY = 256 * 1024 * 1024  # RLIMIT_AS of the worker (its resident bound where setrlimit is refused)
 CPU_SECONDS = 3600  # RLIMIT_CPU hard limit; the worker retires well before it
 _MAX_ANSWER = 1 << 20
 # Set only by tests: the worker then crashes on a message starting with CRASH_PROBE and spins on HANG_PROBE.
@@ -98,40 +94,48 @@ def decode_batch(data: bytes) -> list[bytes]:
 class DnsWorker:
     """The parent's handle on one DNS worker; one caller at a time (the collector's DNS thread).
 
-    ``confine=False`` runs it without the sandbox (benchmarks only).
+    The process itself (start, replacement, why it died, back-off) is a
+    :class:`collectors.sandbox.WorkerProcess`. ``confine=False`` runs it
+    without the sandbox (benchmarks only).
     """
 
     def __init__(self, *, timeout: float = BATCH_TIMEOUT, memory: int = MEMORY, confine: bool = True) -> None:
         self.timeout = timeout
-        self.memory = memory
-        self.confine = confine
-        self.restarts = 0  # workers replaced after a death, a hang or retirement
-        self.killed = 0  # workers killed for not answering in time
-        self.confinement: dict[str, Any] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._retry_at = 0.0
-        self._start_error = ""
+        env = {TEST_HOOK: "1"} if os.environ.get(TEST_HOOK) == "1" else {}
+        self._worker = WorkerProcess("DNS worker", "collectors.dns_worker", memory=memory, confine=confine,
+                                     backoff=START_BACKOFF, env=env, max_answer=_MAX_ANSWER)
 
     @property
     def pid(self) -> int | None:
         """The running worker's pid, if one runs."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        return self._worker.pid
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced after a death, a hang or retirement."""
+        return self._worker.restarts
+
+    @property
+    def killed(self) -> int:
+        """Workers killed for not answering in time (or passing their memory bound)."""
+        return self._worker.killed
+
+    @property
+    def confinement(self) -> dict[str, Any]:
+        """The running worker's confinement report."""
+        return self._worker.confinement
 
     def start(self) -> None:
         """Start the worker now (``parse`` also starts it when needed); OSError if it cannot start."""
-        self._ensure()
+        self._worker.start()
 
     def close(self) -> None:
         """Stop the worker."""
-        self._stop()
+        self._worker.stop()
 
     def kill(self) -> None:
         """Kill the worker process from any thread: a ``parse`` in progress fails at once; the next starts anew."""
-        proc = self._proc
-        if proc is not None:
-            with contextlib.suppress(OSError):
-                proc.kill()
+        self._worker.kill()
 
     def parse(self, messages: list[bytes]) -> list[DnsAnswer]:
         """One answer per message (at most MAX_BATCH); DnsWorkerError when the worker failed on the batch."""
@@ -139,103 +143,23 @@ class DnsWorker:
             return []
         if len(messages) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} messages per batch")
-        if time.monotonic() < self._retry_at:
-            raise DnsWorkerError(f"DNS worker unavailable: {self._start_error}")
+        w = self._worker
         try:
-            self._ensure()
-        except (OSError, ValueError, subprocess.SubprocessError) as e:
-            self._start_error = str(e)
-            self._retry_at = time.monotonic() + START_BACKOFF
-            log.error("DNS worker cannot start (DNS goes out unparsed for %.0f s): %s", START_BACKOFF, e)
-            raise DnsWorkerError(f"DNS worker unavailable: {e}") from e
-        assert self._sock is not None
+            w.send(encode_batch(messages))
+            answer = w.receive(time.monotonic() + self.timeout,
+                               f"DNS worker gave no answer within {self.timeout:g}s: it was stopped")
+        except (WorkerLost, WorkerUnavailable) as e:
+            raise DnsWorkerError(str(e)) from e
         try:
-            self._sock.send(encode_batch(messages))
-        except OSError as e:
-            raise self._lost(f"DNS worker gone: {e}") from e
-        ready, _, _ = select.select([self._sock], [], [], self.timeout)
-        if not ready:
-            self.killed += 1
-            raise self._lost(f"DNS worker gave no answer within {self.timeout:g}s: it was stopped")
-        try:
-            data = self._sock.recv(_MAX_ANSWER)
-        except OSError as e:
-            raise self._lost(f"DNS worker gone: {e}") from e
-        if not data:
-            raise self._lost(self._death())
-        try:
-            answer = json.loads(data)
             results = [DnsAnswer(str(a[0]) if a[0] is not None else None, a[1], a[2], a[3])
                        for a in answer["results"]]
-        except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise self._lost(f"DNS worker answered nonsense: {e}") from e
+        except (KeyError, TypeError, IndexError) as e:
+            raise DnsWorkerError(str(w.lost(f"DNS worker answered nonsense: {e}"))) from e
         if len(results) != len(messages):
-            raise self._lost("DNS worker answered for another number of messages")
+            raise DnsWorkerError(str(w.lost("DNS worker answered for another number of messages")))
         if answer.get("retire"):
-            self._stop()
-            self.restarts += 1
+            w.retire()
         return results
-
-    def _ensure(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            return
-        self._stop()
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONPATH": root, "PYTHONDONTWRITEBYTECODE": "1"}
-        if os.environ.get(TEST_HOOK) == "1":
-            env[TEST_HOOK] = "1"
-        argv = [sys.executable, "-m", "collectors.dns_worker", str(child.fileno()), str(self.memory),
-                "1" if self.confine else "0"]
-        from collectors.sandbox import spawn_without_capabilities
-        try:
-            proc = spawn_without_capabilities(argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.DEVNULL, env=env, cwd="/")
-        finally:
-            child.close()
-        ready, _, _ = select.select([parent], [], [], START_TIMEOUT)
-        hello = parent.recv(_MAX_ANSWER) if ready else b""
-        report: object = None
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            report = json.loads(hello)["confinement"] if hello else None
-        if not isinstance(report, dict):
-            proc.kill()
-            proc.wait()
-            parent.close()
-            raise OSError(f"the DNS worker did not start (exit status {proc.returncode})")
-        self.confinement = report
-        if self.confine and report.get("problems") and not self.restarts:
-            log.warning("DNS worker runs with less confinement than intended: %s", "; ".join(report["problems"]))
-        self._proc, self._sock = proc, parent
-
-    def _stop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-
-    def _death(self) -> str:
-        assert self._proc is not None
-        try:
-            code = self._proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            return "DNS worker stopped answering"
-        if code < 0:
-            try:
-                return f"DNS worker died ({signal.Signals(-code).name})"
-            except ValueError:
-                return f"DNS worker died (signal {-code})"
-        return f"DNS worker exited with status {code}"
-
-    def _lost(self, reason: str) -> DnsWorkerError:
-        """The worker is gone or useless: replace it for the next batch; this one is unparsed."""
-        self._stop()
-        self.restarts += 1
-        return DnsWorkerError(reason)
 
 
 # -- the worker's side ---------------------------------------------------------------------------------------------
@@ -259,15 +183,8 @@ def _answer(message: bytes, hook: bool) -> list[Any]:
 def serve(sock: socket.socket, memory: int, confine: bool) -> None:
     """Answer batches on ``sock`` until it closes."""
     import collectors.sniff  # noqa: F401  (imported before confinement: no module is opened afterwards)
-    from collectors.sandbox import confine as apply_confinement
     hook = os.environ.get(TEST_HOOK) == "1"
-    report: dict[str, Any] = {}
-    if confine:
-        c = apply_confinement(memory=memory, cpu_seconds=CPU_SECONDS, files=8)
-        report = {"uid": c.uid, "network": c.network, "capabilities": c.capabilities,
-                  "no_new_privs": c.no_new_privs, "seccomp": c.seccomp, "limits": c.limits,
-                  "problems": c.problems()}
-    sock.send(json.dumps({"ready": True, "confinement": report}).encode())
+    worker_hello(sock, memory=memory, cpu_seconds=CPU_SECONDS, files=8, confine_it=confine)
     while True:
         try:
             msg = sock.recv(4 + MAX_BATCH * (2 + MAX_MESSAGE))

@@ -75,8 +75,10 @@ log = logging.getLogger(__name__)
 
 # Called with the file's real path (for its type) and a descriptor already opened
 # with O_NOFOLLOW and checked: read through the descriptor, never reopen the path.
+# A marker may also have ``many(list of (path, fd)) -> list of results`` for a batch.
 Marker = Callable[[str, int], "MarkingResult"]
 MARK_QUEUE = 256  # files waiting for their scan; past that they go out unscanned
+MARK_BATCH = 16  # files handed to the marker at once (the marking worker's batch)
 MARK_CACHE = 4096  # scan results kept by (device, inode, size, mtime, ctime)
 RESCAN_MAX = 200_000  # files looked at by one rescan after a gap
 WINDOW = 0.3  # how long an operation waits for its fanotify record
@@ -732,46 +734,87 @@ class FilesCollector:
             item = marks.get()  # None: the collector stopped and this is the end of the queue
             if item is None:
                 return
-            event, path = item
-            level, status = self._safe_mark(path)
-            self._send(event._replace(file=event.file._replace(marking=level, marking_status=status)), emit)
+            batch, end = [item], False
+            while len(batch) < MARK_BATCH:  # a burst goes to the worker together: one hand-over, not one per file
+                try:
+                    more = marks.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    end = True
+                    break
+                batch.append(more)
+            for (event, _path), (level, status) in zip(batch, self._safe_mark([p for _, p in batch]), strict=True):
+                self._send(event._replace(file=event.file._replace(marking=level, marking_status=status)), emit)
+            if end:
+                return
 
-    def _safe_mark(self, path: str) -> tuple[Level | None, str | None]:
-        """Mark a regular file only where it really is under a watched root (no symlink escapes)."""
+    def _safe_mark(self, paths: list[str]) -> list[tuple[Level | None, str | None]]:
+        """Mark regular files only where they really are under a watched root (no symlink escapes).
+
+        The files of one call that need a scan are opened first and go to
+        the marker together (its ``many``, where it has one)."""
         assert self._marker is not None
+        out: list[tuple[Level | None, str | None]] = [(None, None)] * len(paths)
+        todo: list[tuple[int, int, str, tuple[int, int, int, int, int]]] = []  # (index, fd, real path, cache key)
+        try:
+            for i, path in enumerate(paths):
+                opened = self._open_to_mark(path)
+                if opened is None:
+                    continue
+                fd, real, key = opened
+                hit = self._mark_cache.get(key)
+                if hit is not None:
+                    os.close(fd)
+                    self._mark_cache.move_to_end(key)
+                    out[i] = hit
+                    continue
+                todo.append((i, fd, real, key))
+            if not todo:
+                return out
+            # The scan reads these descriptors: a path cannot be swapped under it.
+            many = getattr(self._marker, "many", None)
+            try:
+                if many is not None:
+                    results = list(many([(real, fd) for _, fd, real, _ in todo]))
+                else:
+                    results = [self._marker(real, fd) for _, fd, real, _ in todo]
+            except Exception:  # a bad document must not stop the collector
+                log.exception("files: marking %s failed", ", ".join(real for _, _, real, _ in todo))
+                for i, *_ in todo:
+                    out[i] = (None, "unscanned")
+                return out
+            for (i, _fd, real, key), result in zip(todo, results, strict=True):
+                if result.status == "unscanned":
+                    self.health.skip_marking("timeout" if "time limit" in result.reason else "worker")
+                    log.warning("files: %s sent unscanned: %s", real, result.reason)
+                self._mark_cache[key] = (result.level, result.status)
+                if len(self._mark_cache) > MARK_CACHE:
+                    self._mark_cache.popitem(last=False)
+                out[i] = (result.level, result.status)
+            return out
+        finally:
+            for _, fd, _, _ in todo:
+                os.close(fd)
+
+    def _open_to_mark(self, path: str) -> tuple[int, str, tuple[int, int, int, int, int]] | None:
+        """(descriptor, real path, cache key) of a regular file under a watched root, else None."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            return None, None
+            return None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None, None
-            real = os.readlink(f"/proc/self/fd/{fd}")
-            if not any(_under(real, r) for r in self._roots):
-                return None, None
-            # ctime too: a user can set mtime back after changing the content, never ctime.
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            hit = self._mark_cache.get(key)
-            if hit is not None:
-                self._mark_cache.move_to_end(key)
-                return hit
-            # The scan reads this descriptor: the path cannot be swapped under it.
-            result = self._marker(real, fd)
-            if result.status == "unscanned":
-                self.health.skip_marking("timeout" if "time limit" in result.reason else "worker")
-                log.warning("files: %s sent unscanned: %s", real, result.reason)
-            self._mark_cache[key] = (result.level, result.status)
-            if len(self._mark_cache) > MARK_CACHE:
-                self._mark_cache.popitem(last=False)
-            return result.level, result.status
+            if stat.S_ISREG(st.st_mode):
+                real = os.readlink(f"/proc/self/fd/{fd}")
+                if any(_under(real, r) for r in self._roots):
+                    # ctime too: a user can set mtime back after changing the content, never ctime.
+                    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    return fd, real, key
         except OSError:
-            return None, None
-        except Exception:  # a bad document must not stop the collector
-            log.exception("files: marking %s failed", path)
-            return None, "unscanned"
-        finally:
-            os.close(fd)
+            pass
+        os.close(fd)
+        return None
 
     def _rescan(self, since: float, marks: queue.Queue[tuple[Event, str] | None], emit: Emit,
                 stop: threading.Event) -> None:

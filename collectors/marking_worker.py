@@ -16,8 +16,14 @@ kills the worker, starts a new one for the next file, and reports the file
 ``unscanned``. A worker that dies (a crash, a resource limit) is restarted
 the same way and the file reported ``unscanned``.
 
-The protocol is one request and one answer at a time on a SOCK_SEQPACKET
-socket pair: a JSON request with the descriptor attached, a JSON result.
+The protocol runs on a SOCK_SEQPACKET socket pair: a JSON request naming up
+to :data:`MAX_BATCH` files (their types) with their descriptors attached, then
+one JSON answer per file, in order, held back while files go quickly and
+sent together (see :class:`_Answers`). A burst of small files thus costs one
+hand-over and one wake-up on each side, and the worker stays warm between
+them; each file keeps its own time cap (the parent's deadline runs per answer).
+The worker's life (start, replacement, why it died) is
+:class:`collectors.sandbox.WorkerProcess`, shared with the DNS worker.
 """
 
 from __future__ import annotations
@@ -26,26 +32,28 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from collectors.marking import DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, MarkingResult, Position, scan_fd
+from collectors.sandbox import WorkerLost, WorkerProcess, WorkerUnavailable, worker_hello
 
 log = logging.getLogger(__name__)
 
 GRACE = 1.0  # how long past the scan's own time cap the parent waits before it kills the worker
-START_TIMEOUT = 20.0
 START_BACKOFF = 10.0  # after a failed start, the next attempt waits this long
-MEMORY = 1024 * 1024 * 1024  # RLIMIT_AS of the worker
+MEMORY = 1024 * 1024 * 1024  # RLIMIT_AS of the worker (its resident bound where setrlimit is refused)
 CPU_SECONDS = 3600  # RLIMIT_CPU hard limit; the worker retires well before it
+MAX_BATCH = 16  # descriptors per request
+FLUSH_AFTER = 0.05  # a file scanned longer than this: the answers held before it go out at once
+FILES = 32  # RLIMIT_NOFILE of the worker: its socket, stdio and a whole batch fit
 _MAX_MESSAGE = 64 * 1024
+_MAX_REQUEST = 256 * 1024
 
 
 def _result_to_json(r: MarkingResult) -> dict[str, Any]:
@@ -65,10 +73,11 @@ def _result_from_json(d: dict[str, Any]) -> MarkingResult:
 
 
 class MarkingWorker:
-    """The parent's handle on one worker process; ``scan`` is safe to call from any thread.
+    """The parent's handle on one worker; ``scan`` and ``scan_many`` are safe to call from any thread.
 
-    ``confine=False`` runs the worker without the sandbox (for comparison in
-    benchmarks; never used by the agent).
+    The process itself (start, replacement, why it died, back-off) is a
+    :class:`collectors.sandbox.WorkerProcess`. ``confine=False`` runs the
+    worker without the sandbox (for comparison in benchmarks; never used by the agent).
     """
 
     def __init__(self, *, max_seconds: float = DEFAULT_MAX_SECONDS, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -76,144 +85,93 @@ class MarkingWorker:
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
         self.grace = grace
-        self.memory = memory
-        self.confine = confine
-        self.restarts = 0  # workers replaced after a death, a hang or retirement
-        self.killed = 0  # workers killed for passing the time cap
-        self.confinement: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._started_once = False
-        self._retry_at = 0.0  # after a failed start, files go out unscanned until then
-        self._start_error = ""
+        self._worker = WorkerProcess("marking worker", "collectors.marking_worker", memory=memory,
+                                     confine=confine, backoff=START_BACKOFF, max_answer=_MAX_MESSAGE)
 
     @property
     def pid(self) -> int | None:
         """The running worker's pid, if one runs."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+        return self._worker.pid
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced after a death, a hang, a memory overrun or retirement."""
+        return self._worker.restarts
+
+    @property
+    def killed(self) -> int:
+        """Workers killed for passing the time cap (or their memory bound)."""
+        return self._worker.killed
+
+    @property
+    def confinement(self) -> dict[str, Any]:
+        """The running worker's confinement report."""
+        return self._worker.confinement
 
     def start(self) -> None:
         """Start the worker now (``scan`` also starts it when needed); raises OSError if it cannot start."""
         with self._lock:
-            self._ensure()
+            self._worker.start()
 
     def close(self) -> None:
         """Stop the worker."""
         with self._lock:
-            self._stop()
+            self._worker.stop()
 
     def scan(self, fd: int, name: str) -> MarkingResult:
         """Scan the open file ``fd`` in the worker; ``name`` gives its type. Never raises."""
+        return self.scan_many([(fd, name)])[0]
+
+    def scan_many(self, files: Sequence[tuple[int, str]]) -> list[MarkingResult]:
+        """Scan open files in the worker, one result per file, in order. Never raises.
+
+        Up to MAX_BATCH descriptors go over in one request and the worker
+        answers file by file, so a burst of small files costs one hand-over, not
+        one per file; each file still has its own time cap. Files a worker did
+        not get to (it died, hung or retired on an earlier one) go to its successor.
+        """
+        results: list[MarkingResult] = []
+        rest = list(files)
         with self._lock:
-            if time.monotonic() < self._retry_at:
-                return MarkingResult("unscanned", reason=f"marking worker unavailable: {self._start_error}")
+            while rest:
+                done = self._batch(rest[:MAX_BATCH])
+                results += done
+                rest = rest[len(done):]
+        return results
+
+    def _batch(self, batch: list[tuple[int, str]]) -> list[MarkingResult]:
+        """Results for a prefix of ``batch`` (at least its first file)."""
+        w = self._worker
+        request = json.dumps({"names": [os.path.basename(n)[-255:] for _, n in batch], "max_bytes": self.max_bytes,
+                              "max_seconds": self.max_seconds}).encode()
+        try:
+            w.send(request, [fd for fd, _ in batch])
+        except WorkerUnavailable as e:
+            return [MarkingResult("unscanned", reason=str(e)) for _ in batch]
+        except WorkerLost as e:
+            return [MarkingResult("unscanned", reason=str(e))]
+        out: list[MarkingResult] = []
+        late = f"time limit of {self.max_seconds:g}s reached: the parser was stopped"
+        ready: list[Any] = []  # answers that came in one message, not yet taken
+        for i in range(len(batch)):
             try:
-                self._ensure()
-            except (OSError, ValueError, subprocess.SubprocessError) as e:
-                self._start_error = str(e)
-                self._retry_at = time.monotonic() + START_BACKOFF
-                log.error("marking worker cannot start (files go out unscanned for %.0f s): %s", START_BACKOFF, e)
-                return MarkingResult("unscanned", reason=f"marking worker unavailable: {e}")
-            assert self._sock is not None
-            request = json.dumps({"name": name, "max_bytes": self.max_bytes,
-                                  "max_seconds": self.max_seconds}).encode()
-            try:
-                socket.send_fds(self._sock, [request], [fd])
-            except OSError as e:
-                return self._lost(f"marking worker gone: {e}")
-            deadline = time.monotonic() + self.max_seconds + self.grace
-            while True:
-                left = deadline - time.monotonic()
-                ready, _, _ = select.select([self._sock], [], [], max(left, 0.0))
-                if ready:
-                    break
-                if left <= 0:
-                    self.killed += 1
-                    return self._lost(f"time limit of {self.max_seconds:g}s reached: the parser was stopped")
-            try:
-                data = self._sock.recv(_MAX_MESSAGE)
-            except OSError as e:
-                return self._lost(f"marking worker gone: {e}")
-            if not data:
-                return self._lost(self._death())
-            try:
-                answer = json.loads(data)
-                result = _result_from_json(answer["result"])
+                if not ready:
+                    ready = list(w.receive(time.monotonic() + self.max_seconds + self.grace, late)["answers"])
+                answer = ready.pop(0)
+                if answer["i"] != i:
+                    raise ValueError(f"answer for file {answer['i']} where {i} was due")
+                out.append(_result_from_json(answer["result"]))
+            except WorkerLost as e:
+                out.append(MarkingResult("unscanned", reason=str(e)))
+                return out
             except (ValueError, KeyError, TypeError, IndexError) as e:
-                return self._lost(f"marking worker answered nonsense: {e}")
+                out.append(MarkingResult("unscanned", reason=str(w.lost(f"marking worker answered nonsense: {e}"))))
+                return out
             if answer.get("retire"):
-                self._stop()
-                self.restarts += 1
-            return result
-
-    # -- the process -----------------------------------------------------------------------------------------------
-
-    def _ensure(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            return
-        self._stop()
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONPATH": root, "PYTHONDONTWRITEBYTECODE": "1"}
-        argv = [sys.executable, "-m", "collectors.marking_worker", str(child.fileno()),
-                str(self.memory), "1" if self.confine else "0"]
-        try:
-            proc = _spawn(argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          env=env, cwd="/")
-        finally:
-            child.close()
-        ready, _, _ = select.select([parent], [], [], START_TIMEOUT)
-        hello = parent.recv(_MAX_MESSAGE) if ready else b""
-        report: object = None
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            report = json.loads(hello)["confinement"] if hello else None
-        if not isinstance(report, dict):
-            proc.kill()
-            proc.wait()
-            parent.close()
-            raise OSError(f"the marking worker did not start (exit status {proc.returncode})")
-        self.confinement = report
-        if self.confine and self.confinement.get("problems") and not self._started_once:
-            log.warning("marking worker runs with less confinement than intended: %s",
-                        "; ".join(self.confinement["problems"]))
-        self._proc, self._sock = proc, parent
-        self._started_once = True
-
-    def _stop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-
-    def _death(self) -> str:
-        assert self._proc is not None
-        try:
-            code = self._proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            return "marking worker stopped answering"
-        if code < 0:
-            try:
-                return f"marking worker died ({signal.Signals(-code).name})"
-            except ValueError:
-                return f"marking worker died (signal {-code})"
-        return f"marking worker exited with status {code}"
-
-    def _lost(self, reason: str) -> MarkingResult:
-        """The worker is gone or useless: replace it for the next file; this one is unscanned."""
-        self._stop()
-        self.restarts += 1
-        return MarkingResult("unscanned", reason=reason)
-
-
-def _spawn(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-    """Start the worker with no ambient capability (see :func:`collectors.sandbox.spawn_without_capabilities`)."""
-    from collectors.sandbox import spawn_without_capabilities
-    return spawn_without_capabilities(argv, **kw)
+                w.retire()
+                return out
+        return out
 
 
 # -- the worker's side ---------------------------------------------------------------------------------------------
@@ -249,53 +207,107 @@ def _cpu_used() -> float:
     return t.user + t.system
 
 
+class _Answers:
+    """The worker's answers to one request, held back while its files go quickly and sent together.
+
+    The parent then wakes once per batch, not once per file (on a busy
+    machine each wake-up costs more than a small file's scan): held answers
+    go out as one message. A file that runs longer than FLUSH_AFTER sends
+    what is held from a timer signal, so when a file keeps the parser busy
+    the parent has every answer before it and its time cap lands on that
+    file. (A parser stuck in C code that holds the interpreter lock delays
+    the signal too: the parent's cap then lands on the first held file,
+    which is reported unscanned, and the rest go to the next worker.)
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._held: list[dict[str, Any]] = []
+        signal.signal(signal.SIGALRM, self._late)
+
+    def begin(self) -> None:
+        """A file's scan starts: if answers are held, they go out should it run long."""
+        if self._held:
+            signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER)
+
+    def add(self, answer: dict[str, Any]) -> None:
+        """A file's answer; held until :meth:`flush` or the next file runs long."""
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        self._held.append(answer)
+
+    def flush(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        self._send()
+
+    def _send(self) -> None:
+        if self._held:
+            held, self._held = self._held, []
+            data = json.dumps({"answers": held}).encode()
+            if len(data) <= _MAX_MESSAGE:
+                self._sock.send(data)
+            else:  # long reasons or markings: one message each
+                for answer in held:
+                    self._sock.send(json.dumps({"answers": [answer]}).encode()[:_MAX_MESSAGE])
+
+    def _late(self, _signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):  # the parent went away: the main loop sees it too
+            self._send()
+
+
 def serve(sock: socket.socket, memory: int, confine: bool) -> None:
-    """Answer scan requests on ``sock`` until it closes."""
+    """Answer scan requests on ``sock`` until it closes: one answer per file, in order."""
     import resource
 
-    from collectors.sandbox import confine as apply_confinement
     _preload()
-    report: dict[str, Any] = {}
-    if confine:
-        c = apply_confinement(memory=memory, cpu_seconds=CPU_SECONDS)
-        report = {"uid": c.uid, "network": c.network, "capabilities": c.capabilities,
-                  "no_new_privs": c.no_new_privs, "seccomp": c.seccomp, "limits": c.limits,
-                  "problems": c.problems()}
-    sock.send(json.dumps({"ready": True, "confinement": report}).encode())
+    import gc
+    gc.collect()
+    gc.freeze()  # the preloaded parsers' objects: never scanned again by the collector (a scan does not pay for them)
+    c = worker_hello(sock, memory=memory, cpu_seconds=CPU_SECONDS, files=FILES, confine_it=confine)
+    cpu_limit = c is not None and "RLIMIT_CPU" in c.limits  # else the parent's time cap alone stops a stuck file
+    answers = _Answers(sock)
     while True:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 4)
+            msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, MAX_BATCH)
         except OSError:
             return
         if not msg:
             return
-        fd = fds[0] if fds else -1
-        for extra in fds[1:]:
-            os.close(extra)
-        retire = False
         try:
             req = json.loads(msg)
-            max_seconds = float(req["max_seconds"])
-            if confine:  # this file's CPU budget: a stuck parser dies by SIGXCPU if the parent is slow to kill it
-                used = _cpu_used()
-                soft = min(CPU_SECONDS, int(used + max_seconds) + 2)
-                resource.setrlimit(resource.RLIMIT_CPU, (soft, CPU_SECONDS))
-                retire = used > CPU_SECONDS / 2
-            if fd < 0:
-                result = MarkingResult("unscanned", reason="no descriptor passed")
-            else:
-                result = scan_fd(fd, str(req["name"]), max_bytes=int(req["max_bytes"]), max_seconds=max_seconds)
-        except MemoryError:
-            result = MarkingResult("unscanned", reason=f"memory limit of {memory} bytes reached")
-            retire = True
-        except Exception as e:  # answer something rather than die on a bad request
-            result = MarkingResult("unscanned", reason=f"scan failed: {type(e).__name__}: {e}")
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        sock.send(json.dumps({"result": _result_to_json(result), "retire": retire}).encode())
-        if retire:
-            return
+            names = [str(n) for n in req["names"]]
+            max_seconds, max_bytes = float(req["max_seconds"]), int(req["max_bytes"])
+        except (ValueError, KeyError, TypeError):
+            return  # not a request the parent would send: stop, the parent replaces this worker
+        for extra in fds[len(names):]:
+            os.close(extra)
+        for i, name in enumerate(names):
+            fd = fds[i] if i < len(fds) else -1
+            answers.begin()
+            used = _cpu_used()
+            retire = used > CPU_SECONDS / 2
+            try:
+                if cpu_limit:  # this file's CPU budget: a stuck parser dies by SIGXCPU if the parent is slow
+                    soft = min(CPU_SECONDS, int(used + max_seconds) + 2)
+                    resource.setrlimit(resource.RLIMIT_CPU, (soft, CPU_SECONDS))
+                if fd < 0:
+                    result = MarkingResult("unscanned", reason="no descriptor passed")
+                else:
+                    result = scan_fd(fd, name, max_bytes=max_bytes, max_seconds=max_seconds)
+            except MemoryError:
+                result = MarkingResult("unscanned", reason=f"memory limit of {memory} bytes reached")
+                retire = True
+            except Exception as e:  # answer something rather than die on a bad file
+                result = MarkingResult("unscanned", reason=f"scan failed: {type(e).__name__}: {e}")
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            answers.add({"i": i, "result": _result_to_json(result), "retire": retire})
+            if retire or i == len(names) - 1:
+                answers.flush()
+            if retire:  # the parent sends the files left to the next worker
+                for left in fds[i + 1:len(names)]:
+                    os.close(left)
+                return
 
 
 def _main(argv: list[str]) -> int:

@@ -56,9 +56,13 @@ def _marker() -> Any:
             _log.warning("marking worker did not start yet (tried again on the first file): %s", exc)
     threading.Thread(target=warm, name="marking-worker-start", daemon=True).start()
 
-    def mark(path: str, fd: int) -> Any:
-        return worker.scan(fd, path)
-    return mark
+    class Mark:
+        def __call__(self, path: str, fd: int) -> Any:
+            return worker.scan(fd, path)
+
+        def many(self, files: list[tuple[str, int]]) -> Any:  # a burst: one hand-over for the batch
+            return worker.scan_many([(fd, path) for path, fd in files])
+    return Mark()
 
 
 def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: tuple[str, ...],

@@ -193,6 +193,54 @@ def test_hostile_pdf_is_stopped_inside_the_page_and_reported_unscanned(
 
 @pytest.mark.root
 @root_only
+def test_a_batch_is_answered_file_by_file_and_a_hostile_file_holds_only_itself(
+        worker: MarkingWorker, tmp_path: Path) -> None:
+    """A burst goes over in one request; a file that keeps the parser busy is stopped on its own time
+    cap, and the files after it in the same batch are scanned by the next worker, each exactly as
+    the in-process scan does."""
+    paths = []
+    for name, data in _fixtures(tmp_path).items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(tmp_path / name)
+    hostile = tmp_path / "hostile.pdf"
+    hostile.write_bytes(busy_pdf())
+    batch = [paths[0], paths[1], hostile, *paths[2:]]
+    fds = [os.open(p, os.O_RDONLY) for p in batch]
+    try:
+        worker.start()
+        first = worker.pid
+        results = worker.scan_many(list(zip(fds, map(str, batch), strict=True)))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert len(results) == len(batch)
+    assert results[2].status == "unscanned" and "the parser was stopped" in results[2].reason
+    for path, result in zip(batch, results, strict=True):
+        if path != hostile:
+            assert result == scan_file(path), path.name
+    assert worker.killed == 1 and worker.pid not in (None, first)
+
+
+@pytest.mark.root
+@root_only
+def test_many_small_files_take_one_request(worker: MarkingWorker, tmp_path: Path) -> None:
+    paths = []
+    for i in range(40):  # more than one batch
+        p = tmp_path / f"n{i}.txt"
+        p.write_text("机密★\n" if i % 3 == 0 else "正文\n")
+        paths.append(p)
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        results = worker.scan_many(list(zip(fds, map(str, paths), strict=True)))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert [r.level for r in results] == [Level.SECRET if i % 3 == 0 else None for i in range(40)]
+    assert worker.restarts == 0
+
+
+@pytest.mark.root
+@root_only
 def test_worker_crash_is_reported_and_the_worker_restarted(worker: MarkingWorker, tmp_path: Path) -> None:
     hostile = tmp_path / "hostile.pdf"
     hostile.write_bytes(busy_pdf())
