@@ -147,6 +147,33 @@ def booted(suite: str, deb: Path, tmp: Path) -> Iterator[Booted]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+WORKER = """
+import json, pathlib, sys
+for p in pathlib.Path("/proc").glob("[0-9]*"):
+    try:
+        if sys.argv[1].encode() not in (p / "cmdline").read_bytes():
+            continue
+        status = dict(line.split(":", 1) for line in (p / "status").read_text().splitlines() if ":" in line)
+        limits = {}
+        for line in (p / "limits").read_text().splitlines()[1:]:
+            name, values = line[:26].strip(), line[26:].split()
+            limits[name] = values[:2]
+        print(json.dumps({"pid": int(p.name), "status": {k: v.strip() for k, v in status.items()}, "limits": limits}))
+        break
+    except OSError:
+        continue
+"""
+
+
+def _worker(box: Booted, module: str) -> dict[str, Any]:
+    """/proc status and limits of the agent's worker running ``module``, inside the booted system."""
+    box.sh(f"cat > /root/worker.py <<'EOF'\n{WORKER}EOF")
+    out = box.sh(f"/opt/dutywatch/bin/python3 /root/worker.py {module}").stdout.strip()
+    assert out, f"no {module} process runs"
+    found: dict[str, Any] = json.loads(out)
+    return found
+
+
 def _wait(cond: Any, what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -187,6 +214,17 @@ def test_install_under_systemd_holds_on_the_example_and_reload_tells_the_truth(
         print(f"{suite} under nspawn, collector modes: {modes} (process connector, fanotify and audit are "
               "hidden by nspawn; test_install.py covers their full modes)")
         assert modes.get("network") == "sniff" and modes.get("host") == "netlink"
+        # The DNS worker under the shipped unit (whose filter refuses @resources, setrlimit): no
+        # capability, no_new_privs, its own seccomp filter, and its resource limits all the same.
+        worker = _worker(box, "collectors.dns_worker")
+        print(f"{suite}: DNS worker under the unit: {worker}")
+        st, limits = worker["status"], worker["limits"]
+        assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+        # (CapInh keeps the unit's set: clearing it takes capset, which the unit refuses; with no
+        # permitted, ambient or bounding use and no_new_privs it grants nothing.)
+        assert all(int(st[c], 16) == 0 for c in ("CapPrm", "CapEff", "CapAmb"))
+        assert limits["Max open files"] == ["8", "8"] and limits["Max file size"] == ["0", "0"]
+        assert limits["Max address space"] == [str(256 << 20)] * 2
         # A broken rule file: `systemctl reload` fails, the rules in force stay and the status says so.
         box.sh(f"cat > /etc/dutywatch/rules.d/bad.yaml <<'EOF'\n{BAD_RULES}EOF")
         res = box.sh("systemctl reload dutywatch", check=False)
