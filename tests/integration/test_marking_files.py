@@ -15,7 +15,7 @@ import pytest
 
 from agent.events import Event
 from agent.levels import Level
-from collectors.files import MARK_QUEUE, FilesCollector
+from collectors.files import MARK_BATCH, MARK_QUEUE, FilesCollector
 from collectors.marking import MarkingResult
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (fanotify)")
@@ -136,5 +136,47 @@ def test_a_renamed_document_carries_its_marking(tmp_path: Path) -> None:
         assert renames()[str(moved_plain)].file.marking is None  # the near miss
         assert renames()[str(moved_plain)].file.marking_status == "unmarked"
     finally:
+        stop.set()
+        t.join(timeout=10)
+
+
+@pytest.mark.root
+@root_only
+def test_a_burst_goes_to_the_marker_in_batches_and_each_file_keeps_its_own_result(tmp_path: Path) -> None:
+    """A marker with ``many`` (the marking worker's) gets queued files together, at most MARK_BATCH at once;
+    results go back to the right events."""
+    release = threading.Event()
+    batches: list[int] = []
+
+    class Marker:
+        def __call__(self, path: str, fd: int) -> MarkingResult:
+            return self.many([(path, fd)])[0]
+
+        def many(self, files: list[tuple[str, int]]) -> list[MarkingResult]:
+            release.wait(30)  # the first scan takes its time: the burst queues up behind it
+            batches.append(len(files))
+            return [MarkingResult("marked", Level.SECRET) if "机密★" in os.pread(fd, 4096, 0).decode()
+                    else MarkingResult("unmarked") for _, fd in files]
+
+    collector = FilesCollector({"paths": [str(tmp_path)]}, marker=Marker())
+    events, stop, t = run(collector)
+    n = 60
+    try:
+        script = (f"import os\nfor i in range({n}):\n"
+                  f"    open(os.path.join({str(tmp_path)!r}, f'f{{i}}.txt'), 'w').write("
+                  f"'机密★\\n' if i % 3 == 0 else '正文\\n')")
+        subprocess.run([sys.executable, "-c", script], check=True)
+        time.sleep(2.0)  # the collector's write window passes and the files queue for their scan
+        release.set()
+        created = lambda: {e.file.path: e for e in events if e.kind == "file.create"}  # noqa: E731
+        wait(lambda: len(created()) >= n, events, 60)
+        for i in range(n):
+            e = created()[str(tmp_path / f"f{i}.txt")]
+            assert e.file.marking == (Level.SECRET if i % 3 == 0 else None), i
+            assert e.file.marking_status == ("marked" if i % 3 == 0 else "unmarked"), i
+        assert sum(batches) == n  # each file scanned once
+        assert max(batches) > 1 and max(batches) <= MARK_BATCH
+    finally:
+        release.set()
         stop.set()
         t.join(timeout=10)
