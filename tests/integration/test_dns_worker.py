@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from agent.events import Event
-from collectors.dns_worker import CRASH_PROBE, HANG_PROBE, MAX_MESSAGE, TEST_HOOK, DnsWorker, DnsWorkerError
+from collectors.dns_worker import CRASH_PROBE, HANG_PROBE, MAX_MESSAGE, MEMORY, TEST_HOOK, DnsWorker, DnsWorkerError
 from collectors.network import NetworkCollector
 from collectors.sniff import DecodeError, dns_query
+from tests.integration.worker_checks import assert_confined, proc_status
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: AF_PACKET, dropping to nobody")
 
@@ -46,29 +47,12 @@ def hooked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TEST_HOOK, "1")
 
 
-def _status(pid: int) -> dict[str, str]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        out[k] = v.strip()
-    return out
-
-
 @pytest.mark.root
 @root_only
 def test_worker_holds_no_privilege(worker: DnsWorker) -> None:
     worker.start()
     assert worker.pid is not None
-    st = _status(worker.pid)
-    assert st["Uid"].split()[:2] == ["65534", "65534"]
-    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-        assert int(st[cap], 16) == 0, cap
-    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
-    assert os.readlink(f"/proc/{worker.pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    assert worker.confinement["problems"] == []
-    limits = {line.split("  ")[0]: line for line in Path(f"/proc/{worker.pid}/limits").read_text().splitlines()}
-    assert limits["Max file size"].split()[3:5] == ["0", "0"]
-    assert limits["Max open files"].split()[3:5] == ["8", "8"]
+    assert_confined(worker.pid, worker.confinement, files=8, memory=MEMORY)
 
 
 def test_worker_answers_as_the_parser_does(worker: DnsWorker) -> None:
@@ -215,7 +199,7 @@ def test_a_full_queue_never_stalls_the_sniffer_and_loses_no_packet(
     keep: list[socket.socket] = []
     try:
         hang = _send(HANG_PROBE, keep)
-        run.wait(lambda: worker.pid is not None and _status(worker.pid)["State"].startswith("R"),
+        run.wait(lambda: worker.pid is not None and proc_status(worker.pid)["State"].startswith("R"),
                  "the worker did not take the hanging message")
         ports = [_send(_query(f"q{i}.dutywatch.test"), keep) for i in range(20)]
         other = _send(b"not dns", keep, dport=4444)

@@ -20,7 +20,8 @@ import pytest
 
 from agent.levels import Level
 from collectors.marking import scan_file
-from collectors.marking_worker import MarkingWorker
+from collectors.marking_worker import FILES, MEMORY, MarkingWorker
+from tests.integration.worker_checks import assert_confined, proc_status
 from tests.unit.marking_docs import ofd, ole2, rtf, rtf_escape, word_doc
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (it drops to nobody and unshares)")
@@ -65,30 +66,12 @@ def scan(w: MarkingWorker, path: Path) -> object:
         os.close(fd)
 
 
-def status(pid: int) -> dict[str, str]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        out[k] = v.strip()
-    return out
-
-
 @pytest.mark.root
 @root_only
 def test_worker_holds_no_privilege(worker: MarkingWorker) -> None:
     worker.start()
     assert worker.pid is not None
-    st = status(worker.pid)
-    assert st["Uid"].split()[:2] == ["65534", "65534"]
-    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-        assert int(st[cap], 16) == 0, cap
-    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
-    assert os.readlink(f"/proc/{worker.pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    assert worker.confinement["problems"] == []
-    limits = {line.split("  ")[0]: line for line in Path(f"/proc/{worker.pid}/limits").read_text().splitlines()}
-    assert limits["Max open files"].split()[3:5] == ["32", "32"]
-    assert limits["Max file size"].split()[3:5] == ["0", "0"]
-    assert limits["Max address space"].split()[3] == str(1024 ** 3)
+    assert_confined(worker.pid, worker.confinement, files=FILES, memory=MEMORY)
 
 
 PROBE = textwrap.dedent("""
@@ -262,7 +245,7 @@ def test_worker_crash_is_reported_and_the_worker_restarted(worker: MarkingWorker
 def test_worker_exits_with_the_agent(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import sys
-        from collectors.marking_worker import MarkingWorker
+        from collectors.marking_worker import FILES, MEMORY, MarkingWorker
         w = MarkingWorker()
         w.start()
         print(w.pid, flush=True)
@@ -277,12 +260,12 @@ def test_worker_exits_with_the_agent(tmp_path: Path) -> None:
     end = time.monotonic() + 10
     while Path(f"/proc/{pid}").exists() and time.monotonic() < end:
         time.sleep(0.05)
-    assert not Path(f"/proc/{pid}/status").exists() or "Z" in status(pid).get("State", "")
+    assert not Path(f"/proc/{pid}/status").exists() or "Z" in proc_status(pid).get("State", "")
 
 
 SPAWN = textwrap.dedent("""
     import json, os
-    from collectors.marking_worker import MarkingWorker
+    from collectors.marking_worker import FILES, MEMORY, MarkingWorker
     def caps(pid):
         st = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
         return {k: int(st[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")}
