@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agent.events import Event, Parent, Process
-from collectors.audit_assemble import Assembler
+from collectors.audit_assemble import Assembler, clean_exe
 from collectors.audit_netlink import (
     AUDIT_REPLACE,
     AUDIT_STATUS_BACKLOG_LIMIT,
@@ -62,7 +62,7 @@ from collectors.base import (
     stop_fd,
     stop_timeout,
 )
-from collectors.procfs import ProcReader
+from collectors.procfs import ProcReader, read_unit
 
 MODES = ("auto", "multicast", "daemon")
 _STATUS_EVERY = 2.0
@@ -183,6 +183,24 @@ class AuditCollector:
         p = found[0]
         return Parent(pid=p.pid, name=p.name, exe=p.exe, cmdline=p.cmdline)
 
+    def _unit(self, pid: int, exe: str | None) -> str | None:
+        """The systemd unit of ``pid``, if it still runs ``exe`` (else the pid is gone or reused: no unit)."""
+        base = os.path.join(str(self._sources.proc_root), str(pid))
+        try:
+            fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            try:
+                now = os.readlink("exe", dir_fd=fd)
+            except OSError:
+                return None
+            if exe is None or clean_exe(now) != exe:
+                return None
+            return read_unit(fd)
+        finally:
+            os.close(fd)
+
     def _rules(self) -> list[Rule]:
         f = self._families
         return build_rules(self.asset_paths, self.pid, net=f["connect"], mounts=f["mounts"], guard=f["guard"],
@@ -203,7 +221,7 @@ class _Session:
         self.restore: dict[int, int] = {}  # status mask bit -> value to put back
         self.mode = "off"
         self.lost_seen: int | None = None
-        self.asm = Assembler(syscall_names=syscall_name, parents=owner._parent,
+        self.asm = Assembler(syscall_names=syscall_name, parents=owner._parent, units=owner._unit,
                              asset_prefixes=owner.asset_paths, agent_pid=owner.pid)
 
     # -- lifecycle ---------------------------------------------------------------------

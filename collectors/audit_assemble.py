@@ -58,6 +58,7 @@ _PARENTS = 8192
 _DONE = 65536
 
 ParentLookup = Callable[[int], Parent | None]
+UnitLookup = Callable[[int, str | None], str | None]  # (pid, kernel exe) -> the systemd unit of that process
 
 
 def is_loader(exe: str) -> bool:
@@ -104,10 +105,11 @@ class Assembler:
     """Groups records by serial and builds events; not locked (one reader thread)."""
 
     def __init__(self, *, syscall_names: Callable[[str, int], str | None], parents: ParentLookup | None = None,
-                 asset_prefixes: tuple[str, ...] = (), agent_pid: int = 0, max_age: float = 2.0,
-                 collector: str = "audit") -> None:
+                 units: UnitLookup | None = None, asset_prefixes: tuple[str, ...] = (), agent_pid: int = 0,
+                 max_age: float = 2.0, collector: str = "audit") -> None:
         self._names = syscall_names
         self._parents = parents
+        self._units = units
         self.asset_prefixes = asset_prefixes
         self.agent_pid = agent_pid
         self._max_age = max_age
@@ -232,9 +234,12 @@ class Assembler:
             # arguments this pid last exec'd with are the better word, when known.
             known = self._seen_exec.get(number(f.get("pid")) or -1)
             cmd = known.cmdline if known is not None else (" ".join(title) or None)
-        return Process(pid=number(f.get("pid")), ppid=number(f.get("ppid")), name=text(f.get("comm")),
-                       exe=clean_exe(text(f.get("exe"))), cmdline=cmd, cwd=cwd, uid=ident(f.get("uid")),
-                       loginuid=ident(f.get("auid")))
+        pid, exe, auid = number(f.get("pid")), clean_exe(text(f.get("exe"))), ident(f.get("auid"))
+        # The records carry no cgroup: a process with no login identity (a daemon) is named by the
+        # unit /proc says it runs in now, ms after the call, while it still runs the same program.
+        unit = self._units(pid, exe) if auid is None and pid is not None and self._units is not None else None
+        return Process(pid=pid, ppid=number(f.get("ppid")), name=text(f.get("comm")), exe=exe, cmdline=cmd,
+                       cwd=cwd, uid=ident(f.get("uid")), loginuid=auid, unit=unit)
 
     def _parent(self, ppid: int | None) -> Parent:
         if ppid is None:

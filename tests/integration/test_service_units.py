@@ -5,7 +5,9 @@ cgroup v2 directory ``dw15b.slice/dw15b-test.service`` under the cgroup2 mount.
 A child moves itself into it, drops to an unregistered uid with no loginuid
 and runs a program from /tmp; the real agent (netlink process collector) must
 name the registered unit's custodian and raise no ZR-001. Its twin, the same
-program by the same uid in an unregistered unit, is a real unknown.
+program by the same uid in an unregistered unit, is a real unknown. The same
+holds when the exec is read from the kernel audit trail instead, whose records
+carry no cgroup: the audit source reads the unit while the process runs.
 """
 
 from __future__ import annotations
@@ -98,22 +100,31 @@ def _records(agent: AgentProcess, rule: str, pid: int) -> list[dict[str, Any]]:
     return [r for r in agent.events("--rule", rule) if r.get("event", {}).get("process", {}).get("pid") == pid]
 
 
+SOURCES = {
+    "netlink": ("  process: {enabled: true, mode: netlink}\n" + "".join(
+        f"  {n}: {{enabled: false}}\n" for n in ("network", "files", "media", "host", "audit")), "process", "netlink"),
+    "audit": ("  audit: {enabled: true, connect: false, mounts: false, guard: false, modules: false}\n" + "".join(
+        f"  {n}: {{enabled: false}}\n" for n in ("process", "network", "files", "media", "host")), "audit", None),
+}
+
+
 @pytest.mark.root
 @ROOT
+@pytest.mark.parametrize("source", sorted(SOURCES))
 def test_a_login_less_daemon_is_its_units_custodians_and_an_unregistered_unit_is_unknown(
-        tmp_path: Path, units: tuple[Path, Path], bin_dir: Path) -> None:
+        tmp_path: Path, units: tuple[Path, Path], bin_dir: Path, source: str) -> None:
     registered, other = units
     prog = bin_dir / "nightly-job"
     shutil.copy("/bin/sleep", prog)
     prog.chmod(0o755)
-    collectors = "  process: {enabled: true, mode: netlink}\n" + "".join(
-        f"  {n}: {{enabled: false}}\n" for n in ("network", "files", "media", "host", "audit"))
+    collectors, collector, mode = SOURCES[source]
     agent = AgentProcess(tmp_path, collectors=collectors, extra_config="journal: {fold_window: 0}\n",
                          registry=REGISTRY.format(assets=tmp_path / "assets"))
     agent.start()
     try:
-        agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="process", mode="netlink") == 1,
-                   "process collector not up")
+        labels = {"collector": collector, **({"mode": mode} if mode else {})}
+        agent.wait(lambda: agent.metric("dutywatch_collector_up", **labels) == 1, f"{collector} collector not up",
+                   60)
         daemon = subprocess.Popen([str(prog), "2"], preexec_fn=_daemon_in(registered))
         stranger = subprocess.Popen([str(prog), "2"], preexec_fn=_daemon_in(other))
         assert (registered / "cgroup.procs").read_text().split() == [str(daemon.pid)]
@@ -126,6 +137,7 @@ def test_a_login_less_daemon_is_its_units_custodians_and_an_unregistered_unit_is
         agent.stop()
     (mal,) = _records(agent, "DB-MAL-001", daemon.pid)
     event = mal["event"]
+    assert event["event"]["collector"] == collector
     assert event["process"]["unit"] == "dw15b-test.service"
     assert event["process"]["uid"] == STRANGER and event["process"].get("loginuid") is None
     assert event["operator"]["account"] == "lisi" and event["operator"]["name"] == "李四"

@@ -73,6 +73,25 @@ def test_exec_assembly_names_the_script_an_interpreter_ran() -> None:
     assert e.file.path == "/tmp/work/x.py" and e.process.cwd == "/tmp/work"
 
 
+def test_a_daemons_exec_is_named_by_its_unit_and_a_logged_in_users_is_not_looked_up() -> None:
+    asked: list[tuple[int, str | None]] = []
+
+    def units(pid: int, exe: str | None) -> str | None:
+        asked.append((pid, exe))
+        return "cron.service" if exe == "/usr/sbin/cron" else None
+
+    a = Assembler(syscall_names=syscall_name, units=units)
+    events = []
+    for serial, pid, auid, exe in ((30, 41, "4294967295", "/usr/sbin/cron"), (31, 42, "1000", "/usr/sbin/cron"),
+                                   (32, 43, "4294967295", "/usr/bin/other")):
+        a.feed(1300, rec(serial, f'arch=c000003e syscall=59 success=yes exit=0 items=1 ppid=1 pid={pid} '
+                                 f'auid={auid} uid=0 comm="x" exe="{exe}" key="dutywatch-exec"'), 0.0)
+        a.feed(1309, rec(serial, 'argc=1 a0="x"'), 0.0)
+        events += a.feed(1320, rec(serial, ""), 0.0)
+    assert [e.process.unit for e in events] == ["cron.service", None, None]
+    assert asked == [(41, "/usr/sbin/cron"), (43, "/usr/bin/other")]  # a login identity wins: never looked up
+
+
 def test_rules_round_trip_their_key_and_are_told_apart() -> None:
     rules = build_rules(["/srv/secret/"], 4242)
     assert rules and all(isinstance(r, Rule) for r in rules)
