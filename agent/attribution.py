@@ -18,6 +18,7 @@ from typing import Any
 from agent.events import Assess, Auth, Event, File, Host, Iface, Inventory, Media, Net, Operator, Parent, Process
 from agent.levels import Level
 from agent.mediaid import identify
+from agent.packages import Owner, PackageOwners
 from agent.registry import Medium, Registry
 
 _NO_INVENTORY, _NO_ASSESS = Inventory(), Assess()  # events of other kinds carry these
@@ -28,6 +29,7 @@ _NO_ASSET: tuple[Level | None, str | None] = (None, None)
 _MISS: Any = object()
 _UNKNOWN = Operator(known=False)
 _OPERATED = ("process.", "net.", "file.", "auth.", "account.")  # not in a cache (None is a cached answer)
+_CHANGES = ("file.", "account.")  # what the package manager's exemption applies to: its exe's package is looked up
 
 
 def system_account_name(uid: int) -> str | None:
@@ -42,9 +44,11 @@ class Attributor:
     """Turns a raw event into an attributed one. Built once per registry."""
 
     def __init__(self, registry: Registry,
-                 account_name: Callable[[int], str | None] = system_account_name) -> None:
+                 account_name: Callable[[int], str | None] = system_account_name,
+                 owners: Owner | None = None) -> None:
         self.registry = registry
         self._account_name = account_name
+        self._owners = owners if owners is not None else PackageOwners()
         self._host = registry.host
         self._by_uid = {p.uid: p for p in registry.people if p.uid is not None}
         self._by_account = registry.person_by_account()
@@ -192,6 +196,11 @@ class Attributor:
             # which is False (never None), so the accountability rules and the report see it.
             # (A mount the media collector saw, an interface, the agent itself: no operator applies.)
             op = _UNKNOWN
+        if p.exe is not None and p.package is None and kind.startswith(_CHANGES):
+            # What the program is, by the package database, for the package manager's exemption.
+            package = self._owners(p.exe, p.pid)
+            if package is not None:
+                p = _TUPLE_NEW(Process, (*p[:11], package, *p[12:]))
         if net.remote_ip is not None or net.local_ip is not None:
             zones = self._zone_cache
             rz = net.remote_zone

@@ -43,6 +43,7 @@ class Process(NamedTuple):
     loginuid: int | None = None
     start_time: float | None = None
     unit: str | None = None  # the systemd unit (cgroup) of a process with no login identity
+    package: str | None = None  # the installed package its exe belongs to (file and account changes only)
 
 
 class Parent(NamedTuple):

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.events import Event, File, Media, Process
 from agent.levels import Level
+from agent.packages import Owner, PackageOwners
 from collectors import fanotify as fan
 from collectors.assets import AssetIndex, device_name
 from collectors.base import STOP_POLL, Availability, CollectorError, Emit, Health, Sources, StopEvent, section
@@ -139,6 +140,7 @@ class _Proc:
     """A minimal /proc reader for who-data; ``collectors.procfs.ProcReader`` replaces it."""
 
     root: Path
+    owners: Owner = field(default_factory=PackageOwners)
     cache: OrderedDict[int, tuple[float, Process]] = field(default_factory=OrderedDict)
     boot: float | None = None
     sids: OrderedDict[int, int] = field(default_factory=OrderedDict)  # pid -> session, as read with the rest
@@ -163,6 +165,8 @@ class _Proc:
                 elif line.startswith("Uid:"):
                     out["uid"] = int(line.split()[2])  # effective: the id the kernel checked
             out["exe"] = os.readlink(base / "exe").removesuffix(" (deleted)")
+            # Read while the process runs: what its program is, for the package manager's exemption.
+            out["package"] = self.owners(out["exe"], pid)
         except (OSError, ValueError, IndexError):
             pass
         try:
@@ -215,7 +219,7 @@ class FilesCollector:
         self._audit = audit
         self._mark_cache: OrderedDict[tuple[int, ...], tuple[Level | None, str]] = OrderedDict()
         self._rescan_since: float | None = None
-        self._proc = _Proc(sources.proc_root)
+        self._proc = _Proc(sources.proc_root, PackageOwners(proc_root=sources.proc_root))
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=65536)
         self._roots: tuple[str, ...] = ()
         self._media_roots: dict[str, Media] = {}

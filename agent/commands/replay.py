@@ -29,6 +29,7 @@ from agent.engine.engine import Engine, Finding
 from agent.engine.rules import RuleSet, load_rules
 from agent.errors import LoadError, LoadErrors
 from agent.events import EventDecoder
+from agent.packages import no_owners
 from agent.paths import DEMO_REGISTRY, shipped_rules_dir
 from agent.registry import load_registry
 
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print_errors(f"{e} (skipped: sigma.skip_unsupported is true)" for e in ruleset.skipped)
     engine = Engine(ruleset)
-    attribute = Attributor(registry, _no_system_accounts)
+    attribute = Attributor(registry, _no_system_accounts, no_owners)
     load_s = time.perf_counter() - t0
     # The rules and registry live as long as the run: keep the collector from rescanning them.
     gc.freeze()

@@ -18,6 +18,7 @@ from agent.engine.engine import Engine
 from agent.engine.rules import RuleSet
 from agent.errors import LoadError, LoadErrors, Location, Problems
 from agent.events import Event
+from agent.packages import no_owners
 from agent.paths import DEMO_REGISTRY
 from agent.registry import load_registry
 from agent.schema import expect_int, expect_list, expect_map, expect_str, str_list
@@ -73,7 +74,7 @@ class SampleRunner:
         """The attributor of a registry file (loaded once)."""
         key = path.resolve()
         if key not in self._attributors:
-            self._attributors[key] = Attributor(load_registry(path), self._account_name)
+            self._attributors[key] = Attributor(load_registry(path), self._account_name, no_owners)
         return self._attributors[key]
 
     def run_file(self, path: Path, report: Report) -> None:

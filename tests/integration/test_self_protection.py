@@ -1,8 +1,9 @@
 """Attempts on a real agent as a root insider would make them, each beside its legitimate twin.
 
 kill -9 then delete or forge run.json; SIGSTOP/SIGCONT; a kill by a person;
-ptrace of the agent; a program renamed ``dpkg`` writing a system directory
-beside a real package install by the real dpkg.
+ptrace of the agent; a program renamed ``dpkg`` writing a system directory,
+and another program mounted at dpkg's very path in a mount namespace of its
+own, beside a real package install by the real dpkg.
 """
 
 from __future__ import annotations
@@ -209,7 +210,15 @@ def test_a_program_renamed_dpkg_gets_no_exemption_and_the_real_dpkg_does(tmp_pat
         rules.mkdir()
         for f in (Path(__file__).resolve().parents[2] / "rules").glob("*.yaml"):
             shutil.copy(f, rules / f.name)
-        (rules / "zz-local.yaml").write_text(f"pack: local\nlists:\n  system_dirs: {{append: [{root}/usr/bin/]}}\n")
+        # LOCAL-PKG-001 journals, as audit, what the package manager's path writes there: the exemption's
+        # process.package is visible for the real dpkg's writes too, which DB-INT-001 lets pass.
+        (rules / "zz-local.yaml").write_text(
+            f"pack: local\nlists:\n  system_dirs: {{append: [{root}/usr/bin/]}}\nrules:\n"
+            "  - id: LOCAL-PKG-001\n    title: {zh: 包管理器路径写入, en: Package manager path wrote}\n"
+            f"    when: event.kind in (\"file.write\", \"file.create\", \"file.rename\") and process.exe in "
+            f"package_manager_exes and startswith(file.path, \"{root}/usr/bin/\")\n"
+            "    severity: info\n    action: audit\n    accountable: [operator]\n    controls: [test]\n"
+            "    message: {zh: \"{process.exe} {process.package}\", en: \"{process.exe} {process.package}\"}\n")
         agent = AgentProcess(tmp_path, rules=[str(rules)],
                              collectors=collectors(files=f"{{enabled: true, paths: [{root / 'usr/bin'}]}}"))
         agent.start()
@@ -221,11 +230,20 @@ def test_a_program_renamed_dpkg_gets_no_exemption_and_the_real_dpkg_does(tmp_pat
             renamed = subprocess.run([sys.executable, "-c", RENAMED, str(root / "usr/bin/ls")],
                                      preexec_fn=lambda: as_login(1000), timeout=30, check=True)
             assert renamed.returncode == 0
+            # Another program at dpkg's very path: the shell bind-mounted over /usr/bin/dpkg in a private
+            # mount namespace (the kernel's exe path is /usr/bin/dpkg), not the file dpkg installed.
+            mounted = subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 'mount --bind "$0" /usr/bin/dpkg && exec /usr/bin/dpkg -c "$1" "$2"',
+                 os.path.realpath("/bin/sh"), 'echo replaced > "$0"', str(root / "usr/bin/cat")],
+                preexec_fn=lambda: as_login(1000), timeout=30, capture_output=True, text=True)
+            assert mounted.returncode == 0, mounted.stderr
+            assert (root / "usr/bin/cat").exists()
 
             def int001() -> list[dict[str, Any]]:
                 return findings(agent.events(), "DB-INT-001")
-            agent.wait(lambda: any(r["event"]["file"]["path"].endswith("/usr/bin/ls") for r in int001()),
-                       "the renamed program's write was not found")
+            agent.wait(lambda: {"ls", "cat"} <= {r["event"]["file"]["path"].rsplit("/", 1)[-1] for r in int001()},
+                       "the renamed program's or the mounted program's write was not found")
             time.sleep(3)  # let any finding of dpkg's own writes arrive too
         finally:
             agent.stop()
@@ -234,6 +252,13 @@ def test_a_program_renamed_dpkg_gets_no_exemption_and_the_real_dpkg_does(tmp_pat
         assert evil[0]["event"]["process"]["name"] == "dpkg"
         assert evil[0]["event"]["process"]["exe"] == os.path.realpath(sys.executable)
         assert evil[0]["accountable"]["operator"] == "张三"
+        (impostor, *_) = [r for r in found if r["event"]["file"]["path"].endswith("/usr/bin/cat")]
+        assert impostor["event"]["process"]["exe"] == "/usr/bin/dpkg"
+        assert "package" not in impostor["event"]["process"]  # the file it runs is not dpkg's
+        assert impostor["accountable"]["operator"] == "张三"
+        seen = findings(agent.events(), "LOCAL-PKG-001")
+        real = [r for r in seen if "dw15-tool" in r["event"]["file"]["path"] and r["event"].get("process")]
+        assert real and all(r["event"]["process"].get("package") == "dpkg" for r in real), json.dumps(seen, ensure_ascii=False)[:3000]
         dpkg_writes = [r for r in found if "dw15-tool" in (r["event"]["file"].get("path") or "")
                        + (r["event"]["file"].get("dest_path") or "")]
         # What the real dpkg did with its identity known is exempt by its exe. Its last rename can come
