@@ -524,11 +524,21 @@ class Agent:
             self._supervisor.join(5.0)
         if self._worker is not None:
             self._worker.join(60.0)
+        # A collector that outlived its join may have queued more after the worker ended: those are
+        # evaluated here, and later offers refused and counted, so the stop record's counts are exact.
+        left = self.pipeline.close(self._worker is None or not self._worker.is_alive())
+        if left:
+            _log.error("pipeline worker did not end within 60 s; %d events still queued", left)
+        # The stop event's own findings come before the stop record, which counts them.
+        now = self.clock()
+        if not self.held:
+            self.pipeline.process_now(Event("agent.stop", now, "agent", detail="clean stop"))
         self.folder.flush()
         if not self.held:
             self.enforcer.shutdown()
-        self.lifecycle("agent.stop", {"message": "clean stop", "events": self.pipeline.processed,
-                                      "findings": self.pipeline.findings, **self.stop_by})
+        self.writer.put({"type": "lifecycle", "time": now, "host": self.host, "kind": "agent.stop",
+                         "detail": {"message": "clean stop", "events": self.pipeline.processed,
+                                    "findings": self.pipeline.findings, **self.stop_by}})
         self.writer.stop()
         self.runstate.beat(self.clock(), clean=True)
         if self.forwarder is not None:

@@ -7,6 +7,14 @@ set aside unevaluated and counted (``events_own_total``): what the agent does is
 operation. The worker attributes each event, evaluates it, counts it, and hands each
 finding's record to the sinks. The stage (attributor and engine) is swapped
 whole on reload, so an event is never judged by half a rule set.
+
+Counts are exact, for the stop record: the worker and ``process_now`` (the
+agent's own lifecycle events, on the caller's thread) each keep their own
+tally, so no increment is lost to the other thread, and the caller never takes
+an event off the worker's queue. At stop, ``close`` refuses what collectors
+still offer (counted as dropped, reason ``stopping``) and evaluates what the
+queue still holds after the worker ended: every accepted event is processed,
+set aside as the agent's own, or counted as failed.
 """
 
 from __future__ import annotations
@@ -31,6 +39,17 @@ FindingSink = Callable[[dict[str, Any]], None]
 _OPERATED = ("process.", "net.", "file.", "auth.", "account.", "media.")  # agent.* events stay
 
 
+class _Tally:
+    """What one thread evaluated (only that thread writes it)."""
+
+    __slots__ = ("findings", "own", "processed")
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.findings = 0
+        self.own = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Stage:
     """What judges events: the registry's attributor and the compiled rules."""
@@ -47,7 +66,6 @@ class Pipeline:
                  own: Callable[[Process], bool] | None = None) -> None:
         self.stage = stage
         self.is_own = own if own is not None else OwnProcesses()
-        self.own = 0  # events of the agent's own processes, not evaluated
         self.metrics = metrics
         self.capacity = capacity
         self.clock = clock
@@ -56,20 +74,37 @@ class Pipeline:
         self._queue: deque[Event] = deque()
         self._wake = threading.Event()
         self.accepted = 0
-        self.processed = 0
-        self.findings = 0
+        self._worker = _Tally()  # written by the worker thread only
+        self._caller = _Tally()  # written under _now_lock only (process_now, close)
+        self._now_lock = threading.Lock()
+        self.closed = False
         self.last_progress = monotonic()
         self._busy = False  # the worker holds events taken off the queue
         metrics.watch_queue(self.depth, capacity)
+
+    @property
+    def processed(self) -> int:
+        """Events evaluated."""
+        return self._worker.processed + self._caller.processed
+
+    @property
+    def findings(self) -> int:
+        """Findings made (each handed to the sinks once)."""
+        return self._worker.findings + self._caller.findings
+
+    @property
+    def own(self) -> int:
+        """Events of the agent's own processes, set aside unevaluated."""
+        return self._worker.own + self._caller.own
 
     def depth(self) -> int:
         """Events waiting."""
         return len(self._queue)
 
     def offer(self, event: Event) -> bool:
-        """Queue an event; False (and counted) when the queue is full."""
-        if len(self._queue) >= self.capacity:
-            self.metrics.dropped(event.collector or "unknown", "queue_full")
+        """Queue an event; False (and counted) when the queue is full or the pipeline closed."""
+        if len(self._queue) >= self.capacity or self.closed:
+            self.metrics.dropped(event.collector or "unknown", "stopping" if self.closed else "queue_full")
             return False
         self._queue.append(event)
         self.accepted += 1
@@ -100,11 +135,11 @@ class Pipeline:
                 continue
             self._busy = True
             try:
-                self._drain(queue, 256)
+                self._drain(queue, 256, self._worker)
             finally:
                 self._busy = False
 
-    def _drain(self, queue: deque[Event], n: int) -> None:
+    def _drain(self, queue: deque[Event], n: int, tally: _Tally) -> None:
         stage = self.stage
         metrics = self.metrics
         perf = time.perf_counter
@@ -114,7 +149,7 @@ class Pipeline:
             except IndexError:
                 break
             if event.process.pid is not None and event.kind.startswith(_OPERATED) and self.is_own(event.process):
-                self.own += 1
+                tally.own += 1
                 metrics.own_event(event.kind)
                 continue
             t0 = perf()
@@ -127,16 +162,16 @@ class Pipeline:
                 continue
             metrics.observe_evaluation(perf() - t0)
             metrics.event(event.kind)
-            self.processed += 1
+            tally.processed += 1
             for rule in rules:
-                self._emit(Finding(rule, attributed))
+                self._emit(Finding(rule, attributed), tally)
         self.last_progress = self.monotonic()
 
-    def _emit(self, finding: Finding) -> None:
+    def _emit(self, finding: Finding, tally: _Tally) -> None:
         record = finding.to_record()
         if record["time"] is None:
             record["time"] = self.clock()
-        self.findings += 1
+        tally.findings += 1
         self.metrics.finding(finding.rule.id, finding.rule.severity, finding.rule.action,
                              finding.event.host.unit)
         for sink in self.sinks:
@@ -144,7 +179,17 @@ class Pipeline:
 
     def process_now(self, event: Event) -> int:
         """Evaluate one event on the caller's thread (lifecycle events); returns findings made."""
-        before = self.findings
-        self._queue.appendleft(event)
-        self._drain(self._queue, 1)
-        return self.findings - before
+        with self._now_lock:
+            before = self._caller.findings
+            self._drain(deque((event,)), 1, self._caller)
+            return self._caller.findings - before
+
+    def close(self, worker_ended: bool) -> int:
+        """Refuse further offers; evaluate what is still queued if the worker has ended. Returns events left."""
+        self.closed = True
+        if not worker_ended:
+            return len(self._queue)  # the worker still holds the queue: never two drainers on it
+        with self._now_lock:
+            while self._queue:
+                self._drain(self._queue, 256, self._caller)
+        return 0
