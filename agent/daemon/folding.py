@@ -46,6 +46,7 @@ class _Fold:
     start: float
     count: int = 0
     first: float = 0.0
+    last: float = 0.0
     last_record: Record | None = None
 
 
@@ -60,28 +61,34 @@ class Folder:
         self._open: OrderedDict[tuple[str, ...], _Fold] = OrderedDict()
         self._lock = threading.RLock()  # the pipeline worker puts, the main loop ticks
         self.folded = 0  # findings counted into a fold instead of being journaled one by one
+        self.sent = 0  # records handed on to the journal (a fold's record counts once)
 
     def put(self, record: Record) -> None:
         """Journal a record, or count it into the open fold of its kind."""
-        if self.window <= 0 or record.get("type") != "finding":
-            self.out(record)
-            return
-        with self._lock:
+        with self._lock:  # the pipeline worker and the main loop (lifecycle findings) both put
+            if self.window <= 0 or record.get("type") != "finding":
+                self.sent += 1
+                self.out(record)
+                return
             self._put(record)
 
     def _put(self, record: Record) -> None:
         key = fold_key(record)
         t = float(record.get("time") or self.clock())
         fold = self._open.get(key)
-        if fold is not None and 0 <= t - fold.start < self.window:
+        # Two sources (the audit trail and the process connector) stamp times a little apart and
+        # arrive interleaved: a repeat a little older than the fold's first record is still a repeat.
+        if fold is not None and -self.window < t - fold.start < self.window:
             if not fold.count:
-                fold.first = t
+                fold.first = fold.last = t
+            fold.first, fold.last = min(fold.first, t), max(fold.last, t)
             fold.count += 1
             fold.last_record = record
             self.folded += 1
             return
         if fold is not None:
             self._close(key)
+        self.sent += 1
         self.out(record)
         self._open[key] = _Fold(t)
         if len(self._open) > MAX_OPEN:
@@ -105,11 +112,12 @@ class Folder:
         if not fold.count or fold.last_record is None:
             return
         rec = copy.deepcopy(fold.last_record)
-        last = float(rec.get("time") or fold.first)
+        last = fold.last
         rec["folded"] = {"count": fold.count, "first": fold.first, "last": last, "window": self.window}
         msg = rec.get("message")
         if isinstance(msg, dict):
             span = f"{_iso(fold.first)} – {_iso(last)}"
             msg["zh"] = f"{msg.get('zh', '')}（{span} 内同样的操作共 {fold.count} 次）"
             msg["en"] = f"{msg.get('en', '')} ({fold.count} times like this, {span})"
+        self.sent += 1
         self.out(rec)

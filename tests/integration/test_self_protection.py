@@ -258,7 +258,7 @@ def test_a_program_renamed_dpkg_gets_no_exemption_and_the_real_dpkg_does(tmp_pat
         assert impostor["accountable"]["operator"] == "张三"
         seen = findings(agent.events(), "LOCAL-PKG-001")
         real = [r for r in seen if "dw15-tool" in r["event"]["file"]["path"] and r["event"].get("process")]
-        assert real and all(r["event"]["process"].get("package") == "dpkg" for r in real), json.dumps(seen, ensure_ascii=False)[:3000]
+        assert real and all(r["event"]["process"].get("package") == "dpkg" for r in real), seen
         dpkg_writes = [r for r in found if "dw15-tool" in (r["event"]["file"].get("path") or "")
                        + (r["event"]["file"].get("dest_path") or "")]
         # What the real dpkg did with its identity known is exempt by its exe. Its last rename can come

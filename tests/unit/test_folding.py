@@ -49,3 +49,17 @@ def test_off_when_the_window_is_zero() -> None:
     for i in range(5):
         f.put(finding(float(i)))
     assert len(out) == 5
+
+
+def test_repeats_from_two_sources_with_interleaved_times_stay_one_fold_and_every_one_is_counted() -> None:
+    out: list[dict[str, Any]] = []
+    f = Folder(out.append, 300.0, clock=lambda: 0.0)
+    # The audit trail's kernel time and the process connector's read time, a few ms apart, interleaved.
+    times = [1000.0 + i * 0.01 + (0.003 if i % 2 else -0.003) for i in range(400)]
+    for t in times:
+        f.put(finding(t))
+    f.put(finding(999.0))  # older than the first by less than a window: still a repeat
+    f.flush()
+    assert len(out) == 2, [r.get("folded") for r in out]
+    assert 1 + out[1]["folded"]["count"] == len(times) + 1 == f.sent + f.folded - 1
+    assert out[1]["folded"]["first"] == 999.0 and out[1]["folded"]["last"] == max(times)
