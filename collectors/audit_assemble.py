@@ -345,8 +345,19 @@ class Assembler:
             return None
         path, rec = chosen
         kind = _FILE_KINDS.get(call) or _open_kind(call, sc.fields, rec)
+        dest = None
+        if kind == "file.rename":
+            # rename(2)'s records: both parents, the source, then the destination (the file it replaced, or
+            # the new name): the move is from the first name to the other, whichever of them is watched.
+            names = [n for r in paths if r.fields.get("nametype") != "PARENT"
+                     and (n := self._abs(text(r.fields.get("name")), cwd)) is not None]
+            if names:
+                path = names[0]
+                rec = next(r for r in paths if self._abs(text(r.fields.get("name")), cwd) == path)
+                dest = next((n for n in names[1:] if n != path), None)
         return Event(kind, sc.time, self._collector, process=p, parent=parent,
-                     file=File(path=path, device=device(rec.fields.get("dev")), inode=number(rec.fields.get("inode"))))
+                     file=File(path=path, dest_path=dest, device=device(rec.fields.get("dev")),
+                               inode=number(rec.fields.get("inode"))))
 
     def _covers(self, paths: list[Record], cwd: str | None) -> bool:
         if not self.asset_prefixes:

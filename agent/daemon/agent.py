@@ -23,6 +23,7 @@ from agent.daemon.folding import Folder
 from agent.daemon.guard import PauseDetector, Sender, read_sender, signal_name, tracer_pid
 from agent.daemon.journal_writer import JournalWriter
 from agent.daemon.notify import Notifier
+from agent.daemon.ownfiles import audit_watches, own_paths
 from agent.daemon.pipeline import Pipeline, Stage
 from agent.daemon.reloadstate import ReloadOutcome, write_outcome
 from agent.daemon.runstate import RunState
@@ -409,8 +410,10 @@ class Agent:
         """Collectors, their supervisor and the assessor: at start, or when a real registry arrives."""
         cfg = self.loaded.config
         extra = tuple(a.prefix for a in self.loaded.registry.assets)
+        own = own_paths(self.loaded.stage.engine.ruleset.lists)
         self.collectors = self._collectors if self._collectors is not None else \
-            build_collectors(cfg.collectors, self.sources, extra, tuple(a.path for a in self.loaded.registry.assets))
+            build_collectors(cfg.collectors, self.sources, extra, tuple(a.path for a in self.loaded.registry.assets),
+                             own)
         if last_alive is not None:  # files changed while nothing watched are looked at again
             for c in self.collectors:
                 rescan = getattr(c, "rescan_after", None)
@@ -476,7 +479,9 @@ class Agent:
         self.metrics.rules_reloaded(True)
         self.watcher.reset(self._watched_paths(new.config))
         self._reload_assessor(new.config)
-        assets = tuple(a.prefix for a in new.registry.assets)
+        # The agent's own files stay under the audit watch whatever the registry says (the files
+        # collector's trees for them are set at start).
+        assets = (*(a.prefix for a in new.registry.assets), *audit_watches(own_paths(new.stage.engine.ruleset.lists)))
         for c in self.collectors:
             # A collector that derives kernel rules from the registry (audit watches) rebuilds them.
             update = getattr(c, "set_asset_paths", None)

@@ -7,16 +7,20 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from agent.daemon.ownfiles import audit_watches, file_trees
 from collectors.base import Collector, Sources
 
 _log = logging.getLogger("dutywatch.collectors")
 
 
 def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources,
-                     extra_paths: tuple[str, ...] = (), assets: tuple[str, ...] = ()) -> list[Collector]:
+                     extra_paths: tuple[str, ...] = (), assets: tuple[str, ...] = (),
+                     own: tuple[str, ...] = ()) -> list[Collector]:
     """The enabled collectors that can run here; each says its mode, or why it cannot run.
 
     ``assets`` are the registry's asset globs: the files collector knows those files by inode.
+    ``own`` are the agent's own files (``agent.daemon.ownfiles``): watched by the audit source
+    and the files collector whatever ``collectors.files.paths`` says.
     """
     built: dict[str, Collector] = {}
     # audit first: the others leave to it what its rules cover and ask it who mounted what;
@@ -25,7 +29,7 @@ def build_collectors(sections: Mapping[str, Mapping[str, Any]], sources: Sources
         section = sections.get(name, {})
         if not section.get("enabled", True):
             continue
-        c = _make(name, section, sources, extra_paths, built, assets)
+        c = _make(name, section, sources, extra_paths, built, assets, own)
         if c is None:
             continue
         avail = c.available()
@@ -66,7 +70,7 @@ def _marker() -> Any:
 
 
 def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: tuple[str, ...],
-          built: Mapping[str, Collector], assets: tuple[str, ...] = ()) -> Collector | None:
+          built: Mapping[str, Collector], assets: tuple[str, ...] = (), own: tuple[str, ...] = ()) -> Collector | None:
     if name == "media":
         from collectors.media import MediaCollector
         return MediaCollector(section, sources, audit=built.get("audit"))
@@ -75,7 +79,8 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
         return NetworkCollector(section, sources, audit=built.get("audit"))
     if name == "files":
         from collectors.files import FilesCollector
-        return FilesCollector(section, sources, extra_paths=extra_paths, media=built.get("media"),  # type: ignore[arg-type]
+        return FilesCollector(section, sources, extra_paths=(*extra_paths, *file_trees(own)),
+                              media=built.get("media"),  # type: ignore[arg-type]
                               marker=_marker(), assets=assets, audit=built.get("audit"))
     if name == "host":
         from collectors.host import HostCollector
@@ -86,5 +91,5 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
                                 audit=built.get("audit"), namespaces=built.get("media"))  # type: ignore[arg-type]
     if name == "audit":
         from collectors.audit import AuditCollector
-        return AuditCollector(section, sources, asset_paths=extra_paths)
+        return AuditCollector(section, sources, asset_paths=(*extra_paths, *audit_watches(own)))
     return None

@@ -235,7 +235,7 @@ def test_a_program_renamed_dpkg_gets_no_exemption_and_the_real_dpkg_does(tmp_pat
             mounted = subprocess.run(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                  'mount --bind "$0" /usr/bin/dpkg && exec /usr/bin/dpkg -c "$1" "$2"',
-                 os.path.realpath("/bin/sh"), 'echo replaced > "$0"', str(root / "usr/bin/cat")],
+                 os.path.realpath("/bin/sh"), 'echo replaced > "$0"; sleep 3', str(root / "usr/bin/cat")],
                 preexec_fn=lambda: as_login(1000), timeout=30, capture_output=True, text=True)
             assert mounted.returncode == 0, mounted.stderr
             assert (root / "usr/bin/cat").exists()
@@ -252,10 +252,11 @@ def test_a_program_renamed_dpkg_gets_no_exemption_and_the_real_dpkg_does(tmp_pat
         assert evil[0]["event"]["process"]["name"] == "dpkg"
         assert evil[0]["event"]["process"]["exe"] == os.path.realpath(sys.executable)
         assert evil[0]["accountable"]["operator"] == "张三"
-        (impostor, *_) = [r for r in found if r["event"]["file"]["path"].endswith("/usr/bin/cat")]
-        assert impostor["event"]["process"]["exe"] == "/usr/bin/dpkg"
-        assert "package" not in impostor["event"]["process"]  # the file it runs is not dpkg's
-        assert impostor["accountable"]["operator"] == "张三"
+        impostor = [r for r in found if r["event"]["file"]["path"].endswith("/usr/bin/cat")]
+        # It stays 3 s after writing, so the files collector reads who it is while it runs.
+        assert any(r["event"]["process"].get("exe") == "/usr/bin/dpkg" for r in impostor), impostor
+        assert all("package" not in r["event"]["process"] for r in impostor)  # the file it runs is not dpkg's
+        assert all(r["accountable"]["operator"] == "张三" for r in impostor)
         seen = findings(agent.events(), "LOCAL-PKG-001")
         real = [r for r in seen if "dw15-tool" in r["event"]["file"]["path"] and r["event"].get("process")]
         assert real and all(r["event"]["process"].get("package") == "dpkg" for r in real), seen
@@ -266,3 +267,63 @@ def test_a_program_renamed_dpkg_gets_no_exemption_and_the_real_dpkg_does(tmp_pat
         assert all(not r["event"].get("process") for r in dpkg_writes), "the real dpkg was called a violation"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+OWN_SOURCES = {
+    "files": {"files": "{enabled: true}"},  # no paths listed: the agent's own files are watched anyway
+    "audit": {"audit": "{enabled: true, connect: false, mounts: false, guard: false, modules: false}"},
+}
+
+
+@pytest.mark.root
+@ROOT
+@pytest.mark.parametrize("source", sorted(OWN_SOURCES))
+def test_the_agents_own_code_and_unit_are_watched_without_being_listed(tmp_path: Path, source: str) -> None:
+    """A person edits the agent's code and replaces its unit file: DB-TAMP-003 names them; another unit is not it."""
+    install = Path(tempfile.mkdtemp(prefix="dw15c-own-", dir="/var/tmp"))
+    try:
+        code, units = install / "opt-dutywatch", install / "units"
+        (code / "agent").mkdir(parents=True)
+        units.mkdir()
+        (code / "agent" / "core.py").write_text("VERSION = 1\n")
+        unit = units / "dutywatch.service"
+        unit.write_text("[Service]\nExecStart=/usr/bin/dutywatch run\n")
+        rules = tmp_path / "rules"
+        rules.mkdir()
+        for f in (Path(__file__).resolve().parents[2] / "rules").glob("*.yaml"):
+            shutil.copy(f, rules / f.name)
+        # Where this install keeps them: the packs name the agent's files, and that is all it takes.
+        (rules / "zz-local.yaml").write_text(f"pack: local\nlists:\n  agent_files: {{append: [{code}/, {unit}]}}\n")
+        agent = AgentProcess(tmp_path, rules=[str(rules)], collectors=collectors(**OWN_SOURCES[source]),
+                             extra_config="journal: {fold_window: 0}\n")
+        assert "paths" not in agent.config.read_text()
+        agent.start()
+        try:
+            agent.wait(lambda: agent.metric("dutywatch_collector_up", collector=source) == 1, f"{source} down", 60)
+            time.sleep(1)
+            edit = ("import os, sys\n"
+                    "open(sys.argv[1], 'a').write('BACKDOOR = True\\n')\n"
+                    "open(sys.argv[2] + '.new', 'w').write('[Service]\\nExecStart=/bin/true\\n')\n"
+                    "os.rename(sys.argv[2] + '.new', sys.argv[2])\n"
+                    "open(sys.argv[3], 'w').write('[Service]\\nExecStart=/bin/true\\n')\n")
+            subprocess.run([sys.executable, "-c", edit, str(code / "agent" / "core.py"), str(unit),
+                            str(units / "other.service")], preexec_fn=lambda: as_login(1000), timeout=30, check=True)
+
+            def tamp() -> list[dict[str, Any]]:
+                return findings(agent.events(), "DB-TAMP-003")
+
+            def paths() -> set[str]:
+                return {p for r in tamp() for p in (r["event"]["file"].get("path"), r["event"]["file"].get("dest_path"))
+                        if p}
+            agent.wait(lambda: {str(code / "agent" / "core.py"), str(unit)} <= paths(),
+                       "the edit of the agent's code or its unit was not found", 60)
+            time.sleep(2)  # anything about the other unit would be journaled by now
+        finally:
+            agent.stop()
+        found = tamp()
+        assert all(r["accountable"]["operator"] == "张三" for r in found), found
+        assert all(r["event"]["event"]["collector"] == source for r in found)
+        assert not any("other.service" in (r["event"]["file"].get("path") or "") + (r["event"]["file"].get(
+            "dest_path") or "") for r in found), "a unit that is not the agent's was called tampering"
+    finally:
+        shutil.rmtree(install, ignore_errors=True)

@@ -92,6 +92,25 @@ def test_a_daemons_exec_is_named_by_its_unit_and_a_logged_in_users_is_not_looked
     assert asked == [(41, "/usr/sbin/cron"), (43, "/usr/bin/other")]  # a login identity wins: never looked up
 
 
+def test_a_rename_over_a_watched_file_names_both_the_source_and_the_destination() -> None:
+    a = Assembler(syscall_names=syscall_name, asset_prefixes=("/etc/x/unit.service",))
+    recs = [
+        (1300, 'arch=c000003e syscall=82 success=yes exit=0 items=4 ppid=1 pid=50 auid=1000 uid=0 comm="mv" '
+               'exe="/usr/bin/mv" key="dutywatch-file"'),
+        (1307, 'cwd="/etc/x"'),
+        (1302, 'item=0 name="/etc/x/" inode=2 dev=fe:00 nametype=PARENT'),
+        (1302, 'item=1 name="/etc/x/" inode=2 dev=fe:00 nametype=PARENT'),
+        (1302, 'item=2 name="unit.service.new" inode=7 dev=fe:00 nametype=DELETE'),
+        (1302, 'item=3 name="unit.service" inode=6 dev=fe:00 nametype=DELETE'),
+        (1302, 'item=4 name="unit.service" inode=7 dev=fe:00 nametype=CREATE'),
+    ]
+    for t, body in recs:
+        a.feed(t, rec(60, body), 0.0)
+    (e,) = a.feed(1320, rec(60, ""), 0.0)
+    assert e.kind == "file.rename" and e.process.loginuid == 1000
+    assert (e.file.path, e.file.dest_path, e.file.inode) == ("/etc/x/unit.service.new", "/etc/x/unit.service", 7)
+
+
 def test_rules_round_trip_their_key_and_are_told_apart() -> None:
     rules = build_rules(["/srv/secret/"], 4242)
     assert rules and all(isinstance(r, Rule) for r in rules)
