@@ -20,7 +20,7 @@ from agent.attribution import Attributor
 from agent.config import Config
 from agent.daemon.collectors import build_collectors
 from agent.daemon.folding import Folder
-from agent.daemon.guard import PauseDetector, Sender, read_sender, signal_name, tracer_pid
+from agent.daemon.guard import PauseDetector, Sender, read_sender, signal_name, stop_requesters, tracer_pid
 from agent.daemon.journal_writer import JournalWriter
 from agent.daemon.notify import Notifier
 from agent.daemon.ownfiles import audit_watches, own_paths
@@ -631,10 +631,26 @@ class Agent:
                 # The init system acting for the unit, or whatever started this agent and supervises it.
                 by = "service manager" if who.service_manager else "parent"
                 self.stop_by = {"signal": name, "by": by, "sender": who.as_dict()}
+                asked = self._stop_requesters()
+                if asked:
+                    self.stop_by["requested_by"] = asked
             else:
                 self.stop_by = {"signal": name, "by": "process", "sender": who.as_dict()}
                 self.tamper("signal", f"{name} sent to the agent by {who.describe()}", {"signal": name}, who)
         self.stop_event.set()
+
+
+    def _stop_requesters(self) -> list[dict[str, Any]]:
+        """Who asked the service manager for this stop (``systemctl stop`` still waiting), with their operator."""
+        from agent.packages import PackageOwners
+        from collectors.procfs import read_unit
+        unit = read_unit("/proc/self") or ""
+        out: list[dict[str, Any]] = []
+        for r in stop_requesters(unit if unit.endswith(".service") else "dutywatch.service", PackageOwners())[:4]:
+            op, _ = self.loaded.stage.attribute.operator(r.process.loginuid, r.process.uid)
+            out.append({**r.as_dict(), "operator": op.account, "operator_name": op.name, "known": op.known})
+            _log.info("stop asked through the service manager by %s (%s)", r.describe(), op.name or op.account)
+        return out
 
 
 def run_agent(config_path: Path, state_dir: Path | None = None) -> int:

@@ -6,7 +6,10 @@ at once (a shell's ``kill`` builtin is still there; ``/bin/kill`` may just
 have gone, and then its real uid is all that is known). A signal from the
 service manager is a stop asked through the unit (``systemctl stop``); any
 other sender is an attempt on the agent with an operator. A tracer is found
-in ``/proc/self/status`` (``TracerPid``). A pause (SIGSTOP, a frozen cgroup,
+in ``/proc/self/status`` (``TracerPid``). The service manager's signal does
+not say who asked for the stop: ``systemctl stop`` waits for the job, so the
+asking ``systemctl`` still runs when the signal comes and is looked for in
+/proc (its exe must be the systemd package's own ``systemctl``). A pause (SIGSTOP, a frozen cgroup,
 a suspended VM) shows on resume as a loop turn that took far longer than
 its timeout, measured on the monotonic and boot clocks.
 """
@@ -87,6 +90,43 @@ def read_sender(pid: int, uid: int | None, proc: Path = Path("/proc")) -> Sender
         return Sender(pid, uid, Process(pid=pid, uid=uid))
     return Sender(pid, uid, Process(pid=pid, ppid=ppid, name=name, exe=exe, cmdline=cmdline,
                                     uid=real_uid if real_uid is not None else uid, loginuid=loginuid))
+
+
+_STOP_VERBS = frozenset({"stop", "restart", "try-restart", "reload-or-restart", "try-reload-or-restart", "kill",
+                         "disable", "mask", "isolate", "freeze"})
+
+
+def stop_requesters(unit: str, owner: Callable[[str, int | None], str | None],
+                    proc: Path = Path("/proc")) -> list[Sender]:
+    """The ``systemctl`` processes running now that ask the service manager to stop ``unit``.
+
+    Only the systemd package's own systemctl counts (``owner`` says which package a running
+    program is): a program named systemctl elsewhere names no one.
+    """
+    names = {unit, unit.removesuffix(".service")}
+    found: list[Sender] = []
+    try:
+        pids = [int(d) for d in os.listdir(proc) if d.isdigit()]
+    except OSError:
+        return found
+    me = os.getpid()
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            exe = os.readlink(proc / str(pid) / "exe")
+        except OSError:
+            continue
+        if os.path.basename(exe) != "systemctl":
+            continue
+        args = (_read(proc / str(pid) / "cmdline") or b"").split(b"\0")
+        words = {a.decode("utf-8", "replace") for a in args[1:]}
+        if not words & _STOP_VERBS or not words & names or owner(exe, pid) != "systemd":
+            continue
+        who = read_sender(pid, None, proc)
+        if who.process.exe == exe:  # still the same program after all these reads
+            found.append(who)
+    return found
 
 
 def tracer_pid(proc: Path = Path("/proc")) -> int:

@@ -327,3 +327,78 @@ def test_the_agents_own_code_and_unit_are_watched_without_being_listed(tmp_path:
             "dest_path") or "") for r in found), "a unit that is not the agent's was called tampering"
     finally:
         shutil.rmtree(install, ignore_errors=True)
+
+
+STOP_REGISTRY = """\
+host: {{id: test-host-01, unit: 测试信息中心, department: 测试委员会, custodian: zhangsan, level: secret,
+       zone: intranet}}
+departments: [{{name: 测试委员会}}]
+units: [{{name: 测试信息中心, department: 测试委员会}}]
+people:
+  - {{account: zhangsan, uid: 1000, name: 张三, unit: 测试信息中心, clearance: secret}}
+  - {{account: lisi, uid: 1001, name: 李四, unit: 测试信息中心, clearance: internal}}
+zones:
+  default: internet
+  networks: [{{name: intranet, cidrs: [10.0.0.0/8]}}, {{name: loopback, cidrs: [127.0.0.0/8]}}]
+assets:
+  - {{path: "{assets}/**", level: secret, unit: 测试信息中心}}
+"""
+
+
+def _held_at_exec(loginuid: int) -> Any:
+    """In the child: its login identity, then stop at the exec (PTRACE_TRACEME), still running the program."""
+    def child() -> None:
+        as_login(loginuid)
+        ctypes.CDLL(None, use_errno=True).ptrace(0, 0, None, None)
+    return child
+
+
+@pytest.mark.root
+@ROOT
+def test_systemctl_stop_by_a_person_names_them_and_the_custodians_is_audit_only(tmp_path: Path) -> None:
+    """The audit source names who ran systemctl stop; the stop record names who was waiting for the stop."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None or not Path("/var/lib/dpkg/info/systemd.list").exists():
+        pytest.skip("no systemctl of the systemd package here")
+    fake = Path(tempfile.mkdtemp(prefix="dw15c-sc-", dir="/tmp")) / "systemctl"
+    shutil.copy(systemctl, fake)
+    agent = AgentProcess(tmp_path, registry=STOP_REGISTRY.format(assets=tmp_path / "assets"),
+                         collectors=collectors(audit="{enabled: true, connect: false, mounts: false, guard: false, "
+                                                     "modules: false}"),
+                         extra_config="journal: {fold_window: 0}\n")
+    agent.start()
+    held: list[subprocess.Popen[bytes]] = []
+    try:
+        agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="audit") == 1, "audit down", 60)
+        time.sleep(1)
+        # Without systemd as PID 1 here systemctl fails at once; its exec, with its loginuid, is the evidence.
+        for uid in (1001, 1000):
+            subprocess.run([systemctl, "stop", "dutywatch"], preexec_fn=lambda u=uid: as_login(u),  # type: ignore[misc]
+                           capture_output=True, timeout=30, check=False)
+        agent.wait(lambda: bool(findings(agent.events(), "DB-AUD-004")) and bool(findings(agent.events(),
+                                                                                        "DB-TAMP-001")),
+                   "the two systemctl stops were not found", 60)
+        # As under systemd, where `systemctl stop` waits for the job: a systemctl of each kind still running.
+        held = [subprocess.Popen([exe, "stop", "dutywatch.service"], preexec_fn=_held_at_exec(1001))
+                for exe in (systemctl, str(fake))]
+        time.sleep(0.5)
+        agent.signal(signal.SIGTERM)  # the supervisor's stop (here the test; under systemd, PID 1)
+        assert agent.stop() == 0
+    finally:
+        for p in held:
+            p.kill()
+            p.wait(10)
+        shutil.rmtree(fake.parent, ignore_errors=True)
+    records = agent.events()
+    by_person = [r for r in findings(records, "DB-TAMP-001") if r["event"]["process"].get("loginuid") == 1001]
+    assert by_person and all(r["accountable"]["operator"] == "李四" for r in by_person)
+    assert all(r["event"]["event"]["collector"] == "audit" for r in by_person)
+    assert not [r for r in findings(records, "DB-TAMP-001") if r["event"]["process"].get("loginuid") == 1000]
+    (custodian, *_) = findings(records, "DB-AUD-004")
+    assert custodian["accountable"]["operator"] == "张三" and custodian["action"] == "audit"
+    stop = records[-1]
+    assert stop["kind"] == "agent.stop" and stop["detail"]["by"] == "parent"
+    asked = stop["detail"]["requested_by"]
+    assert [(a["exe"], a["operator_name"], a["loginuid"]) for a in asked] == [(os.path.realpath(systemctl), "李四",
+                                                                               1001)]
+    assert held[0].pid == asked[0]["pid"]  # the copy outside the package is no one's request
