@@ -196,8 +196,9 @@ class Attributor:
             # which is False (never None), so the accountability rules and the report see it.
             # (A mount the media collector saw, an interface, the agent itself: no operator applies.)
             op = _UNKNOWN
-        if p.exe is not None and p.package is None and kind.startswith(_CHANGES):
-            # What the program is, by the package database, for the package manager's exemption.
+        if p.exe is not None and p.package is None and kind.startswith(_CHANGES) and collector != "files":
+            # What the program is, by the package database, for the package manager's exemption (the
+            # files collector looked while the process ran; the others' events are looked up here, ms later).
             package = self._owners(p.exe, p.pid)
             if package is not None:
                 p = _TUPLE_NEW(Process, (*p[:11], package, *p[12:]))

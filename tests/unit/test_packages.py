@@ -111,8 +111,10 @@ def test_attribution_fills_the_package_of_changes_only(
     install(info, "pm", str(prog), md5(prog))
     attribute = Attributor(load_registry(DEMO_REGISTRY), lambda uid: None, owners(info, prog))
     p = Process(pid=proc.pid, exe=str(prog), name="pm", uid=0)
-    changed = attribute(Event("file.write", 1.0, "files", p, file=File(path="/usr/bin/ls")))
+    changed = attribute(Event("file.write", 1.0, "audit", p, file=File(path="/usr/bin/ls")))
     assert changed.process.package == "pm"
     assert attribute(Event("process.exec", 1.0, "process", p)).process.package is None
-    given = attribute(Event("file.write", 1.0, "files", p._replace(package="stated"), file=File(path="/x")))
+    given = attribute(Event("file.write", 1.0, "audit", p._replace(package="stated"), file=File(path="/x")))
     assert given.process.package == "stated"
+    # The files collector looked while the process ran: its answer (none) is not asked again.
+    assert attribute(Event("file.write", 1.0, "files", p, file=File(path="/usr/bin/ls"))).process.package is None
