@@ -174,6 +174,7 @@ class Agent:
                      unit=host.unit, record=self.writer.put, metrics=self.metrics, clock=self.clock,
                      media=MediaGuard(cfg.enforce.media_unregistered, self.sources.sys_root))
         e.next = self.folder.put
+        e.emit = self.pipeline.offer
         if cfg.enforce.active and cfg.enforce.media_unregistered != "off":
             from agent.enforce.mediagate import MediaGate
             e.gate = MediaGate(loaded.registry, e.gate_media, sys_root=self.sources.sys_root, removed=e.media_removed)

@@ -225,7 +225,9 @@ class CopyGuard:
         if asset is None:
             return None
         self._remember(pid, path, asset.level)
-        for p in self._held(pid, want_write=True):
+        if not any(_below(s, asset.level) for s in self._sticks):
+            return None  # no stick it could go to: nothing of the process to read
+        for p in self._held(pid, want_write=True, keep=self._stick_of):
             s = self._stick_of(p)
             if s is not None and _below(s, asset.level):
                 return Decision(True, pid, path, path, asset.level, s, f"the process holds {p} open for writing")
@@ -259,8 +261,9 @@ class CopyGuard:
                 best = a
         return best
 
-    def _held(self, pid: int, *, want_write: bool) -> list[str]:
-        """Paths process ``pid`` holds open (only those open for writing with ``want_write``)."""
+    def _held(self, pid: int, *, want_write: bool, keep: Callable[[str], object] | None = None) -> list[str]:
+        """Paths process ``pid`` holds open (only those open for writing with ``want_write``, only those
+        ``keep`` likes when given: the flags are read for those alone)."""
         base = self.proc_root / str(pid)
         out = []
         try:
@@ -275,7 +278,7 @@ class CopyGuard:
                 target = os.readlink(base / "fd" / n)
             except OSError:
                 continue
-            if not target.startswith("/"):
+            if not target.startswith("/") or (keep is not None and not keep(target)):
                 continue
             if want_write:
                 try:

@@ -52,6 +52,8 @@ class Enforcer:
         self.table = table if table is not None or cfg.mode != "enforce" else NftTable(cfg.table)
         self.media = media
         self.gate: Any = None  # the media gate (agent.enforce.mediagate.MediaGate), started with the enforcer
+        self.emit: Callable[[Any], object] | None = None  # the pipeline's offer: dropped attempts as events
+        self.droplog: Any = None
         self.copy: Any = None  # the copy guard (agent.enforce.copyguard.CopyGuard), started with the enforcer
         self.next: Callable[[Record], None] = lambda r: None
         self.active: dict[str, Enforcement] = {}
@@ -102,6 +104,9 @@ class Enforcer:
             if zone not in self.channel.forbidden:
                 return self._refuse(record, kind, ip, f"{ip} is in zone {zone!r}, which enforcement does not forbid",
                                     now)
+            whole = next((e for e in self.active.values() if e.kind == "network" and e.target == f"zone:{zone}"), None)
+            if whole is not None:  # the whole zone is already shut (preventive, or an earlier zone block)
+                return {"summary": self._summary(whole, "in_force")}
             if spec.get("scope") == "zone":
                 nets = [str(n) for n in self.channel.nets_of_zone(str(zone))]
                 return self._enforce(record, "network", f"zone:{zone}", nets, spec, now,
@@ -348,6 +353,19 @@ class Enforcer:
                 self.record(self._lifecycle("enforce.action", {**e.as_dict(), "result": "restored",
                                                                "lift_by": self.lift_by(e),
                                                                "message": f"restored {e.kind} {e.target}"}, now))
+            if self.cfg.mode == "enforce" and self.table is not None and self.cfg.network_mode == "preventive" \
+                    and self.emit is not None:
+                from dataclasses import replace
+
+                from agent.enforce.nflog import DropLog
+                group = 19000 + sum(self.cfg.table.encode()) % 1000
+                self.channel = replace(self.channel, layout=replace(self.channel.layout, log_group=group))
+                try:
+                    self.droplog = DropLog(group, self.emit, self.clock)
+                    self.droplog.start()
+                except OSError as exc:
+                    _log.error("dropped attempts cannot be read back (NFLOG group %d): %s", group, exc)
+                    self.droplog = None
             if self.cfg.mode == "enforce" and self.table is not None:
                 if not restored:
                     self.table.remove()
@@ -412,6 +430,9 @@ class Enforcer:
             self.gate.stop()
         if self.copy is not None and self.copy.fd >= 0:
             self.copy.stop()
+        if self.droplog is not None:
+            self.droplog.stop()
+            self.droplog = None
         with self._lock:
             items = list(self.active.values())
             if self.cfg.on_stop == "lift":

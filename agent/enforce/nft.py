@@ -38,6 +38,7 @@ class Layout:
     listen_port: int | None = None
     management: tuple[IPNet, ...] = ()
     permitted: tuple[IPNet, ...] = ()
+    log_group: int | None = None  # NFLOG group that new outgoing attempts the table drops are logged to
 
 
 @dataclass
@@ -162,14 +163,20 @@ class NftTable:
         out.append(f"    icmpv6 type {{ {_ND} }} accept")
         inp.append(f"    icmpv6 type {{ {_ND} }} accept")
         for chain, addr in ((out, "daddr"), (inp, "saddr")):
+            # Outgoing drops go through ``refuse``, which logs new attempts (rate-limited) when asked.
+            drop = "jump refuse" if chain is out else "counter drop"
             chain += [f"    ip {addr} @mgmt4 accept", f"    ip6 {addr} @mgmt6 accept"]
             for name in ("iso", "dest", "zone"):
-                chain += [f"    ip {addr} @{name}4 counter drop", f"    ip6 {addr} @{name}6 counter drop"]
+                chain += [f"    ip {addr} @{name}4 {drop}", f"    ip6 {addr} @{name}6 {drop}"]
             chain += [f"    ip {addr} @permit4 accept", f"    ip6 {addr} @permit6 accept",
-                      f"    ip {addr} @wide4 counter drop", f"    ip6 {addr} @wide6 counter drop"]
+                      f"    ip {addr} @wide4 {drop}", f"    ip6 {addr} @wide6 {drop}"]
+        refuse = ["    counter drop"]
+        if layout.log_group is not None:
+            refuse.insert(0, f"    ct state new limit rate 200/second burst 400 packets log group {layout.log_group}")
         lines = [f"add table inet {t}", f"delete table inet {t}", f"table inet {t} {{",
                  '  comment "DutyWatch enforcement: lift with dutywatch enforce lift ID, remove with dutywatch '
                  'enforce release"', *sets,
+                 "  chain refuse {", *refuse, "  }",
                  "  chain output {", "    type filter hook output priority 0; policy accept;", *out, "  }",
                  "  chain input {", "    type filter hook input priority 0; policy accept;", *inp, "  }", "}"]
         for v in (4, 6):

@@ -1,7 +1,8 @@
 """Enforcement costs: first offending packet to block in force, decision to kernel, nftables update rate.
 
 Runs as root in network namespaces it makes and removes (``dw19b-PID``...); prints figures only.
-The permission-checked open (fanotify) is not measured: that enforcement is not built.
+The permission-checked open is measured from a child process opening a classified file, without and
+with the copy guard answering the kernel (a stick mounted, so every check reads the opener's /proc).
 """
 
 from __future__ import annotations
@@ -165,6 +166,66 @@ def end_to_end() -> None:
     assert t._defaults(t._routes()) == t._defaults(before), "routes changed"
 
 
+OPENER = r"""
+import statistics, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+lat = []
+for _ in range(n):
+    t0 = time.perf_counter()
+    with open(path, "rb") as f:
+        pass
+    lat.append((time.perf_counter() - t0) * 1e6)
+lat.sort()
+print(f"{statistics.median(lat):.1f} {lat[int(0.99 * (n - 1))]:.1f}")
+"""
+
+
+def permission_checked_open() -> None:
+    """Added latency of an open the copy guard answers (a stick mounted: the opener's /proc is read each time)."""
+    import json as _json
+    import shutil
+
+    from agent.enforce.copyguard import CopyGuard, removable_sticks
+    from agent.registry import load_registry
+    from tests.integration.mediakit import Stick
+
+    top = Path(tempfile.mkdtemp(prefix="dw19-bench-copy-"))
+    assets = top / "classified"
+    assets.mkdir()
+    doc = assets / "plan.txt"
+    doc.write_text("x" * 4096)
+    (top / "media").mkdir()
+    reg_path = top / "registry.yaml"
+    reg_path.write_text(_json.dumps({
+        "host": {"id": "h", "unit": "U", "department": "D", "custodian": "zs", "level": "secret"},
+        "units": [{"name": "U", "department": "D"}],
+        "assets": [{"path": f"{assets}/**", "level": "secret", "unit": "U"}]}), encoding="utf-8")
+    reg = load_registry(reg_path)
+    stick = Stick.make(top / "s.img", "ext4")
+    try:
+        stick.mount(top / "media" / "s")
+        runs: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
+        for _ in range(3):
+            for label in ("without", "with"):
+                guard = None
+                if label == "with":
+                    guard = CopyGuard(reg.assets, removable_sticks(reg, [str(top / "media")]), lambda d: None)
+                    guard.start()
+                out = subprocess.run([sys.executable, "-c", OPENER, str(doc), "3000"], capture_output=True,
+                                     text=True, check=True).stdout.split()
+                runs[label].append((float(out[0]), float(out[1])))
+                if guard is not None:
+                    guard.stop()
+        (w50, w99), (g50, g99) = ((statistics.median(x[0] for x in runs[k]), statistics.median(x[1] for x in runs[k]))
+                                  for k in ("without", "with"))
+        print(f"open of a classified file: without the guard p50 {w50:.1f} us p99 {w99:.1f} us; with it "
+              f"p50 {g50:.1f} us p99 {g99:.1f} us; added p50 {g50 - w50:.1f} us p99 {g99 - w99:.1f} us "
+              f"(median of 3 runs of 3000 opens)")
+    finally:
+        stick.release()
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def main() -> None:
     if os.geteuid() != 0:
         print("bench_enforce: needs root (network namespaces, nftables); skipped")
@@ -182,6 +243,7 @@ def main() -> None:
                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    permission_checked_open()
     end_to_end()
     print(f"load average at start {load:.1f} (a shared machine: compare ratios, not absolute figures)")
 

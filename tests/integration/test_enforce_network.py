@@ -506,3 +506,26 @@ def test_a_killed_agent_leaves_no_host_cut_off_for_longer_than_its_lease(net: Ne
         assert lifts and lifts[0]["id"] == ident and lifts[0]["how"] == "restart"
     finally:
         assert agent2.stop() == 0
+
+
+def test_preventive_mode_shuts_the_zone_from_start_and_every_attempt_is_still_a_finding(
+        net: Net, tmp_path: Path) -> None:
+    agent = HostAgent(net, tmp_path / "preventive", "  mode: enforce\n  network: {mode: preventive, resolvers: []}\n")
+    agent.config.write_text(agent.config.read_text().replace("  network: {resolvers: []}\n", ""), encoding="utf-8")
+    agent.start()
+    try:
+        assert net.client("one", net.internet).startswith("failed")  # never a first offence
+        assert net.client("one", net.internet6).startswith("failed")
+        assert net.client("one", net.intranet) == "connected"
+        assert agent.intranet_view()["scrape_ok"] > 0
+        # The dropped attempt is read back from the kernel's log and judged like any connection.
+        agent.wait(lambda: any(r.get("rule") == "BM-NET-001" for r in agent.records()), "no finding for the attempt")
+        f = next(r for r in agent.records() if r.get("rule") == "BM-NET-001")
+        assert f["accountable"]["operator"] == "张三" and f["event"]["net"]["remote_ip"] in (net.internet,
+                                                                                               net.internet6)
+        assert f["enforcement"]["result"] == "in_force" and f["enforcement"]["target"] == "zone:internet"
+        d = agent.enforcements()[0]
+        assert (d["target"], d["until"], d["detail"]["preventive"]) == ("zone:internet", None, True)
+    finally:
+        assert agent.stop() == 0
+    assert net.client("one", net.internet) == "connected"  # the stop policy lifts it
