@@ -7,6 +7,7 @@ escapes, so names, paths and command lines cannot break out of their cell.
 
 from __future__ import annotations
 
+import re
 from html import escape
 from typing import TextIO
 
@@ -34,6 +35,7 @@ th, td { border: 0.5pt solid #999; padding: 2pt 3pt; text-align: left; vertical-
          overflow-wrap: break-word; word-break: normal; font-size: 8.5pt; }
 @media screen and (max-width: 720px) { table { table-layout: auto; min-width: 640px; } }
 th { background: #e8e8e8; }
+td.nb { white-space: nowrap; }
 caption { text-align: left; font-weight: bold; padding: 4pt 0; }
 figure { margin: 6pt 0; break-inside: avoid; page-break-inside: avoid; }
 figcaption { font-weight: bold; margin-bottom: 2pt; }
@@ -54,6 +56,16 @@ def _e(text: str) -> str:
     return escape(text, quote=True)
 
 
+# A cell that is one short token (a rule id, a host, a number) or a time is never broken across lines
+# (a browser would break after its hyphens); the table widths leave room for it.
+_WHOLE = re.compile(r"(?=[^-\d]*[-\d])[A-Za-z0-9_.:+%-]{1,24}"  # with a digit or hyphen: ids, hosts, counts
+                    r"|\d{4}-\d\d-\d\d\u00a0\d\d:\d\d(:\d\d)?|\d\d-\d\d\u00a0\d\d:\d\d")
+
+
+def _td(text: str) -> str:
+    return f'<td class="nb">{_e(text)}</td>' if _WHOLE.fullmatch(text) else f"<td>{_e(text)}</td>"
+
+
 def _table(t: Table) -> str:
     total = sum(t.weights) or 1
     cols = "".join(f'<col style="width:{100 * w / total:.1f}%">' for w in t.weights)
@@ -65,7 +77,7 @@ def _table(t: Table) -> str:
         out.append("<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in t.headers) + "</tr></thead>")
     out.append("<tbody>")
     for row in t.rows:
-        out.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>")
+        out.append("<tr>" + "".join(_td(c) for c in row) + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 

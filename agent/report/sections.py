@@ -197,7 +197,7 @@ def _evidence_heads(lang: str) -> tuple[str, ...]:
                                         "message"))
 
 
-EVIDENCE_WEIGHTS = (2.1, 1.3, 2.0, 1.0, 2.0, 1.3, 0.6, 3.2)  # a full time and a rule id fit on one line
+EVIDENCE_WEIGHTS = (2.1, 1.4, 2.0, 1.0, 2.0, 1.4, 0.8, 2.8)  # a full time and a rule id fit on one line
 
 
 def _capped_notes(lang: str, c: Capped) -> list[Block]:
