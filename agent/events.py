@@ -225,10 +225,15 @@ class Event(NamedTuple):
             out["event"]["collector"] = self.collector
         if self.detail is not None:
             out["event"]["detail"] = self.detail
-        for group in GROUP_TYPES:
+        for group, names, empty, levels in _DICT_PLAN:
             values = getattr(self, group)
-            d = {k: _dump(v) for k, v in zip(values._fields, values, strict=True) if v is not None}
+            if values == empty:  # most groups of an event are not given: skip them in one comparison
+                continue
+            d = {k: v for k, v in zip(names, values, strict=True) if v is not None}
             if d:
+                for name in levels:
+                    if name in d:
+                        d[name] = _dump(d[name])
                 out[group] = d
         return out
 
@@ -296,6 +301,11 @@ for _g, _cls in GROUP_TYPES.items():
     for _f in _cls._fields:
         FIELDS[f"{_g}.{_f}"] = FieldSpec(_g, _f, _type_of(_f))
 GROUPS = ("event", *GROUP_TYPES)
+# Event.to_dict per group: its name, its field names, the empty group, and the fields that may
+# hold a Level (shown by name).
+_DICT_PLAN = tuple((g, cls._fields, EMPTY[g],
+                    tuple(f for f in cls._fields if _type_of(f) == "level"))
+                   for g, cls in GROUP_TYPES.items())
 
 
 def _coerce(spec: FieldSpec, value: Any) -> Any:

@@ -146,6 +146,15 @@ class _Histogram:
             self._counts[i] += 1
             self._sum += value
 
+    def observe_many(self, values: Iterable[float]) -> None:
+        """Record several observations under one lock (the pipeline hands over a batch)."""
+        bounds, where = self.bounds, bisect.bisect_left
+        with self._lock:
+            counts = self._counts
+            for v in values:
+                counts[where(bounds, v)] += 1
+                self._sum += v
+
     def family(self) -> Metric:
         """The histogram family with cumulative buckets."""
         with self._lock:
@@ -178,6 +187,7 @@ class Metrics:
         self.version = label_value(version, 32)
         self._health: HealthSource = health or dict
         self._queue_depth: Callable[[], int] | None = None
+        self._finding_keys: dict[tuple[object, ...], tuple[str, str, str, str]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
 
         def table(name: str, doc: str, kind: str, *labels: str) -> _Table:
@@ -285,14 +295,26 @@ class Metrics:
         """Count one event entering the pipeline."""
         self.events.inc((kind if kind in KIND_SET else OTHER,))
 
+    def events_counted(self, kinds: Mapping[str, int]) -> None:
+        """Count events entering the pipeline, ``{kind: n}`` (the worker counts a batch at once)."""
+        for kind, n in kinds.items():
+            self.events.inc((kind if kind in KIND_SET else OTHER,), float(n))
+
     def own_event(self, kind: str) -> None:
         """Count one event of the agent's own processes, set aside unevaluated."""
         self.events_own.inc((kind if kind in KIND_SET else OTHER,))
 
     def finding(self, rule: object, severity: object, action: object, unit: object) -> None:
         """Count one finding; ``unit`` is the registry's unit name, never free text."""
-        self.findings.inc((rule_label(rule), _choice(severity, SEVERITIES), _choice(action, ACTIONS),
-                           label_value(unit) or "unknown"))
+        raw = (rule, severity, action, unit)
+        key = self._finding_keys.get(raw)
+        if key is None:  # the labels of a (rule, unit) are made once, not per finding of a storm
+            key = (rule_label(rule), _choice(severity, SEVERITIES), _choice(action, ACTIONS),
+                   label_value(unit) or "unknown")
+            if len(self._finding_keys) >= 4096:
+                self._finding_keys.clear()
+            self._finding_keys[raw] = key
+        self.findings.inc(key)
 
     def expect_rule(self, rule: object, severity: object, action: object, unit: object) -> None:
         """Create a finding series at 0 so alerts on ``increase()`` see the first finding."""
@@ -306,6 +328,10 @@ class Metrics:
     def observe_evaluation(self, seconds: float) -> None:
         """Record the time one event took through the engine."""
         self.evaluation.observe(seconds)
+
+    def observe_evaluations(self, seconds: Iterable[float]) -> None:
+        """Record the time each of a batch of events took through the engine."""
+        self.evaluation.observe_many(seconds)
 
     def set_rules_loaded(self, n: int) -> None:
         """Set the number of rules in the active set."""

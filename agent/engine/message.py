@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from agent.errors import LoadError, Location
 from agent.events import FIELDS, Event
@@ -23,19 +26,34 @@ class Template:
     """A message split into literal text and field references."""
 
     parts: tuple[tuple[str, str | None], ...]  # (literal, field or None)
+    # Per part: (literal, the field's getter or None, whether it is a zone): rendered per finding.
+    _plan: tuple[tuple[str, Callable[[Event], Any] | None, bool], ...] = field(
+        init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        plan = tuple((literal, None if name is None else _getter(name), name is not None and name.endswith("zone"))
+                     for literal, name in self.parts)
+        object.__setattr__(self, "_plan", plan)
 
     def render(self, event: Event, lang: str = "en") -> str:
         """The message for one event; a missing field shows as （未知） / (unknown)."""
         out = []
-        for literal, name in self.parts:
+        zh = lang == "zh"
+        for literal, get, zone in self._plan:
             out.append(literal)
-            if name is not None:
-                value = event.field(name)
-                if lang == "zh" and name.endswith("zone") and isinstance(value, str):
+            if get is not None:
+                value = get(event)
+                if zh and zone and isinstance(value, str):
                     value = ZONES_ZH.get(value, value)
                 out.append(_show(value, lang))
         text = "".join(out)
         return text if len(text) <= CAP_BYTES // 4 else cap(text)[0]
+
+
+def _getter(dotted: str) -> Callable[[Event], Any]:
+    """What reads a catalogue field from an event (as ``Event.field``, resolved once)."""
+    group, _, name = dotted.partition(".")
+    return operator.attrgetter(name if group == "event" else dotted)
 
 
 def _show(value: object, lang: str) -> str:
