@@ -21,7 +21,7 @@ from agent.config import Config
 from agent.daemon.collectors import build_collectors
 from agent.daemon.folding import Folder
 from agent.daemon.guard import PauseDetector, Sender, read_sender, signal_name, stop_requesters, tracer_pid
-from agent.daemon.journal_writer import JournalWriter
+from agent.daemon.journal_writer import Coalesced, JournalWriter
 from agent.daemon.notify import Notifier
 from agent.daemon.ownfiles import audit_watches, own_paths
 from agent.daemon.pipeline import Pipeline, Stage
@@ -46,6 +46,9 @@ from agent.webconfig import load_web_config
 from collectors.base import Collector, Sources, StopEvent
 
 _log = logging.getLogger("dutywatch")
+# An alert's head goes to the witnesses at once, but in a storm at most once per this many seconds
+# (the latest head, which covers every alert before it).
+WITNESS_EVERY = 1.0
 STALL_SECONDS = 10.0
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 # SIGCONT ends a wait at once when the agent is resumed after SIGSTOP, so the pause is seen then.
@@ -148,8 +151,11 @@ class Agent:
         # The audit trail witnesses only while the audit source runs (it owns the kernel audit settings).
         audit_on = bool(cfg.collectors.get("audit", {}).get("enabled", False))
         self.witnesses = [parse_witness(w) for w in cfg.journal.witness if w != "audit" or audit_on]
+        # An alert's head goes to the witnesses at once; in a storm of them, the latest head once a second.
+        self._alert_head = Coalesced(self._witness_head, WITNESS_EVERY)
         self.writer = JournalWriter(self.journal, self.metrics, clock=clock,
-                                    on_commit=self._forward_batch, on_checkpoint=self._forward_checkpoint)
+                                    on_commit=self._forward_batch, on_checkpoint=self._forward_checkpoint,
+                                    on_idle=self._alert_head.due)
         self.pipeline = Pipeline(self.loaded.stage, self.metrics, capacity=cfg.queue_size, clock=clock)
         self.folder = Folder(self.writer.put, cfg.journal.fold_window, clock=clock)
         self.sources = sources or Sources(clock=clock)
@@ -247,13 +253,18 @@ class Agent:
         if self.witnesses and any(r.get("action") in ("alert", "block") or r.get("kind") == "agent.tamper"
                                   for r in records):
             # Not signed yet, but held elsewhere: cutting the journal back behind an alert shows at start.
-            h = self.journal.head
-            self._witness("head", {"seq": h.seq, "hash": h.hash, "time": self.clock()})
+            self._alert_head.ask()
+
+    def _witness_head(self) -> None:
+        h = self.journal.head
+        self._witness("head", {"seq": h.seq, "hash": h.hash, "time": self.clock()})
 
     def _forward_checkpoint(self, head: dict[str, Any]) -> None:
         if self.forwarder is not None:
             self.forwarder.submit_checkpoint(head)
         self._witness("checkpoint", head)
+        if int(head["seq"]) >= self.journal.head.seq:
+            self._alert_head.owed = False  # the signed head covers every alert journaled so far
 
     def _witness(self, kind: str, head: dict[str, Any]) -> None:
         for w in self.witnesses:

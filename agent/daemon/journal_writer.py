@@ -26,6 +26,41 @@ _log = logging.getLogger("dutywatch.journal")
 BATCH = 500
 
 
+class Coalesced:
+    """A send made at once when asked, then at most once per ``every`` seconds while asks keep coming.
+
+    What is sent is read at send time (the journal's head), so the one send
+    after a burst covers every ask in it. ``due`` sends an owed one whose time
+    has come and says how long until the next may go (None: nothing owed).
+    """
+
+    def __init__(self, send: Callable[[], None], every: float,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.send = send
+        self.every = every
+        self.monotonic = monotonic
+        self.owed = False
+        self._sent = float("-inf")
+
+    def ask(self) -> None:
+        """Something new must be sent: now, or when ``every`` has passed since the last send."""
+        self.owed = True
+        self.due()
+
+    def due(self) -> float | None:
+        """Send if owed and allowed; seconds until an owed send may go, None when nothing is owed."""
+        if not self.owed:
+            return None
+        now = self.monotonic()
+        wait = self._sent + self.every - now
+        if wait > 0:
+            return wait
+        self.owed = False
+        self._sent = now
+        self.send()
+        return None
+
+
 class JournalWriter:
     """Owns the Journal on its own thread."""
 
@@ -33,13 +68,18 @@ class JournalWriter:
                  clock: Callable[[], float] = time.time,
                  on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-                 prune_every: float = 3600.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 prune_every: float = 3600.0, monotonic: Callable[[], float] = time.monotonic,
+                 on_idle: Callable[[], float | None] | None = None) -> None:
         self.journal = journal
         self.metrics = metrics
         self.capacity = capacity
         self.clock = clock
         self.on_commit = on_commit
         self.on_checkpoint = on_checkpoint
+        # Called after each batch and when a wait ends; returns seconds until it wants to be called again.
+        self.on_idle = on_idle
+        self._idle_due: float | None = None
+        self._size_at = float("-inf")  # monotonic time the size gauge was last set
         self.prune_every = prune_every
         self._buf: deque[dict[str, Any]] = deque()
         self._cond = threading.Condition()
@@ -192,6 +232,8 @@ class JournalWriter:
         now = self.clock()
         wait = max(0.0, self.prune_every - abs(now - self._last_prune))
         due = self.journal.due_in(now)
+        if self._idle_due is not None:
+            wait = min(wait, self._idle_due)
         return wait if due is None else min(wait, due)
 
     def _housekeeping(self) -> None:
@@ -202,7 +244,14 @@ class JournalWriter:
             if abs(now - self._last_prune) >= self.prune_every:
                 self._last_prune = now
                 self.journal.prune(self._retention_now(now))
-            self.metrics.set_journal_size(self.journal.stats().size_bytes)
+            # The size gauge (a query and stat calls): once a second while records keep coming, and
+            # whenever the buffer is empty, so the last batch of a storm is shown.
+            mono = self.monotonic()
+            if not self._buf or mono - self._size_at >= 1.0:
+                self._size_at = mono
+                self.metrics.set_journal_size(self.journal.stats().size_bytes)
         except (JournalError, sqlite3.Error, OSError) as exc:
             self.metrics.journal_write_failed()
             _log.error("journal housekeeping failed: %s", exc)
+        if self.on_idle is not None:
+            self._idle_due = self.on_idle()
