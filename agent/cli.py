@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "agent.commands.replay",
     "agent.commands.assess",
     "agent.commands.enforce",
+    "agent.commands.policy",
 )
 
 

@@ -31,7 +31,10 @@ _COLLECTORS: dict[str, dict[str, Any]] = {
 _MODES = {"process": ("auto", "netlink", "poll"), "network": ("auto", "sniff", "poll"),
           "audit": ("auto", "multicast", "daemon")}
 _TOP = ("registry", "rules", "state_dir", "listen", "web_config", "queue_size", "collectors", "journal",
-        "forward", "sigma", "report", "assess", "protect", "enforce")
+        "forward", "sigma", "report", "assess", "protect", "enforce",
+        "policy")
+# What a drop-in delivered in a signed policy bundle may not change: where the policy and the journal live.
+_NOT_FROM_POLICY = ("policy", "state_dir")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -57,6 +60,23 @@ class AssessConfig:
     enabled: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Signed policy from the centre: where bundles come from and which root keys are trusted.
+
+    ``source``: ``https://...`` (pulled every ``every``) or ``dir:/path`` (an inbox watched for
+    bundles); ``keys``: the root public keys (PEM). No keys: no policy is ever taken.
+    """
+
+    source: str | None = None
+    keys: tuple[Path, ...] = ()
+    every: float = 60.0
+    host: str | None = None  # this host's id in a central registry (default: the registry's host.id)
+    ca: Path | None = None  # HTTPS: the CA bundle that signs the server (default: the system's)
+    cert: Path | None = None  # HTTPS: client certificate and key, for mutual TLS
+    key: Path | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     """A validated agent config."""
@@ -78,6 +98,7 @@ class Config:
     assess: AssessConfig = AssessConfig()
     pause_after: float = 5.0  # protect.pause_after: a longer stall of the agent is journaled as a pause
     enforce: EnforceConfig = EnforceConfig()  # noqa: RUF009 - frozen, so one shared default is safe
+    policy: PolicyConfig = PolicyConfig()
 
     @property
     def journal_path(self) -> Path:
@@ -113,8 +134,11 @@ def _path(value: Any, where: Location, base: Path, problems: Problems, what: str
     return p if p.is_absolute() else base / p
 
 
-def load_config(path: str | Path) -> Config:
-    """Load, merge and validate the config; raise LoadErrors listing every problem."""
+def load_config(path: str | Path, *, extra_dropins: tuple[Path, ...] = ()) -> Config:
+    """Load, merge and validate the config; raise LoadErrors listing every problem.
+
+    ``extra_dropins`` (those of the signed policy in force) merge after ``agent.d``.
+    """
     main = Path(path)
     doc = load_file(main)
     if doc is None:
@@ -132,6 +156,20 @@ def load_config(path: str | Path) -> Config:
             if o is not None:
                 _merge(top, o)
                 files.append(str(f))
+    for f in extra_dropins:
+        if top is None:
+            break
+        over = load_file(f)
+        if over is None:
+            continue
+        o = expect_map(over, Location(str(f), 1, 1), problems, "policy drop-in", optional=_TOP)
+        if o is None:
+            continue
+        for key in _NOT_FROM_POLICY:
+            if key in o:
+                problems.add(o.key_at(key), f"a drop-in from a policy bundle may not set {key}")
+        _merge(top, o)
+        files.append(str(f))
     if top is None:
         problems.raise_if_any()
         raise AssertionError("unreachable")
@@ -190,10 +228,44 @@ def load_config(path: str | Path) -> Config:
             if 0 < pause_after < 1.0:
                 problems.add(pr.at("pause_after"), "protect.pause_after must be at least 1s (or 0 to turn it off)")
     enforce = parse_enforce(top, problems)
+    policy = _policy(top, base, problems)
     problems.raise_if_any()
     assert registry is not None and state_dir is not None
     return Config(str(main), registry, rules, optional, state_dir, listen, web_config, queue_size,
-                  collectors, journal, syslog, skip, font, tuple(files), assess, pause_after, enforce)
+                  collectors, journal, syslog, skip, font, tuple(files), assess, pause_after, enforce,
+                  policy)
+
+
+def _policy(top: LDict, base: Path, problems: Problems) -> PolicyConfig:
+    if "policy" not in top:
+        return PolicyConfig()
+    p = expect_map(top["policy"], top.at("policy"), problems, "policy",
+                   optional=("source", "keys", "every", "host", "ca", "cert", "key"))
+    if p is None:
+        return PolicyConfig()
+    source = expect_str(p.get("source"), p.at("source"), problems, "policy.source", allow_none=True)
+    if source is not None and not (source.startswith("https://") or source.startswith("dir:/")):
+        problems.add(p.at("source"), f"policy.source must be https://HOST/PATH or dir:/ABSOLUTE/PATH, not "
+                                     f"{source!r}")
+    seq = expect_list(p.get("keys", []), p.at("keys"), problems, "policy.keys")
+    keys = tuple(k for i, v in enumerate(seq or ()) if seq is not None
+                 and (k := _path(v, seq.at(i), base, problems, "policy.keys entry")))
+    if source is not None and not keys:
+        problems.add(p.at("source"), "policy.source needs policy.keys: the root public keys bundles must chain to")
+    every = 60.0
+    if "every" in p:
+        try:
+            every = parse_duration(p["every"])
+        except ValueError as exc:
+            problems.add(p.at("every"), f"policy.every: {exc}")
+        if every < 1:
+            problems.add(p.at("every"), "policy.every must be at least 1s")
+    host = expect_str(p.get("host"), p.at("host"), problems, "policy.host", allow_none=True)
+    paths = {k: (_path(p[k], p.at(k), base, problems, f"policy.{k}") if p.get(k) is not None else None)
+             for k in ("ca", "cert", "key")}
+    if (paths["cert"] is None) != (paths["key"] is None):
+        problems.add(p.where, "policy.cert and policy.key go together (mutual TLS)")
+    return PolicyConfig(source, keys, every, host, paths["ca"], paths["cert"], paths["key"])
 
 
 def _assess(top: LDict, base: Path, problems: Problems) -> AssessConfig:

@@ -24,6 +24,7 @@ KINDS: tuple[str, ...] = (
     "agent.start", "agent.stop", "agent.reload", "agent.tamper",
     "auth.login", "auth.sudo", "account.change", "agent.degraded",
     "inventory.package", "inventory.account", "inventory.service", "inventory.module", "assess.check",
+    "policy.applied", "policy.refused",
 )
 KIND_SET = frozenset(KINDS)
 IFACE_KINDS = ("wired", "wireless", "bluetooth", "ppp", "cellular", "loopback", "virtual")

@@ -266,6 +266,12 @@ class Metrics:
             "enforcements_total",
             "Enforcement decisions and their lifting, by kind (network, isolate, media, copy) and result (enforced, "
             "dryrun, failed, refused, lifted, expired, denied, allowed).", "counter", "kind", "result")
+        self.policy_info = table(
+            "policy_info", "1 for the signed policy bundle in force: its version and who signed it (absent: the "
+            "host runs on its local config only).", "gauge", "version", "signer")
+        self.policy_refused = table(
+            "policy_refused_total", "Policy bundles refused, by reason (signature, scope, version, content); the "
+            "policy in force stays.", "counter", "reason")
         self.evaluation = _Histogram(
             "engine_evaluation_seconds", "Time to evaluate one event against the rule set.", EVAL_BUCKETS
         )
@@ -396,6 +402,16 @@ class Metrics:
             self.assessment_checks.set((label_value(policy), label_value(result)), float(n))
         self.assessment_last_run.set((), when)
 
+    def set_policy(self, version: int | None, signer: str | None) -> None:
+        """The policy bundle in force (None: none)."""
+        self.policy_info.clear()
+        if version is not None:
+            self.policy_info.set((str(version), label_value(signer or "")), 1.0)
+
+    def policy_refused_inc(self, reason: str) -> None:
+        """Count a refused policy bundle."""
+        self.policy_refused.inc((label_value(reason),))
+
     def set_registry_unconfigured(self, unconfigured: bool) -> None:
         """Mark the registry as the shipped example (monitoring held) or as the admin's own."""
         self.registry_unconfigured.set((), 1.0 if unconfigured else 0.0)
@@ -469,7 +485,8 @@ class Metrics:
                   self.rules_reloads, self.rules_reload_failures, self.journal_records, self.journal_size,
                   self.journal_verify_failures, self.journal_write_failures, self.forward_errors,
                   self.forward_dropped, self.queue_capacity, self.pipeline_stalled, self.assessment_checks,
-                  self.assessment_last_run, self.enforcements):
+                  self.assessment_last_run, self.enforcements,
+                  self.policy_info, self.policy_refused):
             yield t.family()
         yield from self.health_families()
         yield self.evaluation.family()

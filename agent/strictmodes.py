@@ -129,6 +129,7 @@ def config_paths(config: Config) -> list[tuple[str | Path, str]]:
     out += [(r, "rules") for r in config.rules]
     if config.web_config is not None:
         out.append((config.web_config, "web config"))
+    out += [(k, "policy root key") for k in config.policy.keys]
     return out
 
 

@@ -40,6 +40,8 @@ from agent.journal.store import Journal
 from agent.journal.witness import AuditWitness
 from agent.metrics import Metrics
 from agent.paths import shipped_rules_dir
+from agent.policy.bundle import Verified
+from agent.policy.store import Decision
 from agent.registry import Registry, load_registry
 from agent.strictmodes import load_checked_config
 from agent.webconfig import load_web_config
@@ -71,14 +73,27 @@ class Loaded:
     stage: Stage
     rules: int
     channel: Any = None  # what enforcement keeps open (agent.enforce.channel.Channel)
+    policy: Verified | None = None  # the signed policy bundle in force, if any
 
 
 def load_all(config_path: Path, state_dir: Path | None = None) -> Loaded:
-    """Load config, registry and rules; raise LoadError(s) naming every problem."""
+    """Load config, the signed policy in force, registry and rules; raise LoadError(s) naming every problem."""
+    from agent.policy.store import in_force
+
     config = load_checked_config(config_path)
     if state_dir is not None:
         from dataclasses import replace
         config = replace(config, state_dir=state_dir)
+    config, overlay = in_force(config_path, config)
+    loaded = load_parts(config)
+    if overlay is not None:
+        from dataclasses import replace
+        loaded = replace(loaded, policy=overlay.verified)
+    return loaded
+
+
+def load_parts(config: Config) -> Loaded:
+    """Registry, rules and assessment policies of a loaded config; LoadErrors names every problem."""
     problems: list[LoadError] = []
     registry = None
     ruleset = None
@@ -170,6 +185,9 @@ class Agent:
         self.assessor = self._assessor(cfg) if assess is None else assess
         self.stop_by: dict[str, Any] = {}
         self._main: int | None = None  # the thread that waits for signals in run()
+        self.reload_why = "SIGHUP"
+        self.metrics.set_policy(*self._policy_label(self.loaded))
+        self.policy_source = self._policy_source(cfg)
 
     # -- construction helpers ---------------------------------------------
     def _enforcer(self, loaded: Loaded) -> Any:
@@ -309,11 +327,20 @@ class Agent:
         postinst restarts the agent once every file is in place (watching them made the old
         agent load half-unpacked packs during an upgrade).
         """
+        from agent.policy.store import CURRENT, policy_dir
+
+        pol = policy_dir(cfg).resolve()
         paths = [Path(p) for p in cfg.files]
         paths.append(Path(cfg.path).parent / "agent.d")
         paths.append(cfg.registry)
         shipped = shipped_rules_dir().resolve()
         paths += [Path(r) for r in cfg.rules if Path(r).resolve() != shipped]
+        # The policy's files are written anew from the signed bundle at every load: the bundle in force
+        # is what is watched, not its copies (watching those would reload after every reload).
+        paths = [p for p in paths if not p.resolve().is_relative_to(pol)]
+        if cfg.policy.keys:
+            paths.append(pol / CURRENT)
+            paths += list(cfg.policy.keys)
         if cfg.web_config is not None:
             paths.append(cfg.web_config)
         if cfg.assess.enabled:
@@ -346,6 +373,70 @@ class Agent:
                         policies=cfg.assess.policies, emit=self.pipeline.offer, record=self.writer.put,
                         on_counts=self.metrics.set_assessment, clock=self.clock,
                         unit=self.loaded.registry.host.unit, department=self.loaded.registry.host.department)
+
+    # -- signed policy ----------------------------------------------------
+    @staticmethod
+    def _policy_label(loaded: Loaded) -> tuple[int | None, str | None]:
+        v = loaded.policy
+        return (v.version, v.signer) if v is not None else (None, None)
+
+    def _policy_source(self, cfg: Config) -> Any:
+        if cfg.policy.source is None or not cfg.policy.keys:
+            return None
+        from agent.policy.source import PolicySource
+        return PolicySource(cfg.policy, self.offer_policy, clock=self.clock)
+
+    def offer_policy(self, data: bytes, origin: str) -> Decision:
+        """Judge a policy bundle from ``origin``; on acceptance, reload with it. Journaled either way."""
+        from agent.policy.store import Judge
+
+        loaded = self.loaded
+        judge = Judge(self.config_path, loaded.config,
+                      current_unit=lambda: None if self.held else loaded.registry.host.unit,
+                      trial=self._trial_load)
+        decision = judge.offer(data)
+        if decision.reason == "same":
+            return decision
+        v = decision.verified
+        detail: dict[str, Any] = {"origin": origin, "reason": decision.reason, "message": decision.detail}
+        if v is not None:
+            detail.update({"version": v.version, "signer": v.signer, "signer_key": v.signer_fingerprint,
+                           "signer_units": list(v.signer_units) if v.signer_units is not None else None,
+                           "scope": list(v.scope), "created": v.created, "sha256": v.digest,
+                           "files": [f.path for f in v.files]})
+        kind = "policy.applied" if decision.accepted else "policy.refused"
+        if decision.accepted:
+            _log.info("policy accepted from %s: %s", origin, decision.detail)
+        else:
+            kept = judge.set_aside(data, decision)
+            detail["kept_at"] = str(kept)
+            self.metrics.policy_refused_inc(decision.reason)
+            _log.error("policy bundle from %s refused (%s): %s; the policy in force stays", origin,
+                       decision.reason, decision.detail)
+        now = self.clock()
+        self.writer.put({"type": "lifecycle", "time": now, "host": self.host, "kind": kind, "detail": detail})
+        if not self.held:
+            self.pipeline.offer(Event(kind, now, "agent", detail=f"{decision.reason}: {decision.detail} "
+                                                                   f"(from {origin})"))
+        if decision.accepted:
+            self.request_reload(f"policy version {v.version if v else '?'}")
+        return decision
+
+    def request_reload(self, why: str) -> None:
+        """Reload on the main thread as soon as it wakes (safe from any thread); wake it now."""
+        self.reload_why = why
+        self.reload_requested.set()
+        if self._main is not None and self._main != threading.get_ident():
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(self._main, signal.SIGCONT)
+
+    def _trial_load(self, config: Config) -> None:
+        new = load_parts(config)
+        if new.registry.example:
+            raise LoadError(Location(str(config.registry), 1, 1), "the registry is the shipped example")
+        if config.journal.crypto != self.journal.suite.name:
+            raise LoadError(Location(config.path), f"journal.crypto {config.journal.crypto} differs from the running "
+                                                   f"journal's {self.journal.suite.name}")
 
     # -- health -----------------------------------------------------------
     def health(self) -> tuple[bool, str]:
@@ -407,6 +498,8 @@ class Agent:
         self.exporter.start()
         if self.forwarder is not None:
             self.forwarder.start()
+        if self.policy_source is not None:
+            self.policy_source.start()
         if self.held:
             self.lifecycle("agent.degraded", {"reason": "registry_unconfigured", "monitoring": False,
                                               "message": "not monitoring: the registry is the shipped example"})
@@ -469,6 +562,7 @@ class Agent:
             self._reload_done(False, why, [err])
             return False
         leaving_example = self.held and not new.registry.example
+        old_config = self.loaded.config
         self.loaded = new
         if leaving_example:
             self.held = False
@@ -488,8 +582,15 @@ class Agent:
         self._host_info(new.registry)
         self._expect_findings(new)
         self.metrics.set_rules_loaded(new.rules)
+        self.metrics.set_policy(*self._policy_label(new))
         self.metrics.rules_reloaded(True)
         self.watcher.reset(self._watched_paths(new.config))
+        if new.config.policy != old_config.policy:
+            if self.policy_source is not None:
+                self.policy_source.stop()
+            self.policy_source = self._policy_source(new.config)
+            if self.policy_source is not None:
+                self.policy_source.start()
         self._reload_assessor(new.config)
         # The agent's own files stay under the audit watch whatever the registry says (the files
         # collector's trees for them are set at start).
@@ -535,6 +636,8 @@ class Agent:
         self.notifier.send("STOPPING=1")
         self.stop_event.set()
         self.pipeline.wake()
+        if self.policy_source is not None:
+            self.policy_source.stop()
         if self.assessor:
             self.assessor.stop()
         if self._supervisor is not None:
@@ -602,7 +705,8 @@ class Agent:
                                                              "seconds": round(pause.seconds, 3)})
                 if self.reload_requested.is_set():
                     self.reload_requested.clear()
-                    self.reload("SIGHUP")
+                    why, self.reload_why = self.reload_why, "SIGHUP"
+                    self.reload(why)
                 if now >= next_guard:
                     next_guard = now + guard_every
                     self.folder.tick()

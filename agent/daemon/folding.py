@@ -36,7 +36,8 @@ def fold_key(record: Record) -> tuple[str, ...]:
     acc = record.get("accountable") or {}
     op = (ev.get("operator") or {}).get("account") or acc.get("operator") or f"uid:{proc.get('uid')}"
     obj = f.get("path") or (f"{net.get('remote_ip')}:{net.get('remote_port')}" if net.get("remote_ip") else None) \
-        or media.get("serial") or proc.get("exe") or proc.get("name") or ""
+        or media.get("serial") or proc.get("exe") or proc.get("name") \
+        or (ev.get("event") or {}).get("detail") or ""  # the agent's own events (tamper, policy): what happened
     return (str(record.get("rule")), str(op), str((ev.get("event") or {}).get("kind")), str(f.get("dest_path") or ""),
             str(obj))
 
