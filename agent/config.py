@@ -32,7 +32,7 @@ _MODES = {"process": ("auto", "netlink", "poll"), "network": ("auto", "sniff", "
           "audit": ("auto", "multicast", "daemon")}
 _TOP = ("registry", "rules", "state_dir", "listen", "web_config", "queue_size", "collectors", "journal",
         "forward", "sigma", "report", "assess", "protect", "enforce",
-        "policy")
+        "policy", "export")
 # What a drop-in delivered in a signed policy bundle may not change: where the policy and the journal live.
 _NOT_FROM_POLICY = ("policy", "state_dir")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -77,6 +77,14 @@ class PolicyConfig:
     key: Path | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ExportConfig:
+    """Evidence back to the centre: a signed bundle of every period (``every``) written under ``to``."""
+
+    every: float = 86400.0
+    to: Path | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     """A validated agent config."""
@@ -99,6 +107,7 @@ class Config:
     pause_after: float = 5.0  # protect.pause_after: a longer stall of the agent is journaled as a pause
     enforce: EnforceConfig = EnforceConfig()  # noqa: RUF009 - frozen, so one shared default is safe
     policy: PolicyConfig = PolicyConfig()
+    export: ExportConfig = ExportConfig()
 
     @property
     def journal_path(self) -> Path:
@@ -229,11 +238,30 @@ def load_config(path: str | Path, *, extra_dropins: tuple[Path, ...] = ()) -> Co
                 problems.add(pr.at("pause_after"), "protect.pause_after must be at least 1s (or 0 to turn it off)")
     enforce = parse_enforce(top, problems)
     policy = _policy(top, base, problems)
+    export = _export(top, base, problems)
     problems.raise_if_any()
     assert registry is not None and state_dir is not None
     return Config(str(main), registry, rules, optional, state_dir, listen, web_config, queue_size,
                   collectors, journal, syslog, skip, font, tuple(files), assess, pause_after, enforce,
-                  policy)
+                  policy, export)
+
+
+def _export(top: LDict, base: Path, problems: Problems) -> ExportConfig:
+    if "export" not in top:
+        return ExportConfig()
+    e = expect_map(top["export"], top.at("export"), problems, "export", required=("to",), optional=("every",))
+    if e is None:
+        return ExportConfig()
+    every = 86400.0
+    if "every" in e:
+        try:
+            every = parse_duration(e["every"])
+        except ValueError as exc:
+            problems.add(e.at("every"), f"export.every: {exc}")
+        if every < 60 or (86400 % every and every % 86400):
+            problems.add(e.at("every"), "export.every must divide a day (15m, 1h, 6h, 1d) or be whole days")
+    to = _path(e.get("to"), e.at("to"), base, problems, "export.to")
+    return ExportConfig(every, to)
 
 
 def _policy(top: LDict, base: Path, problems: Problems) -> PolicyConfig:

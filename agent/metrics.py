@@ -15,6 +15,7 @@ import bisect
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -272,6 +273,11 @@ class Metrics:
         self.policy_refused = table(
             "policy_refused_total", "Policy bundles refused, by reason (signature, scope, version, content); the "
             "policy in force stays.", "counter", "reason")
+        self.evidence_exports = table(
+            "evidence_exports_total", "Periodic evidence bundles (export.to), by result (ok, failed; a failed period "
+            "is tried again).", "counter", "result")
+        self.evidence_last_export = table(
+            "evidence_last_export_timestamp_seconds", "When the last periodic evidence bundle was written.", "gauge")
         self.evaluation = _Histogram(
             "engine_evaluation_seconds", "Time to evaluate one event against the rule set.", EVAL_BUCKETS
         )
@@ -412,6 +418,12 @@ class Metrics:
         """Count a refused policy bundle."""
         self.policy_refused.inc((label_value(reason),))
 
+    def evidence_exported(self, ok: bool) -> None:
+        """Count a periodic evidence export."""
+        self.evidence_exports.inc(("ok" if ok else "failed",))
+        if ok:
+            self.evidence_last_export.set((), time.time())
+
     def set_registry_unconfigured(self, unconfigured: bool) -> None:
         """Mark the registry as the shipped example (monitoring held) or as the admin's own."""
         self.registry_unconfigured.set((), 1.0 if unconfigured else 0.0)
@@ -486,7 +498,8 @@ class Metrics:
                   self.journal_verify_failures, self.journal_write_failures, self.forward_errors,
                   self.forward_dropped, self.queue_capacity, self.pipeline_stalled, self.assessment_checks,
                   self.assessment_last_run, self.enforcements,
-                  self.policy_info, self.policy_refused):
+                  self.policy_info, self.policy_refused,
+                  self.evidence_exports, self.evidence_last_export):
             yield t.family()
         yield from self.health_families()
         yield self.evaluation.family()

@@ -188,6 +188,7 @@ class Agent:
         self.reload_why = "SIGHUP"
         self.metrics.set_policy(*self._policy_label(self.loaded))
         self.policy_source = self._policy_source(cfg)
+        self.exports = self._exports(cfg)
 
     # -- construction helpers ---------------------------------------------
     def _enforcer(self, loaded: Loaded) -> Any:
@@ -386,6 +387,16 @@ class Agent:
         from agent.policy.source import PolicySource
         return PolicySource(cfg.policy, self.offer_policy, clock=self.clock)
 
+    def _exports(self, cfg: Config) -> Any:
+        if cfg.export.to is None:
+            return None
+        from agent.daemon.exports import PeriodicExport
+        from agent.journal.store import KEY_FILE
+        return PeriodicExport(every=cfg.export.every, to=cfg.export.to, state_dir=cfg.state_dir,
+                              journal_path=self.journal.path, key_path=cfg.state_dir / KEY_FILE,
+                              host=lambda: self.host, put=self.writer.put, clock=self.clock,
+                              on_result=self.metrics.evidence_exported)
+
     def offer_policy(self, data: bytes, origin: str) -> Decision:
         """Judge a policy bundle from ``origin``; on acceptance, reload with it. Journaled either way."""
         from agent.policy.store import Judge
@@ -500,6 +511,8 @@ class Agent:
             self.forwarder.start()
         if self.policy_source is not None:
             self.policy_source.start()
+        if self.exports is not None:
+            self.exports.start()
         if self.held:
             self.lifecycle("agent.degraded", {"reason": "registry_unconfigured", "monitoring": False,
                                               "message": "not monitoring: the registry is the shipped example"})
@@ -591,6 +604,12 @@ class Agent:
             self.policy_source = self._policy_source(new.config)
             if self.policy_source is not None:
                 self.policy_source.start()
+        if new.config.export != old_config.export:
+            if self.exports is not None:
+                self.exports.stop()
+            self.exports = self._exports(new.config)
+            if self.exports is not None:
+                self.exports.start()
         self._reload_assessor(new.config)
         # The agent's own files stay under the audit watch whatever the registry says (the files
         # collector's trees for them are set at start).
@@ -638,6 +657,8 @@ class Agent:
         self.pipeline.wake()
         if self.policy_source is not None:
             self.policy_source.stop()
+        if self.exports is not None:
+            self.exports.stop()
         if self.assessor:
             self.assessor.stop()
         if self._supervisor is not None:

@@ -71,9 +71,22 @@ def _seq_range(conn: sqlite3.Connection, since: float | None, until: float | Non
     return int(lo[0]), int(hi[0])
 
 
+def _seq_span(conn: sqlite3.Connection, first: int, last: int) -> tuple[int, int] | None:
+    lo = conn.execute("SELECT min(seq) FROM records WHERE seq >= ?", (first,)).fetchone()[0]
+    hi = conn.execute("SELECT max(seq) FROM records WHERE seq <= ?", (last,)).fetchone()[0]
+    if lo is None or hi is None or lo > hi:
+        return None
+    return int(lo), int(hi)
+
+
 def export_bundle(db_path: Path, key_path: Path, out: Path, *, since: float | None, until: float | None,
-                  period: dict[str, Any], clock: Callable[[], float]) -> BundleSummary:
-    """Write the bundle for records between ``since`` and ``until`` to ``out``, atomically."""
+                  period: dict[str, Any], clock: Callable[[], float],
+                  seqs: tuple[int, int] | None = None) -> BundleSummary:
+    """Write the bundle for records between ``since`` and ``until`` to ``out``, atomically.
+
+    ``seqs`` (first, last) names the records by sequence number instead: the agent's periodic
+    exports cut the journal at a record of their own, so consecutive bundles meet exactly.
+    """
     signer = Signer(load_private_key(key_path))
     conn, meta = db.open_reader(db_path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -84,7 +97,7 @@ def export_bundle(db_path: Path, key_path: Path, out: Path, *, since: float | No
             raise BundleError(f"{db_path}: journal records crypto suite {db.crypto_of(meta)}, its key "
                               f"{key_path} is {signer.suite.name}; the journal's suite was altered")
         conn.execute("BEGIN")  # one snapshot while the agent goes on appending
-        span = _seq_range(conn, since, until)
+        span = _seq_range(conn, since, until) if seqs is None else _seq_span(conn, *seqs)
         if span is None:
             raise BundleError(f"{db_path}: no records in the period asked for; nothing to export")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)

@@ -176,7 +176,7 @@ class _Server(http.server.BaseHTTPRequestHandler):
     body: bytes = b""
     counts: dict[int, int] = {}  # noqa: RUF012 (one server per test)
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         etag = '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
         code = 304 if self.headers.get("If-None-Match") == etag else 200
         self.counts[code] = self.counts.get(code, 0) + 1
