@@ -114,3 +114,45 @@ def answer_of(rec: dict[str, Any]) -> list[dict[str, Any]]:
               "host.department": (acc.get("department"), None),
               "file.owner_unit": (f.get("owner_unit"), None), "media.holder": (m.get("holder"), None)}
     return [{"role": r, "name": values[r][0], "unit": values[r][1]} for r in roles if r in values]
+
+
+KINDS_ZH = {"agent.start": "代理启动", "agent.stop": "代理停止", "agent.reload": "重载",
+            "agent.tamper": "监控中断或干扰",
+            "agent.degraded": "降级", "config.changed": "配置变更", "journal.pruned": "日志清理",
+            "journal.resumed": "日志恢复写入", "journal.quarantined": "日志隔离", "assess.snapshot": "配置核查"}
+
+
+def lifecycle_text_zh(rec: dict[str, Any]) -> str:
+    """A lifecycle record's detail in Chinese for the kinds the agent writes ("" when there is no wording)."""
+    d = rec.get("detail")
+    d = d if isinstance(d, dict) else {}
+    kind = rec.get("kind")
+
+    def when(v: Any) -> str:
+        import datetime as dt
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return "（未知）"
+        return dt.datetime.fromtimestamp(v, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    if kind == "agent.start":
+        return cut(f"代理启动（版本 {d.get('version', '（未知）')}，规则 {d.get('rules', '（未知）')} 条）")
+    if kind == "agent.stop":
+        return "代理正常停止"
+    if kind == "agent.reload":
+        if d.get("ok") is False:
+            return cut(f"重载被拒绝，保留原有规则：{d.get('message') or d.get('error') or ''}".rstrip("："))
+        return cut(f"重载完成（{d.get('why', '')}）：规则 {d.get('rules', '（未知）')} 条")
+    if kind == "agent.tamper" and "since" in d and "until" in d:
+        a, b = d.get("since"), d.get("until")
+        secs = f"，{b - a:.0f} 秒" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ""
+        what = "代理被暂停" if "paused" in str(d.get("message", "")) else "监控中断"
+        return cut(f"{what}：自 {when(a)} 至 {when(b)}{secs}")
+    if kind == "config.changed":
+        files = d.get("files")
+        return cut("配置或规则文件变更：" + ("、".join(map(str, files)) if isinstance(files, list) else ""))
+    return ""
+
+
+def kind_name(lang: str, kind: str) -> str:
+    """A lifecycle kind as the report's language names it (the kind itself beside it in zh)."""
+    return f"{KINDS_ZH[kind]} {kind}" if lang == "zh" and kind in KINDS_ZH else kind

@@ -34,6 +34,7 @@ _S: dict[str, tuple[str, str]] = {
     "by_severity": ("按严重程度", "By severity"),
     "by_unit": ("按部门和单位", "By department and unit"),
     "trend": ("每日趋势", "Trend per day"),
+    "trend_hour": ("每小时趋势", "Trend per hour"),
     "by_unit_chart": ("各单位发现数", "Findings per unit"),
     "department": ("主管部门", "Department"),
     "unit": ("运行单位", "Unit"),

@@ -60,6 +60,7 @@ def document(r: Report) -> dict[str, Any]:
             "records": d.records, "first_seq": d.first_seq, "last_seq": d.last_seq, "hosts": list(d.hosts),
             "findings": _tally(d.total),
             "by_day": [{"day": day, **_tally(t)} for day, t in d.by_day],
+            "by_hour": [{"hour": hour, **_tally(t)} for hour, t in d.by_hour],
             "by_unit": [{"department": g.department or None, "unit": g.unit or None, "hosts": list(g.hosts),
                          "host_count": g.host_count, **_tally(g.tally)} for g in d.groups],
         },

@@ -24,6 +24,7 @@ from agent.report.cells import (
     describe_process,
     group_of,
     lifecycle_text,
+    lifecycle_text_zh,
     text_of,
 )
 from agent.report.coverage import CoverageTracker
@@ -199,6 +200,7 @@ class LifecycleRow:
     host: str
     kind: str
     text: str
+    text_zh: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,7 @@ class Aggregate:
     repeats_folded: int = 0
     unattributed_repeats: tuple[Repeat, ...] = ()
     host_info: tuple[tuple[str, tuple[str, ...]], ...] = ()  # host: (unit, department, custodian, level, zone)
+    by_hour: tuple[tuple[str, Tally], ...] = ()  # "YYYY-MM-DD HH:00" in the report's zone
 
 
 class _Heap:
@@ -333,6 +336,8 @@ class Aggregator:
     _owners: dict[str, _Count] = field(default_factory=dict)
     _rules: dict[str, list[Any]] = field(default_factory=dict)
     _day_cache: tuple[float, float, str] = (0.0, -1.0, "")
+    _hour_cache: tuple[float, float, str] = (0.0, -1.0, "")
+    _hours: dict[str, _Count] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._violations = _Heap(self.max_rows)
@@ -386,6 +391,15 @@ class Aggregator:
         self._day_cache = (start.timestamp(), end.timestamp(), key)
         return key
 
+    def _hour(self, t: float) -> str:
+        lo, hi, key = self._hour_cache
+        if lo <= t < hi:
+            return key
+        d = dt.datetime.fromtimestamp(t, self.tz).replace(minute=0, second=0, microsecond=0)
+        key = d.strftime("%Y-%m-%d %H:00")
+        self._hour_cache = (d.timestamp(), d.timestamp() + 3600.0, key)
+        return key
+
     @staticmethod
     def _bucket(table: dict[Any, _Count], key: Any, other: Any) -> _Count:
         c = table.get(key)
@@ -410,6 +424,7 @@ class Aggregator:
         rule = cut(rec.get("rule"), 60)
         self._total.add(si, alert)
         self._bucket(self._days, self._day(t), OTHER).add(si, alert)
+        self._bucket(self._hours, self._hour(t), OTHER).add(si, alert)
         gkey = (dept, unit)
         self._bucket(self._groups, gkey, (OTHER, OTHER)).add(si, alert)
         hs = self._group_hosts.setdefault(gkey, set()) if gkey in self._groups else None
@@ -517,7 +532,7 @@ class Aggregator:
         if kind in CONTINUITY_KINDS:
             self._life_total += 1
             if len(self._life) < self.max_lifecycle:
-                self._life.append(LifecycleRow(seq, t, host, kind, lifecycle_text(rec)))
+                self._life.append(LifecycleRow(seq, t, host, kind, lifecycle_text(rec), lifecycle_text_zh(rec)))
 
     def _add_run(self, run: Run) -> None:
         if len(self._runs) < self.max_lifecycle:
@@ -554,4 +569,5 @@ class Aggregator:
                          self._violations.freeze(), self._unattributed.freeze(), cont, self._assessment.result(),
                          self._first_time, tuple(owners), tuple(self._violations.by_sev), self._repeats.freeze(),
                          self._repeats.folded, self._unattributed_repeats.freeze(),
-                         tuple(sorted(self._host_info.items())))
+                         tuple(sorted(self._host_info.items())),
+                         tuple((h, c.freeze()) for h, c in sorted(self._hours.items())))

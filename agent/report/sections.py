@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.report.build import Report
+from agent.report.cells import kind_name
 from agent.report.charts import COLORS, Chart, bar_chart, trend_chart
 from agent.report.i18n import duration, tr
 from agent.report.model import EXAMPLES, OTHER, SEVERITIES, Capped, Evidence, Repeat, Tally
@@ -106,6 +107,18 @@ def header(r: Report) -> tuple[str, tuple[tuple[str, str], ...]]:
     return tr(lang, "fleet_title" if r.fleet else "title"), facts
 
 
+def _every_hour(r: Report, seen: dict[str, Tally]) -> list[tuple[str, Tally]]:
+    import datetime as dt
+    start = dt.datetime.fromtimestamp(r.span[0], r.tz).replace(minute=0, second=0, microsecond=0)
+    out: list[tuple[str, Tally]] = []
+    t = start
+    while t.timestamp() < r.span[1] and len(out) < 49:
+        key = t.strftime("%Y-%m-%d %H:00")
+        out.append((t.strftime("%H:00"), seen.get(key, Tally())))
+        t = dt.datetime.fromtimestamp(t.timestamp() + 3600, r.tz)
+    return out
+
+
 def summary(r: Report) -> Section:
     """Counts by severity, department and unit, and the daily trend."""
     lang, d = r.lang, r.data
@@ -119,8 +132,13 @@ def summary(r: Report) -> Section:
                       else Para(tr(lang, "v_no_conclusion"), "bad"))
     sev_rows = [(tr(lang, s), n, COLORS[s]) for s, n in zip(SEVERITIES, t.by_severity, strict=True)]
     blocks.append(Figure(tr(lang, "by_severity"), bar_chart(sev_rows)))
-    if d.by_day:
-        blocks.append(Figure(tr(lang, "trend"), trend_chart(d.by_day, [tr(lang, s) for s in SEVERITIES])))
+    names = [tr(lang, s) for s in SEVERITIES]
+    if r.span[1] - r.span[0] <= 2 * 86400 and d.by_hour and OTHER not in dict(d.by_hour):
+        # a day or two: findings per hour (every hour of the period, empty ones too), labelled HH:00
+        hours = _every_hour(r, dict(d.by_hour))
+        blocks.append(Figure(tr(lang, "trend_hour"), trend_chart(hours, names)))
+    elif d.by_day:
+        blocks.append(Figure(tr(lang, "trend"), trend_chart(d.by_day, names)))
     sev_heads = tuple(tr(lang, s) for s in SEVERITIES)
     rows = tuple((_name(lang, g.department, "unregistered"), _name(lang, g.unit, "unregistered"),
                   str(g.host_count), *_sev_cells(g.tally), str(g.tally.alerts), str(g.tally.audits))
@@ -283,9 +301,10 @@ def continuity(r: Report) -> Section:
         blocks.append(Para(f"{tr(lang, 'gap_total')}: {duration(lang, c.gap_seconds)}", "bad"))
     elif r.watched_all:
         blocks.append(Para(tr(lang, "gaps_none_full"), "ok"))
-    counts = ", ".join(f"{k} {n}" for k, n in c.counts) or tr(lang, "none")
+    counts = ", ".join(f"{kind_name(lang, k)} {n}" for k, n in c.counts) or tr(lang, "none")
     blocks.append(Para(f"{tr(lang, 'counts')}: {counts}; {tr(lang, 'reload_failures')}: {c.reload_failures}"))
-    events = tuple((str(e.seq), r.short(e.time), e.host, e.kind, e.text) for e in c.events)
+    events = tuple((str(e.seq), r.short(e.time), e.host, e.kind, e.text_zh if lang == "zh" and e.text_zh else e.text)
+                   for e in c.events)
     blocks.append(Table(tr(lang, "life_events"), ("seq", tr(lang, "time"), tr(lang, "host"), tr(lang, "kind"),
                                                   tr(lang, "detail")), events, (0.8, 2, 1.6, 1.5, 5)))
     if c.events_total > len(c.events):

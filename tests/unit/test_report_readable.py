@@ -79,3 +79,22 @@ def test_noisy_half_hour_fits_in_fifteen_pages(noisy: Path, tmp_path: Path, lang
     head = "".join(text.split("\f")[0].split())
     assert "js-fgw-0042" in head and "省发改委信息中心" in head and "zhangsan" in head
     assert ("机密/内网" in head) if lang == "zh" else ("secret/intranet" in head)
+
+
+def test_half_hour_charted_by_hour_and_lifecycle_in_chinese(noisy: Path, tmp_path: Path) -> None:
+    for lang in ("zh", "en"):
+        out = tmp_path / f"r-{lang}.html"
+        status, _, err = run_cli(_args(noisy, "html", lang, out))
+        assert status == 0, err
+        html = out.read_text(encoding="utf-8")
+        if lang == "zh":
+            assert "每小时趋势" in html and "每日趋势" not in html
+            assert "代理启动（版本 0.1" in html and "代理正常停止" in html and "代理启动 agent.start 1" in html
+        else:
+            assert "Trend per hour" in html and "clean stop" in html
+    # a month is charted by day
+    out = tmp_path / "month.html"
+    status, _, err = run_cli(["report", "--state-dir", str(noisy), "--out", str(out), "--since", _iso(T0 - 20 * 86400),
+                              "--until", _iso(T0 + 10 * 86400)])
+    assert status == 0, err
+    assert "每日趋势" in out.read_text(encoding="utf-8")
