@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.events import Event
 from collectors.process import ProcessCollector
-from tests.bench.idle_agent import ALL_ON, Idle, measure
+from tests.bench.idle_agent import ALL_ON, Idle, host_forks, measure
 from tests.bench.spawner import spawn
 from tests.integration.agent_harness import AgentProcess
 
@@ -117,6 +117,10 @@ def idle_cpu(mode: str, seconds: float, interval: float) -> None:
           f"({s.count} events from the host), peak RSS {after.ru_maxrss / 1024:.0f} MB")
 
 
+def _events(agent: AgentProcess) -> float:
+    return agent.metric("dutywatch_events_total") + agent.metric("dutywatch_events_own_total")
+
+
 def agent_idle(runs: int, seconds: float, settle_s: float, audit: bool) -> None:
     """The whole agent on a quiet host: every collector on, nothing happening."""
     names = ALL_ON + (("audit",) if audit else ())
@@ -129,13 +133,17 @@ def agent_idle(runs: int, seconds: float, settle_s: float, audit: bool) -> None:
             try:
                 time.sleep(settle_s)
                 assert agent.proc is not None
+                events, forks = _events(agent), host_forks()
                 r = measure(agent.proc.pid, seconds)
+                events, forks = _events(agent) - events, host_forks() - forks
             finally:
                 agent.stop()
         results.append(r)
         top = ", ".join(f"{n} {w / r.seconds:.1f}/s {t}t" for n, t, w in r.per_thread if w or t)
         print(f"  run {i + 1}: CPU {r.cpu_percent:.2f}% of one core, RSS {r.rss_mb:.0f} MB, {r.threads} threads, "
-              f"{r.wakeups_per_s:.1f} wake-ups/s, load {r.load:.1f}; per thread (wake-ups, ticks): {top}")
+              f"{r.wakeups_per_s:.1f} wake-ups/s, load {r.load:.1f}; the host meanwhile: "
+              f"{forks / r.seconds:.1f} processes started/s, {events / r.seconds:.1f} events/s reached the agent; "
+              f"per thread (wake-ups, ticks): {top}")
 
     def med(f: Callable[[Idle], float]) -> float:
         return statistics.median(f(r) for r in results)

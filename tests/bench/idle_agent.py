@@ -72,6 +72,14 @@ def tasks(pid: int) -> dict[tuple[int, int], Task]:
     return out
 
 
+def host_forks() -> int:
+    """Processes (and threads) started on the whole host since boot, from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("processes "):
+            return int(line.split()[1])
+    return 0
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` alone, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench.idle_agent import measure
+from tests.bench.idle_agent import host_forks, measure
 from tests.integration.agent_harness import AgentProcess
 from tests.integration.mediakit import Stick
 from tests.integration.netns import VethPair
@@ -93,13 +93,6 @@ def _routes() -> str:
     return subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
 
 
-def _forks() -> int:
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("processes "):
-            return int(line.split()[1])
-    return 0
-
-
 @pytest.fixture
 def links() -> Iterator[tuple[VethPair, str]]:
     """A veth pair into a test namespace to sniff on (nobody else's traffic), and a link brought up later."""
@@ -157,9 +150,9 @@ def test_an_idle_agent_sleeps_and_wakes_at_once_for_every_collector(tmp_path: Pa
                    "not every collector came up", timeout=120)
         time.sleep(3.0)  # the start's own work (the marking worker's imports, the first sweeps) is over
 
-        forks = _forks()
+        forks = host_forks()
         idle = measure(agent.proc.pid, IDLE_SECONDS)
-        elsewhere = _forks() - forks
+        elsewhere = host_forks() - forks
         bound = BUDGET_PER_SECOND * idle.seconds + PER_FORK * elsewhere
         woke = idle.wakeups_per_s * idle.seconds
         top = ", ".join(f"{n}: {w}" for n, _t, w in idle.per_thread if w)
