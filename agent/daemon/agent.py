@@ -57,7 +57,8 @@ _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _WAIT_SIGNALS = _SIGNALS | {signal.SIGCONT}
 # The main thread's checks that have no event to wait for: a tracer (TracerPid), the admin's
 # files changed on disk, folds whose window ran out, health. Every GUARD_EVERY seconds at most,
-# and at least twice within protect.pause_after, so a pause is measured to within half of it.
+# and three times within protect.pause_after: a turn (its wait, and work such as a reload) must
+# stay well under the pause threshold, and a pause is measured to within a third of it.
 GUARD_EVERY = 2.0
 # run.json's alive stamp: the start of a gap after a kill is known to within this; the journal's
 # own last record bounds it too.
@@ -698,7 +699,7 @@ class Agent:
             self._main = threading.get_ident()
         self.start()
         cfg = self.loaded.config
-        guard_every = min(GUARD_EVERY, cfg.pause_after / 2) if cfg.pause_after > 0 else GUARD_EVERY
+        guard_every = min(GUARD_EVERY, cfg.pause_after / 3) if cfg.pause_after > 0 else GUARD_EVERY
         pauses = PauseDetector(cfg.pause_after, wall=self.clock)
         traced_by = 0
         now = time.monotonic()
