@@ -85,7 +85,7 @@ class AuditCollector:
     name = "audit"
 
     def __init__(self, config: Mapping[str, Any] | None = None, sources: Sources | None = None, *,
-                 asset_paths: Iterable[str] = (), rcvbuf: int = 32 << 20,
+                 asset_paths: Iterable[str] = (), own_paths: Iterable[str] = (), rcvbuf: int = 32 << 20,
                  logger: logging.Logger | None = None) -> None:
         self._sources = sources or Sources()
         self._mode = str(section(config, "mode", "auto"))
@@ -98,6 +98,7 @@ class AuditCollector:
         self.health = Health()
         self.pid = os.getpid()
         self.asset_paths = tuple(asset_paths)
+        self.own_paths = tuple(own_paths)  # the agent's own files: watched for changes only
         self._reader = ProcReader(self._sources.proc_root, self._sources.clock)
         self._covers: frozenset[str] = frozenset()
         self._watched: tuple[str, ...] = ()  # asset prefixes whose watches are in force
@@ -203,7 +204,8 @@ class AuditCollector:
 
     def _rules(self) -> list[Rule]:
         f = self._families
-        return build_rules(self.asset_paths, self.pid, net=f["connect"], mounts=f["mounts"], guard=f["guard"],
+        return build_rules(self.asset_paths, self.pid, changes_only=self.own_paths, net=f["connect"],
+                           mounts=f["mounts"], guard=f["guard"],
                            modules=f["modules"])
 
 

@@ -174,7 +174,7 @@ def _syscall_rules(arch: int, key: str, names: Iterable[str], extra: tuple[tuple
 
 def build_rules(asset_paths: Iterable[str], agent_pid: int, *, exec_: bool = True, net: bool = True,
                 mounts: bool = True, guard: bool = True, modules: bool = True,
-                arches: tuple[int, ...] | None = None) -> list[Rule]:
+                arches: tuple[int, ...] | None = None, changes_only: Iterable[str] = ()) -> list[Rule]:
     """The rule set for this registry and config, in the order it is added.
 
     Every rule names ``agent_pid`` (the agent's own calls are not audited), which also keeps
@@ -206,16 +206,21 @@ def build_rules(asset_paths: Iterable[str], agent_pid: int, *, exec_: bool = Tru
         if modules:
             rules += _syscall_rules(arch, f"{KEY_PREFIX}-module", ("init_module", "finit_module", "delete_module"),
                                     (not_me,), label="module")
-    rules += watch_rules(asset_paths, agent_pid)
+    rules += watch_rules(asset_paths, agent_pid, changes_only)
     return rules
 
 
-def watch_rules(asset_paths: Iterable[str], agent_pid: int) -> list[Rule]:
-    """A read/write/attribute watch per asset path: the directory tree under ``dir/``, else the file."""
-    perm = AUDIT_PERM_READ | AUDIT_PERM_WRITE | AUDIT_PERM_ATTR
+def watch_rules(asset_paths: Iterable[str], agent_pid: int, changes_only: Iterable[str] = ()) -> list[Rule]:
+    """A read/write/attribute watch per asset path: the directory tree under ``dir/``, else the file.
+
+    ``changes_only`` paths (the agent's own files, read by every ``dutywatch`` command) are watched
+    for writes and attribute changes only, unless they are assets too.
+    """
+    full = AUDIT_PERM_READ | AUDIT_PERM_WRITE | AUDIT_PERM_ATTR
     out: list[Rule] = []
     seen: set[str] = set()
-    for raw in asset_paths:
+    for raw, perm in [*((a, full) for a in asset_paths), *((c, AUDIT_PERM_WRITE | AUDIT_PERM_ATTR)
+                                                           for c in changes_only)]:
         path = raw.rstrip("/") or "/"
         if not raw.startswith("/") or path in seen:
             continue

@@ -612,10 +612,12 @@ class Agent:
             if self.exports is not None:
                 self.exports.start()
         self._reload_assessor(new.config)
-        # The agent's own files stay under the audit watch whatever the registry says (the files
-        # collector's trees for them are set at start).
-        assets = (*(a.prefix for a in new.registry.assets), *audit_watches(own_paths(new.stage.engine.ruleset.lists)))
+        assets = tuple(a.prefix for a in new.registry.assets)
         for c in self.collectors:
+            # The agent's own files as the new packs list them, watched for changes by the audit source
+            # (the files collector's trees for them are set at start).
+            if hasattr(c, "own_paths"):
+                c.own_paths = audit_watches(own_paths(new.stage.engine.ruleset.lists))
             # A collector that derives kernel rules from the registry (audit watches) rebuilds them.
             update = getattr(c, "set_asset_paths", None)
             if update is not None:

@@ -91,5 +91,5 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
                                 audit=built.get("audit"), namespaces=built.get("media"))  # type: ignore[arg-type]
     if name == "audit":
         from collectors.audit import AuditCollector
-        return AuditCollector(section, sources, asset_paths=(*extra_paths, *audit_watches(own)))
+        return AuditCollector(section, sources, asset_paths=extra_paths, own_paths=audit_watches(own))
     return None

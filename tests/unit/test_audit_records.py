@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from collectors.audit_assemble import Assembler
 from collectors.audit_records import argv, device, parse_record, sockaddr, text
-from collectors.audit_rules import Rule, build_rules, is_own, rule_key, syscall_name
+from collectors.audit_rules import (
+    AUDIT_PERM,
+    AUDIT_PERM_ATTR,
+    AUDIT_PERM_READ,
+    AUDIT_PERM_WRITE,
+    Rule,
+    build_rules,
+    is_own,
+    rule_key,
+    syscall_name,
+    watch_rules,
+)
 
 
 def rec(serial: int, body: str) -> bytes:
@@ -109,6 +120,14 @@ def test_a_rename_over_a_watched_file_names_both_the_source_and_the_destination(
     (e,) = a.feed(1320, rec(60, ""), 0.0)
     assert e.kind == "file.rename" and e.process.loginuid == 1000
     assert (e.file.path, e.file.dest_path, e.file.inode) == ("/etc/x/unit.service.new", "/etc/x/unit.service", 7)
+
+
+def test_the_agents_own_files_are_watched_for_changes_only_unless_they_are_assets() -> None:
+    rules = watch_rules(["/srv/secret/"], 7, changes_only=["/srv/secret/", "/etc/dutywatch/", "/usr/bin/dutywatch"])
+    perms = {r.label: next(f[2] for f in r.fields if f[0] == AUDIT_PERM) for r in rules}
+    assert perms == {"/srv/secret": AUDIT_PERM_READ | AUDIT_PERM_WRITE | AUDIT_PERM_ATTR,
+                     "/etc/dutywatch": AUDIT_PERM_WRITE | AUDIT_PERM_ATTR,
+                     "/usr/bin/dutywatch": AUDIT_PERM_WRITE | AUDIT_PERM_ATTR}
 
 
 def test_rules_round_trip_their_key_and_are_told_apart() -> None:
