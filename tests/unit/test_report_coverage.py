@@ -160,6 +160,10 @@ def test_tampered_journal_is_a_banner_and_in_no_figure(tmp_path: Path) -> None:
     assert status == 1 and "FAILED journal" in err
     assert doc["summary"]["records"] == 0 and doc["summary"]["findings"]["total"] == 0
     assert doc["coverage"]["monitored_seconds"] == 0
+    out = tmp_path / "r.csv"
+    status, _, err = run_cli(["report", "--format", "csv", "--out", str(out), *day])
+    assert status == 1 and "FAILED journal" in err
+    assert len(out.read_text(encoding="utf-8-sig").splitlines()) == 1  # the header, no row of the failed journal
     status, html, _ = _report(day, tmp_path, "html", "zh")
     first = _page_one(html)
     assert status == 1
