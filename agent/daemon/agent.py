@@ -176,6 +176,7 @@ class Agent:
         self.folder = Folder(self.writer.put, cfg.journal.fold_window, clock=clock)
         self.sources = sources or Sources(clock=clock)
         self.enforcer = self._enforcer(self.loaded)
+        self.enforcer_registry = self.loaded.registry
         self.pipeline.sinks.append(self._to_enforcer)
         web = load_web_config(cfg.web_config) if cfg.web_config is not None else None
         self.exporter = Exporter(self.metrics, cfg.listen, web_config=web, health_check=self.health)
@@ -201,16 +202,22 @@ class Agent:
                      media=MediaGuard(cfg.enforce.media_unregistered, self.sources.sys_root))
         e.next = self.folder.put
         e.emit = self.pipeline.offer
+        e.gate, e.copy = self._guards(loaded, e)
+        return e
+
+    def _guards(self, loaded: Loaded, e: Any) -> tuple[Any, Any]:
+        """The media gate and the copy guard the config asks for, built on the registry's media and assets."""
+        cfg, reg = loaded.config, loaded.registry
+        gate = copy = None
         if cfg.enforce.active and cfg.enforce.media_unregistered != "off":
             from agent.enforce.mediagate import MediaGate
-            e.gate = MediaGate(loaded.registry, e.gate_media, sys_root=self.sources.sys_root, removed=e.media_removed)
+            gate = MediaGate(reg, e.gate_media, sys_root=self.sources.sys_root, removed=e.media_removed)
         if cfg.enforce.active and cfg.enforce.copy:
             from agent.enforce.copyguard import CopyGuard, operator_of, removable_sticks
-            reg = loaded.registry
             roots = cfg.collectors.get("media", {}).get("roots", ["/media", "/run/media", "/mnt"])
-            e.copy = CopyGuard(reg.assets, removable_sticks(reg, roots, self.sources.sys_root),
-                               lambda d: e.copy_denied(d, operator_of(d.pid, reg)), dryrun=cfg.enforce.mode == "dryrun")
-        return e
+            copy = CopyGuard(reg.assets, removable_sticks(reg, roots, self.sources.sys_root),
+                             lambda d: e.copy_denied(d, operator_of(d.pid, reg)), dryrun=cfg.enforce.mode == "dryrun")
+        return gate, copy
 
     def _to_enforcer(self, record: dict[str, Any]) -> None:
         self.enforcer.put(record)
@@ -582,12 +589,19 @@ class Agent:
             self.held = False
             self.host = self._host_id(new.registry)
         self.pipeline.stage = new.stage
-        if new.config.enforce != self.enforcer.cfg or new.channel != self.enforcer.channel:
+        if new.config.enforce != self.enforcer.cfg or new.channel != self.enforcer.base_channel:
             old = self.enforcer
             old.shutdown()
             self.enforcer = self._enforcer(new)
-            if not self.held or leaving_example:
+            if not self.held:
                 self.enforcer.start()
+        elif leaving_example:  # the enforcer never started on the example registry
+            self.enforcer = self._enforcer(new)
+            self.enforcer.start()
+        elif not self.held and _guarded(new.registry) != _guarded(self.enforcer_registry):
+            # New assets or sticks in the registry: the guards judge by the new one; blocks stay.
+            self.enforcer.swap_guards(*self._guards(new, self.enforcer))
+        self.enforcer_registry = new.registry
         globs = tuple(a.path for a in new.registry.assets)
         for c in self.collectors:
             set_assets = getattr(c, "set_assets", None)
@@ -791,6 +805,11 @@ class Agent:
             out.append({**r.as_dict(), "operator": op.account, "operator_name": op.name, "known": op.known})
             _log.info("stop asked through the service manager by %s (%s)", r.describe(), op.name or op.account)
         return out
+
+
+def _guarded(registry: Registry) -> tuple[Any, ...]:
+    """What the media gate and the copy guard judge by."""
+    return registry.assets, registry.media, registry.host.level, tuple(registry.people)
 
 
 def run_agent(config_path: Path, state_dir: Path | None = None) -> int:

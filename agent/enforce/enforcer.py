@@ -42,6 +42,7 @@ class Enforcer:
                  media: Any = None) -> None:
         self.cfg = cfg
         self.channel = channel
+        self.base_channel = channel  # as derived from the config (a reload compares with this)
         self.state_dir = state_dir
         self.host = host
         self.custodian = custodian
@@ -423,6 +424,21 @@ class Enforcer:
                     self._apply()
                 except NftError as exc:
                     _log.error("renewing the enforcement lease: %s", exc)
+
+    def swap_guards(self, gate: Any, copy: Any) -> None:
+        """Replace the media gate and the copy guard (the registry changed); running ones are restarted."""
+        if self.gate is not None and self.gate.running:
+            self.gate.stop()
+        if self.copy is not None and self.copy.fd >= 0:
+            self.copy.stop()
+        self.gate, self.copy = gate, copy
+        for what, guard in (("copy guard", copy), ("media gate", gate)):
+            if guard is not None:
+                try:
+                    guard.start()
+                except OSError as exc:
+                    _log.error("the %s cannot start: %s", what, exc)
+                    self.metrics.enforced("copy" if guard is copy else "media", "failed")
 
     def shutdown(self) -> None:
         """The stop policy: lift everything (``on_stop: lift``) or leave it to run out (``keep``)."""

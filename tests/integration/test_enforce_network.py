@@ -529,3 +529,33 @@ def test_preventive_mode_shuts_the_zone_from_start_and_every_attempt_is_still_a_
     finally:
         assert agent.stop() == 0
     assert net.client("one", net.internet) == "connected"  # the stop policy lifts it
+
+
+def test_a_reload_keeps_the_blocks_unless_the_enforce_section_changed(net: Net, tmp_path: Path) -> None:
+    agent = HostAgent(net, tmp_path / "reload", "  mode: enforce\n", ttl="10m")
+    agent.start()
+    try:
+        assert net.client("one", net.internet) == "connected"
+        agent.wait(lambda: bool(agent.enforcements()), "no enforcement")
+        ident = agent.enforcements()[0]["id"]
+
+        def reloads() -> int:
+            return sum(1 for r in agent.records() if r.get("kind") == "agent.reload" and r["detail"].get("ok"))
+        # A registry change (a new person): the block stays.
+        reg = agent.tmp / "registry.yaml"
+        lisi = "  - {account: lisi, uid: 1001, name: 李四, unit: 测试信息中心, clearance: secret}\n"
+        reg.write_text(reg.read_text(encoding="utf-8").replace("people:\n", "people:\n" + lisi), encoding="utf-8")
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGHUP)
+        agent.wait(lambda: reloads() >= 1, "no reload")
+        assert net.client("one", net.internet).startswith("failed")
+        assert not agent.enforcements("enforce.lift")
+        # A changed enforce section: enforcement starts again, and the lift says so.
+        agent.config.write_text(agent.config.read_text().replace("lease: 10s", "lease: 20s"), encoding="utf-8")
+        agent.proc.send_signal(signal.SIGHUP)
+        agent.wait(lambda: reloads() >= 2, "no second reload")
+        agent.wait(lambda: bool(agent.enforcements("enforce.lift")), "the old enforcement was not lifted")
+        assert agent.enforcements("enforce.lift")[0]["id"] == ident
+        assert net.client("one", net.internet) == "connected"
+    finally:
+        assert agent.stop() == 0
