@@ -141,6 +141,11 @@ class CoverageTracker:
 
     def __init__(self) -> None:
         self._hosts: dict[str, _Host] = {}
+        self._no_evidence: dict[str, list[tuple[float, float]]] = {}
+
+    def missing_evidence(self, host: str, spans: list[tuple[float, float]]) -> None:
+        """Stretches no evidence bundle of ``host`` covers: unmonitored as far as the report can tell."""
+        self._no_evidence.setdefault(host, []).extend(spans)
 
     def _host(self, host: str) -> _Host:
         h = self._hosts.get(host)
@@ -198,8 +203,9 @@ class CoverageTracker:
             runs = list(h.runs)
             if h.open_since is not None:
                 runs.append((h.open_since, h.last_seen if h.last_seen is not None else h.open_since))
-            watched = _clip(_minus(_union(runs), h.holes), since, until)
-            out.append(_cover(name, since, until, watched, h.starts))
+            missing = _union(self._no_evidence.get(name, []))
+            watched = _clip(_minus(_minus(_union(runs), h.holes), missing), since, until)
+            out.append(_relabel(_cover(name, since, until, watched, h.starts), missing))
         return tuple(out)
 
 
@@ -223,6 +229,26 @@ def _cover(host: str, since: float, until: float, watched: list[tuple[float, flo
         stretches.append(Stretch(watched[-1][1], until, "after"))
     return HostCoverage(host, since, until, monitored, max(0.0, before), gaps, max(0.0, after), tuple(stretches),
                         runs)
+
+
+def _relabel(cv: HostCoverage, missing: list[tuple[float, float]]) -> HostCoverage:
+    """Unmonitored stretches where a host's evidence bundles leave a hole are said to be that (no_evidence)."""
+    if not missing:
+        return cv
+    out: list[Stretch] = []
+    for x in cv.stretches:
+        cur = x.since
+        for a, b in missing:
+            if b <= cur or a >= x.until:
+                continue
+            if a > cur:
+                out.append(Stretch(cur, a, x.where))
+            out.append(Stretch(max(a, cur), min(b, x.until), "no_evidence"))
+            cur = min(b, x.until)
+        if cur < x.until:
+            out.append(Stretch(cur, x.until, x.where))
+    return HostCoverage(cv.host, cv.since, cv.until, cv.monitored, cv.before, cv.gaps, cv.after,
+                        tuple(out[:MAX_LISTED]), cv.runs)
 
 
 def _number(v: Any) -> bool:

@@ -44,9 +44,37 @@ def fleet_report(good: list[Integrity], bad: list[Integrity], opts: Options, rul
         scan.follow(agg.coverage)
     data = agg.result()
     span = span_of(opts.period, data.first_time, now)
+    for host, spans in missing_periods(good, *span).items():
+        agg.coverage.missing_evidence(host, spans)
     cov = agg.coverage.result(*span, hosts=tuple(i.host for i in good if i.host))
     return Report(opts.lang, now, opts.tz, opts.period, True, data, coverage(ruleset, data.rules),
                   tuple(good), tuple(bad), prometheus, cov, span)
+
+
+def missing_periods(good: Iterable[Integrity], since: float, until: float) -> dict[str, list[tuple[float, float]]]:
+    """Per host sending periodic bundles (export.every), the stretches of [since, until] none of them covers.
+
+    A day whose bundle never arrived is a day nothing shows for that host: the
+    coverage says so (``no_evidence``) rather than taking a run that spans it
+    on trust.
+    """
+    windows: dict[str, list[tuple[float, float]]] = {}
+    for i in good:
+        if i.periodic and i.period_since is not None and i.period_until is not None:
+            windows.setdefault(i.host, []).append((i.period_since, i.period_until))
+    out: dict[str, list[tuple[float, float]]] = {}
+    for host, spans in windows.items():
+        holes, cur = [], since
+        for a, b in sorted(spans):
+            if a > cur:
+                holes.append((cur, min(a, until)))
+            cur = max(cur, b)
+            if cur >= until:
+                break
+        if cur < until:
+            holes.append((cur, until))
+        out[host] = [(a, b) for a, b in holes if b > a]
+    return out
 
 
 def bundles_records(good: Iterable[Integrity], period: Period) -> Iterator[tuple[int, dict[str, Any]]]:

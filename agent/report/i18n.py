@@ -222,6 +222,7 @@ _S: dict[str, tuple[str, str]] = {
     "where": ("位置", "Where"),
     "w_before": ("首次启动前", "before the first start"),
     "w_gap": ("中断", "gap"),
+    "w_no_evidence": ("缺少证据包", "no evidence bundle"),
     "w_after": ("最后一次存活迹象后", "after the last sign of life"),
     "through": ("本期间最后一条记录", "Last record of the period"),
     "signed_by": ("签名检查点", "Signed by"),

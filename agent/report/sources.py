@@ -47,6 +47,11 @@ class Integrity:
     through_hash: str = ""
     signed_seq: int = 0
     signed_time: float = 0.0
+    # The period a bundle says it covers (its header), and whether it is one of a host's periodic exports
+    # (export.every), which together must leave no hole.
+    period_since: float | None = None
+    period_until: float | None = None
+    periodic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +176,22 @@ def bundle_integrity(path: Path, keys_dir: Path | None) -> Integrity:
             problem = str(r.problem) if r.problem else ""
     cmd = ["dutywatch", "verify", "--bundle", str(path)]
     cmd += ["--pubkey", str(key) if key is not None else "HOST-PUBKEY.pem"]
+    period = r.period if isinstance(r.period, dict) else {}
     return Integrity("bundle", str(path), r.host, not problem, problem, r.records, r.first_seq, r.last_seq,
                      r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite, key is not None,
-                     max(0, r.last_seq), r.head_hash)
+                     max(0, r.last_seq), r.head_hash, period_since=_when(period.get("since")),
+                     period_until=_when(period.get("until")), periodic=period.get("every") is not None)
+
+
+def _when(value: Any) -> float | None:
+    """An ISO 8601 time of a bundle's period as epoch seconds (None when absent or unreadable)."""
+    import datetime as dt
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
 
 
 def bundle_records(path: Path, period: Period, prior: PriorScan | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -116,3 +116,46 @@ def test_the_export_setting_is_checked(tmp_path: Path) -> None:
     cfg.write_text("export: {every: 6h, to: evidence}\n")
     c = load_config(cfg)
     assert c.export.every == 21600 and c.export.to == tmp_path / "evidence"
+
+
+def test_a_day_whose_bundle_never_arrived_shows_in_the_fleet_report(tmp_path: Path) -> None:
+    """The agent ran for four days; day 3's bundle is lost on the way: that day is no evidence, not clean."""
+    import jsonschema
+
+    from tests.unit.test_report_support import run_cli
+
+    clock = Clock(local(2026, 12, 1, 0, 0) + 1)
+    j, exp, _ = setup(tmp_path, clock)
+    j.append({"type": "lifecycle", "time": clock(), "host": "host-a1", "kind": "agent.start", "detail": {}})
+    written = []
+    for day in range(1, 5):
+        for h in (6, 12, 18):
+            clock.t = local(2026, 12, day, h)
+            j.append(rec(clock, day * 100 + h))
+        clock.t = local(2026, 12, day + 1, 0, 0) + 2
+        path = exp.run_once()
+        assert path is not None
+        written.append(path)
+    j.close()
+    key = tmp_path / "keys"
+    key.mkdir()
+    from agent.journal.signing import load_private_key
+    (key / "host-a1.pem").write_text(load_private_key(tmp_path / "state" / KEY_FILE).public().pem())
+    lost = written.pop(2)
+    assert lost.name == "host-a1_2026-12-03.dwe"
+    report = tmp_path / "fleet.json"
+    status, _, err = run_cli(["report", "--format", "json", "--out", str(report), "--evidence", *map(str, written),
+                              "--keys", str(key), "--since", "2026-12-01", "--until", "2026-12-05"])
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    jsonschema.validate(doc, json.loads((Path(__file__).parent / "report.schema.json").read_text()))
+    (host,) = doc["coverage"]["hosts"]
+    holes = [(x["since"], x["until"]) for x in host["unmonitored"] if x["where"] == "no_evidence"]
+    assert (local(2026, 12, 3), local(2026, 12, 4)) in holes, host["unmonitored"]
+    assert host["monitored_seconds"] <= 3 * DAY + 10 and not doc["coverage"]["complete"]
+    # With every bundle there, the four days are monitored whole.
+    status, _, err = run_cli(["report", "--format", "json", "--out", str(report), "--evidence",
+                              *map(str, [*written[:2], lost, written[2]]), "--keys", str(key),
+                              "--since", "2026-12-01", "--until", "2026-12-05"])
+    assert status == 0, err
+    (host,) = json.loads(report.read_text(encoding="utf-8"))["coverage"]["hosts"]
+    assert not [x for x in host["unmonitored"] if x["where"] == "no_evidence"], host["unmonitored"]
