@@ -23,7 +23,7 @@ def _evidence(r: Report, e: Evidence) -> dict[str, Any]:
     return {"seq": e.seq, "time": e.time, "time_iso": r.when(e.time), "host": e.host, "rule": e.rule,
             "severity": e.severity, "action": e.action, "process": e.process, "operator": e.operator or None,
             "object": e.object, "unit": e.unit or None, "department": e.department or None,
-            "message": {"zh": e.message_zh, "en": e.message_en}}
+            "message": {"zh": e.message_zh, "en": e.message_en}, "count": e.count}
 
 
 def _capped(r: Report, c: Capped) -> dict[str, Any]:

@@ -62,12 +62,12 @@ class _Count:
         self.alerts = 0
         self.audits = 0
 
-    def add(self, sev_index: int, alert: bool) -> None:
-        self.sev[sev_index] += 1
+    def add(self, sev_index: int, alert: bool, n: int = 1) -> None:
+        self.sev[sev_index] += n
         if alert:
-            self.alerts += 1
+            self.alerts += n
         else:
-            self.audits += 1
+            self.audits += n
 
     def freeze(self) -> Tally:
         return Tally(tuple(self.sev), self.alerts, self.audits)
@@ -90,6 +90,7 @@ class Evidence:
     department: str
     message_zh: str
     message_en: str
+    count: int = 1  # findings this row stands for (a folded record: its count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,8 @@ class _Repeats:
         self.groups: dict[tuple[str, str, str], list[Any]] = {}
         self.folded = 0
 
-    def add(self, key: tuple[str, str, str], sev_index: int, t: float, make: Any) -> int:
+    def add(self, key: tuple[str, str, str], sev_index: int, t: float, make: Any, n: int = 1,
+            first: float | None = None) -> int:
         """Count one finding; returns how many of its group were seen, this one included (0 when folded)."""
         g = self.groups.get(key)
         if g is None:
@@ -126,10 +128,11 @@ class _Repeats:
                 self.folded += 1
                 return 0
             g = self.groups[key] = [sev_index, 0, t, t, make()]
-        g[1] += 1
-        g[2] = min(g[2], t)
+        seen = int(g[1])
+        g[1] += n
+        g[2] = min(g[2], t if first is None else first)
         g[3] = max(g[3], t)
-        return int(g[1])
+        return seen + 1
 
     def freeze(self) -> tuple[Repeat, ...]:
         rows = []
@@ -237,8 +240,8 @@ class Capped:
 
     @property
     def omitted(self) -> int:
-        """Rows not listed."""
-        return self.total - len(self.rows)
+        """Findings not listed."""
+        return self.total - sum(e.count for e in self.rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +293,9 @@ class _Heap:
         self.total = 0
         self.by_sev = [0, 0, 0, 0, 0]
 
-    def offer(self, sev_index: int, t: float, seq: int, make: Any) -> None:
-        self.total += 1
-        self.by_sev[sev_index] += 1
+    def offer(self, sev_index: int, t: float, seq: int, make: Any, n: int = 1) -> None:
+        self.total += n
+        self.by_sev[sev_index] += n
         # Min-heap on (rank, -time, -seq, -arrival): its top is the row to drop first. Arrival
         # breaks ties between hosts' bundles, whose seqs repeat.
         key = (len(SEVERITIES) - sev_index, -t, -seq, -self.total)
@@ -301,16 +304,16 @@ class _Heap:
         elif self.cap and key > self.heap[0][:4]:
             heapq.heapreplace(self.heap, (*key, make()))
 
-    def count(self, sev_index: int) -> None:
+    def count(self, sev_index: int, n: int = 1) -> None:
         """A finding counted but not offered for listing (a repeat of a group already shown)."""
-        self.total += 1
-        self.by_sev[sev_index] += 1
+        self.total += n
+        self.by_sev[sev_index] += n
 
     def freeze(self) -> Capped:
         rows = tuple(x[4] for x in sorted(self.heap, reverse=True))
         left = list(self.by_sev)
         for e in rows:
-            left[SEVERITIES.index(e.severity)] -= 1
+            left[SEVERITIES.index(e.severity)] -= e.count
         return Capped(rows, self.total, tuple(left))
 
 
@@ -422,11 +425,17 @@ class Aggregator:
         dept, unit = cut(acc.get("department"), 120), cut(acc.get("unit"), 120)
         op = acc.get("operator")
         rule = cut(rec.get("rule"), 60)
-        self._total.add(si, alert)
-        self._bucket(self._days, self._day(t), OTHER).add(si, alert)
-        self._bucket(self._hours, self._hour(t), OTHER).add(si, alert)
+        # A folded record stands for its count of identical findings (the first was journaled alone).
+        folded = group_of(rec, "folded")
+        fc = folded.get("count")
+        n = fc if isinstance(fc, int) and not isinstance(fc, bool) and 1 <= fc <= 10**9 else 1
+        ff = folded.get("first")
+        first = float(ff) if n > 1 and isinstance(ff, (int, float)) and not isinstance(ff, bool) else None
+        self._total.add(si, alert, n)
+        self._bucket(self._days, self._day(t), OTHER).add(si, alert, n)
+        self._bucket(self._hours, self._hour(t), OTHER).add(si, alert, n)
         gkey = (dept, unit)
-        self._bucket(self._groups, gkey, (OTHER, OTHER)).add(si, alert)
+        self._bucket(self._groups, gkey, (OTHER, OTHER)).add(si, alert, n)
         hs = self._group_hosts.setdefault(gkey, set()) if gkey in self._groups else None
         if hs is not None and len(hs) < MAX_KEYS:
             hs.add(host)
@@ -437,25 +446,25 @@ class Aggregator:
             if role in PERSON_ROLES and a.get("name"):
                 persons.setdefault((cut(a["name"], 120), cut(a.get("unit"), 120), unit), str(role))
             elif role == "file.owner_unit" and a.get("name"):
-                self._bucket(self._owners, cut(a["name"], 120), OTHER).add(si, alert)
+                self._bucket(self._owners, cut(a["name"], 120), OTHER).add(si, alert, n)
         if not persons:
             persons[("", "", unit)] = "operator"  # no one by name: shown as unknown, and apart below
         for pkey, role in persons.items():
-            self._bucket(self._people, pkey, (OTHER, OTHER, OTHER)).add(si, alert)
+            self._bucket(self._people, pkey, (OTHER, OTHER, OTHER)).add(si, alert, n)
             k = pkey if pkey in self._people else (OTHER, OTHER, OTHER)
             pr = self._people_rules.setdefault(k, {})
             if rule in pr or len(pr) < 50:
-                pr[rule] = pr.get(rule, 0) + 1
+                pr[rule] = pr.get(rule, 0) + n
             held = self._people_roles.setdefault(k, set())
             if len(held) < len(PERSON_ROLES):
                 held.add(role)
-        self._rule(rule, rec, t)
+        self._rule(rule, rec, t, n)
 
         def evidence() -> Evidence:
             ev = group_of(rec, "event")
             return Evidence(seq, t, host, rule, SEVERITIES[si], str(action) if alert else "audit",
                             describe_process(ev), cut(op) if op is not None else "", describe_object(ev),
-                            unit, dept, text_of(rec.get("message"), "zh"), text_of(rec.get("message"), "en"))
+                            unit, dept, text_of(rec.get("message"), "zh"), text_of(rec.get("message"), "en"), n)
 
         ev_group = group_of(rec, "event")
         hg = group_of(ev_group, "host") or {"unit": unit, "department": dept, "custodian": acc.get("custodian")}
@@ -471,11 +480,11 @@ class Aggregator:
                     describe_process(ev_group), host)
 
         if alert:
-            n = self._repeats.add((rule, person, obj), si, t, example)
-            if n <= EXAMPLES:  # repeats are counted in their group, not listed one by one
-                self._violations.offer(si, t, seq, evidence)
+            shown = self._repeats.add((rule, person, obj), si, t, example, n, first)
+            if shown <= EXAMPLES:  # repeats are counted in their group, not listed one by one
+                self._violations.offer(si, t, seq, evidence, n)
             else:
-                self._violations.count(si)
+                self._violations.count(si, n)
         known = group_of(group_of(rec, "event"), "operator").get("known")
         roles = rec.get("roles")
         # A finding whose rule holds the custodian or unit to account (an interface, a device)
@@ -484,13 +493,13 @@ class Aggregator:
         if rule in UNATTRIBUTED_RULES or known is False or (op is None and wants_operator):
             proc = group_of(ev_group, "process")
             what = cut(proc.get("exe") or proc.get("name") or "", 120)
-            n = self._unattributed_repeats.add((rule, what, obj), si, t, example)
-            if n <= EXAMPLES:
-                self._unattributed.offer(si, t, seq, evidence)
+            shown = self._unattributed_repeats.add((rule, what, obj), si, t, example, n, first)
+            if shown <= EXAMPLES:
+                self._unattributed.offer(si, t, seq, evidence, n)
             else:
-                self._unattributed.count(si)
+                self._unattributed.count(si, n)
 
-    def _rule(self, rule: str, rec: dict[str, Any], t: float) -> None:
+    def _rule(self, rule: str, rec: dict[str, Any], t: float, n: int = 1) -> None:
         row = self._rules.get(rule)
         if row is None:
             if len(self._rules) >= MAX_KEYS:
@@ -501,7 +510,7 @@ class Aggregator:
                 cut(rec.get("pack"), 60), cut(title.get("zh")), cut(title.get("en")), cut(rec.get("severity")),
                 cut(rec.get("action")),
                 tuple(cut(c, 80) for c in controls[:20]) if isinstance(controls, list) else (), 0, t, t]
-        row[6] += 1
+        row[6] += n
         row[7] = min(row[7], t)
         row[8] = max(row[8], t)
 

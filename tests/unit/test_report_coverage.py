@@ -279,3 +279,22 @@ def test_incident_sheet_for_a_critical_finding(tmp_path: Path, lang: str) -> Non
     status, _, err = run_cli(["report", "--state-dir", str(state), "--incident", "2", "--out", str(out)])
     assert status == 1 and "FAILED" in err
     assert "核验失败" in out.read_text(encoding="utf-8")  # zh by default
+
+
+def test_folded_repeats_count_as_many_findings(tmp_path: Path) -> None:
+    """A folded record (the agent journals repeats in a window once, with their count) is that many findings."""
+    state = tmp_path / "state"
+    first = _finding(T0 + 2 * H)
+    fold = _finding(T0 + 2 * H + 290)
+    fold["folded"] = {"count": 40, "first": T0 + 2 * H + 5, "last": T0 + 2 * H + 290, "window": 300}
+    _journal(state, [lifecycle("agent.start", T0 + H, HOST), first, fold,
+                     lifecycle("agent.stop", T0 + 3 * H, HOST)])
+    status, doc, err = _report(["--state-dir", str(state), "--since", _iso(T0), "--until", _iso(T0 + 4 * H)],
+                               tmp_path)
+    assert status == 0, err
+    assert doc["summary"]["findings"]["alerts"] == 41 and doc["violations"]["total"] == 41
+    (g,) = doc["violation_groups"]["groups"]
+    assert g["count"] == 41 and g["first"] == T0 + 2 * H and g["last"] == T0 + 2 * H + 290
+    assert doc["violations"]["omitted"] == 0 and [r["count"] for r in doc["violations"]["rows"]] == [1, 40]
+    (p,) = [p for p in doc["accountability"]["operators"] if p["operator"] == "张三"]
+    assert p["violations"] == 41
