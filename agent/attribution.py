@@ -11,6 +11,7 @@ the usual ones stay), per address and per path.
 from __future__ import annotations
 
 import pwd
+import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
@@ -25,6 +26,8 @@ _NO_INVENTORY, _NO_ASSESS = Inventory(), Assess()  # events of other kinds carry
 
 UNSET_LOGINUID = 4294967295
 _CACHE_LIMIT = 16384
+_PACKAGE_TTL = 1.0  # seconds a process's package answer is reused for its next changes
+_monotonic = time.monotonic
 _NO_ASSET: tuple[Level | None, str | None] = (None, None)
 _MISS: Any = object()
 _UNKNOWN = Operator(known=False)
@@ -66,6 +69,7 @@ class Attributor:
         self._names_old: dict[int, str | None] = {}
         self._zone_cache: dict[str, str | None] = {}
         self._path_cache: dict[str, tuple[Level | None, str | None]] = {}
+        self._package_cache: dict[tuple[int | None, float | None, str], tuple[float, str | None]] = {}
 
     # -- operator ---------------------------------------------------------
     def operator(self, loginuid: int | None, uid: int | None,
@@ -199,7 +203,18 @@ class Attributor:
         if p.exe is not None and p.package is None and kind.startswith(_CHANGES) and collector != "files":
             # What the program is, by the package database, for the package manager's exemption (the
             # files collector looked while the process ran; the others' events are looked up here, ms later).
-            package = self._owners(p.exe, p.pid)
+            # The answer is kept a second per process (pid, start time) and program: a storm of one
+            # process's changes makes no two stat calls per event (each would hand the GIL away).
+            key = (p.pid, p.start_time, p.exe)
+            now = _monotonic()
+            known = self._package_cache.get(key)
+            if known is not None and now - known[0] < _PACKAGE_TTL:
+                package = known[1]
+            else:
+                package = self._owners(p.exe, p.pid)
+                if len(self._package_cache) >= _CACHE_LIMIT:
+                    self._package_cache.clear()
+                self._package_cache[key] = (now, package)
             if package is not None:
                 p = _TUPLE_NEW(Process, (*p[:11], package, *p[12:]))
         if net.remote_ip is not None or net.local_ip is not None:

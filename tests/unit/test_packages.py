@@ -118,3 +118,33 @@ def test_attribution_fills_the_package_of_changes_only(
     assert given.process.package == "stated"
     # The files collector looked while the process ran: its answer (none) is not asked again.
     assert attribute(Event("file.write", 1.0, "files", p, file=File(path="/usr/bin/ls"))).process.package is None
+
+
+def test_a_storm_of_one_process_changes_asks_the_package_once_but_another_process_is_asked(
+        host: tuple[Path, Path, subprocess.Popen[bytes]]) -> None:
+    prog, info, proc = host
+    install(info, "pm", str(prog), md5(prog))
+    o = owners(info, prog)
+    asked: list[int | None] = []
+
+    def counted(path: str, pid: int | None) -> str | None:
+        asked.append(pid)
+        return o(path, pid)
+
+    attribute = Attributor(load_registry(DEMO_REGISTRY), lambda uid: None, counted)
+    p = Process(pid=proc.pid, exe=str(prog), name="pm", uid=0, start_time=1000.0)
+    for i in range(100):
+        e = attribute(Event("file.write", 1.0, "audit", p, file=File(path=f"/usr/lib/x{i}")))
+        assert e.process.package == "pm"
+    # Once, or once more a second later on a machine slow enough to spend seconds on 100 events.
+    assert set(asked) == {proc.pid} and len(asked) <= 3
+    asked.clear()
+    # The near miss: another program claiming the same path (another pid) is looked up, and gets none.
+    sleeper = subprocess.Popen(["/bin/sleep", "5"])
+    try:
+        other = p._replace(pid=sleeper.pid, start_time=1001.0)
+        assert attribute(Event("file.write", 1.0, "audit", other, file=File(path="/x"))).process.package is None
+        assert asked == [sleeper.pid]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
