@@ -117,8 +117,12 @@ class StopEvent(threading.Event):
         self._wakers: list[Callable[[], None]] = []
 
     def add_waker(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` when the event is set: for a loop that waits on a queue, not a descriptor."""
-        self._wakers.append(wake)
+        """Call ``wake`` when the event is set: for a loop that waits on a queue, not a descriptor.
+
+        Adding the same callable again (a collector restarted by its supervisor) adds nothing.
+        """
+        if wake not in self._wakers:
+            self._wakers.append(wake)
 
     def fileno(self) -> int:
         """The descriptor that is readable while the event is set."""
