@@ -1,0 +1,74 @@
+"""Coverage of a real agent's timeline: started late, killed with -9, restarted, paused, stopped early."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.agent_harness import AgentProcess
+from tests.integration.test_self_protection import collectors
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as the agent")
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    a = AgentProcess(tmp_path, collectors=collectors(), extra_config="protect: {pause_after: 3s}\n")
+    yield a
+    if a.proc is not None and a.proc.poll() is None:
+        a.stop()
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+
+def test_report_coverage_follows_the_agents_timeline(agent: AgentProcess, tmp_path: Path) -> None:
+    since = math.floor(time.time())
+    time.sleep(3)  # the period begins before the agent does
+    agent.start()
+    time.sleep(2)
+    killed = time.time()
+    agent.kill()
+    time.sleep(5)
+    restarted = time.time()
+    agent.start()
+    time.sleep(1.5)
+    agent.signal(signal.SIGSTOP)
+    paused = time.time()
+    time.sleep(6)
+    agent.signal(signal.SIGCONT)
+    resumed = time.time()
+    agent.wait(lambda: any(r.get("kind") == "agent.tamper" and r["detail"].get("reason") == "paused"
+                           for r in agent.events()), "no pause journaled")
+    assert agent.stop() == 0
+    stopped = time.time()
+    time.sleep(3)  # and ends after it stopped
+    until = math.ceil(time.time())
+    out = tmp_path / "r.json"
+    r = agent.cli("report", "--config", str(agent.config), "--format", "json", "--out", str(out),
+                  "--since", _iso(since), "--until", _iso(until))
+    assert r.returncode == 0, r.stderr
+    (h,) = json.loads(out.read_text(encoding="utf-8"))["coverage"]["hosts"]
+    assert h["host"] == "test-host-01"
+    length = until - since
+    assert h["monitored_seconds"] + h["before_seconds"] + h["gap_seconds"] + h["after_seconds"] == \
+        pytest.approx(length, abs=0.01)
+    assert h["before_seconds"] >= 2.5  # the period began before the agent
+    assert h["after_seconds"] >= until - stopped - 0.5
+    stretches = [(x["where"], x["since"], x["until"]) for x in h["unmonitored"]]
+    # The kill: unmonitored from no later than the kill to the restart. The killed run is watched only up to
+    # its last sign of life in the journal (its last record, or the heartbeat the next start names), so it
+    # may read as not watched at all: never more than was proven, never less than the kill.
+    assert any(a <= killed + 0.5 and b >= restarted - 0.5 for _, a, b in stretches), stretches
+    # the pause: its window
+    assert any(w == "gap" and a <= paused + 1.0 and b >= resumed - 1.0 for w, a, b in stretches), stretches
+    assert h["monitored_seconds"] <= (killed - since - 3) + (stopped - restarted) - (resumed - paused) + 1.0
