@@ -261,7 +261,8 @@ class FilesCollector:
         marks: queue.Queue[tuple[Event, str] | None] = queue.Queue(maxsize=MARK_QUEUE)
         watcher = TreeWatcher(self._put_op, lambda _root: self._lose("watch_error"))
         flushed = threading.Event()  # set after the last flush: the marking worker may then finish
-        threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), daemon=True)]
+        threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), name="files-marking",
+                                    daemon=True)]
         if isinstance(stop, StopEvent):
             stop.add_waker(self._wake)
         subscribe = getattr(self._media, "subscribe", None)
@@ -269,7 +270,7 @@ class FilesCollector:
             subscribe(self._wake)  # a stick mounted or gone: follow it at once
             self._media_subscribed = True
         if self._fan is not None:
-            threads.append(threading.Thread(target=self._fan.run, args=(stop,), daemon=True))
+            threads.append(threading.Thread(target=self._fan.run, args=(stop,), name="files-fanotify", daemon=True))
         watcher.start()
         for t in threads:
             t.start()
