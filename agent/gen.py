@@ -343,8 +343,14 @@ class ScrapeFiles:
 
 
 def scrape_job(targets: Sequence[Target] | None, auth: ScrapeAuth, files: ScrapeFiles | None = None,
-               scrape_interval: str = "15s") -> dict[str, Any]:
-    """The ``dutywatch`` scrape job: static targets when given, else the file_sd target file."""
+               scrape_interval: str = "15s", shard: tuple[int, int] | None = None,
+               remote_write: str | None = None) -> dict[str, Any]:
+    """The ``dutywatch`` scrape job: static targets when given, else the file_sd target file.
+
+    ``shard`` (k, n): this Prometheus keeps only the targets whose address hashes to k modulo n,
+    so n servers share the agents without overlap. ``remote_write``: where every sample also goes
+    (the long-term store), with the shard as an external label.
+    """
     f = files or ScrapeFiles()
     job: dict[str, Any] = {"job_name": JOB, "scrape_interval": scrape_interval, "metrics_path": "/metrics",
                            "scheme": "https" if auth.https else "http"}
@@ -360,7 +366,32 @@ def scrape_job(targets: Sequence[Target] | None, auth: ScrapeAuth, files: Scrape
         job["file_sd_configs"] = [{"files": [f.targets_file], "refresh_interval": "1m"}]
     else:
         job["static_configs"] = [{"targets": [str(t) for t in targets]}]
-    return {"scrape_configs": [job]}
+    doc: dict[str, Any] = {}
+    if shard is not None:
+        k, n = shard
+        job["relabel_configs"] = [
+            {"source_labels": ["__address__"], "modulus": n, "target_label": "__tmp_shard", "action": "hashmod"},
+            {"source_labels": ["__tmp_shard"], "regex": str(k), "action": "keep"},
+        ]
+        doc["global"] = {"external_labels": {"dutywatch_shard": f"{k}-of-{n}"}}
+    doc["scrape_configs"] = [job]
+    if remote_write is not None:
+        doc["remote_write"] = [{"url": remote_write}]
+    return doc
+
+
+def unit_file_name(unit: str) -> str:
+    """A file name for a unit's target file (the unit's own name, made safe)."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in unit).strip("._")
+    return (keep or "no-unit") + ".yml"
+
+
+def fleet_file_sd(hosts: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
+    """One file_sd file per unit: ``{file name: content}``, each host's scrape address in its unit's file."""
+    by_unit: dict[str, list[str]] = {}
+    for h in hosts:
+        by_unit.setdefault(unit_file_name(h.unit), []).append(h.address)
+    return {name: [{"targets": sorted(addrs)}] for name, addrs in sorted(by_unit.items())}
 
 
 def file_sd(targets: Sequence[Target]) -> list[dict[str, Any]]:
@@ -376,5 +407,6 @@ def dump_yaml(doc: Any, header: str = "") -> str:
 
 
 __all__ = ["AlertmanagerOptions", "Generated", "ScrapeAuth", "ScrapeFiles", "Target",
-           "alertmanager_config", "dump_yaml", "file_sd", "matcher", "parse_target", "parse_targets_file",
+           "alertmanager_config", "dump_yaml", "file_sd", "fleet_file_sd", "matcher", "parse_target",
+           "parse_targets_file",
            "scrape_auth", "scrape_job", "unique_targets"]

@@ -2,7 +2,9 @@
 
 The file has the sections of a host's registry (units, departments,
 people, service_accounts, zones, assets, media) shared by every host, and
-``hosts:``, a list of host entries (the fields of a registry's ``host:``).
+``hosts:``, a list of host entries (the fields of a registry's ``host:``, and
+``address``, where the centre scrapes it: ``HOST:PORT``, by default the host
+id on port 9847).
 A host's registry is the shared sections with ``host:`` set to the entry
 whose ``id`` is the host's. Every entry is checked as a registry of its
 own, with problems located in the central file.
@@ -10,6 +12,7 @@ own, with problems located in the central file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -35,7 +38,7 @@ def _entries(doc: Any, path: str) -> tuple[LDict, list[LDict]]:
     for i, e in enumerate(seq or ()):
         assert seq is not None
         m = expect_map(e, seq.at(i), problems, f"hosts[{i}]", required=("id",),
-                       optional=("unit", "department", "custodian", "level", "zone"))
+                       optional=("unit", "department", "custodian", "level", "zone", "address"))
         if m is None:
             continue
         hid = str(m.get("id"))
@@ -47,7 +50,14 @@ def _entries(doc: Any, path: str) -> tuple[LDict, list[LDict]]:
     return top, entries
 
 
+def _host_only(entry: LDict) -> LDict:
+    out = LDict({k: v for k, v in entry.items() if k != "address"})
+    out.where, out.key_where, out.value_where = entry.where, entry.key_where, entry.value_where
+    return out
+
+
 def _for(top: LDict, entry: LDict) -> LDict:
+    entry = _host_only(entry)
     out = LDict({k: v for k, v in top.items() if k != "hosts"})
     out.where = top.where
     out.key_where = dict(top.key_where)
@@ -81,7 +91,7 @@ def host_registry(text: str, path: str, host_id: str) -> tuple[str, Registry] | 
         if str(e["id"]) == host_id:
             reg = parse_registry(_for(top, e), path)
             plain = _plain({k: v for k, v in top.items() if k != "hosts"})
-            plain["host"] = _plain(e)
+            plain["host"] = _plain(_host_only(e))
             header = (f"# This host's entry ({host_id}) of a central registry delivered in a signed policy "
                       "bundle.\n# Do not edit: the agent writes it again from the bundle at every load.\n")
             return header + yaml.safe_dump(plain, allow_unicode=True, sort_keys=False), reg
@@ -96,3 +106,33 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class FleetHost:
+    """One host of a central registry as the centre scrapes it."""
+
+    id: str
+    unit: str
+    department: str
+    address: str  # HOST:PORT
+
+
+def fleet(text: str, path: str) -> list[FleetHost]:
+    """Every host of a central registry with its unit, department and scrape address (checked)."""
+    from agent.gen import parse_target
+
+    check(text, path)
+    _, entries = _entries(load_text(text, path), path)
+    problems = Problems()
+    out = []
+    for e in entries:
+        addr = str(e.get("address") or e["id"])
+        try:
+            target = parse_target(addr, e.at("address") if "address" in e else e.at("id"))
+        except LoadError as exc:
+            problems.append(exc)
+            continue
+        out.append(FleetHost(str(e["id"]), str(e.get("unit") or ""), str(e.get("department") or ""), str(target)))
+    problems.raise_if_any()
+    return out

@@ -1,0 +1,252 @@
+"""A province in one process: many simulated agents, a real Prometheus, a real VictoriaMetrics.
+
+``FleetSim`` serves the real exposition of the agent's own ``Metrics`` (the
+shipped rules expected, host info set) once per simulated host, with host,
+unit and department varied and counters moving: every tenth host keeps
+reaching the Internet (BM-NET-001), every host counts events. Hosts are
+spread over a few loopback ports (so ``hashmod`` on the address shards them)
+and told apart by their metrics path, which the file_sd entries carry.
+``Stack`` runs Debian's ``prometheus`` (the shipped recording and alerting
+rules, remote-writing) and ``victoria-metrics`` as the long-term store.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PROM_RULES = REPO / "dashboards" / "prometheus"
+BOARD = REPO / "dashboards" / "grafana" / "dutywatch-fleet-compliance.json"
+HOST, UNIT, DEPT = "HOST-PLACEHOLDER", "UNIT-PLACEHOLDER", "DEPT-PLACEHOLDER"
+
+
+def template() -> str:
+    """A real agent's exposition (shipped rules, host info), with placeholders for the host's labels."""
+    from agent.engine.rules import load_rules
+    from agent.metrics import Metrics
+    from agent.paths import shipped_rules_dir
+
+    m = Metrics("0.0.0-sim", lambda: {})
+    for r in load_rules([shipped_rules_dir()]).rules:
+        m.expect_rule(r.id, r.severity, r.action, UNIT)
+    m.set_host(HOST, UNIT, DEPT, "secret", "intranet")
+    body, _ = m.exposition()
+    return body.decode()
+
+
+def series(text: str) -> int:
+    """Samples in an exposition."""
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+class FleetSim:
+    """``n`` simulated agents behind ``ports`` loopback ports."""
+
+    def __init__(self, n: int, *, units: int = 50, departments: int = 10, ports: int = 16) -> None:
+        self.n = n
+        self.t0 = time.time()
+        self.text = template()
+        self.hosts = [(f"sim-{i:05d}", f"单位{i % units:03d}", f"部门{(i % units) % departments:02d}")
+                      for i in range(n)]
+        self.by_id = {h[0]: (i, h) for i, h in enumerate(self.hosts)}
+        self.servers: list[http.server.ThreadingHTTPServer] = []
+        self.nports = max(1, min(ports, n))
+        self.scrapes = 0
+
+    def body(self, host_id: str) -> bytes:
+        """One host's exposition now."""
+        i, (host, unit, dept) = self.by_id[host_id]
+        age = time.time() - self.t0
+        text = self.text.replace(HOST, host).replace(UNIT, unit).replace(DEPT, dept)
+        text = text.replace('dutywatch_events_total{kind="process.exec"} 0.0',
+                            f'dutywatch_events_total{{kind="process.exec"}} {int(age * 5)}.0')
+        if i % 10 == 0:  # every tenth host keeps reaching the Internet
+            text = _bump(text, "BM-NET-001", 1 + int(age / 20))
+        self.scrapes += 1
+        return text.encode()
+
+    def start(self) -> None:
+        sim = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = self.path.split("/")
+                if len(parts) != 4 or parts[1] != "h" or parts[3] != "metrics" or parts[2] not in sim.by_id:
+                    self.send_error(404)
+                    return
+                data = sim.body(parts[2])
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        for _ in range(self.nports):
+            srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            srv.daemon_threads = True
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            self.servers.append(srv)
+
+    def stop(self) -> None:
+        for srv in self.servers:
+            srv.shutdown()
+            srv.server_close()
+
+    def file_sd(self) -> list[dict[str, Any]]:
+        """file_sd entries: each host at its port, told apart by its metrics path."""
+        out = []
+        for i, (host, _, _) in enumerate(self.hosts):
+            port = self.servers[i % self.nports].server_address[1]
+            # instance: what the host would be called on its own address, so each target is its own series set
+            out.append({"targets": [f"127.0.0.1:{port}"],
+                        "labels": {"__metrics_path__": f"/h/{host}/metrics", "instance": f"{host}:9847"}})
+        return out
+
+
+def _bump(text: str, rule: str, value: int) -> str:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("dutywatch_findings_total{") and f'rule="{rule}"' in line:
+            line = line.rsplit(" ", 1)[0] + f" {value}.0"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, timeout: float = 30) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{urllib.parse.unquote(url)}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
+
+
+def query(base: str, expr: str) -> tuple[list[Any], float]:
+    """An instant query and how long it took (seconds); raises on an error answer."""
+    t = time.perf_counter()
+    body = get(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+    took = time.perf_counter() - t
+    if body.get("status") != "success":
+        raise AssertionError(f"{expr}: {body}")
+    return body["data"]["result"], took
+
+
+def wait(cond: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(what)
+        time.sleep(1)
+
+
+class Stack:
+    """Prometheus (shipped rules, scraping the sim, remote-writing) and VictoriaMetrics, in ``tmp``."""
+
+    def __init__(self, tmp: Path, sim: FleetSim, *, interval: str = "5s") -> None:
+        self.tmp = tmp
+        self.sim = sim
+        self.interval = interval
+        self.prom_port, self.vm_port = free_port(), free_port()
+        self.prom = f"http://127.0.0.1:{self.prom_port}"
+        self.vm = f"http://127.0.0.1:{self.vm_port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        prometheus, vm = shutil.which("prometheus"), shutil.which("victoria-metrics")
+        assert prometheus and vm, "apt-get install prometheus victoria-metrics"
+        sd = self.tmp / "targets.json"
+        sd.write_text(json.dumps(self.sim.file_sd()))
+        rule_files = []
+        for src in sorted(PROM_RULES.glob("*.yml")):
+            doc = yaml.safe_load(src.read_text(encoding="utf-8"))
+            for group in doc["groups"]:
+                group["interval"] = self.interval
+            dst = self.tmp / src.name
+            dst.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+            rule_files.append(str(dst))
+        cfg = self.tmp / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "rule_files": rule_files,
+            "scrape_configs": [{"job_name": "dutywatch", "file_sd_configs": [{"files": [str(sd)]}]}],
+            "remote_write": [{"url": f"{self.vm}/api/v1/write"}],
+        }), encoding="utf-8")
+        self.procs.append(subprocess.Popen(
+            [vm, f"-storageDataPath={self.tmp / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.vm_port}",
+             "-retentionPeriod=1d", "-search.latencyOffset=0s", "-loggerLevel=ERROR"],
+            stdout=subprocess.DEVNULL, stderr=(self.tmp / "vm.log").open("wb")))
+        self.procs.append(subprocess.Popen(
+            [prometheus, f"--config.file={cfg}", f"--storage.tsdb.path={self.tmp / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.prom_port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=(self.tmp / "prom.log").open("wb")))
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
+
+    def rss_cpu(self, which: int) -> tuple[float, float]:
+        """(RSS MiB, CPU seconds) of VictoriaMetrics (0) or Prometheus (1)."""
+        pid = self.procs[which].pid
+        with open(f"/proc/{pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return rss, cpu
+
+    def disk_bytes(self) -> int:
+        """VictoriaMetrics' data folder size."""
+        return sum(p.stat().st_size for p in (self.tmp / "vm").rglob("*") if p.is_file())
+
+
+def board_queries() -> list[tuple[str, str]]:
+    """(panel title, expr) of the fleet dashboard, every variable set to all."""
+    board = json.loads(BOARD.read_text(encoding="utf-8"))
+    out = []
+    for p in board.get("panels", []) + [q for p in board.get("panels", []) for q in p.get("panels", [])]:
+        for t in p.get("targets", []):
+            expr = t.get("expr")
+            if expr:
+                for var in ("$department", "$unit", "$host"):
+                    expr = expr.replace(var, ".*")
+                for var, value in (("$__range_s", "3600"), ("$__range", "1h"), ("$__rate_interval", "1m"),
+                                   ("$__interval", "1m")):
+                    expr = expr.replace(var, value)
+                assert "$" not in expr.replace("$labels", ""), expr
+                out.append((str(p.get("title", "")), expr))
+    return out
+
+
+def alert_exprs() -> list[tuple[str, str]]:
+    """(alert name, expr) of the shipped alerting rules."""
+    doc = yaml.safe_load((PROM_RULES / "dutywatch-alerts.yml").read_text(encoding="utf-8"))
+    return [(r["alert"], r["expr"]) for g in doc["groups"] for r in g["rules"] if "alert" in r]
