@@ -232,7 +232,8 @@ def board_queries() -> list[tuple[str, str]]:
     """(panel title, expr) of the fleet dashboard, every variable set to all."""
     board = json.loads(BOARD.read_text(encoding="utf-8"))
     out = []
-    for p in board.get("panels", []) + [q for p in board.get("panels", []) for q in p.get("panels", [])]:
+    top = board.get("panels", [])
+    for p in top + [q for outer in top for q in outer.get("panels", [])]:
         for t in p.get("targets", []):
             expr = t.get("expr")
             if expr:
