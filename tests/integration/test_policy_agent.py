@@ -193,12 +193,15 @@ class _Server(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def https_server(tmp_path: Path) -> Iterator[tuple[type[_Server], int, Path]]:
+def https_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[type[_Server], int, Path]]:
     pki = make_pki(tmp_path / "pki")
     handler = type("Handler", (_Server,), {"counts": {}})
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(pki.server.cert, pki.server.key)
+    if getattr(request, "param", None) == "mutual":
+        ctx.verify_mode = ssl.CERT_REQUIRED  # the policy server lets in only agents with a certificate of its CA
+        ctx.load_verify_locations(pki.ca)
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -242,3 +245,30 @@ def test_a_bundle_served_over_https_is_pulled_once_and_then_only_checked(
         assert agent.stop() == 0
     refused = [r for r in agent.events() if r.get("kind") == "policy.refused"]
     assert len(refused) == 1 and refused[0]["detail"]["origin"].startswith("https://localhost:")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("https_server", ["mutual"], indirect=True)
+def test_a_policy_server_that_asks_for_a_client_certificate_gets_the_agents_own(
+        tmp_path: Path, https_server: tuple[type[_Server], int, Path]) -> None:
+    handler, port, ca = https_server
+    pki = ca.parent
+    centre = Centre(tmp_path / "centre")
+    handler.body = centre.bundle(1, UNIT, "CT-201", signer="unit").read_bytes()
+    common = f"source: 'https://localhost:{port}/policy.json', ca: {ca}, keys: [{centre.d / 'root.key.pub'}], every: 1s"
+    (tmp_path / "stranger").mkdir()
+    mine = f"cert: {pki / 'stranger.crt'}, key: {pki / 'stranger.key'}"
+    stranger = AgentProcess(tmp_path / "stranger", collectors=ALL_OFF, extra_config=f"policy: {{{common}, {mine}}}\n")
+    stranger.start()
+    try:
+        stranger.wait(lambda: "policy source" in stranger.log_text(), "the refused handshake is logged", 60)
+        assert stranger.metric("dutywatch_policy_info") == 0 and handler.counts.get(200, 0) == 0
+    finally:
+        assert stranger.stop() == 0
+    agent = AgentProcess(tmp_path, collectors=ALL_OFF,
+                         extra_config=f"policy: {{{common}, cert: {pki / 'client.crt'}, key: {pki / 'client.key'}}}\n")
+    agent.start()
+    try:
+        agent.wait(lambda: agent.metric("dutywatch_policy_info", version="1") == 1, "version 1 over mutual TLS")
+    finally:
+        assert agent.stop() == 0
