@@ -79,13 +79,28 @@ class PackageOwners:
         """The package of the program ``pid`` runs from ``path``; None if unowned, changed, not that file, or gone."""
         if pid is None or not path.startswith(self.roots):
             return None
+        return self.of(path, self.running(pid))
+
+    def running(self, pid: int | None) -> tuple[int, int] | None:
+        """(device, inode) of the file ``pid`` runs (one stat; read it while the process runs), None if gone."""
+        if pid is None:
+            return None
+        try:
+            st = os.stat(f"{self.proc_root}/{pid}/exe")
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def of(self, path: str, running: tuple[int, int] | None) -> str | None:
+        """The package of the file at ``path`` if it is the file ``running`` (a process's exe, read earlier)."""
+        if running is None or not path.startswith(self.roots):
+            return None
         try:
             st = os.stat(path)
-            running = os.stat(f"{self.proc_root}/{pid}/exe")
         except OSError:
             return None
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if (running.st_dev, running.st_ino) != (st.st_dev, st.st_ino):
+        if running != (st.st_dev, st.st_ino):
             return None
         now = self.monotonic()
         hit = self._cache.get(path)

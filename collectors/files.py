@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.events import Event, File, Media, Process
 from agent.levels import Level
-from agent.packages import Owner, PackageOwners
+from agent.packages import PackageOwners
 from collectors import fanotify as fan
 from collectors.assets import AssetIndex, device_name
 from collectors.base import STOP_POLL, Availability, CollectorError, Emit, Health, Sources, StopEvent, section
@@ -140,7 +140,8 @@ class _Proc:
     """A minimal /proc reader for who-data; ``collectors.procfs.ProcReader`` replaces it."""
 
     root: Path
-    owners: Owner = field(default_factory=PackageOwners)
+    owners: PackageOwners = field(default_factory=PackageOwners)
+    exe_ids: OrderedDict[int, tuple[int, int]] = field(default_factory=OrderedDict)  # pid -> its exe's (dev, ino)
     cache: OrderedDict[int, tuple[float, Process]] = field(default_factory=OrderedDict)
     boot: float | None = None
     sids: OrderedDict[int, int] = field(default_factory=OrderedDict)  # pid -> session, as read with the rest
@@ -165,8 +166,12 @@ class _Proc:
                 elif line.startswith("Uid:"):
                     out["uid"] = int(line.split()[2])  # effective: the id the kernel checked
             out["exe"] = os.readlink(base / "exe").removesuffix(" (deleted)")
-            # Read while the process runs: what its program is, for the package manager's exemption.
-            out["package"] = self.owners(out["exe"], pid)
+            # Which file it runs, read while it runs (one stat): its package is looked up later, off this thread.
+            running = self.owners.running(pid)
+            if running is not None:
+                self.exe_ids[pid] = running
+                if len(self.exe_ids) > 512:
+                    self.exe_ids.popitem(last=False)
         except (OSError, ValueError, IndexError):
             pass
         try:
@@ -687,6 +692,12 @@ class FilesCollector:
 
     def _build(self, kind: str, path: str, dest: str | None, wall: float, who: Process | None,
                ident: tuple[int, int] | None = None) -> Event:
+        if who is not None and who.exe is not None and who.package is None and kind != "file.open":
+            # What the writer's program is, for the package manager's exemption: the file it ran (read by
+            # the fanotify reader while it ran) looked up here, on the joining thread: a first search of the
+            # package database takes tens of ms, and the fanotify reader must not wait for it.
+            running = self._proc.exe_ids.get(who.pid) if who.pid is not None else None
+            who = who._replace(package=self._proc.owners.of(who.exe, running))
         media = self._media.removable_mount_for(dest or path) if self._media is not None else None
         on_removable = None if self._media is None else media is not None
         if ident is None and kind != "file.delete":

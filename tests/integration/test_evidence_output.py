@@ -204,5 +204,5 @@ def test_report_out_never_follows_a_planted_symlink(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "agent", "report", "--state-dir", str(state), "--format", "csv",
                         "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert out.stat().st_ino != before and "seq,time,host" in out.read_text(encoding="utf-8-sig")
+    assert out.stat().st_ino != before and "序号,时间,主机" in out.read_text(encoding="utf-8-sig")  # the zh CSV
     assert victim.read_text() == "keep me\n"
