@@ -19,7 +19,7 @@ one in which nothing ran.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 MAX_WINDOWS = 2000  # runs and tamper windows kept per host; beyond, the oldest are merged
@@ -61,6 +61,7 @@ class HostCoverage:
     after: float
     stretches: tuple[Stretch, ...]
     runs: int
+    still_running: bool = False  # the last run had not stopped by the end of what the journal holds
 
     @property
     def length(self) -> float:
@@ -205,7 +206,8 @@ class CoverageTracker:
                 runs.append((h.open_since, h.last_seen if h.last_seen is not None else h.open_since))
             missing = _union(self._no_evidence.get(name, []))
             watched = _clip(_minus(_minus(_union(runs), h.holes), missing), since, until)
-            out.append(_relabel(_cover(name, since, until, watched, h.starts), missing))
+            c = _relabel(_cover(name, since, until, watched, h.starts), missing)
+            out.append(replace(c, still_running=True) if h.open_since is not None else c)
         return tuple(out)
 
 

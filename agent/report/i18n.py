@@ -189,6 +189,11 @@ _S: dict[str, tuple[str, str]] = {
                        "{unmonitored} of the period was not monitored (coverage {share}): the conclusions below "
                        "hold only for the monitored time."),
     "coverage": ("监控覆盖", "Monitoring coverage"),
+    "still_running": ("{hosts}：日志中最后一次运行没有停止记录。代理在无事发生时不写记录，"
+                      "因此“最后一次存活迹象后”的时间可能仍在监控之下，但日志无法证明，本报告不把它算作受监控。",
+                      "{hosts}: the last run in the journal has no stop record. The agent writes nothing while "
+                      "nothing happens, so the time after its last sign of life may well have been watched, but "
+                      "the journal cannot prove it, and this report does not count it as monitored."),
     "monitored": ("受监控", "Monitored"),
     "before_start": ("首次启动前", "Before the first start"),
     "gaps_col": ("中断", "Gaps"),

@@ -52,7 +52,7 @@ def document(r: Report) -> dict[str, Any]:
             "since": r.span[0], "until": r.span[1], "monitored_seconds": r.monitored, "complete": r.watched_all,
             "hosts": [{"host": cv.host, "since": cv.since, "until": cv.until, "monitored_seconds": cv.monitored,
                        "before_seconds": cv.before, "gap_seconds": cv.gaps, "after_seconds": cv.after,
-                       "share": cv.share, "runs": cv.runs,
+                       "share": cv.share, "runs": cv.runs, "still_running": cv.still_running,
                        "unmonitored": [{"since": x.since, "until": x.until, "where": x.where} for x in cv.stretches]}
                       for cv in r.coverage],
         },

@@ -377,6 +377,9 @@ def verdict(r: Report) -> Section:
         blocks.append(Para(tr(lang, "banner_partial", unmonitored=duration(lang, length - r.monitored),
                               share=_pct(r.monitored / length if length else 0.0)), "warn"))
     blocks.append(coverage_table(r))
+    quiet = [c.host for c in r.coverage if c.still_running and c.unmonitored > 0]
+    if quiet:
+        blocks.append(Para(tr(lang, "still_running", hosts=", ".join(quiet)), "note"))
     t = d.total
     if t.alerts:
         parts = ("、" if lang == "zh" else ", ").join(

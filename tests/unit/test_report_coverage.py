@@ -146,6 +146,11 @@ def test_agent_dead_before_the_period_is_not_counted_as_watching(tmp_path: Path)
     assert status == 0, err
     (h,) = doc["coverage"]["hosts"]
     assert h["monitored_seconds"] == 0 and h["before_seconds"] == H
+    # no stop in the journal: said plainly, and still not counted as watched
+    assert h["still_running"] is True
+    _, html, _ = _report(["--state-dir", str(state), "--since", _iso(T0 + 2 * H), "--until", _iso(T0 + 3 * H)],
+                         tmp_path, "html", "zh")
+    assert "日志中最后一次运行没有停止记录" in _page_one(html)
 
 
 def test_tampered_journal_is_a_banner_and_in_no_figure(tmp_path: Path) -> None:
