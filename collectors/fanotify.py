@@ -28,6 +28,7 @@ import os
 import select
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_CLASS_NOTIF = 0x0
 FAN_REPORT_DFID_NAME = 0x400 | 0x800
+FAN_REPORT_PIDFD = 0x80
 
 FAN_MARK_ADD = 0x1
 FAN_MARK_FILESYSTEM = 0x100
@@ -61,6 +63,7 @@ FD_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_EVENT_ON_CHILD
 NAME_MASK = FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_ONDIR
 
 _INFO_DFID_NAME = 2
+_INFO_PIDFD = 4
 _INFO_OLD_DFID_NAME = 10
 _INFO_NEW_DFID_NAME = 12
 _META = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
@@ -69,6 +72,7 @@ _HANDLE_HEAD = struct.Struct("=Ii")
 _MAX_HANDLE = 128
 _AT_FDCWD = -100
 _BUF = 64 * 1024
+_DRAIN_READS = 16  # reads of one group per poll before the others get their turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,15 @@ class FanRecord:
     dest: str | None = None  # FAN_RENAME: the new path (``path`` is the old one)
     dev: int | None = None  # fd groups: the file's st_dev and st_ino
     ino: int | None = None
+    # With FAN_REPORT_PIDFD (Linux 5.15+): a pidfd of the acting process, open while the record is handed over
+    # (``FanotifyWatcher`` closes it after), or negative: the process had exited and was reaped before the
+    # record was read, so /proc/PID is gone or another process's. None: the kernel gives no pidfds.
+    pidfd: int | None = None
+
+    @property
+    def reaped(self) -> bool:
+        """The kernel said the acting process no longer existed when the record was read."""
+        return self.pidfd is not None and self.pidfd < 0
 
     @property
     def overflow(self) -> bool:
@@ -129,7 +142,12 @@ class FanotifyGroup:
         self._libc = _Libc()
         self.names = names or renames
         flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | (FAN_REPORT_DFID_NAME if self.names else 0)
-        fd = self._libc.init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        # The pidfd pins the acting process: a record read after it was reaped says so, instead of leaving
+        # /proc/PID to name whichever process has the pid now. Kernels before 5.15 refuse the flag.
+        fd = self._libc.init(flags | FAN_REPORT_PIDFD, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        self.pidfds = fd >= 0
+        if fd < 0:
+            fd = self._libc.init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
             raise _errno_error("fanotify_init")
         self.fd = fd
@@ -254,17 +272,22 @@ class FanotifyGroup:
             event_len, _vers, _res, meta_len, mask, fd, pid = _META.unpack_from(data, off)
             if event_len < _META.size:
                 break
+            info = data[off + meta_len: off + event_len]
+            off += event_len
+            pidfd = _pidfd(info) if self.pidfds else None
             if self.names:
-                paths = self._name_paths(data[off + meta_len: off + event_len], bool(mask & FAN_RENAME))
+                paths = self._name_paths(info, bool(mask & FAN_RENAME))
                 if mask & FAN_RENAME:
                     if paths:  # a rename with no watched side is none of ours
-                        yield FanRecord(mask, pid, paths.get(_INFO_OLD_DFID_NAME), paths.get(_INFO_NEW_DFID_NAME))
+                        yield FanRecord(mask, pid, paths.get(_INFO_OLD_DFID_NAME), paths.get(_INFO_NEW_DFID_NAME),
+                                        pidfd=pidfd)
+                    elif pidfd is not None and pidfd >= 0:
+                        os.close(pidfd)
                 else:
-                    yield FanRecord(mask, pid, paths.get(_INFO_DFID_NAME))
+                    yield FanRecord(mask, pid, paths.get(_INFO_DFID_NAME), pidfd=pidfd)
             else:
                 path, dev, ino = _fd_path(fd)
-                yield FanRecord(mask, pid, path, None, dev, ino)
-            off += event_len
+                yield FanRecord(mask, pid, path, None, dev, ino, pidfd)
 
     def _name_paths(self, info: bytes, rename: bool = False) -> dict[int, str]:
         """The paths of a record's directory-and-name parts, by info type.
@@ -301,6 +324,19 @@ class FanotifyGroup:
                 if parent is not None:
                     out[kind] = _join(parent, name)
         return out
+
+
+def _pidfd(info: bytes) -> int | None:
+    """The pidfd of a record's information (FAN_NOPIDFD, or minus an errno, when there is no process)."""
+    off = 0
+    while off + _INFO_HEAD.size <= len(info):
+        kind, _pad, length = _INFO_HEAD.unpack_from(info, off)
+        if length == 0:
+            break
+        if kind == _INFO_PIDFD and length >= _INFO_HEAD.size + 4:
+            return int.from_bytes(info[off + _INFO_HEAD.size: off + _INFO_HEAD.size + 4], "little", signed=True)
+        off += length
+    return None
 
 
 def _join(parent: str, name: bytes) -> str:
@@ -345,6 +381,9 @@ class FanotifyWatcher:
         self.renames: FanotifyGroup | None = None
         self.names_missing = ""
         self._renamed_fs: set[int] = set()
+        self.synced = 0.0  # monotonic: every record of an operation before it has gone to ``on_record``
+        self._busy = False  # the reader is reading or handing over (set before its first read after a wait)
+        self._fds: list[int] = []
         try:
             self.names = FanotifyGroup(names=True)
             self.renames = FanotifyGroup(names=True, renames=True)
@@ -439,20 +478,50 @@ class FanotifyWatcher:
         if wake is not None:
             poller.register(wake, select.POLLIN)
         timeout = stop_timeout(stop, None)
+        self._fds = list(groups)
         while not stop.is_set():
-            for fd, _ev in poller.poll(None if timeout is None else timeout * 1000):
+            self._busy = False
+            ready = poller.poll(None if timeout is None else timeout * 1000)
+            self._busy = True
+            t = time.monotonic()
+            drained = True
+            for fd, _ev in ready:
                 if fd == wake:
                     continue
                 group = groups[fd]
-                try:
-                    records = group.read()
-                except CollectorError:
-                    self._on_drop("watch_error")
-                    return
-                for r in records:
-                    if r.overflow:
-                        self._on_drop("kernel_overflow")
-                        continue
-                    if group.names and r.path and r.mask & FAN_CREATE and r.mask & FAN_ONDIR:
-                        self.mark_tree(r.path)  # before the new directory fills up
-                    self._on_record(r, group.names)
+                for _ in range(_DRAIN_READS):
+                    try:
+                        records = group.read()
+                    except CollectorError:
+                        self._on_drop("watch_error")
+                        return
+                    if not records:
+                        break
+                    self._hand_over(group, records)
+                else:
+                    drained = False
+            if drained:
+                self.synced = t  # every group ran dry after t: each record of an operation before t is handed over
+        self._busy = False
+
+    def synced_at(self) -> float:
+        """A time before which every record has gone to ``on_record`` (now, when the reader waits on empty groups)."""
+        t, synced = time.monotonic(), self.synced
+        if self._busy or not self._fds:
+            return synced
+        waiting, _, _ = select.select(self._fds, [], [], 0)
+        # Busy again: it woke and read between the two looks, and may not have handed the records over yet.
+        return synced if waiting or self._busy else t
+
+    def _hand_over(self, group: FanotifyGroup, records: list[FanRecord]) -> None:
+        for r in records:
+            try:
+                if r.overflow:
+                    self._on_drop("kernel_overflow")
+                    continue
+                if group.names and r.path and r.mask & FAN_CREATE and r.mask & FAN_ONDIR:
+                    self.mark_tree(r.path)  # before the new directory fills up
+                self._on_record(r, group.names)
+            finally:
+                if r.pidfd is not None and r.pidfd >= 0:
+                    os.close(r.pidfd)

@@ -65,6 +65,7 @@ from collectors import fanotify as fan
 from collectors.assets import AssetIndex, device_name
 from collectors.base import STOP_POLL, Availability, CollectorError, Emit, Health, Sources, StopEvent, section
 from collectors.openlimit import REPORT_EVERY, OpenLimiter
+from collectors.pidledger import PidLedger
 from collectors.procfs import read_unit
 from collectors.provenance import Provenance
 from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVED, FsOp, TreeWatcher
@@ -83,7 +84,9 @@ MARK_BATCH = 16  # files handed to the marker at once (the marking worker's batc
 MARK_CACHE = 4096  # scan results kept by (device, inode, size, mtime, ctime)
 RESCAN_MAX = 200_000  # files looked at by one rescan after a gap
 WINDOW = 0.3  # how long an operation waits for its fanotify record
-MAX_WAITS = 3  # then up to this many more double windows (about 2 s in all) before it goes out without one
+# Then it waits on in double windows while fanotify's stream is behind (its records of operations before this
+# one are not all read yet), at most this many (about 18 s): a busy machine delays the record, never loses it.
+MAX_WAITS = 30
 QUIET = 1.0  # a write with no close is reported after this much silence...
 HOLD_MAX = 5.0  # ...or after this long at most
 CATCH_UP_SLACK = 1.0  # a file changed this long before the mount was seen still counts as written after it
@@ -124,6 +127,7 @@ class _Op:
     read_path: str | None = None
     waits: int = 0  # extra windows spent waiting for fanotify's record
     ident: tuple[int, int] | None = None  # (st_dev, st_ino) when fanotify gave it
+    last: float = 0.0  # the latest inotify event folded into it (a write's close), monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,10 @@ class _Proc:
         if len(self.cache) > 512:
             self.cache.popitem(last=False)
         return p
+
+    def forget(self, pid: int) -> None:
+        """``pid`` began a new life (fork or exec): what was read of it describes another program."""
+        self.cache.pop(pid, None)
 
     def _read(self, pid: int) -> Process:
         base = self.root / str(pid)
@@ -225,6 +233,10 @@ class FilesCollector:
         self._mark_cache: OrderedDict[tuple[int, ...], tuple[Level | None, str]] = OrderedDict()
         self._rescan_since: float | None = None
         self._proc = _Proc(sources.proc_root, PackageOwners(proc_root=sources.proc_root))
+        # Who a process was after it is gone: a file event read after its process exited is named from it.
+        self._ledger: PidLedger | None = None
+        self._gone: dict[int, float] = {}  # pid -> when a record of it found /proc empty (monotonic)
+        self.ledger_problem = ""
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=65536)
         self._roots: tuple[str, ...] = ()
         self._media_roots: dict[str, Media] = {}
@@ -244,6 +256,7 @@ class FilesCollector:
         self._caught: dict[str, _Op] = {}  # files found by a catch-up scan, held briefly
         self._ns_roots: dict[int, str] = {}  # st_dev of a medium in another mount namespace -> /proc/PID/root
         self._next_report = 0.0
+        self._fan_synced = 0.0  # fanotify's records of every operation before this time are in the inbox
 
     def available(self) -> Availability:
         """``fanotify`` with who-data when permitted, else ``inotify`` without it."""
@@ -276,6 +289,9 @@ class FilesCollector:
             self._media_subscribed = True
         if self._fan is not None:
             threads.append(threading.Thread(target=self._fan.run, args=(stop,), name="files-fanotify", daemon=True))
+            ledger = self._open_ledger()
+            if ledger is not None:
+                threads.append(threading.Thread(target=ledger.run, args=(stop,), name="files-pids", daemon=True))
         watcher.start()
         for t in threads:
             t.start()
@@ -308,6 +324,8 @@ class FilesCollector:
                     item = self._inbox.get(timeout=wait)
                 except queue.Empty:
                     item = None
+                # Read before the inbox is drained: the records it vouches for were queued before it was set.
+                self._fan_synced = self._fan.synced_at() if self._fan is not None else 0.0
                 while item is not None:
                     self._take(item)
                     item = self._inbox.get_nowait() if not self._inbox.empty() else None
@@ -337,6 +355,17 @@ class FilesCollector:
         if self._fan.names_missing:
             log.warning("files: create/delete/rename carry no process (needs Linux 5.9): %s", self._fan.names_missing)
 
+    def _open_ledger(self) -> PidLedger | None:
+        ledger = PidLedger(str(self._src.proc_root), on_new=self._proc.forget)
+        problem = ledger.open()
+        if problem:
+            self.ledger_problem = problem
+            log.warning("files: no process events (%s): an operation whose process is gone before it is read "
+                        "has no operator", problem)
+            return None
+        self._ledger = ledger
+        return ledger
+
     def _load_assets(self) -> None:
         """Index every asset file and mark its inode: any name of it is then seen."""
         fan_ = self._fan
@@ -362,7 +391,8 @@ class FilesCollector:
         due += [op.deadline for op in self._pending.values()]
         if self._ready:  # waiting for a record, or behind an operation on the same path that is
             due.append(min((op.deadline for op in self._ready if op.deadline > now), default=now + WINDOW))
-        due += [t + WINDOW for t, _wall, _proc, _ident in self._opens.values()]
+        # An open whose process's life the ledger has yet to read is looked at again shortly.
+        due += [t + WINDOW if t + WINDOW > now else now + 0.05 for t, _wall, _proc, _ident in self._opens.values()]
         if self._recent or self._changed or self._opened:
             due.append(self._next_expire)
         if self.limiter.pending():
@@ -464,15 +494,40 @@ class FilesCollector:
             # A medium mounted in another mount namespace: fanotify names the file as that namespace does.
             root = self._ns_roots[r.dev]
             if not r.path.startswith(root + "/"):
-                r = fan.FanRecord(r.mask, r.pid, root + r.path, r.dest, r.dev, r.ino)
+                r = fan.FanRecord(r.mask, r.pid, root + r.path, r.dest, r.dev, r.ino, r.pidfd)
         now, me = time.monotonic(), os.getpid()
         # Our own records stay: they tell the joiner to drop our own operations.
-        who = _Who(now, r.mask, Process(pid=me) if r.pid == me else self._proc.read(r.pid, now), r.dest,
-                   (r.dev, r.ino) if r.dev is not None and r.ino is not None else None)
+        if r.pid == me:
+            proc = Process(pid=me)
+        elif r.reaped:  # /proc/PID is gone, or another process's by now: only the ledger knows who it was
+            proc = self._settle(Process(pid=r.pid), now)
+        else:
+            proc = self._settle(self._proc.read(r.pid, now), now)
+        who = _Who(now, r.mask, proc, r.dest, (r.dev, r.ino) if r.dev is not None and r.ino is not None else None)
         try:
             self._inbox.put_nowait(("fan", r.path, who, self._src.clock()))
         except queue.Full:
             self._lose("backlog", _proc_label(who.process))
+
+    def _settle(self, p: Process, seen: float | None = None) -> Process:
+        """``p`` as the kernel's process events knew it, when /proc no longer had it (it exited and was reaped).
+
+        A zombie still shows its ids but not its program; those come from the ledger too.
+        """
+        if p.pid is None or (p.exe is not None and (p.uid is not None or p.loginuid is not None)):
+            return p
+        if seen is None:
+            seen = self._gone.get(p.pid)
+            if seen is None:
+                return p
+        elif p.uid is None and p.loginuid is None:
+            self._gone[p.pid] = seen
+        known = self._ledger.who(p.pid, seen) if self._ledger is not None else None
+        if known is None:
+            return p
+        if p.uid is None and p.loginuid is None:
+            return known._replace(ppid=p.ppid or known.ppid)
+        return p._replace(exe=known.exe, name=p.name or known.name)
 
     def _take(self, item: tuple[Any, ...]) -> None:
         if item[0] == "wake":
@@ -525,6 +580,7 @@ class FilesCollector:
             if cur is None:
                 cur = pend[("cw", path)] = _Op("file.write", path, None, False, now, wall, now)
             cur.deadline = now + WINDOW if op.what == CLOSED else min(now + QUIET, cur.t0 + HOLD_MAX)
+            cur.last = now
             return
         if op.what == MOVED and ("cw", path) in pend:
             pend[("cw", path)].read_path = op.dest  # the content is now found under the new name
@@ -559,10 +615,27 @@ class FilesCollector:
         A busy machine can hold the record back. Without it the operation has
         no process, and one of the agent's own would be reported.
         """
-        if self._fan is None or op.waits >= MAX_WAITS or now == float("inf") or self._join(op) is not None:
+        if self._fan is None or op.waits >= MAX_WAITS or now == float("inf"):
             return False
+        who = self._join(op)
+        if who is not None:
+            if not self._ledger_behind(who):
+                return False
+        elif self._fan_synced > max(op.t0, op.last) and op.waits:
+            return False  # every record of what happened before it is in: its record will not come
         op.waits, op.deadline = op.waits + 1, now + 2 * WINDOW
         return True
+
+    def _has_who(self, op: _Op) -> bool:
+        who = self._join(op)
+        return who is not None and not self._ledger_behind(who)
+
+    def _ledger_behind(self, who: Process) -> bool:
+        """``who`` was gone from /proc and the ledger has not yet read the process events up to then."""
+        if who.uid is not None or who.loginuid is not None or who.pid is None or self._ledger is None:
+            return False
+        seen = self._gone.get(who.pid)
+        return seen is not None and self._ledger.synced_at() <= seen
 
     def _flush(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str] | None]) -> None:
         # Operations that a later one on their path made due wait for their record like the rest; a path's
@@ -577,7 +650,7 @@ class FilesCollector:
         due = []
         for op in sorted(ready, key=lambda o: o.t0):
             # Waiting ends when the record comes, or when the waits run out.
-            waiting = self._join(op) is None if op.deadline > now else self._await_who(op, now)
+            waiting = not self._has_who(op) if op.deadline > now else self._await_who(op, now)
             if waiting or op.path in held:
                 held.add(op.path)
                 self._ready.append(op)
@@ -619,7 +692,7 @@ class FilesCollector:
 
     def _flush_opens(self, now: float, emit: Emit, marks: queue.Queue[tuple[Event, str] | None]) -> None:
         for key, (t, wall, proc, ident) in list(self._opens.items()):
-            if t + WINDOW > now:
+            if t + WINDOW > now or (t + HOLD_MAX > now and self._ledger_behind(proc)):
                 continue
             del self._opens[key]
             path = key[0]
@@ -712,7 +785,24 @@ class FilesCollector:
         f = File(path=path, dest_path=dest, on_removable=on_removable, source_path=source,
                  device=device_name(ident[0]) if ident is not None else None,
                  inode=ident[1] if ident is not None else None)
-        return Event(kind, wall, self.name, process=who or Process(), file=f, media=media or Media())
+        if who is not None and who.uid is None and who.loginuid is None:
+            who = self._settle(who)
+        return Event(kind, wall, self.name, process=who or Process(), file=f, media=media or Media(),
+                     detail=self._unknown_why(who))
+
+    def _unknown_why(self, who: Process | None) -> str | None:
+        """Why an operation names no one (its operator is then unknown, never silently missing), or None."""
+        if who is not None and (who.uid is not None or who.loginuid is not None):
+            return None
+        if self._fan is None:
+            return "operator unknown: no process data for file events (inotify mode)"
+        if who is None or who.pid is None:
+            return "operator unknown: the kernel's record of the process did not come in time"
+        why = f"operator unknown: process {who.pid} was gone before it could be read"
+        if self._ledger is None:
+            return f"{why}, and the kernel's process events are not available ({self.ledger_problem or 'off'})"
+        return f"{why}, and the kernel's process events had no record of it"
+
 
     def _send(self, event: Event, emit: Emit) -> None:
         if self._audit is not None and event.file.source_path is None and self._audit.covers_path(event.file.path) \
@@ -730,6 +820,7 @@ class FilesCollector:
             else:
                 del self._recent[path]
         self._changed = {k: t for k, t in self._changed.items() if t >= horizon}
+        self._gone = {k: t for k, t in self._gone.items() if t >= horizon}
         self._opened = {k: t for k, t in self._opened.items() if t >= horizon}
 
     # -- marking, off the event path -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -102,3 +103,43 @@ def test_the_agent_names_the_person_and_the_asset_behind_a_hard_link_read_and_a_
     assert copy["event"]["file"]["source_path"] == str(plan)
     assert str(plan) in copy["message"]["zh"] and str(plan) in copy["message"]["en"]
     assert not [f for f in findings if "lunch" in str(f["event"].get("file", {}).get("path"))]
+
+
+@pytest.mark.root
+@needs
+def test_the_person_is_named_when_the_agent_reads_the_file_events_after_the_processes_were_reaped(top: Path) -> None:
+    (top / "assets").mkdir()
+    (top / "home").mkdir()
+    docs = [top / "assets" / f"{n}.txt" for n in ("budget", "staff", "plan")]
+    for d in docs:
+        d.write_text("2027 年度预算安排\n" * 50)
+    collectors = "".join(OFF.format(name=n) for n in ("process", "network", "host", "audit", "media"))
+    collectors += "  files: {enabled: true}\n"
+    agent = AgentProcess(top, collectors=collectors, registry=_registry(top))
+    os.chmod(top, 0o711)  # noqa: S103 - the user passes through; the agent's own files stay root's
+    for d in (top / "assets", top / "home", *docs):
+        os.chown(d, USER, USER)
+    agent.start()
+    try:
+        agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="files") == 1, "files collector not up")
+        as_user = ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", "--"]
+        # A machine so busy the agent reads nothing for a moment: each reader has exited and been reaped
+        # by the time the agent sees its file event, so /proc no longer knows who it was.
+        agent.signal(signal.SIGSTOP)
+        try:
+            subprocess.run([*as_user, "cat", str(docs[0])], check=True, stdout=subprocess.DEVNULL, timeout=30)
+            subprocess.run([*as_user, "head", "-c", "10", str(docs[1])], check=True, stdout=subprocess.DEVNULL,
+                           timeout=30)
+            subprocess.run([*as_user, "cp", str(docs[2]), str(top / "home" / "copy.txt")], check=True, timeout=30)
+        finally:
+            agent.signal(signal.SIGCONT)
+        agent.wait(lambda: len([e for e in agent.events() if e.get("rule") == "BM-FILE-003"]) >= 3,
+                   "the reads of the reaped processes were not all reported", 60)
+    finally:
+        agent.stop()
+    findings = [e for e in agent.events() if e.get("rule")]
+    reads = [f for f in findings if f["rule"] == "BM-FILE-003"]
+    assert sorted(f["event"]["file"]["path"] for f in reads) == sorted(map(str, docs))
+    assert {f["accountable"]["operator"] for f in reads} == {"王五"}
+    assert {f["event"]["process"]["uid"] for f in reads} == {USER}
+    assert not [f for f in findings if f["accountable"]["operator"] is None]  # nothing left unattributed

@@ -1,0 +1,125 @@
+"""The process ledger answers who a pid was after the process is gone, from the kernel's process events.
+
+Fed with decoded connector events and a /proc tree under the test's control:
+what a reaped process, a uid change, a login uid set by a login program and a
+reused pid look like to it.
+"""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import collectors.fanotify as fan
+from agent.events import Event, Process
+from collectors.files import WINDOW, FilesCollector, _Who
+from collectors.pidledger import PidLedger
+from collectors.proc_connector import ProcEvent
+from collectors.watch import CREATED, FsOp
+
+S = 1_000_000_000
+
+
+def proc(root: Path, pid: int, *, uid: int, loginuid: int, name: str = "sh", ppid: int = 1) -> None:
+    d = root / str(pid)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "status").write_text(f"Name:\t{name}\nPPid:\t{ppid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    (d / "loginuid").write_text(str(loginuid))
+    (d / "comm").write_text(name + "\n")
+
+
+def fork(pid: int, parent: int, t: float) -> ProcEvent:
+    return ProcEvent("fork", pid, pid, int(t * S), parent_pid=parent, parent_tgid=parent)
+
+
+def test_a_reaped_process_keeps_the_ids_it_had(tmp_path: Path) -> None:
+    proc(tmp_path, 100, uid=0, loginuid=1000, name="bash")  # a root shell of a person who logged in
+    ledger = PidLedger(str(tmp_path))
+    ledger.feed(fork(200, 100, 1.0))
+    ledger.feed(ProcEvent("uid", 200, 200, int(1.1 * S), ruid=1001, euid=1001))  # setuid before exec
+    ledger.feed(ProcEvent("exec", 200, 200, int(1.2 * S)))  # gone before its exe could be read
+    ledger.feed(ProcEvent("exit", 200, 200, int(1.3 * S), exit_code=0))
+    p = ledger.who(200, 2.0)
+    assert p is not None and (p.uid, p.loginuid, p.ppid) == (1001, 1000, 100)
+    assert p.exe is None  # not the shell's: it had exec'd something else
+    assert ledger.who(201, 2.0) is None  # never seen: no answer rather than a guess
+
+
+def test_a_login_uid_set_after_the_parent_was_first_seen_is_taken_at_fork(tmp_path: Path) -> None:
+    proc(tmp_path, 100, uid=0, loginuid=4294967295, name="login")
+    ledger = PidLedger(str(tmp_path))
+    ledger.feed(fork(150, 100, 1.0))  # the login program's session process, no login uid yet
+    proc(tmp_path, 150, uid=0, loginuid=1000, name="login")  # pam_loginuid writes it in the process itself
+    ledger.feed(fork(160, 150, 2.0))  # then the person's shell
+    p = ledger.who(160, 3.0)
+    assert p is not None and p.loginuid == 1000
+    unset = ledger.who(150, 3.0)
+    assert unset is not None and unset.loginuid is None  # the kernel's "unset" is no one
+
+
+def test_a_reused_pid_is_answered_with_the_life_that_had_it(tmp_path: Path) -> None:
+    proc(tmp_path, 100, uid=1000, loginuid=1000)
+    proc(tmp_path, 101, uid=1001, loginuid=1001)
+    ledger = PidLedger(str(tmp_path))
+    ledger.feed(fork(300, 100, 1.0))
+    ledger.feed(ProcEvent("exit", 300, 300, int(1.5 * S)))
+    ledger.feed(fork(300, 101, 2.0))  # the same pid, another person's process
+    first, second = ledger.who(300, 1.8), ledger.who(300, 2.5)
+    assert first is not None and first.uid == 1000
+    assert second is not None and second.uid == 1001
+
+
+def test_exited_lives_are_bounded(tmp_path: Path) -> None:
+    proc(tmp_path, 100, uid=1000, loginuid=1000)
+    ledger = PidLedger(str(tmp_path), keep=10.0, limit=50)
+    for i in range(200):
+        ledger.feed(fork(1000 + i, 100, 1.0 + i / 1000))
+        ledger.feed(ProcEvent("exit", 1000 + i, 1000 + i, int((1.0 + i / 1000) * S)))
+    assert len(ledger) <= 51  # the parent, and the newest 50 exits
+    assert ledger.who(1199, 2.0) is not None and ledger.who(1000, 2.0) is None
+    ledger.feed(fork(5000, 100, 30.0))
+    ledger.feed(ProcEvent("exit", 5000, 5000, 30 * S))
+    assert ledger.who(1199, 40.0) is None  # past ``keep`` seconds after its exit
+
+
+def test_a_file_record_read_after_its_process_was_reaped_names_the_person(tmp_path: Path) -> None:
+    proc(tmp_path, 100, uid=0, loginuid=4294967295, name="python3")
+    ledger = PidLedger(str(tmp_path))
+    ledger.feed(fork(400, 100, 1.0))
+    ledger.feed(ProcEvent("uid", 400, 400, int(1.1 * S), ruid=1000, euid=1000))
+    ledger.feed(ProcEvent("exit", 400, 400, int(1.4 * S)))
+    c = FilesCollector(None)
+
+    class Fake:
+        names = None
+
+    c._fan = Fake()  # type: ignore[assignment]
+    c._ledger = ledger
+    out: list[Event] = []
+    # What fanotify's reader found in /proc: nothing but the pid (the process was gone).
+    c._take(("fan", "/d/copy.txt", _Who(2.0, fan.FAN_CREATE, c._settle(Process(pid=400), 2.0)), 1.7e9))
+    c._take(("op", FsOp(CREATED, "/d/copy.txt", False), 2.0, 1.7e9))
+    c._fan_synced = 2.5
+    for t in (2.1, 2.0 + 3 * WINDOW, 4.0, 6.0):
+        c._flush(t, out.append, queue.Queue())
+    (e,) = out
+    assert (e.kind, e.process.pid, e.process.uid, e.detail) == ("file.create", 400, 1000, None)
+
+
+def test_without_a_record_of_the_process_the_event_says_why_no_one_is_named(tmp_path: Path) -> None:
+    c = FilesCollector(None)
+
+    class Fake:
+        names = None
+
+    c._fan = Fake()  # type: ignore[assignment]
+    c.ledger_problem = "not permitted"
+    out: list[Event] = []
+    c._take(("fan", "/d/copy.txt", _Who(2.0, fan.FAN_CREATE, c._settle(Process(pid=401), 2.0)), 1.7e9))
+    c._take(("op", FsOp(CREATED, "/d/copy.txt", False), 2.0, 1.7e9))
+    c._fan_synced = 2.5
+    for t in (2.1, 2.0 + 3 * WINDOW, 4.0, 6.0):
+        c._flush(t, out.append, queue.Queue())
+    (e,) = out
+    assert e.process.pid == 401 and e.process.uid is None
+    assert e.detail is not None and "process 401 was gone" in e.detail and "not permitted" in e.detail
