@@ -218,7 +218,8 @@ class FilesCollector:
 
     def __init__(self, config: Mapping[str, Any] | None, sources: Sources | None = None, *,
                  extra_paths: Iterable[str] = (), media: RemovableMounts | None = None,
-                 marker: Marker | None = None, assets: Iterable[str] = (), audit: Any = None) -> None:
+                 marker: Marker | None = None, assets: Iterable[str] = (), audit: Any = None,
+                 processes: Any = None) -> None:
         self.assets = AssetIndex(assets)
         paths = [*section(config, "paths", []), *extra_paths, *self.assets.roots()]
         self.paths = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
@@ -235,6 +236,7 @@ class FilesCollector:
         self._proc = _Proc(sources.proc_root, PackageOwners(proc_root=sources.proc_root))
         # Who a process was after it is gone: a file event read after its process exited is named from it.
         self._ledger: PidLedger | None = None
+        self._processes = processes  # the process collector, whose ledger is used when it reads process events
         self._gone: dict[int, float] = {}  # pid -> when a record of it found /proc empty (monotonic)
         self.ledger_problem = ""
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=65536)
@@ -356,6 +358,13 @@ class FilesCollector:
             log.warning("files: create/delete/rename carry no process (needs Linux 5.9): %s", self._fan.names_missing)
 
     def _open_ledger(self) -> PidLedger | None:
+        """The ledger of process lives: the process collector's when it reads the kernel's process events
+        (one reader of them), else one of its own, whose reader thread is returned."""
+        shared = getattr(self._processes, "ledger", None)
+        if isinstance(shared, PidLedger) and getattr(self._processes, "health", Health()).mode == "netlink":
+            shared.on_new.append(self._proc.forget)
+            self._ledger = shared
+            return None
         ledger = PidLedger(str(self._src.proc_root), on_new=self._proc.forget)
         problem = ledger.open()
         if problem:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from agent.events import Process
 from collectors.base import CollectorError, stop_fd, stop_timeout
-from collectors.proc_connector import ProcConnector, ProcEvent
+from collectors.proc_connector import ProcConnector, ProcEvent, Received
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class PidLedger:
         self._root = proc_root
         self._keep_ns = int(keep * 1e9)
         self._limit = limit
-        self._on_new = on_new  # told of every new life of a pid (a cache keyed by pid is stale now)
+        # Told of every new life of a pid (a cache keyed by pid is stale now).
+        self.on_new: list[Callable[[int], None]] = [on_new] if on_new is not None else []
         self._live: dict[int, Life] = {}
         self._gone: dict[int, list[Life]] = {}
         self._order: deque[Life] = deque()  # exited lives, oldest first
@@ -91,15 +92,27 @@ class PidLedger:
         return ""
 
     def run(self, stop: threading.Event) -> None:
-        """Read the connector opened by ``open`` until ``stop`` is set, then close it.
-
-        It blocks on the socket (and the stop's descriptor) while nothing happens: a quiet host costs nothing.
-        """
+        """Read the connector opened by ``open`` until ``stop`` is set, then close it."""
         conn = self._connector
         if conn is None:
             return
+        try:
+            self.pump(conn, stop)
+        except (CollectorError, OSError) as exc:
+            log.warning("files: process events stopped: %s", exc)
+        finally:
+            conn.close()
+
+    def pump(self, conn: ProcConnector, stop: threading.Event,
+             also: Callable[[Received], None] | None = None) -> None:
+        """Read ``conn`` until ``stop`` is set, feeding this ledger and handing each batch to
+        ``also`` (the process collector shares its subscription this way: one reader of the kernel's events).
+
+        It blocks on the socket and the stop's descriptor while nothing happens: a quiet host costs nothing.
+        """
         fd, wake = conn.fileno(), stop_fd(stop)
         waits = [fd] if wake is None else [fd, wake]
+        self._connector = conn
         try:
             while not stop.is_set():
                 self._busy = False
@@ -110,13 +123,12 @@ class PidLedger:
                 self.overflows += got.overflows
                 for event in got.events:
                     self.feed(event)
+                if also is not None:
+                    also(got)
                 if len(got.events) < _BATCH:
                     self.synced = t  # the socket ran dry after t: everything before it is in
-        except (CollectorError, OSError) as exc:
-            log.warning("files: process events stopped: %s", exc)
         finally:
             self._busy = False
-            conn.close()
             self._connector = None
             self.synced = float("inf")  # nothing more will come: no one waits for it
 
@@ -162,8 +174,8 @@ class PidLedger:
                     parent.name if parent else None, parent.exe if parent else None, ts)
         with self._lock:
             self._live[pid] = life
-        if self._on_new is not None:
-            self._on_new(pid)
+        for tell in self.on_new:
+            tell(pid)
 
     def _exec(self, pid: int) -> None:
         life = self._live.get(pid) or self._first_sight(pid)
@@ -176,8 +188,8 @@ class PidLedger:
                 life.name = f.read().rstrip(b"\n").decode("utf-8", "replace")
         except OSError:
             life.exe = life.name = None  # gone already: not the program it was forked as, either
-        if self._on_new is not None:
-            self._on_new(pid)
+        for tell in self.on_new:
+            tell(pid)
 
     def _first_sight(self, pid: int) -> Life | None:
         """A process that predates the ledger, from /proc (None when it is gone too)."""

@@ -23,13 +23,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from agent.events import Event, Parent, Process
-from collectors.base import Availability, CollectorError, Emit, Health, Sources, section, stop_fd, stop_timeout
-from collectors.proc_connector import ProcConnector, ProcEvent, has_net_admin, own_status
+from collectors.base import Availability, CollectorError, Emit, Health, Sources, section
+from collectors.pidledger import PidLedger
+from collectors.proc_connector import ProcConnector, ProcEvent, Received, has_net_admin, own_status
 from collectors.process_poll import ProcessPoller
 from collectors.procfs import ProcReader
 
@@ -91,6 +93,9 @@ class ProcessCollector:
         # A mount namespace is made by a program that runs: each exec tells the media collector
         # to look (it has no kernel event for a new namespace, and sweeps /proc only when told).
         self._namespaces = namespaces
+        # Who each process was, from this collector's process events, kept after it is gone: a program that
+        # exits before its exec is read, and the files collector's operations, are still named.
+        self.ledger = PidLedger(str(self._sources.proc_root))
 
     # -- protocol ----------------------------------------------------------
 
@@ -152,10 +157,7 @@ class ProcessCollector:
     # -- netlink -----------------------------------------------------------
 
     def _netlink_loop(self, connector: ProcConnector, emit: Emit, stop: threading.Event) -> None:
-        wake, timeout = stop_fd(stop), stop_timeout(stop, None)
-        while not stop.is_set():
-            # Blocks until the kernel reports something or stop is set: a quiet host wakes nothing.
-            got = connector.receive(timeout, _BATCH, wake)
+        def batch(got: Received) -> None:
             if got.overflows:
                 # The kernel says "lost some", not how many: each report counts once.
                 self.health.drop("kernel_overflow", got.overflows)
@@ -163,6 +165,11 @@ class ProcessCollector:
                 self.health.drop("malformed", got.malformed)
             for event in got.events:
                 self.handle(event, emit)
+
+        # Blocks until the kernel reports something or stop is set: a quiet host wakes nothing. The ledger
+        # (who each process was, kept after it is gone) is fed from the same reads once the files collector
+        # asks for it: one reader of the kernel's process events.
+        self.ledger.pump(connector, stop, batch)
 
     def handle(self, event: ProcEvent, emit: Emit) -> None:
         """Turn one kernel event into zero or one DutyWatch events."""
@@ -212,14 +219,17 @@ class ProcessCollector:
         self._send(emit, "process.exit", *found)
 
     def _from_kernel(self, pid: int) -> tuple[Process, Parent]:
-        ppid = self._forks.get(pid)
+        # Gone before /proc was read: the ids it was forked with and changed to, from the kernel's own events.
+        life = self.ledger.who(pid, time.monotonic())
+        ppid = self._forks.get(pid) or (life.ppid if life is not None else None)
+        me = life._replace(ppid=ppid) if life is not None else Process(pid=pid, ppid=ppid)
         if ppid is None:
-            return Process(pid=pid), Parent()
+            return me, Parent()
         known = self.reader.cached(ppid)
         if known is None:
-            return Process(pid=pid, ppid=ppid), Parent(pid=ppid)
+            return me, Parent(pid=ppid)
         p = known[0]
-        return Process(pid=pid, ppid=ppid), Parent(pid=ppid, name=p.name, exe=p.exe, cmdline=p.cmdline)
+        return me, Parent(pid=ppid, name=p.name, exe=p.exe, cmdline=p.cmdline)
 
     def _send(self, emit: Emit, kind: str, process: Process, parent: Parent) -> None:
         now = self._sources.clock()

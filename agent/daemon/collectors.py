@@ -81,7 +81,7 @@ def _make(name: str, section: Mapping[str, Any], sources: Sources, extra_paths: 
         from collectors.files import FilesCollector
         return FilesCollector(section, sources, extra_paths=(*extra_paths, *file_trees(own)),
                               media=built.get("media"),  # type: ignore[arg-type]
-                              marker=_marker(), assets=assets, audit=built.get("audit"))
+                              marker=_marker(), assets=assets, audit=built.get("audit"), processes=built.get("process"))
     if name == "host":
         from collectors.host import HostCollector
         return HostCollector(section, sources)

@@ -107,14 +107,16 @@ def test_the_agent_names_the_person_and_the_asset_behind_a_hard_link_read_and_a_
 
 @pytest.mark.root
 @needs
-def test_the_person_is_named_when_the_agent_reads_the_file_events_after_the_processes_were_reaped(top: Path) -> None:
+@pytest.mark.parametrize("process", ["off", "on"])  # its own process events, or the process collector's
+def test_the_person_is_named_when_the_agent_reads_the_file_events_after_the_processes_were_reaped(
+        top: Path, process: str) -> None:
     (top / "assets").mkdir()
     (top / "home").mkdir()
     docs = [top / "assets" / f"{n}.txt" for n in ("budget", "staff", "plan")]
     for d in docs:
         d.write_text("2027 年度预算安排\n" * 50)
-    collectors = "".join(OFF.format(name=n) for n in ("process", "network", "host", "audit", "media"))
-    collectors += "  files: {enabled: true}\n"
+    off = ("network", "host", "audit", "media") if process == "on" else ("process", "network", "host", "audit", "media")
+    collectors = "".join(OFF.format(name=n) for n in off) + "  files: {enabled: true}\n"
     agent = AgentProcess(top, collectors=collectors, registry=_registry(top))
     os.chmod(top, 0o711)  # noqa: S103 - the user passes through; the agent's own files stay root's
     for d in (top / "assets", top / "home", *docs):
@@ -142,4 +144,4 @@ def test_the_person_is_named_when_the_agent_reads_the_file_events_after_the_proc
     assert sorted(f["event"]["file"]["path"] for f in reads) == sorted(map(str, docs))
     assert {f["accountable"]["operator"] for f in reads} == {"王五"}
     assert {f["event"]["process"]["uid"] for f in reads} == {USER}
-    assert not [f for f in findings if f["accountable"]["operator"] is None]  # nothing left unattributed
+    assert not [f for f in findings if f["accountable"]["operator"] is None], [f["event"] for f in findings if f["accountable"]["operator"] is None]
