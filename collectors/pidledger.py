@@ -66,8 +66,11 @@ class PidLedger:
     """Process lives by pid, fed with ``feed`` (or ``run`` on its own connector); ask with ``who``."""
 
     def __init__(self, proc_root: str = "/proc", *, keep: float = KEEP, limit: int = LIMIT,
-                 on_new: Callable[[int], None] | None = None) -> None:
+                 on_new: Callable[[int], None] | None = None, reads_proc: bool = True) -> None:
         self._root = proc_root
+        # False: whoever feeds it reads each new program's /proc entry anyway and passes it on (``seen``);
+        # the ledger then does no /proc read of its own per event (only for a parent it never saw).
+        self._reads_proc = reads_proc
         self._keep_ns = int(keep * 1e9)
         self._limit = limit
         # Told of every new life of a pid (a cache keyed by pid is stale now).
@@ -168,7 +171,7 @@ class PidLedger:
 
     def _fork(self, pid: int, ppid: int, ts: int) -> None:
         parent = self._live.get(ppid) or self._first_sight(ppid)
-        loginuid = _read_int(f"{self._root}/{ppid}/loginuid")
+        loginuid = _read_int(f"{self._root}/{ppid}/loginuid") if self._reads_proc else None
         life = Life(pid, ppid, parent.uid if parent else None,
                     loginuid if loginuid is not None else parent.loginuid if parent else None,
                     parent.name if parent else None, parent.exe if parent else None, ts)
@@ -178,8 +181,13 @@ class PidLedger:
             tell(pid)
 
     def _exec(self, pid: int) -> None:
-        life = self._live.get(pid) or self._first_sight(pid)
+        life = self._live.get(pid) or (self._first_sight(pid) if self._reads_proc else None)
         if life is None:
+            return
+        if not self._reads_proc:
+            life.exe = life.name = None  # another program now; ``seen`` tells which
+            for tell in self.on_new:
+                tell(pid)
             return
         base = f"{self._root}/{pid}"
         try:
@@ -190,6 +198,19 @@ class PidLedger:
             life.exe = life.name = None  # gone already: not the program it was forked as, either
         for tell in self.on_new:
             tell(pid)
+
+    def seen(self, p: Process) -> None:
+        """What was read of a live process (its exec): its program and ids as they are now."""
+        if p.pid is None:
+            return
+        with self._lock:
+            life = self._live.get(p.pid)
+            if life is None:
+                return
+            life.exe, life.name = p.exe, p.name
+            if p.uid is not None:
+                life.uid = p.uid
+            life.loginuid = p.loginuid if p.loginuid is not None else _UNSET
 
     def _first_sight(self, pid: int) -> Life | None:
         """A process that predates the ledger, from /proc (None when it is gone too)."""

@@ -95,7 +95,7 @@ class ProcessCollector:
         self._namespaces = namespaces
         # Who each process was, from this collector's process events, kept after it is gone: a program that
         # exits before its exec is read, and the files collector's operations, are still named.
-        self.ledger = PidLedger(str(self._sources.proc_root))
+        self.ledger = PidLedger(str(self._sources.proc_root), reads_proc=False)
 
     # -- protocol ----------------------------------------------------------
 
@@ -203,6 +203,8 @@ class ProcessCollector:
             started = found[0].start_time - self.reader.boot_time()
             if started > event.timestamp_ns / 1e9:
                 found = None
+        if found is not None:
+            self.ledger.seen(found[0])
         if found is None or (found[0].exe is None and found[0].cmdline is None):
             self.health.partial("proc_gone")
         if found is None:

@@ -123,3 +123,18 @@ def test_without_a_record_of_the_process_the_event_says_why_no_one_is_named(tmp_
     (e,) = out
     assert e.process.pid == 401 and e.process.uid is None
     assert e.detail is not None and "process 401 was gone" in e.detail and "not permitted" in e.detail
+
+
+def test_fed_by_the_process_collector_it_reads_no_proc_per_event_and_learns_from_what_it_is_told(
+        tmp_path: Path) -> None:
+    proc(tmp_path, 100, uid=0, loginuid=4294967295, name="sshd")
+    ledger = PidLedger(str(tmp_path), reads_proc=False)
+    ledger.feed(fork(150, 100, 1.0))  # the session process
+    ledger.feed(ProcEvent("uid", 150, 150, int(1.1 * S), ruid=1000, euid=1000))
+    ledger.feed(ProcEvent("exec", 150, 150, int(1.2 * S)))
+    # The process collector read it at its exec: the shell, with the login uid pam_loginuid set.
+    ledger.seen(Process(pid=150, name="bash", exe="/usr/bin/bash", uid=1000, loginuid=1000))
+    ledger.feed(fork(160, 150, 2.0))
+    ledger.feed(ProcEvent("exit", 160, 160, int(2.1 * S)))
+    p = ledger.who(160, 3.0)
+    assert p is not None and (p.uid, p.loginuid, p.exe) == (1000, 1000, "/usr/bin/bash")
