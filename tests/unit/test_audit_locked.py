@@ -70,8 +70,8 @@ class LockedSocket:
     def delete_rule(self, rule: bytes) -> None:
         raise OSError(errno.EPERM, "locked")
 
-    def receive(self, timeout: float, batch: int = 64) -> tuple[list[Message], int]:
-        time.sleep(min(timeout, 0.05))
+    def receive(self, timeout: float | None, batch: int = 64, wake: tuple[int, ...] = ()) -> tuple[list[Message], int]:
+        time.sleep(0.05 if timeout is None else min(timeout, 0.05))
         return [], 0
 
 
