@@ -40,6 +40,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from agent.levels import Level
 from collectors.marking import DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, MarkingResult, Position, scan_fd
 from collectors.sandbox import WorkerLost, WorkerProcess, WorkerUnavailable, worker_hello
 
@@ -64,7 +65,6 @@ def _result_to_json(r: MarkingResult) -> dict[str, Any]:
 
 
 def _result_from_json(d: dict[str, Any]) -> MarkingResult:
-    from agent.levels import Level
     pos = d.get("position")
     return MarkingResult(
         d["status"], Level(d["level"]) if d.get("level") is not None else None, d.get("period"),
@@ -227,12 +227,16 @@ class _Answers:
 
     def begin(self) -> None:
         """A file's scan starts: if answers are held, they go out should it run long."""
-        if self._held:
+        if self._held:  # re-arming replaces the previous file's timer: one system call per file
             signal.setitimer(signal.ITIMER_REAL, FLUSH_AFTER)
 
     def add(self, answer: dict[str, Any]) -> None:
-        """A file's answer; held until :meth:`flush` or the next file runs long."""
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        """A file's answer; held until :meth:`flush` or the next file runs long.
+
+        The timer is left armed: the next :meth:`begin` re-arms it, the last
+        file's :meth:`flush` stops it, and should it fire in between it only
+        sends the held answers a little early.
+        """
         self._held.append(answer)
 
     def flush(self) -> None:
@@ -265,6 +269,7 @@ def serve(sock: socket.socket, memory: int, confine: bool) -> None:
     c = worker_hello(sock, memory=memory, cpu_seconds=CPU_SECONDS, files=FILES, confine_it=confine)
     cpu_limit = c is not None and "RLIMIT_CPU" in c.limits  # else the parent's time cap alone stops a stuck file
     answers = _Answers(sock)
+    budget = -1  # the CPU soft limit last set; a file whose budget rounds to the same second needs no call
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, MAX_BATCH)
@@ -288,7 +293,9 @@ def serve(sock: socket.socket, memory: int, confine: bool) -> None:
             try:
                 if cpu_limit:  # this file's CPU budget: a stuck parser dies by SIGXCPU if the parent is slow
                     soft = min(CPU_SECONDS, int(used + max_seconds) + 2)
-                    resource.setrlimit(resource.RLIMIT_CPU, (soft, CPU_SECONDS))
+                    if soft != budget:
+                        resource.setrlimit(resource.RLIMIT_CPU, (soft, CPU_SECONDS))
+                        budget = soft
                 if fd < 0:
                     result = MarkingResult("unscanned", reason="no descriptor passed")
                 else:
