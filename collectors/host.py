@@ -8,10 +8,10 @@ attribution turns into a network zone. Bluetooth adapters (hci*) have no
 network interface until a PAN is up, so /sys/class/bluetooth is also read
 every ``interval`` and a new adapter is reported as a bluetooth interface.
 
-One thread (the supervisor's), blocked in select on the rtnetlink socket and the stop
-descriptor until the next ``interval`` read is due: a quiet host wakes it once an interval.
-It is cheap enough to share a loop with others, but the supervisor restarts each collector
-on its own when it fails, and one wake every ``interval`` (30 s) costs nothing to keep.
+No thread of its own: it shares the agent's collector loop (``collectors.loop``), which waits
+on the rtnetlink socket and wakes for the next ``interval`` read; a quiet host wakes it once an
+interval. Each change costs a few sysfs reads, so it never holds up the loop's other collectors.
+When it fails, the supervisor detaches it and attaches it again after a backoff.
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ import errno
 import ipaddress
 import logging
 import os
-import select
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.events import Event, Iface
-from collectors.base import Availability, Emit, Health, Sources, section, stop_fd, stop_timeout, translate_os_error
+from collectors.base import Availability, Emit, Health, Sources, section, translate_os_error
+from collectors.loop import Loop, run_alone
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +148,7 @@ class HostCollector:
         self._said: dict[str, set[str | None]] = {}
         self._names: dict[int, str] = {}
         self._hci: set[str] = set()
+        self._sock: socket.socket | None = None
 
     def available(self) -> Availability:
         """``netlink`` when an rtnetlink socket can be opened, else ``poll``."""
@@ -165,39 +165,38 @@ class HostCollector:
         return s
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        """Report the interfaces up now, then every change until ``stop``."""
-        sock: socket.socket | None
+        """Report the interfaces up now, then every change until ``stop`` (on a private loop)."""
+        run_alone(self, emit, stop)
+
+    def attach(self, loop: Loop, emit: Emit) -> None:
+        """Report the interfaces up now and register the rtnetlink socket and the sysfs timer with ``loop``."""
         try:
-            sock = self._socket()
+            self._sock = self._socket()
             self.health.mode = "netlink"
         except OSError as exc:
             log.warning("host: polling %s every %.0fs: %s", self._net, self.interval,
                         translate_os_error("rtnetlink", exc))
-            sock, self.health.mode = None, "poll"
+            self._sock, self.health.mode = None, "poll"
         self.health.up = True
-        next_poll = 0.0
-        wake = stop_fd(stop)
-        try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if now >= next_poll:
-                    if sock is None or next_poll == 0.0:
-                        self._rescan(emit)
-                    self._bluetooth(emit)
-                    next_poll = now + self.interval
-                # Until a link or address changes, stop is set, or the next sysfs read is due.
-                timeout = stop_timeout(stop, next_poll - time.monotonic())
-                if sock is None:
-                    stop.wait(timeout)
-                    continue
-                fds = [sock.fileno()] if wake is None else [sock.fileno(), wake]
-                ready, _, _ = select.select(fds, [], [], timeout)
-                if sock.fileno() in ready:
-                    self._drain(sock, emit)
-        finally:
-            self.health.up = False
-            if sock is not None:
-                sock.close()
+        sock = self._sock
+        if sock is not None:
+            loop.register(sock.fileno(), lambda: self._drain(sock, emit), self)
+            self._rescan(emit)  # once: netlink says every change after it (poll mode: at every tick)
+
+        def tick() -> None:
+            if sock is None:
+                self._rescan(emit)
+            self._bluetooth(emit)
+            loop.call_later(self.interval, tick, self)
+
+        tick()
+
+    def detach(self) -> None:
+        """Close the rtnetlink socket."""
+        self.health.up = False
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     @property
     def _net(self) -> Path:
