@@ -235,7 +235,7 @@ def _handoff() -> None:
 
 def bench_marking(only: list[str] | None = None) -> None:
     """Print one line per format: in-process and worker rates, per-file latency and CPU, peak RSS, ratios."""
-    single, batched, batched_cpu = [], [], []
+    single, single_cpu, batched, batched_cpu = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="dw-bench-marking-") as tmp:
         root = Path(tmp)
         for name in only or list(MAKERS):
@@ -249,13 +249,14 @@ def bench_marking(only: list[str] | None = None) -> None:
             worker = MarkingWorker()
             try:
                 worker.start()
-                _, one, _ = measure(paths, worker.scan, worker.pid)
+                _, one, one_cpu = measure(paths, worker.scan, worker.pid)
                 rate, _, _ = measure_batched(paths, worker)
                 in_cpu, w_cpu, in_wall, w_wall = interleaved(paths, worker)
                 peak = _vm_hwm(worker.pid) if worker.pid else 0
             finally:
                 worker.close()
             single.append(one / inproc["latency"])
+            single_cpu.append(one_cpu / inproc["cpu"])
             batched.append(w_wall / in_wall)
             batched_cpu.append(w_cpu / in_cpu)
             size = paths[0].stat().st_size
@@ -264,12 +265,15 @@ def bench_marking(only: list[str] | None = None) -> None:
                   f"{rate:7.1f} files/s, peak RSS {peak / 2**20:4.0f} MB | side by side per file: in-process "
                   f"{in_wall * 1e3:8.2f} ms cpu {in_cpu * 1e3:7.2f} ms, worker batched {w_wall * 1e3:8.2f} ms "
                   f"cpu {w_cpu * 1e3:7.2f} ms: ratio {batched[-1]:.2f} (cpu {batched_cpu[-1]:.2f}) | "
-                  f"one by one {one * 1e3:8.2f} ms/file, {single[-1]:.2f} of in-process")
+                  f"one by one {one * 1e3:8.2f} ms/file cpu {one_cpu * 1e3:7.2f} ms, {single[-1]:.2f} of in-process "
+                  f"(cpu {single_cpu[-1]:.2f})")
     if batched:
         print(f"marking worker/in-process per-file time, batched as the collector hands files over: median "
               f"{statistics.median(batched):.2f}, worst {max(batched):.2f}; CPU per file: median "
               f"{statistics.median(batched_cpu):.2f}, worst {max(batched_cpu):.2f}; a lone file (one by one): median "
-              f"{statistics.median(single):.2f}, worst {max(single):.2f} (target: at most 1.20)")
+              f"{statistics.median(single):.2f}, worst {max(single):.2f}, "
+              f"CPU median {statistics.median(single_cpu):.2f}, worst {max(single_cpu):.2f} (target: at most 1.20); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     _handoff()
     w = MarkingWorker()
     t = time.perf_counter()

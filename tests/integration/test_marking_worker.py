@@ -293,3 +293,38 @@ def test_worker_of_a_service_holding_ambient_capabilities_starts_with_none() -> 
     # Without CAP_SYS_ADMIN in the worker no namespace can be made; the filter still refuses sockets.
     assert all("namespace" in p for p in result["problems"])
 
+
+
+@pytest.mark.root
+@root_only
+def test_a_stuck_file_dies_by_its_own_cpu_budget_when_the_parent_waits_long(tmp_path: Path) -> None:
+    """The worker's CPU limit is the backstop when the parent is slow to stop it: it still holds for
+    a file deep in a warm worker (whose limit is re-set only when a file's budget needs it), and
+    the quick files around that file keep their results."""
+    w = MarkingWorker(max_seconds=1.0, grace=120.0)
+    try:
+        quick = []
+        for i in range(20):
+            p = tmp_path / f"q{i}.txt"
+            p.write_text("秘密★\n" if i % 2 else "正文\n")
+            quick.append(p)
+        hostile = tmp_path / "hostile.pdf"
+        hostile.write_bytes(busy_pdf())
+        for batch in (quick, [*quick[:3], hostile, *quick[3:6]]):
+            fds = [os.open(p, os.O_RDONLY) for p in batch]
+            try:
+                t = time.monotonic()
+                results = w.scan_many(list(zip(fds, map(str, batch), strict=True)))
+                elapsed = time.monotonic() - t
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            for path, result in zip(batch, results, strict=True):
+                if path == hostile:
+                    assert result.status == "unscanned" and "SIGXCPU" in result.reason, result
+                else:
+                    assert result == scan_file(path), path.name
+        assert elapsed < 100.0  # the worker's own limit, not the parent's 121 s wait, ended the file
+        assert w.killed == 0 and w.restarts == 1
+    finally:
+        w.close()
