@@ -482,6 +482,8 @@ class Enforcer:
 
     def _flush(self) -> None:
         self._dirty = False
+        if not self.cfg.active and not self.active and not (self.state_dir / "enforce.json").exists():
+            return  # enforcement off and nothing left by an earlier run: no state file at all
         try:
             save(self.state_dir, Saved(os.getpid(), self.cfg.table, self.clock(), list(self.active.values())))
         except OSError as exc:
