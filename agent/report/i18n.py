@@ -35,6 +35,7 @@ _S: dict[str, tuple[str, str]] = {
     "by_unit": ("按部门和单位", "By department and unit"),
     "trend": ("每日趋势", "Trend per day"),
     "trend_hour": ("每小时趋势", "Trend per hour"),
+    "trend_5min": ("每 5 分钟趋势", "Trend per 5 minutes"),
     "by_unit_chart": ("各单位发现数", "Findings per unit"),
     "department": ("主管部门", "Department"),
     "unit": ("运行单位", "Unit"),

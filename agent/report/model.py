@@ -282,6 +282,7 @@ class Aggregate:
     unattributed_repeats: tuple[Repeat, ...] = ()
     host_info: tuple[tuple[str, tuple[str, ...]], ...] = ()  # host: (unit, department, custodian, level, zone)
     by_hour: tuple[tuple[str, Tally], ...] = ()  # "YYYY-MM-DD HH:00" in the report's zone
+    by_5min: tuple[tuple[float, Tally], ...] = ()  # start of each 5-minute slot (epoch), for short periods
 
 
 class _Heap:
@@ -341,6 +342,7 @@ class Aggregator:
     _day_cache: tuple[float, float, str] = (0.0, -1.0, "")
     _hour_cache: tuple[float, float, str] = (0.0, -1.0, "")
     _hours: dict[str, _Count] = field(default_factory=dict)
+    _slots: dict[float, _Count] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._violations = _Heap(self.max_rows)
@@ -434,6 +436,7 @@ class Aggregator:
         self._total.add(si, alert, n)
         self._bucket(self._days, self._day(t), OTHER).add(si, alert, n)
         self._bucket(self._hours, self._hour(t), OTHER).add(si, alert, n)
+        self._bucket(self._slots, t - t % 300.0, -1.0).add(si, alert, n)
         gkey = (dept, unit)
         self._bucket(self._groups, gkey, (OTHER, OTHER)).add(si, alert, n)
         hs = self._group_hosts.setdefault(gkey, set()) if gkey in self._groups else None
@@ -579,4 +582,5 @@ class Aggregator:
                          self._first_time, tuple(owners), tuple(self._violations.by_sev), self._repeats.freeze(),
                          self._repeats.folded, self._unattributed_repeats.freeze(),
                          tuple(sorted(self._host_info.items())),
-                         tuple((h, c.freeze()) for h, c in sorted(self._hours.items())))
+                         tuple((h, c.freeze()) for h, c in sorted(self._hours.items())),
+                         tuple((k, c.freeze()) for k, c in sorted(self._slots.items())))

@@ -133,7 +133,15 @@ def summary(r: Report) -> Section:
     sev_rows = [(tr(lang, s), n, COLORS[s]) for s, n in zip(SEVERITIES, t.by_severity, strict=True)]
     blocks.append(Figure(tr(lang, "by_severity"), bar_chart(sev_rows)))
     names = [tr(lang, s) for s in SEVERITIES]
-    if r.span[1] - r.span[0] <= 2 * 86400 and d.by_hour and OTHER not in dict(d.by_hour):
+    slots = dict(d.by_5min)
+    if r.span[1] - r.span[0] <= 3 * 3600 and d.by_5min and -1.0 not in slots:
+        # up to three hours: every five minutes of the period, labelled HH:MM
+        import datetime as dt
+        start = r.span[0] - r.span[0] % 300.0
+        cols = [(dt.datetime.fromtimestamp(k, r.tz).strftime("%H:%M"), slots.get(k, Tally()))
+                for k in (start + 300.0 * i for i in range(37)) if k < r.span[1]]
+        blocks.append(Figure(tr(lang, "trend_5min"), trend_chart(cols, names)))
+    elif r.span[1] - r.span[0] <= 2 * 86400 and d.by_hour and OTHER not in dict(d.by_hour):
         # a day or two: findings per hour (every hour of the period, empty ones too), labelled HH:00
         hours = _every_hour(r, dict(d.by_hour))
         blocks.append(Figure(tr(lang, "trend_hour"), trend_chart(hours, names)))

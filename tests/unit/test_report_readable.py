@@ -81,17 +81,23 @@ def test_noisy_half_hour_fits_in_fifteen_pages(noisy: Path, tmp_path: Path, lang
     assert ("机密/内网" in head) if lang == "zh" else ("secret/intranet" in head)
 
 
-def test_half_hour_charted_by_hour_and_lifecycle_in_chinese(noisy: Path, tmp_path: Path) -> None:
+def test_chart_suits_the_period_and_lifecycle_in_chinese(noisy: Path, tmp_path: Path) -> None:
     for lang in ("zh", "en"):
         out = tmp_path / f"r-{lang}.html"
         status, _, err = run_cli(_args(noisy, "html", lang, out))
         assert status == 0, err
         html = out.read_text(encoding="utf-8")
         if lang == "zh":
-            assert "每小时趋势" in html and "每日趋势" not in html
+            assert "每 5 分钟趋势" in html and "每日趋势" not in html and ">00:25<" in html
             assert "代理启动（版本 0.1" in html and "代理正常停止" in html and "代理启动 agent.start 1" in html
         else:
-            assert "Trend per hour" in html and "clean stop" in html
+            assert "Trend per 5 minutes" in html and "clean stop" in html
+    # a day is charted per hour
+    out = tmp_path / "day.html"
+    status, _, err = run_cli(["report", "--state-dir", str(noisy), "--out", str(out), "--since", _iso(T0),
+                              "--until", _iso(T0 + 86400)])
+    assert status == 0, err
+    assert "每小时趋势" in out.read_text(encoding="utf-8")
     # a month is charted by day
     out = tmp_path / "month.html"
     status, _, err = run_cli(["report", "--state-dir", str(noisy), "--out", str(out), "--since", _iso(T0 - 20 * 86400),
