@@ -100,6 +100,8 @@ def decisions_in_namespace() -> None:
         print(f"nftables rebuild of the sets with {size:>5} elements: {med * 1000:8.2f} ms "
               f"({size / med:,.0f} elements/s, one atomic transaction)")
     e.shutdown()
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _finding(ip: str) -> dict[str, object]:
@@ -141,7 +143,8 @@ def end_to_end() -> None:
         assert _line(server, 15) == "ready"
         net = t.Net(host, inet_ns, intra_ns, "198.51.100.1", "198.51.100.62", inet[0], inet[1], "::1",
                     "198.51.100.2", server)
-        agent = t.HostAgent(net, Path(tempfile.mkdtemp(prefix="dw19-bench-")), "  mode: enforce\n", ttl="10m")
+        work = Path(tempfile.mkdtemp(prefix="dw19-bench-"))
+        agent = t.HostAgent(net, work, "  mode: enforce\n", ttl="10m")
         agent.start()
         delays, never = [], 0
         for a in inet:
@@ -159,6 +162,9 @@ def end_to_end() -> None:
     finally:
         if agent is not None and agent.proc is not None:
             agent.stop()
+        if agent is not None:
+            import shutil
+            shutil.rmtree(agent.tmp, ignore_errors=True)
         if server is not None:
             _end(server)
         for ns in (host, inet_ns, intra_ns):
