@@ -366,9 +366,9 @@ def test_systemctl_stop_by_a_person_names_them_and_the_custodians_is_audit_only(
                          collectors=collectors(audit="{enabled: true, connect: false, mounts: false, guard: false, "
                                                      "modules: false}"),
                          extra_config="journal: {fold_window: 0}\n")
-    agent.start()
     held: list[subprocess.Popen[bytes]] = []
     try:
+        agent.start()
         agent.wait(lambda: agent.metric("dutywatch_collector_up", collector="audit") == 1, "audit down", 60)
         time.sleep(1)
         # Without systemd as PID 1 here systemctl fails at once; its exec, with its loginuid, is the evidence.
@@ -389,6 +389,8 @@ def test_systemctl_stop_by_a_person_names_them_and_the_custodians_is_audit_only(
             p.kill()
             p.wait(10)
         shutil.rmtree(fake.parent, ignore_errors=True)
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.stop()
     records = agent.events()
     by_person = [r for r in findings(records, "DB-TAMP-001") if r["event"]["process"].get("loginuid") == 1001]
     assert by_person and all(r["accountable"]["operator"] == "李四" for r in by_person)
