@@ -23,14 +23,16 @@ a device not already mounted here is reported with its mount point as the
 agent reaches it (``/proc/PID/root/...``), and the event's detail names the
 namespace. A namespace that merely copied our mounts adds nothing.
 
-One thread (the supervisor's): one poll() on our mountinfo, each foreign namespace's
-mountinfo, the sweep hint and the stop descriptor, with a timeout only until the next
-idle sweep. It stays a thread of its own because a mount's scan (sysfs, the superblock)
-and the catch-up of the files collector it triggers may take a while on a big stick.
+No thread of its own: it shares the agent's collector loop (``collectors.loop``), which waits
+on our mountinfo, each foreign namespace's mountinfo (EPOLLPRI: the table changed) and the
+sweep hint, with a timer only until the next idle sweep. A mount's scan is a few sysfs reads
+and one superblock read; the files collector's catch-up it triggers runs on the files
+collector's own thread (it is only woken from here), so the loop is never held for long.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -46,12 +48,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.events import Event, Media
-from collectors.base import Availability, Emit, Health, Sources, section, stop_fd, stop_timeout
+from collectors.base import Availability, Emit, Health, Sources, section
+from collectors.loop import Loop, Timer, run_alone
 from collectors.mountns import SWEEP_EVERY, SWEEP_IDLE, Namespace, Namespaces
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOTS = ("/media", "/run/media", "/mnt")
+_MOUNTS_CHANGED = select.EPOLLPRI | select.EPOLLERR  # a mount table is always readable (EPOLLIN): never ask for it
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -206,6 +210,15 @@ class MediaCollector:
         self._lock = threading.Lock()
         self._namespaces: Namespaces | None = None
         self._listeners: list[Callable[[], None]] = []  # told when the table of removable mounts changed
+        # While attached to a loop: our mount table, the loop, where events go, the descriptors followed
+        # beside it (sweep hint, foreign tables), the next turn, and the sweep bookkeeping.
+        self._fd: int | None = None
+        self._loop: Loop | None = None
+        self._emit: Emit | None = None
+        self._watched: set[int] = set()
+        self._timer: Timer | None = None
+        self._last_sweep = self._last_looked = -SWEEP_IDLE
+        self._swept_at: float | None = None
 
     @property
     def _mountinfo(self) -> Path:
@@ -320,63 +333,89 @@ class MediaCollector:
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Report current removable mounts, then every change until ``stop``, in every mount namespace."""
-        fd = os.open(self._mountinfo, os.O_RDONLY | os.O_CLOEXEC)
-        self._namespaces = spaces = Namespaces(self._sources.proc_root)
-        self.health.mode, self.health.up = "mountinfo", True
-        try:
-            self._emit_all(self.scan(_read_fd(fd)), emit)
-            wake, hint = stop_fd(stop), spaces.hint_fd()
-            poller, by_fd = self._poller(fd, spaces, wake)
-            last_sweep = last_looked = -SWEEP_IDLE
-            listening, swept_at = True, None
-            while not stop.is_set():
-                now = time.monotonic()
-                full, pids = spaces.hinted() if now >= last_looked + SWEEP_EVERY else (False, [])
-                if full or now >= last_sweep + SWEEP_IDLE:
-                    last_sweep, sweep_wall = now, self._sources.clock()
-                    new, gone = spaces.sweep()
-                    for ns in gone:
-                        self._emit_all(self.forget(ns), emit)
-                else:
-                    sweep_wall, new = None, spaces.look(pids)
-                if sweep_wall is not None or pids:
-                    last_looked = now
-                    # A namespace found now was made after the last whole sweep, and so were its own mounts:
-                    # the files collector's catch-up looks for files written to them since then.
-                    for ns in new:
-                        self._emit_all(self._scan_ns(ns, swept_at), emit)
-                    swept_at = sweep_wall if sweep_wall is not None else swept_at
-                    poller, by_fd = self._poller(fd, spaces, wake)
-                    listening = True
-                # A hint that came too soon after a sweep waits (unheard) for the next allowed one.
-                deadline = (last_sweep + SWEEP_IDLE if listening else last_looked + SWEEP_EVERY) - now
-                timeout = stop_timeout(stop, max(0.0, deadline))
-                for ready, _ev in poller.poll(None if timeout is None else timeout * 1000):
-                    if ready == wake:
-                        continue
-                    if ready == hint:
-                        if listening and time.monotonic() < last_looked + SWEEP_EVERY:
-                            poller.unregister(hint)
-                            listening = False
-                        continue
-                    where = by_fd.get(ready)
-                    self._emit_all(self.scan(_read_fd(fd)) if where is None else self._scan_ns(where), emit)
-        finally:
-            self.health.up = False
-            os.close(fd)
-            spaces.close()
-            self._namespaces = None
+        run_alone(self, emit, stop)
 
-    def _poller(self, fd: int, spaces: Namespaces, wake: int | None) -> tuple[select.poll, dict[int, Namespace]]:
-        poller = select.poll()
-        poller.register(fd, select.POLLPRI | select.POLLERR)
-        poller.register(spaces.hint_fd(), select.POLLIN)
-        if wake is not None:
-            poller.register(wake, select.POLLIN)
-        by_fd = {ns.fd: ns for ns in spaces.known.values()}
-        for other in by_fd:
-            poller.register(other, select.POLLPRI | select.POLLERR)
-        return poller, by_fd
+    def attach(self, loop: Loop, emit: Emit) -> None:
+        """Report current removable mounts and register the mount tables, the sweep hint and the sweep timer."""
+        fd = os.open(self._mountinfo, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd, self._loop, self._emit = fd, loop, emit
+        self._namespaces = Namespaces(self._sources.proc_root)
+        self.health.mode, self.health.up = "mountinfo", True
+        self._emit_all(self.scan(_read_fd(fd)), emit)
+        loop.register(fd, lambda: self._emit_all(self.scan(_read_fd(fd)), emit), self, _MOUNTS_CHANGED)
+        self._last_sweep = self._last_looked = -SWEEP_IDLE
+        self._swept_at = None
+        self._turn()
+
+    def _turn(self) -> None:
+        """Sweep or look where hinted, follow the namespaces found, and set the timer for the next turn."""
+        spaces, loop, emit = self._namespaces, self._loop, self._emit
+        assert spaces is not None and loop is not None and emit is not None
+        now = time.monotonic()
+        full, pids = spaces.hinted() if now >= self._last_looked + SWEEP_EVERY else (False, [])
+        if full or now >= self._last_sweep + SWEEP_IDLE:
+            self._last_sweep, sweep_wall = now, self._sources.clock()
+            new, gone = spaces.sweep()
+            for ns in gone:
+                self._emit_all(self.forget(ns), emit)
+        else:
+            sweep_wall, new = None, spaces.look(pids)
+        if sweep_wall is not None or pids:
+            self._last_looked = now
+            # A namespace found now was made after the last whole sweep, and so were its own mounts:
+            # the files collector's catch-up looks for files written to them since then.
+            for ns in new:
+                self._emit_all(self._scan_ns(ns, self._swept_at), emit)
+            self._swept_at = sweep_wall if sweep_wall is not None else self._swept_at
+            self._follow(spaces, loop, emit)
+        if self._timer is not None:
+            self._timer.cancel()
+        # Until the next idle sweep, or (a hint came too soon after a look) until the next allowed look.
+        due = self._last_sweep + SWEEP_IDLE if spaces.hint_fd() in self._watched else self._last_looked + SWEEP_EVERY
+        self._timer = loop.call_at(due, self._turn, self)
+
+    def _hinted(self) -> None:
+        if time.monotonic() < self._last_looked + SWEEP_EVERY:
+            # Too soon after a look: the hint waits (unheard) for the next allowed one.
+            assert self._loop is not None and self._namespaces is not None
+            self._loop.unregister(self._namespaces.hint_fd())
+            self._watched.discard(self._namespaces.hint_fd())
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(self._last_looked + SWEEP_EVERY, self._turn, self)
+        else:
+            self._turn()
+
+    def _follow(self, spaces: Namespaces, loop: Loop, emit: Emit) -> None:
+        """Watch the sweep hint and every foreign namespace's mount table (and no more)."""
+        for old in self._watched:
+            loop.unregister(old)
+        self._watched = {spaces.hint_fd()}
+        loop.register(spaces.hint_fd(), self._hinted, self)
+        for ns in spaces.known.values():
+            loop.register(ns.fd, functools.partial(self._changed, ns, emit), self, _MOUNTS_CHANGED)
+            self._watched.add(ns.fd)
+
+    def _changed(self, ns: Namespace, emit: Emit) -> None:
+        self._emit_all(self._scan_ns(ns), emit)
+
+    def detach(self) -> None:
+        """Close the mount tables."""
+        self.health.up = False
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._loop is not None:
+            for fd in self._watched:
+                self._loop.unregister(fd)
+            if self._fd is not None:
+                self._loop.unregister(self._fd)
+        self._watched, self._timer, self._loop, self._emit = set(), None, None, None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._namespaces is not None:
+            self._namespaces.close()
+            self._namespaces = None
 
     def _scan_ns(self, ns: Namespace, since: float | None = None) -> list[Event]:
         try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 from agent.daemon.supervisor import Supervisor, shares_loop
 from agent.events import Event
 from collectors.base import Availability, Health, StopEvent
 from collectors.host import HostCollector
 from collectors.loop import Loop
+from collectors.media import MediaCollector
 
 
 class Flaky:
@@ -45,7 +47,7 @@ class Flaky:
         self.health.up = False
 
 
-def _up(c: HostCollector | Flaky) -> bool:
+def _up(c: HostCollector | MediaCollector | Flaky) -> bool:
     return c.health.up
 
 
@@ -58,9 +60,10 @@ def _until(cond: object, seconds: float = 10.0) -> bool:
     return False
 
 
-def test_loop_collectors_share_one_thread_restart_alone_and_stop() -> None:
+def test_loop_collectors_share_one_thread_restart_alone_and_stop(tmp_path: Path) -> None:
     host, flaky = HostCollector({"interval": 30.0}), Flaky()
-    assert shares_loop(host) and shares_loop(flaky)
+    media = MediaCollector({"roots": [str(tmp_path)]})
+    assert shares_loop(host) and shares_loop(flaky) and shares_loop(media)
     events: list[Event] = []
     stop = StopEvent()
 
@@ -68,25 +71,26 @@ def test_loop_collectors_share_one_thread_restart_alone_and_stop() -> None:
         events.append(e)
         return True
 
-    sup = Supervisor([host, flaky], emit, stop)  # type: ignore[list-item]
+    sup = Supervisor([host, media, flaky], emit, stop)  # type: ignore[list-item]
     sup.start()
     try:
-        assert len(sup.threads) == 1, "both collectors run on the one loop thread"
-        assert _until(lambda: host.health.up and flaky.health.up)
+        assert len(sup.threads) == 1, "all three collectors run on the one loop thread"
+        assert _until(lambda: host.health.up and media.health.up and flaky.health.up)
         assert host.health.mode == "netlink"
         assert any(e.kind == "iface.up" and e.iface.name == "lo" for e in events)  # the start report
         os.write(flaky.w, b"a")  # the first read raises: flaky is detached and attached again after 1 s
         assert _until(lambda: flaky.health.restarts == 1)
-        assert not flaky.health.up and host.health.up, "a failing collector takes no other one down"
+        assert not flaky.health.up and host.health.up and media.health.up, "a failing collector takes no other one down"
         assert _until(lambda: flaky.attached == 2 and flaky.health.up, 5.0)
         os.write(flaky.w, b"b")
         assert _until(lambda: flaky.read == [b"b"])
-        assert host.health.restarts == 0
+        assert host.health.restarts == 0 and media.health.restarts == 0
     finally:
         began = time.monotonic()
         stop.set()
         sup.join(5.0)
     assert not sup.threads[0].is_alive(), "the loop ends at stop"
     assert time.monotonic() - began < 5.0
-    assert not _up(host) and not _up(flaky)
+    assert not _up(host) and not _up(media) and not _up(flaky)
+    assert media._fd is None, "the mount table is closed at stop"
     assert host._sock is None, "the rtnetlink socket is closed at stop"
