@@ -326,3 +326,27 @@ def test_pdf_found_by_content_and_page_cap_reported(tmp_path: Path) -> None:
     capped = scan_file(path, limits=Limits(max_pages=2))
     assert (capped.status, capped.reason) == ("unmarked", "truncated at 2 of 3 pages")
     assert scan_file(path).level is Level.TOP_SECRET
+
+
+@pytest.mark.parametrize("pad", [-1, 0, 1])
+def test_files_either_side_of_the_whole_read_size_scan_alike(tmp_path: Path, pad: int) -> None:
+    """A small file is read whole in one call, a larger one through a buffer: the marking at its very
+    end is found either way, and the caller's descriptor keeps its offset for the small one."""
+    import os
+
+    from collectors.marking import SMALL_FILE, scan_fd
+
+    tail = "\n机密★1年\n".encode()
+    p = tmp_path / "edge.txt"
+    p.write_bytes(b"a" * (SMALL_FILE + pad - len(tail)) + tail)
+    assert p.stat().st_size == SMALL_FILE + pad
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.lseek(fd, 7, os.SEEK_SET)
+        result = scan_fd(fd, str(p))
+        if pad <= 0:
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 7
+    finally:
+        os.close(fd)
+    assert result.status == "marked" and result.level is Level.SECRET and result.period == "1年"
+    assert result.position is not None and result.position.offset == SMALL_FILE + pad - len(tail) + 1
