@@ -232,7 +232,7 @@ def bundled(venv: Path, pyver: str = PYVER) -> list[tuple[str, str, str, Path]]:
             continue
         if key not in BUNDLED_LICENCES:
             raise SystemExit(f"bundled distribution {name} {ver} has no licence in BUNDLED_LICENCES "
-                             f"(its metadata says {meta.get('License-Expression') or _licence_from(meta)!r}): "
+                             f"(its metadata says {meta.get('License-Expression') or meta.get('License')!r}): "
                              "check it is compatible with GPL-2.0 and add it")
         out.append((name, ver, BUNDLED_LICENCES[key], info))
     return out
