@@ -200,7 +200,7 @@ def interleaved(paths: list[Path], worker: MarkingWorker) -> tuple[float, float,
 
 
 def _in_process(name: str, root: str) -> None:
-    paths = sorted(Path(root).glob(f"{name}-*"))
+    paths = sorted(Path(root).glob(f"{name}-[0-9]*"))
     rate, latency, cpu = measure(paths, lambda fd, n: scan_fd(fd, n))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"rate": rate, "latency": latency, "cpu": cpu, "peak": peak}))
