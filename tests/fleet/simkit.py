@@ -98,8 +98,12 @@ class FleetSim:
             def log_message(self, *args: Any) -> None:
                 pass
 
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a scraper that went away mid-answer (Prometheus stopping): nothing to report
+
         for _ in range(self.nports):
-            srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            srv = Server(("127.0.0.1", 0), Handler)
             srv.daemon_threads = True
             threading.Thread(target=srv.serve_forever, daemon=True).start()
             self.servers.append(srv)
@@ -144,10 +148,10 @@ def get(url: str, timeout: float = 30) -> Any:
         raise AssertionError(f"{urllib.parse.unquote(url)}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
 
 
-def query(base: str, expr: str) -> tuple[list[Any], float]:
+def query(base: str, expr: str, timeout: float = 30) -> tuple[list[Any], float]:
     """An instant query and how long it took (seconds); raises on an error answer."""
     t = time.perf_counter()
-    body = get(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+    body = get(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout)
     took = time.perf_counter() - t
     if body.get("status") != "success":
         raise AssertionError(f"{expr}: {body}")
@@ -165,10 +169,13 @@ def wait(cond: Callable[[], bool], what: str, timeout: float) -> None:
 class Stack:
     """Prometheus (shipped rules, scraping the sim, remote-writing) and VictoriaMetrics, in ``tmp``."""
 
-    def __init__(self, tmp: Path, sim: FleetSim, *, interval: str = "5s") -> None:
+    def __init__(self, tmp: Path, sim: FleetSim, *, interval: str = "5s", job: dict[str, Any] | None = None,
+                 long_term: bool = True) -> None:
         self.tmp = tmp
         self.sim = sim
         self.interval = interval
+        self.job = job  # a scrape job to use instead of the plain one (e.g. a shard's, from gen scrape-config)
+        self.long_term = long_term  # False: Prometheus alone, no rules, no remote_write, no VictoriaMetrics
         self.prom_port, self.vm_port = free_port(), free_port()
         self.prom = f"http://127.0.0.1:{self.prom_port}"
         self.vm = f"http://127.0.0.1:{self.vm_port}"
@@ -187,17 +194,21 @@ class Stack:
             dst = self.tmp / src.name
             dst.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
             rule_files.append(str(dst))
+        job = dict(self.job or {"job_name": "dutywatch"})
+        job.pop("static_configs", None)
+        job["file_sd_configs"] = [{"files": [str(sd)]}]
+        doc: dict[str, Any] = {"global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+                               "scrape_configs": [job]}
+        if self.long_term:
+            doc["rule_files"] = rule_files
+            doc["remote_write"] = [{"url": f"{self.vm}/api/v1/write"}]
         cfg = self.tmp / "prometheus.yml"
-        cfg.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
-            "rule_files": rule_files,
-            "scrape_configs": [{"job_name": "dutywatch", "file_sd_configs": [{"files": [str(sd)]}]}],
-            "remote_write": [{"url": f"{self.vm}/api/v1/write"}],
-        }), encoding="utf-8")
-        self.procs.append(subprocess.Popen(
-            [vm, f"-storageDataPath={self.tmp / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.vm_port}",
-             "-retentionPeriod=1d", "-search.latencyOffset=0s", "-loggerLevel=ERROR"],
-            stdout=subprocess.DEVNULL, stderr=(self.tmp / "vm.log").open("wb")))
+        cfg.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+        if self.long_term:
+            self.procs.append(subprocess.Popen(
+                [vm, f"-storageDataPath={self.tmp / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.vm_port}",
+                 "-retentionPeriod=1d", "-search.latencyOffset=0s", "-loggerLevel=ERROR"],
+                stdout=subprocess.DEVNULL, stderr=(self.tmp / "vm.log").open("wb")))
         self.procs.append(subprocess.Popen(
             [prometheus, f"--config.file={cfg}", f"--storage.tsdb.path={self.tmp / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.prom_port}", "--log.level=warn"],
@@ -215,7 +226,7 @@ class Stack:
 
     def rss_cpu(self, which: int) -> tuple[float, float]:
         """(RSS MiB, CPU seconds) of VictoriaMetrics (0) or Prometheus (1)."""
-        pid = self.procs[which].pid
+        pid = self.procs[-1 if which else 0].pid
         with open(f"/proc/{pid}/status") as f:
             rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
         with open(f"/proc/{pid}/stat") as f:

@@ -1,0 +1,399 @@
+"""A province on one machine: what a fleet costs the central stack, and how fast policy reaches it.
+
+Run with `make bench`. Three phases, each with its own deadline:
+
+1. fleet (1,000 and 5,000 simulated hosts, scraped every 15 s as in production):
+   tests/fleet/simkit.py serves each host's real exposition to a real
+   Prometheus (the shipped recording and alerting rules) that remote-writes to
+   a real VictoriaMetrics. After every host is up and a settle, a measured
+   window gives: series per host, Prometheus RSS and CPU (per 1,000 hosts),
+   VictoriaMetrics' ingestion (vm_rows_inserted_total from its own /metrics)
+   and its disk per host-day: bytes per stored sample after a forced merge
+   of the month's partition (vm_data_size_bytes / vm_rows of the storage
+   parts) times the samples a host sends in a day (the measured ingestion
+   per host x 86,400 s); a few minutes of data compress worse than months
+   do, so this is on the high side. Then every fleet
+   dashboard query, against VictoriaMetrics and Prometheus, 5 runs each: the
+   median per query.
+2. sharding (1,000 hosts): two Prometheus servers, each with its shard's job
+   from `dutywatch gen scrape-config --shards 2` (hashmod of the address;
+   the simulated hosts sit behind 64 loopback ports, so 64 addresses are
+   split, where a real fleet has one per host): disjoint halves, union every host once.
+3. policy (1,000 pollers): PolicySource objects as the agent runs them,
+   each first looking at a random moment of the first minute (as agents
+   start at random times) and then every 60 s, against an HTTPS static
+   server with ETag on loopback; each verifies what it gets (the signature
+   chain to the root). A new signed bundle is published; the time until 50% /
+   99% / all of the pollers run it, and the requests per second at the server.
+
+The machine is shared: the load average is printed with every phase.
+Sizes and times can be made smaller with BENCH_FLEET_SIZES=1000,5000,
+BENCH_FLEET_SETTLE=30 and BENCH_FLEET_WINDOW=60 (seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import random
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.fleet.simkit import FleetSim, Stack, board_queries, query
+
+INTERVAL = 15
+SIZES = [int(x) for x in os.environ.get("BENCH_FLEET_SIZES", "1000,5000").split(",") if x]
+SETTLE = float(os.environ.get("BENCH_FLEET_SETTLE", "30"))
+WINDOW = float(os.environ.get("BENCH_FLEET_WINDOW", "60"))
+RUNS = 5
+POLLERS = 1000
+POLL = 60.0
+
+
+def load() -> str:
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def count(base: str, expr: str) -> int:
+    try:
+        result, _ = query(base, f"count({expr})", 120)
+    except (OSError, AssertionError):
+        return -1
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+def until(cond: Any, what: str, deadline: float) -> bool:
+    """Wait for ``cond`` until the monotonic ``deadline``; False (and a line saying so) if it never held."""
+    while not cond():
+        if time.monotonic() > deadline:
+            print(f"  DEADLINE: {what} not reached")
+            return False
+        time.sleep(2)
+    return True
+
+
+def vm_metric(base: str, name: str, labels: str = "") -> float:
+    """The sum of one metric's samples in VictoriaMetrics' own /metrics (those whose labels start with ``labels``)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{" + labels) or (not labels and line.startswith(name + " ")))
+
+
+def force_merge(vm: str) -> float | None:
+    """Bytes per stored sample once VictoriaMetrics merged this month's parts (None: not within 120 s)."""
+    month = time.strftime("%Y_%m", time.gmtime())
+    with urllib.request.urlopen(f"{vm}/internal/force_merge?partition_prefix={month}", timeout=30) as r:
+        r.read()
+    deadline = time.monotonic() + 120
+    time.sleep(3)
+    while vm_metric(vm, "vm_active_merges") > 0:
+        if time.monotonic() > deadline:
+            print("  DEADLINE: forced merge not finished")
+            return None
+        time.sleep(2)
+    size = vm_metric(vm, "vm_data_size_bytes", 'type="storage/')
+    rows = vm_metric(vm, "vm_rows", 'type="storage/')
+    return size / rows if rows else None
+
+
+def fleet(n: int) -> None:
+    print(f"fleet {n} hosts, scrape every {INTERVAL}s ({load()})")
+    tmp = Path(tempfile.mkdtemp(prefix="dw-bench-fleet-"))
+    sim = FleetSim(n, ports=16)
+    sim.start()
+    stack = Stack(tmp, sim, interval=f"{INTERVAL}s")
+    deadline = time.monotonic() + 300 + n / 20
+    try:
+        stack.start()
+        t0 = time.monotonic()
+        if not until(lambda: count(stack.prom, 'up{job="dutywatch"} == 1') == n, "every host up", deadline):
+            return
+        t_up = time.monotonic() - t0
+        if not until(lambda: count(stack.vm, "dutywatch_host_info") == n, "every host in VictoriaMetrics", deadline):
+            return
+        print(f"  every host up in Prometheus after {t_up:.0f}s, in VictoriaMetrics after {time.monotonic() - t0:.0f}s")
+        time.sleep(SETTLE)
+        _, cpu0 = stack.rss_cpu(1)
+        _, vcpu0 = stack.rss_cpu(0)
+        rows0 = vm_metric(stack.vm, "vm_rows_inserted_total")
+        disk0 = stack.disk_bytes()
+        scrapes0 = sim.scrapes
+        w0 = time.monotonic()
+        time.sleep(WINDOW)
+        w = time.monotonic() - w0
+        rss1, cpu1 = stack.rss_cpu(1)
+        vrss1, vcpu1 = stack.rss_cpu(0)
+        rows1 = vm_metric(stack.vm, "vm_rows_inserted_total")
+        disk1 = stack.disk_bytes()
+        scrapes1 = sim.scrapes
+        per_host, _ = query(stack.prom, 'count({job="dutywatch"}) / count(dutywatch_host_info)', 300)
+        samples, _ = query(stack.prom, 'avg(scrape_samples_scraped{job="dutywatch"})', 300)
+        k = n / 1000
+        print(f"  window {w:.0f}s after a {SETTLE:.0f}s settle ({load()})")
+        print(f"  series per host (Prometheus, job dutywatch): {float(per_host[0]['value'][1]):.1f}; "
+              f"samples per scrape {float(samples[0]['value'][1]):.1f}")
+        print(f"  scrapes served {(scrapes1 - scrapes0) / w:.0f}/s (expected {n / INTERVAL:.0f}/s)")
+        print(f"  Prometheus RSS {rss1:.0f} MiB = {rss1 / k:.0f} MiB per 1,000 hosts; CPU "
+              f"{(cpu1 - cpu0) / w * 100:.1f}% of a core = {(cpu1 - cpu0) / w * 100 / k:.1f}% per 1,000 hosts")
+        print(f"  VictoriaMetrics RSS {vrss1:.0f} MiB, CPU {(vcpu1 - vcpu0) / w * 100:.1f}% of a core; ingestion "
+              f"{(rows1 - rows0) / w:.0f} samples/s = {(rows1 - rows0) / w / k:.0f} per 1,000 hosts")
+        print(f"  VictoriaMetrics disk {disk0 / 2**20:.1f} MiB before the window, {disk1 / 2**20:.1f} MiB after "
+              "(background merges run meanwhile: not a rate)")
+        per_day = (rows1 - rows0) / w / n * 86400
+        merged = force_merge(stack.vm)
+        if merged is not None:
+            print(f"  after a forced merge: {merged:.2f} bytes per stored sample (vm_data_size_bytes / vm_rows, "
+                  f"storage parts) x {per_day / 1e6:.2f} M samples per host-day = {merged * per_day / 2**10:.0f} KiB "
+                  f"per host-day")
+        queries(stack, n)
+    finally:
+        stack.stop()
+        sim.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def queries(stack: Stack, n: int) -> None:
+    board = board_queries()
+    for name, base in (("VictoriaMetrics", stack.vm), ("Prometheus", stack.prom)):
+        deadline = time.monotonic() + 300
+        medians: list[tuple[float, str, str]] = []
+        failed: list[str] = []
+        for title, expr in board:
+            took = []
+            for _ in range(RUNS):
+                try:
+                    took.append(query(base, expr)[1])
+                except (OSError, AssertionError) as exc:  # a timeout (30 s) or an error answer: reported
+                    failed.append(f"{title[:40]}: {str(exc)[:120]}")
+                    break
+            else:
+                medians.append((statistics.median(took), title, expr))
+            if time.monotonic() > deadline:
+                print(f"  DEADLINE: {name} queries cut after {len(medians) + len(failed)} of {len(board)}")
+                break
+        medians.sort(reverse=True)
+        over = sum(1 for m, _, _ in medians if m >= 1.0)
+        print(f"  {name} at {n} hosts: {len(medians)} dashboard queries answered, median of {RUNS} runs each: "
+              f"slowest {medians[0][0] * 1000:.0f} ms, median "
+              f"{statistics.median(m for m, _, _ in medians) * 1000:.0f} ms, {over} at or over 1 s; "
+              f"{len(failed)} failed or over 30 s ({load()})", flush=True)
+        for m, title, expr in medians:
+            print(f"    {m * 1000:7.1f} ms  {title[:40]}  {' '.join(expr.split())[:60]}")
+        for line in failed:
+            print(f"    FAILED  {line}")
+
+
+def shards(n: int = 1000) -> None:
+    print(f"sharding {n} hosts over 2 Prometheus servers (gen scrape-config --shards 2) ({load()})")
+    tmp = Path(tempfile.mkdtemp(prefix="dw-bench-shards-"))
+    sim = FleetSim(n, ports=64)
+    sim.start()
+    stacks: list[Stack] = []
+    try:
+        r = subprocess.run([sys.executable, "-m", "agent", "gen", "scrape-config", "--hosts", "127.0.0.1:9847",
+                            "--shards", "2", "--out-dir", str(tmp / "gen")], capture_output=True, text=True,
+                           timeout=120, cwd=Path(__file__).resolve().parents[2])
+        assert r.returncode == 0, r.stderr
+        for k in range(2):
+            doc = yaml.safe_load((tmp / "gen" / f"dutywatch-scrape-{k}-of-2.yml").read_text(encoding="utf-8"))
+            job = doc["scrape_configs"][0]
+            job.pop("scrape_interval", None)
+            job.pop("scheme", None)  # the simulated hosts answer plain HTTP
+            for key in ("tls_config", "basic_auth", "authorization"):
+                job.pop(key, None)
+            d = tmp / f"shard{k}"
+            d.mkdir()
+            s = Stack(d, sim, interval=f"{INTERVAL}s", job=job, long_term=False)
+            s.start()
+            stacks.append(s)
+        deadline = time.monotonic() + 240
+        seen: list[set[str]] = [set(), set()]
+
+        def both_up() -> bool:
+            total = 0
+            for k, s in enumerate(stacks):
+                try:
+                    result, _ = query(s.prom, 'up{job="dutywatch"} == 1')
+                except (OSError, AssertionError):
+                    return False
+                seen[k] = {x["metric"]["instance"] for x in result}
+                total += len(seen[k])
+            return total >= n
+        until(both_up, "both shards scraping", deadline)
+        time.sleep(INTERVAL)
+        both_up()
+        every = {h[0] + ":9847" for h in sim.hosts}
+        overlap = seen[0] & seen[1]
+        union = seen[0] | seen[1]
+        ok = not overlap and union == every and len(seen[0]) + len(seen[1]) == n
+        print(f"  shard 0 scrapes {len(seen[0])} hosts, shard 1 {len(seen[1])}; in both {len(overlap)}; "
+              f"union {len(union)} of {n}, missing {len(every - union)}: "
+              f"{'every host exactly once' if ok else 'NOT a partition'}")
+    finally:
+        for s in stacks:
+            s.stop()
+        sim.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def policy(n: int = POLLERS) -> None:
+    from agent.config import PolicyConfig
+    from agent.crypto.suite import load_public_pem
+    from agent.policy.bundle import verify
+    from agent.policy.source import PolicySource
+    from agent.policy.store import Decision
+    from tests.integration.tlscerts import make_pki
+
+    print(f"policy: {n} pollers, poll every {POLL:.0f}s, HTTPS with ETag on loopback ({load()})")
+    tmp = Path(tempfile.mkdtemp(prefix="dw-bench-policy-"))
+    repo = Path(__file__).resolve().parents[2]
+
+    def dw(*args: str | Path) -> None:
+        r = subprocess.run([sys.executable, "-m", "agent", *map(str, args)], capture_output=True, text=True,
+                           cwd=repo, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+    dw("policy", "keygen", "--out", tmp / "root.key")
+    bundles = []
+    for version in (1, 2):
+        src = tmp / f"v{version}"
+        (src / "rules").mkdir(parents=True)
+        (src / "rules" / "central.yaml").write_text(RULE.replace("CT-1", f"CT-{version}"), encoding="utf-8")
+        dw("policy", "build", "--version", str(version), "--scope", "*", "--rules", src / "rules",
+           "--out", src / "bundle.json")
+        dw("policy", "sign", src / "bundle.json", "--key", tmp / "root.key")
+        bundles.append((src / "bundle.json").read_bytes())
+    roots = [load_public_pem((tmp / "root.key.pub").read_bytes())]
+    pki = make_pki(tmp / "pki")
+
+    lock = threading.Lock()
+    requests: list[tuple[float, int]] = []
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        body = bundles[0]
+
+        def do_GET(self) -> None:
+            body = Server.body
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            code = 304 if self.headers.get("If-None-Match") == etag else 200
+            with lock:
+                requests.append((time.monotonic(), code))
+            self.send_response(code)
+            self.send_header("ETag", etag)
+            if code == 200:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if code == 200:
+                self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    srv.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server.cert, pki.server.key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    cfg = PolicyConfig(source=f"https://localhost:{srv.server_address[1]}/policy.json", keys=(tmp / "root.key.pub",),
+                       every=POLL, ca=pki.ca)
+    running: list[int] = [0] * n
+    since: list[float] = [0.0] * n
+    bad: list[str] = []
+
+    def offer_for(i: int) -> Any:
+        def offer(data: bytes, origin: str) -> Decision:
+            try:
+                v = verify(data, roots)
+            except Exception as exc:  # a failed check is a bench failure, reported below
+                bad.append(str(exc))
+                raise
+            if v.version > running[i]:
+                running[i], since[i] = v.version, time.monotonic()
+            return Decision(True, "applied", f"policy version {v.version}", v)
+        return offer
+
+    sources = [PolicySource(cfg, offer_for(i)) for i in range(n)]
+    starts = sorted((random.uniform(0, POLL), i) for i in range(n))
+    t0 = time.monotonic()
+    try:
+        for at, i in starts:  # agents come up at random moments of the first minute
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            sources[i].start()
+        until(lambda: all(v == 1 for v in running), "every poller on version 1", time.monotonic() + 120)
+        first = time.monotonic() - t0
+        Server.body = bundles[1]
+        published = time.monotonic()
+        with lock:
+            before = len(requests)
+        until(lambda: sum(1 for v in running if v == 2) >= n, "every poller on version 2", published + 360)
+        done = time.monotonic()
+        times = sorted(since[i] - published for i in range(n) if running[i] == 2)
+        with lock:
+            after = requests[before:]
+        codes = {c: sum(1 for _, x in after if x == c) for c in (200, 304)}
+        span = done - published
+        print(f"  every poller on version 1 after {first:.0f}s (random starts over {POLL:.0f}s); version 2 "
+              f"published ({load()})")
+        if times:
+            def p(q: float) -> float:
+                return times[min(len(times) - 1, int(q * len(times)))]
+            print(f"  on version 2: {len(times)} of {n}; p50 {p(0.5):.1f}s, p99 {p(0.99):.1f}s, all "
+                  f"{times[-1]:.1f}s after publication (target: 99% within 300s)")
+        print(f"  server: {len(after) / span:.1f} requests/s while it spread ({codes[200]} x 200 with the "
+              f"{len(bundles[1])} byte bundle, {codes[304]} x 304); {sum(s.errors for s in sources)} fetch errors, "
+              f"{len(bad)} bundles failing verification")
+    finally:
+        for s in sources:
+            s._stop.set()
+            s._wake.set()
+        for s in sources:
+            s.stop(5)
+        srv.shutdown()
+        srv.server_close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+RULE = """\
+pack: central
+rules:
+  - id: CT-1
+    title: {zh: 中心规则, en: Central rule}
+    when: process.name == "forbidden-tool"
+    severity: high
+    action: alert
+    accountable: [operator]
+    controls: ["谁主管谁负责，谁运行谁负责"]
+    message: {zh: "禁用工具 {process.name}", en: "forbidden tool {process.name}"}
+"""
+
+
+def main() -> None:
+    for phase in [lambda: shards(), *[(lambda n=n: fleet(n)) for n in SIZES], lambda: policy()]:
+        try:
+            phase()
+        except Exception as exc:  # one failed phase is printed; the others still run
+            import traceback
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            print(f"  FAILED: {type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})", flush=True)
+    print(json.dumps({"done": True, "load": os.getloadavg()}))
+
+
+if __name__ == "__main__":
+    main()
