@@ -155,6 +155,15 @@ def fleet(n: int) -> None:
               f"{(rows1 - rows0) / w:.0f} samples/s = {(rows1 - rows0) / w / k:.0f} per 1,000 hosts")
         print(f"  VictoriaMetrics disk {disk0 / 2**20:.1f} MiB before the window, {disk1 / 2**20:.1f} MiB after "
               "(background merges run meanwhile: not a rate)")
+        try:  # whether Prometheus kept up: rule groups slower than the interval skip evaluations
+            slowest = max(float(x["value"][1]) for x in
+                          query(stack.prom, "prometheus_rule_group_last_duration_seconds", 120)[0])
+            missed = sum(float(x["value"][1]) for x in
+                         query(stack.prom, "prometheus_rule_group_iterations_missed_total", 120)[0])
+            print(f"  Prometheus rule groups: slowest evaluation {slowest:.1f}s (interval {INTERVAL}s), "
+                  f"{missed:.0f} evaluations missed")
+        except (OSError, AssertionError, ValueError) as exc:
+            print(f"  Prometheus rule groups: not read ({exc})")
         per_day = (rows1 - rows0) / w / n * 86400
         merged = force_merge(stack.vm)
         if merged is not None:
