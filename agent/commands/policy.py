@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +85,8 @@ def _public(path: Path) -> Any:
 
 
 def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    from agent.textsafe import write_new
+    write_new(path, lambda f: f.write(data), binary=True, mode=mode)
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -142,39 +139,36 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(files: list[Any], args: argparse.Namespace) -> list[str]:
-    """Load every file the way an agent would; the problems, located in the source files."""
+def _load_role(files: list[Any], role: str, load: Callable[[Path], Any]) -> list[str]:
+    """Write one role's files to a temporary folder as an agent would and load them; the problems, named by the
+    file's path in the bundle."""
     import tempfile
 
+    mine = [f for f in files if f.role == role]
+    if not mine:
+        return []
+    with tempfile.TemporaryDirectory(prefix="dutywatch-policy-") as tmp:
+        for f in mine:
+            p = Path(tmp) / f.path
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(f.text, encoding="utf-8")
+        try:
+            load(Path(tmp) / mine[0].path.split("/", 1)[0])
+        except (LoadError, LoadErrors) as exc:
+            return [line.replace(tmp + "/", "") for line in str(exc).splitlines()]
+    return []
+
+
+def _check(files: list[Any], args: argparse.Namespace) -> list[str]:
+    """Load every file the way an agent would; the problems, located in the source files."""
+    from agent.assess.policy import load_policies
     from agent.config import _NOT_FROM_POLICY, _TOP
     from agent.engine.rules import load_rules
     from agent.policy import central
     from agent.yamlsrc import LDict, load_text
 
-    out: list[str] = []
-    rule_files = [f for f in files if f.role == "rules"]
-    if rule_files:
-        with tempfile.TemporaryDirectory(prefix="dutywatch-policy-") as tmp:
-            for f in rule_files:
-                p = Path(tmp) / f.path
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_text(f.text, encoding="utf-8")
-            try:
-                load_rules([Path(tmp) / "rules"])
-            except (LoadError, LoadErrors) as exc:
-                out += [line.replace(str(Path(tmp) / "rules"), "rules") for line in str(exc).splitlines()]
-    assess = [f for f in files if f.role == "assess"]
-    if assess:
-        from agent.assess.policy import load_policies
-        with tempfile.TemporaryDirectory(prefix="dutywatch-policy-") as tmp:
-            for f in assess:
-                p = Path(tmp) / f.path
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_text(f.text, encoding="utf-8")
-            try:
-                load_policies([Path(tmp) / "assess"])
-            except (LoadError, LoadErrors) as exc:
-                out += str(exc).splitlines()
+    out = _load_role(files, "rules", lambda d: load_rules([d]))
+    out += _load_role(files, "assess", lambda d: load_policies([d]))
     for f in files:
         try:
             if f.role == "config":

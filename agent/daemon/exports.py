@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -105,9 +104,9 @@ class PeriodicExport:
                                  "from the journal's first record") from exc
 
     def _save(self, st: ExportState) -> None:
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"last_seq": st.last_seq, "last_until": st.last_until}) + "\n")
-        os.replace(tmp, self.state_path)
+        from agent.textsafe import write_new
+        text = json.dumps({"last_seq": st.last_seq, "last_until": st.last_until}) + "\n"
+        write_new(self.state_path, lambda f: f.write(text), binary=False)
 
     # -- thread -----------------------------------------------------------------------------------
     def start(self) -> None:

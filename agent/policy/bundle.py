@@ -27,8 +27,8 @@ Keys are those of the journal's crypto suites (Ed25519 for ``intl``, SM2 for
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -225,10 +225,12 @@ def _parse(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def _cert(doc: dict[str, Any]) -> Cert:
+def _cert(doc: dict[str, Any], reason: str = "certificate") -> Cert:
+    """A certificate read from its JSON; ``reason`` is what a bad one is refused as (verify: signature)."""
     if doc.get("format", CERT_FORMAT) != CERT_FORMAT:
-        raise PolicyError("certificate", "not a DutyWatch policy certificate")
+        raise PolicyError(reason, "not a DutyWatch policy certificate")
     try:
+        bytes.fromhex(str(doc["sig"]))
         key = load_public_pem(str(doc["key"]).encode("ascii"))
         units = tuple(str(u) for u in doc["units"])
         until = doc.get("until")
@@ -236,7 +238,7 @@ def _cert(doc: dict[str, Any]) -> Cert:
                     None if until is None else float(until), str(doc["issuer"]), str(doc["sig"]),
                     {k: v for k, v in doc.items()})
     except (KeyError, TypeError, ValueError, UnicodeEncodeError, SuiteError) as exc:
-        raise PolicyError("certificate", f"malformed certificate ({exc})") from exc
+        raise PolicyError(reason, f"malformed certificate ({exc})") from exc
     cert.raw.setdefault("format", CERT_FORMAT)
     return cert
 
@@ -247,8 +249,6 @@ def _cert_fields(c: Cert) -> dict[str, Any]:
 
 def verify(data: bytes, roots: list[PublicKey], *, now: float | None = None) -> Verified:
     """Check the signature chain of a bundle against the trusted root keys; PolicyError says why not."""
-    import hashlib
-
     doc = _parse(data)
     pol = doc["policy"]
     sig = doc.get("signature")
@@ -268,15 +268,14 @@ def verify(data: bytes, roots: list[PublicKey], *, now: float | None = None) -> 
         if not isinstance(cert_doc, dict):
             raise PolicyError("signature", f"signed by key {signer.fingerprint[:16]}, which is not a trusted "
                                            "root key and carries no certificate")
-        cert = _cert(cert_doc)
+        cert = _cert(cert_doc, "signature")
         root = by_fp.get(cert.issuer)
         if root is None:
             raise PolicyError("signature", f"the signer's certificate was issued by key {cert.issuer[:16]}, "
                                            "which is not a trusted root key")
         if cert.key != signer:
             raise PolicyError("signature", "the certificate is for another key than the signer's")
-        if not root.verify(bytes.fromhex(cert.sig) if _hex(cert.sig) else b"",
-                           signed_message("policy-cert", _cert_fields(cert))):
+        if not root.verify(bytes.fromhex(cert.sig), signed_message("policy-cert", _cert_fields(cert))):
             raise PolicyError("signature", "the signer's certificate does not verify with the root key")
         t = time.time() if now is None else now
         if cert.until is not None and t > cert.until:
@@ -296,14 +295,6 @@ def verify(data: bytes, roots: list[PublicKey], *, now: float | None = None) -> 
                                        f"{', '.join(outside)}")
     return Verified(version, scope, created, files, signer_name, signer.fingerprint, units,
                     hashlib.sha256(data).hexdigest(), data)
-
-
-def _hex(s: str) -> bool:
-    try:
-        bytes.fromhex(s)
-    except ValueError:
-        return False
-    return True
 
 
 def _policy(pol: dict[str, Any]) -> tuple[int, tuple[str, ...], float, tuple[PolicyFile, ...]]:
@@ -344,12 +335,5 @@ def describe(v: Verified) -> str:
             f"(key {v.signer_fingerprint[:16]}); files: {roles}; sha256 {v.digest}")
 
 
-def write_exclusive(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write a new file (never through a link, never over an existing file)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 __all__ = ["ALL", "Cert", "PolicyError", "PolicyFile", "Verified", "build", "certify", "collect",
-           "describe", "file_path", "sign", "verify", "write_exclusive"]
+           "describe", "file_path", "sign", "verify"]

@@ -32,6 +32,7 @@ from agent.crypto.suite import PublicKey
 from agent.errors import LoadError, LoadErrors, Location
 from agent.policy import central
 from agent.policy.bundle import PolicyError, Verified, verify
+from agent.textsafe import write_new
 
 CURRENT = "current.json"
 HIGHEST = "highest"
@@ -241,13 +242,8 @@ class Judge:
     def _commit(self, v: Verified) -> None:
         d = policy_dir(self.config)
         d.mkdir(mode=0o750, parents=True, exist_ok=True)
-        for name, data in ((CURRENT, v.raw), (HIGHEST, f"{v.version}\n".encode())):
-            tmp = d / f".{name}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, d / name)
+        write_new(d / CURRENT, lambda f: f.write(v.raw), binary=True)
+        write_new(d / HIGHEST, lambda f: f.write(f"{v.version}\n"), binary=False)
         fd = os.open(d, os.O_RDONLY)
         try:
             os.fsync(fd)
