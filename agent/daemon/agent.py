@@ -202,6 +202,7 @@ class Agent:
                      media=MediaGuard(cfg.enforce.media_unregistered, self.sources.sys_root))
         e.next = self.folder.put
         e.emit = self.pipeline.offer
+        e.wake = self.wake  # its state file is written on the main thread's next tick: at once, not at the next check
         e.gate, e.copy = self._guards(loaded, e)
         return e
 
@@ -445,7 +446,12 @@ class Agent:
         """Reload on the main thread as soon as it wakes (safe from any thread); wake it now."""
         self.reload_why = why
         self.reload_requested.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """End the main thread's wait now, so it does what is due (safe from any thread)."""
         if self._main is not None and self._main != threading.get_ident():
+            # The main thread waits in sigtimedwait for up to GUARD_EVERY; SIGCONT ends the wait.
             with contextlib.suppress(OSError, ValueError):
                 signal.pthread_kill(self._main, signal.SIGCONT)
 
@@ -662,10 +668,7 @@ class Agent:
     def stop(self) -> None:
         """Ask the agent to stop (safe from any thread)."""
         self.stop_event.set()
-        if self._main is not None and self._main != threading.get_ident():
-            # The main thread waits in sigtimedwait for up to GUARD_EVERY: wake it now.
-            with contextlib.suppress(OSError, ValueError):
-                signal.pthread_kill(self._main, signal.SIGCONT)
+        self.wake()
 
     def shutdown(self) -> None:
         """Stop collectors, drain the queue, journal the stop, sign and close."""

@@ -41,6 +41,7 @@ class Enforcer:
                  clock: Callable[[], float] = time.time, table: NftTable | None = None,
                  media: Any = None) -> None:
         self.cfg = cfg
+        self.wake: Callable[[], None] | None = None  # asks for a tick now (the agent's main thread)
         self.channel = channel
         self.base_channel = channel  # as derived from the config (a reload compares with this)
         self.state_dir = state_dir
@@ -477,8 +478,11 @@ class Enforcer:
             self._flush()
 
     def _save(self) -> None:
-        """The state file is written by the next tick (a decision must not wait on the disk)."""
+        """The state file is written by the next tick (a decision must not wait on the disk), which ``wake`` brings
+        forward, so ``dutywatch enforce list`` knows a block even if the agent is killed right after it."""
         self._dirty = True
+        if self.wake is not None:
+            self.wake()
 
     def _flush(self) -> None:
         self._dirty = False
