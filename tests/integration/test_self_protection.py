@@ -8,6 +8,7 @@ own, beside a real package install by the real dpkg.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -386,8 +387,12 @@ def test_systemctl_stop_by_a_person_names_them_and_the_custodians_is_audit_only(
         assert agent.stop() == 0
     finally:
         for p in held:
-            p.kill()
-            p.wait(10)
+            # Not p.kill(): Popen first polls, and the tracer's wait reports the child's ptrace stop as if it had
+            # ended, so no signal would be sent and the stopped child would outlive the test.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p.pid, 0)
         shutil.rmtree(fake.parent, ignore_errors=True)
         if agent.proc is not None and agent.proc.poll() is None:
             agent.stop()
