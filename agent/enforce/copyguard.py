@@ -2,18 +2,28 @@
 
 Two opens are judged, each the moment the kernel asks (``FAN_OPEN_PERM``):
 
-- an open of a registered classified asset by a process that holds a file
-  open for writing on a guarded stick (the copy's destination already open);
 - an open of a file on a guarded stick by a process that holds a classified
   asset open (``cp`` opens its source, then its destination), or that opened
-  one in the last ``READ_WINDOW`` seconds (read into memory, closed, then written).
+  one in the last ``READ_WINDOW`` seconds (read into memory, closed, then written);
+- an open of a registered classified asset by a process that holds a file
+  open for writing on a guarded stick (the copy's destination already open).
 
-A stick is guarded when it is unregistered, or registered below the asset's
-level. Everything else is allowed at once. A decision reads only ``/proc`` of
-the one process (its descriptors, at most ``MAX_FDS``; past that it is allowed
-and the gap counted); it never waits on a file the kernel is asked about. If the
-agent dies, the kernel answers every waiting and later open itself (allow):
-the desktop never freezes.
+A stick is guarded when it is unregistered, or registered below an asset's
+level. Only what needs a decision waits for one. Every open on a guarded
+stick's filesystem is asked about. An asset open can only be the second kind
+while some file on a guarded stick is open, so the asset directories carry a
+plain ``FAN_OPEN`` notification mark (the opener never waits; the guard
+learns who read what) and gain the permission mark only while files on a
+guarded stick are open: the guard adds it before it lets the first such open
+go on, counts the stick's open files by the kernel's open and close events,
+and removes it a second after the last one closed. With no guarded stick in
+use a classified open costs what an unguarded one costs.
+
+A decision reads only ``/proc`` of the one process (its descriptors, at most
+``MAX_FDS``; past that it is allowed and the gap counted); it never waits on a
+file the kernel is asked about. If the agent dies, the kernel answers every
+waiting and later open itself (allow): the desktop never freezes. Folders
+created in an asset tree after start are marked as they appear (inotify).
 """
 
 from __future__ import annotations
@@ -26,11 +36,13 @@ import select
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.enforce import procfds
 from agent.levels import Level
 from agent.registry import Asset
 
@@ -41,14 +53,24 @@ FAN_NONBLOCK = 0x2
 FAN_MARK_ADD = 0x1
 FAN_MARK_REMOVE = 0x2
 FAN_MARK_FILESYSTEM = 0x100
+FAN_CLOSE_WRITE = 0x08
+FAN_CLOSE_NOWRITE = 0x10
+FAN_OPEN = 0x20
+FAN_Q_OVERFLOW = 0x4000
 FAN_OPEN_PERM = 0x10000
 FAN_EVENT_ON_CHILD = 0x08000000
 FAN_ALLOW, FAN_DENY = 0x01, 0x02
+IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE = 0x40, 0x80, 0x100
+IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR, IN_ISDIR = 0x4000, 0x8000, 0x01000000, 0x40000000
 _META = struct.Struct("=IBBHQii")
 _RESPONSE = struct.Struct("=iI")
-MAX_FDS = 4096
+_INOTIFY = struct.Struct("=iIII")
+MAX_FDS = procfds.MAX_FDS
 READ_WINDOW = 120.0  # as the files collector's provenance: a read this recent makes a write a copy
 MAX_READERS = 10000
+DISARM_AFTER = 1.0  # seconds with no guarded stick file open before asset opens stop waiting for a decision
+RECOUNT_AFTER = 5.0  # seconds without an open on a stick before its open files are counted again from /proc
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,89 +108,204 @@ class CopyGuard:
         self.report = report
         self.dryrun = dryrun
         self.proc_root = proc_root
-        self.hold = hold  # tests only: wait this long before answering (to kill the agent mid-decision)
+        self.hold = hold  # tests only: wait this long before answering an asset open (to kill the agent mid-decision)
         self.fd = -1
+        self._ino = -1
         self._marked_mounts: set[str] = set()
         self._sticks: list[Stick] = []
+        self._guarded: dict[int, Stick] = {}  # st_dev -> a stick some asset may not go to
         self._stop_r, self._stop_w = os.pipe()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # marks and the open-file counts
+        self._dirs: dict[str, int] = {}  # marked asset folder -> its inotify watch
+        self._watches: dict[int, str] = {}
+        self._open: dict[int, int] = {}  # st_dev of a guarded stick -> its files open now (an upper bound)
+        self._last_open: dict[int, float] = {}
+        self.armed = False  # the asset folders carry the permission mark
+        self._idle_since: float | None = None
+        self._mounts = procfds.MountDevs(str(proc_root))
+        self._prefixes = tuple(a.prefix for a in self.assets)
+        self._levels = tuple(a.level for a in self.assets)
         self.decided = 0
         self.denied = 0
-        self.gaps = 0  # decisions made without reading all of a process's descriptors
-        self.timings: list[float] = []  # seconds per decision (bench)
+        self.seen = 0  # asset opens learnt from notifications (the opener did not wait)
+        self.gaps = 0  # decisions made without reading all of a process's descriptors, or events lost
+        self.timings: deque[float] = deque(maxlen=10000)  # seconds per decision (bench)
         # pid -> (process start time, when it last opened an asset, that asset): the recent readers
         self._readers: dict[int, tuple[str, float, str, Level]] = {}
         lib = ctypes.CDLL(None, use_errno=True)
         self._init, self._mark = lib.fanotify_init, lib.fanotify_mark
         self._init.argtypes = (ctypes.c_uint, ctypes.c_uint)
         self._mark.argtypes = (ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p)
+        self._ino_init, self._ino_add = lib.inotify_init1, lib.inotify_add_watch
+        self._ino_add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
 
     # -- marks -------------------------------------------------------------------
     def start(self) -> None:
-        """Open the group, mark every asset directory and the guarded sticks, and start answering."""
+        """Open the group, mark every asset folder and the sticks, and start answering."""
         fd = self._init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_LARGEFILE)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_init (permission events): {os.strerror(err)}")
         self.fd = fd
+        self._ino = self._ino_init(IN_NONBLOCK | IN_CLOEXEC)
+        if self._ino < 0:
+            _log.warning("copy guard: no inotify (%s): folders made later in an asset tree are not guarded",
+                         os.strerror(ctypes.get_errno()))
         for a in self.assets:
-            top = a.prefix if os.path.isdir(a.prefix) else os.path.dirname(a.prefix)
-            for d, _, _ in os.walk(top):
-                self._mark_path(d, FAN_MARK_ADD)
+            self._mark_tree(a.prefix if os.path.isdir(a.prefix) else os.path.dirname(a.prefix))
         self.refresh()
-        self._thread = threading.Thread(target=self._run, name="copy-guard", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name="copy-guard", daemon=True),
+                         threading.Thread(target=self._watch_mounts, name="copy-guard-mounts", daemon=True)]
+        for t in self._threads:
+            t.start()
 
-    def _mark_path(self, path: str, flags: int) -> bool:
-        mask = FAN_OPEN_PERM | (0 if flags & FAN_MARK_FILESYSTEM else FAN_EVENT_ON_CHILD)
+    def _mark_path(self, path: str, flags: int, mask: int) -> bool:
         if self._mark(self.fd, flags, mask, -100, os.fsencode(path)) < 0:
             _log.warning("copy guard: cannot mark %s: %s", path, os.strerror(ctypes.get_errno()))
             return False
         return True
 
+    def _mark_tree(self, top: str) -> None:
+        """Mark every folder under ``top`` (the asset opens in it reported; asked about while armed)."""
+        with self._lock:
+            mask = FAN_OPEN | FAN_EVENT_ON_CHILD | (FAN_OPEN_PERM if self.armed else 0)
+            for d, _, _ in os.walk(top):
+                if d in self._dirs or not self._mark_path(d, FAN_MARK_ADD, mask):
+                    continue
+                wd = self._ino_add(self._ino, os.fsencode(d), IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_ONLYDIR) \
+                    if self._ino >= 0 else -1
+                self._dirs[d] = wd
+                if wd >= 0:
+                    self._watches[wd] = d
+
+    def _arm(self, on: bool) -> None:
+        """Add (or remove) the permission mark on every asset folder; the caller holds the lock."""
+        if on == self.armed:
+            return
+        for d in self._dirs:
+            if on:
+                self._mark_path(d, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
+            else:
+                self._mark(self.fd, FAN_MARK_REMOVE, FAN_OPEN_PERM, -100, os.fsencode(d))
+        self.armed = on
+        self._idle_since = None
+
     def refresh(self) -> None:
         """Mark new removable media (every one: a registered stick may still be below an asset's level).
 
         The mark is on the stick's filesystem, not the mount: a bind mount of it, or its mount
-        in another mount namespace (``unshare -m``, a container), is the same filesystem.
+        in another mount namespace (``unshare -m``, a container), is the same filesystem. A newly
+        marked stick's files already open (opened before its mark) are counted from ``/proc``.
         """
         sticks = self.sticks_now()
         now = {s.mount for s in sticks}
+        self._mounts.reset()
+        fresh = []
+        guarded = {s.dev: s for s in sticks if s.dev >= 0 and any(_below(s, lv) for lv in self._levels)}
         for s in sticks:
-            if s.mount not in self._marked_mounts and self._mark_path(s.mount, FAN_MARK_ADD | FAN_MARK_FILESYSTEM):
+            if s.mount not in self._marked_mounts and self._mark_path(
+                    s.mount, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_PERM | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
                 self._marked_mounts.add(s.mount)
+                if s.dev in guarded:
+                    fresh.append(s.dev)
         self._marked_mounts &= now  # an unmounted stick's mark went with its mount
         self._sticks = sticks
+        self._guarded = guarded
+        quiet = [d for d, n in self._open.items()
+                 if n > 0 and d in guarded and time.monotonic() - self._last_open.get(d, 0.0) >= RECOUNT_AFTER]
+        counted = procfds.count_on(fresh + quiet, self._mounts, str(self.proc_root)) if fresh or quiet else {}
+        with self._lock:
+            for d in list(self._open):
+                if d not in guarded:
+                    del self._open[d]
+            for d, n in counted.items():
+                # a recount only lowers what the events said if nothing was opened there since it began
+                if d in fresh or time.monotonic() - self._last_open.get(d, 0.0) >= RECOUNT_AFTER:
+                    self._open[d] = n if d not in fresh else self._open.get(d, 0) + n
+            if any(self._open.values()):
+                self._arm(True)
 
     def stop(self) -> None:
         """Stop answering and close the group (the kernel allows whatever is still waiting)."""
+        self._stopping.set()
         os.write(self._stop_w, b"x")
-        if self._thread is not None:
-            self._thread.join(5)
+        for t in self._threads:
+            t.join(5)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self._ino >= 0:
+            os.close(self._ino)
+            self._ino = -1
         for fd in (self._stop_r, self._stop_w):
             os.close(fd)
 
     # -- answering -----------------------------------------------------------------
+    def _watch_mounts(self) -> None:
+        """Each second: the sticks mounted now (kept off the answering thread: it reads sysfs and mountinfo)."""
+        while not self._stopping.wait(1.0):
+            try:
+                self.refresh()
+            except OSError as exc:
+                _log.warning("copy guard: cannot read the mounts: %s", exc)
+
     def _run(self) -> None:
         poll = select.poll()
         poll.register(self.fd, select.POLLIN)
         poll.register(self._stop_r, select.POLLIN)
-        last = time.monotonic()
+        if self._ino >= 0:
+            poll.register(self._ino, select.POLLIN)
         while True:
-            ready = {fd for fd, _ in poll.poll(1000)}
+            ready = {fd for fd, _ in poll.poll(250 if self.armed else 1000)}
             if self._stop_r in ready:
                 return
-            if time.monotonic() - last >= 1.0:
-                last = time.monotonic()
-                try:
-                    self.refresh()
-                except OSError as exc:
-                    _log.warning("copy guard: cannot read the mounts: %s", exc)
             if self.fd in ready:
                 self._drain()
+            if self._ino in ready:
+                self._folders()
+            if self.armed:
+                self._maybe_disarm()
+
+    def _maybe_disarm(self) -> None:
+        with self._lock:
+            if any(self._open.values()):
+                self._idle_since = None
+            elif self._idle_since is None:
+                self._idle_since = time.monotonic()
+            elif time.monotonic() - self._idle_since >= DISARM_AFTER:
+                self._arm(False)
+
+    def _folders(self) -> None:
+        """New folders in an asset tree: mark them (and what was moved in with them)."""
+        try:
+            buf = os.read(self._ino, 64 * 1024)
+        except BlockingIOError:
+            return
+        off = 0
+        while off + _INOTIFY.size <= len(buf):
+            wd, mask, _, length = _INOTIFY.unpack_from(buf, off)
+            name = buf[off + _INOTIFY.size:off + _INOTIFY.size + length].rstrip(b"\0")
+            off += _INOTIFY.size + length
+            parent = self._watches.get(wd)
+            if mask & IN_Q_OVERFLOW:
+                self.gaps += 1
+                for a in self.assets:  # a lost event: walk the trees again (marks already made stay)
+                    self._mark_tree(a.prefix if os.path.isdir(a.prefix) else os.path.dirname(a.prefix))
+            elif mask & IN_IGNORED and parent is not None:
+                with self._lock:
+                    self._watches.pop(wd, None)
+                    if self._dirs.get(parent) == wd:
+                        del self._dirs[parent]
+            elif parent is not None and mask & IN_ISDIR:
+                path = os.path.join(parent, os.fsdecode(name))
+                if mask & IN_MOVED_FROM:
+                    with self._lock:  # its marks went with it; a new folder of that name is marked anew
+                        for d in [d for d in self._dirs if d == path or d.startswith(path + "/")]:
+                            self._watches.pop(self._dirs.pop(d), None)
+                else:
+                    self._mark_tree(path)
 
     def _drain(self) -> None:
         try:
@@ -179,66 +316,114 @@ class CopyGuard:
         while off + _META.size <= len(buf):
             length, _, _, _, mask, fd, pid = _META.unpack_from(buf, off)
             off += max(length, _META.size)
+            if mask & FAN_Q_OVERFLOW:
+                self.gaps += 1  # notifications lost (the kernel's queue was full): recent reads may be missed
             if fd < 0:
                 continue
-            t0 = time.perf_counter()
+            if mask & FAN_OPEN_PERM:
+                self._answer(fd, pid)
+                continue
             try:
-                decision = self.decide(fd, pid) if mask & FAN_OPEN_PERM else None
-            except Exception:  # a bug must cost one decision (allowed), never an open left waiting
-                _log.exception("copy guard: judging an open failed; allowed")
-                decision = None
-            if self.hold:
-                time.sleep(self.hold)
-            deny = decision is not None and decision.deny and not self.dryrun
-            try:
-                os.write(self.fd, _RESPONSE.pack(fd, FAN_DENY if deny else FAN_ALLOW))
+                self._notified(fd, pid, mask)
+            except Exception:
+                _log.exception("copy guard: reading an open or close failed")
             finally:
                 os.close(fd)
-            self.timings.append(time.perf_counter() - t0)
-            self.decided += 1
-            if decision is not None and decision.deny:
-                self.denied += 1
-                try:
-                    self.report(decision)
-                except Exception:
-                    _log.exception("copy guard: reporting a denial failed")
+
+    def _notified(self, fd: int, pid: int, mask: int) -> None:
+        """An asset opened (remember the reader) or a stick's file closed (count it)."""
+        dev = os.fstat(fd).st_dev
+        if dev in self._guarded or mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
+            if mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
+                with self._lock:
+                    if self._open.get(dev, 0) > 0:
+                        self._open[dev] -= 1
+            return
+        if mask & FAN_OPEN:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            asset = self._asset(path)
+            if asset is not None:
+                self.seen += 1
+                self._remember(pid, path, asset.level)
+
+    def _answer(self, fd: int, pid: int) -> None:
+        t0 = time.perf_counter()
+        decision = None
+        on_stick = -1
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            dev = os.fstat(fd).st_dev
+            stick = self._stick_by_dev(dev) or self._stick_of(path)
+            decision = self.decide_open(path, stick, pid)
+            if stick is not None and stick.dev in self._guarded:
+                on_stick = stick.dev
+        except Exception:  # a bug must cost one decision (allowed), never an open left waiting
+            _log.exception("copy guard: judging an open failed; allowed")
+        if self.hold and on_stick < 0:
+            self._hold()
+        deny = decision is not None and decision.deny and not self.dryrun
+        try:
+            if not deny and on_stick >= 0:
+                with self._lock:  # before the open goes on: from now on an asset open waits for a decision
+                    self._open[on_stick] = self._open.get(on_stick, 0) + 1
+                    self._last_open[on_stick] = time.monotonic()
+                    self._arm(True)
+            os.write(self.fd, _RESPONSE.pack(fd, FAN_DENY if deny else FAN_ALLOW))
+        finally:
+            os.close(fd)
+        self.timings.append(time.perf_counter() - t0)
+        self.decided += 1
+        if decision is not None and decision.deny:
+            self.denied += 1
+            try:
+                self.report(decision)
+            except Exception:
+                _log.exception("copy guard: reporting a denial failed")
+
+    def _hold(self) -> None:
+        """Tests: keep the answer back (the stop pipe ends the wait)."""
+        select.select([self._stop_r], [], [], self.hold)
 
     def decide(self, fd: int, pid: int) -> Decision | None:
         """Judge one open of the file behind ``fd`` by process ``pid``; None when nothing is at stake."""
         path = os.readlink(f"/proc/self/fd/{fd}")
-        dev = os.fstat(fd).st_dev
-        stick = next((s for s in self._sticks if s.dev == dev), None) or self._stick_of(path)
+        return self.decide_open(path, self._stick_by_dev(os.fstat(fd).st_dev) or self._stick_of(path), pid)
+
+    def decide_open(self, path: str, stick: Stick | None, pid: int) -> Decision | None:
+        """Judge an open of ``path`` (on ``stick``, when it is on one) by process ``pid``."""
         if stick is not None:
-            held = self._held(pid, want_write=False)
-            for p in held:
+            held = procfds.paths_open(pid, self._maybe_asset, str(self.proc_root))
+            if held.cut:
+                self.gaps += 1
+            for p in held.found:
                 asset = self._asset(p)
                 if asset is not None and _below(stick, asset.level):
                     return Decision(True, pid, path, p, asset.level, stick,
                                     f"the process holds {p} ({asset.level}) open")
             seen = self._readers.get(pid)
-            if seen is not None and seen[0] == self._start(pid) and time.monotonic() - seen[1] < READ_WINDOW \
-                    and _below(stick, seen[3]):
+            if seen is not None and time.monotonic() - seen[1] < READ_WINDOW and _below(stick, seen[3]) \
+                    and seen[0] == procfds.start_time(pid, str(self.proc_root)):
                 return Decision(True, pid, path, seen[2], seen[3], stick,
                                 f"the process read {seen[2]} ({seen[3]}) {time.monotonic() - seen[1]:.0f} s ago")
             return None
         asset = self._asset(path)
         if asset is None:
             return None
-        self._remember(pid, path, asset.level)
-        if not any(_below(s, asset.level) for s in self._sticks):
+        devs = {d for d, s in self._guarded.items() if _below(s, asset.level)}
+        if not devs:
             return None  # no stick it could go to: nothing of the process to read
-        for p in self._held(pid, want_write=True, keep=self._stick_of):
-            s = self._stick_of(p)
-            if s is not None and _below(s, asset.level):
-                return Decision(True, pid, path, path, asset.level, s, f"the process holds {p} open for writing")
+        held = procfds.writable_on(pid, devs, self._mounts, str(self.proc_root))
+        if held.cut:
+            self.gaps += 1
+        if held.found:
+            s = self._guarded_stick(held.found[0], devs)
+            return Decision(True, pid, path, path, asset.level, s,
+                            f"the process holds {held.found[0]} open for writing")
         return None
 
-    def _start(self, pid: int) -> str:
-        """A process's start time (field 22 of stat): a pid reused by another process is not the reader."""
-        try:
-            return (self.proc_root / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
-        except (OSError, IndexError):
-            return ""
+    def _guarded_stick(self, path: str, devs: set[int]) -> Stick:
+        s = self._stick_of(path)
+        return s if s is not None and s.dev in devs else self._guarded[next(iter(devs))]
 
     def _remember(self, pid: int, path: str, level: Level) -> None:
         if len(self._readers) >= MAX_READERS:
@@ -246,7 +431,13 @@ class CopyGuard:
             self._readers = {k: v for k, v in self._readers.items() if v[1] >= cutoff}
             if len(self._readers) >= MAX_READERS:
                 self._readers.pop(next(iter(self._readers)))
-        self._readers[pid] = (self._start(pid), time.monotonic(), path, level)
+        self._readers[pid] = (procfds.start_time(pid, str(self.proc_root)), time.monotonic(), path, level)
+
+    def _stick_by_dev(self, dev: int) -> Stick | None:
+        for s in self._sticks:
+            if s.dev == dev:
+                return s
+        return None
 
     def _stick_of(self, path: str) -> Stick | None:
         for s in self._sticks:
@@ -254,41 +445,15 @@ class CopyGuard:
                 return s
         return None
 
+    def _maybe_asset(self, path: str) -> bool:
+        return path.startswith(self._prefixes)
+
     def _asset(self, path: str) -> Asset | None:
         best = None
         for a in self.assets:
             if a.pattern.match(path) and (best is None or a.level > best.level):
                 best = a
         return best
-
-    def _held(self, pid: int, *, want_write: bool, keep: Callable[[str], object] | None = None) -> list[str]:
-        """Paths process ``pid`` holds open (only those open for writing with ``want_write``, only those
-        ``keep`` likes when given: the flags are read for those alone)."""
-        base = self.proc_root / str(pid)
-        out = []
-        try:
-            names = os.listdir(base / "fd")
-        except OSError:
-            return []
-        if len(names) > MAX_FDS:
-            self.gaps += 1
-            names = names[:MAX_FDS]
-        for n in names:
-            try:
-                target = os.readlink(base / "fd" / n)
-            except OSError:
-                continue
-            if not target.startswith("/") or (keep is not None and not keep(target)):
-                continue
-            if want_write:
-                try:
-                    flags = int((base / "fdinfo" / n).read_text().split("flags:", 1)[1].split()[0], 8)
-                except (OSError, IndexError, ValueError):
-                    continue
-                if flags & os.O_ACCMODE == os.O_RDONLY:
-                    continue
-            out.append(target)
-        return out
 
 
 def _below(stick: Stick, level: Level) -> bool:

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 ROUNDS = 15
+RUNS = 5
 DECISIONS = 1000
 
 # As uid 1000 on the classified host: connect (the first offence), then send UDP to the same address
@@ -187,7 +188,8 @@ print(f"{statistics.median(lat):.1f} {lat[int(0.99 * (n - 1))]:.1f}")
 
 
 def permission_checked_open() -> None:
-    """Added latency of an open the copy guard answers (a stick mounted: the opener's /proc is read each time)."""
+    """Added latency of a classified open with the copy guard: with an unregistered stick mounted and nothing on
+    it open (the open is only reported), and with a file on it open (every classified open waits for a decision)."""
     import json as _json
     import shutil
 
@@ -208,25 +210,40 @@ def permission_checked_open() -> None:
         "assets": [{"path": f"{assets}/**", "level": "secret", "unit": "U"}]}), encoding="utf-8")
     reg = load_registry(reg_path)
     stick = Stick.make(top / "s.img", "ext4")
+    labels = ("without", "idle", "armed")
     try:
         stick.mount(top / "media" / "s")
-        runs: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
-        for _ in range(3):
-            for label in ("without", "with"):
-                guard = None
-                if label == "with":
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in labels}
+        decided = {k: 0 for k in labels}
+        for _ in range(RUNS):
+            for label in labels:
+                guard = held = None
+                if label != "without":
                     guard = CopyGuard(reg.assets, removable_sticks(reg, [str(top / "media")]), lambda d: None)
                     guard.start()
+                if label == "armed":  # another process writes a file on the stick the whole time
+                    held = subprocess.Popen(["sh", "-c", f"exec 3>{top / 'media' / 's' / 'w.txt'}; echo o; "
+                                             "exec sleep 600"], stdout=subprocess.PIPE, text=True)
+                    assert held.stdout is not None and held.stdout.readline().strip() == "o"
+                    assert guard is not None and guard.armed
                 out = subprocess.run([sys.executable, "-c", OPENER, str(doc), "3000"], capture_output=True,
                                      text=True, check=True).stdout.split()
                 runs[label].append((float(out[0]), float(out[1])))
+                if held is not None:
+                    held.kill()
+                    held.wait()
                 if guard is not None:
+                    decided[label] += guard.decided
                     guard.stop()
-        (w50, w99), (g50, g99) = ((statistics.median(x[0] for x in runs[k]), statistics.median(x[1] for x in runs[k]))
-                                  for k in ("without", "with"))
-        print(f"open of a classified file: without the guard p50 {w50:.1f} us p99 {w99:.1f} us; with it "
-              f"p50 {g50:.1f} us p99 {g99:.1f} us; added p50 {g50 - w50:.1f} us p99 {g99 - w99:.1f} us "
-              f"(median of 3 runs of 3000 opens)")
+        med = {k: (statistics.median(x[0] for x in runs[k]), statistics.median(x[1] for x in runs[k]))
+               for k in labels}
+        w50, w99 = med["without"]
+        for label, what in (("idle", "an unregistered stick mounted, nothing on it open"),
+                            ("armed", "a file on the unregistered stick open, every open decided")):
+            g50, g99 = med[label]
+            print(f"open of a classified file, {what}: without the guard p50 {w50:.1f} us p99 {w99:.1f} us; with "
+                  f"it p50 {g50:.1f} us p99 {g99:.1f} us; added p50 {g50 - w50:.1f} us p99 {g99 - w99:.1f} us "
+                  f"({decided[label] // RUNS} decisions a run; median of {RUNS} runs of 3000 opens)")
     finally:
         stick.release()
         shutil.rmtree(top, ignore_errors=True)

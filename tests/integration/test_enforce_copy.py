@@ -171,16 +171,19 @@ import sys, time
 from agent.enforce.copyguard import CopyGuard, removable_sticks
 from agent.registry import load_registry
 reg = load_registry(sys.argv[1])
+# A file on the stick open for writing before the guard starts: counted from /proc, so asset opens are asked about.
+held = open(sys.argv[3], "w")
 g = CopyGuard(reg.assets, removable_sticks(reg, [sys.argv[2]]), lambda d: None, hold=30.0)
 g.start()
-print("ready", flush=True)
+print("ready" if g.armed else "not armed", flush=True)
 time.sleep(120)
 """
 
 
 def test_an_agent_killed_mid_decision_leaves_the_file_system_usable(desk: Desk) -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(desk.registry), str(desk.media)], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True)
+    u = desk.stick("u")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(desk.registry), str(desk.media), str(u / "w.txt")],
+                             cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         t0 = time.monotonic()
@@ -198,6 +201,88 @@ def test_an_agent_killed_mid_decision_leaves_the_file_system_usable(desk: Desk) 
         if child.poll() is None:
             child.kill()
         child.wait(10)
+
+
+def test_an_asset_open_waits_only_while_a_file_on_a_guarded_stick_is_open(desk: Desk) -> None:
+    """Asset opens are asked about only while they could be a copy's source; the attacker who opens the
+    stick first (the kernel asks about that open) still meets a decision on the asset."""
+    u = desk.stick("u")
+    red = desk.stick("red", RED_UUID)
+    g = Guard(desk)
+    try:
+        assert not g.guard.armed
+        for _ in range(3):
+            assert as_user("cat", str(desk.plan)).returncode == 0
+        assert g.guard.decided == 0 and g.guard.seen >= 1  # read without waiting, and still learnt
+        # A file on the registered secret stick open: nothing on it is guarded for a secret document.
+        with open(red / "keep.txt", "w"):
+            time.sleep(0.3)
+            assert not g.guard.armed
+        # A file on the unregistered stick open (held by another process, not the reader): armed at once.
+        holder = subprocess.Popen(["sh", "-c", f"exec 3>{u / 'held.txt'}; echo open; exec sleep 60"],
+                                  user=USER, group=USER, extra_groups=[], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+            assert g.guard.armed
+            before = g.guard.decided
+            assert as_user("cat", str(desk.plan)).returncode == 0  # a decision, and it is allow
+            assert g.guard.decided > before
+            # The way round the fast path: the shell opens the stick first, then cat opens the plan holding it.
+            r = as_user("sh", "-c", f"exec 3>{u / 'inherited.txt'}; cat {desk.plan} >&3")
+            assert r.returncode != 0 and (u / "inherited.txt").stat().st_size == 0
+            assert "open for writing" in g.wait(1).why
+        finally:
+            holder.kill()
+            holder.wait(10)
+        deadline = time.monotonic() + 10
+        while g.guard.armed:  # every stick file closed: the permission mark goes a second later
+            assert time.monotonic() < deadline, "the asset folders kept their permission mark"
+            time.sleep(0.1)
+        before = g.guard.decided
+        assert as_user("cat", str(desk.plan)).returncode == 0
+        assert g.guard.decided == before
+        # Disarmed, the copy is still stopped: the kernel asks about the stick's open.
+        assert as_user("cp", str(desk.plan), str(u / "again.txt")).returncode != 0
+    finally:
+        g.guard.stop()
+
+
+def test_a_folder_made_in_the_asset_tree_after_start_is_guarded(desk: Desk) -> None:
+    u = desk.stick("u")
+    g = Guard(desk)
+    try:
+        new = desk.assets / "2026" / "q3"
+        new.mkdir(parents=True)
+        deadline = time.monotonic() + 10
+        while str(new) not in g.guard._dirs:
+            assert time.monotonic() < deadline, "the new folder was never marked"
+            time.sleep(0.05)
+        secret = new / "budget.txt"
+        secret.write_text("机密 budget\n", encoding="utf-8")
+        secret.chmod(0o644)
+        for d in (desk.assets / "2026", new):
+            d.chmod(0o755)
+        r = as_user("/usr/bin/python3", "-c", f"d = open({str(secret)!r}, 'rb').read()\n"
+                    f"open({str(u / 'budget.txt')!r}, 'wb').write(d)")
+        assert r.returncode != 0 and "PermissionError" in r.stderr
+        assert g.wait(1).asset == str(secret)
+        # A folder moved in from elsewhere, with a folder inside it, is marked as a whole.
+        outside = desk.top / "drafts" / "inner"
+        outside.mkdir(parents=True)
+        (outside / "memo.txt").write_text("机密 memo\n", encoding="utf-8")
+        (outside / "memo.txt").chmod(0o644)
+        for d in (outside.parent, outside):
+            d.chmod(0o755)
+        os.rename(outside.parent, desk.assets / "drafts")
+        moved = desk.assets / "drafts" / "inner"
+        while str(moved) not in g.guard._dirs:
+            assert time.monotonic() < deadline, "the moved-in folder was never marked"
+            time.sleep(0.05)
+        assert as_user("cp", str(moved / "memo.txt"), str(u / "memo.txt")).returncode != 0
+        # The near miss: a file outside the tree still goes to the stick.
+        assert as_user("cp", str(desk.photo), str(u / "holiday.jpg")).returncode == 0
+    finally:
+        g.guard.stop()
 
 
 def test_the_agent_denies_the_copy_and_journals_who_what_and_where(desk: Desk, tmp_path: Path) -> None:
