@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.central.centralkit import PROM, REPO, tool
+from tests.central.centralkit import PROM, REPO, rules_every, tool
 from tests.integration.agent_harness import AgentProcess, free_port
 from tests.integration.netns import VethPair
 
@@ -95,14 +95,7 @@ def test_dashboards_rules_and_alerts_on_a_live_fleet(tmp_path: Path) -> None:
         agents.append(AgentProcess(d, collectors=COLLECTORS, registry=REGISTRY.format(host=host, unit=unit, dept=dept),
                                    extra_config=forward if not agents else ""))
     port = free_port()
-    rule_files = []
-    for src in sorted(PROM.glob("*.yml")):  # the shipped rules, evaluated every second instead of every minute
-        doc = yaml.safe_load(src.read_text(encoding="utf-8"))
-        for group in doc["groups"]:
-            group["interval"] = "1s"
-        dst = tmp_path / src.name
-        dst.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
-        rule_files.append(str(dst))
+    rule_files = rules_every(1, tmp_path)  # the shipped rules, evaluated every second instead of every minute
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from tests.central.centralkit import rules_every
+
 REPO = Path(__file__).resolve().parents[2]
 PROM_RULES = REPO / "dashboards" / "prometheus"
 BOARD = REPO / "dashboards" / "grafana" / "dutywatch-fleet-compliance.json"
@@ -169,11 +171,12 @@ def wait(cond: Callable[[], bool], what: str, timeout: float) -> None:
 class Stack:
     """Prometheus (shipped rules, scraping the sim, remote-writing) and VictoriaMetrics, in ``tmp``."""
 
-    def __init__(self, tmp: Path, sim: FleetSim, *, interval: str = "5s", job: dict[str, Any] | None = None,
-                 long_term: bool = True) -> None:
+    def __init__(self, tmp: Path, sim: FleetSim, *, interval: str = "5s", rules_every: int | None = None,
+                 job: dict[str, Any] | None = None, long_term: bool = True) -> None:
         self.tmp = tmp
         self.sim = sim
-        self.interval = interval
+        self.interval = interval  # scrape
+        self.rules_every = rules_every  # seconds between rule evaluations; None: as shipped (every minute)
         self.job = job  # a scrape job to use instead of the plain one (e.g. a shard's, from gen scrape-config)
         self.long_term = long_term  # False: Prometheus alone, no rules, no remote_write, no VictoriaMetrics
         self.prom_port, self.vm_port = free_port(), free_port()
@@ -186,14 +189,8 @@ class Stack:
         assert prometheus and vm, "apt-get install prometheus victoria-metrics"
         sd = self.tmp / "targets.json"
         sd.write_text(json.dumps(self.sim.file_sd()))
-        rule_files = []
-        for src in sorted(PROM_RULES.glob("*.yml")):
-            doc = yaml.safe_load(src.read_text(encoding="utf-8"))
-            for group in doc["groups"]:
-                group["interval"] = self.interval
-            dst = self.tmp / src.name
-            dst.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
-            rule_files.append(str(dst))
+        rule_files = (rules_every(self.rules_every, self.tmp) if self.rules_every
+                      else [str(p) for p in sorted(PROM_RULES.glob("*.yml"))])
         job = dict(self.job or {"job_name": "dutywatch"})
         job.pop("static_configs", None)
         job["file_sd_configs"] = [{"files": [str(sd)]}]

@@ -23,7 +23,7 @@ def test_an_agents_exposition_stays_small() -> None:
 def test_a_fleet_of_100_reaches_the_long_term_store_and_its_dashboards_and_alerts_answer(tmp_path: Path) -> None:
     sim = FleetSim(HOSTS)
     sim.start()
-    stack = Stack(tmp_path, sim, interval="2s")
+    stack = Stack(tmp_path, sim, interval="2s", rules_every=2)
     try:
         stack.start()
         wait(lambda: _count(stack.prom, 'up{job="dutywatch"} == 1') == HOSTS, "Prometheus scrapes every host", 180)
@@ -45,6 +45,11 @@ def test_a_fleet_of_100_reaches_the_long_term_store_and_its_dashboards_and_alert
         def fired() -> dict[str, int]:
             return {name: len(query(stack.vm, expr)[0]) for name, expr in alert_exprs()}
         wait(lambda: fired()["DutyWatchIllegalOutboundConnection"] == HOSTS // 10, "the 违规外联 alerts", 120)
+        # The minute counts the range panels read find the same hosts, and only those.
+        wait(lambda: _count(stack.vm, 'sum by (host) (sum_over_time('
+                                      'instance_rule:dutywatch_violations:increase1m{rule="BM-NET-001"}[1h]))')
+             == HOSTS // 10, "the minute counts of 违规外联 in VictoriaMetrics", 120)
+        assert _count(stack.vm, "instance_rule:dutywatch_violations:increase1m") <= HOSTS // 10
         alerts = fired()
         assert alerts["DutyWatchAgentDown"] == 0 and alerts["DutyWatchNoAgents"] == 0, alerts
     finally:
