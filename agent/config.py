@@ -49,6 +49,7 @@ class JournalConfig:
     crypto: str = "intl"
     witness: tuple[str, ...] = ("journald", "audit")  # journald | journald@NAMESPACE | audit; [] for none
     fold_window: float = 300.0  # identical findings within it are one record with a count; 0: off
+    heartbeat: float = 300.0  # a journal idle this long gets a signed agent.heartbeat record (coverage proof)
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +358,7 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
         return JournalConfig()
     j = expect_map(top["journal"], top.at("journal"), problems, "journal",
                    optional=("retention_days", "max_size_mb", "checkpoint_every", "crypto", "witness",
-                             "fold_window"))
+                             "fold_window", "heartbeat"))
     if j is None:
         return JournalConfig()
     d = JournalConfig()
@@ -388,6 +389,16 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
             fold = parse_duration(j["fold_window"])
         except ValueError as exc:
             problems.add(j.at("fold_window"), f"journal.fold_window: {exc}")
+    beat = d.heartbeat
+    if "heartbeat" in j:
+        try:
+            beat = parse_duration(j["heartbeat"])
+        except ValueError as exc:
+            problems.add(j.at("heartbeat"), f"journal.heartbeat: {exc}")
+        else:
+            if not 1.0 <= beat <= 3600.0:
+                problems.add(j.at("heartbeat"), f"journal.heartbeat must be between 1s and 1h, not {beat:g} s")
+                beat = d.heartbeat
     return JournalConfig(
         expect_int(j.get("retention_days", d.retention_days), j.at("retention_days"), problems,
                    "journal.retention_days", 1) or d.retention_days,
@@ -398,4 +409,5 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
         crypto,
         witness,
         fold,
+        beat,
     )

@@ -756,6 +756,9 @@ class Agent:
                         who = read_sender(tracer, None)
                         self.tamper("ptrace", f"the agent is traced by {who.describe()}", {}, who)
                     traced_by = tracer
+                    if not self.held:
+                        self.writer.heartbeat(self.clock(), self.loaded.config.journal.heartbeat,
+                                              {"pid": os.getpid(), "events": self.pipeline.processed})
                     changed = self.watcher.changed()
                     if changed:
                         self.writer.put({"type": "lifecycle", "time": self.clock(), "host": self.host,

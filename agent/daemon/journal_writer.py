@@ -24,6 +24,7 @@ from agent.metrics import Metrics
 
 _log = logging.getLogger("dutywatch.journal")
 BATCH = 500
+HEARTBEAT = "agent.heartbeat"
 
 
 class Coalesced:
@@ -91,6 +92,9 @@ class JournalWriter:
         self._last_prune = 0.0
         self.monotonic = monotonic
         self._anchor = (clock(), monotonic())  # wall and monotonic time at start: see _retention_now
+        # The newest record time put: a record proves the agent alive then, so a heartbeat is owed only
+        # after this long a silence.
+        self.last_put = journal.last_time() or 0.0
 
     def put(self, record: dict[str, Any]) -> None:
         """Queue a record; waits while the buffer is full (never drops)."""
@@ -98,7 +102,24 @@ class JournalWriter:
             while len(self._buf) >= self.capacity and not self._stop:
                 self._cond.wait()  # notified when the writer takes a batch, or at stop
             self._buf.append(record)
+            t = record.get("time")
+            if isinstance(t, (int, float)) and not isinstance(t, bool) and t > self.last_put:
+                self.last_put = float(t)
             self._cond.notify_all()
+
+    def heartbeat(self, now: float, every: float, detail: dict[str, Any]) -> bool:
+        """Journal an ``agent.heartbeat`` when no record has been put for ``every`` seconds; True if it did.
+
+        The report counts a run as watched up to its last record, so on a quiet
+        host these records are the proof that the agent was alive; a busy host's
+        own records are that proof, and it gets none. A clock set back counts as
+        time passed, like the checkpoint rule.
+        """
+        if abs(now - self.last_put) < every:
+            return False
+        self.put({"type": "lifecycle", "time": now, "host": self.journal.host, "kind": HEARTBEAT,
+                  "detail": detail})
+        return True
 
     def pending(self) -> int:
         """Records not yet durable."""
@@ -170,6 +191,8 @@ class JournalWriter:
             self.on_commit(batch)
         if self.journal.unsigned < signed_before + len(seqs):
             self._forward_checkpoint()
+        elif any(r.get("kind") == HEARTBEAT for r in batch):
+            self._sign_heartbeat(only=signed_before == 0 and all(r.get("kind") == HEARTBEAT for r in batch))
         if self.failing_since is not None:
             since, n = self.failing_since, self.failures
             self.failing_since, self.failures = None, 0
@@ -180,6 +203,21 @@ class JournalWriter:
                                      "message": "journal writes failed from the first time to this record; "
                                                 "findings were held in memory and written late"}}])
         return True
+
+    def _sign_heartbeat(self, only: bool) -> None:
+        """Sign a heartbeat at once, so an agent killed right after it still proves it was alive then.
+
+        A checkpoint over heartbeats alone is not forwarded or witnessed: it signs
+        nothing anyone could gain by cutting away, and a quiet host would otherwise
+        send one every few minutes. The next checkpoint covers it in the chain.
+        """
+        try:
+            cp = self.journal.checkpoint()
+        except (JournalError, sqlite3.Error, OSError) as exc:
+            _log.error("signing the heartbeat failed (the timed checkpoint will): %s", exc)
+            return
+        if cp is not None and not only:
+            self._forward_checkpoint()
 
     def _linked(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Records as stored: a ``_seq_of`` reference (an enforcement naming its finding) becomes that seq.

@@ -4,7 +4,9 @@ A conclusion such as "no violations" is only true of time an agent was
 watching, so every report first works out, per host, which part of the
 period was monitored. Monitored time is a run of the agent (from its
 ``agent.start`` to its ``agent.stop``, or, for a run that ended without a
-stop, to its last record, the last sign of life the journal holds), less
+stop, to its last record, the last sign of life the journal holds: a quiet
+agent journals a signed ``agent.heartbeat`` after ``journal.heartbeat`` of
+silence, so a killed one is proven up to that), less
 every window an ``agent.tamper`` record names (a gap found at the next
 start, a pause). The rest of the period is unmonitored and said where it
 lies: before the first start, between runs (gaps), after the last sign of
@@ -125,14 +127,12 @@ class _Host:
     open_since: float | None = None
     last_seen: float | None = None
     starts: int = 0
-    unclean: bool = False  # the last closed run ended without a stop: the next gap record says when
 
-    def close(self, end: float | None, clean: bool = False) -> None:
+    def close(self, end: float | None) -> None:
         if self.open_since is not None:
             stop = end if end is not None else self.open_since
             self.runs.append((self.open_since, max(stop, self.open_since)))
             self.open_since = None
-            self.unclean = not clean
             if len(self.runs) > MAX_WINDOWS:
                 self.runs = _union(self.runs)[-MAX_WINDOWS:]
 
@@ -166,13 +166,15 @@ class CoverageTracker:
         """One record of ``host`` at ``t``; ``kind`` is the lifecycle kind, None for a finding."""
         h = self._host(host)
         if kind == "agent.start":
-            h.close(h.last_seen)  # a run that never stopped ends at its last sign of life...
+            # A run that never stopped ends at its last record (a heartbeat on a quiet host), not at the
+            # time the next start's gap record names: that comes from an unsigned state file.
+            h.close(h.last_seen)
             h.open_since = t
             h.starts += 1
         elif kind == "agent.stop":
             if h.open_since is None:  # stopped, but its start lies before anything seen
                 h.open_since = h.last_seen if h.last_seen is not None else t
-            h.close(t, clean=True)
+            h.close(t)
         else:
             if h.open_since is None:
                 # A record is written by a running agent: it was watching from here at least.
@@ -183,11 +185,6 @@ class CoverageTracker:
                 if isinstance(a, (int, float)) and isinstance(b, (int, float)) and _number(a) and _number(b) \
                         and b > a:
                     h.holes.append((float(a), float(b)))
-                    # ...or at the last heartbeat the next start found, which the gap record names
-                    if h.unclean and h.runs and h.runs[-1][1] <= a and h.open_since is not None \
-                            and abs(b - h.open_since) <= 60:
-                        h.runs[-1] = (h.runs[-1][0], float(a))
-                        h.unclean = False
                     if len(h.holes) > MAX_WINDOWS:
                         h.holes = _union(h.holes)[-MAX_WINDOWS:]
         h.last_seen = t if h.last_seen is None else max(h.last_seen, t)

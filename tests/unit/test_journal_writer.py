@@ -111,3 +111,61 @@ def test_coalesced_counts_time_from_the_last_send() -> None:
     now[0] = 105.0
     c.ask()
     assert sends == [100.0, 101.0, 105.0]
+
+
+def _until(cond: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "not written in time"
+        time.sleep(0.01)
+
+
+def test_a_quiet_journal_gets_a_signed_heartbeat_and_a_busy_one_none(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "state", host=HOST, checkpoint_every=100_000, checkpoint_interval=3600)
+    forwarded: list[dict[str, Any]] = []
+    writer = JournalWriter(journal, Metrics("test", process_metrics=False), on_checkpoint=forwarded.append)
+    writer.start()
+    try:
+        now = time.time()
+        writer.put(_finding(1))
+        # a record a moment ago proves the agent alive: no heartbeat owed yet
+        assert not writer.heartbeat(now + 10, 300, {"pid": 1})
+        assert writer.heartbeat(now + 301, 300, {"pid": 1})
+        _until(lambda: bool(forwarded))
+        # it counts as the newest record: the next is owed a full interval later, not at every check
+        assert not writer.heartbeat(now + 302, 300, {"pid": 1})
+        # chained and signed at once (a kill right after it leaves it provable) ...
+        cp = journal.latest_checkpoint()
+        assert cp is not None and cp.seq == 2 and journal.unsigned == 0
+        # ... and that checkpoint, signing the finding before it too, is forwarded like any other
+        assert [f["seq"] for f in forwarded] == [2]
+        # a second heartbeat alone: signed, but its checkpoint is not sent to the witnesses
+        assert writer.heartbeat(now + 602, 300, {"pid": 1})
+        _until(lambda: writer.durable_seq >= 3 and not writer.pending())
+        time.sleep(0.2)
+        cp = journal.latest_checkpoint()
+        assert cp is not None and cp.seq == 3
+        assert [f["seq"] for f in forwarded] == [2]
+    finally:
+        writer.stop()
+    import sqlite3
+    kinds = [r[0] for r in sqlite3.connect(tmp_path / "state" / "journal.db").execute(
+        "SELECT json_extract(CAST(body AS TEXT), '$.kind') FROM records ORDER BY seq")]
+    assert kinds == [None, "agent.heartbeat", "agent.heartbeat"]
+
+
+def test_the_heartbeat_setting_is_checked(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.errors import LoadErrors
+    cfg = tmp_path / "agent.yaml"
+    assert load_config(_write(cfg, "{}\n")).journal.heartbeat == 300
+    assert load_config(_write(cfg, "journal: {heartbeat: 2m}\n")).journal.heartbeat == 120
+    with pytest.raises(LoadErrors, match=r"agent\.yaml:1:22: journal\.heartbeat must be between 1s and 1h"):
+        load_config(_write(cfg, "journal: {heartbeat: 2h}\n"))
+    with pytest.raises(LoadErrors, match=r"agent\.yaml:1:22: journal\.heartbeat: bad duration"):
+        load_config(_write(cfg, "journal: {heartbeat: often}\n"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

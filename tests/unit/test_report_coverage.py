@@ -41,15 +41,19 @@ def _journal(state: Path, records: list[dict[str, Any]], host: str = HOST) -> Pa
     return state / "journal.db"
 
 
-def _timeline(host: str = HOST) -> list[dict[str, Any]]:
+def _timeline(host: str = HOST, beats: bool = False) -> list[dict[str, Any]]:
     """Day one, 00:00-24:00: started at 01:00 (late), killed at 06:00 and back at 08:00 (a 2 h gap found at
     the start), paused 12:00-12:30, a violation at 14:00, stopped cleanly at 22:00 (ended early)."""
+    heartbeats = [lifecycle("agent.heartbeat", T0 + 5.75 * H, host, pid=4242),
+                  lifecycle("agent.heartbeat", T0 + 6 * H, host, pid=4242)] if beats else []
     return [
         lifecycle("agent.start", T0 + 1 * H, host, version="0.1"),
         _finding(T0 + 5.5 * H, host=host),
-        # killed with -9 after its last heartbeat at 06:00: no stop; the next start journals the gap from it
+        *heartbeats,
+        # killed with -9 after its last heartbeat at 06:00: no stop; the next start journals the gap from the
+        # run state file's later claim (06:20), which is not signed and does not lengthen the run
         lifecycle("agent.start", T0 + 8 * H, host, version="0.1"),
-        lifecycle("agent.tamper", T0 + 8 * H + 1, host, since=T0 + 6 * H, until=T0 + 8 * H,
+        lifecycle("agent.tamper", T0 + 8 * H + 1, host, since=T0 + 6 * H + 1200, until=T0 + 8 * H,
                   message="monitoring interrupted"),
         lifecycle("agent.tamper", T0 + 12.5 * H, host, since=T0 + 12 * H, until=T0 + 12.5 * H, message="paused"),
         _finding(T0 + 14 * H, host=host),
@@ -101,7 +105,7 @@ def test_week_without_any_run_says_nothing_was_monitored(tmp_path: Path) -> None
 
 def test_constructed_timeline_late_start_kill_pause_early_end(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    _journal(state, _timeline())
+    _journal(state, _timeline(beats=True))
     day = ["--state-dir", str(state), "--since", _iso(T0), "--until", _iso(T0 + 24 * H)]
     status, doc, err = _report(day, tmp_path)
     assert status == 0, err
@@ -118,6 +122,20 @@ def test_constructed_timeline_late_start_kill_pause_early_end(tmp_path: Path) ->
     first = _page_one(html)
     assert "期间内有 5小时30分 未受监控（监控覆盖 77.1%）" in first
     assert "违规 2 起：严重 2。" in first
+    # heartbeats prove the run alive and clutter nothing: no row, no lifecycle count, no record type listed
+    assert "heartbeat" not in html and "agent.heartbeat" not in json.dumps(doc["continuity"], ensure_ascii=False)
+
+
+def test_a_killed_run_without_heartbeats_ends_at_its_last_record(tmp_path: Path) -> None:
+    """The gap record's start comes from the unsigned run state file: it never lengthens the killed run."""
+    state = tmp_path / "state"
+    _journal(state, _timeline())
+    status, doc, err = _report(["--state-dir", str(state), "--since", _iso(T0), "--until", _iso(T0 + 24 * H)],
+                               tmp_path)
+    assert status == 0, err
+    (h,) = doc["coverage"]["hosts"]
+    assert ("gap", 5.5 * H, 8 * H) in [(x["where"], x["since"] - T0, x["until"] - T0) for x in h["unmonitored"]]
+    assert h["monitored_seconds"] == 4.5 * H + 4 * H + 9.5 * H
 
 
 def test_period_cut_in_the_middle_of_a_run_counts_from_its_start(tmp_path: Path) -> None:
