@@ -59,6 +59,12 @@ _S: dict[str, tuple[str, str]] = {
     "requirement": ("要求", "Requirement"),
     "rules": ("规则", "Rules"),
     "status": ("状态", "Status"),
+    "ctl_issues": ("期间有发现或没有规则证据的控制点", "Controls with findings in the period or without rule evidence"),
+    "ctl_rules": ("在用规则 {n} 条", "rules in force: {n}"),
+    "ctl_more": ("另 {n} 条规则无发现", "+{n} rules without findings"),
+    "ctl_quiet": ("其余控制点在受监控的时间内没有发现：{list}。每条规则及其计数见 JSON 报告。",
+                  "The other controls found nothing in the monitored time: {list}. Every rule and its count is "
+                  "in the JSON report."),
     "st_found": ("期间有发现", "findings in period"),
     "st_quiet": ("有规则，期间无发现", "rules active, nothing found"),
     "st_none": ("无规则证据", "no rule evidence"),
@@ -190,15 +196,17 @@ _S: dict[str, tuple[str, str]] = {
                        "{unmonitored} of the period was not monitored (coverage {share}): the conclusions below "
                        "hold only for the monitored time."),
     "coverage": ("监控覆盖", "Monitoring coverage"),
-    "still_running": ("{hosts}：日志中最后一次运行没有停止记录。代理在无事发生时不写记录，"
-                      "因此“最后一次存活迹象后”的时间可能仍在监控之下，但日志无法证明，本报告不把它算作受监控。",
-                      "{hosts}: the last run in the journal has no stop record. The agent writes nothing while "
-                      "nothing happens, so the time after its last sign of life may well have been watched, but "
-                      "the journal cannot prove it, and this report does not count it as monitored."),
+    "still_running": ("{hosts}：日志中最后一次运行没有停止记录（代理被终止，或仍在运行）。运行中的代理在一段时间"
+                      "（journal.heartbeat，默认 5 分钟）没有任何记录时写入一条签名的心跳记录，因此最后一次心跳或记录"
+                      "之后的时间无法证明受到监控，本报告不把它算作受监控。",
+                      "{hosts}: the last run in the journal has no stop record (the agent was killed, or is still "
+                      "running). A running agent journals a signed heartbeat whenever it has written nothing for "
+                      "a while (journal.heartbeat, 5 minutes by default), so the time after its last heartbeat or "
+                      "record is not proven to be monitored, and this report does not count it."),
     "monitored": ("受监控", "Monitored"),
     "before_start": ("首次启动前", "Before the first start"),
     "gaps_col": ("中断", "Gaps"),
-    "after_last": ("最后一次存活迹象后", "After the last sign of life"),
+    "after_last": ("最后一次心跳或记录后", "After the last heartbeat or record"),
     "share": ("覆盖率", "Share"),
     "v_violations": ("违规 {n} 起：{parts}。", "{n} violations: {parts}."),
     "v_no_violations": ("在受监控的 {monitored} 内没有发现违规。", "No violations in the {monitored} monitored."),
@@ -229,7 +237,7 @@ _S: dict[str, tuple[str, str]] = {
     "w_before": ("首次启动前", "before the first start"),
     "w_gap": ("中断", "gap"),
     "w_no_evidence": ("缺少证据包", "no evidence bundle"),
-    "w_after": ("最后一次存活迹象后", "after the last sign of life"),
+    "w_after": ("最后一次心跳或记录后", "after the last heartbeat or record"),
     "through": ("本期间最后一条记录", "Last record of the period"),
     "signed_by": ("签名检查点", "Signed by"),
     "key_trust": ("密钥可信度", "Key trust"),

@@ -61,6 +61,12 @@ def _name(lang: str, value: str, empty: str) -> str:
     return value or tr(lang, empty)
 
 
+def _person(lang: str, name: str, account: str) -> str:
+    """A person by name, the account beside it when the registry or the record gives one."""
+    shown = _name(lang, name, "unknown")
+    return f"{shown} ({account})" if account and name else shown
+
+
 def level_name(lang: str, level: str) -> str:
     """A level as the report's language writes it (机密, secret)."""
     if not level:
@@ -170,23 +176,39 @@ def summary(r: Report) -> Section:
 
 
 def controls(r: Report) -> Section:
-    """Each catalogued control, the rules behind it and what they found."""
+    """The controls a reader must look at in full (findings, or no rule evidence at all), the rest in one line.
+
+    A row names only the rules that found something; the rules in force that
+    found nothing are counted. Every control and rule is in the JSON report.
+    """
     lang = r.lang
     rows = []
+    quiet: list[str] = []
     for c in r.controls:
-        rules = "; ".join(f"{x.id} {x.title_zh if lang == 'zh' else x.title_en} ({x.count})" for x in c.rules)
+        area = c.area_zh if lang == "zh" else c.area_en
+        if c.status == "quiet" or (c.status == "none" and c.built_in):
+            note = tr(lang, "ctl_rules", n=len(c.rules)) if c.rules else tr(lang, f"bi_{c.built_in}")
+            quiet.append(f"{c.name} {area}（{note}）" if lang == "zh" else f"{c.name} {area} ({note})")
+            continue
+        found = [x for x in c.rules if x.count]
+        rules = "; ".join(f"{x.id} {x.title_zh if lang == 'zh' else x.title_en} ({x.count})" for x in found)
+        if len(c.rules) > len(found):
+            rules += ("; " if rules else "") + tr(lang, "ctl_more", n=len(c.rules) - len(found))
         status = tr(lang, f"st_{c.status}")
         if c.built_in:
             status += " — " + tr(lang, f"bi_{c.built_in}")
-        items = ", ".join(c.items)
-        rows.append((c.name, c.area_zh if lang == "zh" else c.area_en, items,
-                     c.summary_zh if lang == "zh" else c.summary_en, rules or tr(lang, "none"), str(c.findings),
-                     status))
+        name = f"{c.name} ({', '.join(c.items)})" if c.items else c.name
+        rows.append((name, area, c.summary_zh if lang == "zh" else c.summary_en, rules or tr(lang, "none"),
+                     str(c.findings), status))
+    blocks: list[Block] = []
+    if rows:
+        blocks.append(Table(tr(lang, "ctl_issues"), (tr(lang, "control"), tr(lang, "area"), tr(lang, "requirement"),
+                                                     tr(lang, "rules"), tr(lang, "findings"), tr(lang, "status")),
+                            tuple(rows), (2.2, 1.2, 2.8, 3.6, 0.8, 1.6)))
+    if quiet:
+        blocks.append(Para(tr(lang, "ctl_quiet", list=("；" if lang == "zh" else "; ").join(quiet)), "note"))
     from agent.report.assessment_blocks import assessment_blocks  # it builds on this module's blocks
-    return Section("controls", tr(lang, "s_controls"), (Table(
-        "", (tr(lang, "control"), tr(lang, "area"), tr(lang, "items"), tr(lang, "requirement"), tr(lang, "rules"),
-             tr(lang, "findings"), tr(lang, "status")), tuple(rows), (2.2, 1.2, 1.3, 3, 3.5, 0.8, 2)),
-        *assessment_blocks(r)))
+    return Section("controls", tr(lang, "s_controls"), (*blocks, *assessment_blocks(r)))
 
 
 CMD_SHOWN = 100  # characters of a command line in a table; CSV and JSON hold it whole
@@ -238,7 +260,7 @@ def accountability(r: Report) -> Section:
     """Per operator and per unit: violations and audit records; unattributed operations apart."""
     lang, d = r.lang, r.data
     sep = "、" if lang == "zh" else ", "
-    people = tuple((_name(lang, p.operator, "unknown"), _name(lang, p.unit, "unregistered"),
+    people = tuple((_person(lang, p.operator, p.account), _name(lang, p.unit, "unregistered"),
                     _name(lang, p.host_unit, "unregistered"), sep.join(tr(lang, f"role_{x}") for x in p.roles),
                     str(p.tally.alerts), str(p.tally.audits), ", ".join(f"{rid} ×{n}" for rid, n in p.rules))
                    for p in d.operators)
@@ -404,9 +426,9 @@ def verdict(r: Report) -> Section:
         blocks.append(Para(tr(lang, "unattributed_n", n=d.unattributed.total), "bad"))
     if people:
         blocks.append(Para(tr(lang, "v_people", list=sep.join(
-            f"{_name(lang, p.operator, 'unknown')}（{_name(lang, p.unit, 'unregistered')}）{p.tally.alerts}"
+            f"{_person(lang, p.operator, p.account)}（{_name(lang, p.unit, 'unregistered')}）{p.tally.alerts}"
             if lang == "zh" else
-            f"{_name(lang, p.operator, 'unknown')} ({_name(lang, p.unit, 'unregistered')}) {p.tally.alerts}"
+            f"{_person(lang, p.operator, p.account)} ({_name(lang, p.unit, 'unregistered')}) {p.tally.alerts}"
             for p in people))))
     units = sorted((g for g in d.groups if g.tally.alerts), key=lambda g: (-g.tally.alerts, g.unit))[:3]
     if units:

@@ -124,3 +124,35 @@ def test_pdf_pages_render(noisy: Path, tmp_path: Path) -> None:
     pngs = sorted(tmp_path.glob("page-*.png"))
     assert len(pngs) == _pages(pdf) <= 15
     assert all(p.stat().st_size > 2000 for p in pngs)
+
+
+def _section_pages(pdf: Path, heading: str, following: str) -> list[int]:
+    """The pages from ``heading`` up to the page before ``following`` (each section starts a new page)."""
+    pages = ["".join(_text(pdf, n, n).split()) for n in range(1, _pages(pdf) + 1)]
+    start = next(i for i, p in enumerate(pages) if heading in p)
+    end = next(i for i, p in enumerate(pages) if i > start and following in p)
+    return list(range(start + 1, end + 1))
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_controls_fit_one_page(noisy: Path, tmp_path: Path, lang: str) -> None:
+    """The GB/T 22239-2019 controls: those with findings (or with no rule evidence) in full, only the rules that
+    found something named; the rest one line. One page, printed by Chromium and by the PDF writer alike."""
+    heading, following = ("二、控制点覆盖", "三、") if lang == "zh" else ("2.Controlcoverage", "3.Accountability")
+    period = ["--since", _iso(T0), "--until", _iso(T0 + MINUTES * 60)]
+    html = tmp_path / f"r-{lang}.html"
+    status, _, err = run_cli(["report", "--state-dir", str(noisy), "--lang", lang, "--out", str(html), *period])
+    assert status == 0, err
+    printed = tmp_path / f"printed-{lang}.pdf"
+    _chromium(f"--print-to-pdf={printed}", html.as_uri())
+    written = tmp_path / f"written-{lang}.pdf"
+    status, _, err = run_cli(["report", "--state-dir", str(noisy), "--lang", lang, "--format", "pdf",
+                              "--out", str(written), *period])
+    assert status == 0, err
+    for pdf in (printed, written):
+        pages = _section_pages(pdf, heading, following)
+        assert len(pages) == 1, (pdf.name, pages)
+        text = "".join(_text(pdf, pages[0], pages[0]).split())
+        assert "ZR-001" in text and "BM-NET-001" in text  # the rules that found something
+        assert "DB-AUTH-001" not in text  # a quiet rule is counted, not listed
+        assert ("8.1.4.1身份鉴别" in text) if lang == "zh" else ("8.1.4.1Identificationandauthentication" in text)
