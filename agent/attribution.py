@@ -55,6 +55,8 @@ class Attributor:
         self._host = registry.host
         self._by_uid = {p.uid: p for p in registry.people if p.uid is not None}
         self._by_account = registry.person_by_account()
+        # account -> display name, for findings that name the custodian or a medium's holder
+        self.names: dict[str, str] = {p.account: p.name for p in registry.people if p.name}
         self._service = {s.account: s.custodian for s in registry.service_accounts}
         # Service accounts named by their systemd unit: (unit glob, custodian), in registry order.
         self._unit_globs = tuple((s.unit, s.custodian) for s in registry.service_accounts if s.unit is not None)

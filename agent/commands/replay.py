@@ -110,7 +110,7 @@ def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Attributor,
         if rules:
             for rule in rules:
                 findings += 1
-                emit({"seq": findings, "line": lineno, **Finding(rule, event).to_record()})
+                emit({"seq": findings, "line": lineno, **Finding(rule, event, attribute.names).to_record()})
     return ReplayStats(events, findings, bad, clock() - start)
 
 

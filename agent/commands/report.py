@@ -33,6 +33,8 @@ def register(sub: Any) -> None:
     p.add_argument("--keys", type=Path, metavar="DIR",
                    help="trusted public keys of the bundles' hosts, one HOST.pem each (dutywatch journal pubkey)")
     p.add_argument("--pubkey", type=Path, metavar="PATH", help="trusted public key of the local journal")
+    p.add_argument("--registry", type=Path, metavar="FILE", help="registry whose people name the custodians, "
+                   "media holders and operators recorded by account (default: the config's)")
     p.add_argument("--prometheus", metavar="URL", help="add fleet-wide figures from this Prometheus")
     p.add_argument("--prometheus-job", default="dutywatch", metavar="JOB",
                    help="the scrape job of the agents (default dutywatch)")
@@ -69,6 +71,27 @@ def _ruleset(args: argparse.Namespace, cfg: Any) -> Any:
     return load_rules([shipped_rules_dir()])
 
 
+def _people(args: argparse.Namespace, cfg: Any) -> tuple[tuple[str, str], ...]:
+    """The registry's people (account, name), so the report names the custodian and holders, not accounts.
+
+    A ``--registry`` that does not load is an error (LoadError, path:line:col);
+    the config's registry that does not load leaves people as the records name
+    them (the agent records names; older records hold accounts).
+    """
+    from agent.errors import DutyWatchError
+    from agent.registry import load_registry
+    if args.registry is not None:
+        registry = load_registry(args.registry)
+    elif cfg is None:
+        return ()
+    else:
+        try:
+            registry = load_registry(cfg.registry)
+        except (DutyWatchError, OSError):
+            return ()
+    return tuple((p.account, p.name) for p in registry.people if p.name)
+
+
 def _write(out: Path | None, binary: bool, body: Callable[[Any], object]) -> None:
     """Write to ``out`` through a new file (never a planted link) and a rename, or to standard output."""
     from agent.report.errors import ReportError
@@ -103,12 +126,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
         ruleset = _ruleset(args, cfg) if args.format != "csv" else None
+        people = _people(args, cfg)
     except (LoadError, LoadErrors) as exc:
         from agent.commands.common import error_lines, print_errors
         print_errors(error_lines(exc))
         return 1
     tz = dt.datetime.now().astimezone().tzinfo or dt.UTC
-    opts = build.Options(period, args.lang, tz, args.max_rows, args.pubkey, args.keys)
+    opts = build.Options(period, args.lang, tz, args.max_rows, args.pubkey, args.keys, people)
     font = None
     if args.format == "pdf":
         from agent.report.pdf import find_font
@@ -174,7 +198,7 @@ def _incident(args: argparse.Namespace) -> int:
     if pubkey is None and args.keys is not None:
         from agent.report.sources import journal_host, trusted_key_for
         pubkey = trusted_key_for(args.keys, journal_host(path))
-    sheet = incident(path, args.incident, args.lang, tz, pubkey)
+    sheet = incident(path, args.incident, args.lang, tz, pubkey, _people(args, cfg))
     if args.format == "html":
         from agent.report.html import write_document
         _write(args.out, False, lambda f: write_document(sheet.lang, sheet.title, sheet.facts, sheet.sections, f,

@@ -167,7 +167,7 @@ class Pipeline:
                 kinds[event.kind] = kinds.get(event.kind, 0) + 1
                 tally.processed += 1
                 for rule in rules:
-                    self._emit(Finding(rule, attributed), tally)
+                    self._emit(Finding(rule, attributed, self.stage.attribute.names), tally)
         finally:
             # Counted per batch taken off the queue (at most 256 events), not per event: one lock each.
             if took:

@@ -30,6 +30,14 @@ class Finding:
 
     rule: Rule
     event: Event
+    # The registry's people, account -> display name: the custodian and media holder are named by it (the
+    # event keeps their accounts, which rules compare).
+    names: Mapping[str, str] | None = None
+
+    def _person(self, account: str | None) -> str | None:
+        if account is None or not self.names:
+            return account
+        return self.names.get(account) or account
 
     def message(self, lang: str) -> str:
         """The rule's message for this event in ``lang`` (zh or en)."""
@@ -41,22 +49,28 @@ class Finding:
         op = self.event.operator
         h = self.event.host
         who = op.name or op.account
-        return {"operator": who, "custodian": h.custodian, "unit": h.unit, "department": h.department}
+        out = {"operator": who, "custodian": self._person(h.custodian), "unit": h.unit, "department": h.department}
+        if h.custodian is not None and out["custodian"] != h.custodian:
+            out["custodian_account"] = h.custodian
+        return out
 
     def answer(self) -> list[dict[str, str | None]]:
         """Every role the rule holds to account, in its order, by name: ``{role, name, unit}``.
 
         ``unit`` is the person's own unit for the operator (not the host's),
-        the host's unit for its custodian, and None for a unit or department.
+        the host's unit for its custodian, and None for a unit or department;
+        a person also carries ``account`` when it differs from the name.
         """
         e = self.event
         op, h = e.operator, e.host
         out: list[dict[str, str | None]] = []
         for role in self.rule.accountable:
             if role == "operator":
-                out.append({"role": role, "name": op.name or op.account, "unit": op.unit})
+                out.append(_with_account({"role": role, "name": op.name or op.account, "unit": op.unit},
+                                         op.account))
             elif role == "host.custodian":
-                out.append({"role": role, "name": h.custodian, "unit": h.unit})
+                out.append(_with_account({"role": role, "name": self._person(h.custodian), "unit": h.unit},
+                                         h.custodian))
             elif role == "host.unit":
                 out.append({"role": role, "name": h.unit, "unit": None})
             elif role == "host.department":
@@ -64,7 +78,8 @@ class Finding:
             elif role == "file.owner_unit":
                 out.append({"role": role, "name": e.file.owner_unit, "unit": None})
             elif role == "media.holder":
-                out.append({"role": role, "name": e.media.holder, "unit": None})
+                out.append(_with_account({"role": role, "name": self._person(e.media.holder), "unit": None},
+                                         e.media.holder))
         return out
 
     def to_record(self) -> dict[str, Any]:
@@ -97,6 +112,13 @@ class Finding:
         if r.enforce is not None:  # what the rule asks; the enforcer turns it into ``enforcement``
             record["enforce"] = {"kind": r.enforce.kind, "scope": r.enforce.scope, "ttl": r.enforce.ttl}
         return record
+
+
+def _with_account(entry: dict[str, str | None], account: str | None) -> dict[str, str | None]:
+    """A person's answer entry with the account beside the name, when the two differ."""
+    if account is not None and entry.get("name") not in (None, account):
+        entry["account"] = account
+    return entry
 
 
 def cap_fields(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -163,6 +163,7 @@ class Options:
     max_rows: int = 1000
     pubkey: Path | None = None
     keys_dir: Path | None = None
+    names: tuple[tuple[str, str], ...] = ()  # the registry's people, (account, name): people shown by name
 
 
 def span_of(period: Period, first_time: float | None, now: float) -> tuple[float, float]:
@@ -190,7 +191,7 @@ def local_report(journal: Path, opts: Options, ruleset: RuleSet | None, now: flo
     pubkey = opts.pubkey
     if pubkey is None and opts.keys_dir is not None:
         pubkey = trusted_key_for(opts.keys_dir, journal_host(journal))
-    agg = Aggregator(opts.tz, max_rows=opts.max_rows)
+    agg = Aggregator(opts.tz, max_rows=opts.max_rows, names=dict(opts.names))
     around = journal_prior(journal, opts.period.since, opts.period.until)
     prime(agg, around, opts.period.since)
     feed(agg, journal_records(journal, opts.period))
@@ -198,7 +199,7 @@ def local_report(journal: Path, opts: Options, ruleset: RuleSet | None, now: flo
     data = agg.result()
     integrity = journal_integrity(journal, pubkey, data.last_seq)
     if not integrity.ok:
-        agg = Aggregator(opts.tz, max_rows=opts.max_rows)
+        agg = Aggregator(opts.tz, max_rows=opts.max_rows, names=dict(opts.names))
         data = agg.result()
     span = span_of(opts.period, data.first_time, now)
     host = integrity.host or journal_host(journal)

@@ -32,7 +32,7 @@ def check_bundles(bundles: Iterable[Path], keys_dir: Path | None) -> tuple[list[
 def fleet_report(good: list[Integrity], bad: list[Integrity], opts: Options, ruleset: RuleSet | None,
                  now: float, prometheus: FleetMetrics | None = None) -> Report:
     """The report merged from verified bundles; refused ones are named and left out."""
-    agg = Aggregator(opts.tz, max_rows=opts.max_rows)
+    agg = Aggregator(opts.tz, max_rows=opts.max_rows, names=dict(opts.names))
     for i in good:
         scan = PriorScan()
         records = iter(bundle_records(Path(i.path), opts.period, scan))

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.journal import db
 from agent.journal.verify import verify_journal
-from agent.report.cells import answer_of, cut, describe_object, describe_process, group_of, text_of
+from agent.report.cells import PERSON_ROLES, answer_of, cut, describe_object, describe_process, group_of, text_of
 from agent.report.errors import ReportError
 from agent.report.sections import Block, Para, Section, Table, level_name, zone_name
 
@@ -113,9 +113,15 @@ def _record(path: Path, seq: int) -> dict[str, Any]:
     return rec
 
 
-def incident(path: Path, seq: int, lang: str, tz: dt.tzinfo, pubkey: Path | None) -> Incident:
-    """The incident sheet of finding ``seq`` in the journal at ``path``."""
+def incident(path: Path, seq: int, lang: str, tz: dt.tzinfo, pubkey: Path | None,
+             names: tuple[tuple[str, str], ...] = ()) -> Incident:
+    """The incident sheet of finding ``seq`` in the journal at ``path``; ``names`` the registry's people."""
     rec = _record(path, seq)
+    from agent.report.model import Aggregator
+    who = Aggregator(tz, names=dict(names)).who  # people by name, the account beside it
+
+    def named(a: dict[str, Any]) -> str:
+        return who(a.get("name"), a.get("account")) if a.get("role") in PERSON_ROLES else cut(a.get("name"))
     v = verify_journal(path, pubkey, through=seq, stop=True)
 
     def when(t: Any) -> str:
@@ -129,8 +135,9 @@ def incident(path: Path, seq: int, lang: str, tz: dt.tzinfo, pubkey: Path | None
     first = rec.get("first") if isinstance(rec.get("first"), (int, float)) else rec.get("time")
     answer = answer_of(rec)
     op = next((a for a in answer if a.get("role") == "operator"), None)
-    person = (f"{cut(op.get('name')) or unknown}（{cut(op.get('unit')) or unknown}）" if lang == "zh" else
-              f"{cut(op.get('name')) or unknown} ({cut(op.get('unit')) or unknown})") if op else unknown
+    opname = who(op.get("name"), op.get("account")) if op else ""
+    person = (f"{opname or unknown}（{cut(op.get('unit')) or unknown}）" if lang == "zh" else
+              f"{opname or unknown} ({cut(op.get('unit')) or unknown})") if op else unknown
     title = text_of(rec.get("title"), lang)
     level = " / ".join(x for x in (level_name(lang, str(hg.get("level") or "")),
                                    zone_name(lang, str(hg.get("zone") or ""))) if x) or unknown
@@ -139,7 +146,7 @@ def incident(path: Path, seq: int, lang: str, tz: dt.tzinfo, pubkey: Path | None
         (_t(lang, "host"), cut(rec.get("host")) or unknown),
         (_t(lang, "unit"), cut(acc.get("unit")) or unknown),
         (_t(lang, "department"), cut(acc.get("department")) or unknown),
-        (_t(lang, "custodian"), cut(acc.get("custodian")) or unknown),
+        (_t(lang, "custodian"), who(acc.get("custodian"), acc.get("custodian_account")) or unknown),
         (_t(lang, "level"), level),
         (_t(lang, "person"), person),
         (_t(lang, "rule"), f"{cut(rec.get('rule'))} {title}"),
@@ -153,7 +160,7 @@ def incident(path: Path, seq: int, lang: str, tz: dt.tzinfo, pubkey: Path | None
     roles = "；".join if lang == "zh" else "; ".join
     what: list[Block] = [Para(text_of(rec.get("message"), lang)),
             Table("", ("", ""), (
-                (_t(lang, "answer"), roles(f"{_t(lang, 'role_' + str(a.get('role')))}: {cut(a.get('name')) or unknown}"
+                (_t(lang, "answer"), roles(f"{_t(lang, 'role_' + str(a.get('role')))}: {named(a) or unknown}"
                                            for a in answer if f"role_{a.get('role')}" in _S)),
                 (_t(lang, "controls"), "; ".join(cut(c) for c in rec.get("controls") or [] if isinstance(c, str))),
             ), (1, 3))]

@@ -72,7 +72,8 @@ def document(r: Report) -> dict[str, Any]:
                                  "first": rr.first, "last": rr.last} for rr in x.rules]}
                      for x in r.controls],
         "accountability": {
-            "operators": [{"operator": p.operator or None, "unit": p.unit or None, "host_unit": p.host_unit or None,
+            "operators": [{"operator": p.operator or None, "account": p.account or None, "unit": p.unit or None,
+                           "host_unit": p.host_unit or None,
                            "roles": list(p.roles), "violations": p.tally.alerts,
                            "audits": p.tally.audits, "rules": [{"rule": k, "count": n} for k, n in p.rules]}
                           for p in d.operators],

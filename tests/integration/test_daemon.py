@@ -59,8 +59,9 @@ def test_classified_host_reaching_the_internet_is_found_attributed_and_verifiabl
         assert rec["event"]["net"]["remote_port"] == 8080
         assert rec["event"]["net"]["remote_zone"] == "internet"
         assert rec["event"]["process"]["exe"] == os.path.realpath("/bin/bash")
-        assert rec["accountable"] == {"operator": "张三", "custodian": "zhangsan", "unit": "测试信息中心",
-                                      "department": "测试委员会"}
+        # the custodian by the registry's name, the account beside it
+        assert rec["accountable"] == {"operator": "张三", "custodian": "张三", "custodian_account": "zhangsan",
+                                      "unit": "测试信息中心", "department": "测试委员会"}
         assert rec["severity"] == "critical" and rec["action"] == "alert"
         assert "张三" in rec["message"]["zh"] and veth.peer_ip in rec["message"]["en"]
         assert agent.metric("dutywatch_findings_total", rule="BM-NET-001", severity="critical") >= 1
@@ -111,7 +112,7 @@ def test_sigkill_loses_no_durable_record_and_the_gap_is_reported(tmp_path: Path)
     gaps = [r for r in records if r.get("rule") == "ZR-005"]
     assert len(gaps) == 1
     assert "monitoring interrupted from" in gaps[0]["message"]["en"]
-    assert gaps[0]["accountable"]["custodian"] == "zhangsan" and gaps[0]["accountable"]["unit"] == "测试信息中心"
+    assert gaps[0]["accountable"]["custodian"] == "张三" and gaps[0]["accountable"]["unit"] == "测试信息中心"
     lifecycle = [r for r in records if r.get("type") == "lifecycle" and r.get("kind") == "agent.tamper"]
     assert lifecycle and lifecycle[0]["detail"]["since"] <= killed_at <= lifecycle[0]["detail"]["until"]
 

@@ -20,7 +20,7 @@ def _finding(t: float, rule: str, severity: str, action: str, title: tuple[str, 
         if role == "operator":
             answer.append({"role": role, "name": operator, "unit": op_unit})
         elif role == "host.custodian":
-            answer.append({"role": role, "name": "zhangsan", "unit": UNIT})
+            answer.append({"role": role, "name": "张三", "account": "zhangsan", "unit": UNIT})
         elif role == "host.unit":
             answer.append({"role": role, "name": UNIT, "unit": None})
     return {"type": "finding", "time": t, "host": HOST, "rule": rule, "pack": "baomi", "severity": severity,
@@ -30,7 +30,8 @@ def _finding(t: float, rule: str, severity: str, action: str, title: tuple[str, 
                                                                         "known": operator is not None},
                       "host": {"id": HOST, "unit": UNIT, "department": DEPT, "custodian": "zhangsan",
                                "level": "secret", "zone": "intranet"}, **event},
-            "accountable": {"operator": operator, "custodian": "zhangsan", "unit": UNIT, "department": DEPT},
+            "accountable": {"operator": operator, "custodian": "张三", "custodian_account": "zhangsan", "unit": UNIT,
+                            "department": DEPT},
             "roles": roles, "answer": answer, "controls": ["GB/T 22239-2019 8.1.4.3"], "tags": []}
 
 

@@ -235,7 +235,7 @@ def test_everyone_the_rule_names_is_answered_for(journal: tuple[Path, int], tmp_
     body = conn.execute("SELECT body FROM records WHERE rule = 'BM-FILE-001'").fetchone()[0]
     conn.close()
     rec = json.loads(body)
-    assert rec["answer"] == [{"role": "operator", "name": "王五", "unit": "省发改委办公室"},
+    assert rec["answer"] == [{"role": "operator", "name": "王五", "account": "wangwu", "unit": "省发改委办公室"},
                              {"role": "file.owner_unit", "name": "省发改委办公室", "unit": None},
                              {"role": "host.unit", "name": "省发改委信息中心", "unit": None}]
     doc = _json(state, tmp_path)
