@@ -154,6 +154,9 @@ def fleet_series() -> list[dict[str, str]]:
          "_x70 1x20"),
         (f'dutywatch_findings_total{{{A},rule="DB-AUD-001",severity="info",action="audit",unit="省发改委信息中心"}}',
          "0+1x90"),
+        # A recent one, so the host board's last-5-minutes panel has something to show at the end.
+        (f'dutywatch_findings_total{{{A},rule="BM-FILE-002",severity="high",action="alert",unit="省发改委信息中心"}}',
+         "_x87 1x3"),
         (f'dutywatch_findings_total{{{b},rule="ZR-001",severity="medium",action="alert",unit="省发改委办公室"}}',
          "0x50 1+1x40"),
         (f'dutywatch_findings_total{{{c},rule="DB-TAMP-001",severity="high",action="alert",unit="省政务云运维中心"}}',
@@ -257,13 +260,15 @@ def test_panels_show_the_hosts_an_officer_expects(promtool: Tool, tmp_path: Path
         # is counted by the minute recorded at 91m; 39 of its 40 findings are in.
         expect(fleet, "违规最多的规则", "round(X)",
                [('{rule="ZR-001",severity="medium"}', 39), ('{rule="BM-NET-001",severity="critical"}', 1),
+                ('{rule="BM-FILE-002",severity="high"}', 1),
                 ('{rule="DB-TAMP-001",severity="high"}', 1), ('{rule="ZR-005",severity="high"}', 1)]),
         # Audit records are not violations; a first finding counts; a rising counter counts its increase.
         expect(acc, "各计算机违规", "round(sum by (host, rule) (X))",
-               [('{host="js-fgw-0042",rule="BM-NET-001"}', 1), ('{host="js-fgw-0107",rule="ZR-001"}', 39),
+               [('{host="js-fgw-0042",rule="BM-NET-001"}', 1), ('{host="js-fgw-0042",rule="BM-FILE-002"}', 1),
+                ('{host="js-fgw-0107",rule="ZR-001"}', 39),
                 ('{host="zwy-ops-0003",rule="DB-TAMP-001"}', 1), ('{host="zwy-ops-0003",rule="ZR-005"}', 1)]),
         expect(acc, "各主管部门违规", "round(X)",
-               [('{department="省发展和改革委员会"}', 40), ('{department="省大数据管理局"}', 2)]),
+               [('{department="省发展和改革委员会"}', 41), ('{department="省大数据管理局"}', 2)]),
         expect(acc, "无人负责的操作（按计算机）", "round(sum by (host, unit) (X))",
                [('{host="js-fgw-0107",unit="省发改委办公室"}', 39)]),
         expect(acc, "监控中断", "round(sum by (host) (X))", [('{host="js-fgw-0107"}', 1)]),

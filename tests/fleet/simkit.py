@@ -204,7 +204,7 @@ class Stack:
         if self.long_term:
             self.procs.append(subprocess.Popen(
                 [vm, f"-storageDataPath={self.tmp / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.vm_port}",
-                 "-retentionPeriod=1d", "-search.latencyOffset=0s", "-loggerLevel=ERROR"],
+                 "-retentionPeriod=2d", "-search.latencyOffset=0s", "-loggerLevel=ERROR"],
                 stdout=subprocess.DEVNULL, stderr=(self.tmp / "vm.log").open("wb")))
         self.procs.append(subprocess.Popen(
             [prometheus, f"--config.file={cfg}", f"--storage.tsdb.path={self.tmp / 'tsdb'}",
@@ -236,8 +236,8 @@ class Stack:
         return sum(p.stat().st_size for p in (self.tmp / "vm").rglob("*") if p.is_file())
 
 
-def board_queries() -> list[tuple[str, str]]:
-    """(panel title, expr) of the fleet dashboard, every variable set to all."""
+def board_queries(range_s: int = 3600) -> list[tuple[str, str]]:
+    """(panel title, expr) of the fleet dashboard, every variable set to all, over a range of ``range_s``."""
     board = json.loads(BOARD.read_text(encoding="utf-8"))
     out = []
     top = board.get("panels", [])
@@ -247,8 +247,8 @@ def board_queries() -> list[tuple[str, str]]:
             if expr:
                 for var in ("$department", "$unit", "$host"):
                     expr = expr.replace(var, ".*")
-                for var, value in (("$__range_s", "3600"), ("$__range", "1h"), ("$__rate_interval", "1m"),
-                                   ("$__interval", "1m")):
+                for var, value in (("$__range_s", str(range_s)), ("$__range", f"{range_s}s"),
+                                   ("$__rate_interval", "1m"), ("$__interval", "1m")):
                     expr = expr.replace(var, value)
                 assert "$" not in expr.replace("$labels", ""), expr
                 out.append((str(p.get("title", "")), expr))
