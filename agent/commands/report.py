@@ -145,11 +145,13 @@ def run(args: argparse.Namespace) -> int:
         metrics = fleet_metrics(PrometheusClient(args.prometheus), since, until or now, args.prometheus_job)
 
     if args.evidence:
-        good, bad = fleet.check_bundles(args.evidence, args.keys)
+        good, bad = fleet.check_bundles(args.evidence, args.keys, period)
         for i in bad:
             print(f"REFUSED bundle {i.path}: {i.problem}", file=sys.stderr)
         for i in good:
-            print(f"OK bundle {i.path}: host {i.host}, records {i.first_seq}..{i.last_seq}", file=sys.stderr)
+            beyond = f" (holds records to {i.extends_to}, beyond the period)" if i.extends_to else ""
+            print(f"OK bundle {i.path}: host {i.host}, records {i.first_seq}..{i.through_seq or i.last_seq}"
+                  f"{beyond}", file=sys.stderr)
         failed = len(bad)
         records: Any = fleet.bundles_records(good, period)
 

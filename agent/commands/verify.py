@@ -21,7 +21,8 @@ def register(sub: Any) -> None:
     p.add_argument("--bundle", metavar="FILE", type=Path, help="verify an exported evidence bundle instead")
     p.add_argument("--through", metavar="SEQ", type=int,
                    help="check the chain from its start up to record SEQ and the checkpoint that signs it "
-                        "(what a report of a period printed); later records are not read")
+                        "(what a report of a period printed); later records are not read (with --bundle: "
+                        "the bundle's excerpt up to SEQ, or the whole bundle when no checkpoint follows SEQ)")
     p.add_argument("--witness", metavar="NAME", help="also check every head the witness holds (journald, or "
                                                      "journald@NAMESPACE) against the journal")
     p.set_defaults(func=run)
@@ -129,13 +130,27 @@ def _witness(name: str, path: Path) -> int:
 def _bundle(args: argparse.Namespace) -> int:
     from agent.journal.bundlecheck import verify_bundle
 
-    r = verify_bundle(args.bundle, args.pubkey)
+    r = verify_bundle(args.bundle, args.pubkey, through=args.through)
     if not r.ok:
         print(f"FAILED bundle {r.path}: {r.problem}", file=sys.stderr)
         if r.fingerprint:  # the header was read, so its suite is known
             print(f"crypto suite: {_suite(r.suite)}", file=sys.stderr)
         return 1
     period = ", ".join(f"{k} {v}" for k, v in r.period.items() if v is not None) or "everything"
+    if args.through is not None:
+        print(f"OK bundle {r.path} through seq {r.through_seq}")
+        print(f"crypto suite: {_suite(r.suite)}")
+        print(f"host: {r.host}")
+        print(f"records: {r.first_seq}..{r.through_seq} ({r.through_seq - r.first_seq + 1})")
+        print(f"chain hash at seq {r.through_seq}: {r.through_hash}")
+        if r.signed_seq:
+            from datetime import UTC, datetime
+            when = datetime.fromtimestamp(r.signed_time, UTC).isoformat(timespec="seconds")
+            print(f"signed by: the checkpoint at seq {r.signed_seq} ({when}); later lines not read")
+        else:
+            print("signed by: the bundle's signed manifest (no checkpoint after it; the whole bundle checked)")
+        print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
+        return 0
     print(f"OK bundle {r.path}")
     print(f"crypto suite: {_suite(r.suite)}")
     print(f"host: {r.host}")

@@ -32,6 +32,13 @@ class BundleReport:
     key_source: str
     problem: Problem | None
     suite: str = "intl"
+    # With ``through``: the record asked for, its chain hash, and what signs it: the first checkpoint at or
+    # after it (its seq and time), or the bundle's manifest when no checkpoint follows it (signed_seq 0).
+    through_seq: int = 0
+    through_hash: str = ""
+    signed_seq: int = 0
+    signed_time: float = 0.0
+    signed_hash: str = ""
 
     @property
     def ok(self) -> bool:
@@ -80,6 +87,9 @@ class _Checker:
         self.walker = ChainWalker(0, None, "the bundle's start")
         self.checkpoints = 0
         self.manifest: dict[str, Any] | None = None
+        self.through: int | None = None
+        self.at: tuple[int, str] = (0, "")  # the record asked for: seq, chain hash
+        self.signed: tuple[int, float, str] | None = None  # the checkpoint signing it: seq, time, hash
 
     def header_line(self, obj: dict[str, Any]) -> None:
         if obj.get("kind") != "header" or obj.get("bundle") != FORMAT:
@@ -139,6 +149,8 @@ class _Checker:
             bad = self.walker.check(seq, obj["prev"], obj["hash"], canonical_bytes(record))
             if bad:
                 raise _Refused(bad)
+            if seq == self.through:
+                self.at = (seq, obj["hash"])
         elif kind == "checkpoint":
             self._checkpoint(lineno, obj)
         else:
@@ -158,6 +170,10 @@ class _Checker:
             raise _Refused(Problem(seq, f"does not match the signed checkpoint at seq {seq} "
                                         "(record modified)"))
         self.checkpoints += 1
+        if self.at[0] and self.signed is None:
+            t = obj.get("time")
+            self.signed = (seq, float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0,
+                           self.walker.last_hash)
 
     def manifest_line(self, obj: dict[str, Any]) -> None:
         assert self.public is not None
@@ -180,12 +196,22 @@ class _Checker:
         self.manifest = obj
 
 
-def verify_bundle(path: Path, pubkey: PublicKey | Path | None = None) -> BundleReport:
-    """Check every line of the bundle at ``path``; the report names the first thing wrong."""
+def verify_bundle(path: Path, pubkey: PublicKey | Path | None = None, through: int | None = None) -> BundleReport:
+    """Check every line of the bundle at ``path``; the report names the first thing wrong.
+
+    With ``through`` only the excerpt up to record ``through`` and the first
+    signed checkpoint at or after it is checked (what a report of a period that
+    ends there rests on); lines after that checkpoint are not read. With no
+    checkpoint after it, the bundle's signed manifest must verify, so the whole
+    bundle is checked.
+    """
     c = _Checker(Path(path), pubkey)
+    c.through = through
     problem: Problem | None = None
     try:
         for lineno, raw in _lines(c.path):
+            if c.signed is not None:
+                break  # the record asked for is signed: what follows is not part of what is vouched for
             if c.manifest is not None:
                 raise _bundle_problem(f"line {lineno}: data after the signed manifest (bundle altered)")
             obj = _parse(lineno, raw)
@@ -199,12 +225,18 @@ def verify_bundle(path: Path, pubkey: PublicKey | Path | None = None) -> BundleR
             c.digest.update(raw)
         if not c.header:
             raise _bundle_problem("empty file: not a DutyWatch evidence bundle")
-        if c.manifest is None:
+        if c.manifest is None and c.signed is None:
             raise _bundle_problem("ends without its signed manifest (bundle truncated)")
+        if through is not None and not c.at[0]:
+            first = c.walker.expected_seq - c.walker.count
+            raise _bundle_problem(f"record {through} is not in the bundle (it holds records "
+                                  f"{first}..{c.walker.expected_seq - 1})")
     except _Refused as refused:
         problem = refused.problem
     w = c.walker
     period = c.header.get("period")
+    signed = c.signed or (0, 0.0, "")
     return BundleReport(str(path), str(c.header.get("host", "")), period if isinstance(period, dict) else {},
                         w.count, c.checkpoints, w.expected_seq - w.count, w.expected_seq - 1, w.last_hash,
-                        fingerprint(c.public) if c.public else "", c.source, problem, c.suite.name)
+                        fingerprint(c.public) if c.public else "", c.source, problem, c.suite.name,
+                        c.at[0], c.at[1], signed[0], signed[1], signed[2])

@@ -19,12 +19,13 @@ from agent.report.prometheus import FleetMetrics
 from agent.report.sources import Integrity, Period, bundle_integrity, bundle_records
 
 
-def check_bundles(bundles: Iterable[Path], keys_dir: Path | None) -> tuple[list[Integrity], list[Integrity]]:
-    """Each bundle checked: (accepted, refused), in the order given."""
+def check_bundles(bundles: Iterable[Path], keys_dir: Path | None,
+                  period: Period | None = None) -> tuple[list[Integrity], list[Integrity]]:
+    """Each bundle checked (through the period's last record, with ``period``): (accepted, refused), in order."""
     good: list[Integrity] = []
     bad: list[Integrity] = []
     for b in bundles:
-        i = bundle_integrity(b, keys_dir)
+        i = bundle_integrity(b, keys_dir, period)
         (good if i.ok else bad).append(i)
     return good, bad
 
@@ -35,7 +36,7 @@ def fleet_report(good: list[Integrity], bad: list[Integrity], opts: Options, rul
     agg = Aggregator(opts.tz, max_rows=opts.max_rows, names=dict(opts.names))
     for i in good:
         scan = PriorScan()
-        records = iter(bundle_records(Path(i.path), opts.period, scan))
+        records = iter(bundle_records(Path(i.path), opts.period, scan, i))
         first = next(records, None)  # the records before the period are read before the first in it
         prime(agg, scan, opts.period.since)
         if first is not None:
@@ -80,4 +81,4 @@ def missing_periods(good: Iterable[Integrity], since: float, until: float) -> di
 def bundles_records(good: Iterable[Integrity], period: Period) -> Iterator[tuple[int, dict[str, Any]]]:
     """Every accepted bundle's records in the period, bundle after bundle."""
     for i in good:
-        yield from bundle_records(Path(i.path), period)
+        yield from bundle_records(Path(i.path), period, checked=i)

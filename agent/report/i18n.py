@@ -224,6 +224,15 @@ _S: dict[str, tuple[str, str]] = {
                           "Integrity: the journal verified, but the period holds no record, so there is nothing "
                           "of this period for it to vouch for."),
     "v_bundles_ok": ("完整性：{n} 个证据包验证通过。", "Integrity: {n} bundles verified."),
+    "v_bundles_through": ("其中 {k} 个证据包超出本期间，只验证到本期间最后一条记录为止（见第六节）；"
+                          "超出部分本报告既不显示也不担保。",
+                          "{k} of them extend beyond the period and are vouched for only through the period's last "
+                          "record (section 6); what lies beyond is neither shown nor vouched for here."),
+    "through_bundle": ("（本期间最后一条记录；证据包含有到第 {last} 条的记录，超出本期间，未验证）",
+                       " (the period's last record; the bundle holds records up to {last}, beyond the period, "
+                       "not checked)"),
+    "signed_manifest": ("证据包的签名清单（其后没有检查点，整个证据包均已验证）",
+                        "the bundle's signed manifest (no checkpoint after it: the whole bundle was checked)"),
     "v_key_trusted": ("验证密钥由审计人员提供（可信来源）：{source}。", "The key was given by the auditor (a trusted "
                       "source): {source}."),
     "v_key_self": ("验证密钥取自被审计主机本身（{source}），相当于主机自证；"

@@ -356,8 +356,13 @@ def integrity(r: Report) -> Section:
         if not r.fleet and r.data.first_seq is not None:
             rows += ((tr(lang, "period_seqs"), f"{r.data.first_seq}..{r.data.last_seq}"),)
         if i.through_seq:
-            rows += ((tr(lang, "through"), f"seq {i.through_seq}"), (tr(lang, "chain_head"), i.through_hash),
-                     (tr(lang, "signed_by"), _signed(r, i.signed_seq, i.signed_time)))
+            through = f"seq {i.through_seq}"
+            if i.extends_to:
+                through += tr(lang, "through_bundle", last=i.extends_to)
+            signed = tr(lang, "signed_manifest") if i.kind == "bundle" and not i.signed_seq else \
+                _signed(r, i.signed_seq, i.signed_time)
+            rows += ((tr(lang, "through"), through), (tr(lang, "chain_head"), i.through_hash),
+                     (tr(lang, "signed_by"), signed))
         elif i.kind == "journal":
             rows += ((tr(lang, "through"), tr(lang, "none")),)
         blocks.append(Table("", ("", ""), rows, (1, 4)))
@@ -447,6 +452,9 @@ def verdict(r: Report) -> Section:
                            "plain" if i.trusted else "warn"))
     if r.fleet and r.integrity:
         blocks.append(Para(tr(lang, "v_bundles_ok", n=sum(1 for i in r.integrity if i.ok))))
+        beyond = sum(1 for i in r.integrity if i.ok and i.extends_to)
+        if beyond:
+            blocks.append(Para(tr(lang, "v_bundles_through", k=beyond)))
     return Section("verdict", tr(lang, "s_verdict"), tuple(blocks))
 
 

@@ -19,6 +19,7 @@ from agent.crypto.suite import INTL, Suite, SuiteError
 from agent.crypto.suite import suite as get_suite
 from agent.journal import db
 from agent.journal.bundlecheck import verify_bundle
+from agent.journal.chain import canonical_bytes, link_hash
 from agent.journal.query import Query, iter_records
 from agent.journal.verify import verify_journal
 from agent.report.coverage import PriorScan
@@ -52,6 +53,10 @@ class Integrity:
     period_since: float | None = None
     period_until: float | None = None
     periodic: bool = False
+    # A bundle vouched for through the period's last record: the checkpoint's chain hash that closes what was
+    # checked, and the last record the bundle holds beyond it (0: it ends in the period).
+    signed_hash: str = ""
+    extends_to: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +163,19 @@ def trusted_key_for(keys_dir: Path | None, host: str) -> Path | None:
     return keys_dir / f"{host}.pem"
 
 
-def bundle_integrity(path: Path, keys_dir: Path | None) -> Integrity:
-    """Check one bundle with ``verify_bundle``; with ``keys_dir``, against its host's trusted key."""
-    first = verify_bundle(path)
+def bundle_integrity(path: Path, keys_dir: Path | None, period: Period | None = None) -> Integrity:
+    """Check one bundle with ``verify_bundle``; with ``keys_dir``, against its host's trusted key.
+
+    With ``period``, the bundle is vouched for through the period's last record
+    (``verify --bundle B --through SEQ``), not as a whole: what lies beyond the
+    period is not what the report shows.
+    """
+    through = None
+    beyond = 0
+    if period is not None:
+        through, last = _period_last(path, period)
+        beyond = last if through is not None and last > through else 0
+    first = verify_bundle(path, through=through)
     key = None
     problem = str(first.problem) if first.problem else ""
     r = first
@@ -172,15 +187,47 @@ def bundle_integrity(path: Path, keys_dir: Path | None) -> Integrity:
         if key is not None and not key.is_file():
             problem = f"no trusted key for host {first.host!r}: {key} does not exist"
         elif key is not None:
-            r = verify_bundle(path, key)
+            r = verify_bundle(path, key, through=through)
             problem = str(r.problem) if r.problem else ""
     cmd = ["dutywatch", "verify", "--bundle", str(path)]
+    if through is not None:
+        cmd += ["--through", str(through)]
     cmd += ["--pubkey", str(key) if key is not None else "HOST-PUBKEY.pem"]
-    period = r.period if isinstance(r.period, dict) else {}
+    hp = r.period if isinstance(r.period, dict) else {}
+    if through is not None:
+        vouched = (r.through_seq, r.through_hash, r.signed_seq, r.signed_time)
+    else:
+        vouched = (max(0, r.last_seq), r.head_hash, 0, 0.0)
     return Integrity("bundle", str(path), r.host, not problem, problem, r.records, r.first_seq, r.last_seq,
                      r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite, key is not None,
-                     max(0, r.last_seq), r.head_hash, period_since=_when(period.get("since")),
-                     period_until=_when(period.get("until")), periodic=period.get("every") is not None)
+                     *vouched, period_since=_when(hp.get("since")), period_until=_when(hp.get("until")),
+                     periodic=hp.get("every") is not None, signed_hash=r.signed_hash, extends_to=beyond)
+
+
+def _period_last(path: Path, period: Period) -> tuple[int | None, int]:
+    """The seq of the bundle's last record in the period (None: none in it) and of its last record.
+
+    Read before the check only to choose what to check through; the check
+    then proves that record and everything before it.
+    """
+    found: int | None = None
+    last = 0
+    try:
+        with path.open("rb") as f:
+            for raw in f:
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    return None, 0  # not a bundle line: the whole check names the problem
+                if not isinstance(obj, dict) or obj.get("kind") != "record" or not isinstance(obj.get("seq"), int):
+                    continue
+                last = obj["seq"]
+                rec = obj.get("record")
+                if isinstance(rec, dict) and period.holds(rec.get("time")):
+                    found = last
+    except OSError:
+        return None, 0
+    return found, last
 
 
 def _when(value: Any) -> float | None:
@@ -194,30 +241,44 @@ def _when(value: Any) -> float | None:
         return None
 
 
-def bundle_records(path: Path, period: Period, prior: PriorScan | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """A verified bundle's records in the period (and, to ``prior``, what lies before it).
+def bundle_records(path: Path, period: Period, prior: PriorScan | None = None,
+                   checked: Integrity | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A verified bundle's records in the period (and, to ``prior``, what lies around it).
 
     The bytes are hashed again as they are read and compared with the signed
     manifest, so a file changed between its check and this read is refused
-    rather than half merged.
+    rather than half merged. A bundle ``checked`` through the period's last
+    record (up to the checkpoint signing it) is read only that far, each
+    record's link checked again up to that checkpoint's hash.
     """
     suite: Suite = INTL
     digest = suite.new_hash()
+    upto = checked.signed_seq if checked is not None and checked.signed_seq else None
+    prev = ""
     try:
         with path.open("rb") as f:
             for raw in f:
                 obj = json.loads(raw)
-                if obj.get("kind") == "header":
+                kind = obj.get("kind")
+                if kind == "header":
                     suite = get_suite(obj.get("crypto", INTL.name))
                     digest = suite.new_hash()
-                if obj.get("kind") == "manifest":
+                    prev = str((obj.get("start") or {}).get("prev", ""))
+                if kind == "manifest":
                     if obj.get(suite.digest_field) != digest.hexdigest():
                         raise ReportError(f"{path}: bundle changed after it was verified; report abandoned")
                     return
                 digest.update(raw)
-                if obj.get("kind") != "record":
+                if kind != "record":
                     continue
                 rec = obj["record"]
+                if upto is not None:
+                    assert checked is not None
+                    seq = int(obj["seq"])
+                    if obj.get("prev") != prev or link_hash(prev, seq, canonical_bytes(rec), suite.new_hash) \
+                            != obj.get("hash") or (seq == upto and obj["hash"] != checked.signed_hash):
+                        raise ReportError(f"{path}: bundle changed after it was verified; report abandoned")
+                    prev = obj["hash"]
                 t = rec.get("time")
                 if period.holds(t):
                     yield int(obj["seq"]), rec
@@ -228,6 +289,8 @@ def bundle_records(path: Path, period: Period, prior: PriorScan | None = None) -
                     elif period.until is not None and t > period.until:
                         prior.after(str(rec.get("host", "")), float(t), rec.get("kind") if life else None,
                                     rec.get("detail") if life else None)
+                if upto is not None and int(obj["seq"]) >= upto:
+                    return  # the end of what was vouched for
     except OSError as exc:
         raise ReportError(f"{path}: cannot read bundle: {exc.strerror}") from exc
     except (ValueError, KeyError, AttributeError, SuiteError) as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,8 @@ def test_clean_bundle_report_in_html(fleet: dict[str, Any], tmp_path: Path) -> N
     assert status == 0, err
     html = out.read_text(encoding="utf-8")
     assert "省大数据管理局" in html and "验证通过" in html
-    assert f"dutywatch verify --bundle {b} --pubkey HOST-PUBKEY.pem" in html
+    # vouched for through the period's last record (here the bundle's last one, the period being open)
+    assert re.search(rf"dutywatch verify --bundle {re.escape(str(b))} --through \d+ --pubkey HOST-PUBKEY.pem", html)
 
 
 def test_gm_bundle_report_names_its_suite(fleet: dict[str, Any], tmp_path: Path) -> None:
@@ -158,3 +161,75 @@ def test_bundle_without_trusted_key_refused(fleet: dict[str, Any], tmp_path: Pat
     status, doc, err = _fleet_json(tmp_path, [fleet["bundles"]["js-fgw-0042"]], "--keys", str(keys))
     assert status == 1 and "no trusted key for host 'js-fgw-0042'" in err
     assert doc["integrity"] == [] and doc["summary"]["records"] == 0
+
+
+def _records_of(bundle: Path) -> list[dict[str, Any]]:
+    return [o for o in map(json.loads, bundle.read_bytes().splitlines()) if o.get("kind") == "record"]
+
+
+def test_a_bundle_beyond_the_period_is_vouched_for_through_its_last_record(fleet: dict[str, Any],
+                                                                            tmp_path: Path) -> None:
+    """A bundle that runs past the period is checked up to the period's last record and the checkpoint signing
+    it, not as a whole: damage after that does not refuse the period's evidence, and the report says what it
+    vouches for; the printed command repeats exactly that check."""
+    b = fleet["bundles"]["js-fgw-0042"]
+    recs = _records_of(b)
+    lines = b.read_bytes().splitlines(keepends=True)
+    cps = [json.loads(x)["seq"] for x in lines if b'"kind":"checkpoint"' in x]
+    # the period ends at a record well before the bundle's end, with a checkpoint between it and the end
+    mid = next(r for r in recs if r["seq"] < cps[-2] and r["seq"] >= len(recs) // 2)
+    until = mid["record"]["time"]
+    in_period = [r["seq"] for r in recs if r["record"]["time"] <= until]
+    last = max(in_period)
+    signer = min(c for c in cps if c >= last)
+    # damage a record after that checkpoint: the whole bundle no longer verifies
+    damaged = _copy(b, tmp_path / "damaged.bundle", lambda ls: [
+        *ls[:-3], ls[-3].replace(b'"host":"js-', b'"host":"JS-', 1), *ls[-2:]])
+    status, _, err = run_cli(["verify", "--bundle", str(damaged)])
+    assert status == 1 and "FAILED" in err
+    period = ["--until", dt.datetime.fromtimestamp(until, dt.UTC).isoformat()]
+    status, doc, err = _fleet_json(tmp_path, [damaged], "--keys", str(fleet["keys"]), *period)
+    assert status == 0, err
+    assert doc["refused"] == []
+    (i,) = doc["integrity"]
+    assert i["ok"] and i["through_seq"] == last and i["signed_seq"] == signer and i["extends_to"] == recs[-1]["seq"]
+    assert i["command"] == (f"dutywatch verify --bundle {damaged} --through {last} --pubkey "
+                            f"{fleet['keys'] / 'js-fgw-0042.pem'}")
+    assert f"holds records to {recs[-1]['seq']}, beyond the period" in err
+    assert doc["summary"]["last_seq"] == last  # the period's records, and nothing after them
+    # the printed command checks exactly that, and prints the same hash
+    status, out, err = run_cli(i["command"].split()[1:])
+    assert status == 0, err
+    assert f"chain hash at seq {last}: {i['through_hash']}" in out and f"the checkpoint at seq {signer}" in out
+    status, _, err = run_cli(["verify", "--bundle", str(b), "--through", str(recs[-1]["seq"] + 5)])
+    assert status == 1 and f"record {recs[-1]['seq'] + 5} is not in the bundle" in err
+    # the report says so on page 1 and in the integrity section
+    html = tmp_path / "f.html"
+    status, _, err = run_cli(["report", "--lang", "zh", "--out", str(html), "--evidence", str(damaged), *period])
+    assert status == 0, err
+    text = html.read_text(encoding="utf-8")
+    assert "只验证到本期间最后一条记录为止" in text
+    assert f"证据包含有到第 {recs[-1]['seq']} 条的记录，超出本期间，未验证" in text
+    # damage inside the period refuses the bundle, as before
+    inside = _copy(b, tmp_path / "inside.bundle", lambda ls: [
+        ls[k].replace(b'"host":"js-', b'"host":"JS-', 1) if b'"seq":%d}' % last in ls[k] and
+        b'"kind":"record"' in ls[k] else ls[k] for k in range(len(ls))])
+    status, doc, err = _fleet_json(tmp_path, [inside], *period)
+    assert status == 1 and doc["refused"] and f"record {last}" in doc["refused"][0]["problem"]
+
+
+def test_a_bundle_changed_after_its_check_through_the_period_is_refused_while_read(fleet: dict[str, Any],
+                                                                                   tmp_path: Path) -> None:
+    from agent.report.errors import ReportError
+    from agent.report.sources import Period, bundle_integrity, bundle_records
+
+    b = _copy(fleet["bundles"]["js-fgw-0042"], tmp_path / "b.bundle", lambda ls: ls)
+    recs = _records_of(b)
+    period = Period(None, recs[len(recs) // 2]["record"]["time"])
+    checked = bundle_integrity(b, fleet["keys"], period)
+    assert checked.ok and checked.extends_to and 0 < checked.through_seq < checked.signed_seq
+    assert [s for s, _ in bundle_records(b, period, checked=checked)] == \
+        [r["seq"] for r in recs if period.holds(r["record"]["time"])]
+    _copy(b, b, lambda ls: [*ls[:5], ls[5].replace(b'"host":"js-', b'"host":"JS-', 1), *ls[6:]])
+    with pytest.raises(ReportError, match="changed after it was verified"):
+        list(bundle_records(b, period, checked=checked))
