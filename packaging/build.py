@@ -198,6 +198,8 @@ def stage(work: Path, suite: str = "bookworm") -> Path:
     shutil.move(venv / "share" / "dutywatch", share)
     # Anything else there documents tools the package does not ship.
     shutil.rmtree(venv / "share")
+    (share / "systemd").mkdir(exist_ok=True)
+    shutil.copy(HERE / "systemd" / "enforce.conf", share / "systemd" / "enforce.conf")  # a drop-in, not active
     dashboards = share / "dashboards"
     shutil.copytree(REPO / "dashboards", dashboards, ignore=shutil.ignore_patterns(".*", "__pycache__"))
     (root / "usr/bin").mkdir(parents=True)
