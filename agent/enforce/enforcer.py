@@ -202,10 +202,12 @@ class Enforcer:
                         str(record.get("severity")), now, until, operator, record.get("time"), nets, detail)
         result = "dryrun" if self.cfg.mode == "dryrun" else "enforced"
         error = None
+        in_force = None
         if self.cfg.mode == "enforce":
             self.active[e.id] = e
             try:
                 self._realise(e)
+                in_force = self.clock()
                 self.latencies.append(time.perf_counter() - self._t0)
             except (NftError, OSError) as exc:
                 del self.active[e.id]
@@ -224,6 +226,8 @@ class Enforcer:
                       "lift_by": self.lift_by(e), "message": text}
         if error:
             detail_out["error"] = error
+        if in_force is not None:
+            detail_out["in_force_at"] = in_force  # when the kernel held it: the offence-to-block delay is auditable
         summary = self._summary(e, result)
         if result == "failed":
             summary["error"] = error
