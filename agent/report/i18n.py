@@ -164,6 +164,13 @@ _S: dict[str, tuple[str, str]] = {
     "down_total": ("代理停机合计", "Agent down time, all targets"),
     "instance": ("目标", "Target"),
     "down": ("停机时长（抓取失败）", "Down time (failed scrapes)"),
+    "prom_down_note": ("停机时长从中断后第一次抓取失败算起；监控覆盖（第一页）从最后一次心跳或记录算起，"
+                       "因此每次中断后者多出最多一个 journal.heartbeat 加一个抓取间隔。停机时长超过未受监控时间时，"
+                       "说明代理在运行但没有应答抓取（负载或网络）。",
+                       "Down time counts from the first failed scrape after an interruption; the coverage on page 1 "
+                       "counts from the last heartbeat or record, so it is longer by up to one journal.heartbeat "
+                       "plus one scrape interval per interruption. Down time beyond the unmonitored time means the "
+                       "agent ran but did not answer scrapes (load, network)."),
     "prom_data_since": ("Prometheus 最早数据", "First Prometheus data"),
     "prom_never": ("期间内没有任何数据", "no data in the period"),
     "prom_no_data": ("无数据时长（不计为停机）", "Time without data (not down time)"),

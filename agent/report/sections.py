@@ -483,6 +483,7 @@ def fleet(r: Report) -> Section | None:
         blocks.append(Para(tr(lang, "prom_no_rate"), "note"))
     blocks.append(Table(tr(lang, "down"), (tr(lang, "instance"), tr(lang, "down"), tr(lang, "prom_no_data_col")),
                         down, (3, 2, 2)))
+    blocks.append(Para(tr(lang, "prom_down_note"), "note"))
     if not r.fleet:
         prom = {u.unit: u.violations for u in m.units}
         rows = []
