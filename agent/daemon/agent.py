@@ -214,10 +214,12 @@ class Agent:
             from agent.enforce.mediagate import MediaGate
             gate = MediaGate(reg, e.gate_media, sys_root=self.sources.sys_root, removed=e.media_removed)
         if cfg.enforce.active and cfg.enforce.copy:
-            from agent.enforce.copyguard import CopyGuard, operator_of, removable_sticks
+            from agent.enforce.copyproc import CopyGuardProcess
             roots = cfg.collectors.get("media", {}).get("roots", ["/media", "/run/media", "/mnt"])
-            copy = CopyGuard(reg.assets, removable_sticks(reg, roots, self.sources.sys_root),
-                             lambda d: e.copy_denied(d, operator_of(d.pid, reg)), dryrun=cfg.enforce.mode == "dryrun")
+            # A process of its own: the kernel's questions never wait for the pipeline's turn at the interpreter.
+            copy = CopyGuardProcess(reg, roots, self.sources.sys_root, e.copy_denied,
+                                    dryrun=cfg.enforce.mode == "dryrun")
+            copy.on_lost = lambda: e.metrics.enforced("copy", "failed")
         return gate, copy
 
     def _to_enforcer(self, record: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Runs as root in network namespaces it makes and removes (``dw19b-PID``...); prints figures only.
 The permission-checked open is measured from a child process opening a classified file, without and
-with the copy guard answering the kernel (a stick mounted, so every check reads the opener's /proc).
+with the copy guard's process (as the agent runs it) answering the kernel: an unregistered stick
+mounted and nothing on it open, then a file on it open (every classified open decided).
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def permission_checked_open() -> None:
     import json as _json
     import shutil
 
-    from agent.enforce.copyguard import CopyGuard, removable_sticks
+    from agent.enforce.copyproc import CopyGuardProcess
     from agent.registry import load_registry
     from tests.integration.mediakit import Stick
 
@@ -238,14 +239,14 @@ def permission_checked_open() -> None:
         for _ in range(RUNS):
             for label in labels:
                 guard = held = None
-                if label != "without":
-                    guard = CopyGuard(reg.assets, removable_sticks(reg, [str(top / "media")]), lambda d: None)
+                if label != "without":  # as the agent runs it: a process of its own
+                    guard = CopyGuardProcess(reg, [str(top / "media")], Path("/sys"), lambda d, op: None)
                     guard.start()
                 if label == "armed":  # another process writes a file on the stick the whole time
                     held = subprocess.Popen(["sh", "-c", f"exec 3>{top / 'media' / 's' / 'w.txt'}; echo o; "
                                              "exec sleep 600"], stdout=subprocess.PIPE, text=True)
                     assert held.stdout is not None and held.stdout.readline().strip() == "o"
-                    assert guard is not None and guard.armed
+                    assert guard is not None and guard.stats()["armed"]
                 out = subprocess.run([sys.executable, "-c", OPENER, str(doc), "3000"], capture_output=True,
                                      text=True, check=True).stdout.split()
                 runs[label].append((float(out[0]), float(out[1])))
@@ -253,7 +254,7 @@ def permission_checked_open() -> None:
                     held.kill()
                     held.wait()
                 if guard is not None:
-                    decided[label] += guard.decided
+                    decided[label] += guard.stats()["decided"]
                     guard.stop()
         med = {k: (statistics.median(x[0] for x in runs[k]), statistics.median(x[1] for x in runs[k]))
                for k in labels}

@@ -325,3 +325,73 @@ def test_the_agent_denies_the_copy_and_journals_who_what_and_where(desk: Desk, t
     d = copies[-1]
     assert (d["result"], d["operator"], d["detail"]["asset"]) == ("denied", "张三", str(desk.plan))
     assert d["detail"]["stick"]["mount"] == str(u) and d["detail"]["stick"]["registered"] is False
+
+
+PARENT = r"""
+import sys, time
+from agent.enforce.copyproc import CopyGuardProcess
+from agent.registry import load_registry
+from pathlib import Path
+g = CopyGuardProcess(load_registry(sys.argv[1]), [sys.argv[2]], Path("/sys"), lambda d, op: None)
+g.start()
+print(g.proc.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_guard_process_answers_apart_and_goes_with_the_agent(desk: Desk) -> None:
+    """The agent runs the guard as a process of its own: denials come back with the operator; a guard process
+    that dies is replaced (and counted); one whose agent is killed ends, and the disk stays usable."""
+    from agent.enforce.copyproc import CopyGuardProcess
+
+    u = desk.stick("u")
+    denied: list[tuple[Decision, str | None]] = []
+    g = CopyGuardProcess(load_registry(desk.registry), [str(desk.media)], Path("/sys"),
+                         lambda d, op: denied.append((d, op)), restart_after=0.2)
+    g.start()
+    try:
+        assert g.proc is not None and g.proc.pid != os.getpid()
+        assert as_user("cp", str(desk.plan), str(u / "plan.txt")).returncode != 0
+        deadline = time.monotonic() + 10
+        while not denied:
+            assert time.monotonic() < deadline, "no denial reported by the guard's process"
+            time.sleep(0.05)
+        d, operator = denied[0]
+        assert (d.asset, operator, d.stick.mount if d.stick else None) == (str(desk.plan), "张三", str(u))
+        assert g.stats()["denied"] == 1
+        # The guard's process is killed: the agent starts another, counts it, and copies are denied again.
+        first = g.proc.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while g.lost < 1 or g.proc is None or g.proc.pid == first or g.fd < 0:
+            assert time.monotonic() < deadline, "no new guard process"
+            time.sleep(0.05)
+        assert as_user("cp", str(desk.plan), str(u / "plan2.txt")).returncode != 0
+    finally:
+        g.stop()
+    assert g.proc is None
+    # The agent killed: its guard process reads the end of its input and ends; the kernel answers alone.
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(desk.registry), str(desk.media)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert as_user("cp", str(desk.plan), str(u / "plan3.txt")).returncode != 0
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child):
+            assert time.monotonic() < deadline, "the guard process outlived its agent"
+            time.sleep(0.05)
+        assert as_user("cp", str(desk.plan), str(u / "plan4.txt")).returncode == 0  # no guard: the kernel allows
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
