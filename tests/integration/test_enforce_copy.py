@@ -247,6 +247,32 @@ def test_an_asset_open_waits_only_while_a_file_on_a_guarded_stick_is_open(desk: 
         g.guard.stop()
 
 
+def test_a_stick_file_opened_before_the_guard_started_is_counted(desk: Desk) -> None:
+    """The kernel never asked about an open made before the marks: the guard counts it from /proc, so the
+    holder's classified open is still judged (the fast path is not a way round)."""
+    u = desk.stick("u")
+    holder = subprocess.Popen(["/usr/bin/python3", "-c", f"import sys, time\nf = open({str(u / 'early.txt')!r}, 'w')\n"
+                               "print('open', flush=True)\nsys.stdin.readline()\n"
+                               f"f.write(open({str(desk.plan)!r}).read())\n"],
+                              user=USER, group=USER, extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        g = Guard(desk)
+        try:
+            assert g.guard.armed
+            _, err = holder.communicate("go\n", timeout=30)
+            assert holder.returncode != 0 and "PermissionError" in err
+            assert (u / "early.txt").stat().st_size == 0
+            assert "open for writing" in g.wait(1).why
+        finally:
+            g.guard.stop()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+
+
 def test_a_folder_made_in_the_asset_tree_after_start_is_guarded(desk: Desk) -> None:
     u = desk.stick("u")
     g = Guard(desk)
