@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format == "csv":
         from agent.report.csvout import write_csv
-        _write(args.out, False, lambda f: write_csv(build.findings_only(records), f, args.lang, tz))
+        _write(args.out, False, lambda f: write_csv(build.findings_only(records), f, args.lang, tz, dict(people)))
         if not args.evidence and integrity is not None and not integrity.ok:
             failed = 1
             print(f"FAILED journal {integrity.path}: {integrity.problem}", file=sys.stderr)

@@ -18,10 +18,10 @@ from agent.report.i18n import tr
 # Documented in README.md ("Reports"); keep names and order stable for auditors' scripts (new ones go last).
 COLUMNS = ("seq", "time", "host", "rule", "pack", "severity", "action", "title", "message", "operator",
            "custodian", "unit", "department", "process", "user", "object", "controls", "tags", "operator_unit",
-           "owner_unit", "media_holder")
+           "owner_unit", "media_holder", "custodian_account", "media_holder_account")
 COLUMNS_ZH = ("序号", "时间", "主机", "规则", "规则包", "级别", "处置", "标题", "说明", "操作人员", "主机责任人",
               "运行单位", "主管部门", "进程", "系统账户", "对象", "控制点", "标签", "操作人员所在单位", "数据所属单位",
-              "介质持有人")
+              "介质持有人", "主机责任人账户", "介质持有人账户")
 CELL_LIMIT = 32000  # below Excel's 32,767 characters per cell
 BOM = "\ufeff"
 
@@ -45,8 +45,16 @@ def _join(value: Any) -> str:
     return "; ".join(str(v) for v in value) if isinstance(value, list) else ""
 
 
-def row(seq: int, rec: dict[str, Any], lang: str, tz: dt.tzinfo) -> list[str]:
-    """The CSV cells of one finding record."""
+def _person(name: Any, account: Any, names: dict[str, str]) -> tuple[Any, Any]:
+    """A person's registry name and account: a record that holds the account is named through ``names``."""
+    if isinstance(name, str) and name in names:
+        return names[name], name
+    return name, account
+
+
+def row(seq: int, rec: dict[str, Any], lang: str, tz: dt.tzinfo, names: dict[str, str] | None = None) -> list[str]:
+    """The CSV cells of one finding record; ``names`` the registry's people (account -> name)."""
+    names = names or {}
     acc, ev = _map(rec.get("accountable")), _map(rec.get("event"))
     proc = _map(ev.get("process"))
     t = rec.get("time")
@@ -57,23 +65,28 @@ def row(seq: int, rec: dict[str, Any], lang: str, tz: dt.tzinfo) -> list[str]:
     if lang == "zh":
         sev = tr(lang, sev) if sev in ("critical", "high", "medium", "low", "info") else sev
         action = tr(lang, action) if action in ("alert", "audit") else action
+    holder_role = _map(roles.get("media.holder"))
+    custodian, custodian_account = _person(acc.get("custodian"), acc.get("custodian_account"), names)
+    holder, holder_account = _person(holder_role.get("name") or _map(ev.get("media")).get("holder"),
+                                     holder_role.get("account"), names)
     cells = [rec.get("host"), rec.get("rule"), rec.get("pack"), sev, action,
              _lang(rec.get("title"), lang), _lang(rec.get("message"), lang), acc.get("operator"),
-             acc.get("custodian"), acc.get("unit"), acc.get("department"), describe_process(ev), proc.get("user"),
+             custodian, acc.get("unit"), acc.get("department"), describe_process(ev), proc.get("user"),
              describe_object(ev), _join(rec.get("controls")), _join(rec.get("tags")),
              _map(roles.get("operator")).get("unit") or op.get("unit"),
              _map(roles.get("file.owner_unit")).get("name") or _map(ev.get("file")).get("owner_unit"),
-             _map(roles.get("media.holder")).get("name") or _map(ev.get("media")).get("holder")]
+             holder, custodian_account, holder_account]
     return [str(seq), when, *(_safe(c) for c in cells)]
 
 
-def write_csv(records: Iterable[tuple[int, dict[str, Any]]], out: TextIO, lang: str, tz: dt.tzinfo) -> int:
+def write_csv(records: Iterable[tuple[int, dict[str, Any]]], out: TextIO, lang: str, tz: dt.tzinfo,
+              names: dict[str, str] | None = None) -> int:
     """Write the header and one row per finding; returns the rows written."""
     out.write(BOM)
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(COLUMNS_ZH if lang == "zh" else COLUMNS)
     n = 0
     for seq, rec in records:
-        w.writerow(row(seq, rec, lang, tz))
+        w.writerow(row(seq, rec, lang, tz, names))
         n += 1
     return n

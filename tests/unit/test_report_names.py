@@ -95,3 +95,16 @@ def test_report_names_people_of_older_records_through_the_registry(tmp_path: Pat
     status, _, err = run_cli(["report", "--state-dir", str(state), "--out", str(tmp_path / "x.html"),
                               "--registry", str(bad)])
     assert status == 1 and "bad.yaml:" in err
+
+
+def test_csv_names_the_custodian_and_holder_with_their_accounts(tmp_path: Path) -> None:
+    import csv
+    state = tmp_path / "state"
+    _journal(state, _records(names=False))  # accounts only: named through --registry
+    out = tmp_path / "r.csv"
+    status, _, err = run_cli(["report", "--state-dir", str(state), "--format", "csv", "--lang", "en", "--out",
+                              str(out), "--registry", str(DEMO_REGISTRY)])
+    assert status == 0, err
+    (row,) = list(csv.DictReader(out.read_text(encoding="utf-8-sig").splitlines()))
+    assert row["custodian"] == "张三" and row["custodian_account"] == "zhangsan"
+    assert row["media_holder"] == "李四" and row["media_holder_account"] == "lisi"
