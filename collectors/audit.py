@@ -36,6 +36,7 @@ import os
 import posixpath
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -62,6 +63,7 @@ from collectors.base import (
     stop_fd,
     stop_timeout,
 )
+from collectors.netjoin import DnsJoin, is_dns_send
 from collectors.procfs import ProcReader, read_unit
 
 MODES = ("auto", "multicast", "daemon")
@@ -105,6 +107,11 @@ class AuditCollector:
         self._exact: frozenset[str] = frozenset()
         self._mounts: dict[str, tuple[Process, Parent, float]] = {}  # mount point -> who, when (monotonic)
         self._resync = WakeEvent()  # its descriptor wakes the reading loop
+        # A send to port 53 waits here for the sniffer's name of it (collectors.netjoin): one query, one event.
+        self.dns_join = DnsJoin()
+        # Module loads and removals reported here, until the inventory's next diff would report them again.
+        self._modules: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._modules_lock = threading.Lock()
         self.rules_installed: list[bytes] = []
 
     # -- what the other collectors ask ----------------------------------------
@@ -133,6 +140,36 @@ class AuditCollector:
             if time.monotonic() >= end:
                 return None
             time.sleep(0.02)
+
+    def reported_module(self, event: Event) -> bool:
+        """Whether this ``inventory.module`` change (of the inventory's diff) was reported here already.
+
+        A load is one operation: reported here when the kernel did it, with who did it; the inventory's
+        later diff of the module list finds the same change and leaves it out (each report answers once).
+        """
+        inv = event.inventory
+        if event.kind != "inventory.module" or inv.name is None or inv.change is None:
+            return False
+        with self._modules_lock:
+            try:
+                del self._modules[(inv.name, inv.change)]
+            except KeyError:
+                return False
+            return True
+
+    def _module_reported(self, event: Event) -> None:
+        inv = event.inventory
+        if inv.name is None or inv.change not in ("added", "removed"):
+            return
+        with self._modules_lock:
+            # A load then a removal (or the reverse) leaves the list as it was: the diff sees neither.
+            undo = (inv.name, "removed" if inv.change == "added" else "added")
+            if undo in self._modules:
+                del self._modules[undo]
+                return
+            self._modules[(inv.name, inv.change)] = None
+            while len(self._modules) > 4096:
+                self._modules.popitem(last=False)
 
     def set_asset_paths(self, paths: Iterable[str]) -> None:
         """New registry asset paths (after a reload): the watches are rebuilt on the collector's thread."""
@@ -420,13 +457,16 @@ class _Session:
             assert self.reader is not None
             # Until records come, stop or a resync is asked, or the next status or rules check or an
             # unfinished record's close is due: a quiet host wakes this thread every _STATUS_EVERY at most.
-            due = min(next_status, next_rules, self.asm.next_due() or next_rules)
+            due = min(next_status, next_rules, self.asm.next_due() or next_rules,
+                      self.c.dns_join.audit_due() or next_rules)
             msgs, overflows = self.reader.receive(stop_timeout(self.stop, due - time.monotonic()), 256, wake)
             if overflows:
                 self.c.health.drop("socket_overflow", overflows)
             self._take(msgs)
             now = time.monotonic()
             self._send(self.asm.flush(now))
+            for ev in self.c.dns_join.audit_expired():
+                self._out(ev)
             if now >= next_status:
                 next_status = now + _STATUS_EVERY
                 self._check_status()
@@ -466,6 +506,8 @@ class _Session:
                 break
             self._take(msgs)
         self._send(self.asm.flush(0.0, everything=True))
+        for ev in self.c.dns_join.audit_expired(everything=True):
+            self._out(ev)
 
     def _take(self, msgs: list[Message]) -> None:
         now = time.monotonic()
@@ -495,11 +537,22 @@ class _Session:
             if ev.kind == "process.exec" and self.mode == "daemon" and \
                     posixpath.basename(ev.process.exe or "") in _DAEMONS and ev.process.pid != self.c.pid:
                 self._step_aside(f"audit daemon {ev.process.exe} (pid {ev.process.pid}) started")
-            t = ev.time or self.c._sources.clock()
-            if self.emit(ev):
-                self.c.health.saw(t)
-            else:
-                self.c.health.drop("emit_rejected")
+            if ev.kind == "inventory.module":
+                self.c._module_reported(ev)
+            if is_dns_send(ev):
+                # The sniffer names the query: one event with its name and this record's process.
+                joined = self.c.dns_join.from_audit(ev)
+                if joined is None:
+                    continue
+                ev = joined
+            self._out(ev)
+
+    def _out(self, ev: Event) -> None:
+        t = ev.time or self.c._sources.clock()
+        if self.emit(ev):
+            self.c.health.saw(t)
+        else:
+            self.c.health.drop("emit_rejected")
 
     def _check_status(self) -> None:
         if self.ctl is None:

@@ -17,12 +17,14 @@ program ``ld.so`` was asked to load, else the exe, with its device and inode.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import posixpath
 from collections import OrderedDict
 from collections.abc import Callable
 
-from agent.events import Event, File, Media, Net, Parent, Process
+from agent.events import Event, File, Inventory, Media, Net, Parent, Process
 from collectors.audit_records import (
     Record,
     argv_bytes,
@@ -38,10 +40,12 @@ from collectors.audit_records import (
 from collectors.audit_users import USER_TYPES, UserRecords
 from collectors.procfs import parse_cmdline
 
-SYSCALL, PATH, SOCKADDR, CWD, EXECVE, EOE, PROCTITLE = 1300, 1302, 1306, 1307, 1309, 1320, 1327
-_GROUPED = frozenset({SYSCALL, PATH, SOCKADDR, CWD, EXECVE, PROCTITLE, 1303, 1304, 1318, 1321, 1322, 1323, 1331})
+SYSCALL, PATH, SOCKADDR, CWD, EXECVE, EOE, PROCTITLE, KERN_MODULE = 1300, 1302, 1306, 1307, 1309, 1320, 1327, 1330
+_GROUPED = frozenset({SYSCALL, PATH, SOCKADDR, CWD, EXECVE, PROCTITLE, KERN_MODULE, 1303, 1304, 1318, 1321, 1322, 1323,
+                      1331})
 _NET_CALLS = frozenset({"connect", "sendto", "sendmsg", "sendmmsg", "socketcall"})
 _MOUNT_CALLS = frozenset({"mount", "umount", "umount2", "move_mount"})
+_MODULE_CALLS = frozenset({"init_module", "finit_module", "delete_module"})
 _GUARD_CALLS = frozenset({"kill", "tkill", "tgkill", "ptrace", "process_vm_readv", "process_vm_writev"})
 # Signal 0 only asks whether the agent lives (monitoring does that); SIGCONT and SIGWINCH do nothing to it.
 _HARMLESS_SIGNALS = frozenset({0, 18, 28})
@@ -212,6 +216,8 @@ class Assembler:
             return self._at_agent(sc, call, process, parent)
         if call in _MOUNT_CALLS:
             return self._mount(sc, call, process, parent, paths, records)
+        if call in _MODULE_CALLS:
+            return self._module(sc, call, process, parent, records)
         if any(k.startswith("dutywatch-file") for k in keys(f.get("key"))) or self._covers(paths, cwd):
             return self._file(sc, call, process, parent, paths, cwd)
         return None
@@ -289,7 +295,7 @@ class Assembler:
             return None  # AF_UNSPEC-style disconnect of a datagram socket
         proto = "tcp" if call == "connect" else "udp"
         return Event("net.connect", sc.time, self._collector, process=p, parent=parent,
-                     net=Net(proto=proto, direction="outbound", remote_ip=ip, remote_port=port))
+                     net=Net(proto=proto, direction="out", remote_ip=ip, remote_port=port))
 
     def _at_agent(self, sc: Record, call: str, p: Process, parent: Parent) -> Event | None:
         """A signal, ptrace or memory access aimed at the agent, by someone else (an ``agent.tamper`` event)."""
@@ -327,6 +333,26 @@ class Assembler:
         device = names[1] if call == "mount" and len(names) > 1 else None
         return Event("media.mount", sc.time, self._collector, process=p, parent=parent,
                      media=Media(device=device, mount=self._abs(mount, p.cwd)))
+
+    def _module(self, sc: Record, call: str, p: Process, parent: Parent, records: list[Record]) -> Event | None:
+        """A kernel module loaded or removed (``inventory.module`` added/removed), or a load the kernel refused.
+
+        The module's name is the kernel's (KERN_MODULE record); a load refused before the kernel read
+        the name (no support, no capability, a rejected signature) is ``refused`` with no name.
+        """
+        named = next((r for r in records if r.type == KERN_MODULE), None)
+        name = text(named.fields.get("name")) if named is not None else None
+        detail = None
+        if sc.fields.get("success") != "no":
+            change = "removed" if call == "delete_module" else "added"
+        else:
+            code = -(number(sc.fields.get("exit")) or 0)
+            if call == "delete_module" or code == errno.EEXIST:
+                return None  # nothing changed: a module in use stays, one already loaded was loaded before
+            change = "refused"
+            detail = f"{call} refused by the kernel: {errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
+        return Event("inventory.module", sc.time, self._collector, process=p, parent=parent, detail=detail,
+                     inventory=Inventory(name=name, change=change))
 
     def _file(self, sc: Record, call: str, p: Process, parent: Parent, paths: list[Record],
               cwd: str | None) -> Event | None:

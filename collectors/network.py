@@ -72,6 +72,7 @@ from collectors.base import (
     translate_os_error,
 )
 from collectors.dns_worker import MAX_BATCH, DnsWorker, DnsWorkerError
+from collectors.netjoin import DnsJoin
 from collectors.network_poll import Conn, ConnectionPoller, Lister, psutil_lister
 from collectors.sniff import (
     TCP_SYN,
@@ -370,6 +371,8 @@ class NetworkCollector:
         # protocol, so it calls every datagram udp) and packets to port 53 that are no DNS query. For these two
         # an operation may be reported twice, once by each source; the protocol and the flag are this one's.
         self._audit = audit
+        # A DNS query the audit rules report too is one event: the name from here, the process from the kernel.
+        self._join: DnsJoin | None = getattr(audit, "dns_join", None)
 
     def available(self) -> Availability:
         """``sniff`` when a packet socket can be opened, else ``poll`` (or None in forced sniff)."""
@@ -419,6 +422,8 @@ class NetworkCollector:
         sniffer = Sniffer(self.interfaces)
         sniffer.open()
         self.dns.start()
+        if self._join is not None:
+            self._join.active = True
         try:
             self._mark_up("sniff")
             if sniffer.missing:
@@ -429,6 +434,8 @@ class NetworkCollector:
                 # Until a packet, a DNS answer or stop; at the latest when the listen diff is due.
                 # A named interface still missing is looked for every second (RETRY_EVERY) meanwhile.
                 due = min(next_tick, next_retry) if sniffer.missing else next_tick
+                if self._join is not None:
+                    due = min(due, self._join.sniffer_due() or due)
                 timeout = stop_timeout(stop, due - time.monotonic())
                 for data in sniffer.read(timeout, wake=self.dns.wake_r, stop=wake):
                     try:
@@ -438,6 +445,7 @@ class NetworkCollector:
                     except DecodeError:
                         self.health.drop("decode_error")
                 self.dns_answers(emit)
+                self._unjoined(emit)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + self.listen_every
@@ -450,9 +458,20 @@ class NetworkCollector:
                     next_retry = now + RETRY_EVERY
                     sniffer.retry_missing()
         finally:
+            if self._join is not None:
+                self._join.active = False
             sniffer.close()
             self.dns.close()
             self.dns_answers(emit)
+            self._unjoined(emit, everything=True)
+
+    def _unjoined(self, emit: Emit, everything: bool = False) -> None:
+        """DNS events whose audit record did not come within the join's window go out as the sniffer saw them."""
+        if self._join is None:
+            return
+        for ev in self._join.sniffer_expired(everything):
+            emit(ev)
+            self.health.saw(ev.time or self.sources.clock())
 
     def _run_poll(self, emit: Emit, stop: threading.Event, listens: ListenWatcher) -> None:
         poller = ConnectionPoller(self._lister)
@@ -547,7 +566,7 @@ class NetworkCollector:
             net = Net(proto=job.proto, direction="out", local_ip=job.src_ip, local_port=job.src_port,
                       remote_ip=job.dst_ip, remote_port=job.dst_port, domain=domain, dns_malformed=malformed)
             found = self.sockmap.find(job.proto, job.src_ip, job.src_port or 0, job.dst_ip, job.dst_port or 53)
-            self._emit_found(emit, kind, net, found)
+            self._emit_found(emit, kind, net, found, join=True)
 
     def _on_icmp(self, emit: Emit, pkt: Packet) -> None:
         """ICMP and ICMPv6: echo and every other message that can carry data off the link."""
@@ -574,18 +593,18 @@ class NetworkCollector:
             net = Net(proto=e.proto, local_ip=e.local_ip, local_port=e.local_port)
             self._emit_found(emit, "net.listen", net, Found(e.inode, self.sockmap.owner_of(e.inode), e.uid))
 
-    def _emit_found(self, emit: Emit, kind: str, net: Net, found: Found) -> None:
+    def _emit_found(self, emit: Emit, kind: str, net: Net, found: Found, join: bool = False) -> None:
         """Emit with the socket's owner, read and then confirmed; else with the pid and uid known."""
         owner = found.owner
         got = self._lookup(owner.pid) if owner is not None else None
         if got is not None and owner is not None and found.inode is not None \
                 and self.sockmap.confirm(owner, found.inode):
-            self._send(emit, kind, net, *got)
+            self._send(emit, kind, net, *got, join=join)
             return
         self.health.drop("no_process")
         uid = found.uid
         process = Process(pid=owner.pid if owner else None, uid=uid, user=system_user(uid))
-        self._send(emit, kind, net, process, Parent())
+        self._send(emit, kind, net, process, Parent(), join=join)
 
     def _emit(self, emit: Emit, kind: str, net: Net, pid: int | None) -> None:
         process, parent = Process(), Parent()
@@ -598,10 +617,16 @@ class NetworkCollector:
                 process = Process(pid=pid)
         self._send(emit, kind, net, process, parent)
 
-    def _send(self, emit: Emit, kind: str, net: Net, process: Process, parent: Parent) -> None:
-        if kind == "net.connect" and net.proto in _AUDITED and not net.dns_malformed \
-                and self._audit is not None and self._audit.covers("net.connect"):
+    def _send(self, emit: Emit, kind: str, net: Net, process: Process, parent: Parent, join: bool = False) -> None:
+        audited = self._audit is not None and self._audit.covers("net.connect")
+        if kind == "net.connect" and net.proto in _AUDITED and not net.dns_malformed and audited:
             return
         now = self.sources.clock()
-        emit(Event(kind=kind, time=now, collector=self.name, process=process, parent=parent, net=net))
+        ev = Event(kind=kind, time=now, collector=self.name, process=process, parent=parent, net=net)
+        if join and audited and self._join is not None and net.proto in _AUDITED:
+            joined = self._join.from_sniffer(ev)
+            if joined is None:
+                return  # waits for the audit record of the same send
+            ev = joined
+        emit(ev)
         self.health.saw(now)

@@ -382,9 +382,17 @@ class Agent:
             return None
         from agent.daemon.assessor import Assessor
         return Assessor(state_dir=cfg.state_dir, host=self.host, every=cfg.assess.every,
-                        policies=cfg.assess.policies, emit=self.pipeline.offer, record=self.writer.put,
+                        policies=cfg.assess.policies, emit=self._inventoried, record=self.writer.put,
                         on_counts=self.metrics.set_assessment, clock=self.clock,
                         unit=self.loaded.registry.host.unit, department=self.loaded.registry.host.department)
+
+    def _inventoried(self, event: Event) -> object:
+        """An assessment's event to the pipeline, unless the audit source reported that module change already."""
+        for c in self.collectors:
+            reported = getattr(c, "reported_module", None)
+            if reported is not None and reported(event):
+                return True
+        return self.pipeline.offer(event)
 
     # -- signed policy ----------------------------------------------------
     @staticmethod

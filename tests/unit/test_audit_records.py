@@ -137,3 +137,51 @@ def test_rules_round_trip_their_key_and_are_told_apart() -> None:
     assert {"dutywatch-exec", "dutywatch-net", "dutywatch-file", "dutywatch-agent"} <= keys
     assert all(is_own(r.pack()) for r in rules)
     assert not is_own(Rule("identity", (59,)).pack())
+
+
+def _module_event(serial: int, syscall: str, outcome: str, name: str | None) -> list[object]:
+    a = Assembler(syscall_names=syscall_name)
+    a.feed(1300, rec(serial, f'arch=c000003e syscall={syscall} {outcome} a0=3 a1=0 a2=0 items=0 ppid=1 pid=50 '
+                             'auid=1000 uid=0 comm="insmod" exe="/usr/bin/kmod" key="dutywatch-module"'), 0.0)
+    if name is not None:
+        a.feed(1330, rec(serial, f"name={name}"), 0.0)
+    return list(a.feed(1320, rec(serial, ""), 0.0))
+
+
+def test_module_load_and_removal_name_the_module_and_who() -> None:
+    # The kernel's KERN_MODULE record as it writes it (a name with a space or quote comes hex-encoded).
+    (e,) = _module_event(30, "313", "success=yes exit=0", '"usb_storage"')
+    assert (e.kind, e.inventory.name, e.inventory.change) == ("inventory.module", "usb_storage", "added")
+    assert e.detail is None
+    assert e.process.exe == "/usr/bin/kmod" and e.process.loginuid == 1000
+    (e,) = _module_event(31, "175", "success=yes exit=0", "6576696C206D6F64")
+    assert (e.inventory.name, e.inventory.change) == ("evil mod", "added")
+    (e,) = _module_event(32, "176", "success=yes exit=0", '"loop"')
+    assert (e.inventory.name, e.inventory.change) == ("loop", "removed")
+
+
+def test_a_refused_load_says_why_and_nothing_changed_is_no_event() -> None:
+    (e,) = _module_event(33, "313", "success=no exit=-129", None)  # EKEYREJECTED: an unsigned module
+    assert (e.inventory.change, e.inventory.name) == ("refused", None)
+    assert e.detail is not None and e.detail.startswith("finit_module refused by the kernel: EKEYREJECTED")
+    assert _module_event(34, "313", "success=no exit=-17", '"loop"') == []  # EEXIST: loaded before
+    assert _module_event(35, "176", "success=no exit=-11", '"loop"') == []  # EAGAIN: in use, stays
+
+
+def test_a_module_change_reported_by_the_audit_source_is_left_out_of_the_inventory_diff() -> None:
+    from agent.events import Event, Inventory
+    from collectors.audit import AuditCollector
+
+    c = AuditCollector({})
+
+    def mod(name: str, change: str, collector: str) -> Event:
+        return Event("inventory.module", 1.0, collector, inventory=Inventory(name=name, change=change))
+
+    c._module_reported(mod("usb_storage", "added", "audit"))
+    assert c.reported_module(mod("usb_storage", "added", "inventory"))  # the diff's copy: left out
+    assert not c.reported_module(mod("usb_storage", "added", "inventory"))  # once only: a later load is new
+    assert not c.reported_module(mod("floppy", "added", "inventory"))  # never seen by the audit source
+    c._module_reported(mod("loop", "added", "audit"))
+    c._module_reported(mod("loop", "removed", "audit"))  # loaded and gone again: the diff sees neither
+    assert not c.reported_module(mod("loop", "added", "inventory"))
+    assert not c.reported_module(mod("loop", "removed", "inventory"))
