@@ -34,6 +34,7 @@ import errno
 import logging
 import os
 import posixpath
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -71,6 +72,11 @@ _STATUS_EVERY = 2.0
 _RULES_EVERY = 10.0
 _BACKLOG = 8192  # auditd's own default (-b 8192): an exec storm must not overflow the kernel's queue
 _DAEMONS = frozenset({"auditd", "go-audit", "auditbeat", "laurel"})
+_DAEMON_EXES = tuple(f'/{d}"'.encode() for d in _DAEMONS)
+# After giving the role up, the agent does not take it back this long while nobody holds it: an audit daemon
+# refused once (it asked while the agent still held the role) is started again by its service manager
+# (auditd.service: Restart=on-failure, RestartSec 100 ms) and must find the role free.
+_YIELD_GRACE = 10.0
 
 
 class AuditCollector:
@@ -259,6 +265,7 @@ class _Session:
         self.found: AuditStatus | None = None
         self.restore: dict[int, int] = {}  # status mask bit -> value to put back
         self.mode = "off"
+        self.yielded_at: float | None = None  # monotonic time the daemon role was last given up
         self.lost_seen: int | None = None
         self.asm = Assembler(syscall_names=syscall_name, parents=owner._parent, units=owner._unit,
                              asset_prefixes=owner.asset_paths, agent_pid=owner.pid)
@@ -329,7 +336,7 @@ class _Session:
         self.log.info("audit collector: multicast mode (an audit daemon is registered)")
         if old is not None:
             # Records already queued on the old socket are still read: nothing falls in between.
-            self._take(old.receive(0.0, 1024)[0])
+            self._drain_socket(old)
             old.close()
 
     def _become_daemon(self) -> None:
@@ -357,6 +364,17 @@ class _Session:
                 self.log.warning("audit: backlog limit left at %d: %s", st.backlog_limit, exc)
         self.log.info("audit collector: daemon mode (no audit daemon registered; records do not go to the kernel log)")
 
+    def _daemon_exec(self, payload: bytes) -> None:
+        """A SYSCALL record of an exec whose exe is an audit daemon's: hand the role over unless it is the agent."""
+        from collectors.audit_records import parse_record, text
+        rec = parse_record(1300, payload)
+        if rec is None or rec.fields.get("success") == "no":
+            return
+        exe = text(rec.fields.get("exe")) or ""
+        pid = rec.fields.get("pid")
+        if posixpath.basename(exe) in _DAEMONS and pid != str(self.c.pid):
+            self._step_aside(f"audit daemon {exe} (pid {pid}) started")
+
     def _step_aside(self, why: str) -> None:
         """Hand the daemon role to a starting audit daemon: multicast first, then unregister."""
         if self.mode != "daemon" or self.reader is None:
@@ -371,8 +389,20 @@ class _Session:
         self.reader = mcast
         self.mode = "multicast"
         self.c.health.mode = "multicast"
-        self._take(unicast.receive(0.0, 4096)[0])
+        self.yielded_at = time.monotonic()
+        # Every record the kernel handles from now on goes to the multicast group too (it sends there first);
+        # what it gave the old socket before is read to the end, however much it is.
+        self._drain_socket(unicast)
         unicast.close()
+
+    def _drain_socket(self, sock: AuditSocket) -> None:
+        while True:
+            msgs, overflows = sock.receive(0.0, 1024)
+            if overflows:
+                self.c.health.drop("socket_overflow", overflows)
+            if not msgs:
+                return
+            self._take(msgs)
 
     def _restore_status(self, before_unregister: bool) -> None:
         assert self.ctl is not None
@@ -513,8 +543,14 @@ class _Session:
         now = time.monotonic()
         for m in msgs:
             if m.type == AUDIT_REPLACE:
-                self._step_aside("another audit daemon asked for the role")
+                asker = int.from_bytes(m.payload[:4], sys.byteorder) if len(m.payload) >= 4 else 0
+                self._step_aside(f"an audit daemon (pid {asker}) asked for the role and was refused while the agent "
+                                 "held it; it must be started again (its service manager restarts it on failure)")
                 continue
+            if m.type == 1300 and self.mode == "daemon" and m.payload.endswith(b'key="dutywatch-exec"') \
+                    and any(exe in m.payload for exe in _DAEMON_EXES):
+                # An audit daemon's exec: make room now, before it asks (not once its exec is assembled).
+                self._daemon_exec(m.payload)
             self._send(self.asm.feed(m.type, m.payload, now))
         if self.asm.malformed:
             self.c.health.drop("malformed", self.asm.malformed)
@@ -566,14 +602,15 @@ class _Session:
         self.lost_seen = st.lost
         if self.mode == "daemon" and st.pid != self.c.pid:
             self._step_aside(f"pid {st.pid} holds the audit daemon role now")
-        elif self.mode == "multicast" and st.pid == 0 and self.c._mode != "multicast":
+        elif self.mode == "multicast" and st.pid == 0 and self.c._mode != "multicast" and \
+                (self.yielded_at is None or time.monotonic() - self.yielded_at >= _YIELD_GRACE):
             # The audit daemon went away: records would go to the kernel log. Take the role.
             self.log.warning("audit: the audit daemon is gone; taking its role")
             self.found = st
             old = self.reader
             self._become_daemon()
             if self.reader is not old and old is not None:
-                self._take(old.receive(0.0, 4096)[0])
+                self._drain_socket(old)
                 old.close()
             self.c.health.mode = self.mode
 
