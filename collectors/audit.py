@@ -335,8 +335,8 @@ class _Session:
         self.c.health.mode = "multicast"
         self.log.info("audit collector: multicast mode (an audit daemon is registered)")
         if old is not None:
-            # Records already queued on the old socket are still read: nothing falls in between.
-            self._drain_socket(old)
+            # Records already queued on the old (multicast) socket are still read: nothing falls in between.
+            self._drain_socket(old, within=0.2)
             old.close()
 
     def _become_daemon(self) -> None:
@@ -392,11 +392,14 @@ class _Session:
         self.yielded_at = time.monotonic()
         # Every record the kernel handles from now on goes to the multicast group too (it sends there first);
         # what it gave the old socket before is read to the end, however much it is.
-        self._drain_socket(unicast)
+        self._drain_socket(unicast, within=10.0)  # ends when empty; the bound only if unregistering failed
         unicast.close()
 
-    def _drain_socket(self, sock: AuditSocket) -> None:
-        while True:
+    def _drain_socket(self, sock: AuditSocket, within: float | None = None) -> None:
+        """Read ``sock`` until it is empty, at most ``within`` seconds: a unicast socket given up gets nothing
+        new, so it ends empty; the multicast group goes on getting records, so it ends by the bound."""
+        end = None if within is None else time.monotonic() + within
+        while end is None or time.monotonic() < end:
             msgs, overflows = sock.receive(0.0, 1024)
             if overflows:
                 self.c.health.drop("socket_overflow", overflows)
@@ -527,10 +530,14 @@ class _Session:
                         self.log.warning("audit: could not delete a rule: %s", exc)
         return False
 
-    def _drain(self, quiet: float) -> None:
+    def _drain(self, quiet: float, within: float = 2.0) -> None:
+        """Read what is queued at stop until ``quiet`` seconds pass without a record, at most ``within`` seconds:
+        on a busy host (another agent's or auditd's rules in force) records never stop coming, and a stop that
+        never ended would leave the rules and the daemon role behind when the process exits."""
         if self.reader is None:
             return
-        while True:
+        end = time.monotonic() + within
+        while time.monotonic() < end:
             msgs, _ = self.reader.receive(quiet, 1024)
             if not msgs:
                 break
@@ -610,7 +617,7 @@ class _Session:
             old = self.reader
             self._become_daemon()
             if self.reader is not old and old is not None:
-                self._drain_socket(old)
+                self._drain_socket(old, within=0.2)  # the daemon socket gets every record from now on
                 old.close()
             self.c.health.mode = self.mode
 

@@ -2,7 +2,8 @@
 
 Prints figures; asserts nothing about time (shared machines are noisy).
 Needs root and gcc (a static test program is built in /tmp):
-``.venv/bin/python tests/bench/bench_audit.py``. Leaves the kernel's audit
+``.venv/bin/python tests/bench/bench_audit.py [--latency]`` (``--latency``: the added exec latency
+alone). Leaves the kernel's audit
 settings and rules as it found them (the collector restores them at stop).
 
 Targets (issue text): >= 99.9 % attributed, p99 < 50 ms, added exec latency
@@ -107,17 +108,43 @@ def bench_storm(prog: Path) -> None:
         print(f"exec-to-event: p50 {statistics.median(delays) * 1e3:.1f} ms, p99 {pct(delays, 0.99) * 1e3:.1f} ms")
 
 
-def bench_added_latency(prog: Path) -> None:
-    rounds = []
-    for _ in range(3):
-        off = statistics.median(spawn(prog, 500, person=False)["took"])
-        with Running():
-            on = statistics.median(spawn(prog, 500, person=False)["took"])
-        rounds.append((off, on))
-    off = statistics.median(r[0] for r in rounds)
-    on = statistics.median(r[1] for r in rounds)
-    print(f"exec of a static program, median of 3x500: without rules {off * 1e6:.0f} us, with {on * 1e6:.0f} us, "
-          f"added {(on - off) * 1e6:+.0f} us")
+def _pinned(cpu: int | None) -> dict[str, object]:
+    return {"preexec_fn": (lambda: os.sched_setaffinity(0, {cpu}))} if cpu is not None else {}
+
+
+def _round(prog: Path, n: int, cpu: int | None) -> float:
+    """Median spawn-to-reap seconds of ``n`` runs of ``prog`` (the spawner pinned to ``cpu`` if given)."""
+    out = subprocess.run([PYTHON, "-c", SPAWNER, str(n), "0", str(prog)], capture_output=True, text=True,
+                         check=True, timeout=600, **_pinned(cpu))  # type: ignore[call-overload]
+    return float(statistics.median(json.loads(out.stdout)["took"]))
+
+
+def bench_added_latency(prog: Path, rounds: int = 8, n: int = 500) -> None:
+    """Added exec latency, rounds alternated (off, on, off, on...), unpinned and with the spawner on CPU 0 and
+    the agent's reading thread on CPU 1 (the kernel's work per audited exec, without the agent competing
+    for the spawner's core). The median of the per-round differences, and their spread."""
+    cpus = sorted(os.sched_getaffinity(0))
+    layouts: list[tuple[str, int | None, int | None]] = [("unpinned", None, None)]
+    if len(cpus) >= 2:
+        layouts.append((f"execs on CPU {cpus[0]}, agent on CPU {cpus[1]}", cpus[0], cpus[1]))
+    for label, exec_cpu, agent_cpu in layouts:
+        diffs, offs, ons = [], [], []
+        for _ in range(rounds):
+            off = _round(prog, n, exec_cpu)
+            with Running() as r:
+                if agent_cpu is not None and r.t.native_id is not None:
+                    os.sched_setaffinity(r.t.native_id, {agent_cpu})
+                c0 = time.process_time()
+                on = _round(prog, n, exec_cpu)
+                cpu = time.process_time() - c0
+            offs.append(off)
+            ons.append(on)
+            diffs.append(on - off)
+        q = statistics.quantiles(diffs, n=4) if len(diffs) >= 2 else [diffs[0]] * 3
+        print(f"exec of a static program [{label}], {rounds} alternated rounds of {n}: without rules "
+              f"{statistics.median(offs) * 1e6:.0f} us, with {statistics.median(ons) * 1e6:.0f} us, added "
+              f"{statistics.median(diffs) * 1e6:+.0f} us (quartiles {q[0] * 1e6:+.0f} .. {q[2] * 1e6:+.0f}); "
+              f"agent CPU {cpu / n * 1e6:.0f} us per exec in the last round")
 
 
 def bench_cpu(prog: Path) -> None:
@@ -145,6 +172,9 @@ def main() -> None:
     os.chmod(d, 0o755)  # noqa: S103 - the test person runs the program
     try:
         prog = compile_static(TRUE_C, d / "quick")
+        if "--latency" in sys.argv[1:]:
+            bench_added_latency(prog)
+            return
         bench_storm(prog)
         bench_added_latency(prog)
         bench_cpu(prog)
