@@ -17,7 +17,12 @@ learns who read what) and gain the permission mark only while files on a
 guarded stick are open: the guard adds it before it lets the first such open
 go on, counts the stick's open files by the kernel's open and close events,
 and removes it a second after the last one closed. With no guarded stick in
-use a classified open costs what an unguarded one costs.
+use a classified open costs what an unguarded one costs. The plain
+notifications come through a second fanotify group that the guard reads in
+batches (the kernel merges an opener's repeats meanwhile, so a program that
+opens a document a thousand times costs the guard a few wake-ups), and that
+it always empties before it judges an open: the order of "read the
+document, then open the stick" is kept.
 
 A decision reads only ``/proc`` of the one process (its descriptors, at most
 ``MAX_FDS``; past that it is allowed and the gap counted); it never waits on a
@@ -47,6 +52,7 @@ from agent.levels import Level
 from agent.registry import Asset
 
 _log = logging.getLogger("dutywatch.enforce.copy")
+FAN_CLASS_NOTIF = 0x0
 FAN_CLASS_CONTENT = 0x4
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
@@ -71,6 +77,7 @@ READ_WINDOW = 120.0  # as the files collector's provenance: a read this recent m
 MAX_READERS = 10000
 DISARM_AFTER = 1.0  # seconds with no guarded stick file open before asset opens stop waiting for a decision
 RECOUNT_AFTER = 5.0  # seconds without an open on a stick before its open files are counted again from /proc
+NOTE_BATCH = 0.05  # plain notifications are read this long after the first: the kernel merges repeats meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,7 @@ class CopyGuard:
         self.proc_root = proc_root
         self.hold = hold  # tests only: wait this long before answering an asset open (to kill the agent mid-decision)
         self.fd = -1
+        self.nfd = -1  # the notification group: asset opens, stick closes
         self._ino = -1
         self._marked_mounts: set[str] = set()
         self._sticks: list[Stick] = []
@@ -149,6 +157,13 @@ class CopyGuard:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_init (permission events): {os.strerror(err)}")
         self.fd = fd
+        nfd = self._init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_LARGEFILE)
+        if nfd < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            self.fd = -1
+            raise OSError(err, f"fanotify_init (notifications): {os.strerror(err)}")
+        self.nfd = nfd
         self._ino = self._ino_init(IN_NONBLOCK | IN_CLOEXEC)
         if self._ino < 0:
             _log.warning("copy guard: no inotify (%s): folders made later in an asset tree are not guarded",
@@ -161,8 +176,8 @@ class CopyGuard:
         for t in self._threads:
             t.start()
 
-    def _mark_path(self, path: str, flags: int, mask: int) -> bool:
-        if self._mark(self.fd, flags, mask, -100, os.fsencode(path)) < 0:
+    def _mark_path(self, path: str, flags: int, mask: int, group: int | None = None) -> bool:
+        if self._mark(self.fd if group is None else group, flags, mask, -100, os.fsencode(path)) < 0:
             _log.warning("copy guard: cannot mark %s: %s", path, os.strerror(ctypes.get_errno()))
             return False
         return True
@@ -170,10 +185,11 @@ class CopyGuard:
     def _mark_tree(self, top: str) -> None:
         """Mark every folder under ``top`` (the asset opens in it reported; asked about while armed)."""
         with self._lock:
-            mask = FAN_OPEN | FAN_EVENT_ON_CHILD | (FAN_OPEN_PERM if self.armed else 0)
             for d, _, _ in os.walk(top):
-                if d in self._dirs or not self._mark_path(d, FAN_MARK_ADD, mask):
+                if d in self._dirs or not self._mark_path(d, FAN_MARK_ADD, FAN_OPEN | FAN_EVENT_ON_CHILD, self.nfd):
                     continue
+                if self.armed:
+                    self._mark_path(d, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
                 wd = self._ino_add(self._ino, os.fsencode(d), IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_ONLYDIR) \
                     if self._ino >= 0 else -1
                 self._dirs[d] = wd
@@ -206,7 +222,8 @@ class CopyGuard:
         guarded = {s.dev: s for s in sticks if s.dev >= 0 and any(_below(s, lv) for lv in self._levels)}
         for s in sticks:
             if s.mount not in self._marked_mounts and self._mark_path(
-                    s.mount, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_PERM | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
+                    s.mount, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_PERM) and self._mark_path(
+                    s.mount, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE, self.nfd):
                 self._marked_mounts.add(s.mount)
                 if s.dev in guarded:
                     fresh.append(s.dev)
@@ -236,6 +253,9 @@ class CopyGuard:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.nfd >= 0:
+            os.close(self.nfd)
+            self.nfd = -1
         if self._ino >= 0:
             os.close(self._ino)
             self._ino = -1
@@ -254,19 +274,41 @@ class CopyGuard:
     def _run(self) -> None:
         poll = select.poll()
         poll.register(self.fd, select.POLLIN)
+        poll.register(self.nfd, select.POLLIN)
         poll.register(self._stop_r, select.POLLIN)
         if self._ino >= 0:
             poll.register(self._ino, select.POLLIN)
+        notes_due: float | None = None  # when the waiting notifications are read
         while True:
-            ready = {fd for fd, _ in poll.poll(250 if self.armed else 1000)}
+            timeout = 0.25 if self.armed else 1.0
+            if notes_due is not None:
+                timeout = max(0.0, min(timeout, notes_due - time.monotonic()))
+            ready = {fd for fd, _ in poll.poll(timeout * 1000)}
             if self._stop_r in ready:
                 return
+            if self.nfd in ready and notes_due is None:
+                notes_due = time.monotonic() + NOTE_BATCH
+                poll.unregister(self.nfd)  # not ready again until read: no spinning meanwhile
             if self.fd in ready:
+                self._notes()  # what came before the questions, first: who read what
                 self._drain()
+            if notes_due is not None and time.monotonic() >= notes_due:
+                self._notes()
+                notes_due = None
+                poll.register(self.nfd, select.POLLIN)
             if self._ino in ready:
                 self._folders()
             if self.armed:
                 self._maybe_disarm()
+
+    def _notes(self) -> None:
+        """Read every waiting notification (asset opens, stick closes)."""
+        while True:
+            try:
+                buf = os.read(self.nfd, 64 * 1024)
+            except BlockingIOError:
+                return
+            self._events(buf)
 
     def _maybe_disarm(self) -> None:
         with self._lock:
@@ -312,6 +354,9 @@ class CopyGuard:
             buf = os.read(self.fd, 64 * 1024)
         except BlockingIOError:
             return
+        self._events(buf)
+
+    def _events(self, buf: bytes) -> None:
         off = 0
         while off + _META.size <= len(buf):
             length, _, _, _, mask, fd, pid = _META.unpack_from(buf, off)
