@@ -43,6 +43,9 @@ from collectors.procfs import parse_cmdline
 SYSCALL, PATH, SOCKADDR, CWD, EXECVE, EOE, PROCTITLE, KERN_MODULE = 1300, 1302, 1306, 1307, 1309, 1320, 1327, 1330
 _GROUPED = frozenset({SYSCALL, PATH, SOCKADDR, CWD, EXECVE, PROCTITLE, KERN_MODULE, 1303, 1304, 1318, 1321, 1322, 1323,
                       1331})
+# Records every exec brings whose fields an event needs rarely or never (the title only when no EXECVE
+# came; file capabilities never): read as a header at first, their fields when asked.
+_LAZY = frozenset({PROCTITLE, 1321})
 _NET_CALLS = frozenset({"connect", "sendto", "sendmsg", "sendmmsg", "socketcall"})
 _MOUNT_CALLS = frozenset({"mount", "umount", "umount2", "move_mount"})
 _MODULE_CALLS = frozenset({"init_module", "finit_module", "delete_module"})
@@ -63,6 +66,15 @@ _DONE = 65536
 
 ParentLookup = Callable[[int], Parent | None]
 UnitLookup = Callable[[int, str | None], str | None]  # (pid, kernel exe) -> the systemd unit of that process
+
+
+def _title(records: list[Record]) -> list[str]:
+    """The PROCTITLE record's arguments (its fields read only now), or none."""
+    for r in records:
+        if r.type == PROCTITLE:
+            full = parse_record(r.type, r.text)
+            return proctitle(full.fields.get("proctitle")) if full is not None else []
+    return []
 
 
 def is_loader(exe: str) -> bool:
@@ -129,7 +141,7 @@ class Assembler:
     def feed(self, rtype: int, payload: bytes, now: float) -> list[Event]:
         """Events completed by this record (usually none or one)."""
         if rtype == EOE or rtype in _GROUPED:
-            rec = parse_record(rtype, payload)
+            rec = parse_record(rtype, payload, rtype not in _LAZY)
             if rec is None:
                 self.malformed += 1
                 return []
@@ -202,8 +214,7 @@ class Assembler:
         execve = [r for r in records if r.type == EXECVE]
         paths = sorted((r for r in records if r.type == PATH), key=lambda r: number(r.fields.get("item")) or 0)
         cwd = next((text(r.fields.get("cwd")) for r in records if r.type == CWD), None)
-        title = next((proctitle(r.fields.get("proctitle")) for r in records if r.type == PROCTITLE), [])
-        process = self._process(f, cwd, execve, title)
+        process = self._process(f, cwd, execve, records)
         if execve or call in ("execve", "execveat"):
             if f.get("success") == "no":
                 return None
@@ -222,7 +233,7 @@ class Assembler:
             return self._file(sc, call, process, parent, paths, cwd)
         return None
 
-    def _process(self, f: dict[str, str], cwd: str | None, execve: list[Record], title: list[str]) -> Process:
+    def _process(self, f: dict[str, str], cwd: str | None, execve: list[Record], records: list[Record]) -> Process:
         cmd: str | None = None
         if execve:
             merged: dict[str, str] = {}
@@ -239,7 +250,7 @@ class Assembler:
             # PROCTITLE can be stale (the kernel caches it per task across an exec): the
             # arguments this pid last exec'd with are the better word, when known.
             known = self._seen_exec.get(number(f.get("pid")) or -1)
-            cmd = known.cmdline if known is not None else (" ".join(title) or None)
+            cmd = known.cmdline if known is not None else (" ".join(_title(records)) or None)
         pid, exe, auid = number(f.get("pid")), clean_exe(text(f.get("exe"))), ident(f.get("auid"))
         # The records carry no cgroup: a process with no login identity (a daemon) is named by the
         # unit /proc says it runs in now, ms after the call, while it still runs the same program.

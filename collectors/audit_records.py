@@ -33,11 +33,18 @@ class Record:
     text: bytes
 
 
-def parse_record(rtype: int, payload: bytes) -> Record | None:
-    """The record of one message, or None if it has no ``audit(...)`` header."""
+def parse_record(rtype: int, payload: bytes, full: bool = True) -> Record | None:
+    """The record of one message, or None if it has no ``audit(...)`` header.
+
+    With ``full`` False only the header is read (the fields map is empty; ``parse_record(r.type, r.text)``
+    reads them later): for records whose fields are rarely wanted, such as every exec's PROCTITLE.
+    """
     m = _HEAD.match(payload)
     if m is None:
         return None
+    if not full:
+        secs, millis, serial = m.groups()
+        return Record(rtype, int(secs) + int(millis) / 1000.0, int(serial), {}, payload)
     body = payload[m.end():].decode("utf-8", "backslashreplace")
     # One C-level pass; a record names each key once (user-space ones wrap theirs in msg='...').
     fields: dict[str, str] = dict(_FIELD.findall(body))
