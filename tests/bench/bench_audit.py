@@ -128,7 +128,7 @@ def _round(prog: Path, n: int, cpu: int | None) -> tuple[float, float]:
     return float(statistics.median(data["took"])), float(data["child_cpu"]) + float(data["self_cpu"])
 
 
-def bench_added_latency(prog: Path, rounds: int = 8, n: int = 500) -> None:
+def bench_added_latency(prog: Path, rounds: int = 12, n: int = 500) -> None:
     """Added exec latency, rounds alternated (off, on, off, on...), unpinned and with the spawner on one CPU
     and the agent's reading thread on the other (the kernel's work per audited exec, without the agent
     competing for the spawner's core). Wall time per exec is what the host feels and carries every other
