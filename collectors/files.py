@@ -1,12 +1,12 @@
 """File events on watched trees: what changed (inotify) joined with who did it (fanotify).
 
-Watchdog's inotify observers say which path was created, written, renamed
-or deleted; fanotify says which process opened, wrote, created, renamed or
-deleted it. Each operation is held for a short window keyed by its path,
-then joined with the latest fanotify record of the matching kind and sent
-as one event. Writes are coalesced until the writer closes the file (or the
-file goes quiet), and a file created and written in one go is one
-``file.create``. ``file.open`` comes from fanotify alone and is dropped when
+Inotify says which path was created, written, renamed or deleted; fanotify
+says which process opened, wrote, created, renamed or deleted it. Each
+operation is held for a short window keyed by its path, then joined with
+the latest fanotify record of the matching kind and sent as one event.
+Writes are coalesced until the writer closes the file (or the file goes
+quiet), and a file created and written in one go is one ``file.create``.
+``file.open`` comes from fanotify alone and is dropped when
 the same path was being created or written at the time.
 
 Registered assets are known by (device, inode) as well as by name
@@ -31,24 +31,28 @@ ctime), so reading a document again costs no scan. After a monitoring gap
 (``rescan_after``), the watched trees are walked once for files changed
 during it, which go out as ``file.write`` without a process.
 
-Threads, each blocked with no fixed timeout: the joining thread (the supervisor's) waits
-on its inbox until an operation or record comes, or until the next real deadline (an
-operation's join window, a write's quiet time, the periodic asset re-index, a report of
-losses); the media collector, a reload and the stop event wake it by posting to the inbox.
-The fanotify reader polls its groups and the stop descriptor; it is a thread of its own
-because each record's process is read from /proc at once, while the process lives. The
-marking thread waits on its queue; it is one because a scan is a blocking round trip to
-the marking worker. Watchdog's emitter (one per watched tree) blocks on its inotify
-descriptor and its dispatcher on its queue; both are watchdog's.
+Threads, each blocked with no fixed timeout: the joining thread (the supervisor's) polls the
+inotify descriptor, its bell (an eventfd rung when a record or a wake-up was queued for it
+while it slept) and the stop descriptor, until the next real deadline (an operation's join
+window, a write's quiet time, a move's first half waiting for its second, the periodic asset
+re-index, a report of losses). It reads inotify itself (``collectors.watch``: watchdog's
+binding, no observer), because what it reads it joins at once and nothing else waits on it.
+The fanotify reader is a thread of its own because each record's process is read from /proc
+at once, while the process lives, whatever the joining thread is doing (a catch-up scan of a
+medium). The marking thread waits on its queue; it is one because a scan is a blocking round
+trip to the marking worker. When the process collector does not read the kernel's process
+events, the pid ledger reads them on a thread of its own (``files-pids``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import re
+import select
 import stat
 import threading
 import time
@@ -63,12 +67,12 @@ from agent.levels import Level
 from agent.packages import PackageOwners
 from collectors import fanotify as fan
 from collectors.assets import AssetIndex, device_name
-from collectors.base import STOP_POLL, Availability, CollectorError, Emit, Health, Sources, StopEvent, section
+from collectors.base import STOP_POLL, Availability, CollectorError, Emit, Health, Sources, section, stop_fd
 from collectors.openlimit import REPORT_EVERY, OpenLimiter
 from collectors.pidledger import PidLedger
 from collectors.procfs import read_unit
 from collectors.provenance import Provenance
-from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVED, FsOp, TreeWatcher
+from collectors.watch import CLOSED, CREATED, DELETED, MODIFIED, MOVE_DELAY, MOVED, FsOp, TreeWatcher
 
 if TYPE_CHECKING:
     from collectors.marking import MarkingResult
@@ -92,7 +96,6 @@ HOLD_MAX = 5.0  # ...or after this long at most
 CATCH_UP_SLACK = 1.0  # a file changed this long before the mount was seen still counts as written after it
 ASSET_REFRESH = 600.0  # seconds between walks of the asset trees that re-check the index
 MAX_MARKS = 100_000  # fanotify marks: directories of the watched trees and asset files
-MOVE_DELAY = 0.5  # watchdog holds a move's first half this long for its second: a move out comes late as a delete
 _NS_ROOT = re.compile(r"/proc/\d+/root(?=/)")
 _WANT = {
     # A create or delete that inotify saw may be one side of a move across the tree's edge.
@@ -259,6 +262,10 @@ class FilesCollector:
         self._ns_roots: dict[int, str] = {}  # st_dev of a medium in another mount namespace -> /proc/PID/root
         self._next_report = 0.0
         self._fan_synced = 0.0  # fanotify's records of every operation before this time are in the inbox
+        self._missing: list[str] = []  # roots to watch as soon as they exist
+        self._asleep = False  # the joining thread waits in poll: a producer rings the bell
+        self._bell = -1  # an eventfd the joining thread polls, written when something was queued for it
+        self._bell_lock = threading.Lock()
 
     def available(self) -> Availability:
         """``fanotify`` with who-data when permitted, else ``inotify`` without it."""
@@ -279,12 +286,11 @@ class FilesCollector:
         self._open_fanotify()
         self._load_assets()
         marks: queue.Queue[tuple[Event, str] | None] = queue.Queue(maxsize=MARK_QUEUE)
-        watcher = TreeWatcher(self._put_op, lambda _root: self._lose("watch_error"))
+        watcher = TreeWatcher(self._inotify_op, lambda _root: self._lose("watch_error"), on_lost=self._root_lost,
+                              on_overflow=lambda: self._lose("inotify_overflow"))
         flushed = threading.Event()  # set after the last flush: the marking worker may then finish
         threads = [threading.Thread(target=self._mark_loop, args=(marks, emit, flushed), name="files-marking",
                                     daemon=True)]
-        if isinstance(stop, StopEvent):
-            stop.add_waker(self._wake)
         subscribe = getattr(self._media, "subscribe", None)
         if callable(subscribe) and not self._media_subscribed:
             subscribe(self._wake)  # a stick mounted or gone: follow it at once
@@ -294,11 +300,15 @@ class FilesCollector:
             ledger = self._open_ledger()
             if ledger is not None:
                 threads.append(threading.Thread(target=ledger.run, args=(stop,), name="files-pids", daemon=True))
-        watcher.start()
+        bell = self._open_bell()
+        poller = select.poll()
+        for fd in (watcher.fileno(), bell, stop_fd(stop)):
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
         for t in threads:
             t.start()
         self.health.up = True
-        missing = list(self.paths)
+        self._missing = list(self.paths)
         next_retry = 0.0
         self._next_reindex = time.monotonic() + ASSET_REFRESH
         since, self._rescan_since = self._rescan_since, None
@@ -306,10 +316,10 @@ class FilesCollector:
             while not stop.is_set():
                 now = time.monotonic()
                 for root in self._reindex_due(now):
-                    if root not in self._roots and root not in missing:
-                        missing.append(root)
-                if missing and now >= next_retry:
-                    missing = [p for p in missing if not self._add_root(watcher, p, None)]
+                    if root not in self._roots and root not in self._missing:
+                        self._missing.append(root)
+                if self._missing and now >= next_retry:
+                    self._missing = [p for p in self._missing if not self._add_root(watcher, p, None)]
                     next_retry = now + 2.0
                 self._follow_media(watcher)
                 if since is not None and self._marker is not None:
@@ -317,27 +327,36 @@ class FilesCollector:
                     since = None
                 # Until an operation, a record or a wake-up comes, or the next deadline.
                 due = self._next_due(now)
-                if missing:
+                held = watcher.due()
+                if held is not None:
+                    due = min(due, held)
+                if self._missing:
                     due = min(due, next_retry)
                 wait = max(0.0, due - time.monotonic())
-                if not isinstance(stop, StopEvent) or (self._media is not None and not self._media_subscribed):
+                if stop_fd(stop) is None or (self._media is not None and not self._media_subscribed):
                     wait = min(wait, STOP_POLL)
-                try:
-                    item = self._inbox.get(timeout=wait)
-                except queue.Empty:
-                    item = None
+                inotify = True  # when the inbox has something, no wait and the descriptor is read anyway
+                self._asleep = True
+                if self._inbox.empty():
+                    ready = poller.poll(math.ceil(wait * 1000))
+                    inotify = any(fd == watcher.fileno() for fd, _ev in ready)
+                self._asleep = False
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(bell)
                 # Read before the inbox is drained: the records it vouches for were queued before it was set.
                 self._fan_synced = self._fan.synced_at() if self._fan is not None else 0.0
-                while item is not None:
-                    self._take(item)
-                    item = self._inbox.get_nowait() if not self._inbox.empty() else None
+                if inotify:
+                    watcher.read()
+                watcher.release()
+                while not self._inbox.empty():
+                    self._take(self._inbox.get_nowait())
                 self._flush(time.monotonic(), emit, marks)
             self._flush(float("inf"), emit, marks)
             self._report_lost(float("inf"), emit)
         finally:
             self._rescan_since = self._src.clock()  # a restart after a failure rescans from here
             self.health.up = False
-            watcher.stop()
+            watcher.close()
             flushed.set()
             with contextlib.suppress(queue.Full):
                 marks.put(None, timeout=5.0)  # ends the marking thread's wait once the queue is worked off
@@ -345,6 +364,7 @@ class FilesCollector:
                 t.join(timeout=0.4)
             if self._fan is not None:
                 self._fan.close()
+            self._close_bell()
 
     def _open_fanotify(self) -> None:
         try:
@@ -389,9 +409,42 @@ class FilesCollector:
         self._wake()
 
     def _wake(self) -> None:
-        """End the joining thread's wait now (stop, a reload, a mount): it looks at what changed."""
-        with contextlib.suppress(queue.Full):
-            self._inbox.put_nowait(("wake",))
+        """End the joining thread's wait now (a reload, a mount): it looks at what changed."""
+        self._post(("wake",))
+
+    def _post(self, item: tuple[Any, ...]) -> bool:
+        """Queue ``item`` for the joining thread, and ring its bell when it sleeps; False when the inbox is full."""
+        try:
+            self._inbox.put_nowait(item)
+        except queue.Full:
+            return False
+        if self._asleep:
+            self._asleep = False
+            with self._bell_lock:
+                if self._bell >= 0:
+                    os.eventfd_write(self._bell, 1)
+        return True
+
+    def _open_bell(self) -> int:
+        with self._bell_lock:
+            self._bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            return self._bell
+
+    def _close_bell(self) -> None:
+        with self._bell_lock:  # a producer never writes to a closed (or reused) descriptor number
+            if self._bell >= 0:
+                os.close(self._bell)
+            self._bell = -1
+
+    def _root_lost(self, root: str) -> None:
+        """A root's watch went away (it was deleted, or its filesystem unmounted): watched again when it is back."""
+        if root in self._media_roots:
+            return  # the media collector says when it is gone; following it drops the root
+        self._roots = tuple(r for r in self._roots if r != root)
+        if self._fan is not None:
+            self._fan.forget_under(root)
+        if root not in self._missing:
+            self._missing.append(root)
 
     def _next_due(self, now: float) -> float:
         """The monotonic time of the joining thread's next deadline (the periodic re-index at the latest)."""
@@ -490,11 +543,9 @@ class FilesCollector:
 
     # -- the two streams -------------------------------------------------------------------------------------------
 
-    def _put_op(self, op: FsOp) -> None:
-        try:
-            self._inbox.put_nowait(("op", op, time.monotonic(), self._src.clock()))
-        except queue.Full:
-            self._lose("backlog")
+    def _inotify_op(self, op: FsOp) -> None:
+        """An operation the watcher read (on this, the joining thread)."""
+        self._fs_op(op, time.monotonic(), self._src.clock())
 
     def _fan_record(self, r: fan.FanRecord, _names: bool) -> None:
         if r.path is None:
@@ -513,9 +564,7 @@ class FilesCollector:
         else:
             proc = self._settle(self._proc.read(r.pid, now), now)
         who = _Who(now, r.mask, proc, r.dest, (r.dev, r.ino) if r.dev is not None and r.ino is not None else None)
-        try:
-            self._inbox.put_nowait(("fan", r.path, who, self._src.clock()))
-        except queue.Full:
+        if not self._post(("fan", r.path, who, self._src.clock())):
             self._lose("backlog", _proc_label(who.process))
 
     def _settle(self, p: Process, seen: float | None = None) -> Process:
