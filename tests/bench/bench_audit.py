@@ -164,6 +164,43 @@ def bench_added_latency(prog: Path, rounds: int = 12, n: int = 500) -> None:
               f"(every record on the host counts, other processes' execs too); load average {os.getloadavg()[0]:.1f}")
 
 
+CHAIN_C = r"""#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  long left = argc > 1 ? atol(argv[1]) : 0;
+  if (left > 0) { char n[32]; snprintf(n, sizeof n, "%ld", left - 1); char *a[] = {argv[0], n, NULL};
+    execv(argv[0], a); return 1; }
+  struct rusage ru; getrusage(RUSAGE_SELF, &ru);
+  printf("%ld\n", (long)(ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec + ru.ru_stime.tv_sec * 1000000
+                          + ru.ru_stime.tv_usec));
+  return 0; }
+"""
+
+
+def bench_exec_chain(chain: Path, rounds: int = 12, n: int = 2000) -> None:
+    """The kernel's own cost of an audited exec, free of scheduling: one task execs itself ``n`` times and
+    reports its CPU time (a task's CPU time survives exec); no fork, no wait, no other process in between.
+    Rounds alternated without and with the agent (its CPU is not in the task's time)."""
+    def one() -> float:
+        out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600)
+        return int(out.stdout) / 1e6 / n
+    pairs = []
+    for _ in range(rounds):
+        off = one()
+        with Running():
+            on = one()
+        pairs.append((off, on))
+    diffs = [b - a for a, b in pairs]
+    q = statistics.quantiles(diffs, n=4)
+    print(f"exec chain (one task execs itself {n} times), CPU per exec, {rounds} alternated rounds: without rules "
+          f"{statistics.median(a for a, _ in pairs) * 1e6:.0f} us, "
+          f"with {statistics.median(b for _, b in pairs) * 1e6:.0f} us, "
+          f"added {statistics.median(diffs) * 1e6:+.1f} us (quartiles {q[0] * 1e6:+.1f} .. {q[2] * 1e6:+.1f}); "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+
 def bench_cpu(prog: Path) -> None:
     with Running():
         time.sleep(1.0)
@@ -194,9 +231,11 @@ def main() -> None:
             daemon = int(status().get("pid", "0"))
             print(f"audit mode: {f'multicast (pid {daemon} holds the daemon role)' if daemon else 'daemon'}; "
                   f"rules in the kernel before: {len([r for r in auditctl('-l').splitlines() if r.startswith('-a')])}")
+            bench_exec_chain(compile_static(CHAIN_C, d / "chain"))
             bench_added_latency(prog)
             return
         bench_storm(prog)
+        bench_exec_chain(compile_static(CHAIN_C, d / "chain"))
         bench_added_latency(prog)
         bench_cpu(prog)
     finally:
