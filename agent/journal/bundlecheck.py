@@ -38,7 +38,9 @@ class BundleReport:
     through_hash: str = ""
     signed_seq: int = 0
     signed_time: float = 0.0
-    signed_hash: str = ""
+    # The last checkpoint checked (the first at or after ``reach``): where a reader of the excerpt may stop.
+    checked_seq: int = 0
+    checked_hash: str = ""
 
     @property
     def ok(self) -> bool:
@@ -89,7 +91,9 @@ class _Checker:
         self.manifest: dict[str, Any] | None = None
         self.through: int | None = None
         self.at: tuple[int, str] = (0, "")  # the record asked for: seq, chain hash
-        self.signed: tuple[int, float, str] | None = None  # the checkpoint signing it: seq, time, hash
+        self.signed: tuple[int, float] | None = None  # the checkpoint signing it: seq, time
+        self.reach = 0  # read on to the first checkpoint at or after this record
+        self.checked: tuple[int, str] | None = None  # that checkpoint: seq, chain hash
 
     def header_line(self, obj: dict[str, Any]) -> None:
         if obj.get("kind") != "header" or obj.get("bundle") != FORMAT:
@@ -172,8 +176,9 @@ class _Checker:
         self.checkpoints += 1
         if self.at[0] and self.signed is None:
             t = obj.get("time")
-            self.signed = (seq, float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0,
-                           self.walker.last_hash)
+            self.signed = (seq, float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0)
+        if self.signed is not None and seq >= self.reach:
+            self.checked = (seq, self.walker.last_hash)
 
     def manifest_line(self, obj: dict[str, Any]) -> None:
         assert self.public is not None
@@ -196,21 +201,24 @@ class _Checker:
         self.manifest = obj
 
 
-def verify_bundle(path: Path, pubkey: PublicKey | Path | None = None, through: int | None = None) -> BundleReport:
+def verify_bundle(path: Path, pubkey: PublicKey | Path | None = None, through: int | None = None,
+                  reach: int | None = None) -> BundleReport:
     """Check every line of the bundle at ``path``; the report names the first thing wrong.
 
     With ``through`` only the excerpt up to record ``through`` and the first
     signed checkpoint at or after it is checked (what a report of a period that
     ends there rests on); lines after that checkpoint are not read. With no
     checkpoint after it, the bundle's signed manifest must verify, so the whole
-    bundle is checked.
+    bundle is checked. ``reach`` reads on to the first checkpoint at or after
+    that later record (a report also needs the first records after its period).
     """
     c = _Checker(Path(path), pubkey)
     c.through = through
+    c.reach = max(through or 0, reach or 0)
     problem: Problem | None = None
     try:
         for lineno, raw in _lines(c.path):
-            if c.signed is not None:
+            if c.checked is not None:
                 break  # the record asked for is signed: what follows is not part of what is vouched for
             if c.manifest is not None:
                 raise _bundle_problem(f"line {lineno}: data after the signed manifest (bundle altered)")
@@ -225,7 +233,7 @@ def verify_bundle(path: Path, pubkey: PublicKey | Path | None = None, through: i
             c.digest.update(raw)
         if not c.header:
             raise _bundle_problem("empty file: not a DutyWatch evidence bundle")
-        if c.manifest is None and c.signed is None:
+        if c.manifest is None and c.checked is None:
             raise _bundle_problem("ends without its signed manifest (bundle truncated)")
         if through is not None and not c.at[0]:
             first = c.walker.expected_seq - c.walker.count
@@ -235,8 +243,9 @@ def verify_bundle(path: Path, pubkey: PublicKey | Path | None = None, through: i
         problem = refused.problem
     w = c.walker
     period = c.header.get("period")
-    signed = c.signed or (0, 0.0, "")
+    signed = c.signed or (0, 0.0)
+    checked = c.checked or (0, "")
     return BundleReport(str(path), str(c.header.get("host", "")), period if isinstance(period, dict) else {},
                         w.count, c.checkpoints, w.expected_seq - w.count, w.expected_seq - 1, w.last_hash,
                         fingerprint(c.public) if c.public else "", c.source, problem, c.suite.name,
-                        c.at[0], c.at[1], signed[0], signed[1], signed[2])
+                        c.at[0], c.at[1], signed[0], signed[1], checked[0], checked[1])

@@ -53,9 +53,10 @@ class Integrity:
     period_since: float | None = None
     period_until: float | None = None
     periodic: bool = False
-    # A bundle vouched for through the period's last record: the checkpoint's chain hash that closes what was
-    # checked, and the last record the bundle holds beyond it (0: it ends in the period).
-    signed_hash: str = ""
+    # A bundle vouched for through the period's last record: the checkpoint that closes what was checked (seq
+    # and chain hash; 0: the whole bundle was), and the last record the bundle holds beyond the period.
+    checked_seq: int = 0
+    checked_hash: str = ""
     extends_to: int = 0
 
 
@@ -170,12 +171,12 @@ def bundle_integrity(path: Path, keys_dir: Path | None, period: Period | None = 
     (``verify --bundle B --through SEQ``), not as a whole: what lies beyond the
     period is not what the report shows.
     """
-    through = None
+    through = reach = None
     beyond = 0
     if period is not None:
-        through, last = _period_last(path, period)
+        through, reach, last = _period_last(path, period)
         beyond = last if through is not None and last > through else 0
-    first = verify_bundle(path, through=through)
+    first = verify_bundle(path, through=through, reach=reach)
     key = None
     problem = str(first.problem) if first.problem else ""
     r = first
@@ -187,7 +188,7 @@ def bundle_integrity(path: Path, keys_dir: Path | None, period: Period | None = 
         if key is not None and not key.is_file():
             problem = f"no trusted key for host {first.host!r}: {key} does not exist"
         elif key is not None:
-            r = verify_bundle(path, key, through=through)
+            r = verify_bundle(path, key, through=through, reach=reach)
             problem = str(r.problem) if r.problem else ""
     cmd = ["dutywatch", "verify", "--bundle", str(path)]
     if through is not None:
@@ -201,16 +202,19 @@ def bundle_integrity(path: Path, keys_dir: Path | None, period: Period | None = 
     return Integrity("bundle", str(path), r.host, not problem, problem, r.records, r.first_seq, r.last_seq,
                      r.head_hash, r.fingerprint, r.key_source, shlex.join(cmd), r.suite, key is not None,
                      *vouched, period_since=_when(hp.get("since")), period_until=_when(hp.get("until")),
-                     periodic=hp.get("every") is not None, signed_hash=r.signed_hash, extends_to=beyond)
+                     periodic=hp.get("every") is not None, checked_seq=r.checked_seq,
+                     checked_hash=r.checked_hash, extends_to=beyond)
 
 
-def _period_last(path: Path, period: Period) -> tuple[int | None, int]:
-    """The seq of the bundle's last record in the period (None: none in it) and of its last record.
+def _period_last(path: Path, period: Period) -> tuple[int | None, int | None, int]:
+    """The seq of the bundle's last record in the period (None: none in it), of the second record after the
+    period (what coverage reads past its end; None when there is none) and of its last record.
 
     Read before the check only to choose what to check through; the check
     then proves that record and everything before it.
     """
     found: int | None = None
+    after: list[int] = []
     last = 0
     try:
         with path.open("rb") as f:
@@ -218,16 +222,19 @@ def _period_last(path: Path, period: Period) -> tuple[int | None, int]:
                 try:
                     obj = json.loads(raw)
                 except ValueError:
-                    return None, 0  # not a bundle line: the whole check names the problem
+                    return None, None, 0  # not a bundle line: the whole check names the problem
                 if not isinstance(obj, dict) or obj.get("kind") != "record" or not isinstance(obj.get("seq"), int):
                     continue
                 last = obj["seq"]
                 rec = obj.get("record")
-                if isinstance(rec, dict) and period.holds(rec.get("time")):
+                t = rec.get("time") if isinstance(rec, dict) else None
+                if period.holds(t):
                     found = last
+                elif period.until is not None and isinstance(t, (int, float)) and t > period.until and len(after) < 2:
+                    after.append(last)
     except OSError:
-        return None, 0
-    return found, last
+        return None, None, 0
+    return found, (after[-1] if after else None), last
 
 
 def _when(value: Any) -> float | None:
@@ -253,7 +260,7 @@ def bundle_records(path: Path, period: Period, prior: PriorScan | None = None,
     """
     suite: Suite = INTL
     digest = suite.new_hash()
-    upto = checked.signed_seq if checked is not None and checked.signed_seq else None
+    upto = checked.checked_seq if checked is not None and checked.checked_seq else None
     prev = ""
     try:
         with path.open("rb") as f:
@@ -276,7 +283,7 @@ def bundle_records(path: Path, period: Period, prior: PriorScan | None = None,
                     assert checked is not None
                     seq = int(obj["seq"])
                     if obj.get("prev") != prev or link_hash(prev, seq, canonical_bytes(rec), suite.new_hash) \
-                            != obj.get("hash") or (seq == upto and obj["hash"] != checked.signed_hash):
+                            != obj.get("hash") or (seq == upto and obj["hash"] != checked.checked_hash):
                         raise ReportError(f"{path}: bundle changed after it was verified; report abandoned")
                     prev = obj["hash"]
                 t = rec.get("time")

@@ -321,3 +321,25 @@ def test_folded_repeats_count_as_many_findings(tmp_path: Path) -> None:
     assert doc["violations"]["omitted"] == 0 and [r["count"] for r in doc["violations"]["rows"]] == [1, 40]
     (p,) = [p for p in doc["accountability"]["operators"] if p["operator"] == "张三"]
     assert p["violations"] == 41
+
+
+def test_fleet_report_of_a_bundle_past_the_period_agrees_with_the_journal(tmp_path: Path) -> None:
+    """A bundle checked through the period's last record is read on to the first records after the period, as the
+    journal is, so a run still going at the period's end is watched to its end in both reports alike."""
+    state = tmp_path / "state"
+    with Journal(state, host=HOST, clock=stepping_clock(T0 + 400 * H), checkpoint_every=1) as j:
+        for rec in _timeline(beats=True):  # a checkpoint after every record: one right at the period's last
+            j.append(rec)
+    bundle = tmp_path / "all.bundle"
+    export_bundle(state / "journal.db", state / "journal.key", bundle, since=None, until=None,
+                  period={"since": None, "until": None}, clock=lambda: T0 + 500 * H)
+    period = ["--since", _iso(T0 + 13 * H), "--until", _iso(T0 + 20 * H)]
+    status, local, err = _report(["--state-dir", str(state), *period], tmp_path)
+    assert status == 0, err
+    status, fleet, err = _report(["--evidence", str(bundle), *period], tmp_path)
+    assert status == 0, err
+    (a,), (b,) = local["coverage"]["hosts"], fleet["coverage"]["hosts"]
+    assert a["monitored_seconds"] == b["monitored_seconds"] == 7 * H and a["unmonitored"] == b["unmonitored"] == []
+    (i,) = fleet["integrity"]
+    assert i["through_seq"] == local["integrity"][0]["through_seq"] and i["extends_to"] > i["through_seq"]
+    assert i["through_hash"] == local["integrity"][0]["through_hash"]
