@@ -9,17 +9,15 @@ from __future__ import annotations
 import os
 import random
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.events import Event
 from collectors.dns_worker import CRASH_PROBE, HANG_PROBE, MAX_MESSAGE, MEMORY, TEST_HOOK, DnsWorker, DnsWorkerError
 from collectors.network import NetworkCollector
 from collectors.sniff import DecodeError, dns_query
+from tests.integration.netrun import Running, started
 from tests.integration.worker_checks import assert_confined, proc_status
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: AF_PACKET, dropping to nobody")
@@ -104,52 +102,9 @@ def test_the_hook_is_off_unless_set(worker: DnsWorker) -> None:
 # -- the collector, on real packets ---------------------------------------------------------------------------------
 
 
-class Running:
-    """A collector capturing on lo, on a thread, its events collected."""
-
-    def __init__(self, collector: NetworkCollector) -> None:
-        self.collector = collector
-        self.events: list[Event] = []
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self.wait(lambda: collector.health.up, "collector never came up")
-
-    def _run(self) -> None:
-        try:
-            self.collector.run(lambda e: self.events.append(e) is None, self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def wait(self, cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert self.error is None, f"collector failed: {self.error}"
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
-
-    def on_port(self, port: int) -> list[Event]:
-        return [e for e in list(self.events) if e.net.local_port == port]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "run() did not return after stop"
-        assert self.error is None, f"collector failed: {self.error}"
-
-
 @pytest.fixture
 def running() -> Iterator[Callable[[NetworkCollector], Running]]:
-    started: list[Running] = []
-
-    def start(c: NetworkCollector) -> Running:
-        started.append(Running(c))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.close()
+    yield from started()
 
 
 def _send(payload: bytes, keep: list[socket.socket], dport: int = 53) -> int:

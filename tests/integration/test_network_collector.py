@@ -26,6 +26,7 @@ from agent.events import Event
 from collectors.network import NetworkCollector
 from collectors.sniff import DecodeError, decode, dns_query_name
 from tests.integration.netns import QUICK_PORT, VethPair, _end, _line
+from tests.integration.netrun import Running, started
 
 pytestmark = [
     pytest.mark.root,
@@ -64,55 +65,9 @@ def veth() -> Iterator[VethPair]:
         pair.destroy()
 
 
-class Running:
-    """A collector running on a thread, its events collected."""
-
-    def __init__(self, collector: NetworkCollector) -> None:
-        self.collector = collector
-        self.events: list[Event] = []
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self.wait(lambda: collector.health.up, "collector never came up")
-
-    def _run(self) -> None:
-        try:
-            self.collector.run(lambda e: self.events.append(e) is None, self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def wait(self, cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert self.error is None, f"collector failed: {self.error}"
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
-
-    def find(self, pred: Callable[[Event], bool], what: str) -> Event:
-        found: list[Event] = []
-        self.wait(lambda: bool(found.extend(e for e in list(self.events) if pred(e)) or found), what)
-        return found[0]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "run() did not return after stop"
-        assert self.error is None, f"collector failed: {self.error}"
-        assert not self.collector.health.up
-
-
 @pytest.fixture
 def running() -> Iterator[Callable[[NetworkCollector], Running]]:
-    started: list[Running] = []
-
-    def start(c: NetworkCollector) -> Running:
-        started.append(Running(c))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.close()
+    yield from started()
 
 
 def _client(peer: str, domain: str) -> tuple[subprocess.Popen[str], int, int]:
