@@ -182,23 +182,32 @@ int main(int argc, char **argv) {
 def bench_exec_chain(chain: Path, rounds: int = 12, n: int = 2000) -> None:
     """The kernel's own cost of an audited exec, free of scheduling: one task execs itself ``n`` times and
     reports its CPU time (a task's CPU time survives exec); no fork, no wait, no other process in between.
-    Rounds alternated without and with the agent (its CPU is not in the task's time)."""
-    def one() -> float:
-        out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600)
-        return int(out.stdout) / 1e6 / n
-    pairs = []
-    for _ in range(rounds):
-        off = one()
-        with Running():
-            on = one()
-        pairs.append((off, on))
-    diffs = [b - a for a, b in pairs]
-    q = statistics.quantiles(diffs, n=4)
-    print(f"exec chain (one task execs itself {n} times), CPU per exec, {rounds} alternated rounds: without rules "
-          f"{statistics.median(a for a, _ in pairs) * 1e6:.0f} us, "
-          f"with {statistics.median(b for _, b in pairs) * 1e6:.0f} us, "
-          f"added {statistics.median(diffs) * 1e6:+.1f} us (quartiles {q[0] * 1e6:+.1f} .. {q[2] * 1e6:+.1f}); "
-          f"load average {os.getloadavg()[0]:.1f}")
+    Rounds alternated without and with the agent (its CPU is not in the task's time), unpinned and with the
+    task on one CPU and the agent's reading thread on the other (then the agent cannot evict the task's cache)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    layouts: list[tuple[str, int | None, int | None]] = [("unpinned", None, None)]
+    if len(cpus) >= 2:
+        layouts.append((f"task on CPU {cpus[0]}, agent on CPU {cpus[1]}", cpus[0], cpus[1]))
+    for label, task_cpu, agent_cpu in layouts:
+        def one(cpu: int | None = task_cpu) -> float:
+            out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600,
+                                 **_pinned(cpu))  # type: ignore[call-overload]
+            return int(out.stdout) / 1e6 / n
+        pairs = []
+        for _ in range(rounds):
+            off = one()
+            with Running() as r:
+                if agent_cpu is not None and r.t.native_id is not None:
+                    os.sched_setaffinity(r.t.native_id, {agent_cpu})
+                on = one()
+            pairs.append((off, on))
+        diffs = [b - a for a, b in pairs]
+        q = statistics.quantiles(diffs, n=4)
+        print(f"exec chain [{label}] (one task execs itself {n} times), CPU per exec, {rounds} alternated rounds: "
+              f"without rules {statistics.median(a for a, _ in pairs) * 1e6:.0f} us, "
+              f"with {statistics.median(b for _, b in pairs) * 1e6:.0f} us, "
+              f"added {statistics.median(diffs) * 1e6:+.1f} us (quartiles {q[0] * 1e6:+.1f} .. {q[2] * 1e6:+.1f}); "
+              f"load average {os.getloadavg()[0]:.1f}")
 
 
 def bench_cpu(prog: Path) -> None:
