@@ -470,6 +470,8 @@ class NetworkCollector:
         if self._join is None:
             return
         for ev in self._join.sniffer_expired(everything):
+            if ev.process.name is None and ev.process.exe is None:
+                self.health.drop("no_process")
             emit(ev)
             self.health.saw(ev.time or self.sources.clock())
 
@@ -601,23 +603,26 @@ class NetworkCollector:
                 and self.sockmap.confirm(owner, found.inode):
             self._send(emit, kind, net, *got, join=join)
             return
-        self.health.drop("no_process")
         uid = found.uid
         process = Process(pid=owner.pid if owner else None, uid=uid, user=system_user(uid))
-        self._send(emit, kind, net, process, Parent(), join=join)
+        self._send(emit, kind, net, process, Parent(), join=join, unnamed=True)
 
     def _emit(self, emit: Emit, kind: str, net: Net, pid: int | None) -> None:
         process, parent = Process(), Parent()
         got = self._lookup(pid) if pid is not None else None
         if got is not None:
             process, parent = got
-        else:
-            self.health.drop("no_process")
-            if pid is not None:
-                process = Process(pid=pid)
-        self._send(emit, kind, net, process, parent)
+        elif pid is not None:
+            process = Process(pid=pid)
+        self._send(emit, kind, net, process, parent, unnamed=got is None)
 
-    def _send(self, emit: Emit, kind: str, net: Net, process: Process, parent: Parent, join: bool = False) -> None:
+    def _send(self, emit: Emit, kind: str, net: Net, process: Process, parent: Parent, join: bool = False,
+              unnamed: bool = False) -> None:
+        """Emit, unless the audit source reports this operation (or names it: a DNS query waits for its record).
+
+        ``unnamed``: the process could not be found; counted as ``no_process`` only when the event goes out
+        so (not when the audit source reports the operation or its record names the process).
+        """
         audited = self._audit is not None and self._audit.covers("net.connect")
         if kind == "net.connect" and net.proto in _AUDITED and not net.dns_malformed and audited:
             return
@@ -627,6 +632,9 @@ class NetworkCollector:
             joined = self._join.from_sniffer(ev)
             if joined is None:
                 return  # waits for the audit record of the same send
+            unnamed = unnamed and joined is ev
             ev = joined
+        if unnamed:
+            self.health.drop("no_process")
         emit(ev)
         self.health.saw(now)

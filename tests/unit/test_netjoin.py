@@ -84,3 +84,37 @@ def test_bounded_a_full_side_lets_the_new_event_go_out_alone() -> None:
     assert j.from_audit(audit(1)) is None and j.from_audit(audit(2)) is None
     ev = audit(3)
     assert j.from_audit(ev) is ev
+
+
+def test_the_network_collector_counts_no_process_only_for_what_goes_out_unnamed() -> None:
+    from collectors.network import NetworkCollector
+
+    class Source:
+        def __init__(self) -> None:
+            self.dns_join = DnsJoin()
+            self.dns_join.active = True
+
+        def covers(self, kind: str) -> bool:
+            return kind == "net.connect"
+
+    source = Source()
+    net = NetworkCollector({}, audit=source)
+    out: list[Event] = []
+
+    def emit(e: Event) -> bool:
+        out.append(e)
+        return True
+
+    assert source.dns_join.from_audit(audit(7)) is None
+    dns = Net(proto="udp", direction="out", local_ip="10.0.0.1", local_port=40000, remote_ip="198.51.100.7",
+              remote_port=53, domain="a.example")
+    net._send(emit, "net.dns", dns, Process(), Parent(), join=True, unnamed=True)  # joined: named by the kernel
+    tcp = Net(proto="tcp", direction="out", remote_ip="198.51.100.8", remote_port=443)
+    net._send(emit, "net.connect", tcp, Process(), Parent(), unnamed=True)  # the audit source reports it
+    assert [e.process.exe for e in out] == ["/tmp/q"] and net.health.drops == {}
+    other = Net(proto="udp", direction="out", local_ip="10.0.0.1", local_port=40001, remote_ip="198.51.100.9",
+                remote_port=53, domain="b.example")
+    net._send(emit, "net.dns", other, Process(), Parent(), join=True, unnamed=True)  # waits for its record
+    source.dns_join.window = 0.0
+    net._unjoined(emit)  # it never came: out as the sniffer saw it, unnamed, and counted
+    assert out[-1].net.domain == "b.example" and net.health.drops == {"no_process": 1}
