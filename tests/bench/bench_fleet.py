@@ -48,6 +48,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import ssl
 import statistics
 import subprocess
@@ -63,6 +64,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.central_rule import central_rule
 from tests.fleet.simkit import FleetSim, Stack, board_queries, query
 
 INTERVAL = 15
@@ -136,11 +138,13 @@ def fleet(n: int) -> None:
         backfill_prometheus(day, tmp)
         stack.start()
         t0 = time.monotonic()
-        if not until(lambda: count(stack.prom, 'up{job="dutywatch"} == 1') == n, "every host up", deadline):
-            return
+        # On a machine too busy for the simulation to answer every scrape in time, measure what is there.
+        up = 'up{job="dutywatch"} == 1'
+        if not until(lambda: count(stack.prom, up) == n, "every host up", deadline):
+            print(f"  only {count(stack.prom, up)} of {n} hosts up; measured as they are")
         t_up = time.monotonic() - t0
         if not until(lambda: count(stack.vm, "dutywatch_host_info") == n, "every host in VictoriaMetrics", deadline):
-            return
+            print(f"  only {count(stack.vm, 'dutywatch_host_info')} of {n} hosts in VictoriaMetrics")
         print(f"  every host up in Prometheus after {t_up:.0f}s, in VictoriaMetrics after {time.monotonic() - t0:.0f}s")
         backfill_vm(day, stack.vm)
         print(f"  the day before: {len(day[0])} series x {len(day[1])} minutes of {MINUTE_COUNTS} in both stores")
@@ -362,7 +366,7 @@ def policy(n: int = POLLERS) -> None:
     for version in (1, 2):
         src = tmp / f"v{version}"
         (src / "rules").mkdir(parents=True)
-        (src / "rules" / "central.yaml").write_text(RULE.replace("CT-1", f"CT-{version}"), encoding="utf-8")
+        (src / "rules" / "central.yaml").write_text(central_rule(f"CT-{version}"), encoding="utf-8")
         dw("policy", "build", "--version", str(version), "--scope", "*", "--rules", src / "rules",
            "--out", src / "bundle.json")
         dw("policy", "sign", src / "bundle.json", "--key", tmp / "root.key")
@@ -458,21 +462,9 @@ def policy(n: int = POLLERS) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-RULE = """\
-pack: central
-rules:
-  - id: CT-1
-    title: {zh: 中心规则, en: Central rule}
-    when: process.name == "forbidden-tool"
-    severity: high
-    action: alert
-    accountable: [operator]
-    controls: ["谁主管谁负责，谁运行谁负责"]
-    message: {zh: "禁用工具 {process.name}", en: "forbidden tool {process.name}"}
-"""
-
-
 def main() -> None:
+    # A bench stopped with SIGTERM still stops its Prometheus and VictoriaMetrics and removes its folders.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     phases = ([shards] if "shards" in PHASES else []) + ([(lambda n=n: fleet(n)) for n in SIZES]
               if "fleet" in PHASES else []) + ([policy] if "policy" in PHASES else [])
     for phase in phases:

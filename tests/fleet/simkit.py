@@ -12,6 +12,7 @@ rules, remote-writing) and ``victoria-metrics`` as the long-term store.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -68,23 +69,40 @@ class FleetSim:
         self.servers: list[http.server.ThreadingHTTPServer] = []
         self.nports = max(1, min(ports, n))
         self.scrapes = 0
+        self.pieces: dict[int, tuple[bytes, bytes, bytes]] = {}
 
     def body(self, host_id: str) -> bytes:
         """One host's exposition now."""
-        i, (host, unit, dept) = self.by_id[host_id]
+        i, _ = self.by_id[host_id]
         age = time.time() - self.t0
-        text = self.text.replace(HOST, host).replace(UNIT, unit).replace(DEPT, dept)
-        text = text.replace('dutywatch_events_total{kind="process.exec"} 0.0',
-                            f'dutywatch_events_total{{kind="process.exec"}} {int(age * 5)}.0')
-        if i % 10 == 0:  # every tenth host keeps reaching the Internet
-            text = _bump(text, "BM-NET-001", 1 + int(age / 20))
+        head, mid, tail = self.pieces.get(i) or self._cut(i)
+        # events keep counting; every tenth host keeps reaching the Internet (BM-NET-001)
+        bumps = f"{1 + int(age / 20)}.0" if i % 10 == 0 else "0.0"
         self.scrapes += 1
-        return text.encode()
+        return head + f"{int(age * 5)}.0".encode() + mid + bumps.encode() + tail
+
+    def _cut(self, i: int) -> tuple[bytes, bytes, bytes]:
+        """The host's exposition (its labels in) around its two moving values, made once per host."""
+        host, unit, dept = self.hosts[i]
+        text = self.text.replace(HOST, host).replace(UNIT, unit).replace(DEPT, dept)
+        cuts = []
+        bm_net = f'rule="BM-NET-001",severity="critical",unit="{unit}"'
+        for line in ('dutywatch_events_total{kind="process.exec"} 0.0',
+                     f'dutywatch_findings_total{{action="alert",{bm_net}}} 0.0'):
+            start = text.index(line + "\n") + len(line) - 3
+            cuts.append((start, start + 3))
+        (a0, a1), (b0, b1) = cuts
+        assert a1 < b0, "the events line comes before the findings line"
+        pieces = (text[:a0].encode(), text[a1:b0].encode(), text[b1:].encode())
+        self.pieces[i] = pieces
+        return pieces
 
     def start(self) -> None:
         sim = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # Prometheus keeps its connections: no thread and handshake per scrape
+
             def do_GET(self) -> None:
                 parts = self.path.split("/")
                 if len(parts) != 4 or parts[1] != "h" or parts[3] != "metrics" or parts[2] not in sim.by_id:
@@ -124,15 +142,6 @@ class FleetSim:
             out.append({"targets": [f"127.0.0.1:{port}"],
                         "labels": {"__metrics_path__": f"/h/{host}/metrics", "instance": f"{host}:9847"}})
         return out
-
-
-def _bump(text: str, rule: str, value: int) -> str:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("dutywatch_findings_total{") and f'rule="{rule}"' in line:
-            line = line.rsplit(" ", 1)[0] + f" {value}.0"
-        out.append(line)
-    return "\n".join(out) + "\n"
 
 
 def free_port() -> int:
@@ -219,7 +228,8 @@ class Stack:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-                    p.wait(10)
+                    with contextlib.suppress(subprocess.TimeoutExpired):  # reaped later; the others still stop
+                        p.wait(30)
 
     def rss_cpu(self, which: int) -> tuple[float, float]:
         """(RSS MiB, CPU seconds) of VictoriaMetrics (0) or Prometheus (1)."""
