@@ -70,6 +70,11 @@ def _for(top: LDict, entry: LDict) -> LDict:
 
 def check(text: str, path: str) -> list[str]:
     """Validate every host's registry; return the host ids. LoadErrors lists every problem."""
+    return [str(e["id"]) for e in _checked(text, path)]
+
+
+def _checked(text: str, path: str) -> list[LDict]:
+    """The host entries, each checked as a registry of its own (LoadErrors lists every problem)."""
     top, entries = _entries(load_text(text, path), path)
     problems: list[LoadError] = []
     for e in entries:
@@ -81,7 +86,7 @@ def check(text: str, path: str) -> list[str]:
             problems.append(exc)
     if problems:
         raise LoadErrors(problems)
-    return [str(e["id"]) for e in entries]
+    return entries
 
 
 def host_registry(text: str, path: str, host_id: str) -> tuple[str, Registry] | None:
@@ -122,11 +127,9 @@ def fleet(text: str, path: str) -> list[FleetHost]:
     """Every host of a central registry with its unit, department and scrape address (checked)."""
     from agent.gen import parse_target
 
-    check(text, path)
-    _, entries = _entries(load_text(text, path), path)
     problems = Problems()
     out = []
-    for e in entries:
+    for e in _checked(text, path):
         addr = str(e.get("address") or e["id"])
         try:
             target = parse_target(addr, e.at("address") if "address" in e else e.at("id"))

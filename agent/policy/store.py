@@ -164,7 +164,9 @@ def in_force(config_path: Path, config: Config) -> tuple[Config, Overlay | None]
         top = highest(config)
         if v.version < top:
             raise PolicyError("version", f"version {v.version} is older than version {top}, accepted before")
-        overlay = materialize(v, policy_dir(config) / ACTIVE, host_id(config))
+        # Which host this is (its local registry read) matters only to a bundle with a central registry.
+        host = host_id(config) if any(f.role == "registry" for f in v.files) else ""
+        overlay = materialize(v, policy_dir(config) / ACTIVE, host)
     except PolicyError as exc:
         raise LoadError(Location(str(cur)), f"the policy in force does not hold ({exc}); move the file aside to "
                                             "run on the local config until the next bundle arrives") from exc

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.central_rule import central_rule
 from tests.integration.agent_harness import REPO, AgentProcess
 from tests.integration.tlscerts import make_pki
 
@@ -34,21 +35,6 @@ people:
 zones:
   default: internet
   networks: [{{name: intranet, cidrs: [10.0.0.0/8]}}]
-"""
-
-
-def rule(rule_id: str) -> str:
-    return f"""\
-pack: central
-rules:
-  - id: {rule_id}
-    title: {{zh: 中心规则, en: Central rule}}
-    when: process.name == "forbidden-tool"
-    severity: high
-    action: alert
-    accountable: [operator]
-    controls: ["谁主管谁负责，谁运行谁负责"]
-    message: {{zh: "禁用工具 {{process.name}}", en: "forbidden tool {{process.name}}"}}
 """
 
 
@@ -74,7 +60,7 @@ class Centre:
                registry: str = CENTRAL) -> Path:
         src = self.d / f"src{version}-{scope}-{signer}"
         (src / "rules").mkdir(parents=True)
-        (src / "rules" / "central.yaml").write_text(rule(rule_id), encoding="utf-8")
+        (src / "rules" / "central.yaml").write_text(central_rule(rule_id), encoding="utf-8")
         (src / "central.yaml").write_text(registry, encoding="utf-8")
         out = src / "bundle.json"
         r = dw("policy", "build", "--version", str(version), "--scope", scope, "--rules", src / "rules",
@@ -141,7 +127,7 @@ def test_bundles_dropped_in_the_inbox_are_taken_or_refused_with_their_reason(tmp
         old = centre.d / "src1-*-root" / "bundle.json"
         drop(old, "p1-again.json")
         edited = json.loads(centre.bundle(4, "*", "CT-004").read_text())
-        edited["policy"]["files"][-1]["text"] = rule("CT-004").replace("forbidden-tool", "nothing")
+        edited["policy"]["files"][-1]["text"] = central_rule("CT-004").replace("forbidden-tool", "nothing")
         (tmp_path / "edited.json").write_text(json.dumps(edited))
         drop(tmp_path / "edited.json", "p4-edited.json")
         recs = records(5)

@@ -14,6 +14,7 @@ from agent.errors import LoadError, LoadErrors
 from agent.policy import central
 from agent.policy.bundle import PolicyError, PolicyFile, build, certify, sign, verify
 from agent.policy.store import Judge, in_force
+from tests.central_rule import central_rule
 
 UNIT_A = "甲单位信息中心"
 UNIT_B = "乙单位信息中心"
@@ -32,18 +33,7 @@ zones:
   networks: [{{name: intranet, cidrs: [10.0.0.0/8]}}]
 """
 
-RULE = """\
-pack: central
-rules:
-  - id: CT-001
-    title: {zh: 中心规则, en: Central rule}
-    when: process.name == "forbidden-tool"
-    severity: high
-    action: alert
-    accountable: [operator]
-    controls: ["谁主管谁负责，谁运行谁负责"]
-    message: {zh: "禁用工具 {process.name}", en: "forbidden tool {process.name}"}
-"""
+RULE = central_rule("CT-001")
 
 LOCAL_REGISTRY = f"""\
 host: {{id: host-a1, unit: {UNIT_A}, department: 测试委员会, custodian: zhangsan, level: secret, zone: intranet}}
