@@ -131,6 +131,9 @@ class _Op:
     waits: int = 0  # extra windows spent waiting for fanotify's record
     ident: tuple[int, int] | None = None  # (st_dev, st_ino) when fanotify gave it
     last: float = 0.0  # the latest inotify event folded into it (a write's close), monotonic
+    # It happened after this (monotonic): the start of the inotify read before the one that found it. Its
+    # fanotify record was read after it too, however long the joining thread was held up meanwhile.
+    after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +266,7 @@ class FilesCollector:
         self._next_report = 0.0
         self._fan_synced = 0.0  # fanotify's records of every operation before this time are in the inbox
         self._missing: list[str] = []  # roots to watch as soon as they exist
+        self._ops_after: float | None = None  # what inotify gives now happened after this (monotonic)
         self._asleep = False  # the joining thread waits in poll: a producer rings the bell
         self._bell = -1  # an eventfd the joining thread polls, written when something was queued for it
         self._bell_lock = threading.Lock()
@@ -310,6 +314,7 @@ class FilesCollector:
         self.health.up = True
         self._missing = list(self.paths)
         next_retry = 0.0
+        read_at = time.monotonic()  # before any watch: whatever inotify reports first happened after it
         self._next_reindex = time.monotonic() + ASSET_REFRESH
         since, self._rescan_since = self._rescan_since, None
         try:
@@ -346,6 +351,7 @@ class FilesCollector:
                 # Read before the inbox is drained: the records it vouches for were queued before it was set.
                 self._fan_synced = self._fan.synced_at() if self._fan is not None else 0.0
                 if inotify:
+                    self._ops_after, read_at = read_at, time.monotonic()
                     watcher.read()
                 watcher.release()
                 while not self._inbox.empty():
@@ -623,6 +629,7 @@ class FilesCollector:
 
     def _fs_op(self, op: FsOp, now: float, wall: float) -> None:
         path, pend = op.path, self._pending
+        after = None if self._ops_after is None else min(now, self._ops_after)
         self._caught.pop(path, None)
         if not op.is_dir:
             if op.what in (CREATED, CLOSED):
@@ -636,7 +643,7 @@ class FilesCollector:
             self._changed[path] = now
             cur = pend.get(("cw", path))
             if cur is None:
-                cur = pend[("cw", path)] = _Op("file.write", path, None, False, now, wall, now)
+                cur = pend[("cw", path)] = _Op("file.write", path, None, False, now, wall, now, after=after)
             cur.deadline = now + WINDOW if op.what == CLOSED else min(now + QUIET, cur.t0 + HOLD_MAX)
             cur.last = now
             return
@@ -646,13 +653,13 @@ class FilesCollector:
         if op.what == CREATED:
             self._changed[path] = now
             pend[("cw", path)] = _Op("file.create", path, None, op.is_dir, now, wall,
-                                     now + (WINDOW if op.is_dir else QUIET))
+                                     now + (WINDOW if op.is_dir else QUIET), after=after)
             if op.is_dir and self._fan is not None and self._fan.names is None:
                 self._fan.mark_tree(path)
         elif op.what == DELETED:
-            pend[("del", path)] = _Op("file.delete", path, None, op.is_dir, now, wall, now + WINDOW)
+            pend[("del", path)] = _Op("file.delete", path, None, op.is_dir, now, wall, now + WINDOW, after=after)
         elif op.what == MOVED:
-            pend[("mv", path)] = _Op("file.rename", path, op.dest, op.is_dir, now, wall, now + WINDOW)
+            pend[("mv", path)] = _Op("file.rename", path, op.dest, op.is_dir, now, wall, now + WINDOW, after=after)
             if op.is_dir and op.dest and self._fan is not None:
                 self._fan.forget_under(path)
                 self._fan.mark_tree(op.dest)
@@ -810,9 +817,13 @@ class FilesCollector:
     def _join(self, op: _Op) -> Process | None:
         primary, fallback = _WANT[op.kind]
         back = WINDOW + MOVE_DELAY if op.kind == "file.delete" else WINDOW
-        who = self._who(op.path, primary, op.t0, back) or (self._who(op.dest, fallback, op.t0) if op.dest else None)
+        # Held up (a busy machine), this thread took the operation long after the fanotify reader took its record.
+        wide = back if op.after is None else max(back, op.t0 - op.after)
+        who = self._who(op.path, primary, op.t0, wide)
+        if who is None and op.dest:
+            who = self._who(op.dest, fallback, op.t0, wide)
         if who is None and fallback and not op.dest:
-            who = self._who(op.path, fallback, op.t0)
+            who = self._who(op.path, fallback, op.t0, wide)
         return who
 
     def _who(self, path: str, mask: int, t0: float, back: float = WINDOW) -> Process | None:

@@ -14,7 +14,7 @@ from typing import Any
 import collectors.fanotify as fan
 from agent.events import Event, Process
 from collectors.files import WINDOW, FilesCollector, _Who
-from collectors.watch import CREATED, DELETED, FsOp
+from collectors.watch import CREATED, DELETED, MOVED, FsOp
 
 
 class Fake:
@@ -99,3 +99,34 @@ def test_a_record_that_never_comes_while_fanotify_is_behind_goes_out_in_the_end(
         flush(t)
         t += WINDOW / 3
     assert [e.kind for e in out] == ["file.create"] and 10 < t < 30
+
+
+def test_a_rename_taken_long_after_its_record_still_names_its_writer() -> None:
+    """A busy machine: the fanotify reader took the rename's record at once, the joining thread was held up
+    and read the rename from inotify a second later. The record is older than the window, but the rename
+    happened after the joining thread's previous inotify read, so its record is no older than that either."""
+    c, out, flush = collector()
+    c._fan_synced = 2.0  # every record of what happened before 2 s is in
+    c._ops_after = 0.05  # the previous inotify read began at 0.05 s: what this read finds happened after
+    record(c, "/d/unit.new", fan.FAN_MOVED_FROM, 4242, 0.1)
+    record(c, "/d/unit", fan.FAN_MOVED_TO, 4242, 0.1)
+    c._take(("op", FsOp(MOVED, "/d/unit.new", False, "/d/unit"), 1.1, 1.7e9))
+    for t in (1.2, 1.5, 2.0, 3.0):
+        flush(t)
+    assert [(e.kind, e.process.pid) for e in out] == [("file.rename", 4242)]
+
+
+def test_a_record_from_before_the_previous_read_is_not_taken_for_a_later_operation() -> None:
+    """The near miss: the same name renamed earlier by another process, whose record came before the
+    joining thread's previous read; the new rename's record never comes: it goes out with no one, not
+    with the earlier writer."""
+    c, out, flush = collector()
+    record(c, "/d/unit.new", fan.FAN_MOVED_FROM, 777, 0.1)
+    c._fan_synced = 2.0
+    c._ops_after = 0.5
+    c._take(("op", FsOp(MOVED, "/d/unit.new", False, "/d/unit"), 1.1, 1.7e9))
+    t = 1.2
+    while not out and t < 30:
+        flush(t)
+        t += WINDOW / 3
+    assert [(e.kind, e.process.pid) for e in out] == [("file.rename", None)]
