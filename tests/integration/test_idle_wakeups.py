@@ -11,7 +11,8 @@ elsewhere on the host meanwhile (its fork, exec and exit reach the process colle
 pipeline and the media collector's namespace check) adds a fixed allowance.
 
 Then every collector must report its first event within its latency bound: nothing may be
-lost to a long sleep.
+lost to a long sleep. Every thread of the agent is one it named (its module says why it has
+it): none is a library's own, as watchdog's observer, emitter and dispatcher threads were.
 """
 
 from __future__ import annotations
@@ -160,6 +161,10 @@ def test_an_idle_agent_sleeps_and_wakes_at_once_for_every_collector(tmp_path: Pa
               f"({elsewhere} processes started elsewhere); CPU {idle.cpu_percent:.2f}% of a core, "
               f"{idle.threads} threads, load {idle.load:.1f}; {top}")
         assert woke <= bound, f"the idle agent woke {woke:.0f} times in {idle.seconds:.1f} s (bound {bound:.0f}): {top}"
+        # Every thread is one the agent made for a reason its module names; none is a library's own
+        # (watchdog's observer, emitters and dispatcher were three to five such, "Thread-N").
+        unnamed = [n for n, _t, _w in idle.per_thread if n.startswith("Thread-")]
+        assert not unnamed, f"threads the agent did not name: {unnamed}"
 
         # Right after the long sleep, one operation per collector.
         acted: dict[str, float] = {}
