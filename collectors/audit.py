@@ -12,7 +12,10 @@ Speaks NETLINK_AUDIT directly. Three modes, shown as
   and daemon pid it found. When auditd starts later (its exec is seen in the
   agent's own records, or the kernel asks the agent to make room) the agent
   joins the multicast group first and then gives the role up, so no record
-  falls between the two; a record seen on both counts once.
+  falls between the two (the old socket is read to its end); a record seen on
+  both counts once. An audit daemon refused because it asked first (the
+  kernel's AUDIT_REPLACE) is restarted by its service: the agent keeps out of
+  the role ``_YIELD_GRACE`` seconds after giving it up, so the restart finds it free.
 - ``off``: no capability, or the kernel has no audit support: the other
   collectors carry on as before (the process collector reports execs).
 
@@ -52,6 +55,7 @@ from collectors.audit_netlink import (
     AuditStatus,
     Message,
 )
+from collectors.audit_records import parse_record, text
 from collectors.audit_rules import Rule, build_rules, canonical, is_own, syscall_name
 from collectors.base import (
     Availability,
@@ -366,7 +370,6 @@ class _Session:
 
     def _daemon_exec(self, payload: bytes) -> None:
         """A SYSCALL record of an exec whose exe is an audit daemon's: hand the role over unless it is the agent."""
-        from collectors.audit_records import parse_record, text
         rec = parse_record(1300, payload)
         if rec is None or rec.fields.get("success") == "no":
             return
