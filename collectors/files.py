@@ -586,6 +586,10 @@ class FilesCollector:
                 return p
         elif p.uid is None and p.loginuid is None:
             self._gone[p.pid] = seen
+            if self._ledger is not None and self._ledger.synced_at() <= seen:
+                # The ledger may know only the fork of it yet (the parent's program and ids), not the exec and
+                # the change of user that followed: asked again once it has read up to ``seen``.
+                return p
         known = self._ledger.who(p.pid, seen) if self._ledger is not None else None
         if known is None:
             return p

@@ -88,6 +88,7 @@ def test_a_file_record_read_after_its_process_was_reaped_names_the_person(tmp_pa
     ledger.feed(fork(400, 100, 1.0))
     ledger.feed(ProcEvent("uid", 400, 400, int(1.1 * S), ruid=1000, euid=1000))
     ledger.feed(ProcEvent("exit", 400, 400, int(1.4 * S)))
+    ledger.synced = 2.2  # it has read the kernel's process events up to 2.2 s
     c = FilesCollector(None)
 
     class Fake:
@@ -104,6 +105,33 @@ def test_a_file_record_read_after_its_process_was_reaped_names_the_person(tmp_pa
         c._flush(t, out.append, queue.Queue())
     (e,) = out
     assert (e.kind, e.process.pid, e.process.uid, e.detail) == ("file.create", 400, 1000, None)
+
+
+def test_a_reaped_reader_is_not_named_by_its_fork_alone_while_the_ledger_is_behind(tmp_path: Path) -> None:
+    """The agent was held up: when the record is read, the ledger has read the fork (root's python) but
+    not yet the change of user and the exec that followed. The open waits for the ledger, then names the
+    user, not root."""
+    proc(tmp_path, 100, uid=0, loginuid=4294967295, name="python3")
+    ledger = PidLedger(str(tmp_path))
+    ledger.feed(fork(400, 100, 1.0))
+    ledger.synced = 1.05  # read up to the fork
+    c = FilesCollector(None)
+
+    class Fake:
+        names = None
+
+    c._fan = Fake()  # type: ignore[assignment]
+    c._ledger = ledger
+    out: list[Event] = []
+    c._take(("fan", "/d/a/budget.txt", _Who(2.0, fan.FAN_OPEN, c._settle(Process(pid=400), 2.0)), 1.7e9))
+    c._flush(2.0 + 2 * WINDOW, out.append, queue.Queue())
+    assert out == []  # the ledger is behind the record: the open waits
+    ledger.feed(ProcEvent("uid", 400, 400, int(1.1 * S), ruid=61401, euid=61401))
+    ledger.feed(ProcEvent("exit", 400, 400, int(1.4 * S)))
+    ledger.synced = 2.4
+    c._flush(2.5, out.append, queue.Queue())
+    (e,) = out
+    assert (e.kind, e.process.pid, e.process.uid) == ("file.open", 400, 61401)
 
 
 def test_without_a_record_of_the_process_the_event_says_why_no_one_is_named(tmp_path: Path) -> None:
