@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pwd
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -203,20 +203,7 @@ class Attributor:
             # (A mount the media collector saw, an interface, the agent itself: no operator applies.)
             op = _UNKNOWN
         if p.exe is not None and p.package is None and kind.startswith(_CHANGES) and collector != "files":
-            # What the program is, by the package database, for the package manager's exemption (the
-            # files collector looked while the process ran; the others' events are looked up here, ms later).
-            # The answer is kept a second per process (pid, start time) and program: a storm of one
-            # process's changes makes no two stat calls per event (each would hand the GIL away).
-            key = (p.pid, p.start_time, p.exe)
-            now = _monotonic()
-            known = self._package_cache.get(key)
-            if known is not None and now - known[0] < _PACKAGE_TTL:
-                package = known[1]
-            else:
-                package = self._owners(p.exe, p.pid)
-                if len(self._package_cache) >= _CACHE_LIMIT:
-                    self._package_cache.clear()
-                self._package_cache[key] = (now, package)
+            package = self._package(p.pid, p.start_time, p.exe)
             if package is not None:
                 p = _TUPLE_NEW(Process, (*p[:11], package, *p[12:]))
         if net.remote_ip is not None or net.local_ip is not None:
@@ -245,7 +232,91 @@ class Attributor:
                                           auth, detail, inventory, assess))
         return event
 
-    def _file(self, f: File) -> File:
+    def for_records(self, empty: Mapping[str, Any]) -> Callable[[Any], bool]:
+        """Attribution of a record (``agent.records``) in place: what ``build`` does to an Event's parts.
+
+        The function returned fills a record's operator, host, process user
+        and package, zones and file asset, and answers True; or answers False
+        and leaves the record alone when ``build`` would do more than that (a
+        process without uid or login uid, a systemd unit, a medium, an
+        interface or a login): the caller then builds the Event. ``empty``
+        holds the records' empty groups.
+        """
+        from msgspec.structs import astuple
+
+        new = _TUPLE_NEW
+        op_cache, operator, host = self._op_cache, self.operator, self._host
+        zones, zone = self._zone_cache, self.zone
+        package_of, file_asset = self._package, self._file_asset
+        no_media, no_iface, no_auth = empty["media"], empty["iface"], empty["auth"]
+
+        def attribute(r: Any) -> bool:
+            # Runs once per replayed event: every branch is build's, in build's order.
+            p = r.process
+            uid = p.uid
+            loginuid = p.loginuid
+            if ((uid is None and loginuid is None) or p.unit is not None or r.media is not no_media
+                    or r.iface is not no_iface or r.auth is not no_auth):
+                return False
+            user = p.user
+            hit = op_cache.get((loginuid, uid, user))
+            r.operator, name = hit if hit is not None else operator(loginuid, uid, user)
+            r.host = host
+            if user is None and name is not None:
+                v = astuple(p)
+                r.process = p = new(Process, (*v[:7], name, *v[8:]))
+            exe = p.exe
+            if exe is not None and p.package is None:
+                head = r.event
+                if head.kind.startswith(_CHANGES) and head.collector != "files":
+                    package = package_of(p.pid, p.start_time, exe)
+                    if package is not None:
+                        v = p if isinstance(p, tuple) else astuple(p)
+                        r.process = new(Process, (*v[:11], package, *v[12:]))
+            n = r.net
+            rip = n.remote_ip
+            lip = n.local_ip
+            if rip is not None or lip is not None:
+                rz = n.remote_zone
+                if rz is None and rip is not None:
+                    rz = zones.get(rip, _MISS)
+                    if rz is _MISS:
+                        rz = zone(rip)
+                lz = n.local_zone
+                if lz is None and lip is not None:
+                    lz = zones.get(lip, _MISS)
+                    if lz is _MISS:
+                        lz = zone(lip)
+                if rz is not n.remote_zone or lz is not n.local_zone:
+                    v = astuple(n)
+                    r.net = new(Net, (*v[:6], rz, v[7], lz, *v[9:]))
+            f = r.file
+            if f.path is not None and f.level is None:
+                level, unit = file_asset(f)
+                if level is not None:
+                    r.file = new(File, astuple(f))._replace(level=level, owner_unit=f.owner_unit or unit)
+            return True
+
+        return attribute
+
+    def _package(self, pid: int | None, start_time: float | None, exe: str) -> str | None:
+        # What the program is, by the package database, for the package manager's exemption (the
+        # files collector looked while the process ran; the others' events are looked up here, ms later).
+        # The answer is kept a second per process (pid, start time) and program: a storm of one
+        # process's changes makes no two stat calls per event (each would hand the GIL away).
+        key = (pid, start_time, exe)
+        now = _monotonic()
+        known = self._package_cache.get(key)
+        if known is not None and now - known[0] < _PACKAGE_TTL:
+            return known[1]
+        package = self._owners(exe, pid)
+        if len(self._package_cache) >= _CACHE_LIMIT:
+            self._package_cache.clear()
+        self._package_cache[key] = (now, package)
+        return package
+
+    def _file_asset(self, f: Any) -> tuple[Level | None, str | None]:
+        """The level and owner unit of the most sensitive asset a file operation touches (a File or a record's)."""
         level, unit = self.asset(f.path)
         # The destination of a move, and the asset the file is (another name of it) or was copied from.
         for other in (f.dest_path, f.source_path):
@@ -253,6 +324,10 @@ class Attributor:
                 olevel, ounit = self.asset(other)
                 if olevel is not None and (level is None or olevel > level):
                     level, unit = olevel, ounit
+        return level, unit
+
+    def _file(self, f: File) -> File:
+        level, unit = self._file_asset(f)
         if level is None:
             return f
         return f._replace(level=level, owner_unit=f.owner_unit or unit)

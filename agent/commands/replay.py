@@ -12,12 +12,12 @@ the run goes on, and exits 1 at the end if there was any.
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
+import io
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +31,7 @@ from agent.errors import LoadError, LoadErrors
 from agent.events import EventDecoder
 from agent.packages import no_owners
 from agent.paths import DEMO_REGISTRY, shipped_rules_dir
+from agent.records import RecordDecoder
 from agent.registry import load_registry
 
 MAX_LINE = 1 << 20  # a longer line is reported, not buffered: memory stays bounded
@@ -82,36 +83,107 @@ class ReplayStats:
 def replay(stream: IO[bytes], name: str, engine: Engine, attribute: Attributor,
            emit: Callable[[dict[str, Any]], object], report: Callable[[str], None],
            clock: Callable[[], float] = time.perf_counter) -> ReplayStats:
-    """Evaluate every line of ``stream``; ``emit`` each finding record, ``report`` each bad line."""
+    """Evaluate every line of ``stream``; ``emit`` each finding record, ``report`` each bad line.
+
+    Lines are read a block at a time and decoded into records
+    (``agent.records``), attributed in place and matched as records; only a
+    line that some rule may fire on, or that a record cannot stand for (a bad
+    line, a blank one, an event of a kind whose rules count), is decoded again
+    as an Event, and its findings are that Event's.
+    """
     decode = EventDecoder(attribute.build).decode  # decoded and attributed in one step
     by_kind = engine.matchers()  # the decoder admits only known kinds, and every kind has an entry
-    # A C-level line iterator; each line is at most MAX_LINE + 1 bytes, so memory stays bounded.
-    lines = iter(functools.partial(stream.readline, MAX_LINE + 1), b"")
-    events = findings = bad = lineno = 0
-    start = clock()
-    for raw in lines:
-        lineno += 1
-        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-            for rest in lines:  # the remainder of the long line
-                if rest.endswith(b"\n"):
-                    break
-            bad += 1
-            report(f"{name}:{lineno}: line longer than {MAX_LINE} bytes")
-            continue
+    records = RecordDecoder()
+    record = records.decode
+    attribute_record = attribute.for_records(records.empty)
+    # Only kinds whose rules keep no state: such a record's line may be matched a second time, as an Event.
+    quick = {kind: m for kind, m in by_kind.items() if kind in engine.stateless_kinds()}
+    events = findings = bad = 0
+
+    def evaluate(lineno: int, raw: bytes) -> None:
+        """One line, as an Event: decoded, attributed, matched, its findings emitted."""
+        nonlocal events, findings, bad
         try:
             event = decode(raw)
         except (ValueError, TypeError, RecursionError) as exc:
             if raw.strip():
                 bad += 1
                 report(f"{name}:{lineno}: bad event: {exc}")
-            continue
+            return
         events += 1
         rules = by_kind[event.kind](event)
         if rules:
             for rule in rules:
                 findings += 1
                 emit({"seq": findings, "line": lineno, **Finding(rule, event, attribute.names).to_record()})
+
+    start = clock()
+    for lineno, lines in _blocks(stream):
+        if lines is None:
+            bad += 1
+            report(f"{name}:{lineno}: line longer than {MAX_LINE} bytes")
+            continue
+        try:
+            block: list[Any] = list(map(record, lines))  # the loop runs in C
+        except Exception:  # a line that is not a plain record: each on its own, the others as records
+            block = [_record_or_none(record, raw) for raw in lines]
+        for i, r in enumerate(block):
+            if r is not None:
+                try:
+                    m = quick.get(r.event.kind)
+                    if m is not None and attribute_record(r) and not m(r):
+                        events += 1
+                        continue
+                except Exception:  # noqa: S110 - whatever a record cannot take, its Event takes below
+                    pass
+            evaluate(lineno + i, lines[i])
     return ReplayStats(events, findings, bad, clock() - start)
+
+
+def _record_or_none(record: Callable[[bytes], Any], raw: bytes) -> Any:
+    try:
+        return record(raw)
+    except Exception:
+        return None
+
+
+_BLOCK = 1 << 17  # bytes read at a time: a few hundred lines
+
+
+def _blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes] | None]]:
+    """``(number of the first line, lines)`` in order, each line with its newline; ``(number, None)`` for a long one.
+
+    No line given is longer than MAX_LINE (without its newline); only the
+    stream's last line may lack a newline. Memory stays bounded: a line
+    longer than that is skipped as it is read, and reported.
+    """
+    # read1: what is there, up to a block; a pipe fed line by line (tail -f) is replayed as it comes.
+    read = getattr(stream, "read1", stream.read)
+    lineno = 1
+    pending = b""
+    skipping = False  # inside a long line, already reported
+    while chunk := read(_BLOCK):
+        if skipping:
+            cut = chunk.find(b"\n")
+            if cut < 0:
+                continue
+            chunk, skipping = chunk[cut + 1:], False
+        data = pending + chunk if pending else chunk
+        lines = io.BytesIO(data).readlines()  # split at each newline only, in C
+        pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        if len(data) > MAX_LINE + 1 and max(map(len, lines), default=0) > MAX_LINE + 1:
+            for line in lines:  # a long line among them (a rare long pending line grew past the limit)
+                yield lineno, ([line] if len(line) <= MAX_LINE + 1 else None)
+                lineno += 1
+        elif lines:
+            yield lineno, lines
+            lineno += len(lines)
+        if len(pending) > MAX_LINE:
+            yield lineno, None
+            lineno += 1
+            pending, skipping = b"", True
+    if pending:
+        yield lineno, ([pending] if len(pending) <= MAX_LINE else None)
 
 
 def peak_rss_mb() -> float:

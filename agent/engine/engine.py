@@ -134,6 +134,10 @@ def cap_fields(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return event, truncated
 
 
+class NeedsEvent(Exception):
+    """Raised by a match given a record, not an Event, where a rule's test raised: match its Event instead."""
+
+
 Getter = Callable[[Event], Any]
 RuleGroup = dict[Rule, Predicate]  # an ordered set with each rule's test: merged into the candidates with one update()
 
@@ -416,7 +420,16 @@ class Engine:
         """Every rule whose condition holds for the (attributed) event."""
         return self._match.get(e.kind, _no_rules)(e)
 
+    def stateless_kinds(self) -> frozenset[str]:
+        """Kinds none of whose rules counts over a window: matching an event of one twice changes nothing."""
+        return frozenset(kind for kind, b in self._buckets.items()
+                         if not any(r.window is not None for r in self.rules_for(kind)))
+
     def _match_slow(self, e: Event) -> list[Rule]:
+        if type(e) is not Event:
+            # A record (agent.records) that some rule's test could not take: its Event will be
+            # matched instead, and any error counted there, once.
+            raise NeedsEvent
         hits = []
         for r in self.rules_for(e.kind):
             try:
