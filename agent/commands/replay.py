@@ -147,7 +147,7 @@ def _record_or_none(record: Callable[[bytes], Any], raw: bytes) -> Any:
         return None
 
 
-_BLOCK = 1 << 17  # bytes read at a time: a few hundred lines
+_BLOCK = 1 << 15  # bytes read at a time (about 80 lines): a block's records stay in the CPU cache; 128 KiB ran slower
 
 
 def _blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes] | None]]:
