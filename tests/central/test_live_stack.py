@@ -142,6 +142,12 @@ def test_dashboards_rules_and_alerts_on_a_live_fleet(tmp_path: Path) -> None:
             return len(res) >= 1
         agents[0].wait(firing, "the 违规外联 alert never fired", timeout=60)
         fired = api(base, "/api/v1/query", query='ALERTS{alertname="DutyWatchIllegalOutboundConnection"}')["result"]
+        # The host tables read a recording rule a few evaluations behind the scrapes: wait for the stopped agent.
+        def missing() -> set[str]:
+            res = api(base, "/api/v1/query", query="instance:dutywatch_agents_missing:state")["result"]
+            return {r["metric"].get("host", "") for r in res}
+        agents[0].wait(lambda: bool(missing()), "the host tables never showed the stopped agent", timeout=60)
+        assert missing() == {"fleet-c-01"}
         assert {r["metric"]["host"] for r in fired} == {"fleet-a-01", "fleet-b-01"}
 
         hosts = [a.registry.read_text(encoding="utf-8").split("id: ")[1].split(",")[0] for a in agents]

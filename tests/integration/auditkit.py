@@ -59,15 +59,36 @@ def restore(state: tuple[str, str, str, str]) -> None:
         auditctl("-e", enabled)
 
 
-def audit_lines_in_kernel_log() -> int:
-    """How many audit records of operations the kernel log holds (with no daemon to take them they go there).
+class KernelLogAudit:
+    """Audit records of operations written to the kernel log from now on (with no daemon to take them they go there).
 
-    The kernel's own note that the audit daemon role changed hands (CONFIG_CHANGE, type 1305: one line when
+    Read from /dev/kmsg after its end at the start, so lines the ring buffer drops meanwhile cannot hide a
+    new one (counting the lines of ``dmesg`` before and after can: the buffer wraps on a busy host). The
+    kernel's own note that the audit daemon role changed hands (CONFIG_CHANGE, type 1305: one line when
     the agent gives the role back, as auditd's own stop leaves) is not counted: the flood to keep out of the
     log is the records of the operations the rules audit.
     """
-    out = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
-    return len(re.findall(r"audit: type=(?!1305\b)\d+", out))
+
+    def __init__(self) -> None:
+        self._fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        os.lseek(self._fd, 0, os.SEEK_END)
+
+    def new_lines(self) -> list[str]:
+        """The audit records logged since this object was made (and since the last call)."""
+        lines: list[str] = []
+        while True:
+            try:
+                rec = os.read(self._fd, 8192)
+            except BlockingIOError:
+                return lines
+            except BrokenPipeError:  # records overwritten before they were read: the next read goes on
+                continue
+            msg = rec.decode("utf-8", "replace").split(";", 1)[-1]
+            if re.match(r"audit: type=(?!1305\b)\d+", msg):
+                lines.append(msg.splitlines()[0])
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def compile_static(source: str, out: Path) -> Path:

@@ -22,8 +22,8 @@ from auditkit import (
     READER_C,
     TEST_UID,
     TRUE_C,
+    KernelLogAudit,
     as_person,
-    audit_lines_in_kernel_log,
     auditctl,
     auditd,
     compile_static,
@@ -69,7 +69,7 @@ def _no_daemon() -> None:
 
 def test_daemon_mode_attributes_a_static_exec_and_keeps_the_kernel_log_quiet(progs: Path) -> None:
     _no_daemon()
-    logged = audit_lines_in_kernel_log()
+    kernel_log = KernelLogAudit()
     c = AuditCollector({})
     assert c.available().mode == "daemon"
     with running(c) as run:
@@ -90,7 +90,10 @@ def test_daemon_mode_attributes_a_static_exec_and_keeps_the_kernel_log_quiet(pro
     st = os.stat(progs / "quick")
     assert e.file.path == str(progs / "quick") and e.file.inode == st.st_ino
     assert e.file.device == f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    assert audit_lines_in_kernel_log() == logged, "audit records reached the kernel log"
+    try:
+        assert kernel_log.new_lines() == [], "audit records reached the kernel log"
+    finally:
+        kernel_log.close()
 
 
 def test_multicast_beside_auditd_never_takes_its_place(progs: Path, tmp_path: Path) -> None:
