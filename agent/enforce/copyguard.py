@@ -43,7 +43,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ class Decision:
     asset_level: Level | None = None
     stick: Stick | None = None
     why: str = ""
+    # The opener's login uid and uid, read while it waits for the answer (after it, a denied cp is gone).
+    ids: tuple[int | None, int | None] | None = None
 
 
 class CopyGuard:
@@ -407,6 +409,8 @@ class CopyGuard:
         if self.hold and on_stick < 0:
             self._hold()
         deny = decision is not None and decision.deny and not self.dryrun
+        if decision is not None and decision.deny:
+            decision = replace(decision, ids=process_ids(pid))
         try:
             if not deny and on_stick >= 0:
                 with self._lock:  # before the open goes on: from now on an asset open waits for a decision
@@ -541,16 +545,28 @@ def removable_sticks(registry: Any, roots: Iterable[str], sys_root: Path = Path(
     return now
 
 
-def operator_of(pid: int, registry: Any, proc_root: Path = Path("/proc")) -> str | None:
-    """The person behind a process: its login uid, else its uid, by the registry's people."""
-    uid = None
+def process_ids(pid: int, proc_root: Path = Path("/proc")) -> tuple[int | None, int | None]:
+    """A process's login uid (None when unset or unreadable) and uid (None when it is gone)."""
+    loginuid = uid = None
     with contextlib.suppress(OSError, ValueError):
-        uid = int((proc_root / str(pid) / "loginuid").read_text().strip())
-    if uid is None or uid == 4294967295:
-        try:
-            uid = os.stat(proc_root / str(pid)).st_uid
-        except OSError:
-            return None
+        loginuid = int((proc_root / str(pid) / "loginuid").read_text().strip())
+    with contextlib.suppress(OSError):
+        uid = os.stat(proc_root / str(pid)).st_uid
+    return (None if loginuid == 4294967295 else loginuid), uid
+
+
+def operator_of(pid: int, registry: Any, proc_root: Path = Path("/proc"),
+                ids: tuple[int | None, int | None] | None = None) -> str | None:
+    """The person behind a process: its login uid, else its uid, by the registry's people.
+
+    ``ids`` are the process's ids read earlier (a denied opener is read while it waits for the answer,
+    since it may be gone by the time the denial is reported); without them /proc is read now.
+    """
+    loginuid, uid = ids if ids is not None else process_ids(pid, proc_root)
+    if loginuid is not None:
+        uid = loginuid
+    if uid is None:
+        return None
     for p in registry.people:
         if p.uid == uid:
             return str(p.name)

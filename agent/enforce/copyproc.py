@@ -176,7 +176,7 @@ def main() -> int:
         denied = describe(d)
         if d.stick is not None:
             denied["stick"]["dev"] = d.stick.dev
-        _send(stdout, lock, {"denied": denied, "operator": operator_of(d.pid, registry)})
+        _send(stdout, lock, {"denied": denied, "operator": operator_of(d.pid, registry, ids=d.ids)})
 
     guard = CopyGuard(registry.assets, removable_sticks(registry, roots, sys_root), report, dryrun=dryrun)
     try:
