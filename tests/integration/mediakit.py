@@ -39,6 +39,9 @@ class Stick:
             subprocess.run(["mkfs.ext4", "-q", "-F", *(["-U", fs_id] if fs_id else []), str(image)], check=True)
         dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
                              text=True).stdout.strip()
+        # A loop device keeps a read-only flag (BLKROSET) across detach: a fresh stick starts writable whatever
+        # an earlier test's enforcement left on this loop number.
+        subprocess.run(["blockdev", "--setrw", dev], check=True, capture_output=True)
         return cls(image, dev, fs)
 
     @property
@@ -57,6 +60,7 @@ class Stick:
             parts = line.split()
             if len(parts) > 9 and parts[parts.index("-") + 2] == self.device:
                 subprocess.run(["umount", "-l", parts[4]], check=False, capture_output=True)
+        subprocess.run(["blockdev", "--setrw", self.device], check=False, capture_output=True)
         subprocess.run(["losetup", "-d", self.device], check=False, capture_output=True)
 
 
