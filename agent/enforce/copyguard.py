@@ -411,6 +411,7 @@ class CopyGuard:
         deny = decision is not None and decision.deny and not self.dryrun
         if decision is not None and decision.deny:
             decision = replace(decision, ids=process_ids(pid))
+        self.decided += 1  # counted before the answer: whoever waited sees it counted once it goes on
         try:
             if not deny and on_stick >= 0:
                 with self._lock:  # before the open goes on: from now on an asset open waits for a decision
@@ -421,7 +422,6 @@ class CopyGuard:
         finally:
             os.close(fd)
         self.timings.append(time.perf_counter() - t0)
-        self.decided += 1
         if decision is not None and decision.deny:
             self.denied += 1
             try:
