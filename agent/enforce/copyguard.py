@@ -187,7 +187,9 @@ class CopyGuard:
     def _mark_tree(self, top: str) -> None:
         """Mark every folder under ``top`` (the asset opens in it reported; asked about while armed)."""
         with self._lock:
-            for d, _, _ in os.walk(top):
+            todo = [top]
+            while todo:
+                d = todo.pop()
                 if d in self._dirs or not self._mark_path(d, FAN_MARK_ADD, FAN_OPEN | FAN_EVENT_ON_CHILD, self.nfd):
                     continue
                 if self.armed:
@@ -197,6 +199,10 @@ class CopyGuard:
                 self._dirs[d] = wd
                 if wd >= 0:
                     self._watches[wd] = d
+                # Listed after the watch is in place: a folder made before it is listed here, one made after
+                # it is reported (os.walk listed a folder before it was watched, and lost what came between).
+                with contextlib.suppress(OSError), os.scandir(d) as entries:
+                    todo.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
 
     def _arm(self, on: bool) -> None:
         """Add (or remove) the permission mark on every asset folder; the caller holds the lock."""
