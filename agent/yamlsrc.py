@@ -70,6 +70,35 @@ def _loc(path: str, mark: yaml.Mark | None) -> Location:
 MAX_NODES = 1_000_000  # aliases can multiply a small file into billions of nodes ("billion laughs")
 
 
+def _check_size(path: str, root: yaml.Node) -> None:
+    """Fail before building when aliases would expand the document past MAX_NODES values.
+
+    Aliases share one node, so the expanded size is summed once per distinct node: a billion-laughs file is
+    refused in microseconds instead of after building a million values. Merge keys are counted as written
+    (slightly more than after merging), so the builder's own count stays the exact limit.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, total: int) -> int:
+        known = sizes.get(id(node))
+        if known is None:
+            known = 1
+            if isinstance(node, yaml.MappingNode):
+                for key_node, value_node in node.value:
+                    known += size(key_node, total + known)
+                    known += size(value_node, total + known)
+            elif isinstance(node, yaml.SequenceNode):
+                for item in node.value:
+                    known += size(item, total + known)
+            sizes[id(node)] = known
+        if total + known > MAX_NODES:
+            raise LoadError(_loc(path, node.start_mark),
+                            f"document expands to more than {MAX_NODES:,} values (aliases of aliases?)")
+        return known
+
+    size(root, 0)
+
+
 class _Builder:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -131,6 +160,7 @@ def load_text(text: str, path: str) -> Any:
     if node is None:
         return None
     try:
+        _check_size(path, node)
         return _Builder(path).build(node)
     except RecursionError:
         raise LoadError(_loc(path, node.start_mark), "YAML nested too deeply, or an alias that contains "

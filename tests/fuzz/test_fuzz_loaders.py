@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,11 @@ from agent.engine.expr import Scope, compile_when
 from agent.engine.rules import load_rules
 from agent.errors import LoadError, LoadErrors, Location
 from agent.registry import load_registry
+from agent.yamlsrc import load_text
 
 EXAMPLES = int(os.environ.get("DW_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 1000,
                 suppress_health_check=list(HealthCheck))
-WORK = Path(tempfile.mkdtemp(prefix="dw-fuzz-"))
 
 RULE_KEYS = ["id", "title", "when", "severity", "action", "accountable", "controls", "message", "tags", "enabled",
              "zh", "en", "lists", "macros", "rules", "pack", "sigma", "logsource", "detection", "condition"]
@@ -75,8 +74,13 @@ def must_be_clean(exc: BaseException, path: str) -> None:
         assert str(e.where).startswith(path) or e.where.path, f"no location: {e}"
 
 
-def run_loader(fn: Any, text: str, name: str) -> None:
-    p = WORK / name
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the module's generated files (pytest's own temp tree, so nothing is left behind in /tmp)."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def run_loader(fn: Any, text: str, p: Path) -> None:
     p.write_text(text, encoding="utf-8", errors="surrogatepass")
     try:
         fn(p)
@@ -88,20 +92,20 @@ def run_loader(fn: Any, text: str, name: str) -> None:
 
 @FUZZ
 @given(documents(RULE_KEYS))
-def test_rule_loader(text: str) -> None:
-    run_loader(lambda p: load_rules([p]), text, "rules.yaml")
+def test_rule_loader(work: Path, text: str) -> None:
+    run_loader(lambda p: load_rules([p]), text, work / "rules.yaml")
 
 
 @FUZZ
 @given(documents(REG_KEYS))
-def test_registry_loader(text: str) -> None:
-    run_loader(load_registry, text, "registry.yaml")
+def test_registry_loader(work: Path, text: str) -> None:
+    run_loader(load_registry, text, work / "registry.yaml")
 
 
 @FUZZ
 @given(documents(CFG_KEYS))
-def test_config_loader(text: str) -> None:
-    run_loader(load_config, text, "agent.yaml")
+def test_config_loader(work: Path, text: str) -> None:
+    run_loader(load_config, text, work / "agent.yaml")
 
 
 NAMES = st.sampled_from(["event", "process", "file", "host", "operator", "temp_dirs", "exec", "x", "__builtins__"])
@@ -157,10 +161,10 @@ LAUGHS = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
 
 
-def test_yaml_bombs_are_load_errors_with_a_place() -> None:
+def test_yaml_bombs_are_load_errors_with_a_place(work: Path) -> None:
     for name, text in (("deep", "a: " + "[" * 5000), ("self", "a: &x [*x]\n"), ("laughs", LAUGHS)):
         for fn in (lambda p: load_rules([p]), load_registry, load_config):
-            p = WORK / f"{name}.yaml"
+            p = work / f"{name}.yaml"
             p.write_text(text)
             try:
                 fn(p)
@@ -168,6 +172,16 @@ def test_yaml_bombs_are_load_errors_with_a_place() -> None:
                 assert str(p) in str(exc)
             else:
                 raise AssertionError(f"{name} loaded")
+
+
+def test_aliases_and_merge_keys_within_the_limit_still_load() -> None:
+    # The near miss beside the bombs: four levels of ten aliases (11,111 values) and a merge key are ordinary YAML.
+    text = LAUGHS.split("e: ")[0] + "base: &base {x: 1}\nmerged: {<<: *base, y: 2}\n"
+    doc = load_text(text, "aliases.yaml")
+    assert len(doc["d"]) == 10 and doc["d"][9][9][9] == ["x"] * 10
+    assert dict(doc["merged"]) == {"x": 1, "y": 2}
+    with pytest.raises(LoadError, match="expands to more than"):
+        load_text(LAUGHS, "laughs.yaml")
 
 
 @pytest.mark.parametrize("text", ["not " * 5000 + "True", "-" * 5000 + "1"], ids=["not-chain", "minus-chain"])
