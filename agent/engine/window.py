@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from agent.events import Event
@@ -38,12 +39,13 @@ class Window:
         self.threshold = threshold
         self._clock = clock
         self._max_keys = max_keys
-        self._by = tuple(tuple(d.split(".", 1)) for d in threshold.by)
+        # event.kind is e.kind; process.pid is e.process.pid
+        self._by = tuple(attrgetter(d.removeprefix("event.")) for d in threshold.by)
         self._seen: OrderedDict[tuple[Any, ...], deque[float]] = OrderedDict()
 
     def key(self, e: Event) -> tuple[Any, ...]:
         """The values of the ``by`` fields of ``e``."""
-        return tuple(getattr(e, g) if g == "event" else getattr(getattr(e, g), f) for g, f in self._by)
+        return tuple(get(e) for get in self._by)
 
     def hit(self, e: Event) -> bool:
         """Count ``e``; True when it completes ``count`` matches within the window (then start again)."""

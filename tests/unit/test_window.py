@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.engine.engine import Engine
 from agent.engine.rules import load_rules
+from agent.engine.window import Threshold, Window
 from agent.errors import LoadErrors
-from agent.events import Auth, Event
+from agent.events import FIELDS, Auth, Event
 
 PACK = """\
 pack: t
@@ -67,3 +69,32 @@ def test_bad_threshold_is_a_load_error_with_its_place(tmp_path: Path, threshold:
         engine(tmp_path, threshold)
     text = str(exc.value.errors[0])
     assert f"{tmp_path / 't.yaml'}:" in text and message in text
+
+
+def test_by_an_event_field_counts_per_collector(tmp_path: Path) -> None:
+    """``by: [event.collector]``: failures seen by the audit source and by the journal are counted apart."""
+    e = engine(tmp_path, "threshold: {count: 3, within: 5m, by: [event.collector, auth.account]}")
+
+    def seen(t: float, collector: str, account: str = "bob") -> bool:
+        ev = Event("auth.login", time=t, collector=collector, auth=Auth(result="failure", account=account))
+        return bool(e.match(ev))
+    assert [seen(1.0, "audit"), seen(2.0, "journal"), seen(3.0, "audit"), seen(4.0, "journal")] == [False] * 4
+    assert not seen(5.0, "audit", "carol")  # the same collector, another account
+    assert seen(6.0, "audit") and seen(7.0, "journal")
+
+
+def full_event() -> Event:
+    """An event with every catalogue field set, each to a value of its type that no other field has."""
+    data: dict[str, dict[str, Any]] = {}
+    for i, (dotted, spec) in enumerate(sorted(FIELDS.items())):
+        value = {"int": i, "float": float(i) + 0.5, "bool": True, "level": "secret"}.get(spec.type, dotted)
+        data.setdefault(spec.group, {})[spec.name] = value
+    data["event"]["kind"] = "auth.login"
+    return Event.from_dict(data)
+
+
+@pytest.mark.parametrize("dotted", sorted(FIELDS))
+def test_every_catalogue_field_can_key_a_count(dotted: str) -> None:
+    ev = full_event()
+    assert ev.field(dotted) is not None
+    assert Window(Threshold(2, 60.0, (dotted,))).key(ev) == (ev.field(dotted),)
