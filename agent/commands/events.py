@@ -1,4 +1,4 @@
-"""``dutywatch events``: query the journal's findings."""
+"""``dutywatch events``: query the journal's findings and lifecycle records."""
 
 from __future__ import annotations
 
@@ -21,16 +21,22 @@ def register(sub: Any) -> None:
     from agent.journal.locate import add_location_options
 
     p = sub.add_parser("events", help="query the journal",
-                       description="Print findings from the journal in seq order. Filters of one kind "
-                                   "take several values, comma-separated or repeated.")
+                       description="Print findings (or, with --type, lifecycle records) from the journal in seq "
+                                   "order. Filters of one kind take several values, comma-separated or "
+                                   "repeated.")
     add_location_options(p)
     add_period_options(p, "as --since")
     p.add_argument("--rule", action="append", metavar="ID", help="rule id")
     p.add_argument("--severity", action="append", metavar="LEVEL", help="critical, high, medium, low, info")
     p.add_argument("--unit", action="append", help="accountable unit (运行单位)")
     p.add_argument("--operator", action="append", help="accountable operator")
-    p.add_argument("--type", choices=("finding", "lifecycle", "all"), default="finding",
-                   help="which records (default: findings)")
+    p.add_argument("--type", choices=("finding", "lifecycle", "heartbeat", "all"), default="finding",
+                   help="which records: finding (the default), lifecycle (starts, stops, reloads, gaps, "
+                        "tampering...), heartbeat (the agent.heartbeat records a quiet agent writes to prove "
+                        "it was watching), or all; heartbeats are left out of lifecycle and all unless "
+                        "--heartbeats")
+    p.add_argument("--heartbeats", action="store_true",
+                   help="list agent.heartbeat records with --type lifecycle or all")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--lang", choices=("zh", "en"), default="zh", help="message language in the table")
     p.add_argument("--limit", type=positive_int, help="stop after this many records")
@@ -56,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         since=since, until=until,
         rules=_values(args.rule), severities=severities, units=_values(args.unit),
         operators=_values(args.operator),
-        types=() if args.type == "all" else (args.type,), limit=args.limit,
+        types={"all": (), "heartbeat": ("lifecycle",)}.get(args.type, (args.type,)), limit=args.limit,
+        heartbeats="only" if args.type == "heartbeat" else "with" if args.heartbeats else "without",
     )
     path = journal_path(args)
     conn, _ = db.open_reader(path)

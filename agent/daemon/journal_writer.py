@@ -18,13 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.daemon.threadname import set_thread_name
+from agent.journal.chain import HEARTBEAT
 from agent.journal.errors import JournalError
 from agent.journal.store import Journal
 from agent.metrics import Metrics
 
 _log = logging.getLogger("dutywatch.journal")
 BATCH = 500
-HEARTBEAT = "agent.heartbeat"
 
 
 class Coalesced:

@@ -22,6 +22,8 @@ GENESIS = "0" * 64
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 ACTIONS = ("alert", "audit", "block")
 RECORD_TYPES = ("finding", "lifecycle")
+# The lifecycle record a quiet agent journals every journal.heartbeat to prove it was watching.
+HEARTBEAT = "agent.heartbeat"
 
 
 def canonical_bytes(obj: Any) -> bytes:

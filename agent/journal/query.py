@@ -6,7 +6,12 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from agent.journal.chain import HEARTBEAT
+
+# The kind of a lifecycle record, read only where the body is JSON (a damaged one is listed, not fatal).
+_KIND = "(CASE WHEN type = 'lifecycle' AND json_valid(body) THEN json_extract(body, '$.kind') END)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +26,9 @@ class Query:
     operators: tuple[str, ...] = ()
     types: tuple[str, ...] = ("finding",)
     limit: int | None = None
+    # A quiet agent's heartbeats (288 a day) are evidence for reports but noise in a listing of starts,
+    # stops and gaps: with them, without them, or only them.
+    heartbeats: Literal["with", "without", "only"] = "with"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,9 @@ def build_sql(q: Query) -> tuple[str, list[Any]]:
     _in("severity", q.severities, where, params)
     _in("unit", q.units, where, params)
     _in("operator", q.operators, where, params)
+    if q.heartbeats != "with":
+        where.append(f"{_KIND} IS {'NOT ' if q.heartbeats == 'without' else ''}?")
+        params.append(HEARTBEAT)
     sql = "SELECT seq, body FROM records"
     if where:
         sql += " WHERE " + " AND ".join(where)

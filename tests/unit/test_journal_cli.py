@@ -196,3 +196,54 @@ def test_commands_find_the_journal_through_the_config(state: Path, monkeypatch: 
     assert status == 0 and str(state / "journal.db") in out, err
     status, out, _ = run_cli(["journal", "pubkey", "--config", str(config)], monkeypatch)
     assert status == 0 and "BEGIN PUBLIC KEY" in out
+
+
+@pytest.fixture
+def quiet_state(tmp_path: Path) -> Path:
+    """A quiet host's journal: a start, heartbeats, a reload, a finding, more heartbeats, a stop."""
+    s = tmp_path / "state"
+    beat = lifecycle("agent.heartbeat", T0)
+    reload = lifecycle("agent.reload", T0 + 600) | {"detail": {"note": "agent.heartbeat"}}  # a near miss
+    with Journal(s, host=HOST, clock=stepping_clock(T0), checkpoint_every=4) as j:
+        j.append(lifecycle("agent.start", T0 - 60))                        # seq 1
+        j.append_many([beat | {"time": T0 + 300 * i} for i in range(3)])  # 2, 3, 4
+        j.append(reload)                                                   # 5
+        j.append(finding(11))                                              # 6
+        j.append_many([beat | {"time": T0 + 900 + 300 * i} for i in range(2)])  # 7, 8
+        j.append(lifecycle("agent.stop", T0 + 1600))                       # 9
+    return s
+
+
+@pytest.mark.parametrize(("args", "seqs"), [
+    (["--type", "lifecycle"], [1, 5, 9]),
+    (["--type", "lifecycle", "--limit", "2"], [1, 5]),
+    (["--type", "all"], [1, 5, 6, 9]),
+    (["--type", "lifecycle", "--heartbeats"], [1, 2, 3, 4, 5, 7, 8, 9]),
+    (["--type", "all", "--heartbeats"], list(range(1, 10))),
+    (["--type", "heartbeat"], [2, 3, 4, 7, 8]),
+    (["--type", "heartbeat", "--until", "2024-05-01T00:10:00Z"], [2, 3, 4]),
+    ([], [6]),
+])
+def test_events_leave_heartbeats_out_unless_asked(quiet_state: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  args: list[str], seqs: list[int]) -> None:
+    status, out, err = run_cli(["events", "--state-dir", str(quiet_state), "--format", "json",
+                                "--since", "3650d", *args], monkeypatch)
+    assert status == 0, err
+    assert [r["seq"] for r in _json(out)] == seqs
+
+
+def test_events_table_of_lifecycle_records_has_no_heartbeat(quiet_state: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    status, out, _ = run_cli(["events", "--state-dir", str(quiet_state), "--since", "3650d", "--type", "lifecycle"],
+                             monkeypatch)
+    assert status == 0
+    kinds = [line.split()[5] for line in out.splitlines()[1:]]  # SEQ DATE TIME SEVERITY ACTION RULE-or-kind
+    assert kinds == ["agent.start", "agent.reload", "agent.stop"]
+
+
+def test_events_help_says_how_to_see_heartbeats() -> None:
+    r = subprocess.run([sys.executable, "-m", "agent", "events", "--help"], capture_output=True, text=True,
+                       timeout=60, check=True)
+    text = " ".join(r.stdout.split())
+    assert "heartbeats are left out of lifecycle and all unless --heartbeats" in text
+    assert "{finding,lifecycle,heartbeat,all}" in text
