@@ -24,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ from tests.central.centralkit import rules_every
 
 REPO = Path(__file__).resolve().parents[2]
 PROM_RULES = REPO / "dashboards" / "prometheus"
-BOARD = REPO / "dashboards" / "grafana" / "dutywatch-fleet-compliance.json"
+# The boards an officer opens for the whole fleet (the host board shows one host).
+BOARDS = [REPO / "dashboards" / "grafana" / f"dutywatch-{name}.json" for name in ("fleet-compliance", "accountability")]
+# The data source's timeInterval (dashboards/grafana/provisioning): Grafana's smallest step and $__rate_interval base.
+SCRAPE_S = 15
 HOST, UNIT, DEPT = "HOST-PLACEHOLDER", "UNIT-PLACEHOLDER", "DEPT-PLACEHOLDER"
 
 
@@ -161,11 +165,23 @@ def get(url: str, timeout: float = 30) -> Any:
 
 def query(base: str, expr: str, timeout: float = 30) -> tuple[list[Any], float]:
     """An instant query and how long it took (seconds); raises on an error answer."""
+    return _answer(base, "query", {"query": expr}, timeout)
+
+
+def query_range(base: str, expr: str, range_s: int, step: int, timeout: float = 30) -> tuple[list[Any], float]:
+    """A range query over the last ``range_s`` seconds at ``step``, its ends on whole steps as Grafana sends
+    them, and how long it took (seconds); raises on an error answer."""
+    end = int(time.time()) // step * step
+    params = {"query": expr, "start": str(end - range_s), "end": str(end), "step": str(step)}
+    return _answer(base, "query_range", params, timeout)
+
+
+def _answer(base: str, api: str, params: dict[str, str], timeout: float) -> tuple[list[Any], float]:
     t = time.perf_counter()
-    body = get(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout)
+    body = get(f"{base}/api/v1/{api}?{urllib.parse.urlencode(params)}", timeout)
     took = time.perf_counter() - t
     if body.get("status") != "success":
-        raise AssertionError(f"{expr}: {body}")
+        raise AssertionError(f"{params['query']}: {body}")
     return body["data"]["result"], took
 
 
@@ -246,23 +262,59 @@ class Stack:
         return sum(p.stat().st_size for p in (self.tmp / "vm").rglob("*") if p.is_file())
 
 
-def board_queries(range_s: int = 3600) -> list[tuple[str, str]]:
-    """(panel title, expr) of the fleet dashboard, every variable set to all, over a range of ``range_s``."""
-    board = json.loads(BOARD.read_text(encoding="utf-8"))
+@dataclass(frozen=True)
+class PanelQuery:
+    """One panel query of a fleet board as Grafana sends it: an instant query, or a range query at ``step``."""
+
+    board: str
+    title: str
+    expr: str
+    range: bool
+    step: int
+
+
+def grafana_step(range_s: int, width_px: int = 1920) -> int:
+    """The step (s) Grafana gives a range query: the range over the panel's width in pixels (its maximum of
+    data points; here a full-width panel on a 1920-pixel screen, the most points a board asks for), rounded
+    as Grafana rounds intervals, and never below the data source's timeInterval."""
+    raw = range_s / width_px
+    for below, step in ((17.5, 15), (25, 20), (45, 30), (90, 60), (210, 120), (450, 300), (750, 600),
+                        (1050, 900), (1500, 1200), (2700, 1800), (5400, 3600)):
+        if raw < below:
+            return max(SCRAPE_S, step)
+    return 7200
+
+
+def board_queries(range_s: int = 3600) -> list[PanelQuery]:
+    """Every panel query of the fleet boards, every variable set to all, over the boards' range ``range_s``."""
+    step = grafana_step(range_s)
+    values = {"$__range_s": str(range_s), "$__range": f"{range_s}s", "$__interval": f"{step}s",
+              # Grafana's $__rate_interval: max($__interval + timeInterval, 4 x timeInterval)
+              "$__rate_interval": f"{max(step + SCRAPE_S, 4 * SCRAPE_S)}s"}
     out = []
-    top = board.get("panels", [])
-    for p in top + [q for outer in top for q in outer.get("panels", [])]:
-        for t in p.get("targets", []):
-            expr = t.get("expr")
-            if expr:
-                for var in ("$department", "$unit", "$host"):
-                    expr = expr.replace(var, ".*")
-                for var, value in (("$__range_s", str(range_s)), ("$__range", f"{range_s}s"),
-                                   ("$__rate_interval", "1m"), ("$__interval", "1m")):
-                    expr = expr.replace(var, value)
-                assert "$" not in expr.replace("$labels", ""), expr
-                out.append((str(p.get("title", "")), expr))
+    for path in BOARDS:
+        board = json.loads(path.read_text(encoding="utf-8"))
+        top = board.get("panels", [])
+        for p in top + [q for outer in top for q in outer.get("panels", [])]:
+            for t in p.get("targets", []):
+                expr = t.get("expr")
+                if expr:
+                    for var in ("$department", "$unit", "$host"):
+                        expr = expr.replace(var, ".*")
+                    for var, value in values.items():
+                        expr = expr.replace(var, value)
+                    assert "$" not in expr.replace("$labels", ""), expr
+                    is_range = bool(t.get("range")) or not t.get("instant", False)
+                    out.append(PanelQuery(path.stem.removeprefix("dutywatch-"), str(p.get("title", "")), expr,
+                                          is_range, step))
     return out
+
+
+def run_panel(base: str, q: PanelQuery, range_s: int, timeout: float = 30) -> tuple[list[Any], float]:
+    """A panel's query as Grafana runs it, and how long it took (seconds)."""
+    if q.range:
+        return query_range(base, q.expr, range_s, q.step, timeout)
+    return query(base, q.expr, timeout)
 
 
 def alert_exprs() -> list[tuple[str, str]]:
