@@ -9,7 +9,7 @@ to the file that names them.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,23 @@ def parse_duration(value: Any) -> float:
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
+def _duration(m: LDict, key: str, what: str, problems: Problems, default: float,
+              ok: Callable[[float], bool] = lambda s: s >= 0, must: str = "be at least 0") -> float:
+    """``m[key]`` in seconds, ``default`` when absent. A value that is no duration, or one ``ok`` refuses (the
+    problem says what it ``must``), is a problem at its place; ``default`` stands in until the load fails."""
+    if key not in m:
+        return default
+    try:
+        value = parse_duration(m[key])
+    except ValueError as exc:
+        problems.add(m.at(key), f"{what}: {exc}")
+        return default
+    if not ok(value):
+        problems.add(m.at(key), f"{what} must {must}, not {m[key]!r}")
+        return default
+    return value
+
+
 def _merge(base: LDict, over: LDict) -> None:
     for key, value in over.items():
         if isinstance(value, LDict) and isinstance(base.get(key), LDict):
@@ -230,13 +247,9 @@ def load_config(path: str | Path, *, extra_dropins: tuple[Path, ...] = ()) -> Co
     pause_after = 5.0
     if "protect" in top:
         pr = expect_map(top["protect"], top.at("protect"), problems, "protect", optional=("pause_after",))
-        if pr is not None and "pause_after" in pr:
-            try:
-                pause_after = parse_duration(pr["pause_after"])
-            except ValueError as exc:
-                problems.add(pr.at("pause_after"), f"protect.pause_after: {exc}")
-            if 0 < pause_after < 1.0:
-                problems.add(pr.at("pause_after"), "protect.pause_after must be at least 1s (or 0 to turn it off)")
+        if pr is not None:
+            pause_after = _duration(pr, "pause_after", "protect.pause_after", problems, pause_after,
+                                    lambda s: s == 0 or s >= 1, "be at least 1s (or 0 to turn it off)")
     enforce = parse_enforce(top, problems)
     policy = _policy(top, base, problems)
     export = _export(top, base, problems)
@@ -253,14 +266,9 @@ def _export(top: LDict, base: Path, problems: Problems) -> ExportConfig:
     e = expect_map(top["export"], top.at("export"), problems, "export", required=("to",), optional=("every",))
     if e is None:
         return ExportConfig()
-    every = 86400.0
-    if "every" in e:
-        try:
-            every = parse_duration(e["every"])
-        except ValueError as exc:
-            problems.add(e.at("every"), f"export.every: {exc}")
-        if every < 60 or (86400 % every and every % 86400):
-            problems.add(e.at("every"), "export.every must divide a day (15m, 1h, 6h, 1d) or be whole days")
+    every = _duration(e, "every", "export.every", problems, 86400.0,
+                      lambda s: s >= 60 and not (86400 % s and s % 86400),
+                      "divide a day (15m, 1h, 6h, 1d) or be whole days")
     to = _path(e.get("to"), e.at("to"), base, problems, "export.to")
     return ExportConfig(every, to)
 
@@ -276,19 +284,12 @@ def _policy(top: LDict, base: Path, problems: Problems) -> PolicyConfig:
     if source is not None and not (source.startswith("https://") or source.startswith("dir:/")):
         problems.add(p.at("source"), f"policy.source must be https://HOST/PATH or dir:/ABSOLUTE/PATH, not "
                                      f"{source!r}")
-    seq = expect_list(p.get("keys", []), p.at("keys"), problems, "policy.keys")
+    seq = expect_list(p["keys"], p.at("keys"), problems, "policy.keys") if "keys" in p else None
     keys = tuple(k for i, v in enumerate(seq or ()) if seq is not None
                  and (k := _path(v, seq.at(i), base, problems, "policy.keys entry")))
     if source is not None and not keys:
         problems.add(p.at("source"), "policy.source needs policy.keys: the root public keys bundles must chain to")
-    every = 60.0
-    if "every" in p:
-        try:
-            every = parse_duration(p["every"])
-        except ValueError as exc:
-            problems.add(p.at("every"), f"policy.every: {exc}")
-        if every < 1:
-            problems.add(p.at("every"), "policy.every must be at least 1s")
+    every = _duration(p, "every", "policy.every", problems, 60.0, lambda s: s >= 1, "be at least 1s")
     host = expect_str(p.get("host"), p.at("host"), problems, "policy.host", allow_none=True)
     paths = {k: (_path(p[k], p.at(k), base, problems, f"policy.{k}") if p.get(k) is not None else None)
              for k in ("ca", "cert", "key")}
@@ -303,15 +304,7 @@ def _assess(top: LDict, base: Path, problems: Problems) -> AssessConfig:
     a = expect_map(top["assess"], top.at("assess"), problems, "assess", optional=("every", "policies", "enabled"))
     if a is None:
         return AssessConfig()
-    every = AssessConfig().every
-    if "every" in a:
-        try:
-            every = parse_duration(a["every"])
-        except ValueError as exc:
-            problems.add(a.at("every"), f"assess.every: {exc}")
-        else:
-            if every < 60:
-                problems.add(a.at("every"), f"assess.every must be at least 1m, not {a['every']!r}")
+    every = _duration(a, "every", "assess.every", problems, AssessConfig().every, lambda s: s >= 60, "be at least 1m")
     policies = None
     if "policies" in a:
         seq = expect_list(a["policies"], a.at("policies"), problems, "assess.policies")
@@ -340,11 +333,7 @@ def _collectors(top: LDict, problems: Problems) -> dict[str, dict[str, Any]]:
                     problems.add(where, f"{what} must be one of {', '.join(_MODES[name])}, not {value!r}")
                     continue
             elif key == "interval":
-                try:
-                    value = parse_duration(value)
-                except ValueError as exc:
-                    problems.add(where, f"{what}: {exc}")
-                    continue
+                value = _duration(sec, key, what, problems, default, lambda s: s > 0, "be more than 0")
             elif isinstance(default, bool):
                 expect_bool(value, where, problems, what)
             elif isinstance(default, list):
@@ -383,22 +372,10 @@ def _journal(top: LDict, problems: Problems) -> JournalConfig:
                 parse_witness(w)
             except ValueError as exc:
                 problems.add(j.at("witness"), f"journal.witness: {exc}")
-    fold = d.fold_window
-    if "fold_window" in j:
-        try:
-            fold = parse_duration(j["fold_window"])
-        except ValueError as exc:
-            problems.add(j.at("fold_window"), f"journal.fold_window: {exc}")
-    beat = d.heartbeat
-    if "heartbeat" in j:
-        try:
-            beat = parse_duration(j["heartbeat"])
-        except ValueError as exc:
-            problems.add(j.at("heartbeat"), f"journal.heartbeat: {exc}")
-        else:
-            if not 1.0 <= beat <= 3600.0:
-                problems.add(j.at("heartbeat"), f"journal.heartbeat must be between 1s and 1h, not {beat:g} s")
-                beat = d.heartbeat
+    fold = _duration(j, "fold_window", "journal.fold_window", problems, d.fold_window,
+                     must="be at least 0 (0 folds nothing)")
+    beat = _duration(j, "heartbeat", "journal.heartbeat", problems, d.heartbeat,
+                     lambda s: 1 <= s <= 3600, "be between 1s and 1h")
     return JournalConfig(
         expect_int(j.get("retention_days", d.retention_days), j.at("retention_days"), problems,
                    "journal.retention_days", 1) or d.retention_days,

@@ -39,13 +39,11 @@ def run(args: argparse.Namespace) -> int:
         return _through(args)
     r = verify_journal(journal_path(args), args.pubkey)
     if not r.ok:
-        print(f"FAILED journal {r.path}: {r.problem}", file=sys.stderr)
-        print(f"crypto suite: {_suite(r.suite)}", file=sys.stderr)
+        _failed("journal", r.path, r.problem, r.suite)
         if r.records:
             print(f"records {r.first_seq}..{r.last_seq} before it verified", file=sys.stderr)
         return 1
-    print(f"OK journal {r.path}")
-    print(f"crypto suite: {_suite(r.suite)}")
+    _ok(f"journal {r.path}", r.suite)
     if r.records:
         print(f"records: {r.first_seq}..{r.last_seq} ({r.records})")
     else:
@@ -57,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if r.unsigned:
         print(f"chained, not yet signed: {r.unsigned} records "
               f"({r.last_seq - r.unsigned + 1}..{r.last_seq})")
-    print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
+    _key(r.fingerprint, r.key_source)
     if args.witness:
         return _witness(args.witness, journal_path(args))
     return 0
@@ -71,25 +69,14 @@ def _through(args: argparse.Namespace) -> int:
     seq = args.through
     r = verify_journal(journal_path(args), args.pubkey, through=seq, stop=True)
     if not r.ok:
-        print(f"FAILED journal {r.path}: {r.problem}", file=sys.stderr)
-        print(f"crypto suite: {_suite(r.suite)}", file=sys.stderr)
-        return 1
+        return _failed("journal", r.path, r.problem, r.suite)
     if r.through_seq != seq:
         held = f"{r.first_seq}..{r.last_seq}" if r.records else "none"
-        print(f"FAILED journal {r.path}: record {seq} is not in the journal (records held: {held})",
-              file=sys.stderr)
-        return 1
-    print(f"OK journal {r.path} through seq {seq}")
-    print(f"crypto suite: {_suite(r.suite)}")
-    print(f"records: {r.first_seq}..{seq} ({seq - r.first_seq + 1})")
-    print(f"chain hash at seq {seq}: {r.through_hash}")
-    if r.through_signed_seq:
-        from datetime import UTC, datetime
-        when = datetime.fromtimestamp(r.through_signed_time, UTC).isoformat(timespec="seconds")
-        print(f"signed by: the checkpoint at seq {r.through_signed_seq} ({when})")
-    else:
-        print(f"signed by: no checkpoint yet (records up to {r.last_seq} chained, not yet signed)")
-    print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
+        return _failed("journal", r.path, f"record {seq} is not in the journal (records held: {held})")
+    _ok(f"journal {r.path} through seq {seq}", r.suite)
+    _through_lines(r.first_seq, seq, r.through_hash, r.through_signed_seq, r.through_signed_time, "",
+                   f"no checkpoint yet (records up to {r.last_seq} chained, not yet signed)")
+    _key(r.fingerprint, r.key_source)
     return 0
 
 
@@ -132,33 +119,52 @@ def _bundle(args: argparse.Namespace) -> int:
 
     r = verify_bundle(args.bundle, args.pubkey, through=args.through)
     if not r.ok:
-        print(f"FAILED bundle {r.path}: {r.problem}", file=sys.stderr)
-        if r.fingerprint:  # the header was read, so its suite is known
-            print(f"crypto suite: {_suite(r.suite)}", file=sys.stderr)
-        return 1
-    period = ", ".join(f"{k} {v}" for k, v in r.period.items() if v is not None) or "everything"
+        # the suite is known once the header was read
+        return _failed("bundle", r.path, r.problem, r.suite if r.fingerprint else None)
     if args.through is not None:
-        print(f"OK bundle {r.path} through seq {r.through_seq}")
-        print(f"crypto suite: {_suite(r.suite)}")
+        _ok(f"bundle {r.path} through seq {r.through_seq}", r.suite)
         print(f"host: {r.host}")
-        print(f"records: {r.first_seq}..{r.through_seq} ({r.through_seq - r.first_seq + 1})")
-        print(f"chain hash at seq {r.through_seq}: {r.through_hash}")
-        if r.signed_seq:
-            from datetime import UTC, datetime
-            when = datetime.fromtimestamp(r.signed_time, UTC).isoformat(timespec="seconds")
-            print(f"signed by: the checkpoint at seq {r.signed_seq} ({when}); later lines not read")
-        else:
-            print("signed by: the bundle's signed manifest (no checkpoint after it; the whole bundle checked)")
-        print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
-        return 0
-    print(f"OK bundle {r.path}")
-    print(f"crypto suite: {_suite(r.suite)}")
-    print(f"host: {r.host}")
-    print(f"period: {period}")
-    print(f"records: {r.first_seq}..{r.last_seq} ({r.records}), {r.checkpoints} checkpoints")
-    print(f"chain head: seq {r.last_seq} hash {r.head_hash}")
-    print(f"key fingerprint: {r.fingerprint} (from {r.key_source})")
+        _through_lines(r.first_seq, r.through_seq, r.through_hash, r.signed_seq, r.signed_time,
+                       "; later lines not read",
+                       "the bundle's signed manifest (no checkpoint after it; the whole bundle checked)")
+    else:
+        _ok(f"bundle {r.path}", r.suite)
+        print(f"host: {r.host}")
+        print(f"period: {', '.join(f'{k} {v}' for k, v in r.period.items() if v is not None) or 'everything'}")
+        print(f"records: {r.first_seq}..{r.last_seq} ({r.records}), {r.checkpoints} checkpoints")
+        print(f"chain head: seq {r.last_seq} hash {r.head_hash}")
+    _key(r.fingerprint, r.key_source)
     return 0
+
+
+def _failed(what: str, path: object, problem: object, suite: str | None = None) -> int:
+    """The first problem (and the crypto suite, when known) on standard error; the exit status 1."""
+    print(f"FAILED {what} {path}: {problem}", file=sys.stderr)
+    if suite is not None:
+        print(f"crypto suite: {_suite(suite)}", file=sys.stderr)
+    return 1
+
+
+def _ok(what: str, suite: str) -> None:
+    print(f"OK {what}")
+    print(f"crypto suite: {_suite(suite)}")
+
+
+def _through_lines(first: int, seq: int, chain_hash: str, signed_seq: int, signed_time: float, after: str,
+                   unsigned: str) -> None:
+    """What a check up to record ``seq`` rests on: its records, its chain hash and what signs it."""
+    print(f"records: {first}..{seq} ({seq - first + 1})")
+    print(f"chain hash at seq {seq}: {chain_hash}")
+    if signed_seq:
+        from datetime import UTC, datetime
+        when = datetime.fromtimestamp(signed_time, UTC).isoformat(timespec="seconds")
+        print(f"signed by: the checkpoint at seq {signed_seq} ({when}){after}")
+    else:
+        print(f"signed by: {unsigned}")
+
+
+def _key(fingerprint: str, source: str) -> None:
+    print(f"key fingerprint: {fingerprint} (from {source})")
 
 
 def _suite(name: str) -> str:

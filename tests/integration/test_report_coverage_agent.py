@@ -6,18 +6,16 @@ import datetime as dt
 import json
 import math
 import os
-import shutil
 import signal
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.agent_harness import AgentProcess, free_port
+from tests.integration import promkit
+from tests.integration.agent_harness import AgentProcess
 from tests.integration.test_self_protection import collectors
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as the agent")
@@ -125,61 +123,30 @@ def test_a_killed_agent_is_covered_up_to_its_last_heartbeat(tmp_path: Path) -> N
         assert fleet[key] == local[key], key
 
 
-def _prometheus(tmp: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Debian's Prometheus on a loopback port, scraping ``target`` every second (skips when it is missing)."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    (tmp / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: dutywatch\n    static_configs:\n      - targets: ['{target}']\n")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "wb"))  # noqa: SIM115
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/-/ready", timeout=2).close()
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.skip(f"prometheus did not start: {(tmp / 'prometheus.log').read_text()[-500:]}")
-            time.sleep(0.3)
-
-
 def test_a_killed_agent_in_prometheus_agrees_with_the_journal(tmp_path: Path) -> None:
     """kill -9 under a real Prometheus: both see the interruption, and Prometheus' down time (failed scrapes, from
     the first one after the kill) never exceeds what the journal leaves unmonitored (from the last heartbeat)."""
     a = AgentProcess(tmp_path, collectors=collectors(), extra_config="journal: {heartbeat: 1s}\n")
-    proc, url = _prometheus(tmp_path, f"127.0.0.1:{a.port}")
-    try:
-        a.start()
-        since = math.floor(time.time())
-        time.sleep(4)
-        a.kill()
-        killed = time.time()
-        time.sleep(6)
-        a.start()
-        time.sleep(4)
-        assert a.stop() == 0
-        time.sleep(3)
-        until = math.floor(time.time()) - 1  # Prometheus has scraped up to here
-        out = tmp_path / "r.json"
-        r = a.cli("report", "--config", str(a.config), "--format", "json", "--out", str(out), "--since", _iso(since),
-                  "--until", _iso(until), "--prometheus", url)
-        assert r.returncode == 0, r.stderr
-    finally:
-        if a.proc is not None and a.proc.poll() is None:
-            a.kill()
-        proc.terminate()
+    with promkit.prometheus(tmp_path, [f"127.0.0.1:{a.port}"]) as url:
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            a.start()
+            since = math.floor(time.time())
+            time.sleep(4)
+            a.kill()
+            killed = time.time()
+            time.sleep(6)
+            a.start()
+            time.sleep(4)
+            assert a.stop() == 0
+            time.sleep(3)
+            until = math.floor(time.time()) - 1  # Prometheus has scraped up to here
+            out = tmp_path / "r.json"
+            r = a.cli("report", "--config", str(a.config), "--format", "json", "--out", str(out),
+                      "--since", _iso(since), "--until", _iso(until), "--prometheus", url)
+            assert r.returncode == 0, r.stderr
+        finally:
+            if a.proc is not None and a.proc.poll() is None:
+                a.kill()
     doc = json.loads(out.read_text(encoding="utf-8"))
     (h,) = doc["coverage"]["hosts"]
     (down,) = [d for d in doc["prometheus"]["downtime"] if d["instance"] == f"127.0.0.1:{a.port}"]

@@ -5,12 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,17 +16,13 @@ import pytest
 
 from agent.report.errors import ReportError
 from agent.report.prometheus import PrometheusClient, fleet_metrics
+from tests.integration import promkit
+from tests.integration.agent_harness import free_port
 from tests.unit.test_report_support import build_journal, run_cli, shipped_ruleset
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "unit" / "report.schema.json").read_text(encoding="utf-8"))
 AGENTS = (("js-fgw-0042", "省发改委信息中心", "省发展和改革委员会", "alert"),
           ("js-dsj-0007", "省政务云运维中心", "省大数据管理局", "audit"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Agent(http.server.ThreadingHTTPServer):
@@ -69,51 +61,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Prometheus on a loopback port, scraping two agents and one dead target every second."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    tmp = tmp_path_factory.mktemp("prom")
     agents = [_Agent(*a) for a in AGENTS]
     threads = [threading.Thread(target=a.serve_forever, daemon=True) for a in agents]
     for t in threads:
         t.start()
-    dead = f"127.0.0.1:{_free_port()}"
-    targets = ", ".join(f"'127.0.0.1:{a.server_address[1]}'" for a in agents) + f", '{dead}'"
-    (tmp / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: dutywatch\n    static_configs:\n      - targets: [{targets}]\n")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "wb"))  # noqa: SIM115
+    dead = f"127.0.0.1:{free_port()}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"prometheus did not start: {(tmp / 'prometheus.log').read_text()[-500:]}")
-                time.sleep(0.3)
-        start = time.time()
-        # Bounded wait for enough scrapes of every target for increase() and up samples.
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if min(a.scrapes for a in agents) >= 8:
-                break
-            time.sleep(0.5)
-        time.sleep(1.5)
-        end = time.time()
-        yield {"url": url, "start": start, "end": end, "dead": dead, "agents": agents}
+        with promkit.prometheus(tmp_path_factory.mktemp("prom"),
+                                [f"127.0.0.1:{a.server_address[1]}" for a in agents] + [dead]) as url:
+            start = time.time()
+            # Bounded wait for enough scrapes of every target for increase() and up samples.
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                if min(a.scrapes for a in agents) >= 8:
+                    break
+                time.sleep(0.5)
+            time.sleep(1.5)
+            end = time.time()
+            yield {"url": url, "start": start, "end": end, "dead": dead, "agents": agents}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
         for a in agents:
             a.shutdown()
             a.server_close()
@@ -161,7 +127,7 @@ def test_report_carries_fleet_figures(prometheus: dict[str, Any], tmp_path: Path
 
 
 def test_unreachable_prometheus_is_a_clear_error() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ReportError, match="unreachable"):
         fleet_metrics(PrometheusClient(url, timeout=3), time.time() - 60, time.time())
     with pytest.raises(ReportError, match="not an http"):

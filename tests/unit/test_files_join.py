@@ -8,32 +8,12 @@ does to the order and timing of the two is replayed exactly.
 from __future__ import annotations
 
 import os
-import queue
-from typing import Any
+
+from files_support import collector, op, record
 
 import collectors.fanotify as fan
-from agent.events import Event, Process
-from collectors.files import WINDOW, FilesCollector, _Who
+from collectors.files import WINDOW
 from collectors.watch import CREATED, DELETED, MOVED, FsOp
-
-
-class Fake:
-    names = None
-
-
-def collector() -> tuple[FilesCollector, list[Event], Any]:
-    c = FilesCollector(None)
-    c._fan = Fake()  # type: ignore[assignment]  # fanotify "on": operations wait for its records
-    out: list[Event] = []
-    return c, out, lambda now: c._flush(now, out.append, queue.Queue())
-
-
-def op(c: FilesCollector, what: str, path: str, now: float) -> None:
-    c._take(("op", FsOp(what, path, False), now, 1.7e9))
-
-
-def record(c: FilesCollector, path: str, mask: int, pid: int, now: float) -> None:
-    c._take(("fan", path, _Who(now, mask, Process(pid=pid)), 1.7e9))
 
 
 def test_a_create_made_due_by_a_delete_waits_for_its_late_record() -> None:

@@ -7,15 +7,17 @@ reused pid look like to it.
 
 from __future__ import annotations
 
-import queue
+from collections.abc import Callable
 from pathlib import Path
 
+from files_support import collector, op, record
+
 import collectors.fanotify as fan
-from agent.events import Event, Process
-from collectors.files import WINDOW, FilesCollector, _Who
+from agent.events import Process
+from collectors.files import WINDOW, FilesCollector
 from collectors.pidledger import PidLedger
 from collectors.proc_connector import ProcEvent
-from collectors.watch import CREATED, FsOp
+from collectors.watch import CREATED
 
 S = 1_000_000_000
 
@@ -30,6 +32,16 @@ def proc(root: Path, pid: int, *, uid: int, loginuid: int, name: str = "sh", ppi
 
 def fork(pid: int, parent: int, t: float) -> ProcEvent:
     return ProcEvent("fork", pid, pid, int(t * S), parent_pid=parent, parent_tgid=parent)
+
+
+def created_by_a_gone_process(c: FilesCollector, flush: Callable[[float], None], pid: int) -> None:
+    """A file created at 2.0 s by ``pid``, whose record fanotify's reader read when /proc had nothing but the
+    pid (the process was gone); the collector flushed until it is reported."""
+    record(c, "/d/copy.txt", fan.FAN_CREATE, pid, 2.0, gone=True)
+    op(c, CREATED, "/d/copy.txt", 2.0)
+    c._fan_synced = 2.5
+    for t in (2.1, 2.0 + 3 * WINDOW, 4.0, 6.0):
+        flush(t)
 
 
 def test_a_reaped_process_keeps_the_ids_it_had(tmp_path: Path) -> None:
@@ -89,20 +101,8 @@ def test_a_file_record_read_after_its_process_was_reaped_names_the_person(tmp_pa
     ledger.feed(ProcEvent("uid", 400, 400, int(1.1 * S), ruid=1000, euid=1000))
     ledger.feed(ProcEvent("exit", 400, 400, int(1.4 * S)))
     ledger.synced = 2.2  # it has read the kernel's process events up to 2.2 s
-    c = FilesCollector(None)
-
-    class Fake:
-        names = None
-
-    c._fan = Fake()  # type: ignore[assignment]
-    c._ledger = ledger
-    out: list[Event] = []
-    # What fanotify's reader found in /proc: nothing but the pid (the process was gone).
-    c._take(("fan", "/d/copy.txt", _Who(2.0, fan.FAN_CREATE, c._settle(Process(pid=400), 2.0)), 1.7e9))
-    c._take(("op", FsOp(CREATED, "/d/copy.txt", False), 2.0, 1.7e9))
-    c._fan_synced = 2.5
-    for t in (2.1, 2.0 + 3 * WINDOW, 4.0, 6.0):
-        c._flush(t, out.append, queue.Queue())
+    c, out, flush = collector(ledger)
+    created_by_a_gone_process(c, flush, 400)
     (e,) = out
     assert (e.kind, e.process.pid, e.process.uid, e.detail) == ("file.create", 400, 1000, None)
 
@@ -115,39 +115,22 @@ def test_a_reaped_reader_is_not_named_by_its_fork_alone_while_the_ledger_is_behi
     ledger = PidLedger(str(tmp_path))
     ledger.feed(fork(400, 100, 1.0))
     ledger.synced = 1.05  # read up to the fork
-    c = FilesCollector(None)
-
-    class Fake:
-        names = None
-
-    c._fan = Fake()  # type: ignore[assignment]
-    c._ledger = ledger
-    out: list[Event] = []
-    c._take(("fan", "/d/a/budget.txt", _Who(2.0, fan.FAN_OPEN, c._settle(Process(pid=400), 2.0)), 1.7e9))
-    c._flush(2.0 + 2 * WINDOW, out.append, queue.Queue())
+    c, out, flush = collector(ledger)
+    record(c, "/d/a/budget.txt", fan.FAN_OPEN, 400, 2.0, gone=True)
+    flush(2.0 + 2 * WINDOW)
     assert out == []  # the ledger is behind the record: the open waits
     ledger.feed(ProcEvent("uid", 400, 400, int(1.1 * S), ruid=61401, euid=61401))
     ledger.feed(ProcEvent("exit", 400, 400, int(1.4 * S)))
     ledger.synced = 2.4
-    c._flush(2.5, out.append, queue.Queue())
+    flush(2.5)
     (e,) = out
     assert (e.kind, e.process.pid, e.process.uid) == ("file.open", 400, 61401)
 
 
 def test_without_a_record_of_the_process_the_event_says_why_no_one_is_named(tmp_path: Path) -> None:
-    c = FilesCollector(None)
-
-    class Fake:
-        names = None
-
-    c._fan = Fake()  # type: ignore[assignment]
+    c, out, flush = collector()
     c.ledger_problem = "not permitted"
-    out: list[Event] = []
-    c._take(("fan", "/d/copy.txt", _Who(2.0, fan.FAN_CREATE, c._settle(Process(pid=401), 2.0)), 1.7e9))
-    c._take(("op", FsOp(CREATED, "/d/copy.txt", False), 2.0, 1.7e9))
-    c._fan_synced = 2.5
-    for t in (2.1, 2.0 + 3 * WINDOW, 4.0, 6.0):
-        c._flush(t, out.append, queue.Queue())
+    created_by_a_gone_process(c, flush, 401)
     (e,) = out
     assert e.process.pid == 401 and e.process.uid is None
     assert e.detail is not None and "process 401 was gone" in e.detail and "not permitted" in e.detail
