@@ -185,3 +185,36 @@ def run_alone(c: LoopCollector, emit: Emit, stop: threading.Event) -> None:
         finally:
             loop.forget(c)
             loop.close()
+
+
+class Served:
+    """One descriptor served by a private :class:`Loop` on a thread of its own.
+
+    For readers that must not share a thread with anything (the media gate judges a stick the
+    moment it is announced; a burst of NFLOG messages must not queue in front of that): the loop,
+    its stop descriptor and the thread, started and stopped in one place.
+    """
+
+    def __init__(self, fd: int, callback: Callback, name: str) -> None:
+        from collectors.base import StopEvent
+
+        self._loop = Loop()
+        self._stop = StopEvent()
+        self._loop.register(fd, callback, self)
+        self._thread = threading.Thread(target=self._loop.run, args=(self._stop,), name=name, daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread serves the descriptor."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start serving."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving and release the loop (the descriptor itself stays the caller's)."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        self._loop.close()

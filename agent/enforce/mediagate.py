@@ -13,8 +13,6 @@ with its level. Sticks already present at start are judged by a sweep.
 from __future__ import annotations
 
 import logging
-import os
-import select
 import socket
 import threading
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from agent.events import Media
 from agent.levels import Level
 from agent.mediaid import identify
 from agent.registry import Registry
+from collectors.loop import Served
 
 _log = logging.getLogger("dutywatch.enforce.media")
 NETLINK_KOBJECT_UEVENT = 15
@@ -77,8 +76,7 @@ class MediaGate:
         self.udev_root = udev_root
         self.dev_root = dev_root
         self.people = people or (lambda: logged_in(registry))
-        self._stop_r, self._stop_w = os.pipe()
-        self._thread: threading.Thread | None = None
+        self._served: Served | None = None
         self._sock: socket.socket | None = None
         self.seen: dict[str, str] = {}  # device -> decision, for tests and the bench
         self.judged = threading.Condition()
@@ -92,7 +90,7 @@ class MediaGate:
     @property
     def running(self) -> bool:
         """Whether the gate listens."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._served is not None and self._served.alive
 
     def start(self) -> None:
         """Listen for uevents, then sweep the block devices already present."""
@@ -100,19 +98,16 @@ class MediaGate:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind((0, 1))  # group 1: the kernel's own uevents, before udev has run any rule
         self._sock = sock
-        self._thread = threading.Thread(target=self._run, name="media-gate", daemon=True)
-        self._thread.start()
+        self._served = Served(sock.fileno(), self._readable, "media-gate")
+        self._served.start()
         self.sweep()
 
     def stop(self) -> None:
         """Stop listening."""
-        os.write(self._stop_w, b"x")
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._served is not None:
+            self._served.stop()
         if self._sock is not None:
             self._sock.close()
-        for fd in (self._stop_r, self._stop_w):
-            os.close(fd)
 
     def sweep(self) -> None:
         """Judge every removable block device present now."""
@@ -128,37 +123,32 @@ class MediaGate:
                 continue
             self.judge(kernel_name(major, minor) or link.resolve().name, major, minor)
 
-    def _run(self) -> None:
+    def _readable(self) -> None:
         assert self._sock is not None
-        poll = select.poll()
-        poll.register(self._sock.fileno(), select.POLLIN)
-        poll.register(self._stop_r, select.POLLIN)
-        while True:
-            ready = {fd for fd, _ in poll.poll()}
-            if self._stop_r in ready:
-                return
+        try:
+            data = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # ENOBUFS: uevents were lost; a sweep catches up
+            _log.warning("uevents lost (%s): sweeping the block devices", exc)
+            self.sweep()
+            return
+        ev = parse_uevent(data)
+        if ev.get("SUBSYSTEM") != "block":
+            return
+        action, name = ev.get("ACTION"), ev.get("DEVNAME")
+        if not name:
+            return
+        if action == "remove":
+            device = str(self.dev_root / name)
+            if self.seen.pop(device, None) is not None and self.removed is not None:
+                self.removed(device)
+            return
+        if action in ("add", "change"):
             try:
-                data = self._sock.recv(1 << 16)
-            except OSError as exc:  # ENOBUFS: uevents were lost; a sweep catches up
-                _log.warning("uevents lost (%s): sweeping the block devices", exc)
-                self.sweep()
-                continue
-            ev = parse_uevent(data)
-            if ev.get("SUBSYSTEM") != "block":
-                continue
-            action, name = ev.get("ACTION"), ev.get("DEVNAME")
-            if not name:
-                continue
-            if action == "remove":
-                device = str(self.dev_root / name)
-                if self.seen.pop(device, None) is not None and self.removed is not None:
-                    self.removed(device)
-                continue
-            if action in ("add", "change"):
-                try:
-                    self.judge(name, int(ev.get("MAJOR", "")), int(ev.get("MINOR", "")))
-                except ValueError:
-                    continue
+                self.judge(name, int(ev.get("MAJOR", "")), int(ev.get("MINOR", "")))
+            except ValueError:
+                return
 
     def judge(self, name: str, major: int, minor: int) -> None:
         """Decide about block device ``name`` (``major:minor``) if it is removable and this host classified."""

@@ -94,3 +94,27 @@ def test_loop_collectors_share_one_thread_restart_alone_and_stop(tmp_path: Path)
     assert not _up(host) and not _up(media) and not _up(flaky)
     assert media._fd is None, "the mount table is closed at stop"
     assert host._sock is None, "the rtnetlink socket is closed at stop"
+
+
+def test_a_served_descriptor_is_read_on_its_own_thread_until_stopped() -> None:
+    from collectors.loop import Served
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def readable() -> None:
+        got.append(os.read(r, 100))
+        done.set()
+    served = Served(r, readable, "test-served")
+    served.start()
+    try:
+        os.write(w, b"hello")
+        assert done.wait(10) and got == [b"hello"] and served.alive
+    finally:
+        served.stop()
+    assert not served.alive
+    os.write(w, b"later")  # nothing reads it once stopped
+    time.sleep(0.1)
+    assert got == [b"hello"]
+    os.close(r)
+    os.close(w)
