@@ -36,7 +36,8 @@ PREFIX = "dutywatch_"
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 ACTIONS = ("alert", "audit", "block")
 ENFORCE_KINDS = ("network", "isolate", "media", "copy")
-ENFORCE_RESULTS = ("enforced", "dryrun", "failed", "refused", "lifted", "expired", "denied", "allowed")
+ENFORCE_RESULTS = ("enforced", "dryrun", "failed", "refused", "lifted", "expired", "denied", "allowed",
+                   "unconfirmed")
 OTHER = "_other"
 TAMPER_REASONS = ("unclean_stop", "paused", "journal_rolled_back", "signal", "ptrace")
 # Rule evaluation is microseconds per event; a slow rule shows in the upper buckets.

@@ -204,6 +204,8 @@ class Agent:
         e.emit = self.pipeline.offer
         e.wake = self.wake  # its state file is written on the main thread's next tick: at once, not at the next check
         e.gate, e.copy = self._guards(loaded, e)
+        people = {p.uid: str(p.name) for p in loaded.registry.people if p.uid is not None}
+        e.person = lambda uid: people.get(uid, f"uid {uid}")  # who sent a packet the table blocked first
         return e
 
     def _guards(self, loaded: Loaded, e: Any) -> tuple[Any, Any]:

@@ -33,6 +33,26 @@ class Channel:
     zone_nets: dict[str, tuple[IPNet, ...]]  # CIDRs of each named zone
     layout: Layout
     named: dict[str, str]  # management address -> what it is (for messages)
+    default_zone: str = ""  # the registry's zone for every address no zone names
+
+    def zone_of(self, ip: str) -> str:
+        """The zone an address is in (the most specific named network, else the default zone)."""
+        try:
+            a = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return self.default_zone
+        best: tuple[int, str] | None = None
+        for name, nets in self.zone_nets.items():
+            for n in nets:
+                if a in n and (best is None or n.prefixlen > best[0]):
+                    best = (n.prefixlen, name)
+        return best[1] if best is not None else self.default_zone
+
+    def forbidden_nets(self) -> tuple[IPNet, ...]:
+        """Every address of the forbidden zones (the table keeps the open zones open before it looks)."""
+        if self.default_forbidden:
+            return (ANY4, ANY6)
+        return tuple(n for z in self.forbidden for n in self.zone_nets.get(z, ()))
 
     def nets_of_zone(self, zone: str) -> tuple[IPNet, ...]:
         """What blocking a whole zone puts in the kernel (the default zone: everything, minus the open zones)."""
@@ -144,4 +164,4 @@ def derive(config: Any, registry: Registry, resolv: Path = RESOLV_CONF) -> tuple
     layout = Layout(port, tuple(management), tuple(permitted))
     default_forbidden = zones.default in forbidden
     return Channel(forbidden, default_forbidden, {k: tuple(v) for k, v in zone_nets.items()}, layout,
-                   named), problems
+                   named, zones.default), problems

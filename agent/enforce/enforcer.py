@@ -8,6 +8,15 @@ finding's seq, the rule, until when, and who can lift it. Each lifting (TTL,
 ``dutywatch enforce lift ID``, the stop policy, a restart) is an
 ``enforce.lift`` record. In ``dryrun`` the same records say what would have
 been done, and nothing reaches the kernel.
+
+Reactive blocks are put in force by the kernel itself (``network.reactive:
+kernel``, the default): the table blocks a forbidden destination at its
+first packet and logs it; the enforcer adopts that block at once (state,
+lease) and journals it when the block rule's finding about that connection
+confirms it, with the finding's seq, rule, operator and TTL. A block no rule
+confirms within ``CONFIRM_WITHIN`` seconds is lifted, and both halves are
+journaled: the rules, not the kernel, decide what stays blocked; the kernel
+only keeps the offender from going on while they judge.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from agent.metrics import Metrics
 _log = logging.getLogger("dutywatch.enforce")
 Record = dict[str, Any]
 _NET_SET = {"network": "dest", "zone": "zone", "wide": "wide", "isolate": "iso"}
+CONFIRM_WITHIN = 5.0  # seconds a block the kernel made waits for a block rule's finding before it is lifted
 
 
 class Enforcer:
@@ -56,6 +66,7 @@ class Enforcer:
         self.gate: Any = None  # the media gate (agent.enforce.mediagate.MediaGate), started with the enforcer
         self.emit: Callable[[Any], object] | None = None  # the pipeline's offer: dropped attempts as events
         self.droplog: Any = None
+        self.log_reader: Any = None  # what reads the table's NFLOG group (agent.enforce.nflog.DropLog; tests swap it)
         self.copy: Any = None  # the copy guard (agent.enforce.copyguard.CopyGuard), started with the enforcer
         self.next: Callable[[Record], None] = lambda r: None
         self.active: dict[str, Enforcement] = {}
@@ -64,6 +75,8 @@ class Enforcer:
         self._applied = 0.0
         self._installed = False
         self.latencies: list[float] = []  # seconds from a block finding to the kernel holding it (bench)
+        self.person: Callable[[int], str | None] = lambda uid: None  # the registry's person of a uid
+        self._pending: dict[str, float] = {}  # id of a block the kernel made -> when it is lifted unconfirmed
         self._t0 = 0.0
         self._dirty = False
 
@@ -84,6 +97,8 @@ class Enforcer:
         if outcome is not None:
             record["enforcement"] = outcome["summary"]
         self.next(record)
+        for j in (outcome or {}).get("also", ()):
+            self.record({**j, "_seq_of": record})
         if outcome is not None and outcome.get("journal"):
             self.record({**outcome["journal"], "_seq_of": record})
 
@@ -106,13 +121,17 @@ class Enforcer:
             if zone not in self.channel.forbidden:
                 return self._refuse(record, kind, ip, f"{ip} is in zone {zone!r}, which enforcement does not forbid",
                                     now)
+            if spec.get("scope") == "zone":  # the kernel's block of this address, if any, is confirmed too
+                also = self._confirm(ip, record, spec, now)
+                if also is not None:
+                    out = self._decide_zone(record, spec, ip, str(zone), now)
+                    out.setdefault("also", []).append(also["journal"])
+                    return out
             whole = next((e for e in self.active.values() if e.kind == "network" and e.target == f"zone:{zone}"), None)
             if whole is not None:  # the whole zone is already shut (preventive, or an earlier zone block)
                 return {"summary": self._summary(whole, "in_force")}
             if spec.get("scope") == "zone":
-                nets = [str(n) for n in self.channel.nets_of_zone(str(zone))]
-                return self._enforce(record, "network", f"zone:{zone}", nets, spec, now,
-                                     {"remote_ip": ip, "remote_zone": zone})
+                return self._decide_zone(record, spec, ip, str(zone), now)
             host_net = str(ipaddress.ip_network(ip.split("%", 1)[0]))
             return self._enforce(record, "network", ip, [host_net], spec, now, {"remote_zone": zone})
         if kind == "media":
@@ -123,6 +142,100 @@ class Enforcer:
             return self._enforce(record, "media", dev, [], spec, now,
                                  {"mount": media.get("mount"), "serial": media.get("serial")})
         return self._refuse(record, str(kind or "network"), "?", f"no enforcement of kind {kind!r} here", now)
+
+    def _decide_zone(self, record: Record, spec: dict[str, Any], ip: str, zone: str, now: float) -> dict[str, Any]:
+        whole = next((e for e in self.active.values() if e.kind == "network" and e.target == f"zone:{zone}"), None)
+        if whole is not None:
+            return {"summary": self._summary(whole, "in_force")}
+        nets = [str(n) for n in self.channel.nets_of_zone(zone)]
+        return self._enforce(record, "network", f"zone:{zone}", nets, spec, now, {"remote_ip": ip, "remote_zone": zone})
+
+    # -- blocks the kernel made ------------------------------------------------
+    def first_packet(self, ip: str, uid: int | None, when: float) -> None:
+        """The table blocked ``ip`` at a first packet (sent by ``uid``): adopt it until a block rule confirms it.
+
+        Runs on the NFLOG reader's thread. The block is already in force; here it gets an id, the
+        state file and the agent's lease. Its record waits for the finding (``_confirm``) or for
+        ``CONFIRM_WITHIN`` to pass (``tick`` lifts it then, and journals both halves).
+        """
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        host_net = str(ipaddress.ip_network(addr))
+        with self._lock:
+            for e in self.active.values():
+                if e.kind in ("network", "isolate") and e.mode == "enforce" and any(
+                        addr in ipaddress.ip_network(n) for n in e.nets):
+                    if e.target == ip and self.table is not None and self._installed:
+                        # held already: the kernel added it again (a rebuild flushed it meanwhile): keep the TTL
+                        left = (e.until - self.clock()) if e.until is not None else self.cfg.lease
+                        with contextlib.suppress(NftError):
+                            self.table.add("dest", ipaddress.ip_network(host_net), max(1.0, min(left, self.cfg.lease)))
+                    return
+            e = Enforcement(self._new_id(when), "network", ip, "enforce", "enforce.network.first_packet", "high",
+                            when, when + self.cfg.ttl, self.person(uid) if uid is not None else None, None,
+                            [host_net], {"remote_zone": self.channel.zone_of(ip), "uid": uid, "first_packet": True,
+                                         "in_force_at": when})
+            self.active[e.id] = e
+            self._pending[e.id] = time.monotonic() + CONFIRM_WITHIN
+            if self.table is not None and self._installed:
+                # Held already; added again in case a rebuild of the sets flushed it before this was read.
+                try:
+                    self.table.add("dest", ipaddress.ip_network(host_net),
+                                   max(1.0, min(self.cfg.ttl, self.cfg.lease / 2)))
+                except NftError as exc:
+                    _log.error("enforcement %s: %s", e.id, exc)
+            self._save()
+
+    def _confirm(self, ip: str, record: Record, spec: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """A block rule's finding about ``ip``: the kernel's block of it, if one waits, is confirmed and journaled
+        (the rule's TTL from when the kernel blocked)."""
+        e = next((x for x in self.active.values() if x.id in self._pending and x.target == ip), None)
+        if e is None:
+            return None
+        del self._pending[e.id]
+        e.rule = str(record.get("rule"))
+        e.severity = str(record.get("severity"))
+        e.operator = (record.get("accountable") or {}).get("operator") or e.operator
+        e.finding_time = record.get("time")
+        ttl = spec.get("ttl")
+        if ttl and float(ttl) != self.cfg.ttl:
+            e.until = e.since + float(ttl)
+            if self.table is not None and self._installed:
+                left = e.until - self.clock()
+                try:
+                    for n in e.nets:  # a timeout is not changed by adding the element again: replace it
+                        self.table.delete("dest", ipaddress.ip_network(n))
+                        if left > 0:
+                            self.table.add("dest", ipaddress.ip_network(n), max(1.0, min(left, self.cfg.lease)))
+                except NftError as exc:
+                    _log.error("enforcement %s: the rule's TTL could not be set in the kernel: %s", e.id, exc)
+        self.metrics.enforced("network", "enforced")
+        self._save()
+        in_force = e.detail.get("in_force_at")
+        text = f"blocked network {ip} at its first packet, confirmed by rule {e.rule}" + (
+            f" until {_iso(e.until)}" if e.until else "")
+        _log.warning("enforcement %s: %s", e.id, text)
+        detail = {**e.as_dict(), "result": "enforced", "by": "kernel",
+                  "finding": {"rule": e.rule, "time": record.get("time")}, "lift_by": self.lift_by(e),
+                  "message": text, "in_force_at": in_force}
+        return {"summary": self._summary(e, "enforced"), "journal": self._lifecycle("enforce.action", detail, now)}
+
+    def _unconfirmed(self, now: float) -> None:
+        """Kernel blocks no block rule confirmed in time: journaled, then lifted."""
+        with self._lock:
+            due = [i for i, t in self._pending.items() if t <= time.monotonic()]
+            for ident in due:
+                del self._pending[ident]
+        for ident in due:
+            e = self.active.get(ident)
+            if e is None:
+                continue
+            self.metrics.enforced("network", "unconfirmed")
+            text = (f"the table blocked {e.target} at its first packet (uid {e.detail.get('uid')}); no block rule "
+                    f"confirmed it within {CONFIRM_WITHIN:g} s: lifted")
+            self.record(self._lifecycle("enforce.action", {**e.as_dict(), "result": "unconfirmed", "by": "kernel",
+                                                           "lift_by": self.lift_by(e), "message": text,
+                                                           "in_force_at": e.detail.get("in_force_at")}, now))
+            self.lift(ident, "unconfirmed")
 
     # -- the media gate --------------------------------------------------------
     def gate_media(self, media: Any, why: str | None, people: list[str]) -> None:
@@ -194,6 +307,10 @@ class Enforcer:
                  now: float, detail: dict[str, Any], forever: bool = False) -> dict[str, Any]:
         for e in self.active.values():
             if e.kind == kind and e.target == target:
+                if e.id in self._pending:  # the kernel blocked it first: this finding confirms it
+                    got = self._confirm(target, record, spec, now)
+                    if got is not None:
+                        return got
                 return {"summary": self._summary(e, "in_force")}  # already blocked: the finding says so
         ttl = spec.get("ttl") or self.cfg.ttl
         until = None if forever or (kind == "media" and spec.get("ttl") is None) else now + float(ttl)
@@ -283,6 +400,11 @@ class Enforcer:
                 if e.kind == "network" and e.target.startswith("zone:"):
                     name = "wide" if net in (ANY4, ANY6) else "zone"
                 elements.add(name, net, max(left, 1.0))
+        if self.channel.layout.first_packet and not keep:
+            # Half a lease, renewed every third: with no agent to renew it, the kernel stops blocking new
+            # destinations within half a lease, and what it blocked last lapses within the other half.
+            for net in self.channel.forbidden_nets():
+                elements.add("forbid", net, self.cfg.lease / 2)
         self.table.apply(elements)
         self._applied = now
 
@@ -293,6 +415,7 @@ class Enforcer:
             e = self.active.pop(ident, None)
             if e is None:
                 return False
+            self._pending.pop(ident, None)
             self._release(e)
             self._flush()
         self._journal_lift(e, how, by, reason)
@@ -319,7 +442,8 @@ class Enforcer:
         result = "expired" if how == "ttl" else "lifted"
         self.metrics.enforced(e.kind, result)
         text = {"ttl": "its time ran out", "command": "lifted by command", "stop": "the agent stopped",
-                "restart": "the agent restarted without persist", "keep": "kept past the agent's stop"}.get(how, how)
+                "restart": "the agent restarted without persist", "keep": "kept past the agent's stop",
+                "unconfirmed": "no block rule confirmed the kernel's block"}.get(how, how)
         detail = {"id": e.id, "kind": e.kind, "target": e.target, "mode": e.mode, "rule": e.rule, "how": how,
                   "result": result if how != "keep" else "kept", "since": e.since, "until": e.until,
                   "message": f"{e.kind} {e.target} ({e.id}): {text}" + (f": {reason}" if reason else "")}
@@ -359,19 +483,26 @@ class Enforcer:
                 self.record(self._lifecycle("enforce.action", {**e.as_dict(), "result": "restored",
                                                                "lift_by": self.lift_by(e),
                                                                "message": f"restored {e.kind} {e.target}"}, now))
-            if self.cfg.mode == "enforce" and self.table is not None and self.cfg.network_mode == "preventive" \
-                    and self.emit is not None:
+            preventive = self.cfg.network_mode == "preventive" and self.emit is not None
+            by_kernel = self.cfg.network_mode == "reactive" and self.cfg.reactive_by == "kernel"
+            if self.cfg.mode == "enforce" and self.table is not None and (preventive or by_kernel):
                 from dataclasses import replace
 
                 from agent.enforce.nflog import DropLog
                 group = 19000 + sum(self.cfg.table.encode()) % 1000
-                self.channel = replace(self.channel, layout=replace(self.channel.layout, log_group=group))
                 try:
-                    self.droplog = DropLog(group, self.emit, self.clock)
+                    self.droplog = (self.log_reader or DropLog)(group, self.emit if preventive else None, self.clock,
+                                           first=self.first_packet if by_kernel else None)
                     self.droplog.start()
                 except OSError as exc:
-                    _log.error("dropped attempts cannot be read back (NFLOG group %d): %s", group, exc)
+                    # Without the log the agent could not adopt (nor lift) what the kernel blocks: the agent
+                    # blocks after the rule instead.
+                    _log.error("the table's log cannot be read (NFLOG group %d): %s", group, exc)
                     self.droplog = None
+                if self.droplog is not None:
+                    first = max(1, int(min(self.cfg.ttl, self.cfg.lease / 2))) if by_kernel else None
+                    self.channel = replace(self.channel, layout=replace(
+                        self.channel.layout, log_group=group, log_drops=preventive, first_packet=first))
             if self.cfg.mode == "enforce" and self.table is not None:
                 if not restored:
                     self.table.remove()
@@ -407,6 +538,8 @@ class Enforcer:
     def tick(self) -> None:
         """Expire TTLs, take lift requests, renew the kernel lease, write the state (call every second or so)."""
         now = self.clock()
+        if self._pending:
+            self._unconfirmed(now)
         if self._dirty:
             with self._lock:
                 self._flush()
@@ -422,9 +555,11 @@ class Enforcer:
         with self._lock:
             # Every element's kernel timeout is at most the lease: rebuild every third of it while a block
             # must outlast that (an agent that stops renewing leaves nothing for longer than the lease).
-            if self._installed and now - self._applied >= self.cfg.lease / 3 and any(
-                    e.mode == "enforce" and e.kind in ("network", "isolate")
-                    and (e.until is None or e.until - now > self.cfg.lease / 3) for e in self.active.values()):
+            # The kernel's own reactive rule is leased too (its forbid sets): renewed while the agent runs.
+            if self._installed and now - self._applied >= self.cfg.lease / 3 and (
+                    self.channel.layout.first_packet or any(
+                        e.mode == "enforce" and e.kind in ("network", "isolate")
+                        and (e.until is None or e.until - now > self.cfg.lease / 3) for e in self.active.values())):
                 try:
                     self._apply()
                 except NftError as exc:

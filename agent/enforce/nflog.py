@@ -4,7 +4,10 @@ A dropped packet never reaches the network collector's capture, so in
 preventive mode the table's output drop rules also log to an NFLOG group,
 and this reader turns each logged packet into a ``net.connect`` event with the
 sending socket's uid (the kernel adds it for a local sender): every attempt is
-still a finding with its operator.
+still a finding with its operator. In reactive mode the table logs the packet
+whose destination it has just blocked itself (prefix ``FIRST_PACKET``): that
+one goes to ``first`` (the enforcer adopts the block), not to the pipeline
+(the packet went out, so the network collector sees it).
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import select
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 
+from agent.enforce.nft import FIRST_PACKET
 from agent.events import Event, Net, Process
+from collectors.loop import Served
 
 _log = logging.getLogger("dutywatch.enforce.nflog")
 NETLINK_NETFILTER = 12
@@ -28,7 +31,7 @@ NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0, 1
 NFULA_CFG_CMD, NFULA_CFG_MODE = 1, 2
 NFULNL_CFG_CMD_BIND = 1
 NFULNL_COPY_PACKET = 2
-NFULA_PAYLOAD, NFULA_UID = 9, 11
+NFULA_PAYLOAD, NFULA_PREFIX, NFULA_UID = 9, 10, 11
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 _NLMSG = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")
@@ -66,16 +69,18 @@ def parse_packet(payload: bytes) -> tuple[str, str, int | None] | None:
 
 
 class DropLog:
-    """Reads NFLOG group ``group`` and hands each dropped attempt to ``emit`` as a ``net.connect`` event."""
+    """Reads NFLOG group ``group``: each dropped attempt to ``emit`` as a ``net.connect`` event, each first
+    packet the kernel blocked to ``first(destination, uid, when)``."""
 
-    def __init__(self, group: int, emit: Callable[[Event], object], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, group: int, emit: Callable[[Event], object] | None, clock: Callable[[], float] = time.time,
+                 first: Callable[[str, int | None, float], object] | None = None) -> None:
         self.group = group
         self.emit = emit
+        self.first = first
         self.clock = clock
         self.lost = 0  # packets the kernel could not queue to us (ENOBUFS), counted not silent
         self._sock: socket.socket | None = None
-        self._stop_r, self._stop_w = os.pipe()
-        self._thread: threading.Thread | None = None
+        self._served: Served | None = None
 
     def start(self) -> None:
         """Bind the group (copy the first 128 bytes of each packet) and start reading."""
@@ -87,8 +92,8 @@ class DropLog:
         sock.send(_config(self.group, _nla(NFULA_CFG_MODE, struct.pack("!IBx", 128, NFULNL_COPY_PACKET))))
         self._ack(sock)
         self._sock = sock
-        self._thread = threading.Thread(target=self._run, name="enforce-droplog", daemon=True)
-        self._thread.start()
+        self._served = Served(sock.fileno(), self._readable, "enforce-droplog")
+        self._served.start()
 
     @staticmethod
     def _ack(sock: socket.socket) -> None:
@@ -102,29 +107,21 @@ class DropLog:
 
     def stop(self) -> None:
         """Stop reading and unbind."""
-        os.write(self._stop_w, b"x")
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._served is not None:
+            self._served.stop()
         if self._sock is not None:
             self._sock.close()
-        for fd in (self._stop_r, self._stop_w):
-            os.close(fd)
 
-    def _run(self) -> None:
+    def _readable(self) -> None:
         assert self._sock is not None
-        poll = select.poll()
-        poll.register(self._sock.fileno(), select.POLLIN)
-        poll.register(self._stop_r, select.POLLIN)
-        while True:
-            ready = {fd for fd, _ in poll.poll()}
-            if self._stop_r in ready:
-                return
-            try:
-                data = self._sock.recv(1 << 16)
-            except OSError:  # ENOBUFS: the kernel dropped log messages
-                self.lost += 1
-                continue
-            self._messages(data)
+        try:
+            data = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:  # ENOBUFS: the kernel dropped log messages
+            self.lost += 1
+            return
+        self._messages(data)
 
     def _messages(self, data: bytes) -> None:
         off = 0
@@ -137,7 +134,7 @@ class DropLog:
             off += (length + 3) & ~3
 
     def _packet(self, attrs: bytes) -> None:
-        payload, uid = b"", None
+        payload, uid, prefix = b"", None, b""
         off = 0
         while off + _NLA.size <= len(attrs):
             alen, akind = _NLA.unpack_from(attrs, off)
@@ -147,6 +144,8 @@ class DropLog:
             akind &= 0x3FFF
             if akind == NFULA_PAYLOAD:
                 payload = value
+            elif akind == NFULA_PREFIX:
+                prefix = value.rstrip(b"\0")
             elif akind == NFULA_UID and len(value) >= 4:
                 uid = struct.unpack("!I", value[:4])[0]
             off += (alen + 3) & ~3
@@ -154,6 +153,14 @@ class DropLog:
         if got is None:
             return
         proto, dst, port = got
-        self.emit(Event("net.connect", self.clock(), "enforce", process=Process(uid=uid),
-                        net=Net(proto=proto, direction="out", remote_ip=dst, remote_port=port),
-                        detail="dropped by the enforcement table (preventive)"))
+        if prefix == FIRST_PACKET.encode():
+            if self.first is not None:
+                try:
+                    self.first(dst, uid, self.clock())
+                except Exception:  # one bad adoption must not end the reader
+                    _log.exception("adopting the kernel's block of %s failed", dst)
+            return
+        if self.emit is not None:
+            self.emit(Event("net.connect", self.clock(), "enforce", process=Process(uid=uid),
+                            net=Net(proto=proto, direction="out", remote_ip=dst, remote_port=port),
+                            detail="dropped by the enforcement table (preventive)"))

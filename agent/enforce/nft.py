@@ -10,6 +10,14 @@ Order of the output chain (input mirrors it with source addresses): loopback
 and the management channel first, then isolation, destination and zone
 blocks, the zones left open, and last the blocks of the registry's default
 zone (everything no zone names).
+
+Reactive blocking by the kernel (``Layout.first_packet``): the output chain
+ends with a rule that puts the destination of a packet toward a forbidden zone
+(the ``forbid`` sets) into ``dest`` itself, with a timeout, and logs that
+packet to the agent's NFLOG group with the prefix ``FIRST_PACKET``: the block
+is in force from that packet on, however busy the agent is. The ``forbid``
+elements carry the agent's lease like every other dynamic element, so with no
+agent renewing them the rule stops blocking within the lease.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
-DYNAMIC = ("iso", "dest", "zone", "wide")  # sets the enforcer fills; each has a v4 and a v6 twin
+DYNAMIC = ("iso", "dest", "zone", "wide", "forbid")  # sets the enforcer fills; each has a v4 and a v6 twin
+FIRST_PACKET = "dutywatch-first"  # NFLOG prefix of a packet whose destination the kernel has just blocked
+DEST_SIZE = 65536  # destinations the kernel blocks at most (past it a first packet goes out unblocked)
 _ND = "nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert"
 
 
@@ -38,7 +48,9 @@ class Layout:
     listen_port: int | None = None
     management: tuple[IPNet, ...] = ()
     permitted: tuple[IPNet, ...] = ()
-    log_group: int | None = None  # NFLOG group that new outgoing attempts the table drops are logged to
+    log_group: int | None = None  # the agent's NFLOG group
+    log_drops: bool = False  # new outgoing attempts the table drops are logged (preventive: each is a finding)
+    first_packet: int | None = None  # seconds: the kernel blocks a forbidden destination at its first packet
 
 
 @dataclass
@@ -152,8 +164,8 @@ class NftTable:
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             sets.append(f"  set mgmt{v} {{ type {typ}; flags interval; }}")
             sets.append(f"  set permit{v} {{ type {typ}; flags interval; }}")
-            sets.append(f"  set dest{v} {{ type {typ}; flags timeout; }}")
-            for name in ("iso", "zone", "wide"):
+            sets.append(f"  set dest{v} {{ type {typ}; flags dynamic, timeout; size {DEST_SIZE}; }}")
+            for name in ("iso", "zone", "wide", "forbid"):
                 sets.append(f"  set {name}{v} {{ type {typ}; flags interval, timeout; }}")
         out, inp = ['    oifname "lo" accept'], ['    iifname "lo" accept']
         if layout.listen_port:
@@ -170,8 +182,14 @@ class NftTable:
                 chain += [f"    ip {addr} @{name}4 {drop}", f"    ip6 {addr} @{name}6 {drop}"]
             chain += [f"    ip {addr} @permit4 accept", f"    ip6 {addr} @permit6 accept",
                       f"    ip {addr} @wide4 {drop}", f"    ip6 {addr} @wide6 {drop}"]
+        if layout.first_packet and layout.log_group is not None:
+            # Only packets of flows this host opened: answering a connection from outside is no offence.
+            for fam in ("ip", "ip6"):
+                v = 4 if fam == "ip" else 6
+                out.append(f"    ct direction original {fam} daddr @forbid{v} add @dest{v} {{ {fam} daddr timeout "
+                           f'{layout.first_packet}s }} log prefix "{FIRST_PACKET}" group {layout.log_group}')
         refuse = ["    counter drop"]
-        if layout.log_group is not None:
+        if layout.log_group is not None and layout.log_drops:
             refuse.insert(0, f"    ct state new limit rate 200/second burst 400 packets log group {layout.log_group}")
         lines = [f"add table inet {t}", f"delete table inet {t}", f"table inet {t} {{",
                  '  comment "DutyWatch enforcement: lift with dutywatch enforce lift ID, remove with dutywatch '

@@ -10,6 +10,8 @@ enforce:
   table: dutywatch       # the nftables table (family inet) the agent owns
   network:
     mode: reactive       # reactive: block after the first offence | preventive: forbidden zones blocked from start
+    reactive: kernel     # kernel: the table blocks a destination at its first packet, a block rule confirms it
+                         # | agent: the agent blocks once a block rule has judged the offence
     forbidden: []        # zones to cut; empty: the registry's default zone (the Internet)
     resolvers: null      # DNS resolvers kept open; null: the nameservers of /etc/resolv.conf
     allow: []            # more management addresses (CIDRs) kept open, beside those derived from the config
@@ -46,6 +48,7 @@ class EnforceConfig:
     persist: bool = False
     table: str = "dutywatch"
     network_mode: str = "reactive"
+    reactive_by: str = "kernel"
     forbidden: tuple[str, ...] = ()
     allow: tuple[str, ...] = ()
     isolate_critical: bool = False
@@ -112,21 +115,25 @@ def parse_enforce(top: LDict, problems: Problems) -> EnforceConfig:
         if c is not None and "enabled" in c:
             copy = bool(expect_bool(c["enabled"], c.at("enabled"), problems, "enforce.copy.enabled"))
     return EnforceConfig(str(mode), durations["ttl"], durations["lease"], str(on_stop), bool(persist), table,
-                         *net[:4], media, copy, net[4], top.key_at("enforce"),
+                         net[0], net[5], *net[1:4], media, copy, net[4], top.key_at("enforce"),
                          e.key_at("network") if "network" in e else top.key_at("enforce"))
 
 
 def _network(e: LDict, problems: Problems) -> tuple[str, tuple[str, ...], tuple[str, ...], bool,
-                                                     tuple[str, ...] | None]:
+                                                     tuple[str, ...] | None, str]:
     if "network" not in e:
-        return "reactive", (), (), False, None
+        return "reactive", (), (), False, None, "kernel"
     n = expect_map(e["network"], e.at("network"), problems, "enforce.network",
-                   optional=("mode", "forbidden", "allow", "isolate_critical", "resolvers"))
+                   optional=("mode", "reactive", "forbidden", "allow", "isolate_critical", "resolvers"))
     if n is None:
-        return "reactive", (), (), False, None
+        return "reactive", (), (), False, None, "kernel"
     mode = n.get("mode", "reactive")
     if mode not in ("reactive", "preventive"):
         problems.add(n.at("mode"), f"enforce.network.mode must be reactive or preventive, not {mode!r}")
+    by = n.get("reactive", "kernel")
+    if by not in ("kernel", "agent"):
+        problems.add(n.at("reactive"), f"enforce.network.reactive must be kernel or agent, not {by!r}")
+        by = "kernel"
     forbidden = str_list(n["forbidden"], n.at("forbidden"), problems, "enforce.network.forbidden") \
         if "forbidden" in n else ()
     allow = str_list(n["allow"], n.at("allow"), problems, "enforce.network.allow") if "allow" in n else ()
@@ -145,4 +152,4 @@ def _network(e: LDict, problems: Problems) -> tuple[str, tuple[str, ...], tuple[
                 problems.add(n["resolvers"].at(i), f"enforce.network.resolvers: {a!r} is not an address")
     iso = expect_bool(n.get("isolate_critical", False), n.at("isolate_critical"), problems,
                       "enforce.network.isolate_critical")
-    return str(mode), forbidden, allow, bool(iso), dns
+    return str(mode), forbidden, allow, bool(iso), dns, str(by)

@@ -387,13 +387,15 @@ class HostAgent:
         return rc
 
 
-def test_the_first_internet_connection_cuts_the_rest_while_management_works_and_the_ttl_lifts_it(
+def test_the_first_internet_packet_cuts_the_rest_while_management_works_and_the_ttl_lifts_it(
         net: Net, tmp_path: Path) -> None:
     agent = HostAgent(net, tmp_path / "reactive", "  mode: enforce\n", ttl="15s")
     agent.start()
     try:
         assert net.client("one", net.intranet) == "connected"  # the intranet: no finding, nothing blocked
-        assert net.client("one", net.internet) == "connected"  # the first offence gets out, and is seen
+        # The first offence: its first packet gets out (and is seen), and the table blocks the address at
+        # that packet, so even this connection never opens.
+        assert net.client("one", net.internet).startswith("failed")
         t_first = time.monotonic()
         time.sleep(1.0)
         before = net.accepted().get(net.internet, 0)
@@ -402,11 +404,14 @@ def test_the_first_internet_connection_cuts_the_rest_while_management_works_and_
         assert tried == 1000 and done <= 1 and after - before <= 1, (done, after - before)
         assert time.monotonic() - t_first < 15, "the burst ran past the TTL: the machine is too slow to judge"
         assert net.internet in agent.net.nft("list", "set", "inet", agent.table, "dest4")
+        agent.wait(lambda: bool(agent.enforcements()), "the rule never confirmed the kernel's block")
         rec = agent.enforcements()
         assert len(rec) == 1
         d = rec[0]
         assert (d["kind"], d["target"], d["rule"], d["result"], d["operator"]) == \
             ("network", net.internet, "BM-NET-001", "enforced", "张三")
+        # Adopted from the kernel's log (by: kernel), unless the finding overtook the log (the agent's own).
+        assert d.get("by", "kernel") == "kernel"
         assert d["lift_by"]["command"] == f"dutywatch enforce lift {d['id']}"
         findings = [r for r in agent.records() if r.get("rule") == "BM-NET-001"]
         assert findings and findings[0]["action"] == "block" and findings[0]["enforcement"]["id"] == d["id"]
@@ -431,13 +436,15 @@ def test_the_first_internet_connection_cuts_the_rest_while_management_works_and_
         agent.wait(lambda: bool(agent.enforcements("enforce.lift")), "the block never lifted", 20)
         lift = agent.enforcements("enforce.lift")[0]
         assert (lift["id"], lift["how"], lift["result"]) == (d["id"], "ttl", "expired")
-        assert net.client("one", net.internet) == "connected"  # a new offence: a new block
-        agent.wait(lambda: len(agent.enforcements()) == 2, "the second offence was not blocked")
-        # The officer lifts it by command: journaled with who asked.
+        assert net.internet not in agent.net.nft("list", "set", "inet", agent.table, "dest4")
+        assert net.client("one", net.internet).startswith("failed")  # a new offence: a new block at once
+        agent.wait(lambda: len(agent.enforcements()) == 2, "the second offence was not journaled")
+        # The officer lifts it by command: journaled with who asked, and out of the kernel.
         second = agent.enforcements()[1]["id"]
         r = agent.cli("enforce", "lift", second, "--reason", "test ticket")
         assert r.returncode == 0, r.stdout + r.stderr
-        assert net.client("one", net.internet) == "connected"
+        agent.wait(lambda: any(x["id"] == second for x in agent.enforcements("enforce.lift")), "no lift")
+        assert net.internet not in agent.net.nft("list", "set", "inet", agent.table, "dest4")
         lifts = [x for x in agent.enforcements("enforce.lift") if x["id"] == second]
         assert lifts and lifts[0]["how"] == "command" and lifts[0]["by"]["uid"] == 0
         assert lifts[0]["reason"] == "test ticket"
@@ -451,15 +458,18 @@ def test_zone_scope_closes_the_other_internet_address_and_ipv6_too(net: Net, tmp
     agent = HostAgent(net, tmp_path / "zone", "  mode: enforce\n", scope="zone", ttl="30s")
     agent.start()
     try:
-        assert net.client("one", net.internet) == "connected"
-        agent.wait(lambda: bool(agent.enforcements()), "no enforcement")
+        assert net.client("one", net.internet).startswith("failed")  # the kernel's block of the address
+        agent.wait(lambda: any(x["target"] == "zone:internet" for x in agent.enforcements()), "no zone block")
         time.sleep(0.3)
         # With destination scope another Internet address would be a new first offence; the zone is shut.
         assert net.client("one", net.internet2).startswith("failed")
         assert net.client("one", net.internet6).startswith("failed")
         assert net.client("one", net.intranet) == "connected"
         assert agent.intranet_view()["scrape_ok"] > 0
-        assert agent.enforcements()[0]["target"] == "zone:internet"
+        # The address the kernel blocked first is confirmed by the same finding (its record names it too).
+        zone = next(x for x in agent.enforcements() if x["target"] == "zone:internet")
+        firsts = [x for x in agent.enforcements() if x["target"] == net.internet]
+        assert all(x["by"] == "kernel" and x["finding"]["seq"] == zone["finding"]["seq"] for x in firsts)
     finally:
         assert agent.stop() == 0
     assert net.client("one", net.internet2) == "connected"
@@ -483,7 +493,7 @@ def test_dryrun_blocks_nothing_and_records_what_it_would_have_done(net: Net, tmp
 def test_a_killed_agent_leaves_no_host_cut_off_for_longer_than_its_lease(net: Net, tmp_path: Path) -> None:
     agent = HostAgent(net, tmp_path / "killed", "  mode: enforce\n", ttl="1h")
     agent.start()
-    assert net.client("one", net.internet) == "connected"
+    assert net.client("one", net.internet).startswith("failed")
     agent.wait(lambda: bool(agent.enforcements()), "no enforcement")
     ident = agent.enforcements()[0]["id"]
     agent.stop(signal.SIGKILL)
@@ -492,7 +502,8 @@ def test_a_killed_agent_leaves_no_host_cut_off_for_longer_than_its_lease(net: Ne
     listing = agent.cli("enforce", "list")
     assert ident in listing.stdout and "no agent holds these" in listing.stdout
     assert "dutywatch enforce lift ID" in listing.stdout
-    # The lease (10 s here) runs out in the kernel with no agent to renew it.
+    # The lease (10 s here) runs out in the kernel with no agent to renew it: the blocks, and the table's
+    # rule that blocks a new destination at its first packet (every attempt below would renew a block).
     deadline = time.monotonic() + 30
     while net.client("one", net.internet) != "connected":
         assert time.monotonic() < deadline, "the block outlived the agent's lease"
@@ -535,7 +546,7 @@ def test_a_reload_keeps_the_blocks_unless_the_enforce_section_changed(net: Net, 
     agent = HostAgent(net, tmp_path / "reload", "  mode: enforce\n", ttl="10m")
     agent.start()
     try:
-        assert net.client("one", net.internet) == "connected"
+        assert net.client("one", net.internet).startswith("failed")
         agent.wait(lambda: bool(agent.enforcements()), "no enforcement")
         ident = agent.enforcements()[0]["id"]
 
@@ -556,6 +567,43 @@ def test_a_reload_keeps_the_blocks_unless_the_enforce_section_changed(net: Net, 
         agent.wait(lambda: reloads() >= 2, "no second reload")
         agent.wait(lambda: bool(agent.enforcements("enforce.lift")), "the old enforcement was not lifted")
         assert agent.enforcements("enforce.lift")[0]["id"] == ident
-        assert net.client("one", net.internet) == "connected"
+        assert net.internet not in agent.net.nft("list", "set", "inet", agent.table, "dest4")
+    finally:
+        assert agent.stop() == 0
+
+
+def test_reactive_by_the_agent_lets_the_first_connection_out_and_blocks_once_the_rule_judged(
+        net: Net, tmp_path: Path) -> None:
+    agent = HostAgent(net, tmp_path / "by-agent", "  mode: enforce\n", ttl="30s")
+    agent.config.write_text(agent.config.read_text().replace("network: {resolvers: []}",
+                                                             "network: {resolvers: [], reactive: agent}"),
+                            encoding="utf-8")
+    agent.start()
+    try:
+        assert "@forbid4 add" not in agent.net.nft("list", "table", "inet", agent.table)
+        assert net.client("one", net.internet) == "connected"  # out before any rule judged it
+        agent.wait(lambda: bool(agent.enforcements()), "no enforcement")
+        d = agent.enforcements()[0]
+        assert (d["target"], d["rule"], d["result"], d.get("by")) == (net.internet, "BM-NET-001", "enforced", None)
+        assert net.client("one", net.internet).startswith("failed")
+    finally:
+        assert agent.stop() == 0
+
+
+def test_a_block_the_kernel_made_that_no_rule_confirms_is_lifted_and_journaled(net: Net, tmp_path: Path) -> None:
+    agent = HostAgent(net, tmp_path / "unconfirmed", "  mode: enforce\n")
+    # The site's rules only alert on Internet connections: the kernel's block is provisional.
+    (agent.tmp / "local.yaml").write_text("pack: local\nrules:\n  - id: BM-NET-001\n    override: {action: alert}\n",
+                                          encoding="utf-8")
+    agent.start()
+    try:
+        assert net.client("one", net.internet).startswith("failed")
+        agent.wait(lambda: bool(agent.enforcements("enforce.lift")), "the unconfirmed block was not lifted", 20)
+        d = agent.enforcements()[0]
+        assert (d["target"], d["result"], d["by"], d["rule"]) == \
+            (net.internet, "unconfirmed", "kernel", "enforce.network.first_packet")
+        assert agent.enforcements("enforce.lift")[0]["how"] == "unconfirmed"
+        assert any(r.get("rule") == "BM-NET-001" and r["action"] == "alert" for r in agent.records())
+        assert agent.metric("dutywatch_enforcements_total", kind="network", result="unconfirmed") == 1
     finally:
         assert agent.stop() == 0

@@ -177,6 +177,7 @@ def _enforcer(tmp_path: Path, mode: str = "enforce", **kw: Any) -> tuple[Enforce
                                                                           list[dict[str, Any]], Metrics, Clock]:
     (tmp_path / "registry.yaml").write_text(REGISTRY, encoding="utf-8")
     reg = load_registry(tmp_path / "registry.yaml")
+    kw.setdefault("reactive_by", "agent")  # the kernel's own blocks: tests of their own below
     cfg = EnforceConfig(mode=mode, ttl=60.0, **kw)
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 10.0.0.53\n")
@@ -345,3 +346,116 @@ def test_a_block_longer_than_the_lease_is_renewed_while_the_agent_runs(tmp_path:
     clock.t += 3600
     e.tick()
     assert table.held() == set()
+
+
+# -- reactive blocks the kernel makes at the first packet ------------------------------------------------------
+class FakeLog:
+    """Stands in for the NFLOG reader: the test calls the enforcer's ``first_packet`` as the kernel's log would."""
+
+    started = 0
+
+    def __init__(self, group: int, emit: Any, clock: Any, first: Any = None) -> None:
+        self.group, self.emit, self.first = group, emit, first
+
+    def start(self) -> None:
+        FakeLog.started += 1
+
+    def stop(self) -> None:
+        pass
+
+
+def _kernel(tmp_path: Path, **kw: Any) -> tuple[Enforcer, FakeTable, list[dict[str, Any]], list[dict[str, Any]],
+                                                 Metrics, Clock]:
+    out = _enforcer(tmp_path, reactive_by="kernel", **kw)
+    out[0].log_reader = FakeLog
+    out[0].person = {1000: "张三"}.get
+    out[0].start()
+    return out
+
+
+def test_the_table_blocks_a_forbidden_destination_at_its_first_packet_and_the_rule_confirms_it(
+        tmp_path: Path) -> None:
+    e, table, journal, passed, metrics, clock = _kernel(tmp_path)
+    layout = table.installed
+    assert layout is not None and layout.first_packet == 60 and layout.log_group is not None  # min(TTL, lease/2)
+    assert not layout.log_drops  # reactive: the attempts after the block are not each a finding
+    # The rule in the kernel only acts on the forbidden zone, leased like every element.
+    assert {str(n): s for n, s in table.sets["forbid"].items()} == {"0.0.0.0/0": 150.0, "::/0": 150.0}
+    t0 = clock.t
+    e.first_packet("203.0.113.9", 1000, t0)  # the kernel holds it already; the agent adopts it
+    assert journal == [] and len(e.active) == 1  # its record waits for the rule's judgement
+    assert {str(n) for n in table.sets["dest"]} == {"203.0.113.9/32"}
+    clock.t += 0.4
+    e.put(_finding("203.0.113.9", "internet", ttl=120))
+    d = journal[-1]["detail"]
+    assert journal[-1]["_seq_of"] is passed[0] and passed[0]["enforcement"]["id"] == d["id"]
+    assert (d["target"], d["rule"], d["result"], d["by"], d["operator"], d["in_force_at"]) == \
+        ("203.0.113.9", "T-BLOCK", "enforced", "kernel", "张三", t0)
+    assert d["until"] == t0 + 120  # the rule's TTL, from the moment the kernel blocked
+    assert metrics.enforcements.value(("network", "enforced")) == 1
+    # A repeat is no second decision; the kernel's log of the same address again is no second block.
+    e.put(_finding("203.0.113.9", "internet"))
+    e.first_packet("203.0.113.9", 1000, clock.t)
+    assert passed[1]["enforcement"]["result"] == "in_force" and len(journal) == 1 and len(e.active) == 1
+    # The finding came first (the log was late): one block, one record, made by the agent.
+    e.put(_finding("203.0.113.10", "internet"))
+    e.first_packet("203.0.113.10", 1000, clock.t)
+    assert len(journal) == 2 and len(e.active) == 2
+
+
+def test_a_kernel_block_no_rule_confirms_is_journaled_and_lifted(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.enforce.enforcer as enforcer_mod
+    monkeypatch.setattr(enforcer_mod, "CONFIRM_WITHIN", 0.0)
+    e, table, journal, _passed, metrics, clock = _kernel(tmp_path)
+    e.first_packet("203.0.113.20", 1001, clock.t)
+    e.tick()
+    assert [r["kind"] for r in journal] == ["enforce.action", "enforce.lift"]
+    assert journal[0]["detail"]["result"] == "unconfirmed" and journal[0]["detail"]["operator"] is None
+    assert journal[1]["detail"]["how"] == "unconfirmed"
+    assert table.sets["dest"] == {} and e.active == {}
+    assert metrics.enforcements.value(("network", "unconfirmed")) == 1
+
+
+def test_a_stop_that_keeps_blocks_stops_the_kernel_making_new_ones(tmp_path: Path) -> None:
+    e, table, _journal, _passed, _metrics, _clock = _kernel(tmp_path, on_stop="keep")
+    e.put(_finding("203.0.113.9", "internet"))
+    e.shutdown()
+    assert {str(n) for n in table.sets["dest"]} == {"203.0.113.9/32"} and table.sets["forbid"] == {}
+
+
+def test_the_first_packet_rule_is_written_into_the_table() -> None:
+    from agent.enforce.nft import FIRST_PACKET, NftTable
+    scripts: list[str] = []
+    NftTable("dw19t", run=lambda s, **kw: scripts.append(s) or "").install(
+        Layout(9847, (), (), log_group=19001, first_packet=300))
+    text = scripts[0]
+    assert "set dest4 { type ipv4_addr; flags dynamic, timeout;" in text
+    assert (f'ct direction original ip daddr @forbid4 add @dest4 {{ ip daddr timeout 300s }} log prefix '
+            f'"{FIRST_PACKET}" group 19001') in text
+    assert "ip6 daddr @forbid6 add @dest6" in text and "log group 19001\n" not in text.split("chain refuse")[1][:80]
+    scripts.clear()
+    NftTable("dw19t", run=lambda s, **kw: scripts.append(s) or "").install(
+        Layout(9847, (), (), log_group=19001, log_drops=True))
+    assert "@forbid4 add" not in scripts[0] and "log group 19001" in scripts[0]
+
+
+def test_the_log_reader_tells_a_first_packet_from_a_dropped_attempt() -> None:
+    import socket
+    import struct
+
+    from agent.enforce.nflog import _NFGEN, _NLMSG, DropLog, _nla
+    from agent.enforce.nft import FIRST_PACKET
+    firsts: list[tuple[str, int | None]] = []
+    events: list[Any] = []
+    log = DropLog(19001, events.append, first=lambda ip, uid, when: firsts.append((ip, uid)))
+    ip4 = bytes([0x45, 0, 0, 40]) + b"\0" * 5 + bytes([6]) + b"\0\0" + socket.inet_aton("10.1.1.1") + \
+        socket.inet_aton("203.0.113.9") + struct.pack("!HH", 40000, 443) + b"\0" * 16
+
+    def message(prefix: bytes | None) -> bytes:
+        attrs = _nla(9, ip4) + _nla(11, struct.pack("!I", 1000)) + (_nla(10, prefix + b"\0") if prefix else b"")
+        body = _NFGEN.pack(socket.AF_INET, 0, 0) + attrs
+        return _NLMSG.pack(_NLMSG.size + len(body), (4 << 8) | 0, 0, 0, 0) + body
+    log._messages(message(FIRST_PACKET.encode()) + message(None))
+    assert firsts == [("203.0.113.9", 1000)]
+    assert len(events) == 1 and events[0].net.remote_ip == "203.0.113.9" and events[0].process.uid == 1000
