@@ -49,13 +49,14 @@ class CopyGuardProcess:
 
     def __init__(self, registry: Any, roots: Iterable[str], sys_root: Path,
                  report: Callable[[Decision, str | None], None], *, dryrun: bool = False,
-                 restart_after: float = 1.0) -> None:
+                 restart_after: float = 1.0, realtime: bool = True) -> None:
         self.registry = registry
         self.roots = list(roots)
         self.sys_root = sys_root
         self.report = report
         self.dryrun = dryrun
         self.restart_after = restart_after
+        self.realtime = realtime  # the answering thread at the lowest real-time priority, where allowed
         self.proc: subprocess.Popen[bytes] | None = None
         self.lost = 0  # guard processes that died while the agent ran
         self.on_lost: Callable[[], None] = lambda: None
@@ -81,7 +82,7 @@ class CopyGuardProcess:
                                 stdout=subprocess.PIPE, close_fds=True)
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write(pickle.dumps((self.registry, self.roots, self.sys_root, self.dryrun)))
+            proc.stdin.write(pickle.dumps((self.registry, self.roots, self.sys_root, self.dryrun, self.realtime)))
             proc.stdin.write(b"\n")
             proc.stdin.flush()
             ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
@@ -160,6 +161,11 @@ def _send(out: IO[bytes], lock: threading.Lock, msg: dict[str, Any]) -> None:
         out.flush()
 
 
+def _median_us(timings: Iterable[float]) -> float | None:
+    got = sorted(timings)
+    return round(got[len(got) // 2] * 1e6, 1) if got else None
+
+
 def main() -> int:
     """The child: read what to judge by, guard, answer ``stats`` lines, stop at the end of the input."""
     logging.basicConfig(level=logging.WARNING, format="copy guard: %(message)s")
@@ -167,7 +173,7 @@ def main() -> int:
     lock = threading.Lock()
     try:
         # Only the agent that started this process writes its input (a pipe no one else holds).
-        registry, roots, sys_root, dryrun = pickle.load(stdin)  # noqa: S301
+        registry, roots, sys_root, dryrun, realtime = pickle.load(stdin)  # noqa: S301
     except Exception as exc:  # told to the agent, which then does without this guard
         _send(stdout, lock, {"error": f"bad start-up data: {exc}"})
         return 2
@@ -178,7 +184,8 @@ def main() -> int:
             denied["stick"]["dev"] = d.stick.dev
         _send(stdout, lock, {"denied": denied, "operator": operator_of(d.pid, registry, ids=d.ids)})
 
-    guard = CopyGuard(registry.assets, removable_sticks(registry, roots, sys_root), report, dryrun=dryrun)
+    guard = CopyGuard(registry.assets, removable_sticks(registry, roots, sys_root), report, dryrun=dryrun,
+                      realtime=realtime)
     try:
         guard.start()
     except OSError as exc:
@@ -189,7 +196,9 @@ def main() -> int:
         for line in stdin:
             if line.strip() == b"stats":
                 _send(stdout, lock, {"stats": {"decided": guard.decided, "denied": guard.denied, "seen": guard.seen,
-                                               "gaps": guard.gaps, "armed": guard.armed, "time": time.time()}})
+                                               "gaps": guard.gaps, "armed": guard.armed, "time": time.time(),
+                                               "priority": guard.priority,
+                                               "decision_us": _median_us(guard.timings)}})
     finally:
         guard.stop()
     return 0
