@@ -40,14 +40,16 @@ except BlockingIOError:
     pass
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 deadline = t0 + 5
+out = 0  # datagrams that left after connect() returned, before the block
 while time.monotonic() < deadline:
     try:
         u.sendto(b"x", (addr, 4500))
     except PermissionError:
-        print(f"{(time.monotonic() - t0) * 1000:.2f} {wall:.6f}", flush=True); break
+        print(f"{(time.monotonic() - t0) * 1000:.2f} {wall:.6f} {out}", flush=True); break
+    out += 1
     time.sleep(0.0002)
 else:
-    print(f"never {wall:.6f}", flush=True)
+    print(f"never {wall:.6f} {out}", flush=True)
 s.close()
 """
 
@@ -157,10 +159,11 @@ def end_to_end(by: str) -> None:
         agent.config.write_text(agent.config.read_text().replace(
             "network: {resolvers: []}", f"network: {{resolvers: [], reactive: {by}}}"), encoding="utf-8")
         agent.start()
-        delays, never, started = [], 0, {}
+        delays, never, started, leaked = [], 0, {}, []
         for a in inet:
             out = t._ns_run(host, "/usr/bin/python3", "-c", PROBE, a, user=1000).split()
             started[a] = float(out[1])
+            leaked.append(int(out[2]))
             if out[0] == "never":
                 never += 1
             else:
@@ -180,15 +183,18 @@ def end_to_end(by: str) -> None:
             how = "the table's own rule" if by == "kernel" else "sniffer to agent to nftables"
             print(f"first offending packet to block in force (reactive: {by}, {how}, {len(delays)} of "
                   f"{ROUNDS} rounds): p50 {statistics.median(delays):.1f} ms  p99 {pct(delays, 0.99):.1f} ms  "
-                  f"max {max(delays):.1f} ms as the offender saw it (its own wake-ups included); never blocked "
-                  f"within 5 s: {never}")
+                  f"max {max(delays):.1f} ms as the offender saw it (from before its connect() call, its own wake-ups "
+                  f"included); never blocked within 5 s: {never}; already blocked when connect() returned in "
+                  f"{sum(1 for n in leaked if n == 0)} of {len(leaked)} rounds (datagrams out after it: median "
+                  f"{statistics.median(leaked):g}, max {max(leaked)})")
         else:
             print(f"first offending packet to block in force (reactive: {by}): never blocked in {ROUNDS} rounds")
+        what = "the element in the kernel (in_force_at)" if by == "agent" else \
+            "the agent adopting the kernel's block (in_force_at: when it read the log)"
         if held:
             print(f"  by the agent's journal ({len(held)} blocks): connect() to the sniffer's event p50 "
-                  f"{statistics.median(seen):.1f} ms p99 {pct(seen, 0.99):.1f} ms; connect() to the element in the "
-                  f"kernel (in_force_at) p50 {statistics.median(held):.1f} ms p99 {pct(held, 0.99):.1f} ms "
-                  f"max {max(held):.1f} ms")
+                  f"{statistics.median(seen):.1f} ms p99 {pct(seen, 0.99):.1f} ms; connect() to {what} p50 "
+                  f"{statistics.median(held):.1f} ms p99 {pct(held, 0.99):.1f} ms max {max(held):.1f} ms")
     finally:
         if agent is not None and agent.proc is not None:
             agent.stop()
