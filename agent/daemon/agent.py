@@ -204,8 +204,7 @@ class Agent:
         e.emit = self.pipeline.offer
         e.wake = self.wake  # its state file is written on the main thread's next tick: at once, not at the next check
         e.gate, e.copy = self._guards(loaded, e)
-        people = {p.uid: str(p.name) for p in loaded.registry.people if p.uid is not None}
-        e.person = lambda uid: people.get(uid, f"uid {uid}")  # who sent a packet the table blocked first
+        e.person = _people(loaded.registry)
         return e
 
     def _guards(self, loaded: Loaded, e: Any) -> tuple[Any, Any]:
@@ -620,6 +619,7 @@ class Agent:
             # New assets or sticks in the registry: the guards judge by the new one; blocks stay.
             self.enforcer.swap_guards(*self._guards(new, self.enforcer))
         self.enforcer_registry = new.registry
+        self.enforcer.person = _people(new.registry)
         globs = tuple(a.path for a in new.registry.assets)
         for c in self.collectors:
             set_assets = getattr(c, "set_assets", None)
@@ -823,6 +823,12 @@ class Agent:
             out.append({**r.as_dict(), "operator": op.account, "operator_name": op.name, "known": op.known})
             _log.info("stop asked through the service manager by %s (%s)", r.describe(), op.name or op.account)
         return out
+
+
+def _people(registry: Any) -> Callable[[int], str | None]:
+    """Who a uid is, by the registry's people (who sent a packet the enforcement table blocked first)."""
+    people = {p.uid: str(p.name) for p in registry.people if p.uid is not None}
+    return lambda uid: people.get(uid, f"uid {uid}")
 
 
 def _guarded(registry: Registry) -> tuple[Any, ...]:

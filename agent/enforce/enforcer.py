@@ -491,8 +491,10 @@ class Enforcer:
                 from agent.enforce.nflog import DropLog
                 group = 19000 + sum(self.cfg.table.encode()) % 1000
                 try:
-                    self.droplog = (self.log_reader or DropLog)(group, self.emit if preventive else None, self.clock,
-                                           first=self.first_packet if by_kernel else None)
+                    # Every new attempt the table drops is an event too (so a finding with its operator): with
+                    # the kernel's own blocks the dropped packets never reach the network collector.
+                    self.droplog = (self.log_reader or DropLog)(group, self.emit, self.clock,
+                                                                first=self.first_packet if by_kernel else None)
                     self.droplog.start()
                 except OSError as exc:
                     # Without the log the agent could not adopt (nor lift) what the kernel blocks: the agent
@@ -502,7 +504,7 @@ class Enforcer:
                 if self.droplog is not None:
                     first = max(1, int(min(self.cfg.ttl, self.cfg.lease / 2))) if by_kernel else None
                     self.channel = replace(self.channel, layout=replace(
-                        self.channel.layout, log_group=group, log_drops=preventive, first_packet=first))
+                        self.channel.layout, log_group=group, log_drops=self.emit is not None, first_packet=first))
             if self.cfg.mode == "enforce" and self.table is not None:
                 if not restored:
                     self.table.remove()

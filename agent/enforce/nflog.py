@@ -163,4 +163,4 @@ class DropLog:
         if self.emit is not None:
             self.emit(Event("net.connect", self.clock(), "enforce", process=Process(uid=uid),
                             net=Net(proto=proto, direction="out", remote_ip=dst, remote_port=port),
-                            detail="dropped by the enforcement table (preventive)"))
+                            detail="dropped by the enforcement table"))

@@ -183,11 +183,14 @@ class NftTable:
             chain += [f"    ip {addr} @permit4 accept", f"    ip6 {addr} @permit6 accept",
                       f"    ip {addr} @wide4 {drop}", f"    ip6 {addr} @wide6 {drop}"]
         if layout.first_packet and layout.log_group is not None:
-            # Only packets of flows this host opened: answering a connection from outside is no offence.
+            # Only packets of flows this host opened (answering a connection from outside is no offence),
+            # sent by a program's socket (``meta skuid`` fails without one): the kernel's own leftovers of an
+            # older flow (a TIME_WAIT ACK, a RST) carry no data and would block for no one.
             for fam in ("ip", "ip6"):
                 v = 4 if fam == "ip" else 6
-                out.append(f"    ct direction original {fam} daddr @forbid{v} add @dest{v} {{ {fam} daddr timeout "
-                           f'{layout.first_packet}s }} log prefix "{FIRST_PACKET}" group {layout.log_group}')
+                out.append(f"    ct direction original meta skuid >= 0 {fam} daddr @forbid{v} add @dest{v} "
+                           f"{{ {fam} daddr timeout {layout.first_packet}s }} "
+                           f'log prefix "{FIRST_PACKET}" group {layout.log_group}')
         refuse = ["    counter drop"]
         if layout.log_group is not None and layout.log_drops:
             refuse.insert(0, f"    ct state new limit rate 200/second burst 400 packets log group {layout.log_group}")
