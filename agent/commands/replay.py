@@ -26,6 +26,7 @@ from agent.attribution import Attributor
 from agent.commands.common import add_config, error_lines, print_errors
 from agent.config import load_config
 from agent.engine.engine import Engine, Finding
+from agent.engine.fold import for_host
 from agent.engine.rules import RuleSet, load_rules
 from agent.errors import LoadError, LoadErrors
 from agent.events import EventDecoder
@@ -232,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         print_errors(error_lines(exc))
         return 1
     print_errors(f"{e} (skipped: sigma.skip_unsupported is true)" for e in ruleset.skipped)
-    engine = Engine(ruleset)
+    # Attribution gives every event the registry's host: the rules are compiled for it.
+    engine = Engine(for_host(ruleset, registry.host))
     attribute = Attributor(registry, _no_system_accounts, no_owners)
     load_s = time.perf_counter() - t0
     # The rules and registry live as long as the run: keep the collector from rescanning them.

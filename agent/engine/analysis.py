@@ -10,6 +10,7 @@ rules be found by a few dictionary lookups and one substring scan.
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,13 +89,13 @@ def possible_kinds(node: ast.expr, scope: Scope, depth: int = 0) -> frozenset[st
 class Trigger:
     """A necessary condition a cheap index can test: ``field`` eq/prefix/suffix/contains ``value``."""
 
-    op: str  # eq | prefix | suffix | contains | present (value None: the field is set)
+    op: str  # eq | prefix | suffix | contains | present (value None: the field is set) | ne (set, and none of value)
     field: str
     value: Any
     fold: bool = False  # tested against lower(field), as Sigma's case-insensitive matching needs
 
 
-_OP_COST = {"eq": 0, "prefix": 1, "suffix": 1, "contains": 2, "present": 3}
+_OP_COST = {"eq": 0, "prefix": 1, "suffix": 1, "contains": 2, "ne": 3, "present": 4}
 _MIN_LITERAL = 3  # shorter substrings match too often to narrow anything
 
 
@@ -240,17 +241,59 @@ def _presence(node: ast.expr) -> str | None:
     return None
 
 
-def triggers(node: ast.expr, scope: Scope, depth: int = 0) -> tuple[Trigger, ...] | None:
-    """Index entries of which at least one holds whenever ``node`` is true; None if none can be given."""
+def _not_equal(node: ast.expr, scope: Scope, fixed: Mapping[str, Any], depth: int = 0) -> tuple[str, str] | None:
+    """``(field, text)`` when ``node`` is ``field != "text"`` for a string field (a fixed field reads as its value)."""
+    sub = _macro(node, scope)
+    if sub is not None:
+        return _not_equal(sub, scope, fixed, depth + 1) if depth < 50 else None
+    if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.NotEq)):
+        return None
+    for a, b in ((node.left, node.comparators[0]), (node.comparators[0], node.left)):
+        fld = _field(a)
+        if fld is None or fld in fixed or FIELDS[fld].type != "str":
+            continue
+        other = _field(b)
+        value = fixed.get(other) if other is not None else b.value if isinstance(b, ast.Constant) else None
+        if isinstance(value, str):
+            return fld, value
+    return None
+
+
+def _exclusions(values: list[ast.expr], parts: list[tuple[Trigger, ...] | None], scope: Scope,
+                fixed: Mapping[str, Any]) -> list[tuple[Trigger, ...]]:
+    """``ne`` triggers of an ``and``: a field it needs set (``f != None``) that it also needs unlike some texts.
+
+    ``f != "x"`` alone holds when f is unset, so only together with ``f != None``
+    does it say that f is set and not "x".
+    """
+    needed = {p[0].field for p in parts if p is not None and len(p) == 1 and p[0].op == "present"}
+    unlike: dict[str, set[str]] = {}
+    for v in values:
+        ne = _not_equal(v, scope, fixed)
+        if ne is not None and ne[0] in needed:
+            unlike.setdefault(ne[0], set()).add(ne[1])
+    return [(Trigger("ne", fld, frozenset(texts)),) for fld, texts in unlike.items()]
+
+
+def triggers(node: ast.expr, scope: Scope, depth: int = 0,
+             fixed: Mapping[str, Any] | None = None) -> tuple[Trigger, ...] | None:
+    """Index entries of which at least one holds whenever ``node`` is true; None if none can be given.
+
+    ``fixed`` fields have one value on every event (``expr.compile_fixed``):
+    a test of one of them narrows nothing, and one compared with a field
+    reads as its value.
+    """
+    fixed = fixed or {}
     if depth > 50:
         return None
     sub = _macro(node, scope)
     if sub is not None:
-        return triggers(sub, scope, depth + 1)
+        return triggers(sub, scope, depth + 1, fixed)
     if isinstance(node, ast.BoolOp):
-        parts = [triggers(v, scope, depth + 1) for v in node.values]
+        parts = [triggers(v, scope, depth + 1, fixed) for v in node.values]
         if isinstance(node.op, ast.And):
-            usable = [p for p in parts if p]
+            usable = [p for p in parts if p and not all(t.field in fixed for t in p)]
+            usable += _exclusions(node.values, parts, scope, fixed)
             return min(usable, key=_cost) if usable else None
         if any(not p for p in parts):
             return None

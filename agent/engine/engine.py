@@ -163,11 +163,13 @@ class _FieldIndex(NamedTuple):
     contains_search: Callable[[str], Any] | None
     contains: dict[str, RuleGroup]
     present: RuleGroup  # rules that need only the field to be set
+    ne: dict[frozenset[str], RuleGroup]  # rules that need the field set and none of these values
 
     def groups(self) -> list[RuleGroup]:
         """Every rule group of every index of this field."""
         keyed = [g for t in (self.prefix, self.suffix) for entries in t.values() for _, g in entries]
-        return keyed + [g for t in (self.eq, self.suffix_base, self.contains) for g in t.values()] + [self.present]
+        return keyed + [g for t in (self.eq, self.suffix_base, self.contains, self.ne) for g in t.values()] \
+            + [self.present]
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +217,7 @@ def _field_index(fld: str, fold: bool, tables: dict[str, dict[Any, list[Rule]]])
     search = literal_search(list(contains)) if contains else None
     present = _group(tables.get("present", {}).get(None, []))
     return _FieldIndex(_getter(fld), fold, _freeze(tables.get("eq", {})), head, prefix, tail, suffix,
-                       _freeze(base), search, contains, present)
+                       _freeze(base), search, contains, present, _freeze(tables.get("ne", {})))
 
 
 def _no_rules(e: Event) -> list[Rule]:
@@ -265,7 +267,7 @@ def _quick_source(n: int, f: _FieldIndex, env: dict[str, Any]) -> list[str] | No
     """
     prefixes = tuple(lit for entries in f.prefix.values() for lit, _ in entries)
     suffixes = tuple(lit for entries in f.suffix.values() for lit, _ in entries) + tuple(f.suffix_base)
-    if len(prefixes) > _QUICK_MAX or len(suffixes) > _QUICK_MAX:
+    if len(prefixes) > _QUICK_MAX or len(suffixes) > _QUICK_MAX or f.ne:
         return None
     v = "lo" if f.fold else "r"
     tests = []
@@ -305,6 +307,9 @@ def _lookup_source(n: int, f: _FieldIndex, env: dict[str, Any]) -> list[str]:
         env[f"contains{n}"] = tuple(f.contains.items())
         lines += [f"  if search{n}(v) is not None:", f"   for lit, g in contains{n}:",
                   "    if lit in v: out.append(g)"]
+    if f.ne:
+        env[f"ne{n}"] = tuple(f.ne.items())
+        lines += [f"  for unlike, g in ne{n}:", "   if v not in unlike: out.append(g)"]
     return lines
 
 
@@ -313,7 +318,7 @@ def _only_present(f: _FieldIndex) -> bool:
 
 
 def _only_eq(f: _FieldIndex) -> bool:
-    return not (f.head or f.tail or f.suffix_base or f.contains)
+    return not (f.head or f.tail or f.suffix_base or f.contains or f.ne)
 
 
 def _field_source(kind: str, dotted: str, ns: list[int], fields: tuple[_FieldIndex, ...],

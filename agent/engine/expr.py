@@ -69,11 +69,16 @@ class Scope:
 
 
 class _Compiler:
-    def __init__(self, text: str, where: Location, scope: Scope, style: str | None) -> None:
+    def __init__(self, text: str, where: Location, scope: Scope, style: str | None,
+                 fixed: Mapping[str, Any] | None = None) -> None:
         self.text = text
         self.where = where
         self.scope = scope
         self.style = style
+        # Fields whose value is known when compiling (the registry's host, the same on every event of a
+        # replay): read as constants, so that ``fold`` can settle what depends on them alone.
+        self.fixed: Mapping[str, Any] = fixed or {}
+        self.read: set[str] = set()  # every field the condition reads, through its macros too
         self.consts: dict[str, Any] = {}
         self.temps = 0
         # lower(field) used more than once is computed once, before the condition (the top level only).
@@ -161,6 +166,9 @@ class _Compiler:
             if base.id in GROUPS:
                 raise self.err(node, f"unknown field {dotted}")
             raise self.err(node, f"unknown field group {base.id!r} in {dotted}")
+        self.read.add(dotted)
+        if dotted in self.fixed:  # typed as the field, so that the checks and coercions stay the same
+            return Typed(self.const(self.fixed[dotted]), spec.type, field=dotted)
         e = ast.Name("e", ast.Load())
         if spec.group == "event":
             access: ast.expr = ast.Attribute(e, spec.name, ast.Load())
@@ -190,8 +198,9 @@ class _Compiler:
         text, where = scope.macros[n]
         scope._expanding.append(n)
         try:
-            sub = _Compiler(text, where, scope, getattr(text, "style", None))
+            sub = _Compiler(text, where, scope, getattr(text, "style", None), self.fixed)
             sub.consts = self.consts
+            sub.read = self.read
             sub.temps = self.temps
             tree = parse_when(text, where, sub)
             t = sub.condition(tree)
@@ -519,8 +528,13 @@ class Compiled:
     test: Predicate
     kinds: frozenset[str]
     triggers: tuple[Any, ...] | None  # analysis.Trigger entries, one of which holds when the rule does
+    tree: ast.expr | None = None  # the parsed condition, to compile again with fields fixed (agent.engine.fold)
+    never: bool = False  # with the fixed fields, the condition can never hold
 
 
+# Groups that attribution takes from the registry alone, the same on every event it attributes: a
+# condition reading one may be compiled again with their values fixed (``compile_fixed``).
+FIXABLE_GROUPS = ("host",)
 _MAX_DEPTH_TEXT = "when is nested too deeply (more than Python's parser can take); split it into macros"
 
 
@@ -534,14 +548,38 @@ def compile_when(text: str, where: Location, scope: Scope, name: str = "when") -
 
 def _compile_when(text: str, where: Location, scope: Scope, name: str) -> Compiled:
     c = _Compiler(text, where, scope, getattr(text, "style", None))
-    tree = parse_when(text, where, c)
+    return _compile_tree(c, parse_when(text, where, c), name)
+
+
+def compile_fixed(tree: ast.expr, text: str, where: Location, scope: Scope, name: str,
+                  fixed: Mapping[str, Any]) -> Compiled:
+    """An already valid condition compiled again with the ``fixed`` fields' values as constants, folded.
+
+    What depends on those fields alone is settled here (``agent.engine.fold``),
+    and the index triggers take their values into account; the result holds
+    for exactly the events, in evaluation order, that the general one does
+    whenever the fixed fields have those values.
+    """
+    try:
+        return _compile_tree(_Compiler(text, where, scope, None, fixed), tree, name)
+    except (RecursionError, MemoryError):
+        raise LoadError(where, _MAX_DEPTH_TEXT) from None
+
+
+def _compile_tree(c: _Compiler, tree: ast.expr, name: str) -> Compiled:
     c.hoist = _repeated_lowers(tree)
     typed = c.condition(tree)
     body: list[ast.stmt] = [ast.Assign([ast.Name(t, ast.Store())], value) for t, value in c.hoisted.values()]
+    result = typed.node
+    never = False
+    if c.fixed:
+        from agent.engine.fold import fold
+        body, result = fold(body, result, c.consts)
+        never = isinstance(result, ast.Constant) and not result.value
     fn = ast.FunctionDef(
         name=_safe_name(name), args=ast.arguments(posonlyargs=[], args=[ast.arg("e")], kwonlyargs=[],
                                                    kw_defaults=[], defaults=[]),
-        body=[*body, ast.Return(typed.node)], decorator_list=[], returns=None)
+        body=[*body, ast.Return(result)], decorator_list=[], returns=None)
     module = ast.Module(body=[fn], type_ignores=[])
     ast.fix_missing_locations(module)
     code = compile(module, f"<rule {name}>", "exec")
@@ -549,7 +587,9 @@ def _compile_when(text: str, where: Location, scope: Scope, name: str) -> Compil
     # No builtins: the grammar names none, and the function could not reach them anyway.
     test = types.FunctionType(fcode, {"__builtins__": {}, **c.consts}, _safe_name(name))
     from agent.engine.analysis import possible_kinds, triggers
-    return Compiled(test, possible_kinds(tree, scope), triggers(tree, scope))
+    # The tree is kept only where a fixed field could change something: a condition on the host group.
+    keep = tree if any(f.partition(".")[0] in FIXABLE_GROUPS for f in c.read) else None
+    return Compiled(test, possible_kinds(tree, c.scope), triggers(tree, c.scope, fixed=c.fixed), keep, never)
 
 
 def _repeated_lowers(tree: ast.expr) -> frozenset[str]:
@@ -569,4 +609,4 @@ def _safe_name(name: str) -> str:
     return "rule_" + re.sub(r"\W", "_", name)
 
 
-__all__ = ["FUNCTIONS", "Compiled", "Scope", "compile_when", "literal_search", "parse_when"]
+__all__ = ["FUNCTIONS", "Compiled", "Scope", "compile_fixed", "compile_when", "literal_search", "parse_when"]

@@ -70,6 +70,7 @@ class Rule:
     triggers: tuple[Any, ...] | None = None
     window: Window | None = None  # a count-over-window rule's state (``threshold:``)
     enforce: RuleEnforce | None = None  # what an ``action: block`` rule enforces
+    tree: Any = None  # the parsed ``when`` of a rule on the host group, to compile again for one host (ast.expr)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class RuleSet:
     lists: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     # Sigma rules left out under ``sigma: {skip_unsupported: true}``, each with its place and reason.
     skipped: tuple[LoadError, ...] = ()
+    macros: dict[str, tuple[str, Location]] = field(default_factory=dict)
 
     def by_id(self) -> dict[str, Rule]:
         """Rules keyed by id."""
@@ -285,7 +287,8 @@ class _Loader:
                 if exc not in self.problems and str(exc) not in {str(x) for x in self.problems}:
                     self.problems.append(exc)
         self.problems.raise_if_any()
-        return RuleSet(tuple(compiled), tuple(self.files), tuple(disabled), dict(self.lists), tuple(self.skipped))
+        return RuleSet(tuple(compiled), tuple(self.files), tuple(disabled), dict(self.lists), tuple(self.skipped),
+                       dict(self.macros))
 
     def compile_rule(self, raw: _Raw, scope: Scope) -> Rule:
         v, w = raw.values, raw.value_where
@@ -343,7 +346,7 @@ class _Loader:
             test = counted(c.test, window)
         return Rule(raw.id, raw.pack, title, str(when), str(severity), str(action), tuple(accountable),
                     controls, tags, templates[0], templates[1], raw.source, raw.where, test, c.kinds, c.triggers,
-                    window, enforce)
+                    window, enforce, c.tree)
 
 
 def _threshold(value: Any, where: Location, problems: Problems) -> Threshold | None:
