@@ -37,6 +37,7 @@ import errno
 import logging
 import os
 import posixpath
+import re
 import sys
 import threading
 import time
@@ -69,14 +70,14 @@ from collectors.base import (
     stop_timeout,
 )
 from collectors.netjoin import DnsJoin, is_dns_send
-from collectors.procfs import ProcReader, read_unit
+from collectors.procfs import ProcReader, parse_unit
 
 MODES = ("auto", "multicast", "daemon")
 _STATUS_EVERY = 2.0
 _RULES_EVERY = 10.0
 _BACKLOG = 8192  # auditd's own default (-b 8192): an exec storm must not overflow the kernel's queue
 _DAEMONS = frozenset({"auditd", "go-audit", "auditbeat", "laurel"})
-_DAEMON_EXES = tuple(f'/{d}"'.encode() for d in _DAEMONS)
+_DAEMON_EXE = re.compile(b'/(?:' + b"|".join(re.escape(d.encode()) for d in sorted(_DAEMONS)) + b')"')
 # After giving the role up, the agent does not take it back this long while nobody holds it: an audit daemon
 # refused once (it asked while the agent still held the role) is started again by its service manager
 # (auditd.service: Restart=on-failure, RestartSec 100 ms) and must find the role free.
@@ -231,21 +232,27 @@ class AuditCollector:
         p = found[0]
         return Parent(pid=p.pid, name=p.name, exe=p.exe, cmdline=p.cmdline)
 
+    def _parent_unit(self, ppid: int) -> tuple[bool, str | None]:
+        """The unit of ``ppid`` as read with its identity (for the parent group), without reading /proc again."""
+        found = self._reader.cached(ppid)
+        if found is None or found[0].loginuid is not None:
+            return False, None  # the unit is read only for a process with no login identity
+        return True, found[0].unit
+
     def _unit(self, pid: int, exe: str | None) -> str | None:
         """The systemd unit of ``pid``, if it still runs ``exe`` (else the pid is gone or reused: no unit)."""
-        base = os.path.join(str(self._sources.proc_root), str(pid))
+        base = f"{self._sources.proc_root}/{pid}"
         try:
-            fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+            # Two calls for a live process; one for one gone (or a zombie, which has no exe).
+            if exe is None or clean_exe(os.readlink(f"{base}/exe")) != exe:
+                return None
+            fd = os.open(f"{base}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
-            try:
-                now = os.readlink("exe", dir_fd=fd)
-            except OSError:
-                return None
-            if exe is None or clean_exe(now) != exe:
-                return None
-            return read_unit(fd)
+            return parse_unit(os.read(fd, 4096))
+        except OSError:
+            return None
         finally:
             os.close(fd)
 
@@ -272,6 +279,7 @@ class _Session:
         self.yielded_at: float | None = None  # monotonic time the daemon role was last given up
         self.lost_seen: int | None = None
         self.asm = Assembler(syscall_names=syscall_name, parents=owner._parent, units=owner._unit,
+                             parent_units=owner._parent_unit,
                              asset_prefixes=owner.asset_paths, agent_pid=owner.pid)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -558,10 +566,12 @@ class _Session:
                                  "held it; it must be started again (its service manager restarts it on failure)")
                 continue
             if m.type == 1300 and self.mode == "daemon" and m.payload.endswith(b'key="dutywatch-exec"') \
-                    and any(exe in m.payload for exe in _DAEMON_EXES):
+                    and _DAEMON_EXE.search(m.payload) is not None:
                 # An audit daemon's exec: make room now, before it asks (not once its exec is assembled).
                 self._daemon_exec(m.payload)
-            self._send(self.asm.feed(m.type, m.payload, now))
+            done = self.asm.feed(m.type, m.payload, now)
+            if done:
+                self._send(done)
         if self.asm.malformed:
             self.c.health.drop("malformed", self.asm.malformed)
             self.asm.malformed = 0
@@ -625,7 +635,7 @@ class _Session:
             self.c.health.mode = self.mode
 
 
-_COVERS = {"exec": "process.exec", "net": "net.connect", "file": "file", "mount": "media.mount",
+_COVERS = {"exec": "process.exec", "net": "net.connect", "sock": "", "file": "file", "mount": "media.mount",
            "agent": "agent", "module": "module"}
 
 

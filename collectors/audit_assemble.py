@@ -34,6 +34,7 @@ from collectors.audit_records import (
     number,
     parse_record,
     proctitle,
+    serial_of,
     sockaddr,
     text,
 )
@@ -63,9 +64,30 @@ _CMDLINE_MAX = 4096
 _UNSPECIFIED = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
 _PARENTS = 8192
 _DONE = 65536
+_SOCKETS = 65536
+_SOCK_TYPE_MASK = 0xF  # socket(2)'s type without SOCK_NONBLOCK and SOCK_CLOEXEC
+# IP protocol numbers a socket may name, as net.proto spells them (the sniffer's names: collectors.sniff)
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+# socket(2) type -> the transport of protocol 0 (the family's default for that type)
+_DEFAULT_TRANSPORT = {1: "tcp", 2: "udp", 5: "sctp", 6: "dccp"}
+
+
+def _transport(kind: int, proto: int) -> str:
+    """net.proto of an inet socket of type ``kind`` and protocol ``proto`` (a ping socket is icmp, a raw one its
+    protocol's name or ``raw``)."""
+    if proto and proto != 255:
+        return _PROTO_NAMES.get(proto, str(proto))
+    return _DEFAULT_TRANSPORT.get(kind, "raw" if kind == 3 else str(kind))
 
 ParentLookup = Callable[[int], Parent | None]
 UnitLookup = Callable[[int, str | None], str | None]  # (pid, kernel exe) -> the systemd unit of that process
+# pid -> (whether its unit is known without reading /proc, the unit): a parent the agent has read already
+ParentUnitLookup = Callable[[int], tuple[bool, str | None]]
+# Programs that place the processes they start into a unit or container of their own between fork and exec:
+# their children's unit is read, never inherited.
+_PLACERS = frozenset({"systemd", "init", "runc", "crun", "youki", "runsc", "conmon", "containerd-shim",
+                      "containerd-shim-runc-v1", "containerd-shim-runc-v2", "lxc-start", "cgexec", "systemd-run",
+                      "systemd-nspawn", "machinectl", "libvirtd", "virtqemud"})
 
 
 def _title(records: list[Record]) -> list[str]:
@@ -121,18 +143,23 @@ class Assembler:
     """Groups records by serial and builds events; not locked (one reader thread)."""
 
     def __init__(self, *, syscall_names: Callable[[str, int], str | None], parents: ParentLookup | None = None,
-                 units: UnitLookup | None = None, asset_prefixes: tuple[str, ...] = (), agent_pid: int = 0,
+                 units: UnitLookup | None = None, parent_units: ParentUnitLookup | None = None,
+                 asset_prefixes: tuple[str, ...] = (), agent_pid: int = 0,
                  max_age: float = 2.0, collector: str = "audit") -> None:
         self._names = syscall_names
         self._parents = parents
         self._units = units
+        self._parent_units = parent_units
         self.asset_prefixes = asset_prefixes
         self.agent_pid = agent_pid
         self._max_age = max_age
         self._collector = collector
-        self._open: OrderedDict[int, tuple[float, list[Record]]] = OrderedDict()
+        # serial -> (first seen, record types, record texts), until its EOE
+        self._open: OrderedDict[int, tuple[float, list[int], list[bytes]]] = OrderedDict()
         self._done: OrderedDict[int, None] = OrderedDict()
         self._seen_exec: OrderedDict[int, Parent] = OrderedDict()
+        self._exec_units: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()  # pid -> (exe, unit)
+        self._sockets: OrderedDict[tuple[int, int], str] = OrderedDict()  # (pid, fd) -> transport of an inet socket
         self._users = UserRecords(collector)
         self.duplicates = 0
         self.malformed = 0
@@ -141,22 +168,25 @@ class Assembler:
     def feed(self, rtype: int, payload: bytes, now: float) -> list[Event]:
         """Events completed by this record (usually none or one)."""
         if rtype == EOE or rtype in _GROUPED:
-            rec = parse_record(rtype, payload, rtype not in _LAZY)
-            if rec is None:
+            # Only the serial now: a record's fields are read when its call is assembled, and only the
+            # records the event needs (an exec's PROCTITLE and BPRM_FCAPS usually never).
+            serial = serial_of(payload)
+            if serial is None:
                 self.malformed += 1
                 return []
-            if rec.serial in self._done:
+            if serial in self._done:
                 self.duplicates += 1
                 return []
             if rtype == EOE:
-                return self._close(rec.serial)
-            entry = self._open.get(rec.serial)
+                return self._close(serial)
+            entry = self._open.get(serial)
             if entry is None:
-                self._open[rec.serial] = (now, [rec])
-            elif any(r.text == rec.text for r in entry[1]):
+                self._open[serial] = (now, [rtype], [payload])
+            elif payload in entry[2]:
                 self.duplicates += 1
             else:
-                entry[1].append(rec)
+                entry[1].append(rtype)
+                entry[2].append(payload)
             return []
         if rtype in USER_TYPES:
             rec = parse_record(rtype, payload)
@@ -172,7 +202,7 @@ class Assembler:
 
     def next_due(self) -> float | None:
         """When (monotonic, as ``flush`` is given) the oldest open serial must be closed; None when none is open."""
-        for first, _ in self._open.values():
+        for first, _, _ in self._open.values():
             return first + self._max_age
         return None
 
@@ -180,7 +210,7 @@ class Assembler:
         """Close serials whose EOE never came (older than ``max_age``, or all)."""
         out: list[Event] = []
         while self._open:
-            serial, (first, _) = next(iter(self._open.items()))
+            serial, (first, _, _) = next(iter(self._open.items()))
             if not everything and now - first < self._max_age:
                 break
             self.incomplete += 1
@@ -200,7 +230,36 @@ class Assembler:
         self._mark_done(serial)
         if entry is None:
             return []
-        ev = self.build(entry[1])
+        types, texts = entry[1], entry[2]
+        sc: Record | None = None
+        if SYSCALL in types:
+            # The call first: a failed exec (a shell or execvp trying each PATH entry: most execs on a busy
+            # host) or a socket is done with without reading its other records.
+            sc = parse_record(SYSCALL, texts[types.index(SYSCALL)])
+            if sc is None:
+                self.malformed += 1
+                return []
+            f = sc.fields
+            call = self._names(f.get("arch", ""), number(f.get("syscall")) or -1)
+            if call in ("execve", "execveat") and f.get("success") == "no":
+                return []
+            if call == "socket":
+                self._socket(f)
+                return []
+        records = []
+        for rtype, payload in zip(types, texts, strict=True):
+            # A lazy record's text is kept; its fields (and time) are read only if asked for.
+            if rtype == SYSCALL and sc is not None:
+                rec: Record | None = sc
+            elif rtype in _LAZY:
+                rec = Record(rtype, 0.0, serial, {}, payload)
+            else:
+                rec = parse_record(rtype, payload)
+            if rec is None:
+                self.malformed += 1
+            else:
+                records.append(rec)
+        ev = self.build(records)
         return [ev] if ev is not None else []
 
     # -- building ------------------------------------------------------------
@@ -211,15 +270,20 @@ class Assembler:
             return None
         f = sc.fields
         call = self._names(f.get("arch", ""), number(f.get("syscall")) or -1) or ""
+        if call == "socket":
+            self._socket(f)
+            return None
         execve = [r for r in records if r.type == EXECVE]
         paths = sorted((r for r in records if r.type == PATH), key=lambda r: number(r.fields.get("item")) or 0)
         cwd = next((text(r.fields.get("cwd")) for r in records if r.type == CWD), None)
-        process = self._process(f, cwd, execve, records)
-        if execve or call in ("execve", "execveat"):
-            if f.get("success") == "no":
-                return None
-            return self._exec(sc, process, paths, execve)
-        parent = self._parent(process.ppid)
+        is_exec = bool(execve) or call in ("execve", "execveat")
+        if is_exec and f.get("success") == "no":
+            return None
+        ppid = number(f.get("ppid"))
+        parent = self._parent(ppid)
+        process = self._process(f, cwd, execve, records, ppid, parent, is_exec)
+        if is_exec:
+            return self._exec(sc, process, paths, parent)
         if call in _NET_CALLS:
             addr = next((r for r in records if r.type == SOCKADDR), None)
             return self._net(sc, call, process, parent, addr)
@@ -233,30 +297,62 @@ class Assembler:
             return self._file(sc, call, process, parent, paths, cwd)
         return None
 
-    def _process(self, f: dict[str, str], cwd: str | None, execve: list[Record], records: list[Record]) -> Process:
+    def _process(self, f: dict[str, str], cwd: str | None, execve: list[Record], records: list[Record],
+                 ppid: int | None, parent: Parent, is_exec: bool) -> Process:
         cmd: str | None = None
-        if execve:
+        if len(execve) == 1:
+            raw = b"\0".join(argv_bytes(execve[0].fields))
+        elif execve:
             merged: dict[str, str] = {}
             for r in execve:
                 for k, v in r.fields.items():
                     merged.setdefault(k, v)
             raw = b"\0".join(argv_bytes(merged))
-            if raw:
-                raw += b"\0"
-                # Cut as the process collector cuts /proc's: a long line ends with its full length and hash.
-                whole = (len(raw), hashlib.sha256(raw).hexdigest()) if len(raw) > _CMDLINE_MAX else None
-                cmd = parse_cmdline(raw, _CMDLINE_MAX, whole)
+        else:
+            raw = b""
+        if raw:
+            raw += b"\0"
+            # Cut as the process collector cuts /proc's: a long line ends with its full length and hash.
+            whole = (len(raw), hashlib.sha256(raw).hexdigest()) if len(raw) > _CMDLINE_MAX else None
+            cmd = parse_cmdline(raw, _CMDLINE_MAX, whole)
+        pid = number(f.get("pid"))
         if cmd is None:
             # PROCTITLE can be stale (the kernel caches it per task across an exec): the
             # arguments this pid last exec'd with are the better word, when known.
-            known = self._seen_exec.get(number(f.get("pid")) or -1)
+            known = self._seen_exec.get(pid if pid is not None else -1)
             cmd = known.cmdline if known is not None else (" ".join(_title(records)) or None)
-        pid, exe, auid = number(f.get("pid")), clean_exe(text(f.get("exe"))), ident(f.get("auid"))
-        # The records carry no cgroup: a process with no login identity (a daemon) is named by the
-        # unit /proc says it runs in now, ms after the call, while it still runs the same program.
-        unit = self._units(pid, exe) if auid is None and pid is not None and self._units is not None else None
-        return Process(pid=pid, ppid=number(f.get("ppid")), name=text(f.get("comm")), exe=exe, cmdline=cmd,
+        exe, auid = clean_exe(text(f.get("exe"))), ident(f.get("auid"))
+        unit = self._unit(pid, exe, ppid, parent, is_exec) if auid is None and pid is not None else None
+        return Process(pid=pid, ppid=ppid, name=text(f.get("comm")), exe=exe, cmdline=cmd,
                        cwd=cwd, uid=ident(f.get("uid")), loginuid=auid, unit=unit)
+
+    def _unit(self, pid: int, exe: str | None, ppid: int | None, parent: Parent, is_exec: bool) -> str | None:
+        """The systemd unit of a process with no login identity (a daemon); the records carry no cgroup.
+
+        A process runs in the cgroup it was forked in until someone moves it. Whoever places processes in a
+        unit does so between fork and exec (the service manager, a container runtime: their children are
+        read from /proc), or moves itself and execs again (``systemd-run --scope``: a second exec is read).
+        So the first exec of a process whose parent is known here runs in its parent's unit, and a later
+        call of a process seen exec'ing in the unit it had then; only the others are read from /proc (ms
+        after the call, while the process still runs the same program; a process gone by then has none).
+        """
+        if self._units is None:
+            return None
+        if is_exec:
+            if pid not in self._seen_exec and ppid is not None and ppid > 1 and parent.exe is not None \
+                    and posixpath.basename(parent.exe) not in _PLACERS:
+                found = self._exec_units.get(ppid)
+                if found is not None and found[0] == parent.exe:
+                    return found[1]
+                if self._parent_units is not None:
+                    known, unit = self._parent_units(ppid)
+                    if known:
+                        return unit
+        else:
+            found = self._exec_units.get(pid)
+            if found is not None and found[0] == exe:
+                return found[1]
+        return self._units(pid, exe)
 
     def _parent(self, ppid: int | None) -> Parent:
         if ppid is None:
@@ -270,7 +366,7 @@ class Assembler:
                 return found
         return Parent(pid=ppid)
 
-    def _exec(self, sc: Record, p: Process, paths: list[Record], execve: list[Record]) -> Event:
+    def _exec(self, sc: Record, p: Process, paths: list[Record], parent: Parent) -> Event:
         exe = p.exe or ""
         args = (p.cmdline or "").split(" ") if p.cmdline else []
         program: str | None = exe or None
@@ -288,11 +384,14 @@ class Assembler:
             program = posixpath.normpath(posixpath.join(p.cwd, program))
         dev = device(target.fields.get("dev")) if target is not None else None
         inode = number(target.fields.get("inode")) if target is not None else None
-        parent = self._parent(p.ppid)
         if p.pid is not None:
             self._seen_exec[p.pid] = Parent(pid=p.pid, name=p.name, exe=p.exe, cmdline=p.cmdline)
             if len(self._seen_exec) > _PARENTS:
                 self._seen_exec.popitem(last=False)
+            if p.loginuid is None:
+                self._exec_units[p.pid] = (p.exe, p.unit)
+                if len(self._exec_units) > _PARENTS:
+                    self._exec_units.popitem(last=False)
         return Event("process.exec", sc.time, self._collector, process=p, parent=parent,
                      file=File(path=program, device=dev, inode=inode))
 
@@ -304,9 +403,25 @@ class Assembler:
             return None
         if call == "connect" and ip in _UNSPECIFIED:
             return None  # AF_UNSPEC-style disconnect of a datagram socket
-        proto = "tcp" if call == "connect" else "udp"
+        # The kernel's record has no socket type: the transport the process asked for when it made the descriptor
+        # (see _socket); a descriptor made before the rules, inherited or passed from another process is taken
+        # for TCP when connected and UDP when sent to (socketcall's descriptor is in the process's memory).
+        fd = number(sc.fields.get("a0"), 16) if call != "socketcall" else None
+        proto = self._sockets.get((p.pid, fd)) if p.pid is not None and fd is not None else None
+        if proto is None:
+            proto = "tcp" if call == "connect" else "udp"
         return Event("net.connect", sc.time, self._collector, process=p, parent=parent,
                      net=Net(proto=proto, direction="out", remote_ip=ip, remote_port=port))
+
+    def _socket(self, f: dict[str, str]) -> None:
+        """Remember the transport of an inet socket a process made, by (pid, descriptor), for its connect."""
+        pid, fd = number(f.get("pid")), number(f.get("exit"))
+        kind, proto = number(f.get("a1"), 16), number(f.get("a2"), 16)
+        if pid is None or fd is None or fd < 0 or kind is None:
+            return
+        self._sockets[(pid, fd)] = _transport(kind & _SOCK_TYPE_MASK, proto or 0)
+        if len(self._sockets) > _SOCKETS:
+            self._sockets.popitem(last=False)
 
     def _at_agent(self, sc: Record, call: str, p: Process, parent: Parent) -> Event | None:
         """A signal, ptrace or memory access aimed at the agent, by someone else (an ``agent.tamper`` event)."""

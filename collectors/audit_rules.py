@@ -8,7 +8,10 @@ touching anyone else's. The set is bounded by construction:
 - ``net``: connect, and sendto/sendmsg/sendmmsg *with a destination address*
   of family inet or inet6 (a datagram toward another zone is attributed; a
   TCP ``send`` carries no address and matches nothing; AF_UNIX and netlink
-  traffic, the bulk of a host's socket calls, never match);
+  traffic, the bulk of a host's socket calls, never match); and every inet or
+  inet6 ``socket`` that succeeded (key ``dutywatch-sock``, no event of its
+  own): a connect's record has no socket type, so the transport of a connect
+  or send is the one its process asked for when it made that descriptor;
 - ``file``: a read/write/attribute watch on every registry asset path (a
   directory tree for ``dir/**``);
 - ``mount``: mount, umount, umount2, move_mount;
@@ -59,19 +62,19 @@ AF_INET, AF_INET6 = 2, 10
 # System call numbers per ABI (the names auditctl uses); a name missing on an ABI is skipped there.
 SYSCALLS: dict[int, dict[str, int]] = {
     AUDIT_ARCH_X86_64: {
-        "execve": 59, "execveat": 322, "connect": 42, "sendto": 44, "sendmsg": 46, "sendmmsg": 307,
+        "execve": 59, "execveat": 322, "socket": 41, "connect": 42, "sendto": 44, "sendmsg": 46, "sendmmsg": 307,
         "mount": 165, "umount2": 166, "move_mount": 429, "kill": 62, "tkill": 200, "tgkill": 234,
         "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "init_module": 175,
         "finit_module": 313, "delete_module": 176,
     },
     AUDIT_ARCH_I386: {
-        "execve": 11, "execveat": 358, "connect": 362, "sendto": 369, "sendmsg": 370, "sendmmsg": 345,
+        "execve": 11, "execveat": 358, "socket": 359, "connect": 362, "sendto": 369, "sendmsg": 370, "sendmmsg": 345,
         "socketcall": 102, "mount": 21, "umount": 22, "umount2": 52, "move_mount": 429, "kill": 37,
         "tkill": 238, "tgkill": 270, "ptrace": 26, "process_vm_readv": 347, "process_vm_writev": 348,
         "init_module": 128, "finit_module": 350, "delete_module": 129,
     },
     AUDIT_ARCH_AARCH64: {
-        "execve": 221, "execveat": 281, "connect": 203, "sendto": 206, "sendmsg": 211, "sendmmsg": 269,
+        "execve": 221, "execveat": 281, "socket": 198, "connect": 203, "sendto": 206, "sendmsg": 211, "sendmmsg": 269,
         "mount": 40, "umount2": 39, "move_mount": 429, "kill": 129, "tkill": 130, "tgkill": 131,
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "init_module": 105,
         "finit_module": 273, "delete_module": 106,
@@ -190,6 +193,9 @@ def build_rules(asset_paths: Iterable[str], agent_pid: int, *, exec_: bool = Tru
                 fam_is = (AUDIT_SADDR_FAM, AUDIT_EQUAL, fam)
                 rules += _syscall_rules(arch, f"{KEY_PREFIX}-net", ("connect", "sendto", "sendmsg", "sendmmsg"),
                                         (not_me, fam_is), label="net")
+                rules += _syscall_rules(arch, f"{KEY_PREFIX}-sock", ("socket",),
+                                        (not_me, (AUDIT_ARG0, AUDIT_EQUAL, fam), (AUDIT_SUCCESS, AUDIT_EQUAL, 1)),
+                                        label="socket")
                 if "socketcall" in SYSCALLS.get(arch, {}):
                     for call in (_SOCKETCALL_CONNECT, _SOCKETCALL_SENDTO, _SOCKETCALL_SENDMSG, _SOCKETCALL_SENDMMSG):
                         rules += _syscall_rules(arch, f"{KEY_PREFIX}-net", ("socketcall",),

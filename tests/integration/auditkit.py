@@ -99,6 +99,38 @@ def compile_static(source: str, out: Path) -> Path:
     return out
 
 
+@contextmanager
+def programs(label: str, sources: dict[str, str]) -> Iterator[Path]:
+    """A directory under /tmp (a temporary location, as an intruder would use) with a static program built from
+    each C source of ``sources`` (name -> source), runnable by the test person; removed afterwards."""
+    d = Path("/tmp") / f"dw-audit-{label}-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    os.chmod(d, 0o755)  # noqa: S103 - the test person runs the programs in it
+    try:
+        for name, source in sources.items():
+            compile_static(source, d / name)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def registry(host_id: str) -> str:
+    """The registry the audit tests judge events with: a secret intranet host, 张三 (uid 1000), root, and the test
+    person 测试员 (``TEST_UID``, cleared for internal only); loopback and 10/8 are zones, the rest the Internet."""
+    return f"""\
+host: {{id: {host_id}, unit: 测试中心, department: 测试委员会, custodian: zhangsan, level: secret, zone: intranet}}
+departments: [{{name: 测试委员会}}]
+units: [{{name: 测试中心, department: 测试委员会}}]
+people:
+  - {{account: zhangsan, uid: 1000, name: 张三, unit: 测试中心, clearance: secret}}
+  - {{account: root, uid: 0, name: 系统管理员, unit: 测试中心, clearance: top_secret}}
+  - {{account: tester, uid: {TEST_UID}, name: 测试员, unit: 测试中心, clearance: internal}}
+zones:
+  default: internet
+  networks: [{{name: loopback, cidrs: [127.0.0.0/8]}}, {{name: intranet, cidrs: [10.0.0.0/8]}}]
+"""
+
+
 TRUE_C = "int main(void) { return 0; }\n"
 READER_C = """#include <fcntl.h>
 #include <unistd.h>
@@ -240,6 +272,7 @@ def judge(events: list[Event], registry_yaml: str, tmp: Path) -> list[tuple[str,
     return out
 
 
+# net tcp|udp|connected ADDR PORT: a TCP connect, a UDP sendto, or a UDP connect() then send().
 NET_C = """#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,9 +281,10 @@ NET_C = """#include <arpa/inet.h>
 int main(int argc, char **argv) {
   struct sockaddr_in a; memset(&a, 0, sizeof a); a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[3]));
   inet_pton(AF_INET, argv[2], &a.sin_addr);
-  int tcp = argv[1][0] == 't';
+  int tcp = argv[1][0] == 't', connected = argv[1][0] == 'c';
   int s = socket(AF_INET, tcp ? SOCK_STREAM : SOCK_DGRAM, 0);
   if (tcp) connect(s, (struct sockaddr *)&a, sizeof a);
+  else if (connected) { connect(s, (struct sockaddr *)&a, sizeof a); send(s, "x", 1, 0); }
   else sendto(s, "x", 1, 0, (struct sockaddr *)&a, sizeof a);
   return 0; }
 """

@@ -8,7 +8,6 @@ and every wait has a deadline; nothing asserts how fast anything ran.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,9 +25,10 @@ from auditkit import (
     as_person,
     auditctl,
     auditd,
-    compile_static,
     internet_host,
     judge,
+    programs,
+    registry,
     running,
     status,
     wait_for_no_daemon,
@@ -37,30 +37,15 @@ from auditkit import (
 from collectors.audit import AuditCollector
 
 pytestmark = pytest.mark.root
-REGISTRY = """\
-host: {id: dw-audit-host, unit: 测试中心, department: 测试委员会, custodian: zhangsan, level: secret, zone: intranet}
-departments: [{name: 测试委员会}]
-units: [{name: 测试中心, department: 测试委员会}]
-people:
-  - {account: zhangsan, uid: 1000, name: 张三, unit: 测试中心, clearance: secret}
-  - {account: root, uid: 0, name: 系统管理员, unit: 测试中心, clearance: top_secret}
-  - {account: tester, uid: 4242, name: 测试员, unit: 测试中心, clearance: internal}
-zones: {default: internet, networks: [{name: loopback, cidrs: [127.0.0.0/8]}, {name: intranet, cidrs: [10.0.0.0/8]}]}
-"""
+REGISTRY = registry("dw-audit-host")
 SYSTEM_PYTHON = "/usr/bin/python3"  # the test person cannot read a venv under /root
 
 
 @pytest.fixture(scope="module")
 def progs() -> Iterator[Path]:
     """Static programs in a directory under /tmp (a temporary location, as an intruder would use)."""
-    d = Path("/tmp") / f"dw-audit-progs-{os.getpid()}"
-    d.mkdir(exist_ok=True)
-    os.chmod(d, 0o755)  # noqa: S103 - the test person runs the programs in it
-    compile_static(TRUE_C, d / "quick")
-    compile_static(READER_C, d / "reader")
-    compile_static(NET_C, d / "net")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with programs("progs", {"quick": TRUE_C, "reader": READER_C, "net": NET_C}) as d:
+        yield d
 
 
 def _no_daemon() -> None:
@@ -224,25 +209,28 @@ def test_what_really_ran_through_interpreters_loader_and_memfd(progs: Path, tmp_
 
 
 def test_short_lived_tcp_and_udp_toward_the_internet_zone_name_process_and_person(progs: Path, tmp_path: Path) -> None:
-    # Either mode: beside another audit daemon the agent reads the multicast group.
+    # Either mode: beside another audit daemon the agent reads the multicast group. "connected" is a UDP socket
+    # connect()ed to a port that is not DNS, then sent to (QUIC, a VPN, a game): the kernel's record of that
+    # connect has no socket type, and the event must still say udp.
     n = 30
     c = AuditCollector({})
-    pids: dict[str, list[int]] = {"tcp": [], "udp": []}
+    pids: dict[str, list[int]] = {"tcp": [], "udp": [], "connected": []}
     with internet_host(f"dw13-n{os.getpid() % 10000}") as addr, running(c) as run:
-        for proto in ("tcp", "udp"):
+        for mode in pids:
             for _ in range(n):
-                p = subprocess.Popen([str(progs / "net"), proto, addr, "9"], preexec_fn=as_person())
+                p = subprocess.Popen([str(progs / "net"), mode, addr, "4433"], preexec_fn=as_person())
                 p.wait()
-                pids[proto].append(p.pid)
-        every = set(pids["tcp"]) | set(pids["udp"])
-        got = run.where(lambda e: e.kind == "net.connect" and e.process.pid in every, count=2 * n)
+                pids[mode].append(p.pid)
+        every = set().union(*pids.values())
+        got = run.where(lambda e: e.kind == "net.connect" and e.process.pid in every, count=3 * n)
     by_pid = {e.process.pid: e for e in got}
-    for proto in ("tcp", "udp"):
-        for pid in pids[proto]:
+    assert len(got) == len(by_pid) == 3 * n, "one event per connection"
+    for mode, proto in (("tcp", "tcp"), ("udp", "udp"), ("connected", "udp")):
+        for pid in pids[mode]:
             e = by_pid.get(pid)
-            assert e is not None, f"no net.connect for {proto} pid {pid}"
+            assert e is not None, f"no net.connect for {mode} pid {pid}"
             assert e.process.exe == str(progs / "net") and e.process.loginuid == TEST_UID
-            assert (e.net.remote_ip, e.net.remote_port, e.net.proto) == (addr, 9, proto)
+            assert (e.net.remote_ip, e.net.remote_port, e.net.proto) == (addr, 4433, proto), mode
     fired = judge(list(by_pid.values()), REGISTRY, tmp_path)
     named = {e.process.pid for rule, e in fired if rule == "BM-NET-001" and e.operator.account == "tester"}
     assert named == set(by_pid)
