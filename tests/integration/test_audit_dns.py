@@ -11,7 +11,6 @@ shipped rules see one lookup, not a lookup and a connection.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from auditkit import TEST_UID, Run, compile_static, internet_host, judge, running
+from auditkit import TEST_UID, Run, internet_host, judge, programs, registry, running
 
 from agent.events import Event
 from collectors.audit import AuditCollector
@@ -29,15 +28,7 @@ from collectors.network import NetworkCollector
 
 pytestmark = pytest.mark.root
 
-REGISTRY = """\
-host: {id: dw-audit-dns, unit: 测试中心, department: 测试委员会, custodian: zhangsan, level: secret, zone: intranet}
-departments: [{name: 测试委员会}]
-units: [{name: 测试中心, department: 测试委员会}]
-people:
-  - {account: zhangsan, uid: 1000, name: 张三, unit: 测试中心, clearance: secret}
-  - {account: tester, uid: 4242, name: 测试员, unit: 测试中心, clearance: internal}
-zones: {default: internet, networks: [{name: loopback, cidrs: [127.0.0.0/8]}, {name: intranet, cidrs: [10.0.0.0/8]}]}
-"""
+REGISTRY = registry("dw-audit-dns")
 
 RESOLVER = r"""
 import socket, sys
@@ -118,14 +109,8 @@ def lookup(conf: Path, name: str) -> int:
 
 
 def test_a_query_is_one_event_with_the_name_and_the_person(tmp_path: Path) -> None:
-    progs = Path("/tmp") / f"dw13d-dns-{os.getpid()}"
-    progs.mkdir(exist_ok=True)
-    os.chmod(progs, 0o755)  # noqa: S103 - the test person runs the program in it
-    try:
-        query = compile_static(QUERY_C, progs / "query")
-        _run(tmp_path, query)
-    finally:
-        shutil.rmtree(progs, ignore_errors=True)
+    with programs("dns", {"query": QUERY_C}) as d:
+        _run(tmp_path, d / "query")
 
 
 def _run(tmp_path: Path, query: Path) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from auditkit import AUDITD, TRUE_C, as_person, compile_static, running, status, stop_auditd, wait_for_no_daemon
+from auditkit import AUDITD, TRUE_C, as_person, programs, running, status, stop_auditd, wait_for_no_daemon
 
 from collectors.audit import AuditCollector
 
@@ -30,11 +30,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def quick() -> Iterator[Path]:
-    d = Path("/tmp") / f"dw-audit-handover-{os.getpid()}"
-    d.mkdir(exist_ok=True)
-    os.chmod(d, 0o755)  # noqa: S103 - the test person runs the program in it
-    yield compile_static(TRUE_C, d / "quick")
-    shutil.rmtree(d, ignore_errors=True)
+    with programs("handover", {"quick": TRUE_C}) as d:
+        yield d / "quick"
 
 
 class Execs:

@@ -17,20 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from auditkit import TEST_UID, as_person, compile_static, judge, running
+from auditkit import TEST_UID, as_person, judge, programs, registry, running
 
 from collectors.audit import AuditCollector
 
 pytestmark = pytest.mark.root
 
-REGISTRY = """\
-host: {id: dw-audit-mod, unit: 测试中心, department: 测试委员会, custodian: zhangsan, level: secret}
-departments: [{name: 测试委员会}]
-units: [{name: 测试中心, department: 测试委员会}]
-people:
-  - {account: zhangsan, uid: 1000, name: 张三, unit: 测试中心, clearance: secret}
-  - {account: tester, uid: 4242, name: 测试员, unit: 测试中心, clearance: internal}
-"""
+REGISTRY = registry("dw-audit-mod")
 
 # finit_module of the file named in argv[1] (any file: the kernel refuses before or while reading it).
 LOADER_C = r"""#include <fcntl.h>
@@ -43,11 +36,8 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def loader() -> Iterator[Path]:
-    d = Path("/tmp") / f"dw-audit-mod-{os.getpid()}"
-    d.mkdir(exist_ok=True)
-    os.chmod(d, 0o755)  # noqa: S103 - the test person runs the program in it
-    yield compile_static(LOADER_C, d / "loader")
-    shutil.rmtree(d, ignore_errors=True)
+    with programs("mod", {"loader": LOADER_C}) as d:
+        yield d / "loader"
 
 
 def test_a_refused_module_load_names_the_program_the_person_and_the_kernels_reason(
