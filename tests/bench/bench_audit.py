@@ -2,9 +2,9 @@
 
 Prints figures; asserts nothing about time (shared machines are noisy).
 Needs root and gcc (a static test program is built in /tmp):
-``.venv/bin/python tests/bench/bench_audit.py [--latency]`` (``--latency``: the added exec latency
-alone). Leaves the kernel's audit
-settings and rules as it found them (the collector restores them at stop).
+``.venv/bin/python tests/bench/bench_audit.py [--latency | --records]`` (``--latency``: the added exec latency
+alone; ``--records``: what each record type of an exec costs, by leaving it out with an exclude rule).
+Leaves the kernel's audit settings and rules as it found them (the collector restores them at stop).
 
 Targets (issue text): >= 99.9 % attributed, p99 < 50 ms, added exec latency
 < 25 us, < 15 % of one core at 500 execs/s, idle < 1 %.
@@ -210,6 +210,47 @@ def bench_exec_chain(chain: Path, rounds: int = 12, n: int = 2000) -> None:
               f"load average {os.getloadavg()[0]:.1f}")
 
 
+def bench_record_costs(chain: Path, rounds: int = 12, n: int = 2000) -> None:
+    """What the records an audited exec brings cost the exec'ing task, one type at a time: the exec chain (task on
+    one CPU, the agent's reader on the other) without rules, with the agent's rules, and with them while the kernel
+    leaves out (``auditctl -a never,exclude -F msgtype=...``) PROCTITLE (the command line copied from the task's
+    memory and hex-encoded), then BPRM_FCAPS as well; each round in a new random order. Exclusions are global:
+    only run where nobody else uses the audit trail, and removed after each run."""
+    import random
+
+    cpus = sorted(os.sched_getaffinity(0))
+    configs: dict[str, list[str]] = {"rules": [], "rules, no PROCTITLE": ["PROCTITLE"],
+                                     "rules, no PROCTITLE, BPRM_FCAPS": ["PROCTITLE", "BPRM_FCAPS"]}
+
+    def one() -> float:
+        out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600,
+                             **_pinned(cpus[0]))  # type: ignore[call-overload]
+        return int(out.stdout) / 1e6 / n
+
+    got: dict[str, list[float]] = {"without rules": [], **{k: [] for k in configs}}
+    for _ in range(rounds):
+        got["without rules"].append(one())
+        order = list(configs.items())
+        random.shuffle(order)
+        for name, types in order:
+            for t in types:
+                auditctl("-a", "never,exclude", "-F", f"msgtype={t}")
+            try:
+                with Running() as r:
+                    if len(cpus) > 1 and r.t.native_id is not None:
+                        os.sched_setaffinity(r.t.native_id, {cpus[1]})
+                    got[name].append(one())
+            finally:
+                for t in types:
+                    auditctl("-d", "never,exclude", "-F", f"msgtype={t}")
+    base = got["without rules"]
+    for name, values in got.items():
+        added = statistics.median(b - a for a, b in zip(base, values, strict=True))
+        print(f"exec chain [task on CPU {cpus[0]}], {name}: CPU per exec median "
+              f"{statistics.median(values) * 1e6:.0f} us, added {added * 1e6:+.1f} us ({rounds} rounds, paired); "
+              f"load average {os.getloadavg()[0]:.1f}")
+
+
 def bench_cpu(prog: Path) -> None:
     with Running():
         time.sleep(1.0)
@@ -228,6 +269,12 @@ def main() -> None:
         print("bench_audit: needs root and gcc; skipped")
         return
     latency_only = "--latency" in sys.argv[1:]
+    if "--records" in sys.argv[1:]:
+        others = [r for r in auditctl("-l").splitlines() if r.startswith("-a") and "dutywatch" not in r]
+        if int(status().get("pid", "0")) or others:
+            print("bench_audit --records: the audit trail is in use (a daemon or others' rules); exclusions are "
+                  "global: skipped")
+            return
     if int(status().get("pid", "0")) and not latency_only:
         print("bench_audit: an audit daemon is registered; the figures here are for the daemon mode; skipped")
         return
@@ -236,6 +283,9 @@ def main() -> None:
     os.chmod(d, 0o755)  # noqa: S103 - the test person runs the program
     try:
         prog = compile_static(TRUE_C, d / "quick")
+        if "--records" in sys.argv[1:]:
+            bench_record_costs(compile_static(CHAIN_C, d / "chain"))
+            return
         if latency_only:
             daemon = int(status().get("pid", "0"))
             print(f"audit mode: {f'multicast (pid {daemon} holds the daemon role)' if daemon else 'daemon'}; "
