@@ -194,10 +194,12 @@ class CopyGuard:
             todo = [top]
             while todo:
                 d = todo.pop()
-                if d in self._dirs or not self._mark_path(d, FAN_MARK_ADD, FAN_OPEN | FAN_EVENT_ON_CHILD, self.nfd):
+                # Armed, the permission mark alone (each open is asked about, so its reader is learnt then);
+                # otherwise the plain notification.
+                if d in self._dirs or not (
+                        self._mark_path(d, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD) if self.armed
+                        else self._mark_path(d, FAN_MARK_ADD, FAN_OPEN | FAN_EVENT_ON_CHILD, self.nfd)):
                     continue
-                if self.armed:
-                    self._mark_path(d, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
                 wd = self._ino_add(self._ino, os.fsencode(d), IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_ONLYDIR) \
                     if self._ino >= 0 else -1
                 self._dirs[d] = wd
@@ -209,14 +211,25 @@ class CopyGuard:
                     todo.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
 
     def _arm(self, on: bool) -> None:
-        """Add (or remove) the permission mark on every asset folder; the caller holds the lock."""
+        """Swap every asset folder's mark: the permission mark while armed, the plain notification otherwise.
+
+        The new mark is in place on every folder before the old one goes, so no open is missed
+        between; armed, the permission event tells who read what, and the notification of the same
+        open would only cost its reading again (an event file, its path, the reader's start time).
+        The caller holds the lock.
+        """
         if on == self.armed:
             return
         for d in self._dirs:
             if on:
                 self._mark_path(d, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
             else:
-                self._mark(self.fd, FAN_MARK_REMOVE, FAN_OPEN_PERM, -100, os.fsencode(d))
+                self._mark_path(d, FAN_MARK_ADD, FAN_OPEN | FAN_EVENT_ON_CHILD, self.nfd)
+        for d in self._dirs:
+            if on:
+                self._mark(self.nfd, FAN_MARK_REMOVE, FAN_OPEN | FAN_EVENT_ON_CHILD, -100, os.fsencode(d))
+            else:
+                self._mark(self.fd, FAN_MARK_REMOVE, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD, -100, os.fsencode(d))
         self.armed = on
         self._idle_since = None
 
@@ -429,6 +442,8 @@ class CopyGuard:
         t0 = time.perf_counter()
         decision = None
         on_stick = -1
+        stick: Stick | None = None
+        path = ""
         try:
             path = os.readlink(f"/proc/self/fd/{fd}")
             dev = os.fstat(fd).st_dev
@@ -454,6 +469,10 @@ class CopyGuard:
         finally:
             os.close(fd)
         self.timings.append(time.perf_counter() - t0)
+        if not deny and stick is None and path:
+            # After the answer (the opener goes on meanwhile), before the next event is read: an open of a
+            # stick this process makes next is judged knowing this read.
+            self._learn(pid, path)
         if decision is not None and decision.deny:
             self.denied += 1
             try:
@@ -506,7 +525,16 @@ class CopyGuard:
         s = self._stick_of(path)
         return s if s is not None and s.dev in devs else self._guarded[next(iter(devs))]
 
+    def _learn(self, pid: int, path: str) -> None:
+        """An asset open the guard let go while armed: its reader is remembered (as a notification would)."""
+        asset = self._asset(path)
+        if asset is not None:
+            self.seen += 1
+            self._remember(pid, path, asset.level)
+
     def _remember(self, pid: int, path: str, level: Level) -> None:
+        # The start time is read every time: a process that took an earlier reader's pid must not be
+        # remembered with that reader's (it would then not count as a reader itself).
         if len(self._readers) >= MAX_READERS:
             cutoff = time.monotonic() - READ_WINDOW
             self._readers = {k: v for k, v in self._readers.items() if v[1] >= cutoff}

@@ -235,6 +235,15 @@ def test_an_asset_open_waits_only_while_a_file_on_a_guarded_stick_is_open(desk: 
             r = as_user("sh", "-c", f"exec 3>{u / 'inherited.txt'}; cat {desk.plan} >&3")
             assert r.returncode != 0 and (u / "inherited.txt").stat().st_size == 0
             assert "open for writing" in g.wait(1).why
+            # Armed, the folders carry only the permission mark: a read is learnt from its decision, so
+            # reading the plan, closing it, then writing the stick is still stopped (and a photo is not).
+            seen = g.guard.seen
+            r = as_user("/usr/bin/python3", "-c", f"d = open({str(desk.plan)!r}).read()\n"
+                        f"open({str(u / 'later.txt')!r}, 'w').write(d)")
+            assert r.returncode != 0 and g.guard.seen > seen
+            assert not (u / "later.txt").exists() or (u / "later.txt").stat().st_size == 0
+            assert "read" in g.wait(2).why
+            assert as_user("cp", str(desk.photo), str(u / "photo.jpg")).returncode == 0
         finally:
             holder.kill()
             holder.wait(10)
