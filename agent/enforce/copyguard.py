@@ -13,10 +13,11 @@ level. Only what needs a decision waits for one. Every open on a guarded
 stick's filesystem is asked about. An asset open can only be the second kind
 while some file on a guarded stick is open, so the asset directories carry a
 plain ``FAN_OPEN`` notification mark (the opener never waits; the guard
-learns who read what) and gain the permission mark only while files on a
-guarded stick are open: the guard adds it before it lets the first such open
-go on, counts the stick's open files by the kernel's open and close events,
-and removes it a second after the last one closed. With no guarded stick in
+learns who read what) and carry the permission mark instead only while files
+on a guarded stick are open (then each open's decision tells who read what):
+the guard swaps the marks before it lets the first such open go on, counts
+the stick's open files by the kernel's open and close events, and swaps them
+back a second after the last one closed. With no guarded stick in
 use a classified open costs what an unguarded one costs. The plain
 notifications come through a second fanotify group that the guard reads in
 batches (the kernel merges an opener's repeats meanwhile, so a program that
@@ -305,8 +306,8 @@ class CopyGuard:
         ``MAX_FDS`` entries of one process's /proc and nothing else, the thread sleeps in poll()
         otherwise, and the kernel's real-time throttling (sched_rt_runtime_us) keeps 5 % of every
         CPU for normal tasks even if it spun. The mount watcher and the rest stay normal. Needs
-        CAP_SYS_NICE or an RLIMIT_RTPRIO of 1 (the enforcement drop-in gives the latter); without
-        it the thread runs normally and the stats say so.
+        CAP_SYS_NICE (or an RLIMIT_RTPRIO of 1); the enforcement drop-in grants it. Without it the
+        thread runs normally and the stats say so.
         """
         if not self.realtime:
             return

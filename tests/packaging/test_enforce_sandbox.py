@@ -50,6 +50,20 @@ try:
     print(json.dumps(MediaGuard(how, Path(sys_root)).protect(device, {})))
 except OSError as exc:
     print(json.dumps({"error": str(exc)}))
+# What the copy guard's answering thread asks for: the lowest real-time priority.
+import os
+try:
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    print("realtime ok")
+except OSError as exc:
+    print(f"realtime refused: {exc}")
+"""
+REALTIME = """import os
+try:
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    print("realtime ok")
+except OSError as exc:
+    print(f"realtime refused: {exc}")
 """
 
 
@@ -58,6 +72,7 @@ class Box(Booted):
 
     def __init__(self, root: Path, log: Path, devices: list[str]) -> None:
         self.root, self.suite, self.log = root, "bookworm", log
+        self.realtime = ""  # what the last service got when it asked for SCHED_RR 1
         binds = [f"--bind={d}" for d in devices] + [f"--bind-ro={REPO}:/opt/dwsrc"]
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-D", str(root), "--boot", "--private-network", "--register=no", "--keep-unit",
@@ -94,7 +109,17 @@ class Box(Booted):
         out = self.sh("cat /run/dwtest.out /run/dwtest.err", check=False).stdout.strip().splitlines()
         assert res.returncode == 0 and out, f"the service failed: {res.stderr}\n{out}"
         found: dict[str, object] = json.loads(out[0])
+        self.realtime = out[1] if len(out) > 1 else ""
         return found
+
+    def plain_realtime(self) -> str:
+        """What a plain root service (no sandbox at all) gets when it asks for SCHED_RR 1: a kernel with
+        real-time group scheduling refuses it in a service's cgroup whatever the unit says."""
+        self.sh(f"cat > /opt/rt.py <<'EOF'\n{REALTIME}EOF\n"
+                "printf '[Service]\\nType=oneshot\\nExecStart=/usr/bin/python3.11 /opt/rt.py\\n"
+                "StandardOutput=file:/run/dwplain.out\\n' > /etc/systemd/system/dwplain.service\n"
+                "rm -f /run/dwplain.out; systemctl daemon-reload; systemctl start dwplain.service")
+        return self.sh("cat /run/dwplain.out").stdout.strip()
 
 
 @pytest.fixture
@@ -145,6 +170,7 @@ def test_sticks_under_the_shipped_unit_and_with_the_enforcement_dropin(box: tupl
     got = b.protect("readonly", early.device, dropin=False)
     print(f"\nshipped unit, readonly, a stick mounted before: {got}")
     assert got.get("remounted") == [] and "/media/early" in got.get("remount_failed", {}), got  # type: ignore
+    assert b.realtime.startswith("realtime refused"), b.realtime  # the copy guard answers at normal priority
     assert "drop-in" in str(got["remount_failed"])
     assert b.sh(f"blockdev --getro {early.device}").stdout.strip() == "1"
     assert _writable(b, "/media/early/b.txt")  # the mount made before stays writable: what the drop-in is for
@@ -160,6 +186,11 @@ def test_sticks_under_the_shipped_unit_and_with_the_enforcement_dropin(box: tupl
     got = b.protect("readonly", early.device, dropin=True)
     print(f"with enforce.conf, readonly: {got}")
     assert got.get("remounted") == ["/media/early"] and "remount_failed" not in got, got
+    # The copy guard's answering thread may take SCHED_RR 1, as a plain root service may (the comparison:
+    # a kernel with real-time group scheduling could refuse it to any service's cgroup).
+    plain = b.plain_realtime()
+    print(f"with enforce.conf, SCHED_RR 1: {b.realtime}; a plain root service: {plain}")
+    assert b.realtime == plain == "realtime ok"
     assert not _writable(b, "/media/early/c.txt")
     assert "Read-only file system" in b.sh("echo y >> /media/early/a.txt", check=False).stderr
     assert b.sh("cat /media/early/a.txt").stdout.strip() == "before"  # still readable
