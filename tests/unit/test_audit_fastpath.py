@@ -138,3 +138,23 @@ def test_real_records_make_the_events_they_made_before_the_fast_paths() -> None:
         kinds |= {e["event"]["kind"] for e in got}
     assert kinds >= {"process.exec", "net.connect", "file.open", "file.write", "file.rename", "file.delete",
                      "media.mount", "media.unmount", "agent.tamper"}
+
+
+def test_datagrams_are_read_many_to_a_system_call_each_whole() -> None:
+    import socket
+
+    from collectors.audit_netlink import _Batches
+
+    class Small(_Batches):
+        SLOTS = 4  # a socketpair queues only ~10 datagrams
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        batches = Small()
+        assert batches.read(b.fileno()) == []  # nothing queued: no wait, nothing read
+        sent = [b"audit(1.0:%d): x=%s" % (i, b"y" * (i * 997)) for i in range(7)]
+        for d in sent:
+            a.send(d)
+        assert batches.read(b.fileno()) == sent[:4]
+        assert batches.read(b.fileno()) == sent[4:]
+        assert batches.read(b.fileno()) == []
