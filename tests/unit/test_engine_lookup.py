@@ -178,3 +178,37 @@ def test_literal_scan_of_many_first_characters_is_anchored_on_rare_ones() -> Non
             near = lit[:cut] + lit[cut + 1:]
             assert (search(near) is not None) == any(other in near for other in literals), near
     assert search("php /srv/app/artisan queue:work --tries=3") is None
+
+
+def test_repeating_fields_looked_up_together_find_the_same_rules_in_the_same_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Program, parent, directory and zones are looked up by the tuple of their values. On real-shaped
+    # events (planted ones among them, so that rules fire) and with tables small enough to turn over
+    # many times, every event must meet the same rules, in the same order, as with each field on its own.
+    from agent.attribution import Attributor
+    from agent.events import EventDecoder
+    from agent.paths import shipped_rules_dir
+    from agent.registry import load_registry
+    from tests.bench import real_workload
+    from tests.bench.sigma_workload import rule_dirs, vendor_root
+
+    root = vendor_root()
+    if root is None:
+        pytest.skip("the vendored Sigma rules are not here")
+    rs = load_rules([shipped_rules_dir(), *rule_dirs(root)])
+    attribute = Attributor(load_registry(real_workload.REGISTRY), lambda uid: None, lambda exe, pid: None)
+    decode = EventDecoder(attribute.build).decode
+    evs = [decode(line) for _, line, _ in real_workload.events(6000, root, planted_ratio=0.05)]
+    monkeypatch.setattr(engine_module, "_CACHE_LIMIT", 16)
+    together = Engine(rs)
+    monkeypatch.setattr(engine_module, "_REPEATING", frozenset())
+    alone = Engine(rs)
+    fired = 0
+    for e in evs:
+        want = [r.id for r in alone.match(e)]
+        assert [r.id for r in together.match(e)] == want, e
+        fired += bool(want)
+    assert fired > 100
+    # ... and the lookup together did take place (each bucket's matcher keeps its tables in its globals).
+    assert any(name.startswith("runcache") for m in together.matchers().values() for name in m.__globals__)
+    assert not any(name.startswith("runcache") for m in alone.matchers().values() for name in m.__globals__)
