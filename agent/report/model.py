@@ -356,6 +356,11 @@ class Aggregator:
         self._unattributed = _Heap(self.max_unattributed)
         self._repeats = _Repeats()
         self._host_info: dict[str, tuple[str, ...]] = {}
+        # What each host's row was made from: most findings of a host carry the same host group and custodian,
+        # so the row is made again only when they change.
+        self._host_raw: dict[str, tuple[Any, ...]] = {}
+        # person(name, account) answers, by their arguments and types (a few people make most findings)
+        self._persons: dict[tuple[Any, ...], tuple[str, str]] = {}
         self._people_accounts: dict[tuple[str, str, str], str] = {}
         self._unattributed_repeats = _Repeats()
         self._life: list[LifecycleRow] = []
@@ -400,6 +405,18 @@ class Aggregator:
 
     def person(self, name: Any, account: Any = None) -> tuple[str, str]:
         """A person's (name, account): the registry's name for an account, the account when known ("" if not)."""
+        key = (name, type(name), account, type(account))  # 1 and True are equal keys, but not the same text
+        try:
+            return self._persons[key]
+        except KeyError:
+            found = self._person(name, account)
+            if len(self._persons) < MAX_KEYS:
+                self._persons[key] = found
+            return found
+        except TypeError:  # a name or account that is no plain value (a damaged record)
+            return self._person(name, account)
+
+    def _person(self, name: Any, account: Any) -> tuple[str, str]:
         text = cut(name, 120)
         if not text:
             return "", ""
@@ -505,11 +522,15 @@ class Aggregator:
         ev_group = group_of(rec, "event")
         hg = group_of(ev_group, "host") or {"unit": unit, "department": dept, "custodian": acc.get("custodian")}
         if host in self._host_info or len(self._host_info) < MAX_KEYS:
-            info = [cut(hg.get(k), 120) for k in ("unit", "department", "custodian", "level", "zone")]
-            # the event's host group holds the custodian's account; the finding's accountable its name
-            info[2] = self.who(acc.get("custodian") or hg.get("custodian"),
-                               acc.get("custodian_account") or hg.get("custodian"))
-            self._host_info[host] = tuple(info)
+            raw = (hg.get("unit"), hg.get("department"), hg.get("custodian"), hg.get("level"), hg.get("zone"),
+                   acc.get("custodian"), acc.get("custodian_account"))
+            old = self._host_raw.get(host)
+            if old != raw or old is None or any(type(a) is not type(b) for a, b in zip(old, raw, strict=True)):
+                self._host_raw[host] = raw
+                info = [cut(v, 120) for v in raw[:5]]
+                # the event's host group holds the custodian's account; the finding's accountable its name
+                info[2] = self.who(raw[5] or raw[2], raw[6] or raw[2])
+                self._host_info[host] = tuple(info)
         obj = describe_object(ev_group)
         person = cut(op, 120) if op is not None else ""
 
