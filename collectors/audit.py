@@ -239,20 +239,20 @@ class AuditCollector:
             return False, None  # the unit is read only for a process with no login identity
         return True, found[0].unit
 
-    def _unit(self, pid: int, exe: str | None) -> str | None:
-        """The systemd unit of ``pid``, if it still runs ``exe`` (else the pid is gone or reused: no unit)."""
+    def _unit(self, pid: int, exe: str | None) -> tuple[bool, str | None]:
+        """Whether ``pid`` still runs ``exe`` (else it is gone or reused) and, if so, its systemd unit."""
         base = f"{self._sources.proc_root}/{pid}"
         try:
             # Two calls for a live process; one for one gone (or a zombie, which has no exe).
             if exe is None or clean_exe(os.readlink(f"{base}/exe")) != exe:
-                return None
+                return False, None
             fd = os.open(f"{base}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            return None
+            return False, None
         try:
-            return parse_unit(os.read(fd, 4096))
+            return True, parse_unit(os.read(fd, 4096))
         except OSError:
-            return None
+            return False, None
         finally:
             os.close(fd)
 

@@ -80,7 +80,8 @@ def _transport(kind: int, proto: int) -> str:
     return _DEFAULT_TRANSPORT.get(kind, "raw" if kind == 3 else str(kind))
 
 ParentLookup = Callable[[int], Parent | None]
-UnitLookup = Callable[[int, str | None], str | None]  # (pid, kernel exe) -> the systemd unit of that process
+# (pid, kernel exe) -> (whether the process still runs that program, its systemd unit then)
+UnitLookup = Callable[[int, str | None], tuple[bool, str | None]]
 # pid -> (whether its unit is known without reading /proc, the unit): a parent the agent has read already
 ParentUnitLookup = Callable[[int], tuple[bool, str | None]]
 # Programs that place the processes they start into a unit or container of their own between fork and exec:
@@ -329,30 +330,31 @@ class Assembler:
     def _unit(self, pid: int, exe: str | None, ppid: int | None, parent: Parent, is_exec: bool) -> str | None:
         """The systemd unit of a process with no login identity (a daemon); the records carry no cgroup.
 
-        A process runs in the cgroup it was forked in until someone moves it. Whoever places processes in a
-        unit does so between fork and exec (the service manager, a container runtime: their children are
-        read from /proc), or moves itself and execs again (``systemd-run --scope``: a second exec is read).
-        So the first exec of a process whose parent is known here runs in its parent's unit, and a later
-        call of a process seen exec'ing in the unit it had then; only the others are read from /proc (ms
-        after the call, while the process still runs the same program; a process gone by then has none).
+        A live process's unit is read from /proc (ms after the call, while it still runs the same program):
+        any program may move the child it forks into another cgroup before the exec, so a parent's unit is
+        never assumed for a process that can still be asked. A process gone by then ran its first exec in the
+        unit its parent had, unless its parent places the processes it starts (the service manager, a
+        container runtime); a later call of a process seen exec'ing is in the unit it had then.
         """
         if self._units is None:
             return None
-        if is_exec:
-            if pid not in self._seen_exec and ppid is not None and ppid > 1 and parent.exe is not None \
-                    and posixpath.basename(parent.exe) not in _PLACERS:
-                found = self._exec_units.get(ppid)
-                if found is not None and found[0] == parent.exe:
-                    return found[1]
-                if self._parent_units is not None:
-                    known, unit = self._parent_units(ppid)
-                    if known:
-                        return unit
-        else:
+        if not is_exec:
             found = self._exec_units.get(pid)
             if found is not None and found[0] == exe:
                 return found[1]
-        return self._units(pid, exe)
+        read, unit = self._units(pid, exe)
+        if read or not is_exec:
+            return unit
+        if pid not in self._seen_exec and ppid is not None and ppid > 1 and parent.exe is not None \
+                and posixpath.basename(parent.exe) not in _PLACERS:
+            found = self._exec_units.get(ppid)
+            if found is not None and found[0] == parent.exe:
+                return found[1]
+            if self._parent_units is not None:
+                known, inherited = self._parent_units(ppid)
+                if known:
+                    return inherited
+        return None
 
     def _parent(self, ppid: int | None) -> Parent:
         if ppid is None:

@@ -52,27 +52,29 @@ def _exec(a: Assembler, serial: int, pid: int, ppid: int, exe: str, auid: str = 
     return list(a.feed(1320, f"audit(1.0:{serial}): ".encode(), 0.0))
 
 
-def test_a_daemons_child_runs_in_its_parents_unit_and_what_a_service_manager_starts_is_read() -> None:
+def test_a_live_process_is_read_and_a_gone_daemons_child_runs_in_its_parents_unit() -> None:
     read: list[int] = []
     parents = {500: Parent(pid=500, name="cron", exe="/usr/sbin/cron"),
                1: Parent(pid=1, name="systemd", exe="/usr/lib/systemd/systemd"),
                700: Parent(pid=700, name="runc", exe="/usr/bin/runc")}
+    alive = {10: "cron.service", 30: "docker-abc.scope", 13: "moved.service"}
 
-    def units(pid: int, exe: str | None) -> str | None:
+    def units(pid: int, exe: str | None) -> tuple[bool, str | None]:
         read.append(pid)
-        return {10: "cron.service", 30: "docker-abc.scope"}.get(pid)
+        return (True, alive[pid]) if pid in alive else (False, None)
 
     a = Assembler(syscall_names=syscall_name, parents=parents.get, units=units,
                   parent_units=lambda ppid: (ppid == 500, "cron.service" if ppid == 500 else None))
-    (cron,) = _exec(a, 1, 10, 1, "/usr/sbin/cron")  # started by the service manager: read
-    (job,) = _exec(a, 2, 11, 500, "/bin/sh")  # a child of a parent read before: inherited, no read
-    (grandchild,) = _exec(a, 3, 12, 11, "/bin/true")  # its child: inherited from the exec seen here
-    (again,) = _exec(a, 4, 11, 500, "/bin/other")  # a second exec of pid 11 (it may have moved itself): read
+    (cron,) = _exec(a, 1, 10, 1, "/usr/sbin/cron")  # alive: read
+    (job,) = _exec(a, 2, 11, 500, "/bin/sh")  # gone before it was read: its parent's unit
+    (grandchild,) = _exec(a, 3, 12, 11, "/bin/true")  # gone too: the unit of the exec seen here
+    (again,) = _exec(a, 4, 11, 500, "/bin/other")  # a second exec of pid 11 (it may have moved itself): none
     (contained,) = _exec(a, 5, 30, 700, "/bin/app")  # a container runtime's child: read
-    (person,) = _exec(a, 6, 40, 500, "/bin/vi", auid="1000")  # a login identity: no unit at all
-    assert [e.process.unit for e in (cron, job, grandchild, contained, person)] == [  # type: ignore[attr-defined]
-        "cron.service", "cron.service", "cron.service", "docker-abc.scope", None]
-    assert read == [10, 11, 30]
+    (moved,) = _exec(a, 6, 13, 500, "/bin/job")  # moved by its parent before the exec, still running: read
+    (person,) = _exec(a, 7, 40, 500, "/bin/vi", auid="1000")  # a login identity: no unit at all
+    assert [e.process.unit for e in (cron, job, grandchild, contained, moved, person)] == [  # type: ignore[attr-defined]
+        "cron.service", "cron.service", "cron.service", "docker-abc.scope", "moved.service", None]
+    assert read == [10, 11, 12, 11, 30, 13]
     assert again.process.unit is None  # type: ignore[attr-defined]
 
 
@@ -125,7 +127,7 @@ def test_real_records_make_the_events_they_made_before_the_fast_paths() -> None:
     # memfd, of scripts, with a long command line; failed execs; connects; file operations under a watch; a
     # mount; a signal to the agent), each with the events the field-by-field assembly made of them. The unit
     # lookup answers one name for every process, so inheriting it changes nothing here (tested above).
-    a = Assembler(syscall_names=syscall_name, units=lambda pid, exe: "constant.service",
+    a = Assembler(syscall_names=syscall_name, units=lambda pid, exe: (True, "constant.service"),
                   parents=lambda p: Parent(pid=p, name=f"n{p}", exe=f"/e/{p}", cmdline=f"c {p}"),
                   asset_prefixes=("/tmp/dw13e-cap-hs1dcp7a/secret",), agent_pid=13008)
     sets = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]

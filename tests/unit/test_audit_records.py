@@ -87,9 +87,9 @@ def test_exec_assembly_names_the_script_an_interpreter_ran() -> None:
 def test_a_daemons_exec_is_named_by_its_unit_and_a_logged_in_users_is_not_looked_up() -> None:
     asked: list[tuple[int, str | None]] = []
 
-    def units(pid: int, exe: str | None) -> str | None:
+    def units(pid: int, exe: str | None) -> tuple[bool, str | None]:
         asked.append((pid, exe))
-        return "cron.service" if exe == "/usr/sbin/cron" else None
+        return True, "cron.service" if exe == "/usr/sbin/cron" else None
 
     a = Assembler(syscall_names=syscall_name, units=units)
     events = []
