@@ -2,8 +2,9 @@
 
 Prints figures; asserts nothing about time (shared machines are noisy).
 Needs root and gcc (a static test program is built in /tmp):
-``.venv/bin/python tests/bench/bench_audit.py [--latency | --records]`` (``--latency``: the added exec latency
-alone; ``--records``: what each record type of an exec costs, by leaving it out with an exclude rule).
+``.venv/bin/python tests/bench/bench_audit.py [--latency | --records | --floor]`` (``--latency``: the added exec
+latency alone; ``--records``: what each record type of an exec costs, by leaving it out with an exclude rule;
+``--floor``: what the kernel alone costs an exec with one execve rule and a reader that does nothing).
 Leaves the kernel's audit settings and rules as it found them (the collector restores them at stop).
 
 Targets (issue text): >= 99.9 % attributed, p99 < 50 ms, added exec latency
@@ -12,10 +13,13 @@ Targets (issue text): >= 99.9 % attributed, p99 < 50 ms, added exec latency
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -251,6 +255,78 @@ def bench_record_costs(chain: Path, rounds: int = 12, n: int = 2000) -> None:
               f"load average {os.getloadavg()[0]:.1f}")
 
 
+class _BareReader:
+    """The least an audit daemon can be: registered with the kernel, reading every record and doing nothing with
+    it (no parsing, no events); unregistered, and auditing disabled again, on exit."""
+
+    def __enter__(self) -> _BareReader:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)  # NETLINK_AUDIT
+        self.sock.bind((0, 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        _audit_set(self.sock, enabled=1, pid=os.getpid())
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+        return self
+
+    def _read(self) -> None:
+        while not self.stopping:
+            with contextlib.suppress(OSError):  # the timeout, so a stop is seen
+                self.sock.recv(65536)
+
+    def __exit__(self, *exc: object) -> None:
+        _audit_set(self.sock, enabled=0, pid=0)
+        self.stopping = True
+        self.t.join()
+        self.sock.close()
+
+
+def _audit_set(sock: socket.socket, *, enabled: int, pid: int) -> None:
+    """AUDIT_SET (1001) of the enabled flag and the daemon pid (struct audit_status: mask, enabled, failure, pid...)."""
+    body = struct.pack("=11I", 1 | 4, enabled, 0, pid, 0, 0, 0, 0, 0, 0, 0)
+    sock.sendto(struct.pack("=IHHII", 16 + len(body), 1001, 5, 1, 0) + body, (0, 0))
+
+
+def bench_kernel_floor(chain: Path, rounds: int = 12, n: int = 2000) -> None:
+    """The kernel's own cost of auditing an exec, with no DutyWatch code in the way: the exec chain (task on one
+    CPU) with auditing off, with a bare reader registered and no rules, and with the bare reader and one rule,
+    ``-a always,exit -F arch=b64 -S execve`` (the narrowest rule that reports execs); rounds paired with the
+    'off' run before them, the two others in a random order each round."""
+    import random
+
+    cpus = sorted(os.sched_getaffinity(0))
+
+    def one() -> float:
+        out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600,
+                             **_pinned(cpus[0]))  # type: ignore[call-overload]
+        return int(out.stdout) / 1e6 / n
+
+    rule = ["always,exit", "-F", "arch=b64", "-S", "execve", "-k", "dutywatch-bench-floor"]
+    got: dict[str, list[float]] = {"auditing off": [], "bare reader, no rules": [], "bare reader, execve rule only": []}
+    for _ in range(rounds):
+        got["auditing off"].append(one())
+        order = ["bare reader, no rules", "bare reader, execve rule only"]
+        random.shuffle(order)
+        for name in order:
+            with _BareReader() as r:
+                if len(cpus) > 1 and r.t.native_id is not None:
+                    os.sched_setaffinity(r.t.native_id, {cpus[-1]})
+                if "execve" in name:
+                    auditctl("-a", *rule)
+                try:
+                    got[name].append(one())
+                finally:
+                    if "execve" in name:
+                        auditctl("-d", *rule)
+    base = got["auditing off"]
+    for name, values in got.items():
+        added = statistics.median(b - a for a, b in zip(base, values, strict=True))
+        print(f"exec chain [task on CPU {cpus[0]}], {name}: CPU per exec median "
+              f"{statistics.median(values) * 1e6:.0f} us, added {added * 1e6:+.1f} us ({rounds} rounds, paired); "
+              f"load average {os.getloadavg()[0]:.1f}")
+
+
 def bench_cpu(prog: Path) -> None:
     with Running():
         time.sleep(1.0)
@@ -269,11 +345,11 @@ def main() -> None:
         print("bench_audit: needs root and gcc; skipped")
         return
     latency_only = "--latency" in sys.argv[1:]
-    if "--records" in sys.argv[1:]:
+    if "--records" in sys.argv[1:] or "--floor" in sys.argv[1:]:
         others = [r for r in auditctl("-l").splitlines() if r.startswith("-a") and "dutywatch" not in r]
         if int(status().get("pid", "0")) or others:
-            print("bench_audit --records: the audit trail is in use (a daemon or others' rules); exclusions are "
-                  "global: skipped")
+            print("bench_audit --records/--floor: the audit trail is in use (a daemon or others' rules); exclusions "
+                  "and the bare reader are global: skipped")
             return
     if int(status().get("pid", "0")) and not latency_only:
         print("bench_audit: an audit daemon is registered; the figures here are for the daemon mode; skipped")
@@ -283,6 +359,9 @@ def main() -> None:
     os.chmod(d, 0o755)  # noqa: S103 - the test person runs the program
     try:
         prog = compile_static(TRUE_C, d / "quick")
+        if "--floor" in sys.argv[1:]:
+            bench_kernel_floor(compile_static(CHAIN_C, d / "chain"))
+            return
         if "--records" in sys.argv[1:]:
             bench_record_costs(compile_static(CHAIN_C, d / "chain"))
             return
