@@ -183,6 +183,22 @@ int main(int argc, char **argv) {
 """
 
 
+def _chain_cpu(chain: Path, n: int, cpu: int | None) -> float:
+    """CPU seconds per exec of the exec chain run ``n`` times (on ``cpu`` if given), as the task reports them."""
+    out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600,
+                         **_pinned(cpu))  # type: ignore[call-overload]
+    return int(out.stdout) / 1e6 / n
+
+
+def _print_paired(got: dict[str, list[float]], base: str, cpu: int, rounds: int) -> None:
+    """Each configuration's median CPU per exec, and its cost added to the ``base`` run of the same round."""
+    for name, values in got.items():
+        added = statistics.median(b - a for a, b in zip(got[base], values, strict=True))
+        print(f"exec chain [task on CPU {cpu}], {name}: CPU per exec median "
+              f"{statistics.median(values) * 1e6:.0f} us, added {added * 1e6:+.1f} us ({rounds} rounds, paired); "
+              f"load average {os.getloadavg()[0]:.1f}")
+
+
 def bench_exec_chain(chain: Path, rounds: int = 12, n: int = 2000) -> None:
     """The kernel's own cost of an audited exec, free of scheduling: one task execs itself ``n`` times and
     reports its CPU time (a task's CPU time survives exec); no fork, no wait, no other process in between.
@@ -193,17 +209,13 @@ def bench_exec_chain(chain: Path, rounds: int = 12, n: int = 2000) -> None:
     if len(cpus) >= 2:
         layouts.append((f"task on CPU {cpus[0]}, agent on CPU {cpus[1]}", cpus[0], cpus[1]))
     for label, task_cpu, agent_cpu in layouts:
-        def one(cpu: int | None = task_cpu) -> float:
-            out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600,
-                                 **_pinned(cpu))  # type: ignore[call-overload]
-            return int(out.stdout) / 1e6 / n
         pairs = []
         for _ in range(rounds):
-            off = one()
+            off = _chain_cpu(chain, n, task_cpu)
             with Running() as r:
                 if agent_cpu is not None and r.t.native_id is not None:
                     os.sched_setaffinity(r.t.native_id, {agent_cpu})
-                on = one()
+                on = _chain_cpu(chain, n, task_cpu)
             pairs.append((off, on))
         diffs = [b - a for a, b in pairs]
         q = statistics.quantiles(diffs, n=4)
@@ -226,14 +238,9 @@ def bench_record_costs(chain: Path, rounds: int = 12, n: int = 2000) -> None:
     configs: dict[str, list[str]] = {"rules": [], "rules, no PROCTITLE": ["PROCTITLE"],
                                      "rules, no PROCTITLE, BPRM_FCAPS": ["PROCTITLE", "BPRM_FCAPS"]}
 
-    def one() -> float:
-        out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600,
-                             **_pinned(cpus[0]))  # type: ignore[call-overload]
-        return int(out.stdout) / 1e6 / n
-
     got: dict[str, list[float]] = {"without rules": [], **{k: [] for k in configs}}
     for _ in range(rounds):
-        got["without rules"].append(one())
+        got["without rules"].append(_chain_cpu(chain, n, cpus[0]))
         order = list(configs.items())
         random.shuffle(order)
         for name, types in order:
@@ -243,16 +250,11 @@ def bench_record_costs(chain: Path, rounds: int = 12, n: int = 2000) -> None:
                 with Running() as r:
                     if len(cpus) > 1 and r.t.native_id is not None:
                         os.sched_setaffinity(r.t.native_id, {cpus[1]})
-                    got[name].append(one())
+                    got[name].append(_chain_cpu(chain, n, cpus[0]))
             finally:
                 for t in types:
                     auditctl("-d", "never,exclude", "-F", f"msgtype={t}")
-    base = got["without rules"]
-    for name, values in got.items():
-        added = statistics.median(b - a for a, b in zip(base, values, strict=True))
-        print(f"exec chain [task on CPU {cpus[0]}], {name}: CPU per exec median "
-              f"{statistics.median(values) * 1e6:.0f} us, added {added * 1e6:+.1f} us ({rounds} rounds, paired); "
-              f"load average {os.getloadavg()[0]:.1f}")
+    _print_paired(got, "without rules", cpus[0], rounds)
 
 
 class _BareReader:
@@ -297,15 +299,10 @@ def bench_kernel_floor(chain: Path, rounds: int = 12, n: int = 2000) -> None:
 
     cpus = sorted(os.sched_getaffinity(0))
 
-    def one() -> float:
-        out = subprocess.run([str(chain), str(n)], capture_output=True, text=True, check=True, timeout=600,
-                             **_pinned(cpus[0]))  # type: ignore[call-overload]
-        return int(out.stdout) / 1e6 / n
-
     rule = ["always,exit", "-F", "arch=b64", "-S", "execve", "-k", "dutywatch-bench-floor"]
     got: dict[str, list[float]] = {"auditing off": [], "bare reader, no rules": [], "bare reader, execve rule only": []}
     for _ in range(rounds):
-        got["auditing off"].append(one())
+        got["auditing off"].append(_chain_cpu(chain, n, cpus[0]))
         order = ["bare reader, no rules", "bare reader, execve rule only"]
         random.shuffle(order)
         for name in order:
@@ -315,16 +312,11 @@ def bench_kernel_floor(chain: Path, rounds: int = 12, n: int = 2000) -> None:
                 if "execve" in name:
                     auditctl("-a", *rule)
                 try:
-                    got[name].append(one())
+                    got[name].append(_chain_cpu(chain, n, cpus[0]))
                 finally:
                     if "execve" in name:
                         auditctl("-d", *rule)
-    base = got["auditing off"]
-    for name, values in got.items():
-        added = statistics.median(b - a for a, b in zip(base, values, strict=True))
-        print(f"exec chain [task on CPU {cpus[0]}], {name}: CPU per exec median "
-              f"{statistics.median(values) * 1e6:.0f} us, added {added * 1e6:+.1f} us ({rounds} rounds, paired); "
-              f"load average {os.getloadavg()[0]:.1f}")
+    _print_paired(got, "auditing off", cpus[0], rounds)
 
 
 def bench_cpu(prog: Path) -> None:
