@@ -271,9 +271,6 @@ class Assembler:
             return None
         f = sc.fields
         call = self._names(f.get("arch", ""), number(f.get("syscall")) or -1) or ""
-        if call == "socket":
-            self._socket(f)
-            return None
         execve = [r for r in records if r.type == EXECVE]
         paths = sorted((r for r in records if r.type == PATH), key=lambda r: number(r.fields.get("item")) or 0)
         cwd = next((text(r.fields.get("cwd")) for r in records if r.type == CWD), None)
