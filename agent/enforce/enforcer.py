@@ -121,17 +121,15 @@ class Enforcer:
             if zone not in self.channel.forbidden:
                 return self._refuse(record, kind, ip, f"{ip} is in zone {zone!r}, which enforcement does not forbid",
                                     now)
-            if spec.get("scope") == "zone":  # the kernel's block of this address, if any, is confirmed too
-                also = self._confirm(ip, record, spec, now)
+            if spec.get("scope") == "zone":
+                also = self._confirm(ip, record, spec, now)  # the kernel's block of this address, if one waits
+                out = self._decide_zone(record, spec, ip, str(zone), now)
                 if also is not None:
-                    out = self._decide_zone(record, spec, ip, str(zone), now)
                     out.setdefault("also", []).append(also["journal"])
-                    return out
-            whole = next((e for e in self.active.values() if e.kind == "network" and e.target == f"zone:{zone}"), None)
+                return out
+            whole = self._zone_block(str(zone))
             if whole is not None:  # the whole zone is already shut (preventive, or an earlier zone block)
                 return {"summary": self._summary(whole, "in_force")}
-            if spec.get("scope") == "zone":
-                return self._decide_zone(record, spec, ip, str(zone), now)
             host_net = str(ipaddress.ip_network(ip.split("%", 1)[0]))
             return self._enforce(record, "network", ip, [host_net], spec, now, {"remote_zone": zone})
         if kind == "media":
@@ -143,8 +141,12 @@ class Enforcer:
                                  {"mount": media.get("mount"), "serial": media.get("serial")})
         return self._refuse(record, str(kind or "network"), "?", f"no enforcement of kind {kind!r} here", now)
 
+    def _zone_block(self, zone: str) -> Enforcement | None:
+        """The block of the whole of ``zone``, if one is in force."""
+        return next((e for e in self.active.values() if e.kind == "network" and e.target == f"zone:{zone}"), None)
+
     def _decide_zone(self, record: Record, spec: dict[str, Any], ip: str, zone: str, now: float) -> dict[str, Any]:
-        whole = next((e for e in self.active.values() if e.kind == "network" and e.target == f"zone:{zone}"), None)
+        whole = self._zone_block(zone)
         if whole is not None:
             return {"summary": self._summary(whole, "in_force")}
         nets = [str(n) for n in self.channel.nets_of_zone(zone)]
