@@ -221,16 +221,12 @@ class CopyGuard:
         """
         if on == self.armed:
             return
+        asked, told = (self.fd, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD), (self.nfd, FAN_OPEN | FAN_EVENT_ON_CHILD)
+        (new_group, new_mask), (old_group, old_mask) = (asked, told) if on else (told, asked)
         for d in self._dirs:
-            if on:
-                self._mark_path(d, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD)
-            else:
-                self._mark_path(d, FAN_MARK_ADD, FAN_OPEN | FAN_EVENT_ON_CHILD, self.nfd)
+            self._mark_path(d, FAN_MARK_ADD, new_mask, new_group)
         for d in self._dirs:
-            if on:
-                self._mark(self.nfd, FAN_MARK_REMOVE, FAN_OPEN | FAN_EVENT_ON_CHILD, -100, os.fsencode(d))
-            else:
-                self._mark(self.fd, FAN_MARK_REMOVE, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD, -100, os.fsencode(d))
+            self._mark(old_group, FAN_MARK_REMOVE, old_mask, -100, os.fsencode(d))
         self.armed = on
         self._idle_since = None
 
